@@ -1,0 +1,1 @@
+"""Binary cross-entropy + KL, the classic notebook loss, as a vaezoo plugin."""

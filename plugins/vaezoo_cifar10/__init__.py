@@ -1,0 +1,1 @@
+"""The CIFAR-10 dataset (official batches or class folders), as a vaezoo plugin."""

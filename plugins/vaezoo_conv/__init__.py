@@ -1,0 +1,1 @@
+"""The notebook's convolutional encoder and decoder, as a vaezoo plugin."""

@@ -1,0 +1,62 @@
+"""Convolutional encoder/decoder of the classic CIFAR-10 VAE notebook, with configurable widths."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vaezoo import Decoder, Encoder
+
+
+def _check_divisible(shape: Sequence[int], levels: int) -> None:
+    factor = 2**levels
+    if shape[1] % factor or shape[2] % factor:
+        raise ValueError(f"conv needs H and W divisible by {factor} for {levels} stride-2 layers, got {tuple(shape)}")
+
+
+class ConvEncoder(Encoder):
+    """Stride-2 4x4 convolutions with ReLU, linear heads to mu and logvar."""
+
+    def __init__(self, *, in_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (32, 64, 128)) -> None:
+        super().__init__()
+        _check_divisible(in_shape, len(hidden))
+        layers: list[nn.Module] = []
+        channels = in_shape[0]
+        for width in hidden:
+            layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+            channels = width
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        factor = 2 ** len(hidden)
+        flat = channels * (in_shape[1] // factor) * (in_shape[2] // factor)
+        self.mu = nn.Linear(flat, latent_dim)
+        self.logvar = nn.Linear(flat, latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.features(x)
+        return self.mu(h), self.logvar(h)
+
+
+class ConvDecoder(Decoder):
+    """Linear layer then stride-2 4x4 transposed convolutions (mirror of the conv encoder)."""
+
+    def __init__(self, *, out_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (128, 64, 32)) -> None:
+        super().__init__()
+        _check_divisible(out_shape, len(hidden))
+        factor = 2 ** len(hidden)
+        self.start = (hidden[0], out_shape[1] // factor, out_shape[2] // factor)
+        self.fc = nn.Linear(latent_dim, hidden[0] * self.start[1] * self.start[2])
+        layers: list[nn.Module] = []
+        widths = [*hidden[1:], out_shape[0]]
+        channels = hidden[0]
+        for i, width in enumerate(widths):
+            layers.append(nn.ConvTranspose2d(channels, width, 4, stride=2, padding=1))
+            if i < len(widths) - 1:
+                layers.append(nn.ReLU(inplace=True))
+            channels = width
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = torch.relu(self.fc(z)).view(-1, *self.start)
+        return self.net(h)

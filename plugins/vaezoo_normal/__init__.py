@@ -1,0 +1,1 @@
+"""The standard normal prior N(0, I), as a vaezoo plugin."""

@@ -1,0 +1,1 @@
+"""The zoo's recipes (registry.toml), as a vaezoo plugin."""

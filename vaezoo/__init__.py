@@ -1,0 +1,45 @@
+"""vaezoo: a plugin-based model zoo for variational autoencoders.
+
+Importing this package is cheap (no torch): the heavy parts load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+import pluggy
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("vaezoo")
+
+# name -> module that defines it; imported on first attribute access.
+_LAZY = {
+    "build": "vaezoo.api",
+    "fit": "vaezoo.api",
+    "load": "vaezoo.checkpoint",
+    "save": "vaezoo.checkpoint",
+    "resolve_recipe": "vaezoo.recipes",
+    "list_components": "vaezoo.registry",
+    "get_registry": "vaezoo.plugins",
+    "VAE": "vaezoo.model",
+    "Encoder": "vaezoo.components",
+    "Decoder": "vaezoo.components",
+    "Prior": "vaezoo.components",
+    "Loss": "vaezoo.components",
+    "LossParts": "vaezoo.components",
+    "Dataset": "vaezoo.components",
+    "VaezooError": "vaezoo.errors",
+}
+
+__all__ = ["__version__", "hookimpl", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vaezoo' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,5 @@
+"""`python -m vaezoo` (what torchrun starts)."""
+
+from vaezoo.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""The hooks a vaezoo plugin can implement. Each receives a `register(name, obj, *, summary=None)`
+callable and returns nothing.
+
+`obj` is a class or factory called with keyword arguments only, or a string ``"module:attribute"``
+that is imported on first use (keeps `vaezoo list` fast: torch is not imported to list names).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("vaezoo")
+
+Register = Callable[..., None]
+
+
+@hookspec
+def register_encoders(register: Register) -> None:
+    """Register encoders: `nn.Module`s built with `in_shape`, `latent_dim` and the recipe's keys,
+    whose `forward(x)` returns `(mu, logvar)`, each `(B, latent_dim)`."""
+
+
+@hookspec
+def register_decoders(register: Register) -> None:
+    """Register decoders: `nn.Module`s built with `in_shape`, `out_shape`, `latent_dim` and the
+    recipe's keys, whose `forward(z)` returns `(B, *out_shape)`."""
+
+
+@hookspec
+def register_priors(register: Register) -> None:
+    """Register priors: `vaezoo.Prior` subclasses with `sample(n)`, `log_prob(z)` and `kl(...)`."""
+
+
+@hookspec
+def register_losses(register: Register) -> None:
+    """Register losses: `vaezoo.Loss` subclasses (likelihood + KL, and decoder output -> image)."""
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register datasets: `vaezoo.Dataset` subclasses giving `shape` and uint8 train/test splits."""
+
+
+@hookspec
+def register_recipes(register: Register) -> None:
+    """Register recipes: `register("name", {...recipe table...})`, the same tables as registry.toml."""
+
+
+HOOKS = {
+    "recipes": "register_recipes",
+    "encoders": "register_encoders",
+    "decoders": "register_decoders",
+    "priors": "register_priors",
+    "losses": "register_losses",
+    "datasets": "register_datasets",
+}

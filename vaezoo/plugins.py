@@ -1,0 +1,98 @@
+"""Plugin manager: finds plugins through the `vaezoo` entry-point group (defaults included), honours
+VAEZOO_DISABLE_PLUGINS, records plugins that fail, and fills the registry once per process."""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import partial
+from importlib.metadata import EntryPoint, entry_points
+
+import pluggy
+
+from vaezoo import hookspecs
+from vaezoo.errors import PluginError
+from vaezoo.registry import KINDS, PluginInfo, Registry
+
+GROUP = "vaezoo"
+
+_registry: Registry | None = None
+
+
+def disabled_plugins() -> set[str]:
+    """Plugin names listed in VAEZOO_DISABLE_PLUGINS (comma-separated)."""
+    return {name.strip() for name in os.environ.get("VAEZOO_DISABLE_PLUGINS", "").split(",") if name.strip()}
+
+
+def _info(entry_point: EntryPoint) -> PluginInfo:
+    dist = entry_point.dist
+    return PluginInfo(
+        name=entry_point.name,
+        distribution=dist.name if dist else "unknown",
+        version=dist.version if dist else "unknown",
+    )
+
+
+def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
+    """Import every enabled entry point; one that fails is recorded and warned about, never fatal."""
+    disabled = disabled_plugins()
+    infos = []
+    seen = set()
+    for entry_point in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
+        if entry_point.name in disabled or entry_point.name in seen:
+            continue
+        seen.add(entry_point.name)
+        info = _info(entry_point)
+        try:
+            manager.register(entry_point.load(), name=entry_point.name)
+            manager.check_pending()
+        except Exception as error:  # a broken plugin must not take the others down
+            plugin = manager.get_plugin(entry_point.name)
+            if plugin is not None:
+                manager.unregister(plugin)
+            info.error = f"{type(error).__name__}: {error}".splitlines()[0]
+            print(f"vaezoo: warning: plugin {info.name!r} ({info.distribution}) failed to load: {info.error}", file=sys.stderr)
+        infos.append(info)
+    return infos
+
+
+def build_registry() -> Registry:
+    """A fresh registry filled from all enabled plugins."""
+    manager = pluggy.PluginManager(GROUP)
+    manager.add_hookspecs(hookspecs)
+    registry = Registry()
+    registry.plugins = _load_plugins(manager)
+    by_name = {info.name: info for info in registry.plugins}
+    for kind in KINDS:
+        caller = getattr(manager.hook, hookspecs.HOOKS[kind])
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            info = by_name[impl.plugin_name]
+            if info.error:
+                continue
+            register = partial(_register, registry, kind, info)
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as error:
+                info.error = f"{hookspecs.HOOKS[kind]} raised {type(error).__name__}: {error}".splitlines()[0]
+                print(f"vaezoo: warning: plugin {info.name!r} failed: {info.error}", file=sys.stderr)
+    return registry
+
+
+def _register(registry: Registry, kind: str, info: PluginInfo, name: str, target: object, *, summary: str | None = None) -> None:
+    registry.add(kind, name, target, info, summary)
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use."""
+    global _registry
+    if _registry is None:
+        _registry = build_registry()
+    return _registry
+
+
+def reset_registry() -> None:
+    """Forget the registry so the next `get_registry()` reloads plugins (tests, env changes)."""
+    global _registry
+    _registry = None

@@ -1,0 +1,219 @@
+"""Recipes: a registered table (or a .toml file) plus overrides -> a resolved, validated recipe.
+
+Precedence: command-line options > `--set KEY=VALUE` > recipe > component defaults. Every key is
+checked: an unknown one is an error, never silently ignored."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from vaezoo.errors import RecipeError
+
+COMPONENTS = {"dataset": "datasets", "encoder": "encoders", "decoder": "decoders", "prior": "priors", "loss": "losses"}
+TOP_LEVEL = {"name", "summary", "latent_dim", "train", *COMPONENTS}
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 15,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "grad_clip": 0.0,
+    "seed": 0,
+    "limit": 0,
+    "precision": "fp32",
+    "eval_batch_size": 500,
+    "sample_count": 64,
+}
+OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Arguments the framework passes itself: a recipe cannot set them per component.
+FRAMEWORK_ARGS = {"in_shape", "out_shape", "latent_dim", "root"}
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """`KEY=VALUE` with a dotted key; VALUE is TOML (a bare word is taken as a string)."""
+    key, sep, text = item.partition("=")
+    path = [part.strip() for part in key.split(".")]
+    if not sep or not all(path):
+        raise RecipeError(f"bad --set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if text and all(c.isalnum() or c in "-_./:" for c in text):
+            value = text
+        else:
+            raise RecipeError(f"bad --set {item!r}: {text!r} is not a TOML value (strings need quotes, lists brackets: [64, 128])") from None
+    return path, value
+
+
+def apply_override(recipe: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set `recipe[a][b]... = value`, creating nothing but the last key."""
+    if path[0] not in TOP_LEVEL:
+        raise RecipeError(f"unknown recipe key {path[0]!r}: use one of {', '.join(sorted(TOP_LEVEL))}")
+    node = recipe
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise RecipeError(f"cannot set {'.'.join(path)}: {part!r} is not a table in this recipe")
+        node = child
+    node[path[-1]] = value
+
+
+def find_recipe(name_or_path: str | Path) -> tuple[str, dict[str, Any]]:
+    """A registered recipe by name, or a recipe file (a `.toml` holding one recipe)."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise RecipeError(f"recipe file {path} is not valid TOML: {error}") from None
+        return str(table.get("name", path.stem)), table
+    from vaezoo.plugins import get_registry
+
+    entry = get_registry().get("recipes", str(name_or_path))
+    return entry.name, copy.deepcopy(entry.load())
+
+
+def resolve_recipe(
+    recipe: str | Path | Mapping[str, Any],
+    sets: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The resolved recipe: overrides applied, component defaults filled in, every key validated.
+
+    `sets` are `KEY=VALUE` strings; `options` are dotted keys from command-line options (None values
+    are dropped, so an option that was not given changes nothing)."""
+    if isinstance(recipe, Mapping):
+        name, table = str(recipe.get("name", "custom")), copy.deepcopy(dict(recipe))
+    else:
+        name, table = find_recipe(recipe)
+    for item in sets:
+        apply_override(table, *parse_set(item))
+    for key, value in (options or {}).items():
+        if value is not None:
+            apply_override(table, key.split("."), value)
+    return validate(name, table)
+
+
+def validate(name: str, table: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(table) - TOP_LEVEL
+    if unknown:
+        raise RecipeError(f"recipe {name!r}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_LEVEL))}")
+    latent_dim = table.get("latent_dim")
+    if not _is_int(latent_dim) or latent_dim < 1:
+        raise RecipeError(f"recipe {name!r}: latent_dim must be a positive integer, got {latent_dim!r}")
+    resolved: dict[str, Any] = {"name": name, "summary": str(table.get("summary", "")), "latent_dim": latent_dim}
+    for key, kind in COMPONENTS.items():
+        resolved[key] = _resolve_component(name, key, kind, table.get(key))
+    resolved["train"] = _resolve_train(name, table.get("train", {}))
+    return resolved
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _resolve_train(name: str, train: Any) -> dict[str, Any]:
+    if not isinstance(train, dict):
+        raise RecipeError(f"recipe {name!r}: train must be a table")
+    unknown = set(train) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise RecipeError(f"recipe {name!r}: unknown key train.{sorted(unknown)[0]}; allowed: {', '.join(TRAIN_DEFAULTS)}")
+    resolved = {**TRAIN_DEFAULTS, **train}
+    for key, default in TRAIN_DEFAULTS.items():
+        resolved[key] = _check_type(f"train.{key}", resolved[key], default)
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if resolved[key] < 1:
+            raise RecipeError(f"train.{key} must be at least 1, got {resolved[key]}")
+    for key in ("limit", "sample_count", "seed"):
+        if resolved[key] < 0:
+            raise RecipeError(f"train.{key} must not be negative, got {resolved[key]}")
+    if not resolved["lr"] > 0:
+        raise RecipeError(f"train.lr must be positive, got {resolved['lr']}")
+    if resolved["optimizer"] not in OPTIMIZERS:
+        raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {resolved['optimizer']!r}")
+    if resolved["precision"] not in PRECISIONS:
+        raise RecipeError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {resolved['precision']!r}")
+    return resolved
+
+
+def _check_type(where: str, value: Any, default: Any) -> Any:
+    """`value` coerced to the type of `default` where that is lossless; an error otherwise."""
+    if default is None or isinstance(default, str) and isinstance(value, str):
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if _is_int(value):
+            return value
+    elif isinstance(default, float):
+        if _is_int(value) or isinstance(value, float):
+            return float(value)
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif isinstance(default, dict):
+        if isinstance(value, dict):
+            return value
+    else:
+        return value
+    raise RecipeError(f"{where} must be {type(default).__name__} like {default!r}, got {value!r}")
+
+
+def component_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], bool]:
+    """The keyword parameters a component constructor takes, and whether it takes **kwargs."""
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):
+        return {}, True
+    params = {}
+    var_keyword = False
+    for param in signature.parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            var_keyword = True
+        elif param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            params[param.name] = param
+    return params, var_keyword
+
+
+def _toml_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, (bool, int, float, str)) or isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value):
+        return value
+    return None
+
+
+def _resolve_component(recipe: str, key: str, kind: str, table: Any) -> dict[str, Any]:
+    from vaezoo.plugins import get_registry
+
+    if isinstance(table, str):
+        table = {"name": table}
+    if not isinstance(table, dict) or not isinstance(table.get("name"), str):
+        raise RecipeError(f"recipe {recipe!r}: {key} must be a table with a name, e.g. {key} = {{ name = \"...\" }}")
+    target = get_registry().get(kind, table["name"]).load()
+    params, var_keyword = component_parameters(target)
+    resolved = {"name": table["name"]}
+    for arg, param in params.items():
+        if arg not in FRAMEWORK_ARGS and param.default is not inspect.Parameter.empty:
+            default = _toml_default(param.default)
+            if default is not None:
+                resolved[arg] = default
+    for arg, value in table.items():
+        if arg == "name":
+            continue
+        if arg in FRAMEWORK_ARGS:
+            raise RecipeError(f"recipe {recipe!r}: {key}.{arg} is set by vaezoo itself (latent_dim goes at the top level)")
+        if arg not in params and not var_keyword:
+            allowed = ", ".join(a for a in params if a not in FRAMEWORK_ARGS) or "none"
+            raise RecipeError(f"recipe {recipe!r}: unknown key {key}.{arg} for {key} {table['name']!r} (accepted: {allowed})")
+        resolved[arg] = _check_type(f"{key}.{arg}", value, resolved.get(arg))
+    return resolved

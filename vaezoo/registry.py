@@ -1,0 +1,118 @@
+"""One registry per kind of component: name -> entry, with glob listing and duplicate errors."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from importlib import import_module
+from typing import Any
+
+from vaezoo.errors import PluginError, UnknownName
+from vaezoo.hookspecs import HOOKS
+
+KINDS = tuple(HOOKS)
+SINGULAR = {"recipes": "recipe", "encoders": "encoder", "decoders": "decoder", "priors": "prior", "losses": "loss", "datasets": "dataset"}
+
+
+@dataclass
+class PluginInfo:
+    """A plugin found through the `vaezoo` entry-point group."""
+
+    name: str
+    distribution: str
+    version: str
+    error: str | None = None
+    registers: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class Entry:
+    """One registered recipe or component and the plugin that provides it."""
+
+    kind: str
+    name: str
+    target: Any  # a class, a factory, a recipe table, or "module:attribute" imported on first use
+    plugin: PluginInfo
+    summary_text: str | None = None
+
+    def load(self) -> Any:
+        """The class, factory or recipe table, imported now if it was registered as a string."""
+        if isinstance(self.target, str) and self.kind != "recipes":
+            module, _, attribute = self.target.partition(":")
+            self.target = getattr(import_module(module), attribute)
+        return self.target
+
+    @property
+    def summary(self) -> str:
+        if self.summary_text is not None:
+            return self.summary_text
+        if isinstance(self.target, dict):
+            return str(self.target.get("summary", ""))
+        if isinstance(self.target, str):
+            return ""
+        return (inspect.getdoc(self.target) or "").split("\n", 1)[0]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": SINGULAR[self.kind],
+            "summary": self.summary,
+            "plugin": self.plugin.name,
+            "distribution": self.plugin.distribution,
+            "version": self.plugin.version,
+        }
+
+
+class Registry:
+    """All registered components, by kind, plus the plugins that were loaded (or failed to)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in KINDS}
+        self.plugins: list[PluginInfo] = []
+
+    def add(self, kind: str, name: str, target: Any, plugin: PluginInfo, summary: str | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin {plugin.name!r} registered a {SINGULAR[kind]} with an invalid name {name!r}")
+        existing = self.entries[kind].get(name)
+        if existing is not None:
+            raise PluginError(
+                f"{SINGULAR[kind]} {name!r} is registered twice: by plugin {existing.plugin.name!r} "
+                f"({existing.plugin.distribution}) and by plugin {plugin.name!r} ({plugin.distribution}); "
+                f"uninstall one or disable it with VAEZOO_DISABLE_PLUGINS={plugin.name}"
+            )
+        self.entries[kind][name] = Entry(kind, name, target, plugin, summary)
+        plugin.registers.setdefault(kind, []).append(name)
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry, or an error that lists close names and how to see them all."""
+        try:
+            return self.entries[kind][name]
+        except KeyError:
+            pass
+        close = difflib.get_close_matches(name, list(self.entries[kind]), n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UnknownName(
+            f"unknown {SINGULAR[kind]} {name!r}: {hint}`vaezoo list {kind}` shows the "
+            f"{len(self.entries[kind])} available; a plugin may provide it (`vaezoo plugins`)"
+        )
+
+    def list(self, kind: str | None = None, pattern: str | None = None) -> list[Entry]:
+        """Entries of one kind (or all), optionally filtered by a glob on the name."""
+        kinds = [kind] if kind else list(KINDS)
+        found = []
+        for k in kinds:
+            for name in sorted(self.entries[k]):
+                if pattern is None or fnmatch.fnmatchcase(name, pattern):
+                    found.append(self.entries[k][name])
+        return found
+
+
+def list_components(kind: str | None = None, pattern: str | None = None) -> list[dict[str, Any]]:
+    """Registered recipes and components as dicts (`name`, `kind`, `summary`, `plugin`, ...)."""
+    from vaezoo.plugins import get_registry
+
+    if kind is not None and kind not in KINDS:
+        raise UnknownName(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+    return [entry.as_dict() for entry in get_registry().list(kind, pattern)]
