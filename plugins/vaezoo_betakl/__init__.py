@@ -1,0 +1,1 @@
+"""Beta-VAE loss (BCE + beta * KL with optional linear warm-up), as a vaezoo plugin."""

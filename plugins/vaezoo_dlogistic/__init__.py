@@ -1,0 +1,1 @@
+"""Discretized logistic mixture likelihood (PixelCNN++) + KL, as a vaezoo plugin."""

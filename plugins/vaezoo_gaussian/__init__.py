@@ -1,0 +1,1 @@
+"""Gaussian likelihood + KL, as a vaezoo plugin."""

@@ -1,0 +1,1 @@
+"""Any folder of images as a dataset, as a vaezoo plugin."""

@@ -1,0 +1,1 @@
+"""Mixture priors: a learnable mixture of Gaussians (`mog`) and the VampPrior (`vamp`), as a vaezoo plugin."""

@@ -1,0 +1,1 @@
+"""Fully connected encoder and decoder for small images, as a vaezoo plugin."""

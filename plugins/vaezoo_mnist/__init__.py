@@ -1,0 +1,1 @@
+"""MNIST and Fashion-MNIST from the official IDX files, as a vaezoo plugin."""

@@ -1,0 +1,1 @@
+"""Residual convolutional encoder and decoder (the quality option), as a vaezoo plugin."""

@@ -1,0 +1,217 @@
+"""Conformance checks for plugin authors: plain functions that build a component the way vaezoo does
+and raise AssertionError with a clear message when it breaks the contract. Use them in your tests:
+
+    from vaezoo.testing import check_encoder
+    def test_my_encoder():
+        check_encoder(MyEncoder, in_shape=(3, 32, 32), latent_dim=8, hidden=[16, 32])
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vaezoo.components import Dataset, Loss, LossParts, Prior
+
+__all__ = ["check_signature", "check_encoder", "check_decoder", "check_prior", "check_loss", "check_dataset"]
+
+FRAMEWORK_ARGS = {"in_shape", "out_shape", "latent_dim", "root"}
+_SCALARS = (bool, int, float, str)
+
+
+def _name(factory: Any) -> str:
+    return getattr(factory, "__qualname__", None) or type(factory).__name__
+
+
+def check_signature(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """The constructor takes keywords only (no *args/**kwargs, so unknown recipe keys are caught) and
+    every recipe key has a TOML-friendly default (bool, int, float, str or a list/tuple of those)."""
+    name = _name(factory)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError) as error:
+        raise AssertionError(f"{name}: no inspectable signature ({error})") from None
+    for param in params.values():
+        assert param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL), (
+            f"{name}: takes {param} - recipe keys must be named keyword arguments so unknown keys are detected"
+        )
+        assert param.kind is not param.POSITIONAL_ONLY, f"{name}: {param.name} is positional-only; vaezoo passes keywords only"
+        if param.name in FRAMEWORK_ARGS:
+            continue
+        assert param.default is not param.empty, f"{name}: recipe key {param.name!r} needs a default"
+        default = param.default
+        ok = isinstance(default, _SCALARS) or (isinstance(default, (list, tuple)) and all(isinstance(v, _SCALARS) for v in default))
+        assert ok, f"{name}: default of {param.name!r} is {default!r}; use a TOML value (bool, int, float, str or a tuple of those)"
+    return dict(params)
+
+
+def _build(factory: Callable[..., Any], framework: dict[str, Any], kw: dict[str, Any]) -> Any:
+    """Build as vaezoo does: the framework arguments the signature accepts, plus the recipe keys."""
+    params = check_signature(factory)
+    unknown = set(kw) - set(params)
+    assert not unknown, f"{_name(factory)}: no recipe key {sorted(unknown)[0]!r} (accepted: {', '.join(p for p in params if p not in FRAMEWORK_ARGS) or 'none'})"
+    return factory(**{k: v for k, v in framework.items() if k in params}, **kw)
+
+
+def _assert_shape(what: str, tensor: Any, shape: Sequence[int]) -> None:
+    assert isinstance(tensor, Tensor), f"{what}: expected a tensor, got {type(tensor).__name__}"
+    assert tuple(tensor.shape) == tuple(shape), f"{what}: expected shape {tuple(shape)}, got {tuple(tensor.shape)}"
+    assert torch.isfinite(tensor).all(), f"{what}: has non-finite values"
+
+
+def _assert_gradients(what: str, module: nn.Module) -> None:
+    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    assert params, f"{what}: has no trainable parameters"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in params), f"{what}: no gradient reaches its parameters"
+    for n, p in params:
+        assert p.grad is None or torch.isfinite(p.grad).all(), f"{what}: non-finite gradient in {n}"
+
+
+def check_encoder(factory: Callable[..., nn.Module], in_shape: Sequence[int], latent_dim: int, *, batch: int = 2, **kw: Any) -> nn.Module:
+    """Built with `in_shape`, `latent_dim` and `kw`; `forward(x in [0,1])` gives finite
+    `(mu, logvar)`, each `(batch, latent_dim)`, and gradients reach its parameters. Returns the encoder."""
+    encoder = _build(factory, {"in_shape": tuple(in_shape), "latent_dim": latent_dim}, kw)
+    name = _name(factory)
+    assert isinstance(encoder, nn.Module), f"{name}: an encoder must be an nn.Module, got {type(encoder).__name__}"
+    result = encoder(torch.rand(batch, *in_shape))
+    assert isinstance(result, (tuple, list)) and len(result) == 2, f"{name}: forward must return (mu, logvar)"
+    mu, logvar = result
+    _assert_shape(f"{name} mu", mu, (batch, latent_dim))
+    _assert_shape(f"{name} logvar", logvar, (batch, latent_dim))
+    (mu.sum() + logvar.sum()).backward()
+    _assert_gradients(name, encoder)
+    return encoder
+
+
+def check_decoder(factory: Callable[..., nn.Module], out_shape: Sequence[int], latent_dim: int, *, in_shape: Sequence[int] | None = None, batch: int = 2, **kw: Any) -> nn.Module:
+    """Built with `out_shape`, `latent_dim` (and `in_shape`) and `kw`; `forward(z)` gives finite
+    `(batch, *out_shape)` and gradients reach its parameters. Returns the decoder."""
+    in_shape = tuple(in_shape) if in_shape is not None else tuple(out_shape)
+    decoder = _build(factory, {"out_shape": tuple(out_shape), "in_shape": in_shape, "latent_dim": latent_dim}, kw)
+    name = _name(factory)
+    assert isinstance(decoder, nn.Module), f"{name}: a decoder must be an nn.Module, got {type(decoder).__name__}"
+    out = decoder(torch.randn(batch, latent_dim))
+    _assert_shape(f"{name} output", out, (batch, *out_shape))
+    out.square().mean().backward()
+    _assert_gradients(name, decoder)
+    return decoder
+
+
+class _TinyEncoder(nn.Module):
+    """A linear encoder for priors that need one (VampPrior)."""
+
+    def __init__(self, in_shape: Sequence[int], latent_dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), 2 * latent_dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.net(x).chunk(2, dim=-1)
+        return mu, logvar
+
+
+def check_prior(factory: Callable[..., Prior], latent_dim: int, *, in_shape: Sequence[int] = (1, 4, 4), encoder: nn.Module | None = None, batch: int = 3, **kw: Any) -> Prior:
+    """Built with `latent_dim`, `in_shape` and `kw`, a `vaezoo.Prior` bound to `encoder` (a tiny one
+    if not given): `sample(n)` is `(n, latent_dim)`, `log_prob` and `kl` are finite `(batch,)`, the KL is
+    differentiable, and the encoder is not saved in the prior's state dict. Returns the prior."""
+    prior = _build(factory, {"latent_dim": latent_dim, "in_shape": tuple(in_shape)}, kw)
+    name = _name(factory)
+    assert isinstance(prior, Prior), f"{name}: a prior must subclass vaezoo.Prior, got {type(prior).__name__}"
+    encoder = encoder if encoder is not None else _TinyEncoder(in_shape, latent_dim)
+    prior.bind(encoder)
+    encoder_tensors = {t.data_ptr() for t in encoder.state_dict().values()}
+    shared = [k for k, t in prior.state_dict().items() if t.data_ptr() in encoder_tensors]
+    assert not shared, f"{name}: bind() registered the encoder as a submodule ({shared[0]} in state_dict); keep a plain reference"
+    with torch.no_grad():
+        _assert_shape(f"{name}.sample({batch})", prior.sample(batch), (batch, latent_dim))
+    mu = torch.randn(batch, latent_dim, requires_grad=True)
+    logvar = (0.1 * torch.randn(batch, latent_dim)).requires_grad_()
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(batch, latent_dim)
+    _assert_shape(f"{name}.log_prob", prior.log_prob(z), (batch,))
+    kl = prior.kl(mu, logvar, z)
+    _assert_shape(f"{name}.kl", kl, (batch,))
+    kl.sum().backward()
+    assert mu.grad is not None and torch.isfinite(mu.grad).all(), f"{name}.kl: no finite gradient to the posterior mean"
+    return prior
+
+
+class _StandardNormal(Prior):
+    """N(0, I) with the base class's Monte Carlo KL (the losses' checks need some prior)."""
+
+    def sample(self, n: int) -> Tensor:
+        return torch.randn(n, self.latent_dim)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+
+
+def check_loss(loss: Loss | Callable[..., Loss], in_shape: Sequence[int] = (3, 8, 8), *, prior: Prior | None = None, batch: int = 2, **kw: Any) -> Loss:
+    """`loss` (an instance, or a class/factory built with `kw`) on images of `in_shape`: decoder outputs
+    of `(C * params_per_channel, H, W)` give finite per-image `nll` and `LossParts` of shape `(batch,)`,
+    differentiable with respect to the output; `mean_image` is in [0, 1] with the image's shape;
+    `kl_weight(None)` is 1. A `discrete` loss must give probabilities over the 256 values of a pixel
+    that sum to 1. Returns the loss."""
+    if not isinstance(loss, Loss):
+        loss = _build(loss, {}, kw)
+    name = type(loss).__name__
+    assert isinstance(loss, Loss), f"{name}: a loss must subclass vaezoo.Loss"
+    k = loss.params_per_channel
+    assert isinstance(k, int) and k >= 1, f"{name}: params_per_channel must be a positive int, got {k!r}"
+    c, h, w = in_shape
+    x = torch.randint(0, 256, (batch, c, h, w)).float() / 255
+    out = torch.randn(batch, c * k, h, w, requires_grad=True)
+    nll = loss.nll(x, out)
+    _assert_shape(f"{name}.nll", nll, (batch,))
+    latent_dim = prior.latent_dim if prior is not None else 4
+    prior = prior if prior is not None else _StandardNormal(latent_dim=latent_dim)
+    mu, logvar = torch.randn(batch, latent_dim), torch.zeros(batch, latent_dim)
+    z = mu + torch.randn(batch, latent_dim)
+    parts = loss(x, out, mu, logvar, z, prior, step=0)
+    assert isinstance(parts, LossParts), f"{name}: forward must return vaezoo.LossParts, got {type(parts).__name__}"
+    for field in ("loss", "recon", "kl"):
+        _assert_shape(f"{name} parts.{field}", getattr(parts, field), (batch,))
+    parts.loss.sum().backward()
+    assert out.grad is not None and torch.isfinite(out.grad).all() and out.grad.abs().sum() > 0, f"{name}: no finite gradient to the decoder output"
+    with torch.no_grad():
+        image = loss.mean_image(out)
+    _assert_shape(f"{name}.mean_image", image, (batch, c, h, w))
+    assert image.min() >= 0 and image.max() <= 1, f"{name}.mean_image: values outside [0, 1]"
+    assert loss.kl_weight(None) == 1.0, f"{name}.kl_weight(None) must be 1.0 (evaluation reports the true ELBO)"
+    if loss.discrete:
+        total = _total_probability(loss)
+        assert abs(total - 1.0) < 1e-3, f"{name} is discrete but the 256 values of a pixel have total probability {total:.6f}"
+    return loss
+
+
+def _total_probability(loss: Loss) -> float:
+    """Sum over the 256 values of a one-channel 1x1 image of exp(-nll), for random decoder outputs."""
+    with torch.no_grad():
+        out = torch.randn(1, loss.params_per_channel, 1, 1).expand(256, -1, -1, -1)
+        x = (torch.arange(256, dtype=torch.float32) / 255).view(256, 1, 1, 1)
+        return float(torch.exp(-loss.nll(x, out)).sum())
+
+
+def check_dataset(factory: Callable[..., Dataset], root: str | Path, *, splits: Sequence[str] = ("train", "test"), **kw: Any) -> Dataset:
+    """Built with `root` and `kw`, a `vaezoo.Dataset` whose `shape` is `(C, H, W)` and whose splits
+    load as non-empty uint8 `(N, C, H, W)` images with int64 `(N,)` labels; `cache_key()` is a
+    non-empty string. Returns the dataset."""
+    dataset = _build(factory, {"root": Path(root)}, kw)
+    name = _name(factory)
+    assert isinstance(dataset, Dataset), f"{name}: a dataset must subclass vaezoo.Dataset, got {type(dataset).__name__}"
+    shape = tuple(dataset.shape)
+    assert len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape), f"{name}.shape must be (C, H, W) positive ints, got {shape}"
+    key = dataset.cache_key()
+    assert isinstance(key, str) and key, f"{name}.cache_key() must be a non-empty string"
+    for split in splits:
+        images, labels = dataset.load(split)
+        assert isinstance(images, Tensor) and images.dtype == torch.uint8, f"{name}.load({split!r}): images must be a uint8 tensor"
+        assert images.ndim == 4 and tuple(images.shape[1:]) == shape, f"{name}.load({split!r}): images {tuple(images.shape)} do not match shape {shape}"
+        assert images.shape[0] > 0, f"{name}.load({split!r}): no images"
+        assert isinstance(labels, Tensor) and labels.dtype == torch.int64, f"{name}.load({split!r}): labels must be an int64 tensor"
+        assert tuple(labels.shape) == (images.shape[0],), f"{name}.load({split!r}): {labels.shape[0]} labels for {images.shape[0]} images"
+    return dataset
