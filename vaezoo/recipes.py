@@ -25,6 +25,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "grad_clip": 0.0,
     "seed": 0,
     "limit": 0,
+    "test_limit": 0,
     "precision": "fp32",
     "eval_batch_size": 500,
     "sample_count": 64,
@@ -132,7 +133,7 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if resolved[key] < 1:
             raise RecipeError(f"train.{key} must be at least 1, got {resolved[key]}")
-    for key in ("limit", "sample_count", "seed"):
+    for key in ("limit", "test_limit", "sample_count", "seed"):
         if resolved[key] < 0:
             raise RecipeError(f"train.{key} must not be negative, got {resolved[key]}")
     if not resolved["lr"] > 0:
@@ -174,6 +175,9 @@ def component_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], boo
         signature = inspect.signature(target)
     except (TypeError, ValueError):
         return {}, True
+    kinds = [param.kind for param in signature.parameters.values()]
+    if kinds == [inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD]:
+        return {}, False  # an inherited nn.Module.__init__(*args, **kwargs): takes no recipe keys
     params = {}
     var_keyword = False
     for param in signature.parameters.values():

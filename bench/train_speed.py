@@ -1,0 +1,178 @@
+"""Training speed on real CIFAR-10 images, measured in one run: vaezoo's trainer vs a plain PyTorch
+loop of the same model over the same in-memory tensor vs the notebook's recipe (a torchvision dataset
+that makes a PIL image per item + ToTensor + DataLoader). Prints images/s and ratios.
+
+    python bench/train_speed.py --data-dir ../shared/data/cifar10-images --images 10000 --repeats 3
+    python bench/train_speed.py --precision bf16     # vaezoo and the plain loop under bf16 autocast
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import vaezoo
+from vaezoo.api import make_dataset
+from vaezoo.data import limit_subset, load_split
+from vaezoo.devices import resolve_device, resolve_precision
+from vaezoo.recipes import resolve_recipe
+from vaezoo.train import Run, train
+
+
+class NotebookVAE(nn.Module):
+    """The seed notebook's model, written out by hand."""
+
+    def __init__(self, latent_dim: int = 20) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(), nn.Flatten()
+        )
+        self.fc_mu = nn.Linear(128 * 4 * 4, latent_dim)
+        self.fc_logvar = nn.Linear(128 * 4 * 4, latent_dim)
+        self.fc_dec = nn.Linear(latent_dim, 128 * 4 * 4)
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, 3, 4, 2, 1), nn.Sigmoid()
+        )
+
+    def forward(self, x):
+        h = self.encoder(x)
+        mu, logvar = self.fc_mu(h), self.fc_logvar(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decoder(torch.relu(self.fc_dec(z)).view(-1, 128, 4, 4)), mu, logvar
+
+
+def notebook_loss(recon, x, mu, logvar):
+    bce = F.binary_cross_entropy(recon, x, reduction="sum")
+    return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def plain_loop(images: torch.Tensor, epochs: int, batch_size: int, precision, device) -> float:
+    """Images/s of a hand-written loop over the same uint8 tensor, converted per batch."""
+    torch.manual_seed(0)
+    model = NotebookVAE().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images = images.to(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), device=device)
+        for i in range(0, len(images), batch_size):
+            x = images[order[i : i + batch_size]].float().div_(255)
+            with precision.autocast(device):
+                recon, mu, logvar = model(x)
+            loss = notebook_loss(recon.float(), x, mu.float(), logvar.float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    loss.item()
+    return epochs * len(images) / (time.perf_counter() - start)
+
+
+class NotebookDataset(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: a PIL image from a uint8 array, then ToTensor."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        from torchvision import transforms
+
+        self.arrays = images.permute(0, 2, 3, 1).numpy()
+        self.transform = transforms.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.arrays[index])), 0
+
+
+def notebook_recipe(images: torch.Tensor, epochs: int, batch_size: int, device) -> float:
+    """Images/s of the notebook: Dataset + ToTensor + DataLoader(shuffle=True), fp32."""
+    torch.manual_seed(0)
+    model = NotebookVAE().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = torch.utils.data.DataLoader(NotebookDataset(images), batch_size=batch_size, shuffle=True)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for x, _ in loader:
+            x = x.to(device)
+            recon, mu, logvar = model(x)
+            loss = notebook_loss(recon, x, mu, logvar)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    loss.item()
+    return epochs * len(images) / (time.perf_counter() - start)
+
+
+def vaezoo_trainer(images, test_images, epochs: int, batch_size: int, precision_name: str, device, extra_sets=()) -> float:
+    """Images/s of vaezoo's own trainer (train time only, as metrics.jsonl reports it)."""
+    recipe = resolve_recipe("cifar-vae", [*extra_sets], {"train.epochs": epochs, "train.batch_size": batch_size, "train.precision": precision_name, "train.sample_count": 8})
+    from vaezoo.model import build_model
+
+    model = build_model(recipe, images.shape[1:]).to(device)
+    with tempfile.TemporaryDirectory() as out:
+        run = Run(model, recipe, images.to(device), test_images.to(device), Path(out), device, resolve_precision(precision_name, device))
+        train(run)
+        return statistics.fmean(m["images_per_s"] for m in run.history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--images", type=int, default=10000, help="training images per epoch")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; the median is reported")
+    parser.add_argument("--precision", default="fp32", help="precision of vaezoo and the plain loop (the notebook stays fp32)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-notebook", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    recipe = resolve_recipe("cifar-vae")
+    dataset = make_dataset(recipe, args.data_dir)
+    images, _ = limit_subset(*load_split(dataset, "train"), args.images)
+    test_images, _ = limit_subset(*load_split(dataset, "test"), 500)
+    runs: dict[str, list[float]] = {"vaezoo": [], "plain": [], "notebook": []}
+    for _ in range(args.repeats):
+        runs["vaezoo"].append(vaezoo_trainer(images, test_images, args.epochs, args.batch_size, precision.name, device))
+        runs["plain"].append(plain_loop(images, args.epochs, args.batch_size, precision, device))
+        if not args.skip_notebook:
+            runs["notebook"].append(notebook_recipe(images, args.epochs, args.batch_size, device))
+    median = {k: statistics.median(v) for k, v in runs.items() if v}
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}",
+        "torch": torch.__version__,
+        "vaezoo": vaezoo.__version__,
+        "precision": precision.name,
+        "images": len(images),
+        "images_per_s": median,
+        "all_runs": runs,
+        "vaezoo_vs_plain": median["vaezoo"] / median["plain"],
+    }
+    if "notebook" in median:
+        result["vaezoo_vs_notebook"] = median["vaezoo"] / median["notebook"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{result['machine']}, torch {result['torch']}, {precision.name}, {len(images)} images x {args.epochs} epoch(s), median of {args.repeats}")
+    for name, value in median.items():
+        print(f"  {name:9s} {value:8.0f} images/s")
+    print(f"  vaezoo / plain loop : {result['vaezoo_vs_plain']:.3f}")
+    if "vaezoo_vs_notebook" in result:
+        print(f"  vaezoo / notebook   : {result['vaezoo_vs_notebook']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

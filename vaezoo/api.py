@@ -1,0 +1,128 @@
+"""The Python API the CLI is a thin layer over: `build` a model from a recipe, `fit` it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from vaezoo.errors import RecipeError, VaezooError
+from vaezoo.files import write_text_atomic
+from vaezoo.recipes import resolve_recipe
+from vaezoo.tomlwrite import dumps as toml_dumps
+
+
+@dataclass
+class FitResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+    model: Any
+
+
+def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None = None):
+    """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder."""
+    from vaezoo.data import data_root
+    from vaezoo.model import instantiate
+    from vaezoo.plugins import get_registry
+
+    target = get_registry().get("datasets", recipe["dataset"]["name"]).load()
+    return instantiate(target, recipe["dataset"], {"root": data_root(data_dir)}, "dataset")
+
+
+def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None):
+    """An untrained VAE for a recipe name, recipe file or table (overrides as in `resolve_recipe`)."""
+    from vaezoo.model import build_model
+
+    resolved = resolve_recipe(recipe, sets, options)
+    model = build_model(resolved, make_dataset(resolved).shape)
+    model.recipe = resolved
+    return model
+
+
+def _previous_recipe(resume: Path, name: str) -> dict[str, Any]:
+    path = resume / "recipe.toml"
+    if not path.is_file():
+        raise VaezooError(f"cannot resume from {resume}: no recipe.toml there (is it a vaezoo run folder?)")
+    table = tomllib.loads(path.read_text(encoding="utf-8"))
+    if name not in (table.get("name"), str(path)):
+        raise RecipeError(f"{resume} is a run of recipe {table.get('name')!r}, not {name!r}: use `vaezoo run {table.get('name')} --resume {resume}`")
+    return table
+
+
+def fit(
+    recipe: str | Path | Mapping[str, Any],
+    *,
+    sets: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    data_dir: str | os.PathLike | None = None,
+    device: str = "auto",
+    resume: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+) -> FitResult:
+    """Train a recipe and write model.safetensors, state.safetensors, metrics.jsonl, samples.png and
+    recipe.toml into `out` (default runs/<recipe>-<UTC time>/). `resume` continues a run folder."""
+    from vaezoo.data import limit_subset, load_split
+    from vaezoo.devices import resolve_device, resolve_precision
+    from vaezoo.model import build_model
+    from vaezoo.train import Run, train
+
+    sets = list(sets)
+    resume_dir = Path(resume) if resume is not None else None
+    if resume_dir is not None:
+        name = recipe if isinstance(recipe, str) else str(dict(recipe).get("name"))
+        resolved = resolve_recipe(_previous_recipe(resume_dir, name), sets, options)
+    else:
+        resolved = resolve_recipe(recipe, sets, options)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out) if out is not None else resume_dir or Path("runs") / f"{resolved['name']}-{stamp}"
+    if resume_dir is None and any((out_dir / f).exists() for f in ("model.safetensors", "state.safetensors")):
+        raise VaezooError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, or choose another --out")
+
+    torch_device = resolve_device(device)
+    precision = resolve_precision(resolved["train"]["precision"], torch_device)
+    dataset = make_dataset(resolved, data_dir)
+    settings = resolved["train"]
+    train_images, _ = limit_subset(*load_split(dataset, "train"), settings["limit"])
+    test_images, _ = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
+    model = build_model(resolved, dataset.shape).to(torch_device)
+    model.recipe = resolved
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history = []
+    if resume_dir is not None:
+        old_metrics = resume_dir / "metrics.jsonl"
+        if old_metrics.is_file():
+            if out_dir.resolve() != resume_dir.resolve():
+                shutil.copyfile(old_metrics, out_dir / "metrics.jsonl")
+            history = [json.loads(line) for line in old_metrics.read_text().splitlines() if line.strip()]
+    write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
+    resume_command = f"vaezoo run {resolved['name']} --resume {out_dir} --epochs {settings['epochs']}"
+    if data_dir:
+        resume_command += f" --data-dir {data_dir}"
+    if device != "auto":
+        resume_command += f" --device {device}"
+    run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, resume_command, history=history)
+    metrics = train(run, callbacks, resume_from=resume_dir / "state.safetensors" if resume_dir is not None else None)
+    return FitResult(out_dir, metrics, model)
+
+
+def evaluate_file(model_path: str | Path, *, data_dir: str | os.PathLike | None = None, split: str = "test", limit: int = 0, device: str = "auto") -> dict[str, Any]:
+    """Metrics of a saved model on a split of its recipe's dataset."""
+    from vaezoo.checkpoint import load
+    from vaezoo.data import limit_subset, load_split
+    from vaezoo.evaluate import evaluate
+
+    model = load(model_path, device=device)
+    dataset = make_dataset(model.recipe, data_dir)
+    if split not in dataset.splits:
+        raise VaezooError(f"unknown split {split!r}: {model.recipe['dataset']['name']} has {', '.join(dataset.splits)}")
+    images, _ = limit_subset(*load_split(dataset, split), limit)
+    metrics = evaluate(model, images, batch_size=model.recipe["train"]["eval_batch_size"])
+    return {"model": str(model_path), "split": split, "images": len(images), **metrics}

@@ -1,0 +1,193 @@
+"""model.safetensors: one self-describing file that rebuilds the model with no training code and
+nothing unpickled. See docs/checkpoints.md for the format."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+import vaezoo
+from vaezoo.errors import CheckpointError, PluginError, VaezooError
+from vaezoo.files import write_bytes_atomic
+from vaezoo.model import VAE, build_model
+from vaezoo.recipes import COMPONENTS, validate
+
+FORMAT_VERSION = 1
+MAX_HEADER = 100_000_000
+REQUIRED_KEYS = ("vaezoo.format_version", "vaezoo.version", "vaezoo.recipe", "vaezoo.components", "vaezoo.data")
+
+
+def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
+    """For each component of a recipe: kind, name and the plugin distribution that provides it."""
+    from vaezoo.plugins import get_registry
+
+    registry = get_registry()
+    records = []
+    for key, kind in COMPONENTS.items():
+        entry = registry.get(kind, recipe[key]["name"])
+        records.append({"kind": key, "name": entry.name, "plugin": entry.plugin.name, "distribution": entry.plugin.distribution, "version": entry.plugin.version})
+    return records
+
+
+def state_tensors(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
+    """A module's state dict as contiguous CPU tensors, floats as float32."""
+    tensors = {}
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.float()
+        tensors[prefix + name] = tensor.contiguous().clone()
+    return tensors
+
+
+def save(model: VAE, path: str | Path, recipe: Mapping[str, Any], training: Mapping[str, Any] | None = None) -> None:
+    """Write `model` and everything needed to rebuild it to `path`, atomically."""
+    metadata = {
+        "format": "pt",
+        "vaezoo.format_version": json.dumps(FORMAT_VERSION),
+        "vaezoo.version": json.dumps(vaezoo.__version__),
+        "vaezoo.torch_version": json.dumps(torch.__version__.split("+")[0]),
+        "vaezoo.recipe": json.dumps(dict(recipe)),
+        "vaezoo.components": json.dumps(component_records(recipe)),
+        "vaezoo.data": json.dumps({"shape": list(model.in_shape), "dtype": "float32", "range": [0.0, 1.0], "source": "uint8 / 255"}),
+        "vaezoo.training": json.dumps(dict(training or {})),
+    }
+    write_bytes_atomic(path, save_tensors(state_tensors(model), metadata=metadata))
+
+
+def read_header(data: bytes, path: Path) -> dict[str, Any]:
+    """The JSON header of safetensors bytes, or a CheckpointError saying what is wrong."""
+    if len(data) == 0:
+        raise CheckpointError(f"{path} is empty: not a vaezoo model (re-download or re-train it)")
+    if data[:2] == b"PK" or data[:1] == b"\x80":
+        raise CheckpointError(f"{path} looks like a pickled PyTorch file (.pt), not safetensors: vaezoo never unpickles files")
+    if len(data) < 8:
+        raise CheckpointError(f"{path} is truncated ({len(data)} bytes): not a safetensors file")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > min(MAX_HEADER, len(data) - 8):
+        raise CheckpointError(f"{path} is not a safetensors file or is truncated (header of {size} bytes in a {len(data)}-byte file)")
+    try:
+        header = json.loads(data[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    return header
+
+
+def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """The decoded `vaezoo.*` metadata of a model file, and the file's bytes."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} does not exist" + (" (it is a folder: pass DIR/model.safetensors)" if path.is_dir() else ""))
+    data = path.read_bytes()
+    raw = read_header(data, path).get("__metadata__") or {}
+    missing = [key for key in REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise CheckpointError(f"{path} is a safetensors file without vaezoo metadata ({missing[0]} missing): not a vaezoo model")
+    metadata = {}
+    for key, value in raw.items():
+        if key.startswith("vaezoo."):
+            try:
+                metadata[key[len("vaezoo.") :]] = json.loads(value)
+            except (TypeError, json.JSONDecodeError):
+                raise CheckpointError(f"{path}: metadata {key} is not valid JSON (the file is damaged)") from None
+    if metadata["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path} uses checkpoint format {metadata['format_version']}, this vaezoo reads {FORMAT_VERSION}: upgrade vaezoo")
+    return metadata, data
+
+
+def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
+    """Each component the file needs must be registered; name the distribution to install if not."""
+    from vaezoo.plugins import get_registry
+
+    registry = get_registry()
+    kinds = COMPONENTS
+    for record in metadata["components"]:
+        kind = kinds.get(record.get("kind"), "")
+        if not kind or record.get("name") not in registry.entries[kind]:
+            raise PluginError(
+                f"{path} needs {record.get('kind')} {record.get('name')!r} from plugin distribution "
+                f"{record.get('distribution')!r} (version {record.get('version')}): `pip install {record.get('distribution')}` "
+                f"(or re-enable it in VAEZOO_DISABLE_PLUGINS)"
+            )
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """Rebuild the model saved in `path` on `device`. `model.recipe` and `model.metadata` tell what it is."""
+    path = Path(path)
+    metadata, data = read_metadata(path)
+    check_plugins(metadata, path)
+    try:
+        tensors = load_tensors(data)
+    except Exception as error:
+        raise CheckpointError(f"{path} is truncated or corrupt: {str(error).splitlines()[0]}") from None
+    recipe = metadata["recipe"]
+    try:
+        recipe = validate(str(recipe.get("name", "checkpoint")), recipe)
+        model = build_model(recipe, metadata["data"]["shape"])
+    except VaezooError as error:
+        raise CheckpointError(f"{path}: its recipe does not build with the installed plugins: {error}") from None
+    except (KeyError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: its metadata is incomplete ({error!r})") from None
+    load_weights(model, tensors, path)
+    model.recipe = recipe
+    model.metadata = metadata
+    from vaezoo.devices import resolve_device
+
+    return model.to(resolve_device(str(device))).eval()
+
+
+def load_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Copy tensors into the model; missing, extra or mis-shaped tensors are one clear error."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        which = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise CheckpointError(f"{path}: its tensors do not match the model its recipe builds ({which}; {len(missing)} missing, {len(extra)} unexpected)")
+    for name, tensor in tensors.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(tensor.shape)} in the file but {tuple(expected[name].shape)} in the model its recipe builds")
+    model.load_state_dict(tensors)
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What a model file holds (for `vaezoo inspect`), without building the model."""
+    path = Path(path)
+    metadata, data = read_metadata(path)
+    header = read_header(data, path)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    parameters = 0
+    for info in tensors.values():
+        count = 1
+        for dim in info.get("shape", []):
+            count *= dim
+        parameters += count
+    training = metadata.get("training", {})
+    return {
+        "path": str(path),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data),
+        "vaezoo_version": metadata["version"],
+        "recipe": metadata["recipe"],
+        "components": metadata["components"],
+        "data": metadata["data"],
+        "tensors": len(tensors),
+        "parameters": parameters,
+        "shapes": {k: v.get("shape") for k, v in sorted(tensors.items())},
+        "training": training,
+        "metrics": training.get("metrics", {}),
+    }

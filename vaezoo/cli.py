@@ -1,0 +1,231 @@
+"""The `vaezoo` command: thin typer commands over the Python API. Importing this module does not
+import torch; commands that need it import it when they run."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import vaezoo
+from vaezoo.errors import VaezooError
+
+app = typer.Typer(
+    name="vaezoo",
+    help="A plugin-based model zoo for variational autoencoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+KIND_HELP = "one of recipes, encoders, decoders, priors, losses, datasets"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"vaezoo {vaezoo.__version__} (torch {version('torch')})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the versions of vaezoo and torch.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors (also VAEZOO_DEBUG=1).")] = False,
+) -> None:
+    """A plugin-based model zoo for variational autoencoders."""
+    if debug:
+        os.environ["VAEZOO_DEBUG"] = "1"
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+@app.command("list")
+def list_command(
+    kind: Annotated[Optional[str], typer.Argument(help=f"What to list: {KIND_HELP}.")] = None,
+    pattern: Annotated[Optional[str], typer.Argument(help="Glob on the name, e.g. '*resnet*'.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List recipes and components."""
+    from vaezoo.registry import KINDS, list_components
+
+    if kind is not None and kind not in KINDS:
+        if pattern is None and any(ch in kind for ch in "*?["):
+            kind, pattern = None, kind  # `vaezoo list '*vae*'`
+        else:
+            raise VaezooError(f"unknown kind {kind!r}: use {KIND_HELP}")
+    items = list_components(kind, pattern)
+    if as_json:
+        _print_json(items)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("kind", "name", "plugin", "summary"):
+        table.add_column(column)
+    for item in items:
+        table.add_row(item["kind"], item["name"], item["plugin"], item["summary"])
+    console.print(table if items else "nothing matches")
+
+
+@app.command("plugins")
+def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """List loaded plugins: name, distribution, version, what each registers."""
+    from vaezoo.plugins import get_registry
+    from vaezoo.registry import KINDS
+
+    rows = []
+    for info in get_registry().plugins:
+        registers = {kind: sorted(info.registers.get(kind, [])) for kind in KINDS}
+        rows.append({"name": info.name, "distribution": info.distribution, "version": info.version, "status": "failed" if info.error else "ok", "error": info.error, "registers": registers, **registers})
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("plugin", "distribution", "version", "registers"):
+        table.add_column(column)
+    for row in rows:
+        what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items() if names)
+        table.add_row(row["name"], row["distribution"], row["version"], f"[red]failed: {row['error']}[/red]" if row["error"] else what)
+    console.print(table)
+
+
+@app.command("run")
+def run_command(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")],
+    epochs: Annotated[Optional[int], typer.Option(help="Total number of epochs (with --resume: train up to this epoch).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(help="Size of the latent space.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Train on N images drawn at random with a fixed seed.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<recipe>-<UTC time>).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed (repeatable runs on CPU).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its state.safetensors.")] = None,
+) -> None:
+    """Train a recipe, evaluate on the test split, write the model, metrics and a sample grid."""
+    from vaezoo.api import fit
+    from vaezoo.progress import RichProgress
+
+    options = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "latent_dim": latent_dim, "train.precision": precision, "train.limit": limit, "train.seed": seed}
+    progress = RichProgress(err_console)
+    try:
+        result = fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=[progress])
+    finally:
+        progress.close()
+    metrics = result.metrics
+    err_console.print(f"[green]done[/green]: {result.out_dir}  test loss {metrics.get('test_loss', float('nan')):.2f} nats/image after {metrics.get('epoch', 0)} epochs")
+    for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"):
+        err_console.print(f"  {result.out_dir / name}")
+
+
+@app.command("sample")
+def sample_command(
+    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of images.")] = 64,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same picture.")] = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Scale of the prior samples.")] = 1.0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+) -> None:
+    """Decode N prior samples into a grid image."""
+    from vaezoo.checkpoint import load
+    from vaezoo.images import save_grid
+    from vaezoo.sample import sample_images
+
+    vae = load(model, device=device)
+    save_grid(sample_images(vae, n, seed=seed, temperature=temperature), out)
+    err_console.print(f"wrote {n} samples to {out}")
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
+    split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate on N images drawn with a fixed seed.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Test-split metrics of a saved model (negative ELBO per image and its parts)."""
+    from vaezoo.api import evaluate_file
+
+    metrics = evaluate_file(model, data_dir=data_dir, split=split, limit=limit or 0, device=device)
+    if as_json:
+        _print_json(metrics)
+        return
+    table = Table(box=None, show_header=False)
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+@app.command("inspect")
+def inspect_command(
+    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What a checkpoint holds: recipe, components and their plugins, shapes, metrics, sha256."""
+    from vaezoo.checkpoint import describe
+
+    info = describe(model)
+    if as_json:
+        _print_json(info)
+        return
+    recipe = info["recipe"]
+    console.print(f"[bold]{info['path']}[/bold]  sha256 {info['sha256']}")
+    console.print(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}")
+    console.print(f"vaezoo {info['vaezoo_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters")
+    table = Table(box=None, header_style="bold")
+    for column in ("component", "name", "distribution", "version"):
+        table.add_column(column)
+    for record in info["components"]:
+        table.add_row(record["kind"], record["name"], record["distribution"], record["version"])
+    console.print(table)
+    training = info["training"]
+    if training:
+        console.print(f"trained {training.get('epochs')} epochs, {training.get('steps')} steps ({training.get('precision')} on {training.get('device')})")
+    for key, value in info["metrics"].items():
+        console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and an exit code (2 input, 1 failed
+    run, 130 interrupted); `--debug` / VAEZOO_DEBUG=1 shows the traceback."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("VAEZOO_DEBUG") == "1"
+    try:
+        code = app(args=argv, prog_name="vaezoo", standalone_mode=False)
+    except typer.Abort:
+        print("vaezoo: interrupted", file=sys.stderr)
+        code = 130
+    except VaezooError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"vaezoo: error: {error}", file=sys.stderr)
+        code = error.exit_code
+    except Exception as error:
+        if hasattr(error, "format_message") and hasattr(error, "exit_code"):  # typer/click usage errors
+            print(f"vaezoo: error: {error.format_message()} (see `vaezoo --help`)", file=sys.stderr)
+            code = error.exit_code
+        else:  # a bug, not the user's fault: one line unless debugging
+            if debug:
+                traceback.print_exc()
+            print(f"vaezoo: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
+            code = 1
+    if code == 130:
+        print("vaezoo: interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
