@@ -1,0 +1,21 @@
+"""The example plugin's own tests: vaezoo's conformance checks on its components."""
+
+import pytest
+
+from vaezoo.testing import check_decoder, check_encoder
+from vaezoo_example.model import DCGANDecoder, DCGANEncoder
+
+
+def test_encoder_conforms():
+    check_encoder(DCGANEncoder, in_shape=(3, 32, 32), latent_dim=8, hidden=[8, 16])
+
+
+def test_decoder_conforms():
+    # bce-kl needs one output per image channel; dlogistic-kl with n_mix=2 would need 3 * 2 per channel.
+    check_decoder(DCGANDecoder, out_shape=(3, 32, 32), latent_dim=8, hidden=[16, 8])
+    check_decoder(DCGANDecoder, out_shape=(18, 32, 32), in_shape=(3, 32, 32), latent_dim=8, hidden=[16, 8])
+
+
+def test_shapes_that_do_not_divide_are_refused():
+    with pytest.raises(ValueError, match="divisible by 8"):
+        DCGANEncoder(in_shape=(1, 28, 28), latent_dim=4, hidden=[8, 8, 8])
