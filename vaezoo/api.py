@@ -113,16 +113,57 @@ def fit(
     return FitResult(out_dir, metrics, model)
 
 
-def evaluate_file(model_path: str | Path, *, data_dir: str | os.PathLike | None = None, split: str = "test", limit: int = 0, device: str = "auto") -> dict[str, Any]:
-    """Metrics of a saved model on a split of its recipe's dataset."""
-    from vaezoo.checkpoint import load
+def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int = 0):
+    """Uint8 images of a split of a loaded model's dataset (`limit` > 0: that many, drawn with a fixed seed)."""
     from vaezoo.data import limit_subset, load_split
-    from vaezoo.evaluate import evaluate
 
-    model = load(model_path, device=device)
     dataset = make_dataset(model.recipe, data_dir)
     if split not in dataset.splits:
         raise VaezooError(f"unknown split {split!r}: {model.recipe['dataset']['name']} has {', '.join(dataset.splits)}")
     images, _ = limit_subset(*load_split(dataset, split), limit)
-    metrics = evaluate(model, images, batch_size=model.recipe["train"]["eval_batch_size"])
+    return images
+
+
+def evaluate_file(
+    model_path: str | Path,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    split: str = "test",
+    limit: int = 0,
+    device: str = "auto",
+    iw_samples: int = 0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics of a saved model on a split of its recipe's dataset (see `evaluate.evaluation_report`;
+    `iw_samples` > 0 adds the importance-weighted NLL)."""
+    from vaezoo.checkpoint import load
+    from vaezoo.evaluate import evaluation_report
+
+    if iw_samples < 0:
+        raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")
+    model = load(model_path, device=device)
+    images = load_split_images(model, split, data_dir, limit)
+    metrics = evaluation_report(model, images, iw_samples=iw_samples, batch_size=model.recipe["train"]["eval_batch_size"], seed=seed)
     return {"model": str(model_path), "split": split, "images": len(images), **metrics}
+
+
+def reconstruct_file(model_path: str | Path, out: str | Path, *, n: int = 16, seed: int = 0, split: str = "test", data_dir: str | os.PathLike | None = None, device: str = "cpu") -> None:
+    """A PNG of `n` images of a split (drawn with `seed`) above their reconstructions by a saved model."""
+    from vaezoo.checkpoint import load
+    from vaezoo.pictures import save_reconstructions
+
+    model = load(model_path, device=device)
+    save_reconstructions(model, load_split_images(model, split, data_dir), out, n=n, seed=seed)
+
+
+def interpolate_file(
+    model_path: str | Path, out: str | Path, *, pairs: int = 8, steps: int = 10, seed: int = 0, split: str = "test", data_dir: str | os.PathLike | None = None, device: str = "cpu"
+) -> None:
+    """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""
+    from vaezoo.checkpoint import load
+    from vaezoo.pictures import save_interpolations
+
+    if steps < 2:
+        raise VaezooError(f"--steps must be 2 or more, got {steps}")
+    model = load(model_path, device=device)
+    save_interpolations(model, load_split_images(model, split, data_dir), out, pairs=pairs, steps=steps, seed=seed)

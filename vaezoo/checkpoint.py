@@ -67,7 +67,7 @@ def read_header(data: bytes, path: Path) -> dict[str, Any]:
     """The JSON header of safetensors bytes, or a CheckpointError saying what is wrong."""
     if len(data) == 0:
         raise CheckpointError(f"{path} is empty: not a vaezoo model (re-download or re-train it)")
-    if data[:2] == b"PK" or data[:1] == b"\x80":
+    if (data[:2] == b"PK" or data[:1] == b"\x80") and data[8:9] != b"{":  # a header size of 128 mod 256 starts with 0x80 too
         raise CheckpointError(f"{path} looks like a pickled PyTorch file (.pt), not safetensors: vaezoo never unpickles files")
     if len(data) < 8:
         raise CheckpointError(f"{path} is truncated ({len(data)} bytes): not a safetensors file")

@@ -116,21 +116,30 @@ def run_command(
     seed: Annotated[Optional[int], typer.Option(help="Random seed (repeatable runs on CPU).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its state.safetensors.")] = None,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log scalars and image grids to OUT/tensorboard (needs vaezoo[tensorboard]).")] = False,
 ) -> None:
-    """Train a recipe, evaluate on the test split, write the model, metrics and a sample grid."""
+    """Train a recipe, evaluate on the test split, write the model, metrics and pictures (samples,
+    reconstructions, interpolations, loss curve)."""
     from vaezoo.api import fit
     from vaezoo.progress import RichProgress
+
+    extra = []
+    if tensorboard:
+        from vaezoo.tensorboard_log import TensorBoardLogger
+
+        extra.append(TensorBoardLogger())  # fails here, before training, if tensorboard is missing
 
     options = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "latent_dim": latent_dim, "train.precision": precision, "train.limit": limit, "train.seed": seed}
     progress = RichProgress(err_console)
     try:
-        result = fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=[progress])
+        result = fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=[progress, *extra])
     finally:
         progress.close()
     metrics = result.metrics
     err_console.print(f"[green]done[/green]: {result.out_dir}  test loss {metrics.get('test_loss', float('nan')):.2f} nats/image after {metrics.get('epoch', 0)} epochs")
-    for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"):
-        err_console.print(f"  {result.out_dir / name}")
+    for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "reconstructions.png", "interpolations.png", "loss.png", "tensorboard", "recipe.toml"):
+        if (result.out_dir / name).exists():
+            err_console.print(f"  {result.out_dir / name}")
 
 
 @app.command("sample")
@@ -152,26 +161,65 @@ def sample_command(
     err_console.print(f"wrote {n} samples to {out}")
 
 
+@app.command("reconstruct")
+def reconstruct_command(
+    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of test images.")] = 16,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("reconstructions.png"),
+    seed: Annotated[int, typer.Option(help="Random seed choosing the test images.")] = 0,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+) -> None:
+    """Test images (top rows) above their reconstructions (bottom rows), as a grid image."""
+    from vaezoo.api import reconstruct_file
+
+    reconstruct_file(model, out, n=n, seed=seed, data_dir=data_dir, device=device)
+    err_console.print(f"wrote {n} test images and their reconstructions to {out}")
+
+
+@app.command("interpolate")
+def interpolate_command(
+    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of image pairs (rows).")] = 8,
+    steps: Annotated[int, typer.Option(min=2, help="Images per row, from one image of the pair to the other.")] = 10,
+    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("interpolations.png"),
+    seed: Annotated[int, typer.Option(help="Random seed choosing the test image pairs.")] = 0,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+) -> None:
+    """Decoded straight lines in latent space between pairs of test images (rows = pairs)."""
+    from vaezoo.api import interpolate_file
+
+    interpolate_file(model, out, pairs=n, steps=steps, seed=seed, data_dir=data_dir, device=device)
+    err_console.print(f"wrote {n} interpolations of {steps} steps to {out}")
+
+
 @app.command("eval")
 def eval_command(
     model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate on N images drawn with a fixed seed.")] = None,
+    iw_samples: Annotated[int, typer.Option("--iw-samples", min=0, help="Also estimate the NLL with K importance samples per image (IWAE bound; 0: off).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the posterior samples.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Test-split metrics of a saved model (negative ELBO per image and its parts)."""
+    """Test-split metrics of a saved model: negative ELBO per image (nats) and its parts, the
+    importance-weighted NLL (--iw-samples), bits/dim (discrete likelihoods only), MSE and PSNR."""
     from vaezoo.api import evaluate_file
 
-    metrics = evaluate_file(model, data_dir=data_dir, split=split, limit=limit or 0, device=device)
+    metrics = evaluate_file(model, data_dir=data_dir, split=split, limit=limit or 0, device=device, iw_samples=iw_samples, seed=seed)
     if as_json:
         _print_json(metrics)
         return
     table = Table(box=None, show_header=False)
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if key != "bits_per_dim_note":
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value))
     console.print(table)
+    if "bits_per_dim_note" in metrics:
+        console.print(f"note: {metrics['bits_per_dim_note']}")
 
 
 @app.command("inspect")

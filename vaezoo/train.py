@@ -25,6 +25,7 @@ from vaezoo.evaluate import evaluate
 from vaezoo.files import append_line_atomic
 from vaezoo.images import save_grid
 from vaezoo.model import VAE
+from vaezoo.pictures import write_epoch_pictures
 from vaezoo.state import load_state, save_state
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
@@ -98,13 +99,15 @@ def training_summary(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_epoch_outputs(run: Run, metrics: dict[str, Any]) -> None:
-    """model.safetensors, metrics.jsonl and samples.png for the epoch just finished."""
+    """model.safetensors, metrics.jsonl, samples.png and the pictures of vaezoo.pictures
+    (reconstructions, interpolations, loss curve) for the epoch just finished."""
     save_model(run.model, run.out_dir / "model.safetensors", run.recipe, training_summary(run, metrics))
     append_line_atomic(run.out_dir / "metrics.jsonl", json.dumps(metrics))
     devices = [run.device] if run.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(SAMPLE_SEED)
         save_grid(run.model.sample(run.recipe["train"]["sample_count"]), run.out_dir / "samples.png")
+    write_epoch_pictures(run.model, run.test_images, run.history, run.out_dir)
 
 
 def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None = None) -> dict[str, Any]:

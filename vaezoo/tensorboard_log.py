@@ -1,0 +1,53 @@
+"""TensorBoard logging for `vaezoo run --tensorboard`: a training callback that writes scalars and the
+epoch's picture grids into OUT/tensorboard. Needs the optional extra `tensorboard`."""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Any
+
+from vaezoo.errors import VaezooError
+from vaezoo.train import Callback, Run
+
+PICTURES = ("samples", "reconstructions", "interpolations")
+
+
+class TensorBoardLogger(Callback):
+    """Scalars (running train loss per step, every numeric metric per epoch) and the PNG grids the run
+    wrote (samples, reconstructions, interpolations) per epoch. Constructing it checks that tensorboard
+    is installed, so a missing package fails before training starts."""
+
+    def __init__(self, subdir: str = "tensorboard") -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise VaezooError("--tensorboard needs the tensorboard package: pip install 'vaezoo[tensorboard]'") from None
+        self._writer_class = SummaryWriter
+        self.subdir = subdir
+        self.writer: Any = None
+
+    def on_start(self, run: Run) -> None:
+        self.writer = self._writer_class(log_dir=str(run.out_dir / self.subdir))
+
+    def on_step(self, run: Run, batch: int, loss: float, images_per_s: float) -> None:
+        self.writer.add_scalar("train/running_loss", loss, run.step)
+        self.writer.add_scalar("train/images_per_s", images_per_s, run.step)
+
+    def on_epoch_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        import numpy as np
+        from PIL import Image
+
+        epoch = metrics["epoch"]
+        for key, value in metrics.items():
+            if key not in ("epoch", "step") and isinstance(value, Real):
+                self.writer.add_scalar(f"epoch/{key}", value, epoch)
+        for name in PICTURES:
+            path = run.out_dir / f"{name}.png"
+            if path.is_file():
+                with Image.open(path) as picture:
+                    self.writer.add_image(name, np.asarray(picture.convert("RGB")), epoch, dataformats="HWC")
+        self.writer.flush()
+
+    def on_end(self, run: Run) -> None:
+        if self.writer is not None:
+            self.writer.close()
