@@ -84,6 +84,7 @@ def save_loss_plot(history: Sequence[Mapping[str, Any]], path: str | Path) -> bo
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         notice("matplotlib is not installed, so loss.png is skipped: pip install 'vaezoo[plots]'")
         return False
@@ -94,6 +95,7 @@ def save_loss_plot(history: Sequence[Mapping[str, Any]], path: str | Path) -> bo
     for key, label in (("train_loss", "train"), ("test_loss", "test")):
         axes.plot(epochs, [row.get(key, float("nan")) for row in history], marker="o", label=label)
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("loss (nats per image)")
     axes.legend()
     axes.grid(alpha=0.3)
