@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -91,6 +92,9 @@ def fit(
     settings = resolved["train"]
     train_images, _ = limit_subset(*load_split(dataset, "train"), settings["limit"])
     test_images, _ = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
+    import torch
+
+    torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     model = build_model(resolved, dataset.shape).to(torch_device)
     model.recipe = resolved
 
@@ -103,11 +107,11 @@ def fit(
                 shutil.copyfile(old_metrics, out_dir / "metrics.jsonl")
             history = [json.loads(line) for line in old_metrics.read_text().splitlines() if line.strip()]
     write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
-    resume_command = f"vaezoo run {resolved['name']} --resume {out_dir} --epochs {settings['epochs']}"
+    resume_command = shlex.join(["vaezoo", "run", resolved["name"], "--resume", str(out_dir), "--epochs", str(settings["epochs"])])
     if data_dir:
-        resume_command += f" --data-dir {data_dir}"
+        resume_command += f" --data-dir {shlex.quote(str(data_dir))}"
     if device != "auto":
-        resume_command += f" --device {device}"
+        resume_command += f" --device {shlex.quote(device)}"
     run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, resume_command, history=history)
     metrics = train(run, callbacks, resume_from=resume_dir / "state.safetensors" if resume_dir is not None else None)
     return FitResult(out_dir, metrics, model)
