@@ -15,7 +15,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 import vaezoo
-from vaezoo.errors import CheckpointError, PluginError, VaezooError
+from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
 from vaezoo.files import write_bytes_atomic
 from vaezoo.model import VAE, build_model
 from vaezoo.recipes import COMPONENTS, validate
@@ -80,6 +80,12 @@ def read_header(data: bytes, path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    try:
+        end = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError):
+        raise CheckpointError(f"{path} is not a safetensors file (its header does not describe tensors)") from None
+    if not isinstance(end, int) or 8 + size + end > len(data):
+        raise CheckpointError(f"{path} is truncated: its header describes {end} bytes of tensors but the file holds {len(data) - 8 - size} (re-download or re-train it)")
     return header
 
 
@@ -102,6 +108,10 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
                 raise CheckpointError(f"{path}: metadata {key} is not valid JSON (the file is damaged)") from None
     if metadata["format_version"] != FORMAT_VERSION:
         raise CheckpointError(f"{path} uses checkpoint format {metadata['format_version']}, this vaezoo reads {FORMAT_VERSION}: upgrade vaezoo")
+    components = metadata["components"]
+    if not (isinstance(metadata["recipe"], dict) and isinstance(metadata["data"], dict) and isinstance(metadata.get("training", {}), dict)
+            and isinstance(components, list) and all(isinstance(record, dict) for record in components)):
+        raise CheckpointError(f"{path}: its vaezoo metadata has the wrong shape (see docs/checkpoints.md; the file is damaged)")
     return metadata, data
 
 
@@ -114,7 +124,7 @@ def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
     for record in metadata["components"]:
         kind = kinds.get(record.get("kind"), "")
         if not kind or record.get("name") not in registry.entries[kind]:
-            raise PluginError(
+            raise MissingPlugin(
                 f"{path} needs {record.get('kind')} {record.get('name')!r} from plugin distribution "
                 f"{record.get('distribution')!r} (version {record.get('version')}): `pip install {record.get('distribution')}` "
                 f"(or re-enable it in VAEZOO_DISABLE_PLUGINS)"

@@ -29,6 +29,10 @@ class CheckpointError(VaezooError):
     """A file that is not a readable vaezoo checkpoint."""
 
 
+class MissingPlugin(PluginError, CheckpointError):
+    """A checkpoint needs a component whose plugin is not installed (or is disabled)."""
+
+
 class RunFailed(VaezooError):
     """A run that failed on its own (e.g. the loss diverged)."""
 

@@ -4,6 +4,7 @@ neither is there."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from vaezoo import Dataset
 from vaezoo.errors import DataError
 from vaezoo.imagefiles import read_class_folders
 
+DOWNLOAD_TIMEOUT_S = 20  # seconds without an answer before the download gives up
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -49,7 +51,13 @@ class CIFAR10(Dataset):
     def _read_batches(self, base: Path, split: str) -> tuple[Tensor, Tensor]:
         from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
 
-        data = TorchvisionCIFAR10(str(base), train=split == "train", download=False)
+        try:  # torchvision checks each batch file's md5 before unpickling it: only the official files are read
+            data = TorchvisionCIFAR10(str(base), train=split == "train", download=False)
+        except RuntimeError:
+            raise DataError(
+                f"{base / 'cifar-10-batches-py'} is incomplete or not the official CIFAR-10 release (a file is missing or its checksum differs): "
+                f"replace it with the extracted cifar-10-python.tar.gz, or use class folders"
+            ) from None
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
         return images, torch.tensor(data.targets, dtype=torch.int64)
 
@@ -62,9 +70,13 @@ class CIFAR10(Dataset):
             raise DataError(hint)
         from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
 
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision sets none: an offline machine would hang
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             TorchvisionCIFAR10(str(self.root), train=True, download=True)
         except Exception as error:
             raise DataError(f"{hint} (download failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'no network?'})") from error
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
         return self.root

@@ -1,0 +1,146 @@
+"""The command line end to end on the real CIFAR-10 copy (`run`, then `sample`, `inspect`, `eval` in
+fresh processes), and bad input: one line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import tomllib
+
+import pytest
+from conftest import run_cli
+from tinydata import TINY_ARGS, call_main, error_lines, tiny_cifar  # noqa: F401  (fixture)
+
+import vaezoo
+from vaezoo.recipes import resolve_recipe
+
+WIDTHS = ["--set", "encoder.hidden=[8,16,32]", "--set", "decoder.hidden=[32,16,8]"]
+
+
+@pytest.fixture(scope="module")
+def cifar_run(cifar, tmp_path_factory):
+    """`vaezoo run cifar-vae --limit 512 --epochs 1` on the real data, in a fresh process."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    process = run_cli("run", "cifar-vae", "--limit", "512", "--epochs", "1", "--data-dir", str(cifar), "--out", str(out), "--set", "train.test_limit=256", *WIDTHS, timeout=300)
+    assert process.returncode == 0, process.stderr
+    return out, process
+
+
+@pytest.mark.slow
+def test_run_writes_the_run_folder(cifar_run):
+    out, process = cifar_run
+    for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"):
+        assert (out / name).is_file(), name
+        assert name in process.stderr
+    (line,) = (out / "metrics.jsonl").read_text().splitlines()
+    metrics = json.loads(line)
+    assert {"epoch", "train_loss", "test_loss", "seconds", "images_per_s"} <= set(metrics)
+    assert metrics["epoch"] == 1 and 0 < metrics["test_loss"] < 3 * 32 * 32 * 0.7  # nats per image, below the uniform-guess BCE
+    from PIL import Image
+
+    data = (out / "samples.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (2 + 8 * 34, 2 + 8 * 34) and image.mode == "RGB"  # 64 samples, 8x8 grid, 2px padding
+    recipe = tomllib.loads((out / "recipe.toml").read_text(encoding="utf-8"))
+    assert recipe["train"]["limit"] == 512 and recipe["train"]["epochs"] == 1 and recipe["encoder"]["hidden"] == [8, 16, 32]
+    assert resolve_recipe(out / "recipe.toml") == recipe == vaezoo.load(out / "model.safetensors").recipe
+
+
+@pytest.mark.slow
+def test_sample_in_a_fresh_process_inspect_and_eval(cifar_run, cifar, tmp_path, capsys):
+    out, _ = cifar_run
+    model = str(out / "model.safetensors")
+    sampled = run_cli("sample", model, "-n", "16", "--seed", "1", "--out", str(tmp_path / "s.png"))
+    assert sampled.returncode == 0, sampled.stderr
+    from PIL import Image
+
+    with Image.open(tmp_path / "s.png") as image:
+        assert image.size == (2 + 4 * 34, 2 + 4 * 34)
+    assert call_main("sample", model, "-n", "16", "--seed", "1", "--out", str(tmp_path / "again.png")) == 0
+    assert (tmp_path / "s.png").read_bytes() == (tmp_path / "again.png").read_bytes()
+
+    capsys.readouterr()
+    assert call_main("inspect", model, "--json") == 0  # (in this process: the fresh-process path is the same `main`)
+    info = json.loads(capsys.readouterr().out)
+    assert {"sha256", "recipe", "components", "parameters", "metrics"} <= set(info)
+    import hashlib
+
+    assert info["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert info["recipe"]["name"] == "cifar-vae" and info["parameters"] > 0
+    assert all({"kind", "name", "distribution", "version"} <= set(c) for c in info["components"])
+    assert {(c["kind"], c["name"], c["distribution"]) for c in info["components"]} >= {("encoder", "conv", "vaezoo"), ("loss", "bce-kl", "vaezoo")}
+    assert info["metrics"]["test_loss"] == json.loads((out / "metrics.jsonl").read_text())["test_loss"]
+
+    assert call_main("eval", model, "--json", "--limit", "200", "--data-dir", str(cifar), "--device", "cpu") == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["images"] == 200 and metrics["loss"] > 0
+
+
+@pytest.mark.slow
+def test_resume_continues_the_cli_run(cifar_run, cifar, tmp_path, capsys):
+    out, _ = cifar_run
+    assert call_main("run", "cifar-vae", "--resume", str(out), "--epochs", "2", "--data-dir", str(cifar), "--out", str(tmp_path / "more"), "--device", "cpu") == 0
+    lines = (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert vaezoo.load(tmp_path / "more" / "model.safetensors").metadata["training"]["epochs"] == 2
+
+
+def test_version_and_help():
+    process = run_cli("--version")
+    assert process.returncode == 0 and "vaezoo" in process.stdout and "torch" in process.stdout
+    for command in ("run", "sample", "eval", "inspect", "list", "plugins"):
+        assert call_main(command, "--help") == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "no-such-recipe"], "unknown recipe 'no-such-recipe'"),
+        (["run", "cifar-vae", "--set", "encoder.name=nope"], "unknown encoder 'nope'"),
+        (["run", "cifar-vae", "--set", "train.epochs"], "bad --set"),
+        (["run", "cifar-vae", "--set", "train.bogus=1"], "unknown key train.bogus"),
+        (["run", "cifar-vae", "--epochs", "0"], "train.epochs must be at least 1"),
+        (["run", "cifar-vae", "--device", "tpu"], "device"),
+        (["run", "cifar-vae", "--epochs", "many"], "--epochs"),
+        (["run", "cifar-vae", "--resume", "/nonexistent/run"], "no recipe.toml"),
+        (["list", "widgets"], "unknown kind 'widgets'"),
+        (["sample", "/nonexistent/model.safetensors"], "does not exist"),
+        (["nosuchcommand"], "nosuchcommand"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    assert call_main(*args) == 2
+    out, err = capsys.readouterr()
+    lines = error_lines(err)
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+    assert lines[0].startswith("vaezoo: error:")
+
+
+def test_missing_data_and_not_a_checkpoint(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert call_main("run", "cifar-vae", "--data-dir", str(empty), "--epochs", "1", "--out", str(tmp_path / "out"), *TINY_ARGS) == 2
+    lines = error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "CIFAR-10 not found under" in lines[0] and str(empty) in lines[0]
+    fake = tmp_path / "model.safetensors"
+    fake.write_text("not a model")
+    for command in ("sample", "inspect", "eval"):
+        assert call_main(command, str(fake)) == 2
+        lines = error_lines(capsys.readouterr().err)
+        assert len(lines) == 1 and str(fake) in lines[0], lines
+
+
+def test_unknown_recipe_in_a_fresh_process():
+    process = run_cli("run", "cifar-vea")
+    assert process.returncode == 2 and "Traceback" not in process.stderr
+    (line,) = error_lines(process.stderr)
+    assert "unknown recipe 'cifar-vea'" in line and "did you mean cifar-vae" in line
+
+
+def test_debug_shows_the_traceback(capsys, monkeypatch):
+    monkeypatch.delenv("VAEZOO_DEBUG", raising=False)  # --debug sets it: restored after the test
+    assert call_main("--debug", "run", "no-such-recipe") == 2
+    assert "Traceback" in capsys.readouterr().err

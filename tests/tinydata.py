@@ -1,0 +1,74 @@
+"""Helpers for the checkpoint, resume, data and CLI tests: a tiny CIFAR-10 in class folders (random
+PNGs written once per session), tiny model widths, and calling the CLI's `main` in this process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+# Tiny widths so that an epoch takes a fraction of a second on a CPU.
+TINY_SETS = ["encoder.hidden=[4,8,8]", "decoder.hidden=[8,8,4]", "latent_dim=4", "train.batch_size=16", "train.sample_count=4", "train.eval_batch_size=64"]
+TINY_ARGS = [arg for item in TINY_SETS for arg in ("--set", item)]
+
+
+def write_class_folders(root: Path, train_per_class: int = 8, test_per_class: int = 2, seed: int = 0) -> Path:
+    """`root/{train,test}/<class>/NNNN.png`: smooth random 32x32 RGB images."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for name in CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+                Image.fromarray(small).resize((32, 32), Image.BILINEAR).save(folder / f"{index:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An 80 + 20 image CIFAR-10 lookalike in class folders."""
+    return write_class_folders(tmp_path_factory.mktemp("tiny-cifar"))
+
+
+def fit_tiny(data_dir: Path, out: Path, epochs: int = 1, *, sets: list[str] | None = None, resume: Path | None = None, callbacks=(), **options):
+    """`vaezoo.fit("cifar-vae")` with tiny widths on the tiny data, in this process, on the CPU."""
+    import vaezoo
+
+    opts = {"train.epochs": epochs, **{f"train.{k}": v for k, v in options.items()}}
+    return vaezoo.fit("cifar-vae", sets=[*TINY_SETS, *(sets or [])], options=opts, out=out, data_dir=data_dir, device="cpu", resume=resume, callbacks=callbacks)
+
+
+def call_main(*args: str, env: dict[str, str] | None = None) -> int:
+    """Run `vaezoo ARGS` through `vaezoo.cli.main` in this process and return its exit code; read
+    the output with pytest's `capsys.readouterr()`."""
+    from vaezoo.cli import main
+    from vaezoo.plugins import reset_registry
+
+    old = {key: os.environ.get(key) for key in (env or {})}
+    os.environ.update(env or {})
+    reset_registry()
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 0
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_registry()
+    return code
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The non-empty lines of stderr."""
+    return [line for line in stderr.splitlines() if line.strip()]
