@@ -69,11 +69,13 @@ def fit(
 ) -> FitResult:
     """Train a recipe and write model.safetensors, state.safetensors, metrics.jsonl, samples.png and
     recipe.toml into `out` (default runs/<recipe>-<UTC time>/). `resume` continues a run folder."""
+    from vaezoo import distributed
     from vaezoo.data import limit_subset, load_split
     from vaezoo.devices import resolve_device, resolve_precision
     from vaezoo.model import build_model
     from vaezoo.train import Run, train
 
+    job, rank_device = distributed.setup(device)  # under torchrun: join the job (see docs/distributed.md)
     sets = list(sets)
     resume_dir = Path(resume) if resume is not None else None
     if resume_dir is not None:
@@ -83,10 +85,11 @@ def fit(
         resolved = resolve_recipe(recipe, sets, options)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out is not None else resume_dir or Path("runs") / f"{resolved['name']}-{stamp}"
+    out_dir = distributed.broadcast_object(out_dir)  # rank 0's time stamp
     if resume_dir is None and any((out_dir / f).exists() for f in ("model.safetensors", "state.safetensors")):
         raise VaezooError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, or choose another --out")
 
-    torch_device = resolve_device(device)
+    torch_device = rank_device or resolve_device(device)
     precision = resolve_precision(resolved["train"]["precision"], torch_device)
     dataset = make_dataset(resolved, data_dir)
     settings = resolved["train"]
@@ -98,20 +101,24 @@ def fit(
     model = build_model(resolved, dataset.shape).to(torch_device)
     model.recipe = resolved
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if job.is_main:  # only rank 0 writes files
+        out_dir.mkdir(parents=True, exist_ok=True)
     history = []
     if resume_dir is not None:
         old_metrics = resume_dir / "metrics.jsonl"
         if old_metrics.is_file():
-            if out_dir.resolve() != resume_dir.resolve():
+            if out_dir.resolve() != resume_dir.resolve() and job.is_main:
                 shutil.copyfile(old_metrics, out_dir / "metrics.jsonl")
             history = [json.loads(line) for line in old_metrics.read_text().splitlines() if line.strip()]
-    write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
+    if job.is_main:
+        write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
     resume_command = shlex.join(["vaezoo", "run", resolved["name"], "--resume", str(out_dir), "--epochs", str(settings["epochs"])])
     if data_dir:
         resume_command += f" --data-dir {shlex.quote(str(data_dir))}"
     if device != "auto":
         resume_command += f" --device {shlex.quote(device)}"
+    if job.enabled:
+        resume_command += f" --nproc {job.world_size}"
     run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, resume_command, history=history)
     metrics = train(run, callbacks, resume_from=resume_dir / "state.safetensors" if resume_dir is not None else None)
     return FitResult(out_dir, metrics, model)

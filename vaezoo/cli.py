@@ -117,6 +117,8 @@ def run_command(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its state.safetensors.")] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log scalars and image grids to OUT/tensorboard (needs vaezoo[tensorboard]).")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time reported apart as compile_seconds).")] = False,
+    nproc: Annotated[Optional[int], typer.Option(min=1, help="Train in N processes on this machine through torchrun (DistributedDataParallel; one per GPU).")] = None,
 ) -> None:
     """Train a recipe, evaluate on the test split, write the model, metrics and pictures (samples,
     reconstructions, interpolations, loss curve)."""
@@ -129,7 +131,14 @@ def run_command(
 
         extra.append(TensorBoardLogger())  # fails here, before training, if tensorboard is missing
 
-    options = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "latent_dim": latent_dim, "train.precision": precision, "train.limit": limit, "train.seed": seed}
+    options = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "latent_dim": latent_dim, "train.precision": precision, "train.limit": limit, "train.seed": seed, "train.compile": compile_ or None}
+    if nproc is not None:
+        raise typer.Exit(_run_torchrun(nproc, recipe, set_ or [], options, resume))
+    from vaezoo import distributed
+
+    if not distributed.is_main():  # under torchrun only rank 0 prints
+        fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=extra)
+        return
     progress = RichProgress(err_console)
     try:
         result = fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=[progress, *extra])
@@ -140,6 +149,25 @@ def run_command(
     for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "reconstructions.png", "interpolations.png", "loss.png", "tensorboard", "recipe.toml"):
         if (result.out_dir / name).exists():
             err_console.print(f"  {result.out_dir / name}")
+
+
+def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resume: Optional[Path]) -> int:
+    """`vaezoo run ... --nproc N`: check the recipe here (one clear line for a bad one), then run the
+    same command without --nproc under torchrun on this machine; returns torchrun's exit code."""
+    import subprocess
+
+    from vaezoo import distributed
+    from vaezoo.recipes import resolve_recipe
+
+    if resume is None:
+        resolved = resolve_recipe(recipe, sets, options)
+        distributed.check_batch_size(resolved["train"]["batch_size"], distributed.World(0, nproc, 0))
+    command = distributed.torchrun_command(nproc, distributed.strip_option(_ARGV or sys.argv[1:], "--nproc"))
+    err_console.print(f"starting {nproc} processes: {' '.join(command[1:])}")
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 130
 
 
 @app.command("sample")
@@ -251,12 +279,51 @@ def inspect_command(
         console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
 
 
+class _Plain:
+    """Typer's runtime coercion for a `str` or `bool` parameter whose value already has that type,
+    without pydantic: typer 0.29 builds a pydantic TypeAdapter for each parameter it processes, and
+    importing pydantic is most of the start-up time of `vaezoo list`. Anything else goes to typer."""
+
+    def __init__(self, param, typer_coercion) -> None:
+        self.param, self.typer_coercion = param, typer_coercion
+
+    def coerce(self, value, param, ctx):
+        if value is None or isinstance(value, self.param.type_descriptor.annotation):
+            return value
+        self.param._runtime_param = None  # typer's own coercion replaces this one
+        return self.typer_coercion(self.param).coerce(value, param=param, ctx=ctx)
+
+
+def _fast_command():
+    """The click command of `app`; plain str/bool parameters are coerced without importing pydantic
+    (if typer's internals change, typer's own coercion is used)."""
+    core = getattr(typer, "core", None)
+    parameter = getattr(core, "_TyperParameter", None)
+    typer_coercion = getattr(parameter, "get_runtime_param", None)
+    if typer_coercion is not None and not getattr(typer_coercion, "vaezoo_plain", False):
+
+        def get_runtime_param(self):
+            descriptor = getattr(self, "type_descriptor", None)
+            if self._runtime_param is None and descriptor is not None and descriptor.annotation in (str, bool) and not self.multiple and self.nargs == 1:
+                self._runtime_param = _Plain(self, typer_coercion)
+            return typer_coercion(self) if self._runtime_param is None else self._runtime_param
+
+        get_runtime_param.vaezoo_plain = True
+        parameter.get_runtime_param = get_runtime_param
+    return typer.main.get_command(app)
+
+
+_ARGV: list[str] = []
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and an exit code (2 input, 1 failed
     run, 130 interrupted); `--debug` / VAEZOO_DEBUG=1 shows the traceback."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("VAEZOO_DEBUG") == "1"
+    global _ARGV
+    _ARGV = list(argv if argv is not None else sys.argv[1:])  # for `run --nproc`, which runs them again
+    debug = "--debug" in _ARGV or os.environ.get("VAEZOO_DEBUG") == "1"
     try:
-        code = app(args=argv, prog_name="vaezoo", standalone_mode=False)
+        code = _fast_command()(args=argv, prog_name="vaezoo", standalone_mode=False)
     except typer.Abort:
         print("vaezoo: interrupted", file=sys.stderr)
         code = 130

@@ -50,8 +50,10 @@ class Precision:
         return torch.autocast(device_type=device.type, dtype=self.dtype)
 
 
-# What `auto` picks per device type: measured in docs/performance.md.
-AUTO_PRECISION = {"cpu": "bf16", "cuda": "bf16", "mps": "fp32"}
+# What `auto` picks per device type: the fastest precision whose test loss stays within 1% of fp32
+# (bench/precision.py). On CPUs without native bf16 (AVX2 only) bf16 autocast measured 13x slower
+# than fp32 for the conv VAE, so cpu stays fp32; cuda: bf16 (fp16 + GradScaler where bf16 is missing).
+AUTO_PRECISION = {"cpu": "fp32", "cuda": "bf16", "mps": "fp32"}
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:

@@ -24,13 +24,16 @@ def disabled_plugins() -> set[str]:
     return {name.strip() for name in os.environ.get("VAEZOO_DISABLE_PLUGINS", "").split(",") if name.strip()}
 
 
-def _info(entry_point: EntryPoint) -> PluginInfo:
+def _info(entry_point: EntryPoint, dists: dict[object, tuple[str, str]]) -> PluginInfo:
     dist = entry_point.dist
-    return PluginInfo(
-        name=entry_point.name,
-        distribution=dist.name if dist else "unknown",
-        version=dist.version if dist else "unknown",
-    )
+    if dist is None:
+        return PluginInfo(name=entry_point.name, distribution="unknown", version="unknown")
+    key = getattr(dist, "_path", None) or id(dist)
+    if key not in dists:  # each .name / .version parses the METADATA file again: once per distribution
+        metadata = dist.metadata
+        dists[key] = (metadata["Name"], metadata["Version"])
+    name, version = dists[key]
+    return PluginInfo(name=entry_point.name, distribution=name, version=version)
 
 
 def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
@@ -38,11 +41,12 @@ def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
     disabled = disabled_plugins()
     infos = []
     seen = set()
+    dists: dict[object, tuple[str, str]] = {}
     for entry_point in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
         if entry_point.name in disabled or entry_point.name in seen:
             continue
         seen.add(entry_point.name)
-        info = _info(entry_point)
+        info = _info(entry_point, dists)
         try:
             manager.register(entry_point.load(), name=entry_point.name)
             manager.check_pending()

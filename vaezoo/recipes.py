@@ -27,6 +27,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "limit": 0,
     "test_limit": 0,
     "precision": "fp32",
+    "compile": False,
     "eval_batch_size": 500,
     "sample_count": 64,
 }

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vaezoo import distributed
 from vaezoo.checkpoint import save as save_model
 from vaezoo.data import shuffled_batches
 from vaezoo.devices import Precision
@@ -110,9 +111,18 @@ def write_epoch_outputs(run: Run, metrics: dict[str, Any]) -> None:
     write_epoch_pictures(run.model, run.test_images, run.history, run.out_dir)
 
 
+def fast_model(model: VAE, device: torch.device, job: distributed.World, settings: dict[str, Any]) -> torch.nn.Module:
+    """What the loop calls: the model, in DistributedDataParallel under torchrun, compiled with
+    train.compile (the first call compiles; the loop reports that time as compile_seconds)."""
+    net = distributed.wrap(model, device, job)
+    return torch.compile(net) if settings["compile"] else net
+
+
 def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None = None) -> dict[str, Any]:
     """Train `run.model` for the recipe's epochs; returns the last epoch's metrics."""
     model, settings, device = run.model, run.recipe["train"], run.device
+    job = distributed.world()  # rank and world size under torchrun; a single process otherwise
+    distributed.check_batch_size(settings["batch_size"], job)
     optimizer = make_optimizer(model, settings)
     scaler = torch.amp.GradScaler(device.type) if run.precision.scale_grads else None
     data_rng = torch.Generator().manual_seed(settings["seed"])
@@ -124,8 +134,13 @@ def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None
             raise VaezooError(f"{run.out_dir} is already trained to epoch {counters['epoch']}: pass --epochs N with N > {counters['epoch']} to train further")
     else:
         torch.manual_seed(settings["seed"])
+    if job.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
+        torch.manual_seed(settings["seed"] + (job.rank << 32) + counters["step"])
     run.epoch, run.step = counters["epoch"], counters["step"]
+    net, compile_seconds = fast_model(model, device, job, settings), None
     batch_size, n_train = settings["batch_size"], len(run.train_images)
+    n_used = distributed.images_per_epoch(n_train, batch_size, job)  # == n_train in a single process
+    callbacks = callbacks if job.is_main else ()  # only rank 0 prints
     model.train()
     for callback in callbacks:
         callback.on_start(run)
@@ -133,18 +148,21 @@ def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None
     with StopRequest() as stop:
         for epoch in range(run.epoch, settings["epochs"]):
             epoch_rng = data_rng.get_state()
-            order = torch.randperm(n_train, generator=data_rng)
+            order = distributed.shard_order(torch.randperm(n_train, generator=data_rng), batch_size, job)
             first_batch = counters["batch"] if epoch == counters["epoch"] else 0
-            loss_sum = torch.tensor(counters["loss_sum"] if first_batch else 0.0, dtype=torch.float64, device=device)
+            loss_sum = torch.tensor(counters["loss_sum"] if first_batch and job.is_main else 0.0, dtype=torch.float64, device=device)
             seconds_before = counters["seconds"] if first_batch else 0.0
             started = time.perf_counter()
-            batch = first_batch
-            for batch, x in enumerate(shuffled_batches(run.train_images, order, batch_size, first_batch), start=first_batch):
-                if stop.signal is not None:
+            batch = timed_from = first_batch
+            for batch, x in enumerate(shuffled_batches(run.train_images, order, batch_size // job.world_size, first_batch), start=first_batch):
+                if _stop_requested(stop, job, run.step, device):
                     _stop(run, optimizer, scaler, epoch_rng, epoch, batch, loss_sum, seconds_before + time.perf_counter() - started, stop.signal)
                 with run.precision.autocast(device):
-                    parts = model(x, run.step)
-                loss = parts.loss.mean()
+                    parts = net(x, run.step)
+                if job.enabled:  # DDP averages the ranks' gradients: this gives the global batch mean's
+                    loss = parts.loss.sum() * distributed.shard_scale(min(batch_size, n_used - batch * batch_size), job)
+                else:
+                    loss = parts.loss.mean()
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -160,17 +178,22 @@ def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None
                     optimizer.step()
                 loss_sum += parts.loss.detach().sum()
                 run.step += 1
+                if compile_seconds is None and settings["compile"]:  # the first call compiles: timed apart
+                    loss_sum.item()
+                    compile_seconds, started, timed_from = time.perf_counter() - started, time.perf_counter(), batch + 1
                 if run.step % LOG_EVERY == 0:
-                    seen = min((batch + 1) * batch_size, n_train)
-                    mean = _check_finite(run, loss_sum.item() / seen, epoch, batch)
+                    seen = min((batch + 1) * batch_size, n_used)
+                    mean = _check_finite(run, loss_sum.item() * job.world_size / seen, epoch, batch)  # rank 0's shard
                     elapsed = time.perf_counter() - started
-                    rate = (seen - first_batch * batch_size) / max(elapsed, 1e-9)
+                    rate = (seen - timed_from * batch_size) / max(elapsed, 1e-9)
                     for callback in callbacks:
                         callback.on_step(run, batch + 1, mean, rate)
-            train_loss = _check_finite(run, loss_sum.item() / n_train, epoch, batch)
             elapsed = time.perf_counter() - started
+            train_loss = _check_finite(run, distributed.all_reduce_sum(loss_sum).item() / n_used, epoch, batch)
             eval_started = time.perf_counter()
-            test = evaluate(model, run.test_images, batch_size=settings["eval_batch_size"], precision=run.precision)
+            test_shard = distributed.shard_split(run.test_images, job)
+            test = evaluate(model, test_shard, batch_size=settings["eval_batch_size"], precision=run.precision)
+            test = distributed.reduce_means(test, len(test_shard), device)
             model.train()
             run.epoch = epoch + 1
             metrics = {
@@ -182,16 +205,18 @@ def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None
                 "test_kl": test["kl"],
                 **({"test_bits_per_dim": test["bits_per_dim"]} if "bits_per_dim" in test else {}),
                 "seconds": seconds_before + elapsed,
-                "images_per_s": (n_train - first_batch * batch_size) / max(elapsed, 1e-9),
+                "images_per_s": (n_used - timed_from * batch_size) / max(elapsed, 1e-9),
                 "eval_seconds": time.perf_counter() - eval_started,
+                **({"compile_seconds": compile_seconds} if compile_seconds and timed_from > first_batch else {}),
             }
             run.history.append(metrics)
-            write_epoch_outputs(run, metrics)
             counters = {"epoch": run.epoch, "batch": 0, "step": run.step, "loss_sum": 0.0, "seconds": 0.0}
-            save_state(run.out_dir / "state.safetensors", model, optimizer, counters, data_rng.get_state(), scaler)
+            if job.is_main:  # one set of files, whatever the number of processes
+                write_epoch_outputs(run, metrics)
+                save_state(run.out_dir / "state.safetensors", model, optimizer, counters, data_rng.get_state(), scaler)
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
-        if stop.signal is not None and run.epoch < settings["epochs"]:
+        if not job.enabled and stop.signal is not None and run.epoch < settings["epochs"]:
             _stop(run, optimizer, scaler, data_rng.get_state(), run.epoch, 0, None, 0.0, stop.signal)
     for callback in callbacks:
         callback.on_end(run)
@@ -205,8 +230,18 @@ def _check_finite(run: Run, value: float, epoch: int, batch: int) -> float:
     raise RunFailed(f"training diverged: the loss became {value} in epoch {epoch + 1}, batch {batch + 1}; {kept}; try a lower --lr or --precision fp32")
 
 
-def _stop(run: Run, optimizer, scaler, epoch_rng: Tensor, epoch: int, batch: int, loss_sum: Tensor | None, seconds: float, signum: int) -> None:
-    counters = {"epoch": epoch, "batch": batch, "step": run.step, "loss_sum": loss_sum.item() if loss_sum is not None else 0.0, "seconds": seconds}
-    save_state(run.out_dir / "state.safetensors", run.model, optimizer, counters, epoch_rng, scaler)
-    name = signal.Signals(signum).name
+def _stop_requested(stop: StopRequest, job: distributed.World, step: int, device: torch.device) -> bool:
+    """Whether to stop before this step. Under torchrun all ranks must stop at the same step, so
+    they agree (one small all-reduce) every LOG_EVERY steps instead of each checking its own flag."""
+    if not job.enabled:
+        return stop.signal is not None
+    return step % LOG_EVERY == 0 and distributed.any_rank(stop.signal is not None, device)
+
+
+def _stop(run: Run, optimizer, scaler, epoch_rng: Tensor, epoch: int, batch: int, loss_sum: Tensor | None, seconds: float, signum: int | None) -> None:
+    loss_total = distributed.all_reduce_sum(loss_sum).item() if loss_sum is not None else 0.0
+    counters = {"epoch": epoch, "batch": batch, "step": run.step, "loss_sum": loss_total, "seconds": seconds}
+    if distributed.is_main():
+        save_state(run.out_dir / "state.safetensors", run.model, optimizer, counters, epoch_rng, scaler)
+    name = signal.Signals(signum or signal.SIGTERM).name
     raise Interrupted(f"stopped by {name} in epoch {epoch + 1} after {batch} batches; state saved in {run.out_dir / 'state.safetensors'}; resume with: {run.resume_command}")

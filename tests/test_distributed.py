@@ -1,0 +1,93 @@
+"""Distributed data-parallel training: 2 CPU processes (gloo) under torchrun against one process with
+the same global batch, on a tiny conv model and a few hundred real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import run_cli
+from vaezoo import distributed
+
+TINY = ["--epochs", "1", "--batch-size", "64", "--limit", "250", "--latent-dim", "8", "--device", "cpu", "--seed", "3",
+        "--set", "encoder.hidden=[8,16]", "--set", "decoder.hidden=[16,8]", "--set", "train.test_limit=100", "--set", "train.sample_count=4"]
+
+# Each rank draws the reparameterisation noise from its own generator, so a 2-process run cannot draw
+# the same numbers as one process (nor should it: that would correlate the ranks). To compare the
+# arithmetic, this runner switches the noise off (z = mu) in every process it starts.
+RUNNER = """
+import sys, torch
+torch.randn_like = lambda t, **kw: torch.zeros_like(t, **kw)
+from vaezoo.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _outputs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_ddp_matches_single_process(cifar: Path, tmp_path: Path) -> None:
+    """Two ranks with 32 images each per step end within 1e-4 of one process with 64 per step.
+    Not bit-identical: each rank sums its own shard and gloo then adds the two gradients, a different
+    order of float additions than one batched sum (about 1e-7 relative per step); Adam divides by the
+    square root of small second moments, which amplifies these differences a little over the steps."""
+    runner = tmp_path / "runner.py"
+    runner.write_text(RUNNER)
+    env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(runner), "run", "cifar-vae", *TINY, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner), "run", "cifar-vae", *TINY, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert one.keys() == two.keys()
+    diff = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert diff < 1e-4, f"max abs weight difference {diff}"
+    assert all(t.dtype == torch.float32 for t in two.values())
+    assert _outputs(tmp_path / "two") == _outputs(tmp_path / "one")  # one set of files, written by rank 0
+    assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert ddp.stderr.count("done:") == 1  # only rank 0 prints
+
+
+def test_nproc_starts_torchrun_and_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli("run", "cifar-vae", *TINY, "--out", str(out), "--nproc", "2", env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.distributed.run" in result.stderr
+    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= set(_outputs(out))
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_nproc_rejects_a_batch_that_does_not_split() -> None:
+    result = run_cli("run", "cifar-vae", "--batch-size", "64", "--nproc", "3")
+    assert result.returncode == 2
+    assert "divisible by the 3 processes" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shards_cover_every_global_batch_once() -> None:
+    order = torch.randperm(250)
+    shards = [distributed.shard_order(order, 64, distributed.World(rank, 2, rank)) for rank in range(2)]
+    for first, per_rank in zip(range(0, 250, 64), range(0, 125, 32)):
+        batch = torch.cat([s[per_rank : per_rank + 32] for s in shards])
+        assert torch.equal(batch, order[first : first + 64])
+    # a last global batch smaller than the number of ranks is dropped, so that no rank gets nothing
+    assert distributed.images_per_epoch(129, 64, distributed.World(0, 2, 0)) == 128
+    assert distributed.images_per_epoch(129, 64, distributed.World()) == 129
+    assert distributed.shard_scale(64, distributed.World(0, 2, 0)) * 32 == 1.0  # the shard mean
+
+
+def test_torchrun_command_drops_nproc() -> None:
+    args = distributed.strip_option(["run", "x", "--nproc", "2", "--epochs", "1", "--nproc=4"], "--nproc")
+    assert args == ["run", "x", "--epochs", "1"]
+    command = distributed.torchrun_command(2, args)
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    assert command[-5:] == ["vaezoo", "run", "x", "--epochs", "1"]
