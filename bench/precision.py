@@ -29,14 +29,12 @@ def run_one(config: str, args: argparse.Namespace) -> dict:
     import torch
 
     sys.path.insert(0, str(BENCH))
-    from train_speed import notebook_recipe, plain_loop
+    from train_speed import notebook_recipe, plain_loop, vaezoo_run
 
     from vaezoo.api import make_dataset
     from vaezoo.data import limit_subset, load_split
     from vaezoo.devices import resolve_device, resolve_precision
-    from vaezoo.model import build_model
     from vaezoo.recipes import resolve_recipe
-    from vaezoo.train import Run, train
 
     device = resolve_device(args.device)
     recipe = resolve_recipe("cifar-vae")
@@ -51,14 +49,9 @@ def run_one(config: str, args: argparse.Namespace) -> dict:
         result["images_per_s"] = speed
     else:
         precision = resolve_precision(name, device)
-        sets = ["train.compile=true"] if "compile" in flags else []
-        options = {"train.epochs": args.epochs, "train.batch_size": args.batch_size, "train.precision": precision.name, "train.sample_count": 8, "train.seed": args.seed}
-        recipe = resolve_recipe("cifar-vae", sets, options)
-        torch.manual_seed(args.seed)
-        model = build_model(recipe, images.shape[1:]).to(device)
-        with tempfile.TemporaryDirectory() as out:
-            run = Run(model, recipe, images.to(device), test_images.to(device), Path(out), device, precision)
-            train(run)
+        sets = [*(["train.compile=true"] if "compile" in flags else []), *(["train.channels_last=false"] if "nocl" in flags else [])]
+        run = vaezoo_run(images, test_images, args.epochs, args.batch_size, precision.name, device, sets, args.seed)
+        model = run.model
         result["precision"] = precision.name
         result["images_per_s"] = sum(m["images_per_s"] for m in run.history) / len(run.history)
         result["test_loss"] = run.history[-1]["test_loss"]
@@ -92,7 +85,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--configs", default=None, help="comma-separated: fp32, bf16, fp16, auto, NAME+compile, plain, notebook (default: all that the device can do)")
+    parser.add_argument("--configs", default=None, help="comma-separated: fp32, bf16, fp16, auto, NAME+compile, NAME+nocl (channels-last off), plain, notebook (default: all that the device can do)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds over the configurations; the median round is reported")
     parser.add_argument("--sample-batch", type=int, default=256)
     parser.add_argument("--sample-repeats", type=int, default=5)
@@ -104,7 +97,7 @@ def main() -> None:
         print(json.dumps(run_one(args.configs, args)))
         return
     cuda = args.device.startswith("cuda")
-    configs = args.configs.split(",") if args.configs else ["fp32", "bf16", *(["fp16"] if cuda else []), "fp32+compile", "plain", "notebook"]
+    configs = args.configs.split(",") if args.configs else ["fp32", "fp32+nocl", "bf16", *(["fp16"] if cuda else []), "fp32+compile", "plain", "notebook"]
     passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("configs", "child", "json", "repeats") and v is not None]
     rounds: dict[str, list[dict]] = {config: [] for config in configs}
     for _ in range(args.repeats):
@@ -131,6 +124,8 @@ def main() -> None:
                 r["test_loss_vs_fp32"] = r["test_loss"] / base["test_loss"] - 1
         if "notebook" in by:
             r["vs_notebook"] = r["images_per_s"] / by["notebook"]["images_per_s"]
+        if "plain" in by:
+            r["vs_plain"] = r["images_per_s"] / by["plain"]["images_per_s"]
     import torch  # only for the versions line
 
     summary = {
@@ -149,8 +144,8 @@ def markdown(summary: dict) -> str:
     lines = [
         f"{summary['machine']}; {summary['images']} CIFAR-10 images x {summary['epochs']} epochs, same seed",
         "",
-        "| configuration | train images/s | vs fp32 | vs notebook | test loss | vs fp32 loss | compile s | sample images/s | peak memory MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| configuration | train images/s | vs fp32 | vs plain loop | vs notebook | test loss | vs fp32 loss | compile s | sample images/s | peak memory MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def fmt(value, spec):
@@ -158,11 +153,11 @@ def markdown(summary: dict) -> str:
 
     for r in summary["results"]:
         if "error" in r:
-            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['config']} | failed: {r['error']} | | | | | | | | |")
             continue
         loss_change = r.get("test_loss_vs_fp32")
         lines.append(
-            f"| {r['config']} | {fmt(r['images_per_s'], '.0f')} | {fmt(r.get('vs_fp32'), '.2f')} | {fmt(r.get('vs_notebook'), '.2f')} | "
+            f"| {r['config']} | {fmt(r['images_per_s'], '.0f')} | {fmt(r.get('vs_fp32'), '.2f')} | {fmt(r.get('vs_plain'), '.2f')} | {fmt(r.get('vs_notebook'), '.2f')} | "
             f"{fmt(r.get('test_loss'), '.1f')} | {fmt(loss_change * 100 if loss_change is not None else None, '+.2f')}{'%' if loss_change is not None else ''} | "
             f"{fmt(r.get('compile_seconds'), '.1f')} | {fmt(r.get('sample_images_per_s'), '.0f')} | {fmt(r.get('peak_memory_mb'), '.0f')} |"
         )

@@ -44,9 +44,7 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the versions of vaezoo and torch.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors (also VAEZOO_DEBUG=1).")] = False,
 ) -> None:
-    """A plugin-based model zoo for variational autoencoders."""
-    if debug:
-        os.environ["VAEZOO_DEBUG"] = "1"
+    """A plugin-based model zoo for variational autoencoders."""  # --debug is read by main()
 
 
 def _print_json(data: object) -> None:

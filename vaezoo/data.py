@@ -70,16 +70,16 @@ def limit_subset(images: Tensor, labels: Tensor, limit: int) -> tuple[Tensor, Te
     return images[index], labels[index]
 
 
-def to_float(batch: Tensor) -> Tensor:
-    """uint8 images -> float32 in [0, 1]."""
-    return batch.float().div_(255)
+def to_float(batch: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+    """uint8 images -> float32 in [0, 1] (in one copy, laid out in `memory_format`)."""
+    return batch.to(dtype=torch.float32, memory_format=memory_format).div_(255)
 
 
-def shuffled_batches(images: Tensor, order: Tensor, batch_size: int, start: int = 0) -> Iterator[Tensor]:
+def shuffled_batches(images: Tensor, order: Tensor, batch_size: int, start: int = 0, memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[Tensor]:
     """Float batches of `images` (on its device) in the order `order`, from batch `start` on."""
     order = order.to(images.device)
     for first in range(start * batch_size, len(order), batch_size):
-        yield to_float(images.index_select(0, order[first : first + batch_size]))
+        yield to_float(images.index_select(0, order[first : first + batch_size]), memory_format)
 
 
 def batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:

@@ -28,6 +28,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "test_limit": 0,
     "precision": "fp32",
     "compile": False,
+    "channels_last": True,
     "eval_batch_size": 500,
     "sample_count": 64,
 }
