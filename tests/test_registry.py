@@ -126,6 +126,14 @@ def test_two_plugins_registering_one_name_is_one_clear_error(tmp_path):
     assert [item["plugin"] for item in items if item["name"] == "conv"] == ["conv"]
 
 
+def test_two_distributions_with_one_plugin_name_is_one_clear_error(tmp_path):
+    env = fake_site(tmp_path, GOOD, plugin="conv")
+    process = run_cli("list", "encoders", env=env)
+    assert process.returncode == 2
+    line = _one_line(process.stderr)
+    assert "two plugins are named 'conv'" in line and "vaezoo" in line and "fake-plugin" in line
+
+
 def test_disable_plugins_hides_third_party_and_default_plugins(tmp_path):
     env = {**fake_site(tmp_path, GOOD), "VAEZOO_DISABLE_PLUGINS": "fake, conv"}
     names = {row["name"] for row in _json(run_cli("plugins", "--json", env=env))}

@@ -114,7 +114,7 @@ def run_command(
     seed: Annotated[Optional[int], typer.Option(help="Random seed (repeatable runs on CPU).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its state.safetensors.")] = None,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log scalars and image grids to OUT/tensorboard (needs vaezoo[tensorboard]).")] = False,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log scalars and image grids to OUT/tensorboard (needs the tensorboard extra: pip install 'vaezoo\\[tensorboard]').")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time reported apart as compile_seconds).")] = False,
     nproc: Annotated[Optional[int], typer.Option(min=1, help="Train in N processes on this machine through torchrun (DistributedDataParallel; one per GPU).")] = None,
 ) -> None:

@@ -39,14 +39,22 @@ def _info(entry_point: EntryPoint, dists: dict[object, tuple[str, str]]) -> Plug
 def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
     """Import every enabled entry point; one that fails is recorded and warned about, never fatal."""
     disabled = disabled_plugins()
-    infos = []
-    seen = set()
+    infos: list[PluginInfo] = []
+    seen: dict[str, PluginInfo] = {}
     dists: dict[object, tuple[str, str]] = {}
     for entry_point in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
-        if entry_point.name in disabled or entry_point.name in seen:
+        if entry_point.name in disabled:
             continue
-        seen.add(entry_point.name)
         info = _info(entry_point, dists)
+        first = seen.get(entry_point.name)
+        if first is not None:  # the same distribution found twice on sys.path is harmless
+            if first.distribution != info.distribution:
+                raise PluginError(
+                    f"two plugins are named {info.name!r}: one from {first.distribution} and one from {info.distribution}; "
+                    f"uninstall one of them (VAEZOO_DISABLE_PLUGINS={info.name} switches both off)"
+                )
+            continue
+        seen[entry_point.name] = info
         try:
             manager.register(entry_point.load(), name=entry_point.name)
             manager.check_pending()
