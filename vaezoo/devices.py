@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import torch
 
@@ -50,18 +52,32 @@ class Precision:
         return torch.autocast(device_type=device.type, dtype=self.dtype)
 
 
-# What `auto` picks per device type: the fastest precision whose test loss stays within 1% of fp32
-# (bench/precision.py). On CPUs without native bf16 (AVX2 only) bf16 autocast measured 13x slower
-# than fp32 for the conv VAE, so cpu stays fp32; cuda: bf16 (fp16 + GradScaler where bf16 is missing).
-AUTO_PRECISION = {"cpu": "fp32", "cuda": "bf16", "mps": "fp32"}
+@cache
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU has bf16 instructions (x86 AVX512-BF16 or AMX, Arm BF16), read from Linux's
+    /proc/cpuinfo; False where that cannot be read."""
+    try:
+        words = set(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").split())
+    except OSError:
+        return False
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def auto_precision(device: torch.device) -> str:
+    """The fastest precision whose test loss stays within 1% of fp32 (bench/precision.py,
+    docs/performance.md): bf16 on CUDA (fp16 where bf16 is missing), bf16 on a CPU with native bf16
+    instructions (without them bf16 autocast measured 15x slower than fp32), fp32 elsewhere."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """The precision for a `--precision` value on `device`; errors where the device cannot do it."""
     if name == "auto":
-        name = AUTO_PRECISION.get(device.type, "fp32")
-        if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            name = "fp16"
+        name = auto_precision(device)
     if name == "fp32":
         return Precision("fp32", None)
     if name == "bf16":

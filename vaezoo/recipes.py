@@ -26,7 +26,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "limit": 0,
     "test_limit": 0,
-    "precision": "fp32",
+    "precision": "auto",
     "compile": False,
     "channels_last": True,
     "eval_batch_size": 500,
