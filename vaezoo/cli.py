@@ -134,14 +134,13 @@ def run_command(
         raise typer.Exit(_run_torchrun(nproc, recipe, set_ or [], options, resume))
     from vaezoo import distributed
 
-    if not distributed.is_main():  # under torchrun only rank 0 prints
-        fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=extra)
-        return
-    progress = RichProgress(err_console)
+    progress = RichProgress(err_console)  # the loop calls callbacks on rank 0 only
     try:
         result = fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=[progress, *extra])
     finally:
         progress.close()
+    if not distributed.is_main():
+        return
     metrics = result.metrics
     err_console.print(f"[green]done[/green]: {result.out_dir}  test loss {metrics.get('test_loss', float('nan')):.2f} nats/image after {metrics.get('epoch', 0)} epochs")
     for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "reconstructions.png", "interpolations.png", "loss.png", "tensorboard", "recipe.toml"):

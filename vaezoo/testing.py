@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from vaezoo.components import Dataset, Loss, LossParts, Prior
+from vaezoo.recipes import FRAMEWORK_ARGS
 
 __all__ = ["check_signature", "check_encoder", "check_decoder", "check_prior", "check_loss", "check_dataset"]
 
-FRAMEWORK_ARGS = {"in_shape", "out_shape", "latent_dim", "root"}
 _SCALARS = (bool, int, float, str)
 
 
