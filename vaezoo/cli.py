@@ -51,6 +51,16 @@ def _print_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
+def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    """A borderless rich table with a bold header."""
+    table = Table(box=None, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 @app.command("list")
 def list_command(
     kind: Annotated[Optional[str], typer.Argument(help=f"What to list: {KIND_HELP}.")] = None,
@@ -69,11 +79,7 @@ def list_command(
     if as_json:
         _print_json(items)
         return
-    table = Table(box=None, header_style="bold")
-    for column in ("kind", "name", "plugin", "summary"):
-        table.add_column(column)
-    for item in items:
-        table.add_row(item["kind"], item["name"], item["plugin"], item["summary"])
+    table = _table(("kind", "name", "plugin", "summary"), [(i["kind"], i["name"], i["plugin"], i["summary"]) for i in items])
     console.print(table if items else "nothing matches")
 
 
@@ -90,13 +96,11 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
     if as_json:
         _print_json(rows)
         return
-    table = Table(box=None, header_style="bold")
-    for column in ("plugin", "distribution", "version", "registers"):
-        table.add_column(column)
+    lines = []
     for row in rows:
         what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items() if names)
-        table.add_row(row["name"], row["distribution"], row["version"], f"[red]failed: {row['error']}[/red]" if row["error"] else what)
-    console.print(table)
+        lines.append((row["name"], row["distribution"], row["version"], f"[red]failed: {row['error']}[/red]" if row["error"] else what))
+    console.print(_table(("plugin", "distribution", "version", "registers"), lines))
 
 
 @app.command("run")
@@ -263,12 +267,8 @@ def inspect_command(
     console.print(f"[bold]{info['path']}[/bold]  sha256 {info['sha256']}")
     console.print(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}")
     console.print(f"vaezoo {info['vaezoo_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters")
-    table = Table(box=None, header_style="bold")
-    for column in ("component", "name", "distribution", "version"):
-        table.add_column(column)
-    for record in info["components"]:
-        table.add_row(record["kind"], record["name"], record["distribution"], record["version"])
-    console.print(table)
+    components = [(r["kind"], r["name"], r["distribution"], r["version"]) for r in info["components"]]
+    console.print(_table(("component", "name", "distribution", "version"), components))
     training = info["training"]
     if training:
         console.print(f"trained {training.get('epochs')} epochs, {training.get('steps')} steps ({training.get('precision')} on {training.get('device')})")
