@@ -46,11 +46,11 @@ def test_metadata_follows_the_design(trained):
         assert key in metadata
         json.loads(metadata[key])  # every vaezoo.* value is a JSON string
     assert json.loads(metadata["vaezoo.version"]) == vaezoo.__version__
-    assert json.loads(metadata["vaezoo.format_version"]) == 1
+    assert json.loads(metadata["vaezoo.format_version"]) == 2
     recipe = json.loads(metadata["vaezoo.recipe"])
     assert recipe == trained.model.recipe and recipe["encoder"]["hidden"] == [4, 8, 8]
     components = json.loads(metadata["vaezoo.components"])
-    assert {(c["kind"], c["name"]) for c in components} == {("dataset", "cifar10"), ("encoder", "conv"), ("decoder", "conv"), ("prior", "normal"), ("loss", "bce-kl")}
+    assert {(c["kind"], c["name"]) for c in components} == {("model", "vae"), ("dataset", "cifar10"), ("encoder", "conv"), ("decoder", "conv"), ("prior", "normal"), ("loss", "bce-kl")}
     assert all(c["distribution"] == "vaezoo" and c["version"] == vaezoo.__version__ for c in components)
     data = json.loads(metadata["vaezoo.data"])
     assert data["shape"] == [3, 32, 32] and data["range"] == [0.0, 1.0]

@@ -9,9 +9,9 @@ from torch import distributions as D
 
 import vaezoo
 from vaezoo.errors import RecipeError
-from vaezoo_bce.loss import BCEKL
-from vaezoo_conv.model import ConvDecoder, ConvEncoder
-from vaezoo_normal.prior import NormalPrior
+from vaezoo_defaults.bce.loss import BCEKL
+from vaezoo_defaults.conv.model import ConvDecoder, ConvEncoder
+from vaezoo_defaults.normal.prior import NormalPrior
 
 
 @pytest.fixture(autouse=True)

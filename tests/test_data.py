@@ -14,7 +14,7 @@ from tinydata import CLASSES, fit_tiny, tiny_cifar, write_class_folders  # noqa:
 
 from vaezoo.data import limit_subset, load_split
 from vaezoo.errors import DataError
-from vaezoo_cifar10.dataset import CIFAR10
+from vaezoo_defaults.cifar10.dataset import CIFAR10
 
 
 def test_class_folders(tmp_path):

@@ -33,7 +33,7 @@ def trained(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def test_images(cifar: Path, trained: Path) -> torch.Tensor:
-    return load_split_images(vaezoo.load(trained), "test", cifar, limit=64)
+    return load_split_images(vaezoo.load(trained), "test", cifar, limit=64)[0]
 
 
 def test_eval_json_in_a_fresh_process(trained: Path, cifar: Path) -> None:
@@ -76,11 +76,16 @@ def test_iw_estimate_is_never_worse_than_the_elbo(trained: Path, test_images: to
     assert mean_k1 == pytest.approx(evaluate(model, test_images[:16])["loss"], abs=0.5)
 
 
-def test_iw_matches_a_naive_computation_and_chunking_does_not_matter(trained: Path, test_images: torch.Tensor) -> None:
+def test_iw_matches_a_naive_computation_and_chunking_does_not_matter(trained: Path, test_images: torch.Tensor, monkeypatch) -> None:
+    from vaezoo_defaults.vae import model as vae_family
+
     model = vaezoo.load(trained)
     images, k = test_images[:4], 12
-    chunked = importance_weighted_nll(model, images, k, decode_batch=5)  # one image per batch, 3 decode chunks
-    whole = importance_weighted_nll(model, images, k, decode_batch=k)  # one image per batch, 1 chunk
+    monkeypatch.setattr(vaezoo.evaluate, "IW_IMAGES_PER_BATCH", k)  # one image per batch
+    monkeypatch.setattr(vae_family, "DECODE_BATCH", 5)  # 3 decode chunks
+    chunked = importance_weighted_nll(model, images, k)
+    monkeypatch.setattr(vae_family, "DECODE_BATCH", k)  # 1 chunk
+    whole = importance_weighted_nll(model, images, k)
     assert chunked == pytest.approx(whole, rel=1e-6)
     torch.manual_seed(0)  # the same random stream: randn(1, k, latent) per image
     total = 0.0

@@ -17,7 +17,7 @@ import vaezoo
 from vaezoo.errors import PluginError, UnknownName
 from vaezoo.registry import PluginInfo, Registry
 
-DEFAULTS = {"conv": "vaezoo_conv.plugin", "normal": "vaezoo_normal.plugin", "bce-kl": "vaezoo_bce.plugin", "cifar10": "vaezoo_cifar10.plugin", "zoo": "vaezoo_zoo.plugin"}
+DEFAULTS = {"conv": "vaezoo_defaults.conv.plugin", "normal": "vaezoo_defaults.normal.plugin", "bce-kl": "vaezoo_defaults.bce.plugin", "cifar10": "vaezoo_defaults.cifar10.plugin", "zoo": "vaezoo_defaults.zoo.plugin"}
 
 
 def fake_site(tmp_path: Path, body: str, *, plugin: str = "fake", module: str = "fake_plugin_mod") -> dict[str, str]:

@@ -67,8 +67,9 @@ def interrupt_at(epoch: int, batch: int, signum: int = signal.SIGINT):
 def test_resume_after_an_interrupt_in_the_middle_of_an_epoch(tiny_cifar, straight, tmp_path, monkeypatch, epoch, batch):
     monkeypatch.setattr(vaezoo.train, "LOG_EVERY", 1)
     out = tmp_path / "run"
-    with pytest.raises(Interrupted, match=rf"epoch {epoch} after {batch} batches.*resume with: vaezoo run cifar-vae --resume {out} --epochs 2"):
+    with pytest.raises(Interrupted, match=rf"epoch {epoch} after {batch} batches; state saved in {out}") as stopped:
         fit_tiny(tiny_cifar, out, epochs=2, callbacks=[interrupt_at(epoch, batch)])
+    assert (stopped.value.out_dir, stopped.value.recipe, stopped.value.epochs) == (out, "cifar-vae", 2)  # the CLI prints the resume command from these
     assert len(metrics(out)) == epoch - 1 if epoch > 1 else not (out / "metrics.jsonl").exists()
     fit_tiny(tiny_cifar, None, epochs=2, resume=out)
     assert_same_weights(straight, out)
@@ -128,7 +129,7 @@ def test_resume_of_a_finished_run_asks_for_more_epochs(tiny_cifar, straight, tmp
 
 
 def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_model(tiny_cifar, tmp_path, monkeypatch, capsys):
-    from vaezoo_bce.loss import BCEKL
+    from vaezoo_defaults.bce.loss import BCEKL
 
     real_nll = BCEKL.nll
     state = {"epochs_done": 0, "model": None}

@@ -16,14 +16,14 @@ import vaezoo
 from vaezoo.components import gaussian_log_prob
 from vaezoo.errors import DataError
 from vaezoo.testing import check_dataset, check_decoder, check_encoder, check_loss, check_prior
-from vaezoo_betakl.loss import BetaKL
-from vaezoo_dlogistic.loss import DiscretizedLogisticKL
-from vaezoo_gaussian.loss import GaussianKL
-from vaezoo_imagefolder.dataset import ImageFolder
-from vaezoo_mixture.priors import MixturePrior, VampPrior
-from vaezoo_mlp.model import MLPDecoder, MLPEncoder
-from vaezoo_mnist.dataset import MNIST, FashionMNIST
-from vaezoo_resnet.model import ResNetDecoder, ResNetEncoder
+from vaezoo_defaults.betakl.loss import BetaKL
+from vaezoo_defaults.dlogistic.loss import DiscretizedLogisticKL
+from vaezoo_defaults.gaussian.loss import GaussianKL
+from vaezoo_defaults.imagefolder.dataset import ImageFolder
+from vaezoo_defaults.mixture.priors import MixturePrior, VampPrior
+from vaezoo_defaults.mlp.model import MLPDecoder, MLPEncoder
+from vaezoo_defaults.mnist.dataset import MNIST, FashionMNIST
+from vaezoo_defaults.resnet.model import ResNetDecoder, ResNetEncoder
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-images"
@@ -68,7 +68,7 @@ def test_resnet_needs_divisible_shapes():
 
 
 def test_resnet_defaults_are_bigger_than_conv():
-    from vaezoo_conv.model import ConvEncoder
+    from vaezoo_defaults.conv.model import ConvEncoder
 
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     resnet = ResNetEncoder(in_shape=(3, 32, 32), latent_dim=20)
@@ -93,7 +93,7 @@ def test_mog_conforms_and_learns():
 
 
 def test_mog_with_one_standard_component_is_the_normal_prior():
-    from vaezoo_normal.prior import NormalPrior
+    from vaezoo_defaults.normal.prior import NormalPrior
 
     prior = MixturePrior(latent_dim=6, n_components=1)
     with torch.no_grad():
@@ -140,7 +140,7 @@ def test_vamp_needs_bind():
 
 
 def test_beta_kl_weights_and_bce():
-    from vaezoo_bce.loss import BCEKL
+    from vaezoo_defaults.bce.loss import BCEKL
 
     loss = check_loss(BetaKL, beta=4.0, warmup_steps=10)
     assert [loss.kl_weight(s) for s in (0, 5, 10, 100)] == [0.0, 2.0, 4.0, 4.0]

@@ -23,7 +23,7 @@ _LAZY = {
     "resolve_recipe": "vaezoo.recipes",
     "list_components": "vaezoo.registry",
     "get_registry": "vaezoo.plugins",
-    "VAE": "vaezoo.model",
+    "Model": "vaezoo.components",
     "Encoder": "vaezoo.components",
     "Decoder": "vaezoo.components",
     "Prior": "vaezoo.components",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,11 +36,13 @@ def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None =
 
 
 def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None):
-    """An untrained VAE for a recipe name, recipe file or table (overrides as in `resolve_recipe`)."""
+    """An untrained model (a `vaezoo.Model`) for a recipe name, recipe file or table (overrides as in
+    `resolve_recipe`)."""
     from vaezoo.model import build_model
 
     resolved = resolve_recipe(recipe, sets, options)
-    model = build_model(resolved, make_dataset(resolved).shape)
+    dataset = make_dataset(resolved)
+    model = build_model(resolved, dataset.shape, dataset.classes)
     model.recipe = resolved
     return model
 
@@ -67,12 +68,14 @@ def fit(
     resume: str | Path | None = None,
     callbacks: Sequence[Any] = (),
 ) -> FitResult:
-    """Train a recipe and write model.safetensors, state.safetensors, metrics.jsonl, samples.png and
-    recipe.toml into `out` (default runs/<recipe>-<UTC time>/). `resume` continues a run folder."""
+    """Train a recipe and write model.safetensors, state.safetensors, metrics.jsonl, samples.png, the
+    pictures and recipe.toml into `out` (default runs/<recipe>-<UTC time>/). `resume` continues a run
+    folder. Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state."""
     from vaezoo import distributed
     from vaezoo.data import limit_subset, load_split
     from vaezoo.devices import resolve_device, resolve_precision
     from vaezoo.model import build_model
+    from vaezoo.runfiles import RunFiles
     from vaezoo.train import Run, train
 
     job, rank_device = distributed.setup(device)  # under torchrun: join the job (see docs/distributed.md)
@@ -93,12 +96,12 @@ def fit(
     precision = resolve_precision(resolved["train"]["precision"], torch_device)
     dataset = make_dataset(resolved, data_dir)
     settings = resolved["train"]
-    train_images, _ = limit_subset(*load_split(dataset, "train"), settings["limit"])
-    test_images, _ = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
+    train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
+    test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
     import torch
 
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
-    model = build_model(resolved, dataset.shape).to(torch_device)
+    model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
     model.recipe = resolved
 
     if job.is_main:  # only rank 0 writes files
@@ -112,27 +115,21 @@ def fit(
             history = [json.loads(line) for line in old_metrics.read_text().splitlines() if line.strip()]
     if job.is_main:
         write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
-    resume_command = shlex.join(["vaezoo", "run", resolved["name"], "--resume", str(out_dir), "--epochs", str(settings["epochs"])])
-    if data_dir:
-        resume_command += f" --data-dir {shlex.quote(str(data_dir))}"
-    if device != "auto":
-        resume_command += f" --device {shlex.quote(device)}"
-    if job.enabled:
-        resume_command += f" --nproc {job.world_size}"
-    run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, resume_command, history=history)
-    metrics = train(run, callbacks, resume_from=resume_dir / "state.safetensors" if resume_dir is not None else None)
+    labels = {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)} if model.conditional else {}
+    run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, history=history, **labels)
+    metrics = train(run, [RunFiles(), *callbacks], resume_from=resume_dir / "state.safetensors" if resume_dir is not None else None)
     return FitResult(out_dir, metrics, model)
 
 
 def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int = 0):
-    """Uint8 images of a split of a loaded model's dataset (`limit` > 0: that many, drawn with a fixed seed)."""
+    """Uint8 images and int64 labels of a split of a loaded model's dataset (`limit` > 0: that many,
+    drawn with a fixed seed)."""
     from vaezoo.data import limit_subset, load_split
 
     dataset = make_dataset(model.recipe, data_dir)
     if split not in dataset.splits:
         raise VaezooError(f"unknown split {split!r}: {model.recipe['dataset']['name']} has {', '.join(dataset.splits)}")
-    images, _ = limit_subset(*load_split(dataset, split), limit)
-    return images
+    return limit_subset(*load_split(dataset, split), limit)
 
 
 def evaluate_file(
@@ -153,8 +150,8 @@ def evaluate_file(
     if iw_samples < 0:
         raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")
     model = load(model_path, device=device)
-    images = load_split_images(model, split, data_dir, limit)
-    metrics = evaluation_report(model, images, iw_samples=iw_samples, batch_size=model.recipe["train"]["eval_batch_size"], seed=seed)
+    images, labels = load_split_images(model, split, data_dir, limit)
+    metrics = evaluation_report(model, images, labels, iw_samples=iw_samples, batch_size=model.recipe["train"]["eval_batch_size"], seed=seed)
     return {"model": str(model_path), "split": split, "images": len(images), **metrics}
 
 
@@ -164,7 +161,8 @@ def reconstruct_file(model_path: str | Path, out: str | Path, *, n: int = 16, se
     from vaezoo.pictures import save_reconstructions
 
     model = load(model_path, device=device)
-    save_reconstructions(model, load_split_images(model, split, data_dir), out, n=n, seed=seed)
+    images, labels = load_split_images(model, split, data_dir)
+    save_reconstructions(model, images, out, n=n, seed=seed, labels=labels)
 
 
 def interpolate_file(
@@ -172,9 +170,12 @@ def interpolate_file(
 ) -> None:
     """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""
     from vaezoo.checkpoint import load
-    from vaezoo.pictures import save_interpolations
+    from vaezoo.pictures import can_interpolate, save_interpolations
 
     if steps < 2:
         raise VaezooError(f"--steps must be 2 or more, got {steps}")
     model = load(model_path, device=device)
-    save_interpolations(model, load_split_images(model, split, data_dir), out, pairs=pairs, steps=steps, seed=seed)
+    if not can_interpolate(model):
+        raise VaezooError(f"{model_path}: model family {model.recipe['model']['name']!r} has no encode/decode, so it cannot interpolate")
+    images, labels = load_split_images(model, split, data_dir)
+    save_interpolations(model, images, out, pairs=pairs, steps=steps, seed=seed, labels=labels)

@@ -17,21 +17,27 @@ from safetensors.torch import save as save_tensors
 import vaezoo
 from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
 from vaezoo.files import write_bytes_atomic
-from vaezoo.model import VAE, build_model
+from vaezoo.components import Model
+from vaezoo.model import build_model
 from vaezoo.recipes import COMPONENTS, validate
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_FORMATS = (1, 2)  # format 1: vaezoo 0.1, whose recipes have no model table (family `vae`)
+KINDS = {"model": "models", **COMPONENTS}
 MAX_HEADER = 100_000_000
 REQUIRED_KEYS = ("vaezoo.format_version", "vaezoo.version", "vaezoo.recipe", "vaezoo.components", "vaezoo.data")
 
 
 def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
-    """For each component of a recipe: kind, name and the plugin distribution that provides it."""
+    """For the model family and each component of a recipe: kind, name and the plugin distribution
+    that provides it."""
     from vaezoo.plugins import get_registry
 
     registry = get_registry()
     records = []
-    for key, kind in COMPONENTS.items():
+    for key, kind in KINDS.items():
+        if key not in recipe:
+            continue
         entry = registry.get(kind, recipe[key]["name"])
         records.append({"kind": key, "name": entry.name, "plugin": entry.plugin.name, "distribution": entry.plugin.distribution, "version": entry.plugin.version})
     return records
@@ -48,7 +54,7 @@ def state_tensors(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.
     return tensors
 
 
-def save(model: VAE, path: str | Path, recipe: Mapping[str, Any], training: Mapping[str, Any] | None = None) -> None:
+def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Mapping[str, Any] | None = None) -> None:
     """Write `model` and everything needed to rebuild it to `path`, atomically."""
     metadata = {
         "format": "pt",
@@ -57,7 +63,7 @@ def save(model: VAE, path: str | Path, recipe: Mapping[str, Any], training: Mapp
         "vaezoo.torch_version": json.dumps(torch.__version__.split("+")[0]),
         "vaezoo.recipe": json.dumps(dict(recipe)),
         "vaezoo.components": json.dumps(component_records(recipe)),
-        "vaezoo.data": json.dumps({"shape": list(model.in_shape), "dtype": "float32", "range": [0.0, 1.0], "source": "uint8 / 255"}),
+        "vaezoo.data": json.dumps({"shape": list(model.in_shape), "dtype": "float32", "range": [0.0, 1.0], "source": "uint8 / 255", "classes": list(model.classes)}),
         "vaezoo.training": json.dumps(dict(training or {})),
     }
     write_bytes_atomic(path, save_tensors(state_tensors(model), metadata=metadata))
@@ -106,8 +112,8 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
                 metadata[key[len("vaezoo.") :]] = json.loads(value)
             except (TypeError, json.JSONDecodeError):
                 raise CheckpointError(f"{path}: metadata {key} is not valid JSON (the file is damaged)") from None
-    if metadata["format_version"] != FORMAT_VERSION:
-        raise CheckpointError(f"{path} uses checkpoint format {metadata['format_version']}, this vaezoo reads {FORMAT_VERSION}: upgrade vaezoo")
+    if metadata["format_version"] not in READS_FORMATS:
+        raise CheckpointError(f"{path} uses checkpoint format {metadata['format_version']}, this vaezoo reads {', '.join(map(str, READS_FORMATS))}: upgrade vaezoo")
     components = metadata["components"]
     if not (isinstance(metadata["recipe"], dict) and isinstance(metadata["data"], dict) and isinstance(metadata.get("training", {}), dict)
             and isinstance(components, list) and all(isinstance(record, dict) for record in components)):
@@ -120,9 +126,8 @@ def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
     from vaezoo.plugins import get_registry
 
     registry = get_registry()
-    kinds = COMPONENTS
     for record in metadata["components"]:
-        kind = kinds.get(record.get("kind"), "")
+        kind = KINDS.get(record.get("kind"), "")
         if not kind or record.get("name") not in registry.entries[kind]:
             raise MissingPlugin(
                 f"{path} needs {record.get('kind')} {record.get('name')!r} from plugin distribution "
@@ -131,7 +136,7 @@ def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
             )
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> VAE:
+def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     """Rebuild the model saved in `path` on `device`. `model.recipe` and `model.metadata` tell what it is."""
     path = Path(path)
     metadata, data = read_metadata(path)
@@ -143,7 +148,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> VAE:
     recipe = metadata["recipe"]
     try:
         recipe = validate(str(recipe.get("name", "checkpoint")), recipe)
-        model = build_model(recipe, metadata["data"]["shape"])
+        model = build_model(recipe, metadata["data"]["shape"], metadata["data"].get("classes", []))
     except VaezooError as error:
         raise CheckpointError(f"{path}: its recipe does not build with the installed plugins: {error}") from None
     except (KeyError, TypeError, AttributeError) as error:
@@ -193,6 +198,8 @@ def describe(path: str | Path) -> dict[str, Any]:
         "size_bytes": len(data),
         "vaezoo_version": metadata["version"],
         "recipe": metadata["recipe"],
+        "format_version": metadata["format_version"],
+        "model": next((r for r in metadata["components"] if r.get("kind") == "model"), {"kind": "model", "name": metadata["recipe"].get("model", {}).get("name", "vae")}),
         "components": metadata["components"],
         "data": metadata["data"],
         "tensors": len(tensors),

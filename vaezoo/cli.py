@@ -28,7 +28,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-KIND_HELP = "one of recipes, encoders, decoders, priors, losses, datasets"
+KIND_HELP = "one of recipes, models, encoders, decoders, priors, losses, datasets"
 
 
 def _version(value: bool) -> None:
@@ -137,10 +137,13 @@ def run_command(
     if nproc is not None:
         raise typer.Exit(_run_torchrun(nproc, recipe, set_ or [], options, resume))
     from vaezoo import distributed
+    from vaezoo.errors import Interrupted
 
     progress = RichProgress(err_console)  # the loop calls callbacks on rank 0 only
     try:
         result = fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=[progress, *extra])
+    except Interrupted as stopped:
+        raise Interrupted(f"{stopped}; resume with: {_resume_command(stopped, data_dir, device)}") from None
     finally:
         progress.close()
     if not distributed.is_main():
@@ -150,6 +153,23 @@ def run_command(
     for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "reconstructions.png", "interpolations.png", "loss.png", "tensorboard", "recipe.toml"):
         if (result.out_dir / name).exists():
             err_console.print(f"  {result.out_dir / name}")
+
+
+def _resume_command(stopped, data_dir: Optional[Path], device: str) -> str:
+    """The command that continues an interrupted run where it stopped."""
+    import shlex
+
+    from vaezoo import distributed
+
+    command = ["vaezoo", "run", stopped.recipe, "--resume", str(stopped.out_dir), "--epochs", str(stopped.epochs)]
+    if data_dir:
+        command += ["--data-dir", str(data_dir)]
+    if device != "auto":
+        command += ["--device", device]
+    job = distributed.world()
+    if job.enabled:
+        command += ["--nproc", str(job.world_size)]
+    return shlex.join(command)
 
 
 def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resume: Optional[Path]) -> int:
@@ -178,16 +198,19 @@ def sample_command(
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same picture.")] = 0,
     temperature: Annotated[float, typer.Option(min=0.0, help="Scale of the prior samples.")] = 1.0,
+    label: Annotated[Optional[str], typer.Option(help="Class to draw (a name or an index), for conditional models; without it they draw the classes in turn.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
-    """Decode N prior samples into a grid image."""
+    """Decode N samples of the model into a grid image."""
     from vaezoo.checkpoint import load
     from vaezoo.images import save_grid
-    from vaezoo.sample import sample_images
+    from vaezoo.sample import parse_label, sample_images
 
-    vae = load(model, device=device)
-    save_grid(sample_images(vae, n, seed=seed, temperature=temperature), out)
-    err_console.print(f"wrote {n} samples to {out}")
+    loaded = load(model, device=device)
+    index = parse_label(loaded, label)
+    save_grid(sample_images(loaded, n, seed=seed, temperature=temperature, label=index), out)
+    what = f" of class {loaded.classes[index]!r}" if index is not None else ""
+    err_console.print(f"wrote {n} samples{what} to {out}")
 
 
 @app.command("reconstruct")
@@ -243,12 +266,14 @@ def eval_command(
         _print_json(metrics)
         return
     table = Table(box=None, show_header=False)
-    for key, value in metrics.items():
-        if key != "bits_per_dim_note":
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value))
+    rows = [(k, v) for k, v in metrics.items() if k not in ("terms", "bits_per_dim_note", "iw_note")]
+    rows += [(f"  {k}", v) for k, v in metrics.get("terms", {}).items()]
+    for key, value in rows:
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value))
     console.print(table)
-    if "bits_per_dim_note" in metrics:
-        console.print(f"note: {metrics['bits_per_dim_note']}")
+    for note in ("iw_note", "bits_per_dim_note"):
+        if note in metrics:
+            console.print(f"note: {metrics[note]}")
 
 
 @app.command("inspect")
@@ -266,7 +291,10 @@ def inspect_command(
     recipe = info["recipe"]
     console.print(f"[bold]{info['path']}[/bold]  sha256 {info['sha256']}")
     console.print(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}")
-    console.print(f"vaezoo {info['vaezoo_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters")
+    family = info["model"]
+    provider = f" from {family['distribution']} {family.get('version', '')} (plugin {family.get('plugin')!r})" if family.get("distribution") else " (format 1: vaezoo 0.1)"
+    console.print(f"model family {family['name']!r}{provider}")
+    console.print(f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters")
     components = [(r["kind"], r["name"], r["distribution"], r["version"]) for r in info["components"]]
     console.print(_table(("component", "name", "distribution", "version"), components))
     training = info["training"]

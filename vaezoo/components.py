@@ -1,10 +1,13 @@
 """The interfaces a plugin implements. Shapes: images are `(B, C, H, W)` floats in [0, 1]; latents
-are `(B, latent_dim)`. Every constructor takes keyword arguments only."""
+are `(B, latent_dim)`; class labels are `(B,)` int64. Every constructor takes keyword arguments only.
+
+A `Model` is a whole architecture (a model family); `Encoder`, `Decoder`, `Prior` and `Loss` are the
+parts of the classic VAE family `vae`, which other families may reuse."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,11 +60,46 @@ class Prior(nn.Module):
 
 @dataclass
 class LossParts:
-    """Per-image values, each `(B,)`: the training objective and the negative ELBO's two parts."""
+    """Per-image values, each `(B,)`: the training objective and the negative ELBO's two parts, plus
+    any further named per-image values of the model (`terms`, e.g. the KL of each latent level),
+    whose means `vaezoo eval` and metrics.jsonl report."""
 
     loss: Tensor
     recon: Tensor
     kl: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Model(nn.Module):
+    """A model family: a whole architecture that owns its latents, its objective and its sampling.
+
+    Built with keyword arguments only: `in_shape=(C, H, W)`, `num_classes` (0 without labels),
+    `latent_dim` when the recipe has one, the keys of the recipe's `model` table, and each of
+    `encoder`, `decoder`, `prior`, `loss` that the recipe has a table for and the constructor names
+    (built from the registry). After construction vaezoo sets `in_shape` and `classes` (the
+    dataset's class names) on the model.
+
+    Optional capabilities, used when a family defines them (do not define them to say "not
+    supported"): `log_likelihood(x, y=None, k=100) -> (B,)` importance-weighted log p(x) in nats;
+    `encode(x, y=None) -> latents` and `decode(z, y=None) -> images in [0, 1]` for interpolations."""
+
+    discrete: bool = False  # True when recon is -log p(x) over the 256 values of each pixel (bits/dim meaningful)
+    conditional: bool = False  # True when the model takes class labels y (then y is never None)
+    in_shape: tuple[int, int, int]
+    classes: tuple[str, ...] = ()
+
+    def forward(self, x: Tensor, y: Tensor | None = None, step: int | None = None) -> LossParts:  # pragma: no cover - interface
+        """Per-image values for images `x` in [0, 1]: `loss` is what training minimises at optimizer
+        step `step`; with `step=None` it is the true negative ELBO in nats per image (recon + kl)."""
+        raise NotImplementedError
+
+    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:  # pragma: no cover - interface
+        """`n` new images `(n, C, H, W)` in [0, 1] (of classes `y` for a conditional model)."""
+        raise NotImplementedError
+
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # pragma: no cover - interface
+        """Images in [0, 1] decoded from the latents of `x`."""
+        raise NotImplementedError
 
 
 class Loss(nn.Module):
@@ -95,10 +133,12 @@ class Loss(nn.Module):
 
 class Dataset:
     """Built with `root` (a folder, maybe empty or missing) and recipe keys. `shape` is `(C, H, W)`;
-    `load(split)` returns `(images, labels)`: uint8 `(N, C, H, W)` and int64 `(N,)`."""
+    `load(split)` returns `(images, labels)`: uint8 `(N, C, H, W)` and int64 `(N,)`; `classes` names
+    the labels (empty when they carry no class)."""
 
     shape: tuple[int, int, int]
     splits: tuple[str, ...] = ("train", "test")
+    classes: tuple[str, ...] = ()  # class names, label i is classes[i] (empty when unlabeled)
 
     def __init__(self, *, root: Path) -> None:
         self.root = Path(root)

@@ -1,8 +1,8 @@
 """Data: where it lives, the uint8 cache, and shuffled float batches from one tensor on the device.
 
-A dataset is decoded once into a uint8 `(N, C, H, W)` tensor and cached (safetensors) in a per-user
-folder keyed by the data path; training keeps that tensor on the device and converts one batch at a
-time to float in [0, 1], so there is no per-image Python work in the loop."""
+A dataset is decoded once into a uint8 `(N, C, H, W)` tensor (and int64 labels) and cached
+(safetensors) in a per-user folder keyed by the data path; training keeps those tensors on the device
+and converts one batch at a time to float in [0, 1], so there is no per-image Python work in the loop."""
 
 from __future__ import annotations
 
@@ -75,14 +75,18 @@ def to_float(batch: Tensor, memory_format: torch.memory_format = torch.contiguou
     return batch.to(dtype=torch.float32, memory_format=memory_format).div_(255)
 
 
-def shuffled_batches(images: Tensor, order: Tensor, batch_size: int, start: int = 0, memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[Tensor]:
-    """Float batches of `images` (on its device) in the order `order`, from batch `start` on."""
+def shuffled_batches(
+    images: Tensor, labels: Tensor | None, order: Tensor, batch_size: int, start: int = 0, memory_format: torch.memory_format = torch.contiguous_format
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """(float images, labels or None) batches of `images` (on its device) in the order `order`, from
+    batch `start` on. Pass `labels=None` when the model does not use them (no gather)."""
     order = order.to(images.device)
     for first in range(start * batch_size, len(order), batch_size):
-        yield to_float(images.index_select(0, order[first : first + batch_size]), memory_format)
+        index = order[first : first + batch_size]
+        yield to_float(images.index_select(0, index), memory_format), None if labels is None else labels.index_select(0, index)
 
 
-def batches(images: Tensor, batch_size: int) -> Iterator[Tensor]:
-    """Float batches in order (evaluation); `images` may live on the host."""
+def batches(images: Tensor, batch_size: int, labels: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """(float images, labels or None) batches in order (evaluation); `images` may live on the host."""
     for first in range(0, len(images), batch_size):
-        yield to_float(images[first : first + batch_size])
+        yield to_float(images[first : first + batch_size]), None if labels is None else labels[first : first + batch_size]

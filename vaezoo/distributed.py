@@ -8,7 +8,7 @@ processes with RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous in their environm
 - draws the same permutation of the training images as every other rank (the data generator is seeded
   by train.seed) and takes its own shard of every global batch (train.batch_size images);
 - trains the model wrapped in DistributedDataParallel, whose gradient averaging over ranks equals the
-  single-process gradient of the global batch mean (see `shard_scale`);
+  single-process gradient of the global batch mean (see `batch_loss`);
 - evaluates its shard of the test split; train and test metrics are summed over ranks;
 - writes nothing unless it is rank 0.
 
@@ -117,11 +117,14 @@ def shard(indices: torch.Tensor, job: World) -> torch.Tensor:
     return torch.tensor_split(indices, job.world_size)[job.rank]
 
 
-def shard_scale(global_batch: int, job: World) -> float:
-    """The factor that turns a rank's sum of per-image losses into its loss: DDP averages gradients
-    over ranks, so scaling each rank's sum by world_size / global_batch gives exactly the gradient of
-    the global batch mean (the mean over the rank's shard when the shards are equal)."""
-    return job.world_size / global_batch
+def batch_loss(per_image: torch.Tensor, global_batch: int, job: World) -> torch.Tensor:
+    """The scalar to backpropagate for a rank's per-image losses: their mean in a single process.
+    DDP averages gradients over ranks, so each rank's sum is scaled by world_size / global_batch,
+    which gives exactly the gradient of the global batch mean (`global_batch`: images in this step
+    over all ranks; the last batch of an epoch may be smaller)."""
+    if not job.enabled:
+        return per_image.mean()
+    return per_image.sum() * (job.world_size / global_batch)
 
 
 def wrap(model: torch.nn.Module, device: torch.device, job: World) -> torch.nn.Module:

@@ -40,6 +40,11 @@ class RunFailed(VaezooError):
 
 
 class Interrupted(VaezooError):
-    """Ctrl-C or SIGTERM during a run; the state was saved."""
+    """Ctrl-C or SIGTERM during a run; the state was saved in `out_dir`, from which `recipe` resumes
+    up to `epochs` (the CLI prints the command)."""
 
     exit_code = 130
+
+    def __init__(self, message: str, out_dir: object = None, recipe: str = "", epochs: int = 0) -> None:
+        super().__init__(message)
+        self.out_dir, self.recipe, self.epochs = out_dir, recipe, epochs

@@ -1,5 +1,6 @@
-"""Test-split metrics: the negative ELBO per image (nats) and its parts, the importance-weighted
-(IWAE) estimate of the negative log-likelihood, bits per dimension and reconstruction error."""
+"""Test-split metrics through the Model interface: the negative ELBO per image (nats), its parts and the
+family's own terms, the importance-weighted NLL (families with `log_likelihood`), bits per dimension
+(discrete likelihoods) and reconstruction error."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import gaussian_log_prob
+from vaezoo.components import Model
 from vaezoo.data import batches
 from vaezoo.devices import Precision
-from vaezoo.model import VAE
+
+IW_IMAGES_PER_BATCH = 500  # images x samples evaluated at once by the importance-weighted NLL
 
 
 def _autocast(precision: Precision | None, device: torch.device) -> Any:
@@ -20,103 +22,119 @@ def _autocast(precision: Precision | None, device: torch.device) -> Any:
     return precision.autocast(device) if precision else torch.autocast(device.type, enabled=False)
 
 
+def _device(model: Model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def labels_for(model: Model, labels: Tensor | None) -> Tensor | None:
+    """The labels a model takes: all of them for a conditional model, none otherwise."""
+    if not getattr(model, "conditional", False):
+        return None
+    if labels is None:
+        raise ValueError("a conditional model needs the labels of its images")
+    return labels
+
+
 @torch.no_grad()
-def evaluate(model: VAE, images: Tensor, *, batch_size: int = 500, precision: Precision | None = None, seed: int = 0) -> dict[str, float]:
-    """Mean negative ELBO, reconstruction and KL per image over uint8 `images` (one posterior
-    sample each, drawn from a generator seeded with `seed` so that results repeat)."""
-    device = next(model.parameters()).device
+def evaluate(model: Model, images: Tensor, labels: Tensor | None = None, *, batch_size: int = 500, precision: Precision | None = None, seed: int = 0) -> dict[str, Any]:
+    """Means per image over uint8 `images`: `loss` (the negative ELBO), `recon`, `kl`, each of the
+    model's `terms` (under "terms"), and `bits_per_dim` for a discrete model. The model's noise is
+    drawn from a generator seeded with `seed`, so results repeat."""
+    device = _device(model)
     was_training = model.training
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    totals: dict[str, Tensor] = {}
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for x in batches(images, batch_size):
+        for x, y in batches(images, batch_size, labels_for(model, labels)):
             x = x.to(device, non_blocking=True)
             with _autocast(precision, device):
-                parts = model(x)
-            totals += torch.stack([parts.loss.sum(), parts.recon.sum(), parts.kl.sum()]).double()
+                parts = model(x, None if y is None else y.to(device), None)
+            for key, value in (("loss", parts.loss), ("recon", parts.recon), ("kl", parts.kl), *((f"terms.{k}", v) for k, v in parts.terms.items())):
+                total = value.detach().double().sum()
+                totals[key] = totals[key] + total if key in totals else total
     model.train(was_training)
-    loss, recon, kl = (totals / max(1, len(images))).tolist()
-    metrics: dict[str, Any] = {"loss": loss, "recon": recon, "kl": kl}
-    if getattr(model.loss, "discrete", False):
-        metrics["bits_per_dim"] = bits_per_dim(model, loss)
+    n = max(1, len(images))
+    means = {key: value.item() / n for key, value in totals.items()}
+    metrics: dict[str, Any] = {key: means.pop(key, float("nan")) for key in ("loss", "recon", "kl")}
+    metrics["terms"] = {key.removeprefix("terms."): value for key, value in means.items()}
+    if getattr(model, "discrete", False):
+        metrics["bits_per_dim"] = bits_per_dim(model, metrics["loss"])
     return metrics
 
 
 BITS_PER_DIM_NOTE = (
-    "bits/dim is not reported: the loss {loss!r} is not a likelihood over the 256 pixel values "
-    "(loss.discrete is False), so its nats are not comparable with published bits/dim"
+    "bits/dim is not reported: the likelihood of {what} is not over the 256 pixel values "
+    "(model.discrete is False), so its nats are not comparable with published bits/dim"
 )
+IW_NOTE = "the importance-weighted NLL is not reported: model family {family!r} has no log_likelihood"
 
 
-def bits_per_dim(model: VAE, nats_per_image: float) -> float:
-    """Nats per image -> bits per dimension (meaningful only when `model.loss.discrete`)."""
+def bits_per_dim(model: Model, nats_per_image: float) -> float:
+    """Nats per image -> bits per dimension (meaningful only when `model.discrete`)."""
     return nats_per_image / (math.prod(model.in_shape) * math.log(2))
 
 
 @torch.no_grad()
-def importance_weighted_nll(
-    model: VAE, images: Tensor, samples: int, *, decode_batch: int = 500, seed: int = 0, precision: Precision | None = None
-) -> float:
-    """Mean IWAE estimate of -log p(x) per image (nats) over uint8 `images`, with `samples` posterior
-    samples each: -log mean_k p(x|z_k) p(z_k) / q(z_k|x). Each batch of images is encoded once; its
-    B * samples latents are decoded `decode_batch` at a time, which bounds memory."""
+def importance_weighted_nll(model: Model, images: Tensor, samples: int, labels: Tensor | None = None, *, seed: int = 0, precision: Precision | None = None) -> float:
+    """Mean -log p(x) per image (nats) over uint8 `images` by the model's `log_likelihood` with
+    `samples` importance samples each (the IWAE bound for the `vae` family); batches of images are
+    sized so that each holds about IW_IMAGES_PER_BATCH image-samples."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    device = next(model.parameters()).device
+    device = _device(model)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
-    per_batch = max(1, decode_batch // samples)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        for x in batches(images, per_batch):
-            x = x.to(device, non_blocking=True)
+        for x, y in batches(images, max(1, IW_IMAGES_PER_BATCH // samples), labels_for(model, labels)):
             with _autocast(precision, device):
-                mu, logvar = (t.float() for t in model.encoder(x))
-            z = mu.unsqueeze(1) + torch.randn(len(x), samples, mu.shape[1], device=device) * torch.exp(0.5 * logvar).unsqueeze(1)
-            z = z.flatten(0, 1)  # row b * samples + k
-            owner = torch.arange(len(x), device=device).repeat_interleave(samples)
-            log_w = model.prior.log_prob(z).float() - gaussian_log_prob(z, mu[owner], logvar[owner])
-            for first in range(0, len(z), decode_batch):
-                rows = slice(first, first + decode_batch)
-                with _autocast(precision, device):
-                    out = model.decoder(z[rows])
-                log_w[rows] -= model.loss.nll(x[owner[rows]], out.float())
-            log_w = log_w.view(len(x), samples)
-            total -= (torch.logsumexp(log_w, dim=1) - math.log(samples)).double().sum()
+                log_px = model.log_likelihood(x.to(device, non_blocking=True), None if y is None else y.to(device), k=samples)
+            total -= log_px.double().sum()
     model.train(was_training)
     return total.item() / max(1, len(images))
 
 
 @torch.no_grad()
-def reconstruction_error(model: VAE, images: Tensor, *, batch_size: int = 500) -> dict[str, float]:
-    """MSE per pixel and mean per-image PSNR (dB) of `mean_image(decoder(mu))` against `images` in [0, 1]."""
-    device = next(model.parameters()).device
+def reconstruction_error(model: Model, images: Tensor, labels: Tensor | None = None, *, batch_size: int = 500) -> dict[str, float]:
+    """MSE per pixel and mean per-image PSNR (dB) of `model.reconstruct(x)` against `images` in [0, 1]."""
+    device = _device(model)
     squared, psnr = 0.0, 0.0
-    for x in batches(images, batch_size):
+    for x, y in batches(images, batch_size, labels_for(model, labels)):
         x = x.to(device, non_blocking=True)
-        per_image = (model.reconstruct(x).float() - x).pow(2).flatten(1).mean(1).double()
+        per_image = (model.reconstruct(x, None if y is None else y.to(device)).float() - x).pow(2).flatten(1).mean(1).double()
         squared += per_image.sum().item()
         psnr += (-10 * torch.log10(per_image.clamp(min=1e-10))).sum().item()
     n = max(1, len(images))
     return {"recon_mse": squared / n, "psnr_db": psnr / n}
 
 
-def evaluation_report(model: VAE, images: Tensor, *, iw_samples: int = 0, batch_size: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Everything `vaezoo eval` prints: negative ELBO and parts, the IWAE NLL when `iw_samples` > 0,
-    bits/dim of each (None, with a note, unless the likelihood is discrete) and reconstruction error."""
-    report: dict[str, Any] = evaluate(model, images, batch_size=batch_size, seed=seed)
-    discrete = bool(getattr(model.loss, "discrete", False))
+def family_name(model: Model) -> str:
+    return str(getattr(model, "recipe", {}).get("model", {}).get("name", type(model).__name__))
+
+
+def evaluation_report(model: Model, images: Tensor, labels: Tensor | None = None, *, iw_samples: int = 0, batch_size: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Everything `vaezoo eval` prints: negative ELBO, its parts and the model's terms, the
+    importance-weighted NLL when `iw_samples` > 0 (None with a note for a family without
+    `log_likelihood`), bits/dim of each (None, with a note, unless the model is discrete) and
+    reconstruction error."""
+    report: dict[str, Any] = evaluate(model, images, labels, batch_size=batch_size, seed=seed)
+    discrete = bool(getattr(model, "discrete", False))
     if iw_samples:
         report["iw_samples"] = iw_samples
-        report["iw_nll"] = importance_weighted_nll(model, images, iw_samples, seed=seed)
+        if callable(getattr(model, "log_likelihood", None)):
+            report["iw_nll"] = importance_weighted_nll(model, images, iw_samples, labels, seed=seed)
+        else:
+            report["iw_nll"] = None
+            report["iw_note"] = IW_NOTE.format(family=family_name(model))
     for nats, key in (("loss", "bits_per_dim"), ("iw_nll", "iw_bits_per_dim")):
         if nats in report:
-            report[key] = bits_per_dim(model, report[nats]) if discrete else None
+            report[key] = bits_per_dim(model, report[nats]) if discrete and report[nats] is not None else None
     if not discrete:
-        loss_name = getattr(model, "recipe", {}).get("loss", {}).get("name", type(model.loss).__name__)
-        report["bits_per_dim_note"] = BITS_PER_DIM_NOTE.format(loss=loss_name)
-    report.update(reconstruction_error(model, images, batch_size=batch_size))
+        recipe = getattr(model, "recipe", {})
+        what = f"loss {recipe['loss']['name']!r}" if "loss" in recipe else f"model {family_name(model)!r}"
+        report["bits_per_dim_note"] = BITS_PER_DIM_NOTE.format(what=what)
+    report.update(reconstruction_error(model, images, labels, batch_size=batch_size))
     return report

@@ -44,12 +44,20 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
+def register_models(register: Register) -> None:
+    """Register model families: `vaezoo.Model` subclasses (whole architectures) built with `in_shape`,
+    `num_classes`, `latent_dim` when the recipe has one, the keys of the recipe's `model` table, and
+    the `encoder`, `decoder`, `prior` and `loss` components their constructor names."""
+
+
+@hookspec
 def register_recipes(register: Register) -> None:
     """Register recipes: `register("name", {...recipe table...})`, the same tables as registry.toml."""
 
 
 HOOKS = {
     "recipes": "register_recipes",
+    "models": "register_models",
     "encoders": "register_encoders",
     "decoders": "register_decoders",
     "priors": "register_priors",

@@ -1,5 +1,6 @@
-"""Pictures of a model: reconstructions, latent interpolations and the loss curve. `vaezoo run` writes
-them next to samples.png at every epoch end; `vaezoo reconstruct` / `interpolate` on a saved model."""
+"""Pictures of a model: samples, reconstructions, latent interpolations (families with `encode` and
+`decode`) and the loss curve. `vaezoo run` writes them at every epoch end; `vaezoo sample` /
+`reconstruct` / `interpolate` on a saved model."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from torch import Tensor
 from vaezoo.data import to_float
 from vaezoo.files import write_bytes_atomic
 from vaezoo.images import save_grid
-from vaezoo.model import VAE
+from vaezoo.components import Model
+from vaezoo.errors import VaezooError
+from vaezoo.evaluate import family_name
 
 RECON_COUNT = 16  # test images in the reconstructions.png of a run
 RECON_COLUMNS = 8
@@ -25,49 +28,83 @@ INTERP_STEPS = 10
 _notified: set[str] = set()
 
 
-def pick(images: Tensor, n: int, seed: int = 0) -> Tensor:
-    """`n` images drawn from uint8 `images` with a seeded generator (repeated if there are fewer)."""
+def pick(images: Tensor, n: int, seed: int = 0, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """`n` images (and their labels) drawn from uint8 `images` with a seeded generator (repeated if
+    there are fewer)."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     order = order.repeat(math.ceil(n / max(1, len(images))))[:n]
-    return images[order.to(images.device)]
+    return images[order.to(images.device)], None if labels is None else labels[order.to(labels.device)]
 
 
-def _model_input(model: VAE, images: Tensor) -> Tensor:
-    return to_float(images).to(next(model.parameters()).device)
+def can_interpolate(model: Model) -> bool:
+    """Whether the family has latents to walk between: `encode` and `decode`."""
+    return callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
+
+
+def _model_input(model: Model, images: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    device = next(model.parameters()).device
+    labels = labels.to(device) if labels is not None and getattr(model, "conditional", False) else None
+    return to_float(images).to(device), labels
 
 
 @torch.no_grad()
-def reconstructions(model: VAE, images: Tensor, columns: int = RECON_COLUMNS) -> tuple[Tensor, int]:
+def reconstructions(model: Model, images: Tensor, labels: Tensor | None = None, columns: int = RECON_COLUMNS) -> tuple[Tensor, int]:
     """Uint8 `images` (top rows) above their reconstructions (bottom rows), as (tiles, columns) for
     `save_grid`; each half is filled up to whole rows with white tiles so that the halves line up."""
-    x = _model_input(model, images)
+    x, y = _model_input(model, images, labels)
     columns = max(1, min(columns, len(x)))
     rows = math.ceil(len(x) / columns)
     blank = torch.ones(rows * columns - len(x), *x.shape[1:], device=x.device)
-    tiles = torch.cat([x, blank, model.reconstruct(x).float(), blank])
+    tiles = torch.cat([x, blank, model.reconstruct(x, y).float(), blank])
     return tiles.cpu(), columns
 
 
 @torch.no_grad()
-def interpolations(model: VAE, images: Tensor, steps: int = INTERP_STEPS) -> tuple[Tensor, int]:
-    """Decoded straight lines between the posterior means of image pairs `images[0::2]`,
-    `images[1::2]`: one row per pair, `steps` columns (the ends are the two reconstructions)."""
-    mu, _ = model.encoder(_model_input(model, images))
-    start, end = mu[0::2], mu[1::2]
-    t = torch.linspace(0, 1, steps, device=mu.device).view(1, steps, 1)
-    z = start.unsqueeze(1) + t * (end - start).unsqueeze(1)  # (pairs, steps, latent)
-    return model.decode(z.flatten(0, 1)).float().cpu(), steps
+def interpolations(model: Model, images: Tensor, labels: Tensor | None = None, steps: int = INTERP_STEPS) -> tuple[Tensor, int]:
+    """Decoded straight lines between the latents (`model.encode`) of image pairs `images[0::2]`,
+    `images[1::2]`: one row per pair, `steps` columns (the ends are the two reconstructions). A
+    conditional model decodes each row with the label of the pair's first image."""
+    if not can_interpolate(model):
+        raise VaezooError(f"model family {family_name(model)!r} has no encode/decode, so it cannot interpolate")
+    x, y = _model_input(model, images, labels)
+    latents = model.encode(x, y)
+    start, end = latents[0::2], latents[1::2]
+    t = torch.linspace(0, 1, steps, device=x.device).view(1, steps, *([1] * (latents.dim() - 1)))
+    z = start.unsqueeze(1) + t * (end - start).unsqueeze(1)  # (pairs, steps, *latent)
+    row_labels = None if y is None else y[0::2].repeat_interleave(steps)
+    return model.decode(z.flatten(0, 1), row_labels).float().cpu(), steps
 
 
-def save_reconstructions(model: VAE, images: Tensor, path: str | Path, n: int = RECON_COUNT, seed: int = 0) -> None:
+def sample_labels(model: Model, n: int, label: int | None = None) -> Tensor | None:
+    """The labels `model.sample` takes: None for an unconditional model, `label` for all `n`, or
+    else the classes in turn (0, 1, ..., 0, 1, ...)."""
+    if not getattr(model, "conditional", False):
+        return None
+    device = next(model.parameters()).device
+    if label is not None:
+        return torch.full((n,), label, dtype=torch.int64, device=device)
+    return torch.arange(n, device=device) % len(model.classes)
+
+
+def sample_grid(model: Model, n: int) -> tuple[Tensor, int | None]:
+    """samples.png of a run: `n` prior samples (8 a row), or for a conditional model one row per
+    class, n / classes samples each."""
+    if not getattr(model, "conditional", False):
+        return model.sample(n), None
+    per_class = max(1, n // len(model.classes))
+    y = torch.arange(len(model.classes), device=next(model.parameters()).device).repeat_interleave(per_class)
+    return model.sample(len(y), y), per_class
+
+
+def save_reconstructions(model: Model, images: Tensor, path: str | Path, n: int = RECON_COUNT, seed: int = 0, labels: Tensor | None = None) -> None:
     """reconstructions.png: `n` test images drawn with `seed` above their reconstructions."""
-    tiles, columns = reconstructions(model, pick(images, n, seed))
+    tiles, columns = reconstructions(model, *pick(images, n, seed, labels))
     save_grid(tiles, path, nrow=columns)
 
 
-def save_interpolations(model: VAE, images: Tensor, path: str | Path, pairs: int = INTERP_PAIRS, steps: int = INTERP_STEPS, seed: int = 0) -> None:
+def save_interpolations(model: Model, images: Tensor, path: str | Path, pairs: int = INTERP_PAIRS, steps: int = INTERP_STEPS, seed: int = 0, labels: Tensor | None = None) -> None:
     """interpolations.png: `pairs` rows of `steps` images between two test images drawn with `seed`."""
-    tiles, columns = interpolations(model, pick(images, 2 * pairs, seed), steps)
+    tiles, columns = interpolations(model, *pick(images, 2 * pairs, seed, labels), steps)
     save_grid(tiles, path, nrow=columns)
 
 
@@ -106,14 +143,15 @@ def save_loss_plot(history: Sequence[Mapping[str, Any]], path: str | Path) -> bo
     return True
 
 
-def write_epoch_pictures(model: VAE, test_images: Tensor, history: Sequence[Mapping[str, Any]], out_dir: Path) -> None:
-    """reconstructions.png, interpolations.png and loss.png of a run, at the end of an epoch (the
-    model in eval mode, so normalization statistics are used, not updated)."""
+def write_epoch_pictures(model: Model, test_images: Tensor, test_labels: Tensor | None, history: Sequence[Mapping[str, Any]], out_dir: Path) -> None:
+    """reconstructions.png, interpolations.png (families with encode/decode) and loss.png of a run, at
+    the end of an epoch (the model in eval mode, so normalization statistics are used, not updated)."""
     was_training = model.training
     model.eval()
     try:
-        save_reconstructions(model, test_images, out_dir / "reconstructions.png")
-        save_interpolations(model, test_images, out_dir / "interpolations.png")
+        save_reconstructions(model, test_images, out_dir / "reconstructions.png", labels=test_labels)
+        if can_interpolate(model):
+            save_interpolations(model, test_images, out_dir / "interpolations.png", labels=test_labels)
     finally:
         model.train(was_training)
     save_loss_plot(history, out_dir / "loss.png")

@@ -15,7 +15,9 @@ from typing import Any
 from vaezoo.errors import RecipeError
 
 COMPONENTS = {"dataset": "datasets", "encoder": "encoders", "decoder": "decoders", "prior": "priors", "loss": "losses"}
-TOP_LEVEL = {"name", "summary", "latent_dim", "train", *COMPONENTS}
+MODEL_PARTS = ("encoder", "decoder", "prior", "loss")  # components a model family may take
+DEFAULT_MODEL = "vae"  # the family of a recipe without a `model` table (every vaezoo 0.1 recipe)
+TOP_LEVEL = {"name", "summary", "latent_dim", "model", "train", *COMPONENTS}
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 15,
     "batch_size": 128,
@@ -23,6 +25,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "weight_decay": 0.0,
     "grad_clip": 0.0,
+    "skip_grad_norm": 0.0,  # > 0: skip updates whose gradient norm is at least this (or not finite), as VDVAE does
     "seed": 0,
     "limit": 0,
     "test_limit": 0,
@@ -34,8 +37,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# Arguments the framework passes itself: a recipe cannot set them per component.
+# Arguments the framework passes itself: a recipe cannot set them per component or model family.
 FRAMEWORK_ARGS = {"in_shape", "out_shape", "latent_dim", "root"}
+MODEL_ARGS = {"in_shape", "num_classes", "latent_dim", *MODEL_PARTS}
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -58,6 +62,8 @@ def apply_override(recipe: dict[str, Any], path: list[str], value: Any) -> None:
     """Set `recipe[a][b]... = value`, creating nothing but the last key."""
     if path[0] not in TOP_LEVEL:
         raise RecipeError(f"unknown recipe key {path[0]!r}: use one of {', '.join(sorted(TOP_LEVEL))}")
+    if path[0] == "model" and len(path) > 1 and "model" not in recipe:
+        recipe["model"] = {"name": DEFAULT_MODEL}  # a recipe without a model table is a `vae`
     node = recipe
     for part in path[:-1]:
         child = node.get(part)
@@ -109,13 +115,35 @@ def validate(name: str, table: dict[str, Any]) -> dict[str, Any]:
     unknown = set(table) - TOP_LEVEL
     if unknown:
         raise RecipeError(f"recipe {name!r}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_LEVEL))}")
-    latent_dim = table.get("latent_dim")
-    if not _is_int(latent_dim) or latent_dim < 1:
-        raise RecipeError(f"recipe {name!r}: latent_dim must be a positive integer, got {latent_dim!r}")
-    resolved: dict[str, Any] = {"name": name, "summary": str(table.get("summary", "")), "latent_dim": latent_dim}
-    for key, kind in COMPONENTS.items():
-        resolved[key] = _resolve_component(name, key, kind, table.get(key))
+    resolved: dict[str, Any] = {"name": name, "summary": str(table.get("summary", ""))}
+    if "latent_dim" in table:
+        latent_dim = table["latent_dim"]
+        if not _is_int(latent_dim) or latent_dim < 1:
+            raise RecipeError(f"recipe {name!r}: latent_dim must be a positive integer, got {latent_dim!r}")
+        resolved["latent_dim"] = latent_dim
+    resolved["model"] = _resolve_model(name, table)
+    resolved["dataset"] = _resolve_component(name, "dataset", "datasets", table.get("dataset"))
+    for key in MODEL_PARTS:
+        if key in table:
+            resolved[key] = _resolve_component(name, key, COMPONENTS[key], table[key])
     resolved["train"] = _resolve_train(name, table.get("train", {}))
+    return resolved
+
+
+def _resolve_model(recipe: str, table: dict[str, Any]) -> dict[str, Any]:
+    """The `model` table with the family's defaults; checks that the recipe gives the family exactly
+    the components (and latent_dim) its constructor takes."""
+    resolved = _resolve_component(recipe, "model", "models", table.get("model", {"name": DEFAULT_MODEL}), MODEL_ARGS)
+    from vaezoo.plugins import get_registry
+
+    params, var_keyword = component_parameters(get_registry().get("models", resolved["name"]).load())
+    for key in (*MODEL_PARTS, "latent_dim"):
+        if key in table and key not in params and not var_keyword:
+            raise RecipeError(f"recipe {recipe!r}: model {resolved['name']!r} takes no {key} (remove it from the recipe)")
+        required = key in params and params[key].default is inspect.Parameter.empty
+        if required and key not in table:
+            example = "latent_dim = 32" if key == "latent_dim" else f'{key} = {{ name = "..." }}'
+            raise RecipeError(f"recipe {recipe!r}: model {resolved['name']!r} needs {key} ({example}; `vaezoo list {COMPONENTS.get(key, 'recipes')}`)")
     return resolved
 
 
@@ -137,6 +165,9 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
             raise RecipeError(f"train.{key} must be at least 1, got {resolved[key]}")
     for key in ("limit", "test_limit", "sample_count", "seed"):
         if resolved[key] < 0:
+            raise RecipeError(f"train.{key} must not be negative, got {resolved[key]}")
+    for key in ("grad_clip", "skip_grad_norm", "weight_decay"):
+        if not resolved[key] >= 0:
             raise RecipeError(f"train.{key} must not be negative, got {resolved[key]}")
     if not resolved["lr"] > 0:
         raise RecipeError(f"train.lr must be positive, got {resolved['lr']}")
@@ -198,7 +229,9 @@ def _toml_default(value: Any) -> Any:
     return None
 
 
-def _resolve_component(recipe: str, key: str, kind: str, table: Any) -> dict[str, Any]:
+def _resolve_component(recipe: str, key: str, kind: str, table: Any, framework: set[str] = FRAMEWORK_ARGS) -> dict[str, Any]:
+    """A component (or model) table with the constructor's TOML-friendly defaults filled in; every
+    key is checked against the constructor (`framework`: the arguments vaezoo passes itself)."""
     from vaezoo.plugins import get_registry
 
     if isinstance(table, str):
@@ -209,17 +242,17 @@ def _resolve_component(recipe: str, key: str, kind: str, table: Any) -> dict[str
     params, var_keyword = component_parameters(target)
     resolved = {"name": table["name"]}
     for arg, param in params.items():
-        if arg not in FRAMEWORK_ARGS and param.default is not inspect.Parameter.empty:
+        if arg not in framework and param.default is not inspect.Parameter.empty:
             default = _toml_default(param.default)
             if default is not None:
                 resolved[arg] = default
     for arg, value in table.items():
         if arg == "name":
             continue
-        if arg in FRAMEWORK_ARGS:
-            raise RecipeError(f"recipe {recipe!r}: {key}.{arg} is set by vaezoo itself (latent_dim goes at the top level)")
+        if arg in framework:
+            raise RecipeError(f"recipe {recipe!r}: {key}.{arg} is set by vaezoo itself (latent_dim and the components go at the top level)")
         if arg not in params and not var_keyword:
-            allowed = ", ".join(a for a in params if a not in FRAMEWORK_ARGS) or "none"
+            allowed = ", ".join(a for a in params if a not in framework) or "none"
             raise RecipeError(f"recipe {recipe!r}: unknown key {key}.{arg} for {key} {table['name']!r} (accepted: {allowed})")
         resolved[arg] = _check_type(f"{key}.{arg}", value, resolved.get(arg))
     return resolved

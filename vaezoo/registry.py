@@ -13,7 +13,7 @@ from vaezoo.errors import PluginError, UnknownName
 from vaezoo.hookspecs import HOOKS
 
 KINDS = tuple(HOOKS)
-SINGULAR = {"recipes": "recipe", "encoders": "encoder", "decoders": "decoder", "priors": "prior", "losses": "loss", "datasets": "dataset"}
+SINGULAR = {"recipes": "recipe", "models": "model", "encoders": "encoder", "decoders": "decoder", "priors": "prior", "losses": "loss", "datasets": "dataset"}
 
 
 @dataclass

@@ -1,16 +1,41 @@
-"""Drawing images from a model's prior, repeatable by seed."""
+"""Drawing images from a model, repeatable by seed."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from vaezoo.model import VAE
+from vaezoo.components import Model
+from vaezoo.errors import VaezooError
+from vaezoo.pictures import sample_labels
+
+SAMPLE_BATCH = 1000  # images decoded at once (bounds memory for large -n)
 
 
-def sample_images(model: VAE, n: int, *, seed: int = 0, temperature: float = 1.0) -> Tensor:
-    """`n` images in [0, 1] on the CPU; the same seed gives the same images on the same machine."""
+def parse_label(model: Model, label: str | None) -> int | None:
+    """A `--label` value (a class name or index) as a class index; one clear error for a model that is
+    not conditional or a label it does not know."""
+    if label is None:
+        return None
+    if not getattr(model, "conditional", False):
+        raise VaezooError("--label needs a conditional model, and this model is not conditional (it samples without classes)")
+    classes = list(model.classes)
+    if label in classes:
+        return classes.index(label)
+    if label.strip().isdigit() and int(label) < len(classes):
+        return int(label)
+    raise VaezooError(f"unknown label {label!r}: this model's classes are {', '.join(classes)} (or an index 0-{len(classes) - 1})")
+
+
+def sample_images(model: Model, n: int, *, seed: int = 0, temperature: float = 1.0, label: int | None = None) -> Tensor:
+    """`n` images in [0, 1] on the CPU; the same seed gives the same images on the same machine. A
+    conditional model draws class `label`, or the classes in turn without one."""
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    y = sample_labels(model, n, label)
+    images = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(seed)
-        return model.sample(n, temperature).cpu()
+        for first in range(0, n, SAMPLE_BATCH):
+            count = min(SAMPLE_BATCH, n - first)
+            images.append(model.sample(count, None if y is None else y[first : first + count], temperature).cpu())
+    return torch.cat(images)

@@ -1,9 +1,12 @@
-"""Conformance checks for plugin authors: plain functions that build a component the way vaezoo does
-and raise AssertionError with a clear message when it breaks the contract. Use them in your tests:
+"""Conformance checks for plugin authors: plain functions that build a component or a model family the
+way vaezoo does and raise AssertionError with a clear message when it breaks the contract. Use them in
+your tests:
 
-    from vaezoo.testing import check_encoder
+    from vaezoo.testing import check_encoder, check_model
     def test_my_encoder():
         check_encoder(MyEncoder, in_shape=(3, 32, 32), latent_dim=8, hidden=[16, 32])
+    def test_my_family():
+        check_model(MyFamily, in_shape=(3, 32, 32), num_classes=10, width=16)
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vaezoo.components import Dataset, Loss, LossParts, Prior
-from vaezoo.recipes import FRAMEWORK_ARGS
+from vaezoo.components import Dataset, Loss, LossParts, Model, Prior
+from vaezoo.recipes import FRAMEWORK_ARGS, MODEL_ARGS
 
-__all__ = ["check_signature", "check_encoder", "check_decoder", "check_prior", "check_loss", "check_dataset"]
+__all__ = ["check_signature", "check_encoder", "check_decoder", "check_prior", "check_loss", "check_dataset", "check_model"]
 
 _SCALARS = (bool, int, float, str)
 
@@ -29,9 +32,10 @@ def _name(factory: Any) -> str:
     return getattr(factory, "__qualname__", None) or type(factory).__name__
 
 
-def check_signature(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+def check_signature(factory: Callable[..., Any], framework: set[str] = FRAMEWORK_ARGS) -> dict[str, inspect.Parameter]:
     """The constructor takes keywords only (no *args/**kwargs, so unknown recipe keys are caught) and
-    every recipe key has a TOML-friendly default (bool, int, float, str or a list/tuple of those)."""
+    every recipe key (any parameter but the `framework` arguments vaezoo passes) has a TOML-friendly
+    default (bool, int, float, str or a list/tuple of those)."""
     name = _name(factory)
     try:
         params = inspect.signature(factory).parameters
@@ -42,7 +46,7 @@ def check_signature(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]
             f"{name}: takes {param} - recipe keys must be named keyword arguments so unknown keys are detected"
         )
         assert param.kind is not param.POSITIONAL_ONLY, f"{name}: {param.name} is positional-only; vaezoo passes keywords only"
-        if param.name in FRAMEWORK_ARGS:
+        if param.name in framework:
             continue
         assert param.default is not param.empty, f"{name}: recipe key {param.name!r} needs a default"
         default = param.default
@@ -215,3 +219,67 @@ def check_dataset(factory: Callable[..., Dataset], root: str | Path, *, splits: 
         assert isinstance(labels, Tensor) and labels.dtype == torch.int64, f"{name}.load({split!r}): labels must be an int64 tensor"
         assert tuple(labels.shape) == (images.shape[0],), f"{name}.load({split!r}): {labels.shape[0]} labels for {images.shape[0]} images"
     return dataset
+
+
+def _assert_images(what: str, images: Any, shape: Sequence[int]) -> None:
+    _assert_shape(what, images, shape)
+    assert images.min() >= 0 and images.max() <= 1, f"{what}: values outside [0, 1]"
+
+
+def check_model(
+    factory: Callable[..., Model], in_shape: Sequence[int] = (3, 32, 32), *, num_classes: int = 0, latent_dim: int | None = None,
+    components: dict[str, Any] | None = None, batch: int = 3, **kw: Any,
+) -> Model:
+    """A model family built as vaezoo builds it: `in_shape`, `num_classes`, `latent_dim` (if given) and
+    the built `components` (encoder, decoder, prior, loss) its constructor names, plus the recipe keys
+    `kw`. Checks: a `vaezoo.Model`; `forward(x, y, step=0)` gives per-image `LossParts` of shape
+    `(batch,)` (terms too) whose loss is finite and trains its parameters; at `step=None`
+    `loss == recon + kl`; `sample` and `reconstruct` give images in [0, 1]; and the optional
+    capabilities it has (`log_likelihood`: finite `(batch,)`; `encode` / `decode`: decodes latents to
+    images). A conditional model is given labels. Returns the model (in eval mode)."""
+    name = _name(factory)
+    params = check_signature(factory, MODEL_ARGS)
+    framework: dict[str, Any] = {"in_shape": tuple(in_shape), "num_classes": num_classes, **(components or {})}
+    if latent_dim is not None:
+        framework["latent_dim"] = latent_dim
+    unknown = set(kw) - set(params)
+    assert not unknown, f"{name}: no recipe key {sorted(unknown)[0]!r} (accepted: {', '.join(p for p in params if p not in MODEL_ARGS) or 'none'})"
+    missing = [p for p, param in params.items() if p in MODEL_ARGS and param.default is param.empty and p not in framework]
+    assert not missing, f"{name}: needs {missing[0]}: pass it (components={{...}} for encoder/decoder/prior/loss, or latent_dim=)"
+    model = factory(**{k: v for k, v in framework.items() if k in params}, **kw)
+    assert isinstance(model, Model), f"{name}: a model family must subclass vaezoo.Model, got {type(model).__name__}"
+    model.in_shape, model.classes = tuple(in_shape), tuple(f"class-{i}" for i in range(num_classes))
+    conditional = bool(model.conditional)
+    assert not conditional or num_classes > 0, f"{name} is conditional: check it with num_classes > 0"
+    x = torch.randint(0, 256, (batch, *in_shape)).float() / 255
+    y = torch.arange(batch) % num_classes if conditional else None
+
+    model.train()
+    parts = model(x, y, step=0)
+    assert isinstance(parts, LossParts), f"{name}: forward must return vaezoo.LossParts, got {type(parts).__name__}"
+    for field in ("loss", "recon", "kl"):
+        _assert_shape(f"{name} parts.{field} (step=0)", getattr(parts, field), (batch,))
+    assert isinstance(parts.terms, dict), f"{name}: LossParts.terms must be a dict"
+    for key, value in parts.terms.items():
+        _assert_shape(f"{name} parts.terms[{key!r}]", value, (batch,))
+    parts.loss.mean().backward()
+    _assert_gradients(name, model)
+
+    model.eval()
+    with torch.no_grad():
+        parts = model(x, y, step=None)
+        for field in ("loss", "recon", "kl"):
+            _assert_shape(f"{name} parts.{field} (step=None)", getattr(parts, field), (batch,))
+        assert torch.allclose(parts.loss, parts.recon + parts.kl, rtol=1e-4, atol=1e-3), (
+            f"{name}: at step=None loss must be the negative ELBO, recon + kl (got loss {parts.loss.tolist()}, recon + kl {(parts.recon + parts.kl).tolist()})"
+        )
+        _assert_images(f"{name}.sample(2)", model.sample(2, None if y is None else y[:2]), (2, *in_shape))
+        _assert_images(f"{name}.reconstruct", model.reconstruct(x, y), (batch, *in_shape))
+        if callable(getattr(model, "log_likelihood", None)):
+            _assert_shape(f"{name}.log_likelihood(k=4)", model.log_likelihood(x, y, k=4), (batch,))
+        if callable(getattr(model, "encode", None)) or callable(getattr(model, "decode", None)):
+            assert callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)), f"{name}: encode and decode come together"
+            latents = model.encode(x, y)
+            assert isinstance(latents, Tensor) and latents.shape[0] == batch, f"{name}.encode: expected a tensor with {batch} rows"
+            _assert_images(f"{name}.decode(encode(x))", model.decode(latents, y), (batch, *in_shape))
+    return model

@@ -1,16 +1,15 @@
-"""The training loop: one readable loop over shuffled batches of a uint8 tensor on the device, with
-callbacks for progress, an evaluation and a checkpoint at the end of every epoch, and a clean stop on
-Ctrl-C / SIGTERM."""
+"""The training loop: one readable loop over shuffled batches of a uint8 tensor on the device. The model
+owns its objective (`model(x, y, step).loss`); everything around the loop (progress, the files of each
+epoch, TensorBoard) is a callback, and Ctrl-C / SIGTERM stop it cleanly between two steps."""
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,36 +17,62 @@ import torch
 from torch import Tensor
 
 from vaezoo import distributed
-from vaezoo.checkpoint import save as save_model
+from vaezoo.components import Model
 from vaezoo.data import shuffled_batches
 from vaezoo.devices import Precision
 from vaezoo.errors import Interrupted, RunFailed, VaezooError
 from vaezoo.evaluate import evaluate
-from vaezoo.files import append_line_atomic
-from vaezoo.images import save_grid
-from vaezoo.model import VAE
-from vaezoo.pictures import write_epoch_pictures
-from vaezoo.state import load_state, save_state
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
-SAMPLE_SEED = 0
+
+
+@dataclass
+class TrainState:
+    """Where a run is: epochs completed, batches done in the current epoch (with their loss sum and
+    seconds), optimizer steps taken, updates skipped. Saved in state.safetensors for `--resume`."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+    skipped: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        for key, value in saved.items():
+            if hasattr(self, key):
+                setattr(self, key, type(getattr(self, key))(value))
 
 
 @dataclass
 class Run:
     """Everything one training run works with; callbacks receive it."""
 
-    model: VAE
+    model: Model
     recipe: dict[str, Any]
     train_images: Tensor
     test_images: Tensor
     out_dir: Path
     device: torch.device
     precision: Precision
-    resume_command: str = ""
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
+    train_labels: Tensor | None = None
+    test_labels: Tensor | None = None
+    state: TrainState = field(default_factory=TrainState)
     history: list[dict[str, Any]] = field(default_factory=list)
+    optimizer: torch.optim.Optimizer | None = None
+    scaler: Any = None
+    data_rng: torch.Generator | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def step(self) -> int:
+        return self.state.step
 
     @property
     def batches_per_epoch(self) -> int:
@@ -55,13 +80,17 @@ class Run:
 
 
 class Callback:
-    """Hooks into the loop; override what you need."""
+    """Hooks into the loop; override what you need. Only rank 0 calls them under torchrun."""
 
     def on_start(self, run: Run) -> None: ...
 
     def on_step(self, run: Run, batch: int, loss: float, images_per_s: float) -> None: ...
 
     def on_epoch_end(self, run: Run, metrics: dict[str, Any]) -> None: ...
+
+    def on_interrupt(self, run: Run, epoch_rng: Tensor) -> None:
+        """The run stops mid-epoch (`run.state` says where; `epoch_rng` is the data order's generator
+        state at the start of that epoch)."""
 
     def on_end(self, run: Run) -> None: ...
 
@@ -95,30 +124,14 @@ def make_optimizer(model: torch.nn.Module, train: dict[str, Any]) -> torch.optim
     return cls(params, lr=train["lr"], weight_decay=train["weight_decay"])
 
 
-def training_summary(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"epochs": run.epoch, "steps": run.step, "precision": run.precision.name, "device": run.device.type, "train_images": len(run.train_images), "metrics": metrics}
-
-
-def write_epoch_outputs(run: Run, metrics: dict[str, Any]) -> None:
-    """model.safetensors, metrics.jsonl, samples.png and the pictures of vaezoo.pictures
-    (reconstructions, interpolations, loss curve) for the epoch just finished."""
-    save_model(run.model, run.out_dir / "model.safetensors", run.recipe, training_summary(run, metrics))
-    append_line_atomic(run.out_dir / "metrics.jsonl", json.dumps(metrics))
-    devices = [run.device] if run.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(SAMPLE_SEED)
-        save_grid(run.model.sample(run.recipe["train"]["sample_count"]), run.out_dir / "samples.png")
-    write_epoch_pictures(run.model, run.test_images, run.history, run.out_dir)
-
-
-def memory_format(model: VAE, settings: dict[str, Any]) -> torch.memory_format:
+def memory_format(model: torch.nn.Module, settings: dict[str, Any]) -> torch.memory_format:
     """channels-last for models with convolutions when train.channels_last is on (measured faster on
     CPU: docs/performance.md), the default layout otherwise."""
     convolutional = any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules())
     return torch.channels_last if settings["channels_last"] and convolutional else torch.contiguous_format
 
 
-def fast_model(model: VAE, device: torch.device, job: distributed.World, settings: dict[str, Any]) -> torch.nn.Module:
+def fast_model(model: Model, device: torch.device, job: distributed.World, settings: dict[str, Any]) -> torch.nn.Module:
     """What the loop calls: the model in its memory format, in DistributedDataParallel under torchrun,
     compiled with train.compile (the first call compiles; the loop reports that time as compile_seconds)."""
     model.to(memory_format=memory_format(model, settings))
@@ -126,117 +139,130 @@ def fast_model(model: VAE, device: torch.device, job: distributed.World, setting
     return torch.compile(net) if settings["compile"] else net
 
 
-def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None = None) -> dict[str, Any]:
-    """Train `run.model` for the recipe's epochs; returns the last epoch's metrics."""
-    model, settings, device = run.model, run.recipe["train"], run.device
-    job = distributed.world()  # rank and world size under torchrun; a single process otherwise
-    distributed.check_batch_size(settings["batch_size"], job)
-    optimizer = make_optimizer(model, settings)
-    scaler = torch.amp.GradScaler(device.type) if run.precision.scale_grads else None
-    data_rng = torch.Generator().manual_seed(settings["seed"])
-    counters = {"epoch": 0, "batch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0}
-    if resume_from is not None:
-        counters, saved_rng = load_state(resume_from, model, optimizer, scaler)
-        data_rng.set_state(saved_rng)
-        if counters["epoch"] >= settings["epochs"]:
-            raise VaezooError(f"{run.out_dir} is already trained to epoch {counters['epoch']}: pass --epochs N with N > {counters['epoch']} to train further")
-    else:
+def prepare(run: Run, resume_from: Path | None = None) -> None:
+    """Optimizer, gradient scaler (a no-op unless fp16), data-order generator and RNGs of a run: new,
+    or restored from a state.safetensors."""
+    from vaezoo.state import load_state
+
+    settings = run.recipe["train"]
+    run.optimizer = make_optimizer(run.model, settings)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision.scale_grads)
+    run.data_rng = torch.Generator().manual_seed(settings["seed"])
+    if resume_from is None:
         torch.manual_seed(settings["seed"])
+        return
+    counters, saved_rng = load_state(resume_from, run.model, run.optimizer, run.scaler)
+    run.state.load_state_dict(counters)
+    run.data_rng.set_state(saved_rng)
+    if run.state.epoch >= settings["epochs"]:
+        raise VaezooError(f"{run.out_dir} is already trained to epoch {run.state.epoch}: pass --epochs N with N > {run.state.epoch} to train further")
+
+
+def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None = None) -> dict[str, Any]:
+    """Train `run.model` up to the recipe's epochs; returns the last epoch's metrics."""
+    model, settings, device, state = run.model, run.recipe["train"], run.device, run.state
+    job = distributed.world()  # rank and world size under torchrun; a single process otherwise
+    per_rank_batch = distributed.check_batch_size(settings["batch_size"], job)
+    prepare(run, resume_from)
+    optimizer, scaler = run.optimizer, run.scaler
     if job.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
-        torch.manual_seed(settings["seed"] + (job.rank << 32) + counters["step"])
-    run.epoch, run.step = counters["epoch"], counters["step"]
-    net, compile_seconds = fast_model(model, device, job, settings), None
-    batch_size, n_train = settings["batch_size"], len(run.train_images)
-    n_used = distributed.images_per_epoch(n_train, batch_size, job)  # == n_train in a single process
-    callbacks = callbacks if job.is_main else ()  # only rank 0 prints
+        torch.manual_seed(settings["seed"] + (job.rank << 32) + state.step)
+    net = fast_model(model, device, job, settings)
+    layout = memory_format(model, settings)
+    labels = run.train_labels if model.conditional else None  # gathered per batch only when used
+    n_used = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], job)
+    clip, skip = settings["grad_clip"], settings["skip_grad_norm"]
+    callbacks = callbacks if job.is_main else ()  # only rank 0 prints and writes
+    compile_seconds: float | None = None
+    metrics: dict[str, Any] = run.history[-1] if run.history else {}
     model.train()
     for callback in callbacks:
         callback.on_start(run)
-    metrics: dict[str, Any] = run.history[-1] if run.history else {}
     with StopRequest() as stop:
-        for epoch in range(run.epoch, settings["epochs"]):
-            epoch_rng = data_rng.get_state()
-            order = distributed.shard_order(torch.randperm(n_train, generator=data_rng), batch_size, job)
-            first_batch = counters["batch"] if epoch == counters["epoch"] else 0
-            loss_sum = torch.tensor(counters["loss_sum"] if first_batch and job.is_main else 0.0, dtype=torch.float64, device=device)
-            seconds_before = counters["seconds"] if first_batch else 0.0
-            started = time.perf_counter()
-            batch = timed_from = first_batch
-            batches = shuffled_batches(run.train_images, order, batch_size // job.world_size, first_batch, memory_format(model, settings))
-            for batch, x in enumerate(batches, start=first_batch):
-                if _stop_requested(stop, job, run.step, device):
-                    _stop(run, optimizer, scaler, epoch_rng, epoch, batch, loss_sum, seconds_before + time.perf_counter() - started, stop.signal)
+        while state.epoch < settings["epochs"]:
+            epoch_rng = run.data_rng.get_state()
+            order = distributed.shard_order(torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], job)
+            loss_sum = torch.tensor(state.loss_sum if job.is_main else 0.0, dtype=torch.float64, device=device)
+            started, timed_from, first_batch = time.perf_counter(), state.batch, state.batch
+            for x, y in shuffled_batches(run.train_images, labels, order, per_rank_batch, state.batch, layout):
+                if _stop_requested(stop, job, state.step, device):
+                    state.loss_sum, state.seconds = distributed.all_reduce_sum(loss_sum).item(), state.seconds + time.perf_counter() - started
+                    _interrupt(run, callbacks, epoch_rng, stop.signal)
+                # the step: forward, backward, (clip, skip), update
                 with run.precision.autocast(device):
-                    parts = net(x, run.step)
-                if job.enabled:  # DDP averages the ranks' gradients: this gives the global batch mean's
-                    loss = parts.loss.sum() * distributed.shard_scale(min(batch_size, n_used - batch * batch_size), job)
-                else:
-                    loss = parts.loss.mean()
+                    parts = net(x, y, state.step)
+                loss = distributed.batch_loss(parts.loss, min(settings["batch_size"], n_used - state.batch * settings["batch_size"]), job)
                 optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
+                scaler.scale(loss).backward()
+                if clip > 0 or skip > 0:
                     scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                if settings["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings["grad_clip"])
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
+                    if skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
+                        state.skipped += 1
+                        optimizer.zero_grad(set_to_none=True)
+                scaler.step(optimizer)
+                scaler.update()
                 loss_sum += parts.loss.detach().sum()
-                run.step += 1
+                state.step += 1
+                state.batch += 1
                 if compile_seconds is None and settings["compile"]:  # the first call compiles: timed apart
                     loss_sum.item()
-                    compile_seconds, started, timed_from = time.perf_counter() - started, time.perf_counter(), batch + 1
-                if run.step % LOG_EVERY == 0:
-                    seen = min((batch + 1) * batch_size, n_used)
-                    mean = _check_finite(run, loss_sum.item() * job.world_size / seen, epoch, batch)  # rank 0's shard
-                    elapsed = time.perf_counter() - started
-                    rate = (seen - timed_from * batch_size) / max(elapsed, 1e-9)
+                    compile_seconds, started, timed_from = time.perf_counter() - started, time.perf_counter(), state.batch
+                if state.step % LOG_EVERY == 0:
+                    seen = min(state.batch * settings["batch_size"], n_used)
+                    mean = _check_finite(run, loss_sum.item() * job.world_size / seen)  # rank 0's shard
+                    rate = (seen - timed_from * settings["batch_size"]) / max(time.perf_counter() - started, 1e-9)
                     for callback in callbacks:
-                        callback.on_step(run, batch + 1, mean, rate)
+                        callback.on_step(run, state.batch, mean, rate)
             elapsed = time.perf_counter() - started
-            train_loss = _check_finite(run, distributed.all_reduce_sum(loss_sum).item() / n_used, epoch, batch)
-            eval_started = time.perf_counter()
-            test_shard = distributed.shard_split(run.test_images, job)
-            test = evaluate(model, test_shard, batch_size=settings["eval_batch_size"], precision=run.precision)
-            test = distributed.reduce_means(test, len(test_shard), device)
-            model.train()
-            run.epoch = epoch + 1
-            metrics = {
-                "epoch": run.epoch,
-                "step": run.step,
-                "train_loss": train_loss,
-                "test_loss": test["loss"],
-                "test_recon": test["recon"],
-                "test_kl": test["kl"],
-                **({"test_bits_per_dim": test["bits_per_dim"]} if "bits_per_dim" in test else {}),
-                "seconds": seconds_before + elapsed,
-                "images_per_s": (n_used - timed_from * batch_size) / max(elapsed, 1e-9),
-                "eval_seconds": time.perf_counter() - eval_started,
-                **({"compile_seconds": compile_seconds} if compile_seconds and timed_from > first_batch else {}),
-            }
-            run.history.append(metrics)
-            counters = {"epoch": run.epoch, "batch": 0, "step": run.step, "loss_sum": 0.0, "seconds": 0.0}
-            if job.is_main:  # one set of files, whatever the number of processes
-                write_epoch_outputs(run, metrics)
-                save_state(run.out_dir / "state.safetensors", model, optimizer, counters, data_rng.get_state(), scaler)
+            train_loss = _check_finite(run, distributed.all_reduce_sum(loss_sum).item() / n_used)
+            metrics = _end_epoch(run, job, train_loss, state.seconds + elapsed, (n_used - timed_from * settings["batch_size"]) / max(elapsed, 1e-9))
+            if compile_seconds and timed_from > first_batch:
+                metrics["compile_seconds"] = compile_seconds
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
-        if not job.enabled and stop.signal is not None and run.epoch < settings["epochs"]:
-            _stop(run, optimizer, scaler, data_rng.get_state(), run.epoch, 0, None, 0.0, stop.signal)
+        if not job.enabled and stop.signal is not None and state.epoch < settings["epochs"]:
+            _interrupt(run, callbacks, run.data_rng.get_state(), stop.signal)
     for callback in callbacks:
         callback.on_end(run)
     return metrics
 
 
-def _check_finite(run: Run, value: float, epoch: int, batch: int) -> float:
+def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: float, images_per_s: float) -> dict[str, Any]:
+    """Evaluate on the test split, close the epoch in `run.state` and return its metrics."""
+    settings, state = run.recipe["train"], run.state
+    eval_started = time.perf_counter()
+    test_shard, label_shard = distributed.shard_split(run.test_images, job), None
+    if run.test_labels is not None:
+        label_shard = distributed.shard_split(run.test_labels, job)
+    test = evaluate(run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision)
+    terms = test.pop("terms")
+    test = distributed.reduce_means({**test, **{f"terms.{k}": v for k, v in terms.items()}}, len(test_shard), run.device)
+    run.model.train()
+    state.epoch, state.batch, state.loss_sum, state.seconds = state.epoch + 1, 0, 0.0, 0.0
+    metrics = {
+        "epoch": state.epoch,
+        "step": state.step,
+        "train_loss": train_loss,
+        "test_loss": test["loss"],
+        "test_recon": test["recon"],
+        "test_kl": test["kl"],
+        **({"test_bits_per_dim": test["bits_per_dim"]} if "bits_per_dim" in test else {}),
+        **({"test_terms": {k: test[f"terms.{k}"] for k in terms}} if terms else {}),
+        **({"skipped_updates": state.skipped} if settings["skip_grad_norm"] > 0 else {}),
+        "seconds": seconds,
+        "images_per_s": images_per_s,
+        "eval_seconds": time.perf_counter() - eval_started,
+    }
+    run.history.append(metrics)
+    return metrics
+
+
+def _check_finite(run: Run, value: float) -> float:
     if math.isfinite(value):
         return value
     kept = f"the last good checkpoint is {run.out_dir / 'model.safetensors'} (epoch {run.epoch})" if run.epoch else "no epoch finished, so there is no checkpoint"
-    raise RunFailed(f"training diverged: the loss became {value} in epoch {epoch + 1}, batch {batch + 1}; {kept}; try a lower --lr or --precision fp32")
+    raise RunFailed(f"training diverged: the loss became {value} in epoch {run.epoch + 1}, batch {run.state.batch}; {kept}; try a lower --lr or --precision fp32")
 
 
 def _stop_requested(stop: StopRequest, job: distributed.World, step: int, device: torch.device) -> bool:
@@ -247,10 +273,8 @@ def _stop_requested(stop: StopRequest, job: distributed.World, step: int, device
     return step % LOG_EVERY == 0 and distributed.any_rank(stop.signal is not None, device)
 
 
-def _stop(run: Run, optimizer, scaler, epoch_rng: Tensor, epoch: int, batch: int, loss_sum: Tensor | None, seconds: float, signum: int | None) -> None:
-    loss_total = distributed.all_reduce_sum(loss_sum).item() if loss_sum is not None else 0.0
-    counters = {"epoch": epoch, "batch": batch, "step": run.step, "loss_sum": loss_total, "seconds": seconds}
-    if distributed.is_main():
-        save_state(run.out_dir / "state.safetensors", run.model, optimizer, counters, epoch_rng, scaler)
+def _interrupt(run: Run, callbacks: Sequence[Callback], epoch_rng: Tensor, signum: int | None) -> None:
+    for callback in callbacks:
+        callback.on_interrupt(run, epoch_rng)
     name = signal.Signals(signum or signal.SIGTERM).name
-    raise Interrupted(f"stopped by {name} in epoch {epoch + 1} after {batch} batches; state saved in {run.out_dir / 'state.safetensors'}; resume with: {run.resume_command}")
+    raise Interrupted(f"stopped by {name} in epoch {run.epoch + 1} after {run.state.batch} batches; state saved in {run.out_dir / 'state.safetensors'}", out_dir=run.out_dir, recipe=run.recipe["name"], epochs=run.recipe["train"]["epochs"])

@@ -1,0 +1,52 @@
+"""Pieces the default plugins share: the Gaussian encoder head, the resolution check of stride-2
+networks, and downloads through torchvision with a socket timeout."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from vaezoo import Encoder
+from vaezoo.errors import DataError
+
+DOWNLOAD_TIMEOUT_S = 20  # seconds without an answer before a download gives up
+
+
+def downsampling_factor(plugin: str, shape: Sequence[int], levels: int) -> int:
+    """2**levels, after checking that H and W of `shape` divide by it (one stride-2 layer per level)."""
+    factor = 2**levels
+    if levels < 1 or shape[1] % factor or shape[2] % factor:
+        raise ValueError(f"{plugin} needs at least one level and H, W divisible by {factor} for {levels} stride-2 levels, got {tuple(shape)}")
+    return factor
+
+
+class GaussianEncoder(Encoder):
+    """`features(x)` flattened to `flat` values, then two linear heads: `mu` and `logvar`."""
+
+    def __init__(self, features: nn.Module, flat: int, latent_dim: int) -> None:
+        super().__init__()
+        self.features = features
+        self.mu = nn.Linear(flat, latent_dim)
+        self.logvar = nn.Linear(flat, latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.features(x)
+        return self.mu(h), self.logvar(h)
+
+
+def download(fetch: Callable[[], object], root: Path, hint: str) -> None:
+    """Create `root` and run a torchvision download into it with a socket timeout (torchvision sets
+    none, so an offline machine would hang); any failure becomes one DataError: `hint` and the reason."""
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fetch()
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else "no network?"
+        raise DataError(f"{hint} (download failed: {type(error).__name__}: {reason})") from error
+    finally:
+        socket.setdefaulttimeout(previous_timeout)

@@ -1,0 +1,1 @@
+"""The classic VAE family `vae` (encoder + decoder + prior + loss), as a vaezoo plugin."""

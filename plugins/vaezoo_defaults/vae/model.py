@@ -1,0 +1,87 @@
+"""The classic VAE family: one Gaussian latent, reparameterised, encoder -> decoder -> loss, assembled
+from the recipe's encoder, decoder, prior and loss components. With `iw_samples = K > 1` it trains on
+the importance-weighted bound (IWAE, Burda et al. 2016) with K posterior samples per image."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from vaezoo import Loss, LossParts, Model, Prior
+from vaezoo.components import gaussian_log_prob
+
+DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
+
+
+class VAE(Model):
+    """Classic VAE: encoder, decoder, prior and loss components; optional IWAE training (iw_samples)."""
+
+    def __init__(
+        self, *, encoder: nn.Module, decoder: nn.Module, prior: Prior, loss: Loss, in_shape: Sequence[int], latent_dim: int, iw_samples: int = 1
+    ) -> None:
+        super().__init__()
+        if iw_samples < 1:
+            raise ValueError(f"vae needs iw_samples >= 1, got {iw_samples}")
+        self.encoder, self.decoder, self.prior, self.loss = encoder, decoder, prior, loss
+        self.in_shape = tuple(in_shape)
+        self.latent_dim = latent_dim
+        self.iw_samples = int(iw_samples)
+        self.discrete = bool(getattr(loss, "discrete", False))
+        prior.bind(encoder)
+
+    def forward(self, x: Tensor, y: Tensor | None = None, step: int | None = None) -> LossParts:
+        """The negative ELBO and its parts (one posterior sample). In training with iw_samples K > 1,
+        `loss` is the negative IWAE bound with K samples, and recon / kl are their means over the K."""
+        mu, logvar = self.encoder(x)
+        if self.iw_samples > 1 and step is not None:
+            return self._iwae(x, mu, logvar)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.loss(x, self.decoder(z), mu, logvar, z, self.prior, step)
+
+    def _importance_terms(self, x: Tensor, mu: Tensor, logvar: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """k posterior samples per image: log p(x|z_j) and log q(z_j|x) - log p(z_j), each (B, k);
+        the B * k latents are decoded DECODE_BATCH at a time."""
+        mu, logvar = mu.float(), logvar.float()
+        z = mu.unsqueeze(1) + torch.randn(len(x), k, mu.shape[1], device=mu.device) * torch.exp(0.5 * logvar).unsqueeze(1)
+        z = z.flatten(0, 1)  # row i * k + j
+        owner = torch.arange(len(x), device=x.device).repeat_interleave(k)
+        log_ratio = gaussian_log_prob(z, mu[owner], logvar[owner]) - self.prior.log_prob(z).float()
+        nll = [self.loss.nll(x[owner[rows]].float(), self.decoder(z[rows]).float()) for rows in _chunks(len(z), DECODE_BATCH)]
+        return -torch.cat(nll).view(len(x), k), log_ratio.view(len(x), k)
+
+    def _iwae(self, x: Tensor, mu: Tensor, logvar: Tensor) -> LossParts:
+        log_px, log_ratio = self._importance_terms(x, mu, logvar, self.iw_samples)
+        bound = torch.logsumexp(log_px - log_ratio, dim=1) - math.log(self.iw_samples)
+        return LossParts(-bound, -log_px.mean(1), log_ratio.mean(1))
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, y: Tensor | None = None, k: int = 100) -> Tensor:
+        """Importance-weighted estimate of log p(x) per image (nats) with k posterior samples."""
+        log_px, log_ratio = self._importance_terms(x, *self.encoder(x), k)
+        return torch.logsumexp(log_px - log_ratio, dim=1) - math.log(k)
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """`n` images in [0, 1] decoded from prior samples (latents scaled by `temperature`)."""
+        return self.decode(self.prior.sample(n) * temperature)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images decoded from the posterior means of `x`."""
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The posterior means of `x`."""
+        return self.encoder(x)[0]
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        return self.loss.mean_image(self.decoder(z)).clamp(0, 1)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(first, first + size) for first in range(0, n, size)]

@@ -1,8 +1,0 @@
-"""Registers the `normal` prior."""
-
-import vaezoo
-
-
-@vaezoo.hookimpl
-def register_priors(register):
-    register("normal", "vaezoo_normal.prior:NormalPrior", summary="Standard normal N(0, I) with closed-form KL")
