@@ -1,0 +1,1 @@
+"""The `cvae` model family, as a vaezoo plugin."""

@@ -1,0 +1,1 @@
+"""The `hvae` model family, as a vaezoo plugin."""

@@ -1,0 +1,1 @@
+"""The `vqvae` model family, as a vaezoo plugin."""
