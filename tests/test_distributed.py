@@ -12,10 +12,14 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli
+import vaezoo
 from vaezoo import distributed
 
-TINY = ["--epochs", "1", "--batch-size", "64", "--limit", "250", "--latent-dim", "8", "--device", "cpu", "--seed", "3",
-        "--set", "encoder.hidden=[8,16]", "--set", "decoder.hidden=[16,8]", "--set", "train.test_limit=100", "--set", "train.sample_count=4"]
+TINY_SETS = ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8", "train.test_limit=100", "train.sample_count=4"]
+TINY = ["--epochs", "1", "--batch-size", "64", "--limit", "250", "--device", "cpu", "--seed", "3", *(a for s in TINY_SETS for a in ("--set", s))]
+# Plain SGD for the comparison: Adam's first steps are about lr * sign(gradient), so a parameter whose
+# gradient is ~0 (a dead ReLU's) moves by +-lr on float noise alone, and one run ends 1e-3 from the other.
+SGD = ["--set", 'train.optimizer="sgd"', "--lr", "1e-5"]
 
 # Each rank draws the reparameterisation noise from its own generator, so a 2-process run cannot draw
 # the same numbers as one process (nor should it: that would correlate the ranks). To compare the
@@ -33,17 +37,17 @@ def _outputs(folder: Path) -> list[str]:
 
 
 def test_ddp_matches_single_process(cifar: Path, tmp_path: Path) -> None:
-    """Two ranks with 32 images each per step end within 1e-4 of one process with 64 per step.
+    """Two ranks with 32 images each per step end within 1e-4 of one process with 64 per step (SGD).
     Not bit-identical: each rank sums its own shard and gloo then adds the two gradients, a different
-    order of float additions than one batched sum (about 1e-7 relative per step); Adam divides by the
-    square root of small second moments, which amplifies these differences a little over the steps."""
+    order of float additions than one batched sum (about 1e-7 relative per step). Plain SGD keeps them
+    that small; Adam would turn the noise on near-zero gradients into whole steps of size lr."""
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(runner), "run", "cifar-vae", *TINY, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    single = subprocess.run([sys.executable, str(runner), "run", "cifar-vae", *TINY, *SGD, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner), "run", "cifar-vae", *TINY, "--out", str(tmp_path / "two")],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner), "run", "cifar-vae", *TINY, *SGD, "--out", str(tmp_path / "two")],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr  # whole: the root cause of a failed rank is near the top
@@ -51,6 +55,9 @@ def test_ddp_matches_single_process(cifar: Path, tmp_path: Path) -> None:
     assert one.keys() == two.keys()
     diff = max((one[k] - two[k]).abs().max().item() for k in one)
     assert diff < 1e-4, f"max abs weight difference {diff}"
+    torch.manual_seed(3)  # the initial weights of both runs: training moved them far more than that
+    initial = vaezoo.build("cifar-vae", sets=TINY_SETS).state_dict()
+    assert max((one[k] - initial[k]).abs().max().item() for k in one) > 100 * diff
     assert all(t.dtype == torch.float32 for t in two.values())
     assert _outputs(tmp_path / "two") == _outputs(tmp_path / "one")  # one set of files, written by rank 0
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
