@@ -27,7 +27,8 @@ def test_plugins_lists_it_with_distribution_and_version():
     plugins = {row["name"]: row for row in json.loads(result.stdout)}
     row = plugins[PLUGIN]
     assert row["distribution"] == DISTRIBUTION and row["version"] == "0.1.0" and row["error"] is None
-    assert row["encoders"] == ["dcgan"] and row["decoders"] == ["dcgan"] and row["recipes"] == [RECIPE]
+    assert row["encoders"] == ["dcgan"] and row["decoders"] == ["dcgan"] and row["models"] == ["laplace"]
+    assert row["recipes"] == sorted([RECIPE, "example-laplace-cifar"])
 
 
 def test_disabling_hides_it_from_list():
@@ -35,9 +36,9 @@ def test_disabling_hides_it_from_list():
     hidden = run_cli("list", "--json", env=DISABLED)
     assert shown.returncode == 0 and hidden.returncode == 0, shown.stderr + hidden.stderr
     assert {(e["kind"], e["name"]) for e in json.loads(shown.stdout) if e["plugin"] == PLUGIN} == {
-        ("encoder", "dcgan"), ("decoder", "dcgan"), ("recipe", RECIPE)
+        ("encoder", "dcgan"), ("decoder", "dcgan"), ("model", "laplace"), ("recipe", RECIPE), ("recipe", "example-laplace-cifar")
     }
-    assert not [e for e in json.loads(hidden.stdout) if e["plugin"] == PLUGIN or e["name"] in ("dcgan", RECIPE)]
+    assert not [e for e in json.loads(hidden.stdout) if e["plugin"] == PLUGIN or e["name"] in ("dcgan", "laplace", RECIPE)]
     assert "cifar-vae" in hidden.stdout  # the other plugins are still there
 
 

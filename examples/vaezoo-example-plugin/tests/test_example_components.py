@@ -2,8 +2,11 @@
 
 import pytest
 
-from vaezoo.testing import check_decoder, check_encoder
+from vaezoo.testing import check_decoder, check_encoder, check_model
+from vaezoo_example.family import LaplaceVAE
 from vaezoo_example.model import DCGANDecoder, DCGANEncoder
+from vaezoo_defaults.bce.loss import BCEKL
+from vaezoo_defaults.conv.model import ConvDecoder
 
 
 def test_encoder_conforms():
@@ -19,3 +22,9 @@ def test_decoder_conforms():
 def test_shapes_that_do_not_divide_are_refused():
     with pytest.raises(ValueError, match="divisible by 8"):
         DCGANEncoder(in_shape=(1, 28, 28), latent_dim=4, hidden=[8, 8, 8])
+
+
+def test_laplace_family_conforms():
+    decoder = ConvDecoder(out_shape=(3, 32, 32), latent_dim=6, hidden=[16, 8])
+    model = check_model(LaplaceVAE, in_shape=(3, 32, 32), latent_dim=6, components={"decoder": decoder, "loss": BCEKL()}, hidden=[8, 16])
+    assert not model.discrete and not model.conditional

@@ -1,1 +1,1 @@
-"""vaezoo-example-plugin: a DCGAN-style encoder/decoder pair and a recipe that uses it."""
+"""vaezoo-example-plugin: a DCGAN-style encoder/decoder pair, a Laplace-posterior model family, and recipes that use them."""

@@ -15,6 +15,11 @@ def register_decoders(register):
 
 
 @vaezoo.hookimpl
+def register_models(register):
+    register("laplace", "vaezoo_example.family:LaplaceVAE", summary="VAE with a Laplace posterior and a standard Laplace prior (closed-form KL)")
+
+
+@vaezoo.hookimpl
 def register_recipes(register):
     register("example-dcgan-cifar", {
         "summary": "DCGAN-style VAE with batch norm on CIFAR-10 (from the example plugin)",
@@ -25,4 +30,13 @@ def register_recipes(register):
         "prior": {"name": "normal"},
         "loss": {"name": "bce-kl"},
         "train": {"epochs": 20, "batch_size": 128, "lr": 2e-4, "optimizer": "adam"},
+    })
+    register("example-laplace-cifar", {
+        "summary": "Laplace-posterior VAE on CIFAR-10: the example plugin's model family, with the conv decoder and the BCE likelihood",
+        "latent_dim": 32,
+        "model": {"name": "laplace", "hidden": [32, 64, 128]},
+        "dataset": {"name": "cifar10"},
+        "decoder": {"name": "conv", "hidden": [128, 64, 32]},
+        "loss": {"name": "bce-kl"},
+        "train": {"epochs": 15, "batch_size": 128, "lr": 1e-3, "optimizer": "adam"},
     })
