@@ -20,6 +20,7 @@ _LAZY = {
     "fit": "vaezoo.api",
     "load": "vaezoo.checkpoint",
     "save": "vaezoo.checkpoint",
+    "push": "vaezoo.hub",
     "resolve_recipe": "vaezoo.recipes",
     "list_components": "vaezoo.registry",
     "get_registry": "vaezoo.plugins",

@@ -17,6 +17,7 @@ from safetensors.torch import save as save_tensors
 import vaezoo
 from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
 from vaezoo.files import write_bytes_atomic
+from vaezoo.hub import local_model_path
 from vaezoo.components import Model
 from vaezoo.model import build_model
 from vaezoo.recipes import COMPONENTS, validate
@@ -96,8 +97,8 @@ def read_header(data: bytes, path: Path) -> dict[str, Any]:
 
 
 def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
-    """The decoded `vaezoo.*` metadata of a model file, and the file's bytes."""
-    path = Path(path)
+    """The decoded `vaezoo.*` metadata of a model file (a path, `hf://` name or URL), and the file's bytes."""
+    path = local_model_path(path)
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist" + (" (it is a folder: pass DIR/model.safetensors)" if path.is_dir() else ""))
     data = path.read_bytes()
@@ -137,8 +138,9 @@ def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
-    """Rebuild the model saved in `path` on `device`. `model.recipe` and `model.metadata` tell what it is."""
-    path = Path(path)
+    """Rebuild the model saved in `path` (a path, `hf://ORG/NAME[@REV]` or URL) on `device`.
+    `model.recipe` and `model.metadata` tell what it is."""
+    path = local_model_path(path)
     metadata, data = read_metadata(path)
     check_plugins(metadata, path)
     try:
@@ -180,8 +182,8 @@ def sha256(path: str | Path) -> str:
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    """What a model file holds (for `vaezoo inspect`), without building the model."""
-    path = Path(path)
+    """What a model file (a path, `hf://` name or URL) holds (for `vaezoo inspect`), without building the model."""
+    path = local_model_path(path)
     metadata, data = read_metadata(path)
     header = read_header(data, path)
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}

@@ -29,6 +29,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 KIND_HELP = "one of recipes, models, encoders, decoders, priors, losses, datasets"
+MODEL_HELP = "A model.safetensors file, hf://ORG/NAME[@REVISION] or an https:// URL (optionally #sha256=HEX)."
 
 
 def _version(value: bool) -> None:
@@ -193,7 +194,7 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
 
 @app.command("sample")
 def sample_command(
-    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of images.")] = 64,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same picture.")] = 0,
@@ -215,7 +216,7 @@ def sample_command(
 
 @app.command("reconstruct")
 def reconstruct_command(
-    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of test images.")] = 16,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("reconstructions.png"),
     seed: Annotated[int, typer.Option(help="Random seed choosing the test images.")] = 0,
@@ -231,7 +232,7 @@ def reconstruct_command(
 
 @app.command("interpolate")
 def interpolate_command(
-    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of image pairs (rows).")] = 8,
     steps: Annotated[int, typer.Option(min=2, help="Images per row, from one image of the pair to the other.")] = 10,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("interpolations.png"),
@@ -248,7 +249,7 @@ def interpolate_command(
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
     limit: Annotated[Optional[int], typer.Option(help="Evaluate on N images drawn with a fixed seed.")] = None,
@@ -278,7 +279,7 @@ def eval_command(
 
 @app.command("inspect")
 def inspect_command(
-    model: Annotated[Path, typer.Argument(help="A model.safetensors file.")],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What a checkpoint holds: recipe, components and their plugins, shapes, metrics, sha256."""
@@ -302,6 +303,38 @@ def inspect_command(
         console.print(f"trained {training.get('epochs')} epochs, {training.get('steps')} steps ({training.get('precision')} on {training.get('device')})")
     for key, value in info["metrics"].items():
         console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+
+
+@app.command("push")
+def push_command(
+    source: Annotated[str, typer.Argument(help="A run folder or a model.safetensors file.")],
+    repo_id: Annotated[str, typer.Argument(metavar="ORG/NAME", help="Hugging Face Hub model repository (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing; default main).")] = None,
+    dry_run: Annotated[Optional[str], typer.Option("--dry-run", metavar="DIR", help="Write the files that would be uploaded into DIR instead.")] = None,
+) -> None:
+    """Publish a model to the Hugging Face Hub: model.safetensors, samples.png, recipe.toml and a
+    generated model card (README.md). Needs `pip install 'vaezoo\\[hub]'` and a token (`hf auth login` or HF_TOKEN)."""
+    from vaezoo.hub import push
+
+    where = push(source, repo_id, private=private, revision=revision, dry_run=dry_run)
+    if dry_run is not None:
+        for name in sorted(os.listdir(where)):
+            err_console.print(f"  {Path(where) / name}")
+        err_console.print(f"wrote what `vaezoo push` would upload to {where}")
+    else:
+        err_console.print(f"pushed to {where}; load it with: vaezoo sample hf://{repo_id}" + (f"@{revision}" if revision else ""))
+
+
+@app.command("card")
+def card_command(
+    model: Annotated[str, typer.Argument(help="A run folder, " + MODEL_HELP[2:])],
+    repo_id: Annotated[Optional[str], typer.Option("--repo", metavar="ORG/NAME", help="Repository name the card's examples load from.")] = None,
+) -> None:
+    """Print the model card (README.md) that `vaezoo push` would upload."""
+    from vaezoo.card import card_for
+
+    sys.stdout.write(card_for(model, repo_id))
 
 
 class _Plain:

@@ -1,0 +1,235 @@
+"""The model card (README.md) that `vaezoo push` uploads and `vaezoo card` prints: YAML front matter the
+Hugging Face Hub reads (library, tags, datasets, model-index with the test metrics), then what the model
+is, how to install the plugins it needs, how it was trained, its samples and how to sample it.
+Built from the file's own metadata only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# vaezoo dataset name -> (Hub dataset id, display name)
+HUB_DATASETS = {
+    "cifar10": ("uoft-cs/cifar10", "CIFAR-10"),
+    "mnist": ("ylecun/mnist", "MNIST"),
+    "fashion-mnist": ("zalando-datasets/fashion_mnist", "Fashion-MNIST"),
+}
+# metric key in the training summary -> (model-index type, readable name)
+METRICS = {
+    "test_loss": ("neg-elbo", "Test negative ELBO (nats per image)"),
+    "test_recon": ("reconstruction-nll", "Test reconstruction term (nats per image)"),
+    "test_kl": ("kl", "Test KL term (nats per image)"),
+    "test_bits_per_dim": ("bits-per-dim", "Test bits per dimension (ELBO bound)"),
+}
+KIND_ORDER = ("model", "dataset", "encoder", "decoder", "prior", "loss")
+_PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9 ._/()-]*[A-Za-z0-9)]|[A-Za-z]")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n"}
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    if _PLAIN.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return text
+    return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+
+
+def to_yaml(value: Any, indent: int = 0) -> str:
+    """Block-style YAML for nested dicts and lists of scalars (enough for front matter)."""
+    pad = " " * indent
+    lines = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(item, (Mapping, list)) and item:
+                lines.append(f"{pad}{key}:")
+                lines.append(to_yaml(item, indent + 2))
+            else:
+                lines.append(f"{pad}{key}: {_yaml_scalar(item) if not isinstance(item, (Mapping, list)) else '[]' if isinstance(item, list) else '{}'}")
+    else:
+        for item in value:
+            if isinstance(item, Mapping):
+                block = to_yaml(item, indent + 2).splitlines()
+                lines.append(f"{pad}- {block[0].lstrip()}")
+                lines.extend(block[1:])
+            else:
+                lines.append(f"{pad}- {_yaml_scalar(item)}")
+    return "\n".join(lines)
+
+
+def test_metrics(metadata: Mapping[str, Any]) -> dict[str, float]:
+    """The finite test metrics of the training summary, in METRICS order."""
+    metrics = metadata.get("training", {}).get("metrics", {})
+    return {key: float(metrics[key]) for key in METRICS if isinstance(metrics.get(key), (int, float)) and math.isfinite(metrics[key])}
+
+
+def install_lines(components: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One `pip install` line per plugin distribution the model needs, pinned to the version that wrote
+    it; vaezoo itself first, with the hub extra so that `hf://` names load."""
+    versions: dict[str, str] = {}
+    for record in components:
+        distribution = record.get("distribution")
+        if distribution:
+            versions.setdefault(str(distribution), str(record.get("version") or ""))
+    versions.setdefault("vaezoo", "")
+    lines = []
+    for distribution, version in sorted(versions.items(), key=lambda item: item[0] != "vaezoo"):
+        name = "vaezoo[hub]" if distribution == "vaezoo" else distribution
+        lines.append(f"pip install '{name}=={version}'" if version and version != "unknown" else f"pip install '{name}'")
+    return lines
+
+
+def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
+    """The card's metadata for the Hub."""
+    recipe = metadata["recipe"]
+    family = recipe.get("model", {}).get("name", "vae")
+    dataset_name = recipe.get("dataset", {}).get("name", "")
+    hub_id, display = HUB_DATASETS.get(dataset_name, (dataset_name, dataset_name))
+    conditional = family == "cvae" or bool(recipe.get("model", {}).get("conditional"))
+    task = "image-generation" if conditional else "unconditional-image-generation"
+    tags = ["vaezoo", "vae", "variational-autoencoder", "safetensors", family, str(recipe.get("name", "")), dataset_name]
+    matter: dict[str, Any] = {"library_name": "vaezoo", "pipeline_tag": task, "tags": list(dict.fromkeys(t for t in tags if t))}
+    if hub_id:
+        matter["datasets"] = [hub_id]
+    metrics = test_metrics(metadata)
+    if metrics:
+        matter["model-index"] = [{
+            "name": repo_id.split("/")[-1] if repo_id else str(recipe.get("name", "model")),
+            "results": [{
+                "task": {"type": task, "name": task.replace("-", " ").capitalize()},
+                "dataset": {"type": hub_id or dataset_name, "name": display or dataset_name, "split": "test"},
+                "metrics": [{"type": METRICS[key][0], "name": METRICS[key][1], "value": round(value, 4)} for key, value in metrics.items()],
+            }],
+        }]
+    return matter
+
+
+def _component_rows(metadata: Mapping[str, Any]) -> list[str]:
+    recipe = metadata["recipe"]
+    rows = []
+    records = sorted(metadata["components"], key=lambda r: KIND_ORDER.index(r["kind"]) if r.get("kind") in KIND_ORDER else len(KIND_ORDER))
+    for record in records:
+        kind = record.get("kind", "")
+        settings = {k: v for k, v in recipe.get(kind, {}).items() if k != "name"} if isinstance(recipe.get(kind), Mapping) else {}
+        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in settings.items()) or "defaults"
+        rows.append(f"| {kind} | `{record.get('name')}` | {record.get('distribution', '?')} {record.get('version', '')} | {shown} |")
+    return rows
+
+
+def _use_lines(metadata: Mapping[str, Any], name: str) -> list[str]:
+    """The three lines that load the model and sample it."""
+    classes = metadata.get("data", {}).get("classes") or []
+    family = metadata["recipe"].get("model", {}).get("name", "vae")
+    if family == "cvae" and classes:
+        return ["import torch, vaezoo", f'model = vaezoo.load("{name}")', f"images = model.sample(16, torch.arange(16) % {len(classes)})  # (16, C, H, W) in [0, 1], classes in turn"]
+    return ["import vaezoo", f'model = vaezoo.load("{name}")', "images = model.sample(16)  # (16, C, H, W) in [0, 1]"]
+
+
+def model_card(metadata: Mapping[str, Any], data: bytes, *, repo_id: str | None = None, files: set[str] | None = None) -> str:
+    """README.md for a model file: front matter, then a card a person reads."""
+    files = files or {"model.safetensors"}
+    recipe = metadata["recipe"]
+    training = metadata.get("training", {})
+    family = recipe.get("model", {}).get("name", "vae")
+    name = f"hf://{repo_id}" if repo_id else "model.safetensors"
+    shape = metadata.get("data", {}).get("shape", [])
+    dataset_name = recipe.get("dataset", {}).get("name", "?")
+    title = repo_id or recipe.get("name", "vaezoo model")
+    parameters = _parameter_count(data)
+    lines = ["---", to_yaml(front_matter(metadata, repo_id)), "---", "", f"# {title}", ""]
+    lines += [
+        f"A variational autoencoder of the **{family}** family, trained with vaezoo "
+        f"from the recipe **`{recipe.get('name', '?')}`**: {recipe.get('summary', '').rstrip('.')}.",
+        "",
+        f"It models {HUB_DATASETS.get(dataset_name, ('', dataset_name))[1]} images of shape {'×'.join(map(str, shape))} (values in [0, 1])"
+        + (f" with a latent space of size {recipe['latent_dim']}" if "latent_dim" in recipe else "")
+        + f"; {parameters:,} parameters in one `model.safetensors` file (sha256 `{hashlib.sha256(data).hexdigest()}`). "
+        "The file holds its recipe and the plugins that built it, and loading it never unpickles anything.",
+        "",
+        "| part | name | plugin distribution | settings |",
+        "| --- | --- | --- | --- |",
+        *_component_rows(metadata),
+        "",
+        "## Install",
+        "",
+        "Loading needs vaezoo and the plugin distribution of every part above, at these versions or compatible ones:",
+        "",
+        "```bash",
+        *install_lines(metadata["components"]),
+        "```",
+        "",
+        "## Use",
+        "",
+        "```python",
+        *_use_lines(metadata, name),
+        "```",
+        "",
+        "or from the command line:",
+        "",
+        "```bash",
+        f"vaezoo sample {name} -n 64 --out samples.png",
+        f"vaezoo eval {name} --iw-samples 100   # needs the test split of {dataset_name}",
+        f"vaezoo inspect {name}",
+        "```",
+        "",
+    ]
+    lines += _training_section(training, metadata)
+    if "samples.png" in files:
+        lines += ["## Samples", "", "![Samples from the prior](samples.png)", ""]
+    if "recipe.toml" in files:
+        lines += ["## Recipe", "", "The fully resolved recipe is in `recipe.toml`; train it again with:", "", "```bash",
+                  f"vaezoo run recipe.toml --data-dir PATH/TO/{dataset_name}", "```", ""]
+    lines += [f"Written by vaezoo {metadata.get('version', '?')} with torch {metadata.get('torch_version', '?')}, checkpoint format {metadata.get('format_version', '?')}.", ""]
+    return "\n".join(lines)
+
+
+def _training_section(training: Mapping[str, Any], metadata: Mapping[str, Any]) -> list[str]:
+    if not training:
+        return ["## Training", "", "The file carries no training summary.", ""]
+    settings = metadata["recipe"].get("train", {})
+    metrics = training.get("metrics", {})
+    lines = ["## Training", ""]
+    lines.append(
+        f"{_count(training.get('epochs'), 'epoch')}, {_count(training.get('steps'), 'optimizer step')}"
+        + (f" on {_count(training['train_images'], 'training image')}" if isinstance(training.get("train_images"), int) else "")
+    )
+    lines[-1] += (f" ({settings.get('optimizer', '?')}, learning rate {settings.get('lr', '?')}, batch size {settings.get('batch_size', '?')}, "
+                  f"{training.get('precision', '?')} on {training.get('device', '?')}).")
+    if isinstance(metrics.get("train_loss"), (int, float)):
+        lines[-1] += f" Final training loss: {metrics['train_loss']:.2f} nats per image."
+    lines.append("")
+    values = test_metrics(metadata)
+    if values:
+        lines += ["Test split, after the last epoch:", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {METRICS[key][1]} | {value:.4f} |" for key, value in values.items()]
+        lines.append("")
+    return lines
+
+
+def _count(value: Any, noun: str) -> str:
+    return f"{value:,} {noun}{'' if value == 1 else 's'}" if isinstance(value, int) else f"? {noun}s"
+
+
+def _parameter_count(data: bytes) -> int:
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    return sum(math.prod(info.get("shape", [])) for key, info in header.items() if key != "__metadata__")
+
+
+def card_for(model: str, repo_id: str | None = None) -> str:
+    """The card of a model file, run folder or remote name: what `vaezoo push` would upload as README.md."""
+    from vaezoo.checkpoint import read_metadata
+    from vaezoo.hub import MODEL_FILE, is_remote, push_files
+
+    if not is_remote(model):
+        return push_files(model, repo_id)["README.md"].decode()
+    metadata, data = read_metadata(model)
+    if repo_id is None and str(model).startswith("hf://"):
+        repo_id = str(model)[len("hf://") :].split("@")[0]
+    return model_card(metadata, data, repo_id=repo_id, files={MODEL_FILE})
