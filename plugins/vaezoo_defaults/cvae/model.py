@@ -58,8 +58,8 @@ class ConditionalVAE(Model):
     def posterior(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(mu, logvar) of q(z | x, y): the conv encoder over the image with the class embedding as
         `label_channels` more (constant) channels. The first convolution is linear, so its label part
-        is computed once per class, not once per image, and added: the same numbers, at the cost of
-        the plain encoder."""
+        is computed once per class, not once per image, and added: the same numbers, at about the
+        cost of the plain encoder."""
         first, c = self.encoder.features[0], x.shape[1]  # the first 4x4 conv, over C + label_channels channels
         maps = self.encoder_label.weight[:, :, None, None].expand(-1, -1, *x.shape[2:])  # (classes, label_channels, H, W)
         per_class = F.conv2d(maps, first.weight[:, c:], None, first.stride, first.padding)
