@@ -34,12 +34,14 @@ TINY = {
 
 
 def tiny_overrides(recipe: dict) -> list[str]:
-    """`--set` items shrinking every component of a resolved recipe that has one of TINY's keys."""
+    """`--set` items shrinking every component (and the model family) of a resolved recipe that has
+    one of TINY's keys (`*_hidden` counts as `hidden`)."""
     sets = []
-    for part in ("dataset", "encoder", "decoder", "prior", "loss"):
-        for key, value in recipe[part].items():
-            if key in TINY:
-                sets.append(f"{part}.{key}={json.dumps(TINY[key](value))}")  # JSON scalars/lists are TOML
+    for part in ("model", "dataset", "encoder", "decoder", "prior", "loss"):
+        for key, value in recipe.get(part, {}).items():
+            rule = TINY.get("hidden" if key.endswith("hidden") else key)
+            if rule is not None:
+                sets.append(f"{part}.{key}={json.dumps(rule(value))}")  # JSON scalars/lists are TOML
     return sets
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,7 +50,10 @@ def _previous_recipe(resume: Path, name: str) -> dict[str, Any]:
     path = resume / "recipe.toml"
     if not path.is_file():
         raise VaezooError(f"cannot resume from {resume}: no recipe.toml there (is it a vaezoo run folder?)")
-    table = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as error:
+        raise VaezooError(f"cannot resume from {resume}: its recipe.toml is damaged ({error})") from None
     if name not in (table.get("name"), str(path)):
         raise RecipeError(f"{resume} is a run of recipe {table.get('name')!r}, not {name!r}: use `vaezoo run {table.get('name')} --resume {resume}`")
     return table
@@ -70,27 +72,50 @@ def fit(
 ) -> FitResult:
     """Train a recipe and write model.safetensors, state.safetensors, metrics.jsonl, samples.png, the
     pictures and recipe.toml into `out` (default runs/<recipe>-<UTC time>/). `resume` continues a run
-    folder. Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state."""
+    folder. Nothing in a folder changes before the run is accepted, and one run at a time writes a
+    folder (vaezoo.runfolder). Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state."""
     from vaezoo import distributed
-    from vaezoo.data import limit_subset, load_split
-    from vaezoo.devices import resolve_device, resolve_precision
-    from vaezoo.model import build_model
-    from vaezoo.runfiles import RunFiles
-    from vaezoo.train import Run, train
+    from vaezoo.runfolder import RunLock, check_resume_changes, holds_run
 
     job, rank_device = distributed.setup(device)  # under torchrun: join the job (see docs/distributed.md)
     sets = list(sets)
     resume_dir = Path(resume) if resume is not None else None
     if resume_dir is not None:
         name = recipe if isinstance(recipe, str) else str(dict(recipe).get("name"))
-        resolved = resolve_recipe(_previous_recipe(resume_dir, name), sets, options)
+        previous = _previous_recipe(resume_dir, name)
+        resolved = resolve_recipe(previous, sets, options)
+        check_resume_changes(resolve_recipe(previous), resolved, resume_dir)
+        if not (resume_dir / "state.safetensors").is_file():
+            raise VaezooError(f"cannot resume from {resume_dir}: no state.safetensors there (no epoch finished and no stop was saved): start the run again")
     else:
         resolved = resolve_recipe(recipe, sets, options)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out is not None else resume_dir or Path("runs") / f"{resolved['name']}-{stamp}"
     out_dir = distributed.broadcast_object(out_dir)  # rank 0's time stamp
-    if resume_dir is None and any((out_dir / f).exists() for f in ("model.safetensors", "state.safetensors")):
-        raise VaezooError(f"{out_dir} already holds a run: continue it with --resume {out_dir}, or choose another --out")
+    same_folder = resume_dir is not None and out_dir.resolve() == resume_dir.resolve()
+    if not same_folder and holds_run(out_dir):
+        hint = f"continue it with --resume {out_dir}" if resume_dir is None else "choose an empty --out for the continued run"
+        raise VaezooError(f"{out_dir} already holds a run: {hint}, or choose another --out")
+    lock = RunLock(out_dir) if job.is_main else None  # only rank 0 writes files
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _fit_locked(resolved, out_dir, data_dir, device, job, rank_device, resume_dir, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: str, job: Any, rank_device: Any, resume_dir: Path | None, callbacks: Sequence[Any]) -> FitResult:
+    """fit() once the run folder is ours: build and prepare the run (a refused resume stops here,
+    before anything is written), then write recipe.toml and train."""
+    import torch
+
+    from vaezoo.data import limit_subset, load_split
+    from vaezoo.devices import resolve_device, resolve_precision
+    from vaezoo.model import build_model
+    from vaezoo.runfiles import RunFiles
+    from vaezoo.train import Run, prepare, train
 
     torch_device = rank_device or resolve_device(device)
     precision = resolve_precision(resolved["train"]["precision"], torch_device)
@@ -98,26 +123,18 @@ def fit(
     settings = resolved["train"]
     train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
     test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
-    import torch
-
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
     model.recipe = resolved
-
-    if job.is_main:  # only rank 0 writes files
-        out_dir.mkdir(parents=True, exist_ok=True)
     history = []
-    if resume_dir is not None:
-        old_metrics = resume_dir / "metrics.jsonl"
-        if old_metrics.is_file():
-            if out_dir.resolve() != resume_dir.resolve() and job.is_main:
-                shutil.copyfile(old_metrics, out_dir / "metrics.jsonl")
-            history = [json.loads(line) for line in old_metrics.read_text().splitlines() if line.strip()]
-    if job.is_main:
-        write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
+    if resume_dir is not None and (resume_dir / "metrics.jsonl").is_file():  # for states written before vaezoo 0.2 kept the history
+        history = [json.loads(line) for line in (resume_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     labels = {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)} if model.conditional else {}
     run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, history=history, **labels)
-    metrics = train(run, [RunFiles(), *callbacks], resume_from=resume_dir / "state.safetensors" if resume_dir is not None else None)
+    prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
+    if job.is_main:  # accepted: now the folder changes
+        write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
+    metrics = train(run, [RunFiles(), *callbacks])
     return FitResult(out_dir, metrics, model)
 
 

@@ -1,6 +1,8 @@
-"""The files of a run folder, written by a training callback: at each epoch end model.safetensors,
-metrics.jsonl, samples.png, the pictures of vaezoo.pictures and state.safetensors; on an interrupt
-the mid-epoch state.safetensors."""
+"""The files of a run folder, written by a training callback. At each epoch end, in this order:
+state.safetensors (the commit: weights, optimizer, position, metrics history), model.safetensors,
+metrics.jsonl (rewritten from the history), samples.png and the pictures of vaezoo.pictures. On an
+interrupt, the mid-epoch state.safetensors. A crash between two of these writes loses nothing that a
+resume does not rebuild (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 from torch import Tensor
 
 from vaezoo.checkpoint import save as save_model
-from vaezoo.files import append_line_atomic
+from vaezoo.files import write_text_atomic
 from vaezoo.images import save_grid
 from vaezoo.pictures import sample_grid, write_epoch_pictures
 from vaezoo.state import save_state
@@ -24,12 +26,29 @@ def training_summary(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
     return {"epochs": run.epoch, "steps": run.step, "precision": run.precision.name, "device": run.device.type, "train_images": len(run.train_images), "metrics": metrics}
 
 
+def write_metrics(run: Run) -> None:
+    """metrics.jsonl: one line per epoch of `run.history`."""
+    write_text_atomic(run.out_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in run.history))
+
+
 class RunFiles(Callback):
     """Writes the run folder `run.out_dir` (see the module docstring)."""
 
+    def on_start(self, run: Run) -> None:
+        """On resume: metrics.jsonl as the state's history says, and model.safetensors again if a crash
+        came between the state's commit and the model's write."""
+        if run.state.epoch == 0:
+            return
+        write_metrics(run)
+        model_file = run.out_dir / "model.safetensors"
+        saved_epochs = _saved_epochs(model_file)
+        if run.state.batch == 0 and run.history and saved_epochs != run.state.epoch:
+            save_model(run.model, model_file, run.recipe, training_summary(run, run.history[-1]))
+
     def on_epoch_end(self, run: Run, metrics: dict[str, Any]) -> None:
+        self._save_state(run, run.data_rng.get_state())
         save_model(run.model, run.out_dir / "model.safetensors", run.recipe, training_summary(run, metrics))
-        append_line_atomic(run.out_dir / "metrics.jsonl", json.dumps(metrics))
+        write_metrics(run)
         was_training = run.model.training
         run.model.eval()
         with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
@@ -38,11 +57,21 @@ class RunFiles(Callback):
         run.model.train(was_training)
         save_grid(images, run.out_dir / "samples.png", nrow=columns)
         write_epoch_pictures(run.model, run.test_images, run.test_labels, run.history, run.out_dir)
-        self._save_state(run, run.data_rng.get_state())
 
     def on_interrupt(self, run: Run, epoch_rng: Tensor) -> None:
         self._save_state(run, epoch_rng)
 
     @staticmethod
     def _save_state(run: Run, data_rng: Tensor) -> None:
-        save_state(run.out_dir / "state.safetensors", run.model, run.optimizer, run.state.state_dict(), data_rng, run.scaler)
+        save_state(run.out_dir / "state.safetensors", run.model, run.optimizer, run.state.state_dict(), data_rng, run.scaler, run.history)
+
+
+def _saved_epochs(path: Any) -> int | None:
+    """The epochs recorded in a model file of this run, or None if it is missing or unreadable."""
+    from vaezoo.checkpoint import read_metadata
+    from vaezoo.errors import VaezooError
+
+    try:
+        return read_metadata(path)[0].get("training", {}).get("epochs")
+    except (VaezooError, OSError):
+        return None

@@ -141,7 +141,8 @@ def fast_model(model: Model, device: torch.device, job: distributed.World, setti
 
 def prepare(run: Run, resume_from: Path | None = None) -> None:
     """Optimizer, gradient scaler (a no-op unless fp16), data-order generator and RNGs of a run: new,
-    or restored from a state.safetensors."""
+    or restored from a state.safetensors (with its metrics history; the recipe's learning rate and
+    weight decay take effect)."""
     from vaezoo.state import load_state
 
     settings = run.recipe["train"]
@@ -151,19 +152,27 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     if resume_from is None:
         torch.manual_seed(settings["seed"])
         return
-    counters, saved_rng = load_state(resume_from, run.model, run.optimizer, run.scaler)
+    counters, saved_rng, history = load_state(resume_from, run.model, run.optimizer, run.scaler)
     run.state.load_state_dict(counters)
-    run.data_rng.set_state(saved_rng)
+    try:
+        run.data_rng.set_state(saved_rng)
+    except RuntimeError:
+        raise VaezooError(f"{resume_from} is damaged: its data-order generator state does not restore") from None
+    for group in run.optimizer.param_groups:  # --lr on resume takes effect (and is what recipe.toml records)
+        group["lr"], group["weight_decay"] = settings["lr"], settings["weight_decay"]
+    run.history = history or [row for row in run.history if row.get("epoch", 0) <= run.state.epoch]
     if run.state.epoch >= settings["epochs"]:
         raise VaezooError(f"{run.out_dir} is already trained to epoch {run.state.epoch}: pass --epochs N with N > {run.state.epoch} to train further")
 
 
 def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None = None) -> dict[str, Any]:
-    """Train `run.model` up to the recipe's epochs; returns the last epoch's metrics."""
+    """Train `run.model` up to the recipe's epochs (prepared here unless `prepare` was called);
+    returns the last epoch's metrics."""
     model, settings, device, state = run.model, run.recipe["train"], run.device, run.state
     job = distributed.world()  # rank and world size under torchrun; a single process otherwise
     per_rank_batch = distributed.check_batch_size(settings["batch_size"], job)
-    prepare(run, resume_from)
+    if run.optimizer is None:
+        prepare(run, resume_from)
     optimizer, scaler = run.optimizer, run.scaler
     if job.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
         torch.manual_seed(settings["seed"] + (job.rank << 32) + state.step)
