@@ -100,7 +100,9 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
     """The decoded `vaezoo.*` metadata of a model file (a path, `hf://` name or URL), and the file's bytes."""
     path = local_model_path(path)
     if not path.is_file():
-        raise CheckpointError(f"model file {path} does not exist" + (" (it is a folder: pass DIR/model.safetensors)" if path.is_dir() else ""))
+        if path.is_dir():
+            raise CheckpointError(f"model file {path} is a folder: pass {path / 'model.safetensors'}")
+        raise CheckpointError(f"model file {path} " + ("is not a regular file" if path.exists() else "does not exist"))
     data = path.read_bytes()
     raw = read_header(data, path).get("__metadata__") or {}
     missing = [key for key in REQUIRED_KEYS if key not in raw]
@@ -130,10 +132,12 @@ def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
     for record in metadata["components"]:
         kind = KINDS.get(record.get("kind"), "")
         if not kind or record.get("name") not in registry.entries[kind]:
+            from vaezoo.plugins import disabled_plugins
+
+            disabled = f" (or remove {record.get('plugin')!r} from VAEZOO_DISABLE_PLUGINS)" if record.get("plugin") in disabled_plugins() else ""
             raise MissingPlugin(
                 f"{path} needs {record.get('kind')} {record.get('name')!r} from plugin distribution "
-                f"{record.get('distribution')!r} (version {record.get('version')}): `pip install {record.get('distribution')}` "
-                f"(or re-enable it in VAEZOO_DISABLE_PLUGINS)"
+                f"{record.get('distribution')!r} (version {record.get('version')}): `pip install {record.get('distribution')}`{disabled}"
             )
 
 

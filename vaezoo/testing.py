@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from vaezoo.components import Dataset, Loss, LossParts, Model, Prior
 from vaezoo.recipes import FRAMEWORK_ARGS, MODEL_ARGS
 
-__all__ = ["check_signature", "check_encoder", "check_decoder", "check_prior", "check_loss", "check_dataset", "check_model"]
+__all__ = ["check_signature", "check_encoder", "check_decoder", "check_prior", "check_loss", "check_dataset", "check_model", "component"]
 
 _SCALARS = (bool, int, float, str)
 
@@ -244,6 +244,8 @@ def check_model(
         framework["latent_dim"] = latent_dim
     unknown = set(kw) - set(params)
     assert not unknown, f"{name}: no recipe key {sorted(unknown)[0]!r} (accepted: {', '.join(p for p in params if p not in MODEL_ARGS) or 'none'})"
+    not_taken = sorted(set(components or {}) - set(params))
+    assert not not_taken, f"{name} takes no {not_taken[0]} (a recipe with that table is refused too)"
     missing = [p for p, param in params.items() if p in MODEL_ARGS and param.default is param.empty and p not in framework]
     assert not missing, f"{name}: needs {missing[0]}: pass it (components={{...}} for encoder/decoder/prior/loss, or latent_dim=)"
     model = factory(**{k: v for k, v in framework.items() if k in params}, **kw)
@@ -283,3 +285,21 @@ def check_model(
             assert isinstance(latents, Tensor) and latents.shape[0] == batch, f"{name}.encode: expected a tensor with {batch} rows"
             _assert_images(f"{name}.decode(encode(x))", model.decode(latents, y), (batch, *in_shape))
     return model
+
+
+def component(kind: str, name: str, *, in_shape: Sequence[int] = (3, 32, 32), latent_dim: int | None = None, loss: Loss | None = None, **kw: Any) -> Any:
+    """A registered component (`kind` one of encoder, decoder, prior, loss, dataset) built by name as a
+    recipe builds it: the recipe keys `kw` checked and defaulted, `in_shape` and `latent_dim` passed,
+    and for a decoder `out_shape` from `loss.params_per_channel`. For `check_model(components=...)`."""
+    from vaezoo.model import instantiate
+    from vaezoo.plugins import get_registry
+    from vaezoo.recipes import COMPONENTS, _resolve_component
+
+    assert kind in COMPONENTS, f"unknown component kind {kind!r}: use one of {', '.join(COMPONENTS)}"
+    table = _resolve_component("test", kind, COMPONENTS[kind], {"name": name, **kw})
+    shapes: dict[str, Any] = {"in_shape": tuple(in_shape)}
+    if latent_dim is not None:
+        shapes["latent_dim"] = latent_dim
+    if kind == "decoder":
+        shapes["out_shape"] = (in_shape[0] * getattr(loss, "params_per_channel", 1), *in_shape[1:])
+    return instantiate(get_registry().get(COMPONENTS[kind], name).load(), table, shapes, kind)
