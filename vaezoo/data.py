@@ -1,18 +1,24 @@
 """Data: where it lives, the uint8 cache, and shuffled float batches from one tensor on the device.
 
 A dataset is decoded once into a uint8 `(N, C, H, W)` tensor (and int64 labels) and cached
-(safetensors) in a per-user folder keyed by the data path; training keeps those tensors on the device
-and converts one batch at a time to float in [0, 1], so there is no per-image Python work in the loop."""
+(safetensors) in a per-user folder. The cache file is named by the dataset's identity (path and
+options) and records the full `cache_key`, which covers the files' contents (`contents_key`: names,
+sizes, times); a file whose key, dtype, rank or shape does not match is rebuilt, never used. Training
+keeps those tensors on the device and converts one batch at a time to float in [0, 1], so there is no
+per-image Python work in the loop."""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
@@ -41,21 +47,85 @@ def cache_dir() -> Path:
     return Path(chosen).expanduser() if chosen else _user_cache() / "cache"
 
 
-def load_split(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
-    """The split as (uint8 images, int64 labels), decoded once and then read from the cache."""
-    key = hashlib.sha256(f"{dataset.cache_key()}|{split}".encode()).hexdigest()[:24]
-    path = cache_dir() / f"{type(dataset).__name__.lower()}-{split}-{key}.safetensors"
-    if path.is_file():
+_CONTENTS = re.compile(r"contents=[0-9a-f]{64}")
+
+
+def _stat_rows(paths: list[str]) -> str:
+    rows = []
+    for path in paths:
         try:
-            tensors = load_safetensors(path.read_bytes())
-            return tensors["images"], tensors["labels"]
-        except Exception:
-            pass  # a damaged cache file is rebuilt below
-    images, labels = dataset.load(split)
-    if images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != tuple(dataset.shape):
-        raise DataError(f"dataset {type(dataset).__name__} returned {tuple(images.shape)} {images.dtype}, expected uint8 (N, {', '.join(map(str, dataset.shape))})")
+            st = os.stat(path)
+            rows.append(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\n")
+        except OSError as error:
+            rows.append(f"{path}\0error {error.errno}\n")
+    return "".join(rows)
+
+
+def contents_key(paths: Iterable[str | os.PathLike]) -> str:
+    """`contents=<sha256>` of the files' paths, sizes, modification and change times, in order; from
+    os.stat alone (nothing is read). A dataset's `cache_key` adds it for the files it reads, so that an
+    added, removed, replaced or damaged file means a new decode."""
+    return "contents=" + hashlib.sha256(_stat_rows([os.fspath(p) for p in paths]).encode()).hexdigest()
+
+
+def _dataset_key(dataset: Dataset, split: str) -> str:
+    """`dataset.cache_key(split=split)` where the method takes a split (only that split's files are
+    stat'ed), else `dataset.cache_key()`."""
     try:
-        write_bytes_atomic(path, save_safetensors({"images": images.contiguous(), "labels": labels.contiguous()}))
+        takes_split = "split" in inspect.signature(dataset.cache_key).parameters
+    except (TypeError, ValueError):
+        takes_split = False
+    return f"{dataset.cache_key(split=split) if takes_split else dataset.cache_key()}|{split}"
+
+
+def _read_cache(path: Path, digest: str, dataset: Dataset) -> tuple[Tensor, Tensor] | None:
+    """The cached split if `path` holds one for exactly this key and `dataset.shape`, else None."""
+    try:
+        with safe_open(path, framework="pt") as file:
+            if (file.metadata() or {}).get("vaezoo.cache_key") != digest or set(file.keys()) != {"images", "labels"}:
+                return None
+            shape, labels_shape = file.get_slice("images").get_shape(), file.get_slice("labels").get_shape()
+            dtypes = (file.get_slice("images").get_dtype(), file.get_slice("labels").get_dtype())
+        if dtypes != ("U8", "I64") or len(shape) != 4 or tuple(shape[1:]) != tuple(dataset.shape) or labels_shape != shape[:1] or not shape[0]:
+            return None
+        tensors = load_safetensors(path.read_bytes())
+    except Exception:  # missing, unreadable or damaged: rebuilt by the caller
+        return None
+    images, labels = tensors["images"], tensors["labels"]
+    if dataset.classes and (labels.min() < 0 or labels.max() >= len(dataset.classes)):
+        return None
+    return images, labels
+
+
+def _checked(dataset: Dataset, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """What `dataset.load` returned, as uint8 (N, C, H, W) images and int64 (N,) labels; a DataError otherwise."""
+    name = type(dataset).__name__
+    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != tuple(dataset.shape):
+        got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
+        raise DataError(f"dataset {name} returned images {got}, expected uint8 (N, {', '.join(map(str, dataset.shape))})")
+    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool or labels.shape != images.shape[:1]:
+        got = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, Tensor) else type(labels).__name__
+        raise DataError(f"dataset {name} returned labels {got}, expected {len(images)} integer labels")
+    labels = labels.to(torch.int64)
+    if dataset.classes and len(labels) and (labels.min() < 0 or labels.max() >= len(dataset.classes)):
+        raise DataError(f"dataset {name} returned labels outside 0..{len(dataset.classes) - 1} (its {len(dataset.classes)} classes)")
+    return images, labels
+
+
+def load_split(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
+    """The split as (uint8 images, int64 labels), decoded once and then read from the cache while the
+    dataset's `cache_key` (its files' contents included) stays the same."""
+    key = _dataset_key(dataset, split)  # before decoding: a file changed meanwhile means a new key next time
+    identity = hashlib.sha256(_CONTENTS.sub("contents", key).encode()).hexdigest()[:24]
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    path = cache_dir() / f"{type(dataset).__name__.lower()}-{split}-{identity}.safetensors"
+    cached = _read_cache(path, digest, dataset)
+    if cached is not None:
+        return cached
+    images, labels = _checked(dataset, *dataset.load(split))
+    tensors = {"images": images.contiguous(), "labels": labels.contiguous()}
+    try:
+        write_bytes_atomic(path, save_safetensors(tensors, metadata={"vaezoo.cache_key": digest}))
     except OSError as error:
         print(f"vaezoo: warning: cannot write the data cache {path}: {error}", file=sys.stderr)
     return images, labels

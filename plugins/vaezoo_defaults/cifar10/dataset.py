@@ -11,7 +11,8 @@ from torch import Tensor
 
 from vaezoo import Dataset
 from vaezoo.errors import DataError
-from vaezoo.imagefiles import read_class_folders
+from vaezoo.data import contents_key
+from vaezoo.imagefiles import class_folder_files, read_class_folders
 from vaezoo_defaults.common import download
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -35,9 +36,20 @@ class CIFAR10(Dataset):
                 return "folders", base
         return None
 
-    def cache_key(self) -> str:
+    def cache_key(self, split: str | None = None) -> str:
+        """Layout, folder and the contents of the files `load(split)` reads (every split's if None)."""
         found = self._find()
-        return f"cifar10:{found[0]}:{found[1].resolve()}" if found else super().cache_key()
+        if found is None:
+            return super().cache_key()
+        layout, base = found
+        splits = [split] if split in self.splits else list(self.splits)
+        if layout == "folders":
+            files = [path for name in splits for path in class_folder_files(base / name, CLASSES, strict=False)[0]]
+        else:
+            batches = base / "cifar-10-batches-py"
+            names = ["batches.meta", *([f"data_batch_{i}" for i in range(1, 6)] if "train" in splits else []), *(["test_batch"] if "test" in splits else [])]
+            files = [batches / name for name in names]
+        return f"cifar10:{layout}:{base.resolve()}:{contents_key(files)}"
 
     def load(self, split: str) -> tuple[Tensor, Tensor]:
         found = self._find()

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from vaezoo import Dataset
+from vaezoo.data import contents_key
 from vaezoo.errors import DataError
 from vaezoo.imagefiles import IMAGE_SUFFIXES, read_images
 
@@ -46,9 +47,15 @@ class ImageFolder(Dataset):
     def _has_split_folders(self) -> bool:
         return (self.folder / "train").is_dir() and (self.folder / "test").is_dir()
 
-    def cache_key(self) -> str:
-        split = "folders" if self._has_split_folders() else f"test_fraction={self.test_fraction}"
-        return f"image-folder:{self.folder.resolve()}:{self.shape}:{split}"
+    def cache_key(self, split: str | None = None) -> str:
+        """Folder, options and the contents of the files `load(split)` reads (all of them for a random split)."""
+        if self._has_split_folders():
+            layout = "folders"
+            files = [p for name in ([split] if split in self.splits else self.splits) for p in _scan(self.folder / name)[0]]
+        else:
+            layout = f"test_fraction={self.test_fraction}"
+            files = _scan(self.folder)[0] if self.folder.is_dir() else []
+        return f"image-folder:{self.folder.resolve()}:{self.shape}:{layout}:{contents_key(files)}"
 
     def load(self, split: str) -> tuple[Tensor, Tensor]:
         if split not in self.splits:

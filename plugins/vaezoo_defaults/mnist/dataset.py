@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from vaezoo import Dataset
+from vaezoo.data import contents_key
 from vaezoo.errors import DataError
 from vaezoo_defaults.common import download
 
@@ -66,9 +67,13 @@ class MNIST(Dataset):
                 return folder
         return None
 
-    def cache_key(self) -> str:
+    def cache_key(self, split: str | None = None) -> str:
+        """Folder and the contents of the IDX files `load(split)` reads (every split's if None)."""
         found = self._find()
-        return f"{self.folder}:{found.resolve()}" if found else super().cache_key()
+        if found is None:
+            return super().cache_key()
+        stems = [stem for name in ([split] if split in FILES else FILES) for stem in FILES[name]]
+        return f"{self.folder}:{found.resolve()}:{contents_key(_idx_file(found, stem) or found / stem for stem in stems)}"
 
     def load(self, split: str) -> tuple[Tensor, Tensor]:
         if split not in FILES:
