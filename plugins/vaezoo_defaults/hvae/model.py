@@ -7,7 +7,8 @@ p(z_l | z_<l) from the state, the posterior q(z_l | x, z_<l) from the state merg
 activation of the same resolution, and adds a projection of z_l back into the state; residual cells
 and nearest-neighbour upsampling lead to the next level and finally to the image resolution, where the
 recipe's loss (a discretized logistic mixture) gives p(x | z). Every z_l is a Gaussian map of
-`latent_channels` channels at its resolution; standard deviations are softplus + a floor."""
+`latent_dim` channels at its resolution (the recipe's top-level `latent_dim`); standard deviations
+are softplus + a floor."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ class Cell(nn.Module):
 @dataclass
 class Level:
     """One latent level of a top-down pass: the z used, the prior's and (when x was given) the
-    posterior's mean and standard deviation, each (B, latent_channels, r, r)."""
+    posterior's mean and standard deviation, each (B, latent_dim, r, r)."""
 
     z: Tensor
     p_mean: Tensor
@@ -75,17 +76,17 @@ def gaussian_log_density(z: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 
 class HierarchicalVAE(Model):
-    """Top-down hierarchical VAE: Gaussian latent maps at the resolutions `levels` (ascending), a
-    bottom-up encoder and a top-down decoder of residual bottleneck cells (`blocks` per resolution,
-    `width` channels, bottleneck `width // 4`), the recipe's loss as p(x | z).
+    """Top-down hierarchical VAE: Gaussian latent maps of `latent_dim` channels at the resolutions
+    `levels` (ascending), a bottom-up encoder and a top-down decoder of residual bottleneck cells
+    (`blocks` per resolution, `width` channels, bottleneck `width // 4`), the recipe's loss as p(x | z).
 
     Training only (`step` not None): the KL is weighted by min(1, (step + 1) / kl_warmup_steps) and each
-    level's KL per image counts at least `free_bits` nats per latent channel of that level."""
+    level's KL per image counts at least `free_bits` nats per latent channel (latent_dim) of that level."""
 
     discrete = True
 
     def __init__(
-        self, *, loss: Loss, in_shape: Sequence[int], levels: Sequence[int] = (4, 8, 16), width: int = 128, latent_channels: int = 8,
+        self, *, loss: Loss, in_shape: Sequence[int], latent_dim: int = 8, levels: Sequence[int] = (4, 8, 16), width: int = 128,
         blocks: int = 2, kl_warmup_steps: int = 0, free_bits: float = 0.0,
     ) -> None:
         super().__init__()
@@ -95,10 +96,10 @@ class HierarchicalVAE(Model):
             raise ValueError(f"hvae needs square images with a power-of-two side, got {height}x{width_px}")
         if not levels or list(levels) != sorted(set(levels)) or any(r < 1 or r > height or r & (r - 1) for r in levels):
             raise ValueError(f"hvae levels must be distinct ascending powers of two up to {height}, got {levels}")
-        if width < 8 or latent_channels < 1 or blocks < 0 or kl_warmup_steps < 0 or free_bits < 0:
-            raise ValueError("hvae needs width >= 8, latent_channels >= 1, blocks >= 0, kl_warmup_steps >= 0, free_bits >= 0")
+        if width < 8 or latent_dim < 1 or blocks < 0 or kl_warmup_steps < 0 or free_bits < 0:
+            raise ValueError("hvae needs width >= 8, latent_dim >= 1, blocks >= 0, kl_warmup_steps >= 0, free_bits >= 0")
         self.loss, self.in_shape, self.levels = loss, (channels, height, width_px), levels
-        self.latent_channels, self.kl_warmup_steps, self.free_bits = int(latent_channels), int(kl_warmup_steps), float(free_bits)
+        self.latent_dim, self.kl_warmup_steps, self.free_bits = int(latent_dim), int(kl_warmup_steps), float(free_bits)
         self.discrete = bool(getattr(loss, "discrete", False))
         mid = max(4, width // 4)
         # resolutions from the image down to the top level, each with its cells
@@ -108,14 +109,14 @@ class HierarchicalVAE(Model):
         self.stem = nn.Conv2d(channels, width, 3, padding=1)
         self.up_cells = nn.ModuleDict({str(r): nn.Sequential(*[Cell(width, mid, out_scale=scale) for _ in range(blocks)]) for r in self.resolutions})
         self.start = nn.Parameter(torch.zeros(1, width, levels[0], levels[0]))
-        self.prior_nets = nn.ModuleDict({str(r): Cell(width, mid, 2 * latent_channels + width, residual=False) for r in levels})
-        self.post_nets = nn.ModuleDict({str(r): Cell(2 * width, mid, 2 * latent_channels, residual=False) for r in levels})
-        self.z_proj = nn.ModuleDict({str(r): nn.Conv2d(latent_channels, width, 1) for r in levels})
+        self.prior_nets = nn.ModuleDict({str(r): Cell(width, mid, 2 * latent_dim + width, residual=False) for r in levels})
+        self.post_nets = nn.ModuleDict({str(r): Cell(2 * width, mid, 2 * latent_dim, residual=False) for r in levels})
+        self.z_proj = nn.ModuleDict({str(r): nn.Conv2d(latent_dim, width, 1) for r in levels})
         self.down_cells = nn.ModuleDict({str(r): nn.Sequential(*[Cell(width, mid, out_scale=scale) for _ in range(blocks)]) for r in self.resolutions})
         self.out = nn.Conv2d(width, channels * loss.params_per_channel, 3, padding=1)
         with torch.no_grad():  # the prior nets' state update and the z projections start small
             for r in levels:
-                self.prior_nets[str(r)].convs[-1].weight[2 * latent_channels:].mul_(scale)
+                self.prior_nets[str(r)].convs[-1].weight[2 * latent_dim:].mul_(scale)
                 self.z_proj[str(r)].weight.mul_(scale)
 
     # the two passes
@@ -145,7 +146,7 @@ class HierarchicalVAE(Model):
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
             if r in self.levels:
                 i = len(levels)
-                p_mean, p_raw, update = self.prior_nets[str(r)](h).split([self.latent_channels, self.latent_channels, h.shape[1]], dim=1)
+                p_mean, p_raw, update = self.prior_nets[str(r)](h).split([self.latent_dim, self.latent_dim, h.shape[1]], dim=1)
                 p_std = _std(p_raw)
                 h = h + update
                 level = Level(z=p_mean, p_mean=p_mean, p_std=p_std)
@@ -183,7 +184,7 @@ class HierarchicalVAE(Model):
         terms = dict(zip(self.level_names(), kls))
         if step is None:
             return LossParts(recon + kl, recon, kl, terms)
-        floor = self.free_bits * self.latent_channels
+        floor = self.free_bits * self.latent_dim
         trained_kl = torch.stack([k.clamp(min=floor) for k in kls]).sum(0) if floor > 0 else kl
         return LossParts(recon + self.kl_weight(step) * trained_kl, recon, kl, terms)
 
