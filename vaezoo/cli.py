@@ -4,7 +4,9 @@ import torch; commands that need it import it when they run."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -48,8 +50,19 @@ def _main(
     """A plugin-based model zoo for variational autoencoders."""  # --debug is read by main()
 
 
+def _finite(data: object) -> object:
+    """`data` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
+
+
 def _print_json(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
@@ -186,10 +199,17 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
         distributed.check_batch_size(resolved["train"]["batch_size"], distributed.World(0, nproc, 0))
     command = distributed.torchrun_command(nproc, distributed.strip_option(_ARGV or sys.argv[1:], "--nproc"))
     err_console.print(f"starting {nproc} processes: {' '.join(command[1:])}")
+    torchrun = subprocess.Popen(command)
     try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 130
+        return torchrun.wait()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM here: torchrun passes SIGINT on to its workers, which save their state
+        torchrun.send_signal(signal.SIGINT)
+        try:
+            torchrun.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            torchrun.kill()
+            torchrun.wait()
+        raise
 
 
 @app.command("sample")
@@ -374,31 +394,46 @@ def _fast_command():
 _ARGV: list[str] = []
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGINT / SIGTERM outside the training loop (which saves its state first): stop now, once; the
+    signals that follow in a burst are ignored while vaezoo prints its one line and exits 130."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and an exit code (2 input, 1 failed
     run, 130 interrupted); `--debug` / VAEZOO_DEBUG=1 shows the traceback."""
     global _ARGV
     _ARGV = list(argv if argv is not None else sys.argv[1:])  # for `run --nproc`, which runs them again
     debug = "--debug" in _ARGV or os.environ.get("VAEZOO_DEBUG") == "1"
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = _fast_command()(args=argv, prog_name="vaezoo", standalone_mode=False)
-    except typer.Abort:
-        print("vaezoo: interrupted", file=sys.stderr)
-        code = 130
+        code, line = _fast_command()(args=argv, prog_name="vaezoo", standalone_mode=False), None
+    except (typer.Abort, KeyboardInterrupt):
+        code, line = 130, "vaezoo: interrupted"
     except VaezooError as error:
         if debug:
             traceback.print_exc()
-        print(f"vaezoo: error: {error}", file=sys.stderr)
-        code = error.exit_code
+        code, line = error.exit_code, f"vaezoo: error: {error}"
+    except OSError as error:  # a full disk, a read-only folder, a file that vanished: the user's to fix
+        if debug:
+            traceback.print_exc()
+        where = f" {error.filename}" if error.filename else ""
+        code, line = 2, f"vaezoo: error: cannot read or write{where}: {error.strerror or error}"
     except Exception as error:
         if hasattr(error, "format_message") and hasattr(error, "exit_code"):  # typer/click usage errors
-            print(f"vaezoo: error: {error.format_message()} (see `vaezoo --help`)", file=sys.stderr)
-            code = error.exit_code
+            code, line = error.exit_code, f"vaezoo: error: {error.format_message()} (see `vaezoo --help`)"
         else:  # a bug, not the user's fault: one line unless debugging
             if debug:
                 traceback.print_exc()
-            print(f"vaezoo: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", file=sys.stderr)
-            code = 1
-    if code == 130:
-        print("vaezoo: interrupted", file=sys.stderr)
+            code, line = 1, f"vaezoo: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)"
+    finally:
+        for sig in previous:  # a signal now would only cut the last line short
+            signal.signal(sig, signal.SIG_IGN)
+    if line:
+        print(line.splitlines()[0], file=sys.stderr)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
     sys.exit(code if isinstance(code, int) else 0)
