@@ -9,8 +9,10 @@ and only when a hub name or `push` is used. See docs/sharing.md.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
+import logging
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from collections.abc import Iterator
 from types import ModuleType
 
 from vaezoo.errors import VaezooError
@@ -99,9 +102,23 @@ def hf_download(repo_id: str, revision: str | None = None, filename: str = MODEL
     hub = import_hub()
     name = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
     try:
-        return Path(hub.hf_hub_download(repo_id, filename, revision=revision))
+        with _quiet_hub_logs():
+            return Path(hub.hf_hub_download(repo_id, filename, revision=revision))
     except Exception as error:  # huggingface_hub's errors become one line each
         raise hub_error(error, name, filename) from None
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs() -> Iterator[None]:
+    """huggingface_hub's warnings (each retry of an unreachable Hub) off: the error is one line."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    level = hub_logging.get_verbosity()
+    hub_logging.set_verbosity(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(level)
 
 
 def _endpoint() -> str:
@@ -321,12 +338,13 @@ def push(
     hub = import_hub()
     api = hub.HfApi(token=token)
     name = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
+    operations = [hub.CommitOperationAdd(path_in_repo=file, path_or_fileobj=data) for file, data in files.items()]
     try:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision:
-            api.create_branch(repo_id, branch=revision, exist_ok=True)
-        operations = [hub.CommitOperationAdd(path_in_repo=file, path_or_fileobj=data) for file, data in files.items()]
-        api.create_commit(repo_id, operations=operations, commit_message=commit_message or _commit_message(files), revision=revision)
+        with _quiet_hub_logs():
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            api.create_commit(repo_id, operations=operations, commit_message=commit_message or _commit_message(files), revision=revision)
     except Exception as error:
         raise push_error(error, name) from None
     return f"{api.endpoint}/{repo_id}" + (f"/tree/{revision}" if revision else "")
