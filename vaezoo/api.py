@@ -24,14 +24,19 @@ class FitResult:
     model: Any
 
 
-def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None = None):
-    """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder."""
+def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None = None, *, from_file: bool = False):
+    """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. For a
+    recipe read from a model file (`from_file`), the dataset's path keys (`Dataset.path_keys`) are
+    dropped: a file never chooses what vaezoo reads."""
     from vaezoo.data import data_root
     from vaezoo.model import instantiate
     from vaezoo.plugins import get_registry
 
     target = get_registry().get("datasets", recipe["dataset"]["name"]).load()
-    return instantiate(target, recipe["dataset"], {"root": data_root(data_dir)}, "dataset")
+    table = recipe["dataset"]
+    if from_file:
+        table = {key: value for key, value in table.items() if key not in getattr(target, "path_keys", ())}
+    return instantiate(target, table, {"root": data_root(data_dir)}, "dataset")
 
 
 def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None):
@@ -143,7 +148,7 @@ def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLi
     drawn with a fixed seed)."""
     from vaezoo.data import limit_subset, load_split
 
-    dataset = make_dataset(model.recipe, data_dir)
+    dataset = make_dataset(model.recipe, data_dir, from_file=True)
     if split not in dataset.splits:
         raise VaezooError(f"unknown split {split!r}: {model.recipe['dataset']['name']} has {', '.join(dataset.splits)}")
     return limit_subset(*load_split(dataset, split), limit)

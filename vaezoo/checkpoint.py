@@ -3,10 +3,11 @@ nothing unpickled. See docs/checkpoints.md for the format."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,48 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
         if key.startswith("vaezoo."):
             try:
                 metadata[key[len("vaezoo.") :]] = json.loads(value)
-            except (TypeError, json.JSONDecodeError):
+            except (TypeError, ValueError, RecursionError):
                 raise CheckpointError(f"{path}: metadata {key} is not valid JSON (the file is damaged)") from None
     if metadata["format_version"] not in READS_FORMATS:
-        raise CheckpointError(f"{path} uses checkpoint format {metadata['format_version']}, this vaezoo reads {', '.join(map(str, READS_FORMATS))}: upgrade vaezoo")
-    components = metadata["components"]
-    if not (isinstance(metadata["recipe"], dict) and isinstance(metadata["data"], dict) and isinstance(metadata.get("training", {}), dict)
-            and isinstance(components, list) and all(isinstance(record, dict) for record in components)):
-        raise CheckpointError(f"{path}: its vaezoo metadata has the wrong shape (see docs/checkpoints.md; the file is damaged)")
+        raise CheckpointError(f"{path} uses checkpoint format {metadata['format_version']!r}, this vaezoo reads {', '.join(map(str, READS_FORMATS))}: upgrade vaezoo")
+    problem = metadata_problem(metadata)
+    if problem:
+        raise CheckpointError(f"{path} is damaged: metadata {problem} (see docs/checkpoints.md)")
     return metadata, data
+
+
+MAX_SIDE = 4096  # largest image side a file may declare (a 4096 x 4096 image is 16 M values per channel)
+MAX_CHANNELS = 64
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
+    """The first field of decoded `vaezoo.*` metadata that breaks the format (docs/checkpoints.md),
+    as "vaezoo.KEY: what is wrong", or None. Every field a reader uses is checked here, once."""
+    if not isinstance(metadata.get("recipe"), dict):
+        return "vaezoo.recipe is not an object"
+    data = metadata.get("data")
+    if not isinstance(data, dict):
+        return "vaezoo.data is not an object"
+    shape = data.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and _is_int(shape[0], 1, MAX_CHANNELS) and all(_is_int(side, 1, MAX_SIDE) for side in shape[1:])):
+        return f"vaezoo.data.shape is {shape!r}, expected [C, H, W] with 1 <= C <= {MAX_CHANNELS} and sides of 1 to {MAX_SIDE}"
+    classes = data.get("classes", [])
+    if not (isinstance(classes, list) and len(classes) <= 100_000 and all(isinstance(name, str) for name in classes)):
+        return "vaezoo.data.classes is not a list of class names"
+    components = metadata.get("components")
+    if not (isinstance(components, list) and all(isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("kind", "name")) for r in components)):
+        return "vaezoo.components is not a list of {kind, name, plugin, distribution, version} objects"
+    training = metadata.get("training", {})
+    if not (isinstance(training, dict) and isinstance(training.get("metrics", {}), dict)):
+        return "vaezoo.training is not an object with a metrics object"
+    for key, value in training.get("metrics", {}).items():
+        if not (value is None or isinstance(value, (int, float, str, dict))):
+            return f"vaezoo.training.metrics.{key} is not a number"
+    return None
 
 
 def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
@@ -151,14 +185,16 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
         tensors = load_tensors(data)
     except Exception as error:
         raise CheckpointError(f"{path} is truncated or corrupt: {str(error).splitlines()[0]}") from None
-    recipe = metadata["recipe"]
-    try:
-        recipe = validate(str(recipe.get("name", "checkpoint")), recipe)
-        model = build_model(recipe, metadata["data"]["shape"], metadata["data"].get("classes", []))
-    except VaezooError as error:
-        raise CheckpointError(f"{path}: its recipe does not build with the installed plugins: {error}") from None
-    except (KeyError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path}: its metadata is incomplete ({error!r})") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values (the file is damaged, or was saved from a diverged run)")
+    shape, classes = metadata["data"]["shape"], metadata["data"].get("classes", [])
+    with _building(path):
+        recipe = validate(str(metadata["recipe"].get("name", "checkpoint")), metadata["recipe"])
+        on_meta = build_on_meta(recipe, shape, classes)
+    check_sizes(on_meta, tensors, path)  # before any memory is taken
+    with _building(path):
+        model = build_model(recipe, shape, classes)
     load_weights(model, tensors, path)
     model.recipe = recipe
     model.metadata = metadata
@@ -167,7 +203,36 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     return model.to(resolve_device(str(device))).eval()
 
 
-def load_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+@contextlib.contextmanager
+def _building(path: Path) -> Iterator[None]:
+    """A recipe from a file that does not validate or build is one CheckpointError naming the file."""
+    try:
+        yield
+    except VaezooError as error:
+        raise CheckpointError(f"{path}: its recipe does not build with the installed plugins: {error}") from None
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path} is damaged: its recipe does not build ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+
+
+def build_on_meta(recipe: Mapping[str, Any], shape: Any, classes: Any) -> Model | None:
+    """The model on torch's meta device: shapes without memory (None if a plugin cannot build there)."""
+    try:
+        with torch.device("meta"):
+            return build_model(recipe, shape, classes)
+    except VaezooError:
+        raise
+    except Exception:  # e.g. a constructor that reads tensor values: then only the real build can tell
+        return None
+
+
+def check_sizes(model: torch.nn.Module | None, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """The tensors the recipe builds must be those in the file, shape for shape: a file's metadata
+    cannot make vaezoo allocate more than the file holds."""
+    if model is not None:
+        load_weights(model, tensors, path, copy=False)
+
+
+def load_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path, copy: bool = True) -> None:
     """Copy tensors into the model; missing, extra or mis-shaped tensors are one clear error."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
@@ -178,7 +243,8 @@ def load_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], pa
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise CheckpointError(f"{path}: tensor {name} has shape {tuple(tensor.shape)} in the file but {tuple(expected[name].shape)} in the model its recipe builds")
-    model.load_state_dict(tensors)
+    if copy:
+        model.load_state_dict(tensors)
 
 
 def sha256(path: str | Path) -> str:

@@ -272,7 +272,7 @@ def eval_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate on N images drawn with a fixed seed.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=0, help="Evaluate on N images drawn with a fixed seed (0: all).")] = None,
     iw_samples: Annotated[int, typer.Option("--iw-samples", min=0, help="Also estimate the NLL with K importance samples per image (IWAE bound; 0: off).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the posterior samples.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",

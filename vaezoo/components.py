@@ -139,6 +139,7 @@ class Dataset:
     shape: tuple[int, int, int]
     splits: tuple[str, ...] = ("train", "test")
     classes: tuple[str, ...] = ()  # class names, label i is classes[i] (empty when unlabeled)
+    path_keys: tuple[str, ...] = ()  # recipe keys naming files or folders: ignored in recipes read from model files
 
     def __init__(self, *, root: Path) -> None:
         self.root = Path(root)

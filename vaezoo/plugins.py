@@ -58,7 +58,7 @@ def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
         try:
             manager.register(entry_point.load(), name=entry_point.name)
             manager.check_pending()
-        except Exception as error:  # a broken plugin must not take the others down
+        except (Exception, SystemExit) as error:  # a broken plugin (even one calling sys.exit) must not take the others down
             plugin = manager.get_plugin(entry_point.name)
             if plugin is not None:
                 manager.unregister(plugin)
@@ -86,7 +86,7 @@ def build_registry() -> Registry:
                 impl.function(register=register)
             except PluginError:
                 raise
-            except Exception as error:
+            except (Exception, SystemExit) as error:
                 info.error = f"{hookspecs.HOOKS[kind]} raised {type(error).__name__}: {error}".splitlines()[0]
                 print(f"vaezoo: warning: plugin {info.name!r} failed: {info.error}", file=sys.stderr)
     return registry

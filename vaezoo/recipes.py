@@ -166,6 +166,8 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
     for key in ("limit", "test_limit", "sample_count", "seed"):
         if resolved[key] < 0:
             raise RecipeError(f"train.{key} must not be negative, got {resolved[key]}")
+    if resolved["seed"] >= 2**63:
+        raise RecipeError(f"train.seed must be below 2**63, got {resolved['seed']}")
     for key in ("grad_clip", "skip_grad_norm", "weight_decay"):
         if not resolved[key] >= 0:
             raise RecipeError(f"train.{key} must not be negative, got {resolved[key]}")

@@ -41,7 +41,13 @@ class Entry:
         """The class, factory or recipe table, imported now if it was registered as a string."""
         if isinstance(self.target, str) and self.kind != "recipes":
             module, _, attribute = self.target.partition(":")
-            self.target = getattr(import_module(module), attribute)
+            try:
+                self.target = getattr(import_module(module), attribute)
+            except (Exception, SystemExit) as error:  # a plugin's code must not take vaezoo down
+                raise PluginError(
+                    f"plugin {self.plugin.name!r} ({self.plugin.distribution}) registers {SINGULAR[self.kind]} {self.name!r} as "
+                    f"{self.target!r}, which does not import: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                ) from None
         return self.target
 
     @property

@@ -4,11 +4,12 @@ epoch, TensorBoard) is a callback, and Ctrl-C / SIGTERM stop it cleanly between 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,7 @@ def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None
                     state.loss_sum, state.seconds = distributed.all_reduce_sum(loss_sum).item(), state.seconds + time.perf_counter() - started
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
                 # the step: forward, backward, (clip, skip), update
-                with run.precision.autocast(device):
+                with run.precision.autocast(device), _blame(run, "a training step"):
                     parts = net(x, y, state.step)
                 loss = distributed.batch_loss(parts.loss, min(settings["batch_size"], n_used - state.batch * settings["batch_size"]), job)
                 optimizer.zero_grad(set_to_none=True)
@@ -244,7 +245,8 @@ def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: flo
     test_shard, label_shard = distributed.shard_split(run.test_images, job), None
     if run.test_labels is not None:
         label_shard = distributed.shard_split(run.test_labels, job)
-    test = evaluate(run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision)
+    with _blame(run, "evaluation"):
+        test = evaluate(run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision)
     terms = test.pop("terms")
     test = distributed.reduce_means({**test, **{f"terms.{k}": v for k, v in terms.items()}}, len(test_shard), run.device)
     run.model.train()
@@ -265,6 +267,24 @@ def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: flo
     }
     run.history.append(metrics)
     return metrics
+
+
+@contextlib.contextmanager
+def _blame(run: Run, what: str) -> Iterator[None]:
+    """An error raised inside the model (a plugin's shapes gone wrong) as one line naming the family
+    and the plugin distribution that provides it."""
+    try:
+        yield
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        from vaezoo.plugins import get_registry
+
+        family = run.recipe["model"]["name"]
+        plugin = get_registry().get("models", family).plugin
+        parts = ", ".join(f"{key} {run.recipe[key]['name']!r}" for key in ("encoder", "decoder", "prior", "loss") if key in run.recipe)
+        raise RunFailed(
+            f"model {family!r} (plugin {plugin.name!r} from {plugin.distribution}{'; ' + parts if parts else ''}) failed in {what}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
 
 
 def _check_finite(run: Run, value: float) -> float:

@@ -8,13 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from vaezoo import Decoder
-from vaezoo_defaults.common import GaussianEncoder, downsampling_factor
+from vaezoo_defaults.common import GaussianEncoder, check_widths, downsampling_factor
 
 
 class ConvEncoder(GaussianEncoder):
     """Stride-2 4x4 convolutions with ReLU, linear heads to mu and logvar."""
 
     def __init__(self, *, in_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (32, 64, 128)) -> None:
+        check_widths("conv", hidden)
         factor = downsampling_factor("conv", in_shape, len(hidden))
         layers: list[nn.Module] = []
         channels = in_shape[0]
@@ -29,6 +30,7 @@ class ConvDecoder(Decoder):
     """Linear layer then stride-2 4x4 transposed convolutions (mirror of the conv encoder)."""
 
     def __init__(self, *, out_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (128, 64, 32)) -> None:
+        check_widths("conv", hidden)
         super().__init__()
         factor = downsampling_factor("conv", out_shape, len(hidden))
         self.start = (hidden[0], out_shape[1] // factor, out_shape[2] // factor)

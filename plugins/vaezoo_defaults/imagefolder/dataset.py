@@ -31,6 +31,8 @@ def _scan(folder: Path) -> tuple[list[Path], list[int]]:
 class ImageFolder(Dataset):
     """Any folder of images, resized and centre-cropped to size x size."""
 
+    path_keys = ("path",)  # a model file's recipe never points vaezoo at a folder: --data-dir does
+
     def __init__(self, *, root: Path, path: str = "", size: int = 32, grayscale: bool = False, test_fraction: float = 0.1) -> None:
         super().__init__(root=root)
         if size < 1 or not 0.0 <= test_fraction < 1.0:

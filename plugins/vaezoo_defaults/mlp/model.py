@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from vaezoo import Decoder
-from vaezoo_defaults.common import GaussianEncoder
+from vaezoo_defaults.common import GaussianEncoder, check_widths
 
 
 def _stack(widths: Sequence[int]) -> nn.Sequential:
@@ -23,6 +23,7 @@ class MLPEncoder(GaussianEncoder):
     """Fully connected layers with ReLU on the flattened image, linear heads to mu and logvar."""
 
     def __init__(self, *, in_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (512, 256)) -> None:
+        check_widths("mlp", hidden)
         widths = [math.prod(in_shape), *hidden]
         super().__init__(nn.Sequential(nn.Flatten(), _stack(widths)), widths[-1], latent_dim)
 
@@ -31,6 +32,7 @@ class MLPDecoder(Decoder):
     """Fully connected layers with ReLU, reshaped to the image (mirror of the mlp encoder)."""
 
     def __init__(self, *, out_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (256, 512)) -> None:
+        check_widths("mlp", hidden)
         super().__init__()
         self.out_shape = tuple(out_shape)
         widths = [latent_dim, *hidden]

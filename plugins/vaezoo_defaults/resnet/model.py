@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from vaezoo import Decoder
-from vaezoo_defaults.common import GaussianEncoder, downsampling_factor
+from vaezoo_defaults.common import GaussianEncoder, check_widths, downsampling_factor
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -41,6 +41,7 @@ class ResNetEncoder(GaussianEncoder):
     """Residual blocks with GroupNorm and SiLU, stride-2 downsampling, linear heads to mu and logvar."""
 
     def __init__(self, *, in_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (64, 128, 256), blocks: int = 2) -> None:
+        check_widths("resnet", hidden)
         factor = _check_levels(in_shape, hidden, blocks)
         layers: list[nn.Module] = [nn.Conv2d(in_shape[0], hidden[0], 3, padding=1)]
         channels = hidden[0]
@@ -57,6 +58,7 @@ class ResNetDecoder(Decoder):
     """Linear layer, residual blocks and stride-2 transposed convolutions (mirror of the resnet encoder)."""
 
     def __init__(self, *, out_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (256, 128, 64), blocks: int = 2) -> None:
+        check_widths("resnet", hidden)
         super().__init__()
         factor = _check_levels(out_shape, hidden, blocks)
         self.start = (hidden[0], out_shape[1] // factor, out_shape[2] // factor)
