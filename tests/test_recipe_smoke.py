@@ -24,7 +24,7 @@ PROVIDED_IN_CI = {"cifar10", "fashion-mnist", "image-folder"}  # .ci/run makes s
 
 # Component keys made small (or offline) whatever the component: recipe value -> tiny value.
 TINY = {
-    "hidden": lambda widths: [8] * len(widths),  # keep the number of levels, so shapes still divide
+    "hidden": lambda widths: [8] * len(widths) if isinstance(widths, list) else 8,  # keep the number of levels, so shapes still divide
     "blocks": lambda _: 1,
     "n_pseudo": lambda _: 4,
     "n_components": lambda _: 3,
