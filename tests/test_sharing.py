@@ -504,3 +504,15 @@ def test_push_python_api_dry_run(run_dir: Path, tmp_path: Path) -> None:
         vaezoo.push(run_dir, "no-org", dry_run=tmp_path / "bad")
     with pytest.raises(vaezoo.VaezooError, match="does not exist"):
         vaezoo.push(tmp_path / "nothing", "my-org/x", dry_run=tmp_path / "bad")
+
+
+def test_card_of_a_conditional_family_samples_with_labels(run_dir: Path) -> None:
+    from vaezoo.card import model_card
+    from vaezoo.checkpoint import read_metadata
+
+    metadata, data = read_metadata(run_dir / MODEL)
+    metadata["recipe"] = {**metadata["recipe"], "model": {"name": "cvae"}}
+    card = model_card(metadata, data, repo_id="my-org/cvae")
+    matter = front_matter(card)
+    assert "pipeline_tag" not in matter and "cvae" in matter["tags"]
+    assert "import torch, vaezoo\nmodel = vaezoo.load(\"hf://my-org/cvae\")\nimages = model.sample(16, torch.arange(16) % 10)" in card

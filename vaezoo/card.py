@@ -92,9 +92,12 @@ def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     dataset_name = recipe.get("dataset", {}).get("name", "")
     hub_id, display = HUB_DATASETS.get(dataset_name, (dataset_name, dataset_name))
     conditional = family == "cvae" or bool(recipe.get("model", {}).get("conditional"))
-    task = "image-generation" if conditional else "unconditional-image-generation"
+    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
     tags = ["vaezoo", "vae", "variational-autoencoder", "safetensors", family, str(recipe.get("name", "")), dataset_name]
-    matter: dict[str, Any] = {"library_name": "vaezoo", "pipeline_tag": task, "tags": list(dict.fromkeys(t for t in tags if t))}
+    matter: dict[str, Any] = {"library_name": "vaezoo"}
+    if not conditional:  # the Hub has no pipeline tag for class-conditional generation
+        matter["pipeline_tag"] = task
+    matter["tags"] = list(dict.fromkeys(t for t in tags if t))
     if hub_id:
         matter["datasets"] = [hub_id]
     metrics = test_metrics(metadata)
