@@ -327,7 +327,7 @@ def inspect_command(
 
 @app.command("push")
 def push_command(
-    source: Annotated[str, typer.Argument(help="A run folder or a model.safetensors file.")],
+    source: Annotated[str, typer.Argument(metavar="RUN_DIR_OR_MODEL", help="A run folder or a model.safetensors file.")],
     repo_id: Annotated[str, typer.Argument(metavar="ORG/NAME", help="Hugging Face Hub model repository (created if missing).")],
     private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
     revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing; default main).")] = None,
