@@ -1,5 +1,25 @@
-"""`python -m vaezoo` (what torchrun starts)."""
+"""`vaezoo` and `python -m vaezoo` (what torchrun starts). SIGTERM is turned into an interrupt before
+anything heavy is imported, so that it exits 130 with one line at any moment, as Ctrl-C does."""
 
-from vaezoo.cli import main
+import signal
 
-main()
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def run() -> None:
+    """The console script: the CLI's main() with SIGTERM handled from the first instant."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        from vaezoo.cli import main
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print("vaezoo: interrupted", flush=True, file=__import__("sys").stderr)
+        raise SystemExit(130) from None
+    main(restore_signals=False)
+
+
+if __name__ == "__main__":
+    run()

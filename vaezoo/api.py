@@ -137,6 +137,10 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
     labels = {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)} if model.conditional else {}
     run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, history=history, **labels)
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
+    if run.state.epoch >= settings["epochs"]:  # a crash after the last state's commit: only its outputs are left to write
+        if job.is_main and resume_dir is not None and resume_dir.resolve() == out_dir.resolve() and RunFiles().catch_up(run):
+            return FitResult(out_dir, run.history[-1], model)
+        raise VaezooError(f"{resume_dir} is already trained to epoch {run.state.epoch}: pass --epochs N with N > {run.state.epoch} to train further")
     if job.is_main:  # accepted: now the folder changes
         write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
     metrics = train(run, [RunFiles(), *callbacks])

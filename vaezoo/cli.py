@@ -30,6 +30,7 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+MAX_PICTURES = 10_000  # images in one grid: 10,000 CIFAR-sized tiles make a 3,400 x 3,400 picture
 KIND_HELP = "one of recipes, models, encoders, decoders, priors, losses, datasets"
 MODEL_HELP = "A model.safetensors file, hf://ORG/NAME[@REVISION] or an https:// URL (optionally #sha256=HEX)."
 
@@ -215,7 +216,7 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
 @app.command("sample")
 def sample_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
-    n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of images.")] = 64,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_PICTURES, help="Number of images.")] = 64,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same picture.")] = 0,
     temperature: Annotated[float, typer.Option(min=0.0, help="Scale of the prior samples.")] = 1.0,
@@ -237,7 +238,7 @@ def sample_command(
 @app.command("reconstruct")
 def reconstruct_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
-    n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of test images.")] = 16,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_PICTURES, help="Number of test images.")] = 16,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("reconstructions.png"),
     seed: Annotated[int, typer.Option(help="Random seed choosing the test images.")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
@@ -253,8 +254,8 @@ def reconstruct_command(
 @app.command("interpolate")
 def interpolate_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
-    n: Annotated[int, typer.Option("-n", "--num", min=1, help="Number of image pairs (rows).")] = 8,
-    steps: Annotated[int, typer.Option(min=2, help="Images per row, from one image of the pair to the other.")] = 10,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=1000, help="Number of image pairs (rows).")] = 8,
+    steps: Annotated[int, typer.Option(min=2, max=100, help="Images per row, from one image of the pair to the other.")] = 10,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("interpolations.png"),
     seed: Annotated[int, typer.Option(help="Random seed choosing the test image pairs.")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
@@ -402,9 +403,10 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None:
     """Entry point: user errors become one line on stderr and an exit code (2 input, 1 failed
-    run, 130 interrupted); `--debug` / VAEZOO_DEBUG=1 shows the traceback."""
+    run, 130 interrupted); `--debug` / VAEZOO_DEBUG=1 shows the traceback. The console script
+    leaves SIGINT / SIGTERM ignored on its way out (`restore_signals=False`)."""
     global _ARGV
     _ARGV = list(argv if argv is not None else sys.argv[1:])  # for `run --nproc`, which runs them again
     debug = "--debug" in _ARGV or os.environ.get("VAEZOO_DEBUG") == "1"
@@ -432,8 +434,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for sig in previous:  # a signal now would only cut the last line short
             signal.signal(sig, signal.SIG_IGN)
+    if code == 130 and line is None:  # typer turns a KeyboardInterrupt into a silent 130
+        line = "vaezoo: interrupted"
     if line:
         print(line.splitlines()[0], file=sys.stderr)
-    for sig, handler in previous.items():
+    for sig, handler in previous.items() if restore_signals else ():
         signal.signal(sig, handler)
     sys.exit(code if isinstance(code, int) else 0)

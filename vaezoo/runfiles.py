@@ -35,18 +35,32 @@ class RunFiles(Callback):
     """Writes the run folder `run.out_dir` (see the module docstring)."""
 
     def on_start(self, run: Run) -> None:
-        """On resume: metrics.jsonl as the state's history says, and model.safetensors again if a crash
-        came between the state's commit and the model's write."""
-        if run.state.epoch == 0:
-            return
-        write_metrics(run)
-        model_file = run.out_dir / "model.safetensors"
-        saved_epochs = _saved_epochs(model_file)
-        if run.state.batch == 0 and run.history and saved_epochs != run.state.epoch:
-            save_model(run.model, model_file, run.recipe, training_summary(run, run.history[-1]))
+        """On resume: metrics.jsonl and model.safetensors as the state says, if a crash came between
+        the state's commit and their writes."""
+        self.catch_up(run)
 
     def on_epoch_end(self, run: Run, metrics: dict[str, Any]) -> None:
         self._save_state(run, run.data_rng.get_state())
+        self._write_outputs(run, metrics)
+
+    def on_interrupt(self, run: Run, epoch_rng: Tensor) -> None:
+        self._save_state(run, epoch_rng)
+
+    def catch_up(self, run: Run) -> bool:
+        """Rewrite the outputs of the last epoch the state holds if they are behind it; whether they were."""
+        if run.state.epoch == 0 or not run.history:
+            return False
+        metrics_file = run.out_dir / "metrics.jsonl"
+        lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+        behind = _saved_epochs(run.out_dir / "model.safetensors") != run.state.epoch and run.state.batch == 0
+        if behind:
+            self._write_outputs(run, run.history[-1])
+        elif len(lines) != len(run.history):
+            write_metrics(run)
+        return behind or len(lines) != len(run.history)
+
+    @staticmethod
+    def _write_outputs(run: Run, metrics: dict[str, Any]) -> None:
         save_model(run.model, run.out_dir / "model.safetensors", run.recipe, training_summary(run, metrics))
         write_metrics(run)
         was_training = run.model.training
@@ -57,9 +71,6 @@ class RunFiles(Callback):
         run.model.train(was_training)
         save_grid(images, run.out_dir / "samples.png", nrow=columns)
         write_epoch_pictures(run.model, run.test_images, run.test_labels, run.history, run.out_dir)
-
-    def on_interrupt(self, run: Run, epoch_rng: Tensor) -> None:
-        self._save_state(run, epoch_rng)
 
     @staticmethod
     def _save_state(run: Run, data_rng: Tensor) -> None:

@@ -162,8 +162,6 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     for group in run.optimizer.param_groups:  # --lr on resume takes effect (and is what recipe.toml records)
         group["lr"], group["weight_decay"] = settings["lr"], settings["weight_decay"]
     run.history = history or [row for row in run.history if row.get("epoch", 0) <= run.state.epoch]
-    if run.state.epoch >= settings["epochs"]:
-        raise VaezooError(f"{run.out_dir} is already trained to epoch {run.state.epoch}: pass --epochs N with N > {run.state.epoch} to train further")
 
 
 def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None = None) -> dict[str, Any]:

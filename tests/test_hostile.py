@@ -1,0 +1,435 @@
+"""Hostile and unlucky users (docs/reliability.md): run folders survive every interruption and never mix
+two runs, a model file's contents cannot steer vaezoo (paths, sizes, types), and the rest of the list of
+issue 11 ends in one line with the right exit code, never an internal error. (Data: test_hostile_data.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import vaezoo
+from conftest import run_cli
+from tinydata import TINY_ARGS, TINY_SETS, error_lines
+
+TWO_EPOCHS = ["--epochs", "2", "--limit", "96", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *TINY_ARGS]
+
+# Kills its own process with SIGKILL just before or just after the Nth file commit (os.replace) of
+# the run: every write of vaezoo is a temporary file renamed into place, so these are its crash points.
+KILLER = """
+import os, signal, sys
+n, when = int(os.environ["KILL_AT"]), os.environ["KILL_WHEN"]
+replace, count = os.replace, [0]
+def dying_replace(src, dst, *args, **kwargs):
+    count[0] += 1
+    if count[0] == n and when == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst, *args, **kwargs)
+    if count[0] == n and when == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = dying_replace
+from vaezoo.cli import main
+main(sys.argv[1:])
+"""
+
+
+def one_line(result: subprocess.CompletedProcess, code: int = 2, progress: bool = False) -> str:
+    """The one error line a failed command printed (`progress`: a run whose progress bar had started,
+    and whose bar is not counted); warnings about other plugins do not count."""
+    lines = [line for line in error_lines(result.stderr) if not line.startswith("vaezoo: warning:") and (not progress or line.startswith("vaezoo:"))]
+    assert result.returncode == code and len(lines) == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    return lines[0]
+
+
+def epochs_in(folder: Path) -> list[int]:
+    return [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The two-epoch tiny run, never interrupted: what every interrupted run must end as."""
+    out = tmp_path_factory.mktemp("straight") / "run"
+    result = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def assert_same_run(out: Path, straight: Path) -> None:
+    assert epochs_in(out) == [1, 2]
+    ours, theirs = load_file(out / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert [json.loads(x)["train_loss"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [
+        json.loads(x)["train_loss"] for x in (straight / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+# recipe.toml is commit 1; epoch 1 commits state (2), model (3), metrics (4), pictures (5-8); epoch 2 from 9 on
+@pytest.mark.parametrize(("kill_at", "when"), [(1, "before"), (1, "after"), (2, "before"), (2, "after"), (3, "after"), (4, "after"), (9, "after"), (10, "after")])
+def test_sigkill_at_every_commit_point_resumes_to_the_same_run(cifar: Path, straight: Path, tmp_path: Path, kill_at: int, when: str) -> None:
+    out = tmp_path / "run"
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    env = {**os.environ, "KILL_AT": str(kill_at), "KILL_WHEN": when}
+    killed = subprocess.run([sys.executable, str(killer), "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    if (out / "state.safetensors").exists():  # something to resume
+        again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
+    else:  # killed before the first commit of a state: the folder takes a new run (its lock is stale)
+        resumed = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
+        assert "no state.safetensors" in one_line(resumed) or "no recipe.toml" in resumed.stderr
+        again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_same_run(out, straight)
+    assert not (out / ".vaezoo.lock").exists()
+
+
+def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_there_is_room(cifar: Path, straight: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out = disk / "run"
+        full = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out))
+        line = one_line(full, progress=True)
+        assert "No space left on device" in line and str(out) in line
+        assert subprocess.run(["mount", "-o", "remount,size=20m", str(disk)]).returncode == 0
+        resume = ["--resume", str(out)] if (out / "state.safetensors").exists() else ["--out", str(out)]
+        again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), *resume)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert_same_run(out, straight)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+def test_a_refused_resume_changes_nothing_and_the_run_still_resumes(cifar: Path, straight: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = run_cli("run", "cifar-vae", *TWO_EPOCHS[2:], "--epochs", "1", "--data-dir", str(cifar), "--out", str(out))
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for extra in (["--epochs", "2", "--set", "encoder.hidden=[16,32,64]"], ["--epochs", "1"], ["--epochs", "2", "--batch-size", "8"], ["--epochs", "2", "--seed", "5"]):
+        refused = run_cli("run", "cifar-vae", *TWO_EPOCHS[2:], "--data-dir", str(cifar), "--resume", str(out), *extra)
+        one_line(refused)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, extra
+    again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_same_run(out, straight)
+
+
+def test_resume_never_writes_into_another_runs_folder(cifar: Path, straight: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder in (a, b):
+        assert run_cli("run", "cifar-vae", *TWO_EPOCHS[2:], "--epochs", "1", "--data-dir", str(cifar), "--out", str(folder)).returncode == 0
+    before = {p.name: p.read_bytes() for p in b.iterdir()}
+    refused = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(a), "--out", str(b))
+    assert "already holds a run" in one_line(refused)
+    assert {p.name: p.read_bytes() for p in b.iterdir()} == before
+    c = tmp_path / "c"  # an empty folder takes the continued run, with the history so far
+    moved = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(a), "--out", str(c))
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert epochs_in(c) == [1, 2] and epochs_in(a) == [1]
+
+
+def test_resume_with_a_new_learning_rate_trains_at_it(cifar: Path, tmp_path: Path) -> None:
+    from vaezoo.state import load_state
+    from vaezoo.train import make_optimizer
+
+    out = tmp_path / "run"
+    assert run_cli("run", "cifar-vae", *TWO_EPOCHS[2:], "--epochs", "1", "--data-dir", str(cifar), "--out", str(out)).returncode == 0
+    again = run_cli("run", "cifar-vae", *TWO_EPOCHS[2:], "--epochs", "2", "--lr", "0.0123", "--data-dir", str(cifar), "--resume", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    model = vaezoo.load(out / "model.safetensors")
+    assert model.recipe["train"]["lr"] == 0.0123
+    optimizer = make_optimizer(model, model.recipe["train"])
+    load_state(out / "state.safetensors", model, optimizer)
+    assert {group["lr"] for group in optimizer.param_groups} == {0.0123}  # what the optimizer stepped with
+
+
+def test_one_writer_at_a_time(cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".vaezoo.lock").write_text(f"{holder.pid}\n")  # a live process holds the folder
+        busy = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out))
+        assert f"in use by another vaezoo run (pid {holder.pid})" in one_line(busy)
+        assert {p.name for p in out.iterdir()} == {".vaezoo.lock"}
+    finally:
+        holder.kill()
+        holder.wait()
+    stale = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out))  # its owner is gone
+    assert stale.returncode == 0, stale.stderr[-2000:]
+    assert epochs_in(out) == [1, 2] and not (out / ".vaezoo.lock").exists()
+
+
+def test_two_runs_started_together_into_one_folder_do_not_mix(cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)]
+    runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert "in use by another vaezoo run" in loser or "already holds a run" in loser
+    assert epochs_in(out) == [1, 2]
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.0, 2.5])
+def test_sigterm_at_any_moment_is_one_line_and_exit_130(cifar: Path, tmp_path: Path, delay: float) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    code, err = process.wait(timeout=120), process.stderr.read()
+    if code == 0:
+        pytest.skip("the run finished before the signal")
+    lines = [line for line in error_lines(err) if line.startswith("vaezoo:")]
+    assert code == 130 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert not (out / ".vaezoo.lock").exists()
+
+
+def test_a_burst_of_ctrl_c_is_one_line(cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--epochs", "50", "--data-dir", str(cifar), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    while not (out / "metrics.jsonl").exists() and process.poll() is None:  # wait until it trains
+        time.sleep(0.1)
+    for _ in range(30):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.005)
+    code, err = process.wait(timeout=120), process.stderr.read()
+    lines = [line for line in error_lines(err) if line.startswith("vaezoo:")]
+    assert code == 130 and len(lines) == 1 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+    # the first signal stops the loop, which saves its state; the burst may end it a moment later
+    assert "stopped by SIGINT" in lines[0] or lines[0] == "vaezoo: interrupted"
+    assert (out / "state.safetensors").exists()
+
+
+# ---- a model file's contents --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_model(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("small") / "run"
+    vaezoo.fit("cifar-vae", sets=TINY_SETS, options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1}, out=out, data_dir=cifar, device="cpu")
+    return out / "model.safetensors"
+
+
+class Raw(str):
+    """A metadata value written as it is, not JSON-encoded (for JSON no encoder would write)."""
+
+
+def rewrite(source: Path, target: Path, change) -> Path:
+    """A copy of a model file whose decoded `vaezoo.*` metadata went through `change(metadata)`."""
+    data = source.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    metadata = {k: json.loads(v) for k, v in header["__metadata__"].items() if k.startswith("vaezoo.")}
+    change(metadata)
+    header["__metadata__"].update({k: v if isinstance(v, Raw) else json.dumps(v) for k, v in metadata.items()})
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
+    return target
+
+
+def _set(path: list[str], value):
+    def change(metadata):
+        node = metadata
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+HOSTILE = {
+    "huge latent_dim": _set(["vaezoo.recipe", "latent_dim"], 60000),
+    "astronomic latent_dim": _set(["vaezoo.recipe", "latent_dim"], 10**15),
+    "huge hidden": _set(["vaezoo.recipe", "encoder", "hidden"], [4, 8, 10**6]),
+    "huge image": _set(["vaezoo.data", "shape"], [3, 100000, 100000]),
+    "2-D data shape": _set(["vaezoo.data", "shape"], [32, 32]),
+    "data shape of strings": _set(["vaezoo.data", "shape"], ["3", "32", "32"]),
+    "components of the wrong type": _set(["vaezoo.components"], {"kind": "encoder"}),
+    "a component without a name": _set(["vaezoo.components"], [{"kind": "encoder"}]),
+    "recipe without a dataset": lambda m: m["vaezoo.recipe"].pop("dataset"),
+    "recipe of the wrong type": _set(["vaezoo.recipe"], [1, 2, 3]),
+    "metrics of the wrong type": _set(["vaezoo.training", "metrics", "test_loss"], [1, 2]),
+    "training of the wrong type": _set(["vaezoo.training"], "yesterday"),
+    "classes of the wrong type": _set(["vaezoo.data", "classes"], "cat"),
+    "nested metrics": _set(["vaezoo.training", "metrics", "deep"], json.loads("[" * 200 + "]" * 200)),
+    "deep nesting": _set(["vaezoo.training"], Raw("[" * 100_000 + "]" * 100_000)),
+    "format 99": _set(["vaezoo.format_version"], 99),
+    "unknown model family": _set(["vaezoo.recipe", "model"], {"name": "no-such-family"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_damaged_or_hostile_model_file_is_one_line_exit_2_before_anything_is_built(small_model: Path, tmp_path: Path, case: str) -> None:
+    bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE[case])
+    for command in (["sample", str(bad), "--out", str(tmp_path / "s.png")], ["eval", str(bad), "--limit", "8", "--json"]):
+        one_line(run_cli(*command))
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_a_file_with_a_huge_latent_size_is_refused_without_taking_its_memory(small_model: Path, tmp_path: Path) -> None:
+    """The 1.8 MB model of issue 11 claiming latent_dim = 60000 took gigabytes before a shape check."""
+    bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE["huge latent_dim"])
+    probe = "import resource, vaezoo\ntry:\n    vaezoo.load(%r)\nexcept vaezoo.VaezooError as e:\n    print(e)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % str(bad)
+    good = "import resource, vaezoo\nvaezoo.load(%r)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % str(small_model)
+    refused = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    normal = subprocess.run([sys.executable, "-c", good], capture_output=True, text=True, timeout=120)
+    message, peak = refused.stdout.strip().splitlines()
+    assert "decoder.fc.weight" in message or "shape" in message
+    assert int(peak) < int(normal.stdout.strip()) + 100_000  # KiB: within 100 MB of loading the real model
+
+
+def test_non_finite_weights_are_refused(small_model: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from vaezoo.checkpoint import read_header
+
+    data = small_model.read_bytes()
+    metadata = read_header(data, small_model)["__metadata__"]
+    tensors = load_file(small_model)
+    tensors["decoder.fc.bias"][3] = float("nan")
+    save_file(tensors, tmp_path / "nan.safetensors", metadata=metadata)
+    result = run_cli("sample", str(tmp_path / "nan.safetensors"), "--out", str(tmp_path / "s.png"))
+    assert "decoder.fc.bias holds NaN" in one_line(result)
+
+
+def test_a_model_file_never_chooses_the_folder_vaezoo_reads(small_model: Path, cifar: Path, tmp_path: Path) -> None:
+    """Metadata naming an image-folder dataset at / must not make eval walk the filesystem: the data
+    come from --data-dir."""
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 255 - 30 * i, 128)).save(folder / f"{i}.png")
+    bad = rewrite(small_model, tmp_path / "bad.safetensors", _set(["vaezoo.recipe", "dataset"], {"name": "image-folder", "path": "/", "size": 32, "grayscale": False, "test_fraction": 0.5}))
+    result = run_cli("eval", str(bad), "--data-dir", str(folder), "--json", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["images"] == 4  # half of the 8 pictures under --data-dir, nothing from /
+
+
+def test_damaged_states_are_one_line_and_never_train(cifar: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from vaezoo.checkpoint import read_header
+
+    out = tmp_path / "run"
+    assert run_cli("run", "cifar-vae", *TWO_EPOCHS[2:], "--epochs", "1", "--data-dir", str(cifar), "--out", str(out)).returncode == 0
+    state = out / "state.safetensors"
+    good = state.read_bytes()
+    metadata = read_header(good, state)["__metadata__"]
+    tensors = load_file(state)
+    counters = json.loads(metadata["vaezoo.counters"])
+    cases = {
+        "negative seconds": {**metadata, "vaezoo.counters": json.dumps({**counters, "seconds": -5.0})},
+        "epoch of the wrong type": {**metadata, "vaezoo.counters": json.dumps({**counters, "epoch": "one"})},
+        "counters not an object": {**metadata, "vaezoo.counters": "[1, 2]"},
+        "optimizer garbage": {**metadata, "vaezoo.optimizer": json.dumps({"param_groups": "x", "plain": {}})},
+        "rng garbage": {**metadata, "vaezoo.rng": json.dumps({"numpy": [1], "python": []})},
+        "history garbage": {**metadata, "vaezoo.history": json.dumps([{"epoch": "x"}])},
+        "not JSON": {**metadata, "vaezoo.counters": "{{{"},
+    }
+    for name, changed in cases.items():
+        save_file(tensors, state, metadata=changed)
+        result = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
+        assert "damaged" in one_line(result) or "not a vaezoo run state" in result.stderr, name
+        assert epochs_in(out) == [1], name
+    broken = dict(tensors)
+    broken["rng.torch"] = torch.zeros(3, dtype=torch.uint8)
+    save_file(broken, state, metadata=metadata)
+    assert "rng.torch" in one_line(run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out)))
+
+
+# ---- everything else ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "encoder.hidden=[0,64,128]"], "hidden widths from 1"),
+        (["--set", "train.weight_decay=-1"], "weight_decay must not be negative"),
+        (["--seed", "123456789012345678901"], "seed"),
+        (["--set", "train.skip_grad_norm=-2"], "skip_grad_norm must not be negative"),
+        (["--set", "model.iw_samples=0"], "iw_samples >= 1"),
+        (["--set", "model.name=no-such-family"], "unknown model 'no-such-family'"),
+    ],
+)
+def test_bad_values_are_one_line_exit_2(cifar: Path, tmp_path: Path, args: list[str], expected: str) -> None:
+    result = run_cli("run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", "--data-dir", str(cifar), "--out", str(tmp_path / "run"), *args)
+    assert expected in one_line(result)
+    assert not (tmp_path / "run" / "recipe.toml").exists()
+
+
+def test_out_that_cannot_be_a_run_folder(cifar: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    assert "is a file" in one_line(run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(afile)))
+    assert afile.read_text() == "not a folder"
+    assert "cannot" in one_line(run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", "/proc/vaezoo-run"))
+
+
+def test_eval_and_sample_bounds(small_model: Path, tmp_path: Path) -> None:
+    one_line(run_cli("eval", str(small_model), "--limit", "-5"))
+    assert "10000" in one_line(run_cli("sample", str(small_model), "-n", "100000", "--out", str(tmp_path / "s.png")))
+
+
+def test_eval_json_never_prints_nan(capsys) -> None:
+    from vaezoo.cli import _print_json
+
+    _print_json({"loss": float("nan"), "terms": {"x": float("inf")}, "ok": 1.5})
+    assert json.loads(capsys.readouterr().out) == {"loss": None, "terms": {"x": None}, "ok": 1.5}
+
+
+EVIL_PLUGIN = {
+    "evil_plugin.py": "import sys\nsys.exit(3)\n",
+    "ghost_plugin.py": (
+        "import vaezoo\n\n@vaezoo.hookimpl\ndef register_encoders(register):\n    register('ghost', 'nowhere_at_all:Thing', summary='missing')\n"
+        "\n@vaezoo.hookimpl\ndef register_decoders(register):\n    register('wrong', 'ghost_plugin:WrongDecoder', summary='wrong shapes')\n\n"
+        "import torch\n\nclass WrongDecoder(torch.nn.Module):\n    def __init__(self, *, out_shape, latent_dim):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(latent_dim, 7)\n\n    def forward(self, z):\n        return self.fc(z)\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def evil_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A folder on PYTHONPATH with two plugins found through entry points: one calls sys.exit on
+    import, one registers a missing module and a decoder of the wrong shape."""
+    root = tmp_path_factory.mktemp("evil")
+    for name, code in EVIL_PLUGIN.items():
+        (root / name).write_text(code)
+    info = root / "evil_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evil-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[vaezoo]\nevil = evil_plugin\nghost = ghost_plugin\n")
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_plugin_that_exits_on_import_is_isolated(evil_path: dict[str, str]) -> None:
+    result = run_cli("list", "recipes", "--json", env=evil_path)
+    assert result.returncode == 0 and "cifar-vae" in result.stdout, result.stderr
+    assert "plugin 'evil' (evil-plugins) failed to load: SystemExit: 3" in result.stderr
+
+
+def test_a_component_registered_as_a_missing_module_is_one_line(cifar: Path, tmp_path: Path, evil_path: dict[str, str]) -> None:
+    result = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--set", "encoder.name=ghost", "--data-dir", str(cifar), "--out", str(tmp_path / "r"), env=evil_path)
+    assert "plugin 'ghost' (evil-plugins) registers encoder 'ghost' as 'nowhere_at_all:Thing', which does not import" in one_line(result)
+
+
+def test_a_plugin_with_wrong_shapes_is_named(cifar: Path, tmp_path: Path, evil_path: dict[str, str]) -> None:
+    result = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--set", 'decoder={name="wrong"}', "--data-dir", str(cifar), "--out", str(tmp_path / "r"), env=evil_path)
+    line = one_line(result, code=1, progress=True)
+    assert "decoder 'wrong'" in line and "failed in a training step" in line
