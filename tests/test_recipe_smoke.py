@@ -26,6 +26,7 @@ PROVIDED_IN_CI = {"cifar10", "fashion-mnist", "image-folder"}  # .ci/run makes s
 TINY = {
     "hidden": lambda widths: [8] * len(widths) if isinstance(widths, list) else 8,  # keep the number of levels, so shapes still divide
     "blocks": lambda _: 1,
+    "width": lambda _: 16,
     "n_pseudo": lambda _: 4,
     "n_components": lambda _: 3,
     "n_mix": lambda _: 2,
