@@ -111,7 +111,7 @@ def test_dead_code_restarts_at_an_encoder_output_and_evaluation_changes_nothing(
     model.train()
     model(x, step=0)
     assert book.unused[5] == 0 and book.cluster_size[5] == 1
-    assert torch.cdist(book.embedding[5:6], z).min() < 1e-5  # a row of this batch's encoder outputs
+    assert (book.embedding[5:6] - z).abs().amax(dim=1).min() < 1e-6  # a row of this batch's encoder outputs (exact up to float copies)
     assert (book.embedding[5] != 1e3).all()
 
 

@@ -101,9 +101,10 @@ def hf_download(repo_id: str, revision: str | None = None, filename: str = MODEL
     """`filename` of a Hub repository, from huggingface_hub's cache or downloaded into it."""
     hub = import_hub()
     name = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
+    cache_only = not _offline() and not _reachable(_endpoint())  # no half-minute of retries against a Hub that is not there
     try:
         with _quiet_hub_logs():
-            return Path(hub.hf_hub_download(repo_id, filename, revision=revision))
+            return Path(hub.hf_hub_download(repo_id, filename, revision=revision, local_files_only=cache_only))
     except Exception as error:  # huggingface_hub's errors become one line each
         raise hub_error(error, name, filename) from None
 
@@ -125,6 +126,16 @@ def _endpoint() -> str:
     from huggingface_hub import constants
 
     return constants.ENDPOINT
+
+
+def _reachable(endpoint: str, timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the Hub's host opens (the cache answers when it does not)."""
+    parts = urllib.parse.urlsplit(endpoint)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _offline() -> bool:

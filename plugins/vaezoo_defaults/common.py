@@ -17,8 +17,8 @@ MAX_WIDTH = 65536  # channels or units of one layer
 
 
 def check_widths(plugin: str, hidden: Sequence[int]) -> None:
-    """`hidden`: at least one layer width, each a whole number from 1 to MAX_WIDTH."""
-    if not hidden or not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in hidden):
+    """`hidden`: layer widths, each a whole number from 1 to MAX_WIDTH."""
+    if not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in hidden):
         raise ValueError(f"{plugin} needs hidden widths from 1 to {MAX_WIDTH}, got {list(hidden)}")
 
 

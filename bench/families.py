@@ -1,0 +1,86 @@
+"""Training speed of every model family on this machine, in one run: images/s of vaezoo's trainer on the
+family's CIFAR-10 recipe (GPU-sized recipes at their CPU-sized `--set` variant, as docs/recipes.md
+gives it), with the plain `cifar-vae` recipe in the same run as the yardstick, so the ratios hold even
+when the machine is shared. One epoch over the images after a warm-up epoch, median of the repeats.
+
+    python bench/families.py --data-dir ../shared/data/cifar10-images [--images 2048] [--precision auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from vaezoo.api import make_dataset
+from vaezoo.data import limit_subset, load_split
+from vaezoo.devices import resolve_device, resolve_precision
+from vaezoo.model import build_model
+from vaezoo.recipes import resolve_recipe
+from vaezoo.train import Run, train
+
+# recipe -> --set items that size it for a CPU (the recipes' own text in docs/recipes.md)
+FAMILIES = {
+    "cifar-vae": [],
+    "cifar-iwae": [],
+    "cifar-cvae": [],
+    "cifar-vqvae": [],
+    "cifar-hvae": ["model.width=64", "model.blocks=1", "train.batch_size=32"],
+    "cifar-resnet-dlogistic": [],
+}
+
+
+def images_per_s(name: str, sets: list[str], images, labels, test_images, precision: str, device) -> float:
+    recipe = resolve_recipe(name, [*sets, "train.epochs=1", "train.sample_count=8", f'train.precision="{precision}"'])
+    dataset = make_dataset(recipe)
+    torch.manual_seed(0)
+    model = build_model(recipe, dataset.shape, dataset.classes).to(device)
+    labels = {"train_labels": labels.to(device), "test_labels": torch.zeros(len(test_images), dtype=torch.int64, device=device)} if model.conditional else {}
+    with tempfile.TemporaryDirectory() as out:
+        run = Run(model, recipe, images.to(device), test_images.to(device), Path(out), device, resolve_precision(recipe["train"]["precision"], device), **labels)
+        train(run)
+    return run.history[-1]["images_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--images", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", nargs="*", default=None, help="recipes to measure (default: all)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    dataset = make_dataset(resolve_recipe("cifar-vae"), args.data_dir)
+    images, labels = limit_subset(*load_split(dataset, "train"), args.images)
+    test_images, _ = limit_subset(*load_split(dataset, "test"), 64)
+    names = args.only or list(FAMILIES)
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up: kernels picked, memory allocated
+        images_per_s(name, FAMILIES[name], images[:256], labels[:256], test_images, args.precision, device)
+    for _ in range(args.repeats):  # interleaved, so that a busy moment hits every family alike
+        for name in names:
+            speeds[name].append(images_per_s(name, FAMILIES[name], images, labels, test_images, args.precision, device))
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    result = {"device": str(device), "precision": resolve_precision(args.precision, device).name, "threads": torch.get_num_threads(), "images": len(images), "images_per_s": median, "all": speeds}
+    if "cifar-vae" in median:
+        result["vs_cifar_vae"] = {name: value / median["cifar-vae"] for name, value in median.items()}
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+        return
+    print(f"{device}, {result['precision']}, {result['threads']} threads, {len(images)} images, median of {args.repeats}")
+    for name, value in median.items():
+        ratio = f"  ({value / median['cifar-vae']:.2f}x cifar-vae)" if "cifar-vae" in median else ""
+        print(f"  {name:24s} {value:8.0f} images/s{ratio}")
+
+
+if __name__ == "__main__":
+    main()
