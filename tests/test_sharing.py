@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import vaezoo
 from conftest import run_cli
 from tinydata import TINY_SETS, call_main, error_lines
 
@@ -456,7 +457,7 @@ def test_dry_run_writes_what_would_be_uploaded(published: dict[str, bytes], run_
     assert values["reconstruction-nll"] == pytest.approx(trained["test_recon"], abs=1e-4)
     assert values["kl"] == pytest.approx(trained["test_kl"], abs=1e-4)
     body = card.split("---\n", 2)[2]
-    assert "```bash\npip install 'vaezoo[hub]==0.1.0'\n```" in body
+    assert f"```bash\npip install 'vaezoo[hub]=={vaezoo.__version__}'\n```" in body
     assert 'import vaezoo\nmodel = vaezoo.load("hf://my-org/cifar-tiny")\nimages = model.sample(16)' in body
     assert "![Samples from the prior](samples.png)" in body
     assert f"{trained['test_loss']:.4f}" in body and hashlib.sha256(published[MODEL]).hexdigest() in body
