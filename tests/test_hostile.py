@@ -452,3 +452,22 @@ def test_a_plugin_with_wrong_shapes_is_named(cifar: Path, tmp_path: Path, evil_p
     result = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--set", 'decoder={name="wrong"}', "--data-dir", str(cifar), "--out", str(tmp_path / "r"), env=evil_path)
     line = one_line(result, code=1, progress=True)
     assert "decoder 'wrong'" in line and "failed in a training step" in line
+
+
+def test_sigterm_to_run_nproc_stops_torchrun_and_its_workers(cifar: Path, tmp_path: Path) -> None:
+    """`run --nproc 2` forwards the signal to torchrun, whose workers save their state and exit:
+    nothing keeps training after the parent has gone."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--epochs", "200", "--nproc", "2", "--data-dir", str(cifar), "--out", str(out)]
+    parent = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not (out / "metrics.jsonl").exists() and parent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert parent.poll() is None, parent.stderr.read()[-2000:]
+    parent.send_signal(signal.SIGTERM)
+    code, err = parent.wait(timeout=180), parent.stderr.read()
+    assert code == 130, err[-2000:]
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes still running for {out}: {left}"
+    assert (out / "state.safetensors").exists()
