@@ -288,8 +288,12 @@ def eval_command(
         _print_json(metrics)
         return
     table = Table(box=None, show_header=False)
-    rows = [(k, v) for k, v in metrics.items() if k not in ("terms", "bits_per_dim_note", "iw_note")]
-    rows += [(f"  {k}", v) for k, v in metrics.get("terms", {}).items()]
+    rows = []
+    for key, value in metrics.items():
+        if key == "terms":  # the family's own terms, under the KL they usually split
+            rows += [(f"  {term}", term_value) for term, term_value in value.items()]
+        elif key not in ("bits_per_dim_note", "iw_note"):
+            rows.append((key, value))
     for key, value in rows:
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value))
     console.print(table)
