@@ -122,10 +122,10 @@ def validate(name: str, table: dict[str, Any]) -> dict[str, Any]:
             raise RecipeError(f"recipe {name!r}: latent_dim must be a positive integer, got {latent_dim!r}")
         resolved["latent_dim"] = latent_dim
     resolved["model"] = _resolve_model(name, table)
-    resolved["dataset"] = _resolve_component(name, "dataset", "datasets", table.get("dataset"))
+    resolved["dataset"] = resolve_component(name, "dataset", "datasets", table.get("dataset"))
     for key in MODEL_PARTS:
         if key in table:
-            resolved[key] = _resolve_component(name, key, COMPONENTS[key], table[key])
+            resolved[key] = resolve_component(name, key, COMPONENTS[key], table[key])
     resolved["train"] = _resolve_train(name, table.get("train", {}))
     return resolved
 
@@ -133,7 +133,7 @@ def validate(name: str, table: dict[str, Any]) -> dict[str, Any]:
 def _resolve_model(recipe: str, table: dict[str, Any]) -> dict[str, Any]:
     """The `model` table with the family's defaults; checks that the recipe gives the family exactly
     the components (and latent_dim) its constructor takes."""
-    resolved = _resolve_component(recipe, "model", "models", table.get("model", {"name": DEFAULT_MODEL}), MODEL_ARGS)
+    resolved = resolve_component(recipe, "model", "models", table.get("model", {"name": DEFAULT_MODEL}), MODEL_ARGS)
     from vaezoo.plugins import get_registry
 
     params, var_keyword = component_parameters(get_registry().get("models", resolved["name"]).load())
@@ -231,7 +231,7 @@ def _toml_default(value: Any) -> Any:
     return None
 
 
-def _resolve_component(recipe: str, key: str, kind: str, table: Any, framework: set[str] = FRAMEWORK_ARGS) -> dict[str, Any]:
+def resolve_component(recipe: str, key: str, kind: str, table: Any, framework: set[str] = FRAMEWORK_ARGS) -> dict[str, Any]:
     """A component (or model) table with the constructor's TOML-friendly defaults filled in; every
     key is checked against the constructor (`framework`: the arguments vaezoo passes itself)."""
     from vaezoo.plugins import get_registry

@@ -293,10 +293,10 @@ def component(kind: str, name: str, *, in_shape: Sequence[int] = (3, 32, 32), la
     and for a decoder `out_shape` from `loss.params_per_channel`. For `check_model(components=...)`."""
     from vaezoo.model import instantiate
     from vaezoo.plugins import get_registry
-    from vaezoo.recipes import COMPONENTS, _resolve_component
+    from vaezoo.recipes import COMPONENTS, resolve_component
 
     assert kind in COMPONENTS, f"unknown component kind {kind!r}: use one of {', '.join(COMPONENTS)}"
-    table = _resolve_component("test", kind, COMPONENTS[kind], {"name": name, **kw})
+    table = resolve_component("test", kind, COMPONENTS[kind], {"name": name, **kw})
     shapes: dict[str, Any] = {"in_shape": tuple(in_shape)}
     if latent_dim is not None:
         shapes["latent_dim"] = latent_dim
