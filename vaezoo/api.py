@@ -98,13 +98,13 @@ def fit(
     out_dir = Path(out) if out is not None else resume_dir or Path("runs") / f"{resolved['name']}-{stamp}"
     out_dir = distributed.broadcast_object(out_dir)  # rank 0's time stamp
     same_folder = resume_dir is not None and out_dir.resolve() == resume_dir.resolve()
-    if not same_folder and holds_run(out_dir):
-        hint = f"continue it with --resume {out_dir}" if resume_dir is None else "choose an empty --out for the continued run"
-        raise VaezooError(f"{out_dir} already holds a run: {hint}, or choose another --out")
     lock = RunLock(out_dir) if job.is_main else None  # only rank 0 writes files
     if lock is not None:
         lock.acquire()
-    try:
+    try:  # checked under the lock: a run that finished a moment ago counts
+        if not same_folder and holds_run(out_dir):
+            hint = f"continue it with --resume {out_dir}" if resume_dir is None else "choose an empty --out for the continued run"
+            raise VaezooError(f"{out_dir} already holds a run: {hint}, or choose another --out")
         return _fit_locked(resolved, out_dir, data_dir, device, job, rank_device, resume_dir, callbacks)
     finally:
         if lock is not None:
