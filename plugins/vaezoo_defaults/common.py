@@ -7,9 +7,11 @@ import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
-from vaezoo import Encoder
+from vaezoo import Encoder, Prior
+from vaezoo.components import gaussian_log_prob
 from vaezoo.errors import DataError
 
 DOWNLOAD_TIMEOUT_S = 20  # seconds without an answer before a download gives up
@@ -57,3 +59,16 @@ def download(fetch: Callable[[], object], root: Path, hint: str) -> None:
         raise DataError(f"{hint} (download failed: {type(error).__name__}: {reason})") from error
     finally:
         socket.setdefaulttimeout(previous_timeout)
+
+
+def importance_terms(x: Tensor, mu: Tensor, logvar: Tensor, k: int, prior: Prior, nll: Callable[[Tensor, Tensor], Tensor], decode_batch: int) -> tuple[Tensor, Tensor]:
+    """k samples per image of the Gaussian posterior (mu, logvar): log p(x|z_j) and
+    log q(z_j|x) - log p(z_j), each (B, k). `nll(owner, z)` is -log p(x[owner] | z) for rows of latents
+    `z` and the indices `owner` of their images; the B * k latents go to it `decode_batch` at a time."""
+    mu, logvar = mu.float(), logvar.float()
+    z = mu.unsqueeze(1) + torch.randn(len(x), k, mu.shape[1], device=mu.device) * torch.exp(0.5 * logvar).unsqueeze(1)
+    z = z.flatten(0, 1)  # row i * k + j
+    owner = torch.arange(len(x), device=x.device).repeat_interleave(k)
+    log_ratio = gaussian_log_prob(z, mu[owner], logvar[owner]) - prior.log_prob(z).float()
+    log_px = -torch.cat([nll(owner[first : first + decode_batch], z[first : first + decode_batch]) for first in range(0, len(z), decode_batch)])
+    return log_px.view(len(x), k), log_ratio.view(len(x), k)

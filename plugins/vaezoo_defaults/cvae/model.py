@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo.components import gaussian_log_prob
+from vaezoo_defaults.common import importance_terms
 from vaezoo_defaults.conv.model import ConvDecoder, ConvEncoder
 
 DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
@@ -84,16 +84,11 @@ class ConditionalVAE(Model):
         """Importance-weighted estimate of log p(x | y) per image (nats) with k posterior samples; the
         B * k latents are decoded DECODE_BATCH at a time."""
         y = _labels(y)
-        mu, logvar = (t.float() for t in self.posterior(x, y))
-        z = mu.unsqueeze(1) + torch.randn(len(x), k, mu.shape[1], device=mu.device) * torch.exp(0.5 * logvar).unsqueeze(1)
-        z = z.flatten(0, 1)  # row i * k + j
-        owner = torch.arange(len(x), device=x.device).repeat_interleave(k)
-        log_ratio = gaussian_log_prob(z, mu[owner], logvar[owner]) - self.prior.log_prob(z).float()
-        nll = []
-        for first in range(0, len(z), DECODE_BATCH):
-            rows = owner[first : first + DECODE_BATCH]
-            nll.append(self.loss.nll(x[rows].float(), self.decoder_output(z[first : first + DECODE_BATCH], y[rows]).float()))
-        log_weights = -torch.cat(nll).view(len(x), k) - log_ratio.view(len(x), k)
+        def nll(owner: Tensor, z: Tensor) -> Tensor:
+            return self.loss.nll(x[owner].float(), self.decoder_output(z, y[owner]).float())
+
+        log_px, log_ratio = importance_terms(x, *self.posterior(x, y), k, self.prior, nll, DECODE_BATCH)
+        log_weights = log_px - log_ratio
         return torch.logsumexp(log_weights, dim=1) - math.log(k)
 
     @torch.no_grad()

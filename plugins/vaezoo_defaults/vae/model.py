@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo.components import gaussian_log_prob
+from vaezoo_defaults.common import importance_terms
 
 DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
 
@@ -42,15 +42,11 @@ class VAE(Model):
         return self.loss(x, self.decoder(z), mu, logvar, z, self.prior, step)
 
     def _importance_terms(self, x: Tensor, mu: Tensor, logvar: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """k posterior samples per image: log p(x|z_j) and log q(z_j|x) - log p(z_j), each (B, k);
-        the B * k latents are decoded DECODE_BATCH at a time."""
-        mu, logvar = mu.float(), logvar.float()
-        z = mu.unsqueeze(1) + torch.randn(len(x), k, mu.shape[1], device=mu.device) * torch.exp(0.5 * logvar).unsqueeze(1)
-        z = z.flatten(0, 1)  # row i * k + j
-        owner = torch.arange(len(x), device=x.device).repeat_interleave(k)
-        log_ratio = gaussian_log_prob(z, mu[owner], logvar[owner]) - self.prior.log_prob(z).float()
-        nll = [self.loss.nll(x[owner[rows]].float(), self.decoder(z[rows]).float()) for rows in _chunks(len(z), DECODE_BATCH)]
-        return -torch.cat(nll).view(len(x), k), log_ratio.view(len(x), k)
+        """log p(x|z_j) and log q(z_j|x) - log p(z_j) for k posterior samples per image, each (B, k)."""
+        def nll(owner: Tensor, z: Tensor) -> Tensor:
+            return self.loss.nll(x[owner].float(), self.decoder(z).float())
+
+        return importance_terms(x, mu, logvar, k, self.prior, nll, DECODE_BATCH)
 
     def _iwae(self, x: Tensor, mu: Tensor, logvar: Tensor) -> LossParts:
         log_px, log_ratio = self._importance_terms(x, mu, logvar, self.iw_samples)
@@ -81,7 +77,3 @@ class VAE(Model):
     @torch.no_grad()
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.loss.mean_image(self.decoder(z)).clamp(0, 1)
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(first, first + size) for first in range(0, n, size)]
