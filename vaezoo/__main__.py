@@ -2,21 +2,19 @@
 anything heavy is imported, so that it exits 130 with one line at any moment, as Ctrl-C does."""
 
 import signal
+import sys
 
-
-def _terminate(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
+from vaezoo.signals import stop_now
 
 
 def run() -> None:
     """The console script: the CLI's main() with SIGTERM handled from the first instant."""
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, stop_now)
     try:
         from vaezoo.cli import main
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        print("vaezoo: interrupted", flush=True, file=__import__("sys").stderr)
+        print("vaezoo: interrupted", flush=True, file=sys.stderr)
         raise SystemExit(130) from None
     main(restore_signals=False)
 

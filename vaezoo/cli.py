@@ -18,6 +18,7 @@ from rich.table import Table
 
 import vaezoo
 from vaezoo.errors import VaezooError
+from vaezoo.signals import stop_now
 
 app = typer.Typer(
     name="vaezoo",
@@ -399,14 +400,6 @@ def _fast_command():
 _ARGV: list[str] = []
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    """SIGINT / SIGTERM outside the training loop (which saves its state first): stop now, once; the
-    signals that follow in a burst are ignored while vaezoo prints its one line and exits 130."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None:
     """Entry point: user errors become one line on stderr and an exit code (2 input, 1 failed
     run, 130 interrupted); `--debug` / VAEZOO_DEBUG=1 shows the traceback. The console script
@@ -414,7 +407,7 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     global _ARGV
     _ARGV = list(argv if argv is not None else sys.argv[1:])  # for `run --nproc`, which runs them again
     debug = "--debug" in _ARGV or os.environ.get("VAEZOO_DEBUG") == "1"
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, stop_now) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code, line = _fast_command()(args=argv, prog_name="vaezoo", standalone_mode=False), None
     except (typer.Abort, KeyboardInterrupt):
