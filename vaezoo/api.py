@@ -208,12 +208,11 @@ def interpolate_file(
 ) -> None:
     """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""
     from vaezoo.checkpoint import load
-    from vaezoo.pictures import can_interpolate, save_interpolations
+    from vaezoo.pictures import require_interpolation, save_interpolations
 
     if steps < 2:
         raise VaezooError(f"--steps must be 2 or more, got {steps}")
     model = load(model_path, device=device)
-    if not can_interpolate(model):
-        raise VaezooError(f"{model_path}: model family {model.recipe['model']['name']!r} has no encode/decode, so it cannot interpolate")
+    require_interpolation(model)  # before the data are read
     images, labels = load_split_images(model, split, data_dir)
     save_interpolations(model, images, out, pairs=pairs, steps=steps, seed=seed, labels=labels)

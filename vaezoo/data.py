@@ -92,9 +92,12 @@ def _read_cache(path: Path, digest: str, dataset: Dataset) -> tuple[Tensor, Tens
     except Exception:  # missing, unreadable or damaged: rebuilt by the caller
         return None
     images, labels = tensors["images"], tensors["labels"]
-    if dataset.classes and (labels.min() < 0 or labels.max() >= len(dataset.classes)):
-        return None
-    return images, labels
+    return (images, labels) if _labels_fit(dataset, labels) else None
+
+
+def _labels_fit(dataset: Dataset, labels: Tensor) -> bool:
+    """Whether every label names one of the dataset's classes (any label fits a dataset without classes)."""
+    return not (dataset.classes and len(labels) and (labels.min() < 0 or labels.max() >= len(dataset.classes)))
 
 
 def _checked(dataset: Dataset, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,7 +110,7 @@ def _checked(dataset: Dataset, images: Tensor, labels: Tensor) -> tuple[Tensor, 
         got = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, Tensor) else type(labels).__name__
         raise DataError(f"dataset {name} returned labels {got}, expected {len(images)} integer labels")
     labels = labels.to(torch.int64)
-    if dataset.classes and len(labels) and (labels.min() < 0 or labels.max() >= len(dataset.classes)):
+    if not _labels_fit(dataset, labels):
         raise DataError(f"dataset {name} returned labels outside 0..{len(dataset.classes) - 1} (its {len(dataset.classes)} classes)")
     return images, labels
 

@@ -19,7 +19,7 @@ from vaezoo.files import write_bytes_atomic
 from vaezoo.images import save_grid
 from vaezoo.components import Model
 from vaezoo.errors import VaezooError
-from vaezoo.evaluate import family_name
+from vaezoo.evaluate import family_name, labels_for
 
 RECON_COUNT = 16  # test images in the reconstructions.png of a run
 RECON_COLUMNS = 8
@@ -41,10 +41,16 @@ def can_interpolate(model: Model) -> bool:
     return callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
 
 
+def require_interpolation(model: Model) -> None:
+    """A clear error for a family that cannot interpolate."""
+    if not can_interpolate(model):
+        raise VaezooError(f"model family {family_name(model)!r} has no encode/decode, so it cannot interpolate")
+
+
 def _model_input(model: Model, images: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
     device = next(model.parameters()).device
-    labels = labels.to(device) if labels is not None and getattr(model, "conditional", False) else None
-    return to_float(images).to(device), labels
+    labels = labels_for(model, labels)
+    return to_float(images).to(device), None if labels is None else labels.to(device)
 
 
 @torch.no_grad()
@@ -64,8 +70,7 @@ def interpolations(model: Model, images: Tensor, labels: Tensor | None = None, s
     """Decoded straight lines between the latents (`model.encode`) of image pairs `images[0::2]`,
     `images[1::2]`: one row per pair, `steps` columns (the ends are the two reconstructions). A
     conditional model decodes each row with the label of the pair's first image."""
-    if not can_interpolate(model):
-        raise VaezooError(f"model family {family_name(model)!r} has no encode/decode, so it cannot interpolate")
+    require_interpolation(model)
     x, y = _model_input(model, images, labels)
     latents = model.encode(x, y)
     start, end = latents[0::2], latents[1::2]
