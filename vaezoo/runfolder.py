@@ -50,9 +50,11 @@ class RunLock:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise VaezooError(f"cannot create the run folder {folder}: {error.strerror or error}") from None
+        mine = folder / f"{LOCK_NAME}.{os.getpid()}"  # written whole first, then linked: a lock is never seen empty
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                mine.write_text(f"{os.getpid()}\n")
+                os.link(mine, self.path)  # atomic, and fails if the lock exists
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and owner != os.getpid() and _pid_alive(owner):
@@ -62,8 +64,8 @@ class RunLock:
             except OSError as error:
                 reason = "read-only or not writable" if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else error.strerror
                 raise VaezooError(f"cannot write into the run folder {folder}: {reason}") from None
-            with os.fdopen(fd, "w") as handle:
-                handle.write(f"{os.getpid()}\n")
+            finally:
+                mine.unlink(missing_ok=True)
             self.held = True
             return self
         raise VaezooError(f"cannot lock the run folder {folder}: its lock file {self.path} keeps coming back")
