@@ -16,10 +16,7 @@ def run() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("vaezoo: interrupted", flush=True, file=sys.stderr)
         raise SystemExit(130) from None
-    try:
-        main(restore_signals=False)
-    except KeyboardInterrupt:  # main has printed its line; an interrupt that slips out of it still exits 130
-        raise SystemExit(130) from None
+    main(restore_signals=False)
 
 
 if __name__ == "__main__":
