@@ -437,4 +437,8 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
         print(line.splitlines()[0], file=sys.stderr)
     for sig, handler in previous.items() if restore_signals else ():
         signal.signal(sig, handler)
-    sys.exit(code if isinstance(code, int) else 0)
+    code = code if isinstance(code, int) else 0
+    distributed = sys.modules.get("vaezoo.distributed")  # imported only by commands that use torch
+    if distributed is not None and distributed.created_group():  # a torchrun worker: see its exit_worker
+        distributed.exit_worker(code)
+    sys.exit(code)

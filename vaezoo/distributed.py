@@ -22,7 +22,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -100,6 +100,23 @@ def teardown() -> None:
     if _created_group and dist.is_initialized():
         dist.destroy_process_group()
     _created_group = False
+
+
+def exit_worker(code: int) -> NoReturn:
+    """End a process that joined a job vaezoo set up: leave the group, flush, and exit without the
+    interpreter's finalization. DistributedDataParallel's reducer keeps the gloo backend (and its
+    worker threads) alive past destroy_process_group; a worker thread that frees the last reference to
+    a finished collective's tensors during finalization needs the GIL that is going away and aborts the
+    process (SIGABRT, about 1 run in 12 on a loaded 2-core machine). Every file is written by then."""
+    teardown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def created_group() -> bool:
+    """Whether this process joined a job through `setup` (and so ends through `exit_worker`)."""
+    return _created_group
 
 
 def check_batch_size(batch_size: int, job: World | None = None) -> int:
