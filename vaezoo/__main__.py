@@ -4,7 +4,7 @@ anything heavy is imported, so that it exits 130 with one line at any moment, as
 import signal
 import sys
 
-from vaezoo.signals import stop_now
+from vaezoo.signals import forget_interrupt, stop_now
 
 
 def run() -> None:
@@ -14,6 +14,7 @@ def run() -> None:
         from vaezoo.cli import main
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        forget_interrupt()
         print("vaezoo: interrupted", flush=True, file=sys.stderr)
         raise SystemExit(130) from None
     main(restore_signals=False)

@@ -18,7 +18,7 @@ from rich.table import Table
 
 import vaezoo
 from vaezoo.errors import VaezooError
-from vaezoo.signals import stop_now
+from vaezoo.signals import forget_interrupt, stop_now
 
 app = typer.Typer(
     name="vaezoo",
@@ -431,8 +431,9 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     finally:
         for sig in previous:  # a signal now would only cut the last line short
             signal.signal(sig, signal.SIG_IGN)
-    if code == 130 and line is None:  # typer turns a KeyboardInterrupt into a silent 130
-        line = "vaezoo: interrupted"
+    if code == 130:
+        forget_interrupt()
+        line = line or "vaezoo: interrupted"  # typer turns a KeyboardInterrupt into a silent 130
     if line:
         print(line.splitlines()[0], file=sys.stderr)
     for sig, handler in previous.items() if restore_signals else ():
