@@ -97,3 +97,41 @@ def test_torchrun_command_drops_nproc() -> None:
     command = distributed.torchrun_command(2, args)
     assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     assert command[-5:] == ["vaezoo", "run", "x", "--epochs", "1"]
+
+
+CODEBOOK_RUNNER = """
+import os, torch, torch.distributed as dist
+from vaezoo_defaults.vqvae.codebook import EMACodebook
+
+def fresh():
+    torch.manual_seed(1)
+    book = EMACodebook(codes=8, dim=4, restart_after=1000)
+    book.unused.zero_()  # no restarts: they draw random rows, which differ by rank
+    return book
+
+def step(book, rows):
+    book.update(rows, book.nearest(rows))
+    return book
+
+torch.manual_seed(0)
+batch = torch.randn(64, 4) + torch.arange(64).unsqueeze(1) / 16  # the halves differ
+rank = int(os.environ["RANK"])
+whole, own_half = step(fresh(), batch), step(fresh(), batch.chunk(2)[rank])  # before the group exists
+dist.init_process_group("gloo")
+joint = step(fresh(), batch.chunk(2)[rank])
+same = torch.allclose(joint.embedding, whole.embedding, atol=1e-6) and torch.allclose(joint.cluster_size, whole.cluster_size)
+print(f"rank {rank} same_as_whole_batch={same} own_half_differs={not torch.allclose(own_half.embedding, whole.embedding, atol=1e-3)}")
+dist.destroy_process_group()
+"""
+
+
+def test_vqvae_codebook_learns_from_the_global_batch(tmp_path: Path) -> None:
+    """Two ranks each holding half a batch update the codebook exactly as one process with all of it:
+    the moving-average counts and sums are summed over ranks (DDP alone would keep rank 0's half)."""
+    runner = tmp_path / "codebook.py"
+    runner.write_text(CODEBOOK_RUNNER)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
+                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} same_as_whole_batch=True own_half_differs=True" in result.stdout, result.stdout

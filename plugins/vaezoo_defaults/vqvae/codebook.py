@@ -1,11 +1,23 @@
 """The VQ-VAE codebook: nearest-code quantisation, codes learned by exponential moving averages of the
 encoder outputs assigned to them (with Laplace smoothing of the counts), and restarts of dead codes.
-All updates are tensor operations (no host sync), done only when the model asks for them in training."""
+All updates are tensor operations (no host sync), done only when the model asks for them in training;
+under torch.distributed they use the statistics of the whole global batch."""
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+
+
+def sum_over_ranks(counts: Tensor, sums: Tensor) -> tuple[Tensor, Tensor]:
+    """`counts` `(codes,)` and `sums` `(codes, dim)` summed over the ranks of a distributed job in
+    one all-reduce (themselves in a single process)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return counts, sums
+    both = torch.cat([counts.unsqueeze(1), sums], dim=1)
+    dist.all_reduce(both)
+    return both[:, 0], both[:, 1:]
 
 
 class EMACodebook(nn.Module):
@@ -41,10 +53,10 @@ class EMACodebook(nn.Module):
     def update(self, flat: Tensor, index: Tensor) -> None:
         """One training step: move each code toward the mean of the vectors of `flat` assigned to it
         (`index`) by the moving averages, then restart every code unused for `restart_after` steps as
-        a random row of `flat`."""
+        a random row of `flat`. Under torch.distributed every rank must call it at the same step: the
+        counts and sums are those of the global batch (DDP then gives every rank rank 0's buffers)."""
         flat = flat.detach().float()
-        counts = self.counts(index)
-        sums = torch.zeros_like(self.embed_sum).index_add_(0, index, flat)
+        counts, sums = sum_over_ranks(self.counts(index), torch.zeros_like(self.embed_sum).index_add_(0, index, flat))
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()
