@@ -295,6 +295,7 @@ HOSTILE = {
     "metrics of the wrong type": _set(["vaezoo.training", "metrics", "test_loss"], [1, 2]),
     "training of the wrong type": _set(["vaezoo.training"], "yesterday"),
     "classes of the wrong type": _set(["vaezoo.data", "classes"], "cat"),
+    "conditional not a boolean": _set(["vaezoo.data", "conditional"], "yes"),
     "nested metrics": _set(["vaezoo.training", "metrics", "deep"], json.loads("[" * 200 + "]" * 200)),
     "deep nesting": _set(["vaezoo.training"], Raw("[" * 100_000 + "]" * 100_000)),
     "format 99": _set(["vaezoo.format_version"], 99),

@@ -512,8 +512,14 @@ def test_card_of_a_conditional_family_samples_with_labels(run_dir: Path) -> None
     from vaezoo.checkpoint import read_metadata
 
     metadata, data = read_metadata(run_dir / MODEL)
-    metadata["recipe"] = {**metadata["recipe"], "model": {"name": "cvae"}}
-    card = model_card(metadata, data, repo_id="my-org/cvae")
-    matter = front_matter(card)
-    assert "pipeline_tag" not in matter and "cvae" in matter["tags"]
-    assert "import torch, vaezoo\nmodel = vaezoo.load(\"hf://my-org/cvae\")\nimages = model.sample(16, torch.arange(16) % 10)" in card
+    assert metadata["data"]["conditional"] is False
+    labelled = "import torch, vaezoo\nmodel = vaezoo.load(\"hf://my-org/cond\")\nimages = model.sample(16, torch.arange(16) % 10)"
+    assert labelled not in model_card(metadata, data, repo_id="my-org/cond")
+    # any family that says it takes labels (a third-party one here), and a file without the key whose family is cvae
+    third_party = {**metadata, "recipe": {**metadata["recipe"], "model": {"name": "my-conditional"}}, "data": {**metadata["data"], "conditional": True}}
+    older = {**metadata, "recipe": {**metadata["recipe"], "model": {"name": "cvae"}}, "data": {k: v for k, v in metadata["data"].items() if k != "conditional"}}
+    for conditional in (third_party, older):
+        card = model_card(conditional, data, repo_id="my-org/cond")
+        matter = front_matter(card)
+        assert "pipeline_tag" not in matter and conditional["recipe"]["model"]["name"] in matter["tags"]
+        assert labelled in card

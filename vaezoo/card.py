@@ -85,13 +85,19 @@ def install_lines(components: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def is_conditional(metadata: Mapping[str, Any]) -> bool:
+    """Whether the model takes labels: `vaezoo.data.conditional` (when absent, only the `cvae` family)."""
+    data = metadata.get("data", {})
+    return bool(data.get("conditional", metadata["recipe"].get("model", {}).get("name") == "cvae"))
+
+
 def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
     """The card's metadata for the Hub."""
     recipe = metadata["recipe"]
     family = recipe.get("model", {}).get("name", "vae")
     dataset_name = recipe.get("dataset", {}).get("name", "")
     hub_id, display = HUB_DATASETS.get(dataset_name, (dataset_name, dataset_name))
-    conditional = family == "cvae" or bool(recipe.get("model", {}).get("conditional"))
+    conditional = is_conditional(metadata)
     task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
     tags = ["vaezoo", "vae", "variational-autoencoder", "safetensors", family, str(recipe.get("name", "")), dataset_name]
     matter: dict[str, Any] = {"library_name": "vaezoo"}
@@ -128,8 +134,7 @@ def _component_rows(metadata: Mapping[str, Any]) -> list[str]:
 def _use_lines(metadata: Mapping[str, Any], name: str) -> list[str]:
     """The three lines that load the model and sample it."""
     classes = metadata.get("data", {}).get("classes") or []
-    family = metadata["recipe"].get("model", {}).get("name", "vae")
-    if family == "cvae" and classes:
+    if is_conditional(metadata) and classes:
         return ["import torch, vaezoo", f'model = vaezoo.load("{name}")', f"images = model.sample(16, torch.arange(16) % {len(classes)})  # (16, C, H, W) in [0, 1], classes in turn"]
     return ["import vaezoo", f'model = vaezoo.load("{name}")', "images = model.sample(16)  # (16, C, H, W) in [0, 1]"]
 

@@ -65,7 +65,7 @@ def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Ma
         "vaezoo.torch_version": json.dumps(torch.__version__.split("+")[0]),
         "vaezoo.recipe": json.dumps(dict(recipe)),
         "vaezoo.components": json.dumps(component_records(recipe)),
-        "vaezoo.data": json.dumps({"shape": list(model.in_shape), "dtype": "float32", "range": [0.0, 1.0], "source": "uint8 / 255", "classes": list(model.classes)}),
+        "vaezoo.data": json.dumps({"shape": list(model.in_shape), "dtype": "float32", "range": [0.0, 1.0], "source": "uint8 / 255", "classes": list(model.classes), "conditional": bool(model.conditional)}),
         "vaezoo.training": json.dumps(dict(training or {})),
     }
     write_bytes_atomic(path, save_tensors(state_tensors(model), metadata=metadata))
@@ -146,6 +146,8 @@ def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
     classes = data.get("classes", [])
     if not (isinstance(classes, list) and len(classes) <= 100_000 and all(isinstance(name, str) for name in classes)):
         return "vaezoo.data.classes is not a list of class names"
+    if not isinstance(data.get("conditional", False), bool):
+        return "vaezoo.data.conditional is not true or false"
     components = metadata.get("components")
     if not (isinstance(components, list) and all(isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("kind", "name")) for r in components)):
         return "vaezoo.components is not a list of {kind, name, plugin, distribution, version} objects"
