@@ -249,10 +249,6 @@ def load_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], pa
         model.load_state_dict(tensors)
 
 
-def sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def describe(path: str | Path) -> dict[str, Any]:
     """What a model file (a path, `hf://` name or URL) holds (for `vaezoo inspect`), without building the model."""
     path = local_model_path(path)

@@ -37,11 +37,3 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
-
-def append_line_atomic(path: str | os.PathLike, line: str) -> None:
-    """Append one line by rewriting the (small) file atomically."""
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    write_text_atomic(path, old + line.rstrip("\n") + "\n")

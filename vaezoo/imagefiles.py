@@ -110,11 +110,6 @@ def image_files(folder: str | os.PathLike) -> list[str]:
         raise DataError(f"cannot list the image folder {folder}: {error.strerror or error}") from None
 
 
-def list_images(folder: Path) -> list[Path]:
-    """The image files directly in `folder`, sorted."""
-    return [Path(p) for p in image_files(folder)]
-
-
 def class_folder_files(folder: Path, classes: Sequence[str] | None = None, *, strict: bool = True) -> tuple[list[str], list[int]]:
     """Image paths under `folder/<class>/` and each one's class index (sorted folder names if `classes`
     is not given). `strict=False` skips what is missing or unreadable (for cache keys) instead of raising."""

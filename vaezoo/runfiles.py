@@ -53,11 +53,12 @@ class RunFiles(Callback):
         metrics_file = run.out_dir / "metrics.jsonl"
         lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
         behind = _saved_epochs(run.out_dir / "model.safetensors") != run.state.epoch and run.state.batch == 0
+        metrics_behind = len(lines) != len(run.history)
         if behind:
             self._write_outputs(run, run.history[-1])
-        elif len(lines) != len(run.history):
+        elif metrics_behind:
             write_metrics(run)
-        return behind or len(lines) != len(run.history)
+        return behind or metrics_behind
 
     @staticmethod
     def _write_outputs(run: Run, metrics: dict[str, Any]) -> None:

@@ -3,6 +3,8 @@ networks, and downloads through torchvision with a socket timeout."""
 
 from __future__ import annotations
 
+import math
+
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -72,3 +74,9 @@ def importance_terms(x: Tensor, mu: Tensor, logvar: Tensor, k: int, prior: Prior
     log_ratio = gaussian_log_prob(z, mu[owner], logvar[owner]) - prior.log_prob(z).float()
     log_px = -torch.cat([nll(owner[first : first + decode_batch], z[first : first + decode_batch]) for first in range(0, len(z), decode_batch)])
     return log_px.view(len(x), k), log_ratio.view(len(x), k)
+
+
+def iw_bound(log_px: Tensor, log_ratio: Tensor) -> Tensor:
+    """The importance-weighted bound on log p(x) per image from the (B, k) terms of `importance_terms`:
+    log of the mean over the k samples of p(x|z_j) p(z_j) / q(z_j|x)."""
+    return torch.logsumexp(log_px - log_ratio, dim=1) - math.log(log_px.shape[1])

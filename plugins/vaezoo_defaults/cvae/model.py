@@ -5,7 +5,6 @@ with z. The networks are the `conv` plugin's stride-2 4x4 convolutions, so the n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo_defaults.common import importance_terms
+from vaezoo_defaults.common import importance_terms, iw_bound
 from vaezoo_defaults.conv.model import ConvDecoder, ConvEncoder
 
 DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
@@ -87,9 +86,7 @@ class ConditionalVAE(Model):
         def nll(owner: Tensor, z: Tensor) -> Tensor:
             return self.loss.nll(x[owner].float(), self.decoder_output(z, y[owner]).float())
 
-        log_px, log_ratio = importance_terms(x, *self.posterior(x, y), k, self.prior, nll, DECODE_BATCH)
-        log_weights = log_px - log_ratio
-        return torch.logsumexp(log_weights, dim=1) - math.log(k)
+        return iw_bound(*importance_terms(x, *self.posterior(x, y), k, self.prior, nll, DECODE_BATCH))
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:

@@ -4,14 +4,13 @@ the importance-weighted bound (IWAE, Burda et al. 2016) with K posterior samples
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo_defaults.common import importance_terms
+from vaezoo_defaults.common import importance_terms, iw_bound
 
 DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
 
@@ -50,14 +49,12 @@ class VAE(Model):
 
     def _iwae(self, x: Tensor, mu: Tensor, logvar: Tensor) -> LossParts:
         log_px, log_ratio = self._importance_terms(x, mu, logvar, self.iw_samples)
-        bound = torch.logsumexp(log_px - log_ratio, dim=1) - math.log(self.iw_samples)
-        return LossParts(-bound, -log_px.mean(1), log_ratio.mean(1))
+        return LossParts(-iw_bound(log_px, log_ratio), -log_px.mean(1), log_ratio.mean(1))
 
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Tensor | None = None, k: int = 100) -> Tensor:
         """Importance-weighted estimate of log p(x) per image (nats) with k posterior samples."""
-        log_px, log_ratio = self._importance_terms(x, *self.encoder(x), k)
-        return torch.logsumexp(log_px - log_ratio, dim=1) - math.log(k)
+        return iw_bound(*self._importance_terms(x, *self.encoder(x), k))
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
