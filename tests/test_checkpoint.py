@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save, save_file
 from tinydata import call_main, error_lines, fit_tiny, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
-from vaezoo.checkpoint import describe
+from vaezoo.modelfile import describe
 from vaezoo.errors import CheckpointError
 
 KEYS = ("vaezoo.format_version", "vaezoo.version", "vaezoo.torch_version", "vaezoo.recipe", "vaezoo.components", "vaezoo.data", "vaezoo.training")

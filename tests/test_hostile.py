@@ -137,6 +137,16 @@ def test_a_refused_resume_changes_nothing_and_the_run_still_resumes(cifar: Path,
     assert_same_run(out, straight)
 
 
+def test_a_damaged_metrics_file_does_not_stop_a_resume(cifar: Path, straight: Path, tmp_path: Path) -> None:
+    """metrics.jsonl is an output, rewritten from the state's history: bytes that are not UTF-8 in it
+    change nothing."""
+    out = tmp_path / "run"
+    fit_like_cli(cifar, **{"train.epochs": 1, "out": out})
+    (out / "metrics.jsonl").write_bytes(b"\xff\xfe not a metrics line\n")
+    fit_like_cli(cifar, resume=out)
+    assert_same_run(out, straight)
+
+
 def test_resume_never_writes_into_another_runs_folder(cifar: Path, straight: Path, tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     for folder in (a, b):
@@ -336,7 +346,7 @@ def test_a_file_with_a_huge_latent_size_is_refused_without_taking_its_memory(sma
 def test_non_finite_weights_are_refused(small_model: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from vaezoo.checkpoint import read_header
+    from vaezoo.modelfile import read_header
 
     data = small_model.read_bytes()
     metadata = read_header(data, small_model)["__metadata__"]
@@ -365,7 +375,7 @@ def test_a_model_file_never_chooses_the_folder_vaezoo_reads(small_model: Path, c
 def test_damaged_states_are_one_line_and_never_train(cifar: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from vaezoo.checkpoint import read_header
+    from vaezoo.modelfile import read_header
 
     out = tmp_path / "run"
     fit_like_cli(cifar, **{"train.epochs": 1, "out": out})

@@ -438,7 +438,7 @@ def front_matter(card: str) -> dict:
 
 
 def test_dry_run_writes_what_would_be_uploaded(published: dict[str, bytes], run_dir: Path) -> None:
-    from vaezoo.checkpoint import read_metadata
+    from vaezoo.modelfile import read_metadata
 
     assert sorted(published) == ["README.md", "model.safetensors", "recipe.toml", "samples.png"]
     for name in ("model.safetensors", "recipe.toml", "samples.png"):
@@ -509,7 +509,7 @@ def test_push_python_api_dry_run(run_dir: Path, tmp_path: Path) -> None:
 
 def test_card_of_a_conditional_family_samples_with_labels(run_dir: Path) -> None:
     from vaezoo.card import model_card
-    from vaezoo.checkpoint import read_metadata
+    from vaezoo.modelfile import read_metadata
 
     metadata, data = read_metadata(run_dir / MODEL)
     assert metadata["data"]["conditional"] is False
@@ -523,3 +523,5 @@ def test_card_of_a_conditional_family_samples_with_labels(run_dir: Path) -> None
         matter = front_matter(card)
         assert "pipeline_tag" not in matter and conditional["recipe"]["model"]["name"] in matter["tags"]
         assert labelled in card
+        assert "by index or name (0 airplane, 1 automobile, 2 bird, 3 cat," in card and "--label airplane --out airplane.png" in card
+    assert "--label" not in model_card(metadata, data, repo_id="my-org/cond")

@@ -1,10 +1,11 @@
-"""`vaezoo --help`, `list` and `plugins` answer without importing torch (nor pydantic, whose import
+"""`vaezoo --help`, `list`, `plugins`, and `inspect` and `card` of a model file answer without importing torch (nor pydantic, whose import
 typer 0.29 would otherwise pay for on every command line): checked in fresh processes, not timed."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +34,15 @@ def test_building_the_list_does_not_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+MODEL = Path(__file__).parent / "fixtures" / "vaezoo-0.1-cifar-vae-tiny.safetensors"
+
+
+@pytest.mark.parametrize("command", ["inspect", "card"])
+def test_reading_a_model_file_does_not_import_torch(command: str) -> None:
+    """inspect, card (and push) read the header's JSON only (vaezoo.modelfile)."""
+    done = subprocess.run([sys.executable, "-c", CHECK.format(argv=[command, str(MODEL)])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    heavy = done.stdout.strip().splitlines()[-1]
+    assert heavy == "HEAVY=" and "cifar-vae" in done.stdout, done.stdout[-2000:]

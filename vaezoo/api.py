@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
@@ -131,9 +130,8 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
     model.recipe = resolved
-    history = _old_history(resume_dir / "metrics.jsonl") if resume_dir is not None else []
     labels = {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)} if model.conditional else {}
-    run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, history=history, **labels)
+    run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, **labels)
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
     if run.state.epoch >= settings["epochs"]:  # a crash after the last state's commit: only its outputs are left to write
         if job.is_main and resume_dir is not None and resume_dir.resolve() == out_dir.resolve() and RunFiles().catch_up(run):
@@ -143,20 +141,6 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
         write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
     metrics = train(run, [RunFiles(), *callbacks])
     return FitResult(out_dir, metrics, model)
-
-
-def _old_history(path: Path) -> list[dict[str, Any]]:
-    """Per-epoch metrics from a metrics.jsonl, for states written before vaezoo 0.2 kept the history
-    (lines that are not JSON objects with an epoch are left out)."""
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
-            rows.append(row)
-    return rows
 
 
 def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int = 0):

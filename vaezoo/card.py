@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from vaezoo.modelfile import is_conditional, parameter_count, read_header, read_metadata
+
 # vaezoo dataset name -> (Hub dataset id, display name)
 HUB_DATASETS = {
     "cifar10": ("uoft-cs/cifar10", "CIFAR-10"),
@@ -85,12 +87,6 @@ def install_lines(components: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def is_conditional(metadata: Mapping[str, Any]) -> bool:
-    """Whether the model takes labels: `vaezoo.data.conditional` (when absent, only the `cvae` family)."""
-    data = metadata.get("data", {})
-    return bool(data.get("conditional", metadata["recipe"].get("model", {}).get("name") == "cvae"))
-
-
 def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
     """The card's metadata for the Hub."""
     recipe = metadata["recipe"]
@@ -149,7 +145,9 @@ def model_card(metadata: Mapping[str, Any], data: bytes, *, repo_id: str | None 
     shape = metadata.get("data", {}).get("shape", [])
     dataset_name = recipe.get("dataset", {}).get("name", "?")
     title = repo_id or recipe.get("name", "vaezoo model")
-    parameters = _parameter_count(data)
+    classes = metadata.get("data", {}).get("classes") or []
+    labelled = is_conditional(metadata) and bool(classes)
+    parameters = parameter_count(read_header(data, name))
     lines = ["---", to_yaml(front_matter(metadata, repo_id)), "---", "", f"# {title}", ""]
     lines += [
         f"A variational autoencoder of the **{family}** family, trained with vaezoo "
@@ -160,6 +158,7 @@ def model_card(metadata: Mapping[str, Any], data: bytes, *, repo_id: str | None 
         + f"; {parameters:,} parameters in one `model.safetensors` file (sha256 `{hashlib.sha256(data).hexdigest()}`). "
         "The file holds its recipe and the plugins that built it, and loading it never unpickles anything.",
         "",
+        *([f"It is class-conditional: it draws the class it is given, by index or name ({', '.join(f'{i} {c}' for i, c in enumerate(classes))}).", ""] if labelled else []),
         "| part | name | plugin distribution | settings |",
         "| --- | --- | --- | --- |",
         *_component_rows(metadata),
@@ -182,6 +181,7 @@ def model_card(metadata: Mapping[str, Any], data: bytes, *, repo_id: str | None 
         "",
         "```bash",
         f"vaezoo sample {name} -n 64 --out samples.png",
+        *([f"vaezoo sample {name} -n 16 --label {classes[0]} --out {classes[0]}.png   # one class"] if labelled else []),
         f"vaezoo eval {name} --iw-samples 100   # needs the test split of {dataset_name}",
         f"vaezoo inspect {name}",
         "```",
@@ -224,20 +224,13 @@ def _count(value: Any, noun: str) -> str:
     return f"{value:,} {noun}{'' if value == 1 else 's'}" if isinstance(value, int) else f"? {noun}s"
 
 
-def _parameter_count(data: bytes) -> int:
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + size])
-    return sum(math.prod(info.get("shape", [])) for key, info in header.items() if key != "__metadata__")
-
-
 def card_for(model: str, repo_id: str | None = None) -> str:
     """The card of a model file, run folder or remote name: what `vaezoo push` would upload as README.md."""
-    from vaezoo.checkpoint import read_metadata
-    from vaezoo.hub import MODEL_FILE, is_remote, push_files
+    from vaezoo.hub import MODEL_FILE, is_remote, parse_hf_name, push_files
 
     if not is_remote(model):
         return push_files(model, repo_id)["README.md"].decode()
     metadata, data = read_metadata(model)
     if repo_id is None and str(model).startswith("hf://"):
-        repo_id = str(model)[len("hf://") :].split("@")[0]
+        repo_id = parse_hf_name(str(model))[0]
     return model_card(metadata, data, repo_id=repo_id, files={MODEL_FILE})

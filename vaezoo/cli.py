@@ -309,7 +309,7 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What a checkpoint holds: recipe, components and their plugins, shapes, metrics, sha256."""
-    from vaezoo.checkpoint import describe
+    from vaezoo.modelfile import describe, is_conditional
 
     info = describe(model)
     if as_json:
@@ -322,6 +322,8 @@ def inspect_command(
     provider = f" from {family['distribution']} {family.get('version', '')} (plugin {family.get('plugin')!r})" if family.get("distribution") else " (format 1: vaezoo 0.1)"
     console.print(f"model family {family['name']!r}{provider}")
     console.print(f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters")
+    if is_conditional({"recipe": recipe, "data": info["data"]}):
+        console.print(f"class-conditional (sample --label): {', '.join(f'{i} {name}' for i, name in enumerate(info['data'].get('classes', [])))}")
     components = [(r["kind"], r["name"], r["distribution"], r["version"]) for r in info["components"]]
     console.print(_table(("component", "name", "distribution", "version"), components))
     training = info["training"]

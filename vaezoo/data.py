@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
@@ -86,12 +85,11 @@ def _read_cache(path: Path, digest: str, dataset: Dataset) -> tuple[Tensor, Tens
                 return None
             shape, labels_shape = file.get_slice("images").get_shape(), file.get_slice("labels").get_shape()
             dtypes = (file.get_slice("images").get_dtype(), file.get_slice("labels").get_dtype())
-        if dtypes != ("U8", "I64") or len(shape) != 4 or tuple(shape[1:]) != tuple(dataset.shape) or labels_shape != shape[:1] or not shape[0]:
-            return None
-        tensors = load_safetensors(path.read_bytes())
+            if dtypes != ("U8", "I64") or len(shape) != 4 or tuple(shape[1:]) != tuple(dataset.shape) or labels_shape != shape[:1] or not shape[0]:
+                return None
+            images, labels = file.get_tensor("images").clone(), file.get_tensor("labels").clone()
     except Exception:  # missing, unreadable or damaged: rebuilt by the caller
         return None
-    images, labels = tensors["images"], tensors["labels"]
     return (images, labels) if _labels_fit(dataset, labels) else None
 
 

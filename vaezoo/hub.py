@@ -32,6 +32,7 @@ PUSHED_FILES = (MODEL_FILE, "samples.png", "recipe.toml", "README.md")
 HUB_INSTALL = "pip install 'vaezoo[hub]'"
 _REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")  # a branch, tag or commit
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_LIMIT_MB = 2048.0
 CHUNK = 1 << 20
@@ -83,7 +84,7 @@ def parse_hf_name(name: str) -> tuple[str, str | None]:
         raise HubError(f"bad model name {name!r}: write hf://ORG/NAME (two slashes; on a command line quote it if your shell rewrites it)")
     repo_id, at, revision = name[len("hf://") :].partition("@")
     check_repo_id(repo_id, name)
-    if at and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", revision):
+    if at and not _REVISION.fullmatch(revision):
         raise HubError(f"bad revision in {name!r}: after @ give a branch, tag or commit hash")
     return repo_id, revision or None
 
@@ -307,7 +308,7 @@ def push_files(source: str | os.PathLike, repo_id: str | None = None) -> dict[st
     """What `push` uploads for a run folder or model file: the model, its samples.png and recipe.toml
     when they are next to it (recipe.toml rebuilt from the file's metadata otherwise), and README.md."""
     from vaezoo.card import model_card
-    from vaezoo.checkpoint import read_metadata
+    from vaezoo.modelfile import read_metadata
     from vaezoo.tomlwrite import dumps as toml_dumps
 
     path = Path(source)
@@ -336,7 +337,7 @@ def push(
     model.safetensors, samples.png, recipe.toml and README.md. `dry_run=DIR` writes exactly those files
     into DIR instead and returns DIR; otherwise returns the repository's URL."""
     check_repo_id(repo_id)
-    if revision is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*", revision):
+    if revision is not None and not _REVISION.fullmatch(revision):
         raise HubError(f"bad revision {revision!r}: give a branch name")
     files = push_files(source, repo_id)
     if dry_run is not None:

@@ -68,7 +68,8 @@ def apply_override(recipe: dict[str, Any], path: list[str], value: Any) -> None:
     for part in path[:-1]:
         child = node.get(part)
         if not isinstance(child, dict):
-            raise RecipeError(f"cannot set {'.'.join(path)}: {part!r} is not a table in this recipe")
+            tables = ", ".join(sorted(key for key, value in node.items() if isinstance(value, dict))) or "none"
+            raise RecipeError(f"cannot set {'.'.join(path)}: {part!r} is not a table in this recipe (its tables here: {tables})")
         node = child
     node[path[-1]] = value
 

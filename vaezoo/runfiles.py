@@ -51,7 +51,7 @@ class RunFiles(Callback):
         if run.state.epoch == 0 or not run.history:
             return False
         metrics_file = run.out_dir / "metrics.jsonl"
-        lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+        lines = metrics_file.read_text(encoding="utf-8", errors="replace").splitlines() if metrics_file.is_file() else []
         behind = _saved_epochs(run.out_dir / "model.safetensors") != run.state.epoch and run.state.batch == 0
         metrics_behind = len(lines) != len(run.history)
         if behind:
@@ -80,7 +80,7 @@ class RunFiles(Callback):
 
 def _saved_epochs(path: Any) -> int | None:
     """The epochs recorded in a model file of this run, or None if it is missing or unreadable."""
-    from vaezoo.checkpoint import read_metadata
+    from vaezoo.modelfile import read_metadata
     from vaezoo.errors import VaezooError
 
     try:

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from vaezoo.checkpoint import load_weights, read_header, state_tensors
+from vaezoo.checkpoint import load_weights, state_tensors
+from vaezoo.modelfile import read_header
 from vaezoo.errors import CheckpointError
 from vaezoo.files import write_bytes_atomic
 

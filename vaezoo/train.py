@@ -5,6 +5,7 @@ epoch, TensorBoard) is a callback, and Ctrl-C / SIGTERM stop it cleanly between 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import threading
@@ -161,17 +162,31 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
         raise VaezooError(f"{resume_from} is damaged: its data-order generator state does not restore") from None
     for group in run.optimizer.param_groups:  # --lr on resume takes effect (and is what recipe.toml records)
         group["lr"], group["weight_decay"] = settings["lr"], settings["weight_decay"]
-    run.history = history or [row for row in run.history if row.get("epoch", 0) <= run.state.epoch]
+    run.history = history or [row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch]
 
 
-def train(run: Run, callbacks: Sequence[Callback] = (), resume_from: Path | None = None) -> dict[str, Any]:
+def _old_history(path: Path) -> list[dict[str, Any]]:
+    """Per-epoch metrics from a metrics.jsonl, for states written before vaezoo 0.2 kept the history
+    (lines that are not JSON objects with an epoch are left out)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("epoch"), int):
+            rows.append(row)
+    return rows
+
+
+def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train `run.model` up to the recipe's epochs (prepared here unless `prepare` was called);
     returns the last epoch's metrics."""
     model, settings, device, state = run.model, run.recipe["train"], run.device, run.state
     job = distributed.world()  # rank and world size under torchrun; a single process otherwise
     per_rank_batch = distributed.check_batch_size(settings["batch_size"], job)
     if run.optimizer is None:
-        prepare(run, resume_from)
+        prepare(run)
     optimizer, scaler = run.optimizer, run.scaler
     if job.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
         torch.manual_seed(settings["seed"] + (job.rank << 32) + state.step)
@@ -275,10 +290,11 @@ def _blame(run: Run, what: str) -> Iterator[None]:
         yield
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         from vaezoo.plugins import get_registry
+        from vaezoo.recipes import MODEL_PARTS
 
         family = run.recipe["model"]["name"]
         plugin = get_registry().get("models", family).plugin
-        parts = ", ".join(f"{key} {run.recipe[key]['name']!r}" for key in ("encoder", "decoder", "prior", "loss") if key in run.recipe)
+        parts = ", ".join(f"{key} {run.recipe[key]['name']!r}" for key in MODEL_PARTS if key in run.recipe)
         raise RunFailed(
             f"model {family!r} (plugin {plugin.name!r} from {plugin.distribution}{'; ' + parts if parts else ''}) failed in {what}: "
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

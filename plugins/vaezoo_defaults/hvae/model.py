@@ -83,8 +83,6 @@ class HierarchicalVAE(Model):
     Training only (`step` not None): the KL is weighted by min(1, (step + 1) / kl_warmup_steps) and each
     level's KL per image counts at least `free_bits` nats per latent channel (latent_dim) of that level."""
 
-    discrete = True
-
     def __init__(
         self, *, loss: Loss, in_shape: Sequence[int], latent_dim: int = 8, levels: Sequence[int] = (4, 8, 16), width: int = 128,
         blocks: int = 2, kl_warmup_steps: int = 0, free_bits: float = 0.0,

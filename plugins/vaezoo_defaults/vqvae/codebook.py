@@ -50,13 +50,14 @@ class EMACodebook(nn.Module):
         return torch.zeros(self.codes, device=index.device).index_add_(0, index, torch.ones(index.shape[0], device=index.device))
 
     @torch.no_grad()
-    def update(self, flat: Tensor, index: Tensor) -> None:
+    def update(self, flat: Tensor, index: Tensor, counts: Tensor | None = None) -> None:
         """One training step: move each code toward the mean of the vectors of `flat` assigned to it
         (`index`) by the moving averages, then restart every code unused for `restart_after` steps as
         a random row of `flat`. Under torch.distributed every rank must call it at the same step: the
-        counts and sums are those of the global batch (DDP then gives every rank rank 0's buffers)."""
+        counts and sums are those of the global batch (DDP then gives every rank rank 0's buffers).
+        `counts`: `self.counts(index)` when the caller has it already."""
         flat = flat.detach().float()
-        counts, sums = sum_over_ranks(self.counts(index), torch.zeros_like(self.embed_sum).index_add_(0, index, flat))
+        counts, sums = sum_over_ranks(self.counts(index) if counts is None else counts, torch.zeros_like(self.embed_sum).index_add_(0, index, flat))
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()

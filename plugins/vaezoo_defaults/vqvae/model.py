@@ -139,7 +139,7 @@ class VQVAE(Model):
         }
         if step is None or not self.training:
             return LossParts(recon + kl, recon, kl, terms)
-        self.codebook.update(z_e.permute(0, 2, 3, 1).reshape(-1, self.latent_dim), codes.flatten())
+        self.codebook.update(z_e.permute(0, 2, 3, 1).reshape(-1, self.latent_dim), codes.flatten(), counts)
         return LossParts(recon + kl + self.commitment * commitment, recon, kl, terms)
 
     @torch.no_grad()
