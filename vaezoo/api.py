@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vaezoo.errors import RecipeError, VaezooError
-from vaezoo.files import write_text_atomic
+from vaezoo.errors import RecipeError, RunFailed, VaezooError
+from vaezoo.files import write_bytes_atomic, write_text_atomic
 from vaezoo.recipes import resolve_recipe
 from vaezoo.tomlwrite import dumps as toml_dumps
 
@@ -137,9 +137,16 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
         if job.is_main and resume_dir is not None and resume_dir.resolve() == out_dir.resolve() and RunFiles().catch_up(run):
             return FitResult(out_dir, run.history[-1], model)
         raise VaezooError(f"{resume_dir} is already trained to epoch {run.state.epoch}: pass --epochs N with N > {run.state.epoch} to train further")
+    recipe_file = out_dir / "recipe.toml"
+    previous = recipe_file.read_bytes() if job.is_main and recipe_file.is_file() else None
     if job.is_main:  # accepted: now the folder changes
-        write_text_atomic(out_dir / "recipe.toml", toml_dumps(resolved))
-    metrics = train(run, [RunFiles(), *callbacks])
+        write_text_atomic(recipe_file, toml_dumps(resolved))
+    try:
+        metrics = train(run, [RunFiles(), *callbacks])
+    except RunFailed:  # diverged: the folder keeps the recipe of its last good state (a resume reads it)
+        if previous is not None:
+            write_bytes_atomic(recipe_file, previous)
+        raise
     return FitResult(out_dir, metrics, model)
 
 

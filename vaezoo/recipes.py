@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -40,6 +42,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Arguments the framework passes itself: a recipe cannot set them per component or model family.
 FRAMEWORK_ARGS = {"in_shape", "out_shape", "latent_dim", "root"}
 MODEL_ARGS = {"in_shape", "num_classes", "latent_dim", *MODEL_PARTS}
+# A recipe's name becomes a folder name (runs/NAME-TIME/): letters, digits, '.', '_', '+', '-', no separators.
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+MAX_LATENT_DIM = 65536  # as a layer's width (plugins/vaezoo_defaults/common.py)
+MAX_SAMPLE_COUNT = 10_000  # images in samples.png, as `vaezoo sample -n`
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -84,7 +90,7 @@ def find_recipe(name_or_path: str | Path) -> tuple[str, dict[str, Any]]:
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise RecipeError(f"recipe file {path} is not valid TOML: {error}") from None
-        return str(table.get("name", path.stem)), table
+        return check_name(table.get("name", path.stem), f"recipe file {path}"), table
     from vaezoo.plugins import get_registry
 
     entry = get_registry().get("recipes", str(name_or_path))
@@ -112,15 +118,24 @@ def resolve_recipe(
     return validate(name, table)
 
 
+def check_name(name: Any, where: str = "recipe") -> str:
+    """A recipe name that is safe as a folder name and to print, or a RecipeError."""
+    if not isinstance(name, str) or not RECIPE_NAME.fullmatch(name):
+        shown = repr(name)[:80]
+        raise RecipeError(f"{where}: name {shown} is not a recipe name (up to 100 letters, digits, '.', '_', '+' or '-', starting with a letter or digit)")
+    return name
+
+
 def validate(name: str, table: dict[str, Any]) -> dict[str, Any]:
+    check_name(name)
     unknown = set(table) - TOP_LEVEL
     if unknown:
         raise RecipeError(f"recipe {name!r}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_LEVEL))}")
     resolved: dict[str, Any] = {"name": name, "summary": str(table.get("summary", ""))}
     if "latent_dim" in table:
         latent_dim = table["latent_dim"]
-        if not _is_int(latent_dim) or latent_dim < 1:
-            raise RecipeError(f"recipe {name!r}: latent_dim must be a positive integer, got {latent_dim!r}")
+        if not _is_int(latent_dim) or not 1 <= latent_dim <= MAX_LATENT_DIM:
+            raise RecipeError(f"recipe {name!r}: latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {latent_dim!r}")
         resolved["latent_dim"] = latent_dim
     resolved["model"] = _resolve_model(name, table)
     resolved["dataset"] = resolve_component(name, "dataset", "datasets", table.get("dataset"))
@@ -172,8 +187,10 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
     for key in ("grad_clip", "skip_grad_norm", "weight_decay"):
         if not resolved[key] >= 0:
             raise RecipeError(f"train.{key} must not be negative, got {resolved[key]}")
-    if not resolved["lr"] > 0:
-        raise RecipeError(f"train.lr must be positive, got {resolved['lr']}")
+    if not (resolved["lr"] > 0 and math.isfinite(resolved["lr"])):
+        raise RecipeError(f"train.lr must be a positive finite number, got {resolved['lr']}")
+    if resolved["sample_count"] > MAX_SAMPLE_COUNT:
+        raise RecipeError(f"train.sample_count must be at most {MAX_SAMPLE_COUNT}, got {resolved['sample_count']}")
     if resolved["optimizer"] not in OPTIMIZERS:
         raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {resolved['optimizer']!r}")
     if resolved["precision"] not in PRECISIONS:

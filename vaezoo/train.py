@@ -209,6 +209,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
             started, timed_from, first_batch = time.perf_counter(), state.batch, state.batch
             for x, y in shuffled_batches(run.train_images, labels, order, per_rank_batch, state.batch, layout):
                 if _stop_requested(stop, job, state.step, device):
+                    _check_weights(run)  # the saved state must stay resumable
                     state.loss_sum, state.seconds = distributed.all_reduce_sum(loss_sum).item(), state.seconds + time.perf_counter() - started
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
                 # the step: forward, backward, (clip, skip), update
@@ -245,6 +246,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
         if not job.enabled and stop.signal is not None and state.epoch < settings["epochs"]:
+            _check_weights(run)
             _interrupt(run, callbacks, run.data_rng.get_state(), stop.signal)
     for callback in callbacks:
         callback.on_end(run)
@@ -262,6 +264,8 @@ def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: flo
         test = evaluate(run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision)
     terms = test.pop("terms")
     test = distributed.reduce_means({**test, **{f"terms.{k}": v for k, v in terms.items()}}, len(test_shard), run.device)
+    _check_finite(run, test["loss"], "the test loss")
+    _check_weights(run)
     run.model.train()
     state.epoch, state.batch, state.loss_sum, state.seconds = state.epoch + 1, 0, 0.0, 0.0
     metrics = {
@@ -301,11 +305,24 @@ def _blame(run: Run, what: str) -> Iterator[None]:
         ) from error
 
 
-def _check_finite(run: Run, value: float) -> float:
+def _diverged(run: Run, what: str) -> RunFailed:
+    """Training diverged: nothing of this epoch is written, the last good checkpoint stays."""
+    kept = f"the last good checkpoint is {run.out_dir / 'model.safetensors'} (epoch {run.epoch})" if run.epoch else "no epoch finished, so there is no checkpoint"
+    return RunFailed(f"training diverged: {what} in epoch {run.epoch + 1}, batch {run.state.batch}; nothing of this epoch was saved and {kept}; try a lower --lr or --precision fp32")
+
+
+def _check_finite(run: Run, value: float, what: str = "the loss") -> float:
     if math.isfinite(value):
         return value
-    kept = f"the last good checkpoint is {run.out_dir / 'model.safetensors'} (epoch {run.epoch})" if run.epoch else "no epoch finished, so there is no checkpoint"
-    raise RunFailed(f"training diverged: the loss became {value} in epoch {run.epoch + 1}, batch {run.state.batch}; {kept}; try a lower --lr or --precision fp32")
+    raise _diverged(run, f"{what} became {value}")
+
+
+def _check_weights(run: Run) -> None:
+    """Refuse to save non-finite weights: a last step that diverges must not overwrite the last good
+    model or state (its loss was computed before the update, so only the weights show it)."""
+    for name, tensor in run.model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise _diverged(run, f"the weights became non-finite ({name})")
 
 
 def _stop_requested(stop: StopRequest, job: distributed.World, step: int, device: torch.device) -> bool:

@@ -1,0 +1,65 @@
+"""Issue 16, classes 1, 3 and the recipe's bounds: a run that diverges at its last step never overwrites
+the last good model, a recipe file never chooses where a run is written, and sizes a recipe sets are
+bounded before anything is allocated."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from test_hostile import one_line
+from tinydata import TINY_ARGS
+
+ONE_STEP = ["--limit", "16", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *TINY_ARGS]  # batch 16: one step per epoch
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".vaezoo.lock"}
+
+
+def test_a_last_step_that_diverges_never_overwrites_the_good_model(cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run_cli("run", "cifar-vae", "--epochs", "1", *ONE_STEP, "--data-dir", str(cifar), "--out", str(out)).returncode == 0
+    before = digests(out)
+    # the epoch's only step is the one that diverges: its loss (computed before the update) is finite
+    line = one_line(run_cli("run", "cifar-vae", "--resume", str(out), "--epochs", "2", "--lr", "1e30", "--data-dir", str(cifar)), code=1, progress=True)
+    assert "diverged" in line and "epoch 1" in line and str(out / "model.safetensors") in line
+    assert digests(out) == before  # model, state, metrics (no NaN) and pictures untouched
+    assert "NaN" not in (out / "metrics.jsonl").read_text()
+    resumed = run_cli("run", "cifar-vae", "--resume", str(out), "--epochs", "2", "--data-dir", str(cifar))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]  # the good state still resumes
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "-1"])
+def test_a_learning_rate_that_is_not_a_positive_number_is_refused(cifar: Path, tmp_path: Path, lr: str) -> None:
+    assert "train.lr" in one_line(run_cli("run", "cifar-vae", "--epochs", "1", *ONE_STEP, "--lr", lr, "--data-dir", str(cifar), "--out", str(tmp_path / "run")))
+    assert not (tmp_path / "run" / "recipe.toml").exists()
+
+
+@pytest.mark.parametrize("name", ["/tmp/vaezoo-escape", "../../escape", "a/b", "evil\x1b]0;pwned\x07", "two\nlines", ".hidden", "x" * 101, ""])
+def test_a_recipe_file_never_chooses_where_a_run_is_written(cifar: Path, tmp_path: Path, name: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    recipe = tmp_path / "hostile.toml"
+    escaped = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\x1b", "\\u001b").replace("\x07", "\\u0007").replace('"', '\\"')
+    recipe.write_text(f'name = "{escaped}"\ndataset = {{ name = "cifar10" }}\nencoder = {{ name = "conv" }}\ndecoder = {{ name = "conv" }}\nprior = {{ name = "normal" }}\nloss = {{ name = "bce-kl" }}\nlatent_dim = 4\n')
+    result = run_cli("run", str(recipe), "--epochs", "1", *ONE_STEP, "--data-dir", str(cifar), cwd=work)
+    line = one_line(result)
+    assert "is not a recipe name" in line and str(recipe) in line
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert list(work.iterdir()) == [] and not Path("/tmp/vaezoo-escape").exists() and not (tmp_path.parent / "escape").exists()
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        (["train.sample_count=10001"], "train.sample_count must be at most 10000"),
+        (["latent_dim=1000000000000"], "latent_dim must be an integer from 1 to 65536"),
+    ],
+)
+def test_sizes_a_recipe_sets_are_bounded(cifar: Path, tmp_path: Path, sets: list[str], expected: str) -> None:
+    args = [arg for item in sets for arg in ("--set", item)]
+    assert expected in one_line(run_cli("run", "cifar-vae", "--epochs", "1", *ONE_STEP, *args, "--data-dir", str(cifar), "--out", str(tmp_path / "run")))
