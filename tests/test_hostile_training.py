@@ -5,13 +5,17 @@ bounded before anything is allocated."""
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from conftest import run_cli
-from test_hostile import one_line
-from tinydata import TINY_ARGS
+from test_hostile import TWO_EPOCHS, one_line, small_model  # noqa: F401 (a fixture)
+from tinydata import TINY_ARGS, error_lines
 
 ONE_STEP = ["--limit", "16", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *TINY_ARGS]  # batch 16: one step per epoch
 
@@ -63,3 +67,22 @@ def test_a_recipe_file_never_chooses_where_a_run_is_written(cifar: Path, tmp_pat
 def test_sizes_a_recipe_sets_are_bounded(cifar: Path, tmp_path: Path, sets: list[str], expected: str) -> None:
     args = [arg for item in sets for arg in ("--set", item)]
     assert expected in one_line(run_cli("run", "cifar-vae", "--epochs", "1", *ONE_STEP, *args, "--data-dir", str(cifar), "--out", str(tmp_path / "run")))
+
+
+def test_a_closed_terminal_sighup_saves_the_state_like_sigterm(cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--epochs", "50", "--data-dir", str(cifar), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    while not (out / "metrics.jsonl").exists() and process.poll() is None:  # wait until it trains
+        time.sleep(0.1)
+    process.send_signal(signal.SIGHUP)
+    code, err = process.wait(timeout=120), process.stderr.read()
+    lines = [line for line in error_lines(err) if line.startswith("vaezoo:")]
+    assert code == 130 and len(lines) == 1 and "stopped by SIGHUP" in lines[0], err[-2000:]
+    assert (out / "state.safetensors").exists() and not (out / ".vaezoo.lock").exists()
+    done = len((out / "metrics.jsonl").read_text().splitlines())
+    assert run_cli("run", "cifar-vae", "--resume", str(out), "--epochs", str(done + 1), "--data-dir", str(cifar)).returncode == 0
+
+
+def test_an_interpolation_grid_is_bounded_like_a_sample_grid(small_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    line = one_line(run_cli("interpolate", str(small_model), "-n", "1000", "--steps", "100", "--out", str(tmp_path / "i.png")))
+    assert "at most 10000" in line and not (tmp_path / "i.png").exists()

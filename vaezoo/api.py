@@ -15,6 +15,8 @@ from vaezoo.files import write_bytes_atomic, write_text_atomic
 from vaezoo.recipes import resolve_recipe
 from vaezoo.tomlwrite import dumps as toml_dumps
 
+MAX_GRID_IMAGES = 10_000  # images in one picture: 10,000 CIFAR-sized tiles make a 3,400 x 3,400 PNG
+
 
 @dataclass
 class FitResult:
@@ -203,6 +205,8 @@ def interpolate_file(
 
     if steps < 2:
         raise VaezooError(f"--steps must be 2 or more, got {steps}")
+    if pairs * steps > MAX_GRID_IMAGES:
+        raise VaezooError(f"-n {pairs} rows of --steps {steps} make {pairs * steps} images: at most {MAX_GRID_IMAGES} in one picture")
     model = load(model_path, device=device)
     require_interpolation(model)  # before the data are read
     images, labels = load_split_images(model, split, data_dir)

@@ -98,7 +98,7 @@ class Callback:
 
 
 class StopRequest:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (main thread only)."""
+    """Turns SIGINT/SIGTERM/SIGHUP (a closed terminal) into a flag the loop checks between steps (main thread only)."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -106,7 +106,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
