@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
+from tinydata import tiny_cifar  # noqa: F401  (fixture)
 from vaezoo import devices
 from vaezoo.errors import VaezooError
 
@@ -33,3 +36,52 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(VaezooError, match="CUDA is not available"):
             devices.resolve_device("cuda:0")
+
+
+def _never(precisions):
+    raise AssertionError("no probe expected")
+
+
+def test_auto_measures_and_keeps_fp32_unless_the_reduced_precision_is_clearly_faster(monkeypatch, tmp_path):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("VAEZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.resolve_precision("auto", cpu, _never, "k").name == "fp32"  # nothing to try: no probe
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    asked = []
+
+    def timer(seconds):
+        def measure(precisions):
+            asked.append([p.name for p in precisions])
+            return seconds
+        return measure
+
+    assert devices.resolve_precision("auto", cpu, timer([1.0, 0.95]), "a").name == "fp32"  # within noise: fp32
+    assert devices.resolve_precision("auto", cpu, timer([1.0, 0.5]), "b").name == "bf16"
+    assert devices.resolve_precision("auto", cpu, timer([1.0, 2.0]), "c").name == "fp32"
+    assert asked == [["fp32", "bf16"]] * 3
+    assert devices.resolve_precision("auto", cpu, _never, "b").name == "bf16"  # cached per device and key
+    assert devices.resolve_precision("auto", cpu, _never, "a").name == "fp32"
+
+
+def test_the_probe_leaves_the_run_as_it_was(tiny_cifar, tmp_path, monkeypatch):
+    """`fit` with auto trains exactly as with the precision it chose: the probe's steps change no
+    weight, buffer or random generator."""
+    from safetensors.torch import load_file
+    from tinydata import fit_tiny
+
+    monkeypatch.setenv("VAEZOO_CACHE_DIR", str(tmp_path / "cache"))
+    auto = fit_tiny(tiny_cifar, tmp_path / "auto", precision="auto")
+    cached = tmp_path / "cache" / "precision.json"
+    chosen = json.loads(cached.read_text()) if cached.exists() else {}
+    assert (list(chosen.values()) in (["fp32"], ["bf16"])) if devices.cpu_has_native_bf16() else (chosen == {})
+    explicit = fit_tiny(tiny_cifar, tmp_path / "explicit", precision=_trained_precision(tmp_path / "auto"))
+    ours, theirs = load_file(tmp_path / "auto" / "model.safetensors"), load_file(tmp_path / "explicit" / "model.safetensors")
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours) and explicit.metrics["test_loss"] == auto.metrics["test_loss"]
+
+
+def _trained_precision(run_dir):
+    from safetensors import safe_open
+
+    with safe_open(str(run_dir / "model.safetensors"), "pt") as handle:
+        return json.loads(handle.metadata()["vaezoo.training"])["precision"]

@@ -117,6 +117,7 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
     before anything is written), then write recipe.toml and train."""
     import torch
 
+    from vaezoo import distributed
     from vaezoo.data import limit_subset, load_split
     from vaezoo.devices import resolve_device, resolve_precision
     from vaezoo.model import build_model
@@ -132,6 +133,8 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
     model.recipe = resolved
+    if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
+        precision = distributed.broadcast_object(_measured_precision(model, train_images, train_labels, resolved, torch_device, job.world_size))
     labels = {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)} if model.conditional else {}
     run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, **labels)
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
@@ -150,6 +153,27 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
             write_bytes_atomic(recipe_file, previous)
         raise
     return FitResult(out_dir, metrics, model)
+
+
+def _measured_precision(model: Any, images: Any, labels: Any, recipe: dict[str, Any], device: Any, world_size: int) -> Any:
+    """`--precision auto` for this model: fp32 or the device's reduced precision, whichever a short
+    timed probe of a training step on a real batch finds faster (vaezoo.devices.auto_precision)."""
+    import hashlib
+    import json
+
+    from vaezoo.data import to_float
+    from vaezoo.devices import resolve_precision, time_steps
+    from vaezoo.train import memory_format
+
+    settings = recipe["train"]
+    layout = memory_format(model, settings)
+    model.to(memory_format=layout)
+    n = max(1, min(settings["batch_size"] // world_size, len(images)))
+    x = to_float(images[:n].to(device), layout)
+    y = labels[:n].to(device) if model.conditional else None
+    shape = {key: value for key, value in recipe.items() if key not in ("name", "summary", "train")}
+    key = hashlib.sha256(json.dumps([shape, settings["batch_size"], settings["channels_last"]], sort_keys=True).encode()).hexdigest()[:16]
+    return resolve_precision("auto", device, time_steps(model, x, y, device), key)
 
 
 def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int = 0):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import torch
 
 from vaezoo.errors import VaezooError
+from vaezoo.files import write_text_atomic
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -63,10 +67,10 @@ def cpu_has_native_bf16() -> bool:
     return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
-def auto_precision(device: torch.device) -> str:
-    """The fastest precision whose test loss stays within 1% of fp32 (bench/precision.py,
-    docs/performance.md): bf16 on CUDA (fp16 where bf16 is missing), bf16 on a CPU with native bf16
-    instructions (without them bf16 autocast measured 15x slower than fp32), fp32 elsewhere."""
+def _candidate(device: torch.device) -> str:
+    """The reduced precision worth trying on `device`, or fp32 where none is: bf16 on CUDA (fp16 where
+    bf16 is missing) and on a CPU with native bf16 instructions (without them bf16 autocast measured
+    15x slower than fp32); mps has none."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type == "cpu" and cpu_has_native_bf16():
@@ -74,10 +78,81 @@ def auto_precision(device: torch.device) -> str:
     return "fp32"
 
 
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """The precision for a `--precision` value on `device`; errors where the device cannot do it."""
+def device_name(device: torch.device) -> str:
+    """What the precision choice depends on: the GPU's name, or the CPU's model and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.startswith("model name"):
+                    return f"{line.partition(':')[2].strip()} x{torch.get_num_threads()}"
+    return device.type
+
+
+StepTimer = Callable[[list["Precision"]], list[float]]
+FASTER = 0.9  # a reduced precision is chosen only when its step takes under 90% of fp32's
+
+
+def auto_precision(device: torch.device, timer: StepTimer | None = None, key: str | None = None) -> str:
+    """`--precision auto`: fp32 unless the device has a reduced precision worth trying (`_candidate`).
+    With a `timer` (seconds per training step of the run's model for each precision given), that
+    precision is chosen only if it measures clearly faster than fp32; the choice is cached per device
+    and `key` (the model and batch), so a resumed run trains at the precision it started with."""
+    candidate = _candidate(device)
+    if candidate == "fp32" or timer is None:
+        return candidate
+    from vaezoo.data import cache_dir
+
+    cache_file = cache_dir() / "precision.json"
+    entry = f"{device_name(device)} | torch {torch.__version__} | {key}"
+    try:
+        cached = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
+    except (OSError, ValueError, RecursionError):
+        cached = {}
+    if not isinstance(cached, dict):
+        cached = {}
+    if cached.get(entry) in ("fp32", candidate):
+        return cached[entry]
+    fp32_seconds, candidate_seconds = timer([resolve_precision("fp32", device), resolve_precision(candidate, device)])
+    choice = candidate if candidate_seconds < FASTER * fp32_seconds else "fp32"
+    with contextlib.suppress(OSError):  # a cache that cannot be written costs a probe next time
+        write_text_atomic(cache_file, json.dumps({**cached, entry: choice}, indent=1))
+    return choice
+
+
+def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, device: torch.device, rounds: int = 5) -> StepTimer:
+    """A StepTimer for `model` on the batch `x` (forward and backward, the optimizer left out): the
+    precisions take turns, after one warm-up step each, and each gets its fastest step (the least
+    disturbed by other work on a shared machine). The model's
+    weights, buffers, gradients and the random generators are as before."""
+
+    def timer(precisions: list[Precision]) -> list[float]:
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        times: list[list[float]] = [[] for _ in precisions]
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for round_ in range(rounds + 1):
+                for index, precision in enumerate(precisions):
+                    started = time.perf_counter()
+                    with precision.autocast(device):
+                        loss = model(x, y, 0).loss.float().sum()
+                    loss.backward()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if round_:  # the first round warms up
+                        times[index].append(time.perf_counter() - started)
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(saved)
+        return [min(t) for t in times]
+
+    return timer
+
+
+def resolve_precision(name: str, device: torch.device, timer: StepTimer | None = None, key: str | None = None) -> Precision:
+    """The precision for a `--precision` value on `device`; errors where the device cannot do it.
+    `auto` measures with `timer` where one is given (see `auto_precision`)."""
     if name == "auto":
-        name = auto_precision(device)
+        name = auto_precision(device, timer, key)
     if name == "fp32":
         return Precision("fp32", None)
     if name == "bf16":
