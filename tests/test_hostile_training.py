@@ -5,6 +5,7 @@ bounded before anything is allocated."""
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from test_hostile import TWO_EPOCHS, one_line, small_model  # noqa: F401 (a fixture)
+from test_hostile import TWO_EPOCHS, _set, one_line, rewrite, small_model  # noqa: F401 (a fixture)
 from tinydata import TINY_ARGS, error_lines
 
 ONE_STEP = ["--limit", "16", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *TINY_ARGS]  # batch 16: one step per epoch
@@ -86,3 +87,70 @@ def test_a_closed_terminal_sighup_saves_the_state_like_sigterm(cifar: Path, tmp_
 def test_an_interpolation_grid_is_bounded_like_a_sample_grid(small_model: Path, tmp_path: Path) -> None:  # noqa: F811
     line = one_line(run_cli("interpolate", str(small_model), "-n", "1000", "--steps", "100", "--out", str(tmp_path / "i.png")))
     assert "at most 10000" in line and not (tmp_path / "i.png").exists()
+
+
+# A family that breaks the Model contract on purpose: `lie` says where.
+LIAR_PLUGIN = '''
+import torch
+from torch import nn
+import vaezoo
+
+
+class Liar(vaezoo.Model):
+    def __init__(self, *, in_shape, num_classes=0, lie="nothing"):
+        super().__init__()
+        self.lie, self.shape = lie, tuple(in_shape)
+        self.level = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, y=None, step=None):
+        loss = (x.flatten(1) - self.level.sigmoid()).pow(2).sum(1)
+        return loss if self.lie == "forward" else vaezoo.LossParts(loss, loss, torch.zeros_like(loss))
+
+    def sample(self, n, y=None, temperature=1.0):
+        return [0.5] * n if self.lie == "sample" else self.level.sigmoid().expand(n, *self.shape).clone()
+
+    def reconstruct(self, x, y=None):
+        return x.mean(1) if self.lie == "reconstruct" else self.level.sigmoid().expand_as(x).clone()
+
+
+@vaezoo.hookimpl
+def register_models(register):
+    register("liar", Liar)
+'''
+
+
+@pytest.fixture(scope="module")
+def liar_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("liar")
+    (root / "liar_plugin.py").write_text(LIAR_PLUGIN)
+    info = root / "liar_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: liar-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[vaezoo]\nliar = liar_plugin\n")
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+LIAR_RUN = ["--epochs", "1", "--limit", "16", "--set", "train.test_limit=16", "--set", "train.batch_size=16", "--set", "train.sample_count=4", "--device", "cpu"]
+
+
+def liar_recipe(tmp_path: Path, lie: str) -> Path:
+    recipe = tmp_path / f"liar-{lie}.toml"
+    recipe.write_text(f'name = "liar-{lie}"\ndataset = {{ name = "cifar10" }}\nmodel = {{ name = "liar", lie = "{lie}" }}\n')
+    return recipe
+
+
+def test_a_family_whose_forward_returns_the_wrong_type_is_one_line(cifar: Path, tmp_path: Path, liar_path: dict[str, str]) -> None:
+    result = run_cli("run", str(liar_recipe(tmp_path, "forward")), *LIAR_RUN, "--data-dir", str(cifar), "--out", str(tmp_path / "run"), env=liar_path)
+    line = one_line(result, progress=True)
+    assert "model family 'liar' (liar_plugin.Liar) broke its contract: forward returned a torch.float32 tensor" in line
+
+
+@pytest.mark.parametrize(("lie", "command"), [("sample", "sample"), ("reconstruct", "eval")])
+def test_a_family_whose_pictures_are_the_wrong_type_is_one_line(cifar: Path, tmp_path: Path, liar_path: dict[str, str], lie: str, command: str) -> None:
+    out = tmp_path / "run"
+    result = run_cli("run", str(liar_recipe(tmp_path, "nothing")), *LIAR_RUN, "--data-dir", str(cifar), "--out", str(out), env=liar_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lying = rewrite(out / "model.safetensors", tmp_path / "lying.safetensors", _set(["vaezoo.recipe", "model", "lie"], lie))
+    args = ["-n", "2", "--out", str(tmp_path / "s.png")] if command == "sample" else ["--limit", "16", "--data-dir", str(cifar)]
+    line = one_line(run_cli(command, str(lying), *args, env=liar_path))
+    assert f"model family 'liar' (liar_plugin.Liar) broke its contract: {lie} returned" in line

@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from vaezoo.errors import PluginError
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -100,6 +103,36 @@ class Model(nn.Module):
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # pragma: no cover - interface
         """Images in [0, 1] decoded from the latents of `x`."""
         raise NotImplementedError
+
+
+def _family(model: nn.Module) -> str:
+    recipe = getattr(model, "recipe", None)
+    name = recipe.get("model", {}).get("name") if isinstance(recipe, dict) else None
+    where = f"{type(model).__module__}.{type(model).__qualname__}"
+    return f"{name!r} ({where})" if name else where
+
+
+def _what(value: Any) -> str:
+    return f"a {value.dtype} tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
+
+
+def checked_parts(model: nn.Module, parts: Any, batch: int) -> LossParts:
+    """`parts` if it is what `Model.forward` promises (LossParts of `(batch,)` tensors), else a
+    PluginError naming the family: a plugin's broken contract is one line, never a traceback."""
+    if isinstance(parts, LossParts):
+        bad = next((k for k in ("loss", "recon", "kl") if not (torch.is_tensor(getattr(parts, k)) and tuple(getattr(parts, k).shape) == (batch,))), None)
+        if bad is None:
+            return parts
+        raise PluginError(f"model family {_family(model)} broke its contract: forward's {bad} is {_what(getattr(parts, bad))}, expected shape ({batch},)")
+    raise PluginError(f"model family {_family(model)} broke its contract: forward returned {_what(parts)}, expected vaezoo.LossParts")
+
+
+def checked_images(model: nn.Module, method: str, images: Any, n: int) -> Tensor:
+    """`images` if they are what `sample`/`reconstruct`/`decode` promise (a float `(n, C, H, W)`
+    tensor), else a PluginError naming the family."""
+    if torch.is_tensor(images) and images.dim() == 4 and len(images) == n and images.is_floating_point():
+        return images
+    raise PluginError(f"model family {_family(model)} broke its contract: {method} returned {_what(images)}, expected a float tensor ({n}, C, H, W)")
 
 
 class Loss(nn.Module):

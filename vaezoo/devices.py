@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from vaezoo.components import checked_parts
 from vaezoo.errors import VaezooError
 from vaezoo.files import write_text_atomic
 
@@ -135,7 +136,7 @@ def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, 
                 for index, precision in enumerate(precisions):
                     started = time.perf_counter()
                     with precision.autocast(device):
-                        loss = model(x, y, 0).loss.float().sum()
+                        loss = checked_parts(model, model(x, y, 0), len(x)).loss.float().sum()
                     loss.backward()
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)

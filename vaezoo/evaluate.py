@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import Model
+from vaezoo.components import Model, checked_images, checked_parts
 from vaezoo.data import batches
 from vaezoo.devices import Precision
 
@@ -50,7 +50,7 @@ def evaluate(model: Model, images: Tensor, labels: Tensor | None = None, *, batc
         for x, y in batches(images, batch_size, labels_for(model, labels)):
             x = x.to(device, non_blocking=True)
             with _autocast(precision, device):
-                parts = model(x, None if y is None else y.to(device), None)
+                parts = checked_parts(model, model(x, None if y is None else y.to(device), None), len(x))
             for key, value in (("loss", parts.loss), ("recon", parts.recon), ("kl", parts.kl), *((f"terms.{k}", v) for k, v in parts.terms.items())):
                 total = value.detach().double().sum()
                 totals[key] = totals[key] + total if key in totals else total
@@ -104,7 +104,8 @@ def reconstruction_error(model: Model, images: Tensor, labels: Tensor | None = N
     squared, psnr = 0.0, 0.0
     for x, y in batches(images, batch_size, labels_for(model, labels)):
         x = x.to(device, non_blocking=True)
-        per_image = (model.reconstruct(x, None if y is None else y.to(device)).float() - x).pow(2).flatten(1).mean(1).double()
+        images = checked_images(model, "reconstruct", model.reconstruct(x, None if y is None else y.to(device)), len(x))
+        per_image = (images.float() - x).pow(2).flatten(1).mean(1).double()
         squared += per_image.sum().item()
         psnr += (-10 * torch.log10(per_image.clamp(min=1e-10))).sum().item()
     n = max(1, len(images))

@@ -70,6 +70,8 @@ def apply_override(recipe: dict[str, Any], path: list[str], value: Any) -> None:
         raise RecipeError(f"unknown recipe key {path[0]!r}: use one of {', '.join(sorted(TOP_LEVEL))}")
     if path[0] == "model" and len(path) > 1 and "model" not in recipe:
         recipe["model"] = {"name": DEFAULT_MODEL}  # a recipe without a model table is a `vae`
+    if path[0] == "train" and len(path) > 1 and "train" not in recipe:
+        recipe["train"] = {}  # a recipe without a train table has the defaults
     node = recipe
     for part in path[:-1]:
         child = node.get(part)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vaezoo.components import Model
+from vaezoo.components import Model, checked_images
 from vaezoo.errors import VaezooError
 from vaezoo.pictures import sample_labels
 
@@ -37,5 +37,6 @@ def sample_images(model: Model, n: int, *, seed: int = 0, temperature: float = 1
         torch.manual_seed(seed)
         for first in range(0, n, SAMPLE_BATCH):
             count = min(SAMPLE_BATCH, n - first)
-            images.append(model.sample(count, None if y is None else y[first : first + count], temperature).cpu())
+            drawn = model.sample(count, None if y is None else y[first : first + count], temperature)
+            images.append(checked_images(model, "sample", drawn, count).cpu())
     return torch.cat(images)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from vaezoo import distributed
-from vaezoo.components import Model
+from vaezoo.components import Model, checked_parts
 from vaezoo.data import shuffled_batches
 from vaezoo.devices import Precision
 from vaezoo.errors import Interrupted, RunFailed, VaezooError
@@ -214,7 +214,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
                 # the step: forward, backward, (clip, skip), update
                 with run.precision.autocast(device), _blame(run, "a training step"):
-                    parts = net(x, y, state.step)
+                    parts = checked_parts(model, net(x, y, state.step), len(x))
                 loss = distributed.batch_loss(parts.loss, min(settings["batch_size"], n_used - state.batch * settings["batch_size"]), job)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
