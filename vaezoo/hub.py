@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import ipaddress
 import logging
+import math
 import os
 import re
 import shutil
 import socket
+import ssl
+import stat
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,8 +38,15 @@ PUSHED_FILES = (MODEL_FILE, "samples.png", "recipe.toml", "README.md")
 HUB_INSTALL = "pip install 'vaezoo[hub]'"
 _REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")  # a branch, tag or commit
-DEFAULT_TIMEOUT_S = 60.0
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(?:/[A-Za-z0-9][A-Za-z0-9._-]*)*")  # a branch, tag or commit
+MAX_REVISION = 200
+_ETAG = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")  # what the Hub sends: a sha256 or git blob hash
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")  # spaces and control characters (CR, LF) in a URL
+_PARTIAL = re.compile(r"\..+\.pid([0-9]{1,10})-\w+\.incomplete")  # a download in progress, by its pid
+DEFAULT_TIMEOUT_S = 600.0  # the whole download
+STALL_S = 60.0  # at most this long without data
 DEFAULT_LIMIT_MB = 2048.0
 CHUNK = 1 << 20
 
@@ -78,14 +91,23 @@ def check_repo_id(repo_id: str, shown: str | None = None) -> str:
     return repo_id
 
 
+def check_revision(revision: str, shown: str) -> str:
+    """A branch, tag or commit: path segments of letters, digits, '.', '_', '-' (each starting with a
+    letter or digit, no '..', at most 200 characters), or a HubError naming `shown`. Strict because
+    huggingface_hub makes a cache path of it."""
+    if len(revision) > MAX_REVISION or not _REVISION.fullmatch(revision) or ".." in revision or revision.endswith("."):
+        raise HubError(f"bad revision in {shown!r}: give a branch, tag or commit hash (letters, digits, '.', '_', '-', segments joined by single '/', no '..', at most {MAX_REVISION} characters)")
+    return revision
+
+
 def parse_hf_name(name: str) -> tuple[str, str | None]:
     """`hf://ORG/NAME[@REVISION]` -> (`ORG/NAME`, revision or None)."""
     if not name.startswith("hf://"):
         raise HubError(f"bad model name {name!r}: write hf://ORG/NAME (two slashes; on a command line quote it if your shell rewrites it)")
     repo_id, at, revision = name[len("hf://") :].partition("@")
     check_repo_id(repo_id, name)
-    if at and not _REVISION.fullmatch(revision):
-        raise HubError(f"bad revision in {name!r}: after @ give a branch, tag or commit hash")
+    if at:
+        check_revision(revision, name)
     return repo_id, revision or None
 
 
@@ -99,15 +121,55 @@ def import_hub() -> ModuleType:
 
 
 def hf_download(repo_id: str, revision: str | None = None, filename: str = MODEL_FILE) -> Path:
-    """`filename` of a Hub repository, from huggingface_hub's cache or downloaded into it."""
+    """`filename` of a Hub repository, from huggingface_hub's cache or downloaded into it. The answer
+    of the Hub is checked first (an ETag or commit that would make a path outside the cache is
+    refused), and the file huggingface_hub returns must lie inside its cache."""
     hub = import_hub()
     name = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
-    cache_only = not _offline() and not _reachable(_endpoint())  # no half-minute of retries against a Hub that is not there
+    if revision is not None:
+        check_revision(revision, name)
+    offline = _offline()
+    cache_only = not offline and not _reachable(_endpoint())  # no half-minute of retries against a Hub that is not there
     try:
         with _quiet_hub_logs():
-            return Path(hub.hf_hub_download(repo_id, filename, revision=revision, local_files_only=cache_only))
+            if not offline and not cache_only:
+                cache_only = not _hub_answer_is_safe(hub, repo_id, revision, filename, name)
+            path = Path(hub.hf_hub_download(repo_id, filename, revision=revision, local_files_only=cache_only))
+    except HubError:
+        raise
     except Exception as error:  # huggingface_hub's errors become one line each
         raise hub_error(error, name, filename) from None
+    return inside_cache(path, Path(hub.constants.HF_HUB_CACHE), name, "the Hugging Face cache")
+
+
+def _hub_answer_is_safe(hub: ModuleType, repo_id: str, revision: str | None, filename: str, name: str) -> bool:
+    """HEAD the file as hf_hub_download does: True when the Hub answers with an ETag and a commit hash
+    that name files inside the cache, False when it cannot be reached (the cache answers then), a
+    HubError for an answer that would make huggingface_hub write outside its cache. An HTTP error is
+    raised as is (hub_error words it)."""
+    from huggingface_hub import constants, errors
+
+    try:
+        meta = hub.get_hf_file_metadata(hub.hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as error:
+        if isinstance(error, errors.HfHubHTTPError) or not (isinstance(error, OSError) or type(error).__module__.startswith(("httpx", "httpcore"))):
+            raise
+        return False
+    if meta.etag is not None and not _ETAG.fullmatch(meta.etag):
+        raise HubError(f"{name}: {_endpoint()} answered with the ETag {meta.etag[:80]!r}, not a file hash (it would name a file outside the Hugging Face cache): refused, nothing downloaded")
+    if meta.commit_hash is not None and not _COMMIT.fullmatch(meta.commit_hash):
+        raise HubError(f"{name}: {_endpoint()} answered with the commit {meta.commit_hash[:80]!r}, not a 40-digit commit hash: refused, nothing downloaded")
+    return True
+
+
+def inside_cache(path: Path, cache: Path, shown: str, what: str, *, folder: bool = False) -> Path:
+    """`path` resolved, when it is a regular file (or a folder) inside `cache`, links followed; else a
+    HubError: a cached file that is a link leading out of the cache is never read."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(cache.resolve()) or not (resolved.is_dir() if folder else resolved.is_file()):
+        kind = "folder" if folder else "regular file"
+        raise HubError(f"refusing to use {path} for {shown}: in {what} it should be a {kind} inside {cache}, but it is a link leading outside it or not a {kind}; delete it and load again")
+    return resolved
 
 
 @contextlib.contextmanager
@@ -186,7 +248,15 @@ def downloads_dir() -> Path:
     """Where `https://` models are cached: `<vaezoo cache>/models` (VAEZOO_CACHE_DIR overrides the cache)."""
     from vaezoo.data import cache_dir
 
-    return cache_dir() / "models"
+    home = os.environ.get("HOME")
+    try:
+        folder = cache_dir() / "models"
+    except RuntimeError:  # Path.home() without HOME nor a passwd entry
+        folder = None
+    chosen = os.environ.get("VAEZOO_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    if folder is None or not (folder.is_absolute() or os.environ.get("VAEZOO_CACHE_DIR")) or (not chosen and home is not None and not os.path.isabs(home)):
+        raise HubError("vaezoo's download cache has no home: HOME is unset or empty (or XDG_CACHE_HOME is relative); set VAEZOO_CACHE_DIR to a writable folder")
+    return folder
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -198,30 +268,125 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+def _valid_host(host: str) -> bool:
+    """An IP address, or a DNS name of labels of at most 63 letters, digits, '-' or '_' (253 in all)."""
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return True
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+
+
 def _check_url(url: str, shown: str) -> urllib.parse.SplitResult:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname)):
-        if parts.hostname:
-            return parts
-    raise HubError(f"refusing to download {shown}: vaezoo downloads models over https:// only (http:// only from localhost)")
+    """The parts of `url` when vaezoo may download from it: https://, or http:// from this machine;
+    a HubError naming `shown` for anything else or anything malformed."""
+    if _URL_FORBIDDEN.search(url) or not url.isascii():
+        raise HubError(f"bad URL {shown!r}: it holds a space, a control character or a non-ASCII character (percent-encode them)")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as error:
+        raise HubError(f"bad URL {shown!r}: {error}") from None
+    if not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
+        raise HubError(f"refusing to download {shown}: vaezoo downloads models over https:// only (http:// only from localhost)")
+    if not parts.hostname or not _valid_host(parts.hostname):
+        raise HubError(f"bad URL {shown!r}: no valid host name (labels of at most 63 letters, digits and '-')")
+    return parts
 
 
 def _limits() -> tuple[float, int]:
-    """(timeout in seconds, size limit in bytes): VAEZOO_DOWNLOAD_TIMEOUT, VAEZOO_DOWNLOAD_LIMIT_MB."""
-    try:
-        timeout = float(os.environ.get("VAEZOO_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S))
-        limit = int(float(os.environ.get("VAEZOO_DOWNLOAD_LIMIT_MB", DEFAULT_LIMIT_MB)) * 1024 * 1024)
-    except ValueError:
-        raise HubError("VAEZOO_DOWNLOAD_TIMEOUT and VAEZOO_DOWNLOAD_LIMIT_MB must be numbers") from None
-    return timeout, limit
+    """(deadline of a whole download in seconds, size limit in bytes): VAEZOO_DOWNLOAD_TIMEOUT,
+    VAEZOO_DOWNLOAD_LIMIT_MB, each a finite number above 0 (unset or empty: the default)."""
+    values = []
+    for key, default in (("VAEZOO_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S), ("VAEZOO_DOWNLOAD_LIMIT_MB", DEFAULT_LIMIT_MB)):
+        text = os.environ.get(key) or None
+        try:
+            value = float(text) if text is not None else default
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise HubError(f"{key}={text!r} is not a number above 0 (default {default:g})")
+        values.append(value)
+    return values[0], int(values[1] * 1024 * 1024)
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to https:// (or to loopback http://), never downgrading."""
+    """Follow redirects only to https:// (or from loopback http:// to loopback http://): never from
+    https:// to http://."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
-        _check_url(urllib.parse.urljoin(req.full_url, newurl), newurl)
+        try:
+            target = urllib.parse.urljoin(req.full_url, newurl)
+        except ValueError:
+            target = newurl
+        parts = _check_url(target, target)
+        if urllib.parse.urlsplit(req.full_url).scheme == "https" and parts.scheme != "https":
+            raise HubError(f"refusing the redirect of {req.full_url} to {target}: vaezoo never follows a redirect from https:// to http://")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _Deadline:
+    """The end of one download: when it comes, the sockets of the download are shut down, so that a
+    server that trickles its headers or body cannot hold vaezoo past it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self.timer = threading.Timer(seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    @property
+    def expired(self) -> bool:
+        return self.fired or time.monotonic() >= self.end
+
+    def left(self) -> float:
+        return max(self.end - time.monotonic(), 0.01)
+
+    def watch(self, sock: socket.socket) -> None:
+        self.sockets.append(sock)
+        if self.expired:
+            self._fire()
+
+    def _fire(self) -> None:
+        self.fired = True
+        for sock in list(self.sockets):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+def _timed(base: type[http.client.HTTPConnection], deadline: _Deadline) -> type[http.client.HTTPConnection]:
+    """`base` whose connections wait at most STALL_S (and never past `deadline`) to connect and
+    shake hands, and whose sockets `deadline` shuts down when it comes."""
+
+    class Connection(base):  # type: ignore[valid-type, misc]
+        def connect(self) -> None:
+            self.timeout = min(STALL_S, deadline.left())
+            super().connect()
+            deadline.watch(self.sock)
+
+    return Connection
+
+
+class _TimedHTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(_timed(http.client.HTTPConnection, self.deadline), req)
+
+
+class _TimedHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        self.context = ssl.create_default_context()  # as urllib's default: system CAs and SSL_CERT_FILE
+        super().__init__(context=self.context)
+        self.deadline = deadline
+
+    def https_open(self, req):
+        return self.do_open(_timed(http.client.HTTPSConnection, self.deadline), req, context=self.context)
 
 
 def file_sha256(path: Path) -> str:
@@ -234,7 +399,8 @@ def file_sha256(path: Path) -> str:
 
 def url_download(url: str) -> Path:
     """The model file at `url` (`#sha256=HEX` optional), cached under `downloads_dir()`: content-addressed
-    when a hash is given, else keyed by the URL. The hash is checked on every use."""
+    when a hash is given, else keyed by the URL. The hash is checked on every use; a cached file that
+    is a link leading out of the cache is refused, never read."""
     base, _, fragment = url.partition("#")
     expected = None
     if fragment:
@@ -246,11 +412,15 @@ def url_download(url: str) -> Path:
     filename = Path(urllib.parse.unquote(parts.path)).name or MODEL_FILE
     if filename in (".", "..") or not re.fullmatch(r"[\w.+-]+", filename):
         filename = MODEL_FILE
-    folder = downloads_dir() / (f"sha256-{expected}" if expected else "url-" + hashlib.sha256(base.encode()).hexdigest()[:32])
+    root = downloads_dir()
+    folder = root / (f"sha256-{expected}" if expected else "url-" + hashlib.sha256(base.encode()).hexdigest()[:32])
     target = folder / filename
-    if target.is_file():
-        if expected is None or file_sha256(target) == expected:
-            return target
+    if os.path.lexists(folder):
+        inside_cache(folder, root, base, "vaezoo's download cache", folder=True)
+    if os.path.lexists(target):
+        cached = inside_cache(target, root, base, "vaezoo's download cache")
+        if expected is None or file_sha256(cached) == expected:
+            return cached
         target.unlink()  # damaged since it was checked: fetch it again
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise HubError(f"{base} is not in vaezoo's download cache and HF_HUB_OFFLINE=1 forbids downloading it")
@@ -258,47 +428,101 @@ def url_download(url: str) -> Path:
     return target
 
 
+def _remove_stale_partials(root: Path) -> None:
+    """Remove the `.incomplete` files of downloads whose process is gone (killed before it could clean
+    up: the pid is in the name), and their folders when that leaves them empty."""
+    for path in root.glob("*/.*.incomplete"):
+        match = _PARTIAL.fullmatch(path.name)
+        if match and not path.parent.is_symlink() and not _pid_alive(int(match[1])):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                path.parent.rmdir()  # only when empty
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _content_length(response: http.client.HTTPResponse, url: str) -> int | None:
+    """The announced size, None when the server announced none; a HubError for a malformed one."""
+    values = {value.strip() for value in response.headers.get_all("Content-Length") or []}
+    if not values:
+        return None
+    value = values.pop()
+    if values or not re.fullmatch(r"[0-9]{1,19}", value):
+        raise HubError(f"cannot download {url}: the server's Content-Length is not one number")
+    return int(value)
+
+
 def _download(url: str, target: Path, expected: str | None) -> None:
-    """Stream `url` into a temporary file next to `target`, check size and hash, then rename it."""
+    """Stream `url` into a temporary `.incomplete` file next to `target` (named with this process's
+    pid), check size and hash, then rename it; the whole download ends by VAEZOO_DOWNLOAD_TIMEOUT."""
     timeout, limit = _limits()
     created = not target.parent.exists()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".incomplete", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(target.parent.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.pid{os.getpid()}-", suffix=".incomplete", dir=target.parent)
+    except OSError as error:
+        raise HubError(f"cannot write vaezoo's download cache {target.parent} to download {url}: {error.strerror or error}; set VAEZOO_CACHE_DIR to a writable folder") from None
     tmp = Path(tmp_name)
     digest, size = hashlib.sha256(), 0
-    opener = urllib.request.build_opener(_SafeRedirects)
+    deadline = _Deadline(timeout)
+    opener = urllib.request.build_opener(_SafeRedirects, _TimedHTTP(deadline), _TimedHTTPS(deadline))
     request = urllib.request.Request(url, headers={"User-Agent": "vaezoo", "Accept-Encoding": "identity"})
+    timed_out = HubError(f"download of {url} took longer than VAEZOO_DOWNLOAD_TIMEOUT={timeout:g} s: stopped, nothing kept")
     try:
-        with os.fdopen(fd, "wb") as handle, opener.open(request, timeout=timeout) as response:
-            announced = response.headers.get("Content-Length")
-            if announced and announced.isdigit() and int(announced) > limit:
-                raise HubError(f"{url} is {int(announced) / 2**20:.1f} MiB, over the download limit of {limit / 2**20:.1f} MiB (VAEZOO_DOWNLOAD_LIMIT_MB)")
+        with os.fdopen(fd, "wb") as handle, opener.open(request, timeout=min(STALL_S, deadline.left())) as response:
+            announced = _content_length(response, url)
+            if announced is not None and announced > limit:
+                raise HubError(f"{url} is {announced / 2**20:.1f} MiB, over the download limit of {limit / 2**20:.1f} MiB (VAEZOO_DOWNLOAD_LIMIT_MB)")
             while chunk := response.read(CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise HubError(f"{url} is over the download limit of {limit / 2**20:.1f} MiB (VAEZOO_DOWNLOAD_LIMIT_MB)")
                 digest.update(chunk)
                 handle.write(chunk)
-            if announced and announced.isdigit() and size != int(announced):
-                raise HubError(f"download of {url} stopped after {size} of {announced} bytes: try again")
+            if deadline.expired:  # a socket shut down by the deadline reads as the end of the body
+                raise timed_out
+            if announced is not None and size != announced:
+                raise HubError(f"download of {url} stopped after {size} of {announced} bytes: nothing kept, try again")
             handle.flush()
             os.fsync(handle.fileno())
         if expected is not None and digest.hexdigest() != expected:
             raise HashMismatch(f"{url}: its sha256 is {digest.hexdigest()}, not {expected} as the URL says: refused, nothing kept")
         os.replace(tmp, target)
     except urllib.error.HTTPError as error:
-        what = {401: "unauthorised", 403: "forbidden", 404: "not found"}.get(error.code, error.reason)
-        raise HubError(f"cannot download {url}: HTTP {error.code} ({what})") from None
-    except urllib.error.URLError as error:
-        raise HubError(f"cannot download {url}: {error.reason}") from None
-    except (TimeoutError, socket.timeout):
-        raise HubError(f"download of {url} timed out after {timeout:g} s (VAEZOO_DOWNLOAD_TIMEOUT)") from None
-    except OSError as error:
-        raise HubError(f"download of {url} failed: {error}") from None
+        what = {401: "unauthorised", 403: "forbidden", 404: "not found"}.get(error.code, "")
+        raise HubError(f"cannot download {url}: HTTP {error.code}" + (f" ({what})" if what else "")) from None
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        if deadline.expired:
+            raise timed_out from None
+        raise HubError(_failure(url, error)) from None
     finally:
+        deadline.timer.cancel()
         tmp.unlink(missing_ok=True)
         if created and not target.exists():
             shutil.rmtree(target.parent, ignore_errors=True)
+
+
+def _failure(url: str, error: BaseException) -> str:
+    """One line for a download that failed on the network or on a malformed answer."""
+    reason = error.reason if isinstance(error, urllib.error.URLError) else error
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"download of {url} timed out: no data for {STALL_S:g} s"
+    if isinstance(reason, http.client.HTTPException):  # its text may be the server's raw bytes: only its kind
+        return f"download of {url} failed: the server's answer is cut short or not valid HTTP ({type(reason).__name__})"
+    if isinstance(error, urllib.error.URLError):
+        return f"cannot download {url}: {reason}"
+    return f"download of {url} failed: {_first_line(error)}"
 
 
 # --- push ----------------------------------------------------------------------------------------
@@ -306,21 +530,45 @@ def _download(url: str, target: Path, expected: str | None) -> None:
 
 def push_files(source: str | os.PathLike, repo_id: str | None = None) -> dict[str, bytes]:
     """What `push` uploads for a run folder or model file: the model, its samples.png and recipe.toml
-    when they are next to it (recipe.toml rebuilt from the file's metadata otherwise), and README.md."""
+    when they are next to it (recipe.toml rebuilt from the file's metadata otherwise), and README.md.
+    Each must be a regular file: a symlink, folder, pipe or device by those names is refused (one
+    line naming it), never followed or read."""
     from vaezoo.card import model_card
     from vaezoo.modelfile import read_metadata
     from vaezoo.tomlwrite import dumps as toml_dumps
 
     path = Path(source)
     model = path / MODEL_FILE if path.is_dir() else path
+    if os.path.lexists(model):
+        _refuse_unless_regular(model, model.lstat())
     metadata, data = read_metadata(model)
     files = {MODEL_FILE: data}
-    if (model.parent / "samples.png").is_file():
-        files["samples.png"] = (model.parent / "samples.png").read_bytes()
-    recipe = model.parent / "recipe.toml"
-    files["recipe.toml"] = recipe.read_bytes() if recipe.is_file() else toml_dumps(metadata["recipe"]).encode()
+    samples = _read_regular(model.parent / "samples.png")
+    if samples is not None:
+        files["samples.png"] = samples
+    recipe = _read_regular(model.parent / "recipe.toml")
+    files["recipe.toml"] = recipe if recipe is not None else toml_dumps(metadata["recipe"]).encode()
     files["README.md"] = model_card(metadata, data, repo_id=repo_id, files=set(files)).encode()
     return files
+
+
+def _refuse_unless_regular(path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise HubError(f"refusing to push {path}: it is {kind}; vaezoo pushes only regular files of the run folder (copy the file itself there, or remove it)")
+
+
+def _read_regular(path: Path) -> bytes | None:
+    """The bytes of `path`, None when nothing is there; a HubError when it is a symlink or not a
+    regular file (opened without following links, checked again on the open file)."""
+    try:
+        _refuse_unless_regular(path, path.lstat())
+    except FileNotFoundError:
+        return None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        _refuse_unless_regular(path, os.fstat(handle.fileno()))
+        return handle.read()
 
 
 def push(
@@ -337,8 +585,8 @@ def push(
     model.safetensors, samples.png, recipe.toml and README.md. `dry_run=DIR` writes exactly those files
     into DIR instead and returns DIR; otherwise returns the repository's URL."""
     check_repo_id(repo_id)
-    if revision is not None and not _REVISION.fullmatch(revision):
-        raise HubError(f"bad revision {revision!r}: give a branch name")
+    if revision is not None:
+        check_revision(revision, revision)
     files = push_files(source, repo_id)
     if dry_run is not None:
         from vaezoo.files import write_bytes_atomic
