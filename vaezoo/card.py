@@ -9,10 +9,12 @@ import hashlib
 import json
 import math
 import re
+import shlex
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from vaezoo.modelfile import is_conditional, parameter_count, read_header, read_metadata
+from vaezoo.modelfile import ModelHeader, file_sha256, is_conditional, parameter_count, read_header, read_model_header, valid_distribution, valid_version
 
 # vaezoo dataset name -> (Hub dataset id, display name)
 HUB_DATASETS = {
@@ -73,17 +75,23 @@ def test_metrics(metadata: Mapping[str, Any]) -> dict[str, float]:
 
 def install_lines(components: Sequence[Mapping[str, Any]]) -> list[str]:
     """One `pip install` line per plugin distribution the model needs, pinned to the version that wrote
-    it; vaezoo itself first, with the hub extra so that `hf://` names load."""
+    it; vaezoo itself first, with the hub extra so that `hf://` names load. Only a valid distribution
+    name (and version) goes into a pip line: a file never chooses pip's options or index; for another
+    name, a comment says so."""
     versions: dict[str, str] = {}
+    invalid = []
     for record in components:
-        distribution = record.get("distribution")
-        if distribution:
-            versions.setdefault(str(distribution), str(record.get("version") or ""))
+        distribution, version = record.get("distribution"), record.get("version")
+        if valid_distribution(distribution):
+            versions.setdefault(str(distribution), str(version) if valid_version(version) else "")
+        elif distribution and record.get("name") not in invalid:
+            invalid.append(record.get("name"))
     versions.setdefault("vaezoo", "")
     lines = []
     for distribution, version in sorted(versions.items(), key=lambda item: item[0] != "vaezoo"):
         name = "vaezoo[hub]" if distribution == "vaezoo" else distribution
-        lines.append(f"pip install '{name}=={version}'" if version and version != "unknown" else f"pip install '{name}'")
+        lines.append(f"pip install '{name}=={version}'" if version else f"pip install '{name}'")
+    lines += [f"# {json.dumps(name)}: its plugin distribution is unknown or its name is not valid, so there is no install line" for name in invalid]
     return lines
 
 
@@ -135,8 +143,9 @@ def _use_lines(metadata: Mapping[str, Any], name: str) -> list[str]:
     return ["import vaezoo", f'model = vaezoo.load("{name}")', "images = model.sample(16)  # (16, C, H, W) in [0, 1]"]
 
 
-def model_card(metadata: Mapping[str, Any], data: bytes, *, repo_id: str | None = None, files: set[str] | None = None) -> str:
-    """README.md for a model file: front matter, then a card a person reads."""
+def model_card(metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_id: str | None = None, files: set[str] | None = None) -> str:
+    """README.md for a model file (its bytes, or its header as `read_model_header` read it): front
+    matter, then a card a person reads."""
     files = files or {"model.safetensors"}
     recipe = metadata["recipe"]
     training = metadata.get("training", {})
@@ -147,15 +156,18 @@ def model_card(metadata: Mapping[str, Any], data: bytes, *, repo_id: str | None 
     title = repo_id or recipe.get("name", "vaezoo model")
     classes = metadata.get("data", {}).get("classes") or []
     labelled = is_conditional(metadata) and bool(classes)
-    parameters = parameter_count(read_header(data, name))
+    if isinstance(data, ModelHeader):
+        parameters, sha256 = parameter_count(data.header), file_sha256(data.path)
+    else:
+        parameters, sha256 = parameter_count(read_header(data, name)), hashlib.sha256(data).hexdigest()
     lines = ["---", to_yaml(front_matter(metadata, repo_id)), "---", "", f"# {title}", ""]
     lines += [
         f"A variational autoencoder of the **{family}** family, trained with vaezoo "
-        f"from the recipe **`{recipe.get('name', '?')}`**: {recipe.get('summary', '').rstrip('.')}.",
+        f"from the recipe **`{recipe.get('name', '?')}`**: {' '.join(recipe.get('summary', '').split()).rstrip('.')}.",
         "",
         f"It models {HUB_DATASETS.get(dataset_name, ('', dataset_name))[1]} images of shape {'×'.join(map(str, shape))} (values in [0, 1])"
         + (f" with a latent space of size {recipe['latent_dim']}" if "latent_dim" in recipe else "")
-        + f"; {parameters:,} parameters in one `model.safetensors` file (sha256 `{hashlib.sha256(data).hexdigest()}`). "
+        + f"; {parameters:,} parameters in one `model.safetensors` file (sha256 `{sha256}`). "
         "The file holds its recipe and the plugins that built it, and loading it never unpickles anything.",
         "",
         *([f"It is class-conditional: it draws the class it is given, by index or name ({', '.join(f'{i} {c}' for i, c in enumerate(classes))}).", ""] if labelled else []),
@@ -181,8 +193,8 @@ def model_card(metadata: Mapping[str, Any], data: bytes, *, repo_id: str | None 
         "",
         "```bash",
         f"vaezoo sample {name} -n 64 --out samples.png",
-        *([f"vaezoo sample {name} -n 16 --label {classes[0]} --out {classes[0]}.png   # one class"] if labelled else []),
-        f"vaezoo eval {name} --iw-samples 100   # needs the test split of {dataset_name}",
+        *([f"vaezoo sample {name} -n 16 --label {shlex.quote(classes[0])} --out {shlex.quote(classes[0] + '.png')}   # one class"] if labelled else []),
+        f"vaezoo eval {name} --iw-samples 100   # needs the test split of {shlex.quote(dataset_name)}",
         f"vaezoo inspect {name}",
         "```",
         "",
@@ -192,7 +204,7 @@ def model_card(metadata: Mapping[str, Any], data: bytes, *, repo_id: str | None 
         lines += ["## Samples", "", "![Samples from the prior](samples.png)", ""]
     if "recipe.toml" in files:
         lines += ["## Recipe", "", "The fully resolved recipe is in `recipe.toml`; train it again with:", "", "```bash",
-                  f"vaezoo run recipe.toml --data-dir PATH/TO/{dataset_name}", "```", ""]
+                  f"vaezoo run recipe.toml --data-dir {shlex.quote('PATH/TO/' + dataset_name)}", "```", ""]
     lines += [f"Written by vaezoo {metadata.get('version', '?')} with torch {metadata.get('torch_version', '?')}, checkpoint format {metadata.get('format_version', '?')}.", ""]
     return "\n".join(lines)
 
@@ -225,12 +237,17 @@ def _count(value: Any, noun: str) -> str:
 
 
 def card_for(model: str, repo_id: str | None = None) -> str:
-    """The card of a model file, run folder or remote name: what `vaezoo push` would upload as README.md."""
-    from vaezoo.hub import MODEL_FILE, is_remote, parse_hf_name, push_files
+    """The card of a model file, run folder or remote name: what `vaezoo push` would upload as README.md
+    (read from the file's header; its tensors are only hashed, a megabyte at a time)."""
+    from vaezoo.hub import MODEL_FILE, is_remote, parse_hf_name
 
-    if not is_remote(model):
-        return push_files(model, repo_id)["README.md"].decode()
-    metadata, data = read_metadata(model)
-    if repo_id is None and str(model).startswith("hf://"):
-        repo_id = parse_hf_name(str(model))[0]
-    return model_card(metadata, data, repo_id=repo_id, files={MODEL_FILE})
+    if is_remote(model):
+        if repo_id is None and str(model).startswith("hf://"):
+            repo_id = parse_hf_name(str(model))[0]
+        info = read_model_header(model)
+        return model_card(info.metadata, info, repo_id=repo_id, files={MODEL_FILE})
+    path = Path(model)
+    path = path / MODEL_FILE if path.is_dir() else path
+    info = read_model_header(path)
+    files = {MODEL_FILE, "recipe.toml"} | ({"samples.png"} if (path.parent / "samples.png").is_file() else set())  # as hub.push_files
+    return model_card(info.metadata, info, repo_id=repo_id, files=files)

@@ -18,7 +18,7 @@ from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
 from vaezoo.files import write_bytes_atomic
 from vaezoo.hub import local_model_path
 from vaezoo.components import Model
-from vaezoo.modelfile import FORMAT_VERSION, read_metadata
+from vaezoo.modelfile import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
 from vaezoo.model import build_model
 from vaezoo.recipes import COMPONENTS, validate
 
@@ -67,20 +67,21 @@ def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Ma
 
 
 def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
-    """Each component the file needs must be registered; name the distribution to install if not."""
-    from vaezoo.plugins import get_registry
+    """Each component the file needs must be registered; name the distribution to install if not (a
+    `pip install` line only for a valid distribution name: the file never chooses pip's options)."""
+    from vaezoo.plugins import disabled_plugins, get_registry
 
     registry = get_registry()
     for record in metadata["components"]:
         kind = KINDS.get(record.get("kind"), "")
         if not kind or record.get("name") not in registry.entries[kind]:
-            from vaezoo.plugins import disabled_plugins
-
-            disabled = f" (or remove {record.get('plugin')!r} from VAEZOO_DISABLE_PLUGINS)" if record.get("plugin") in disabled_plugins() else ""
-            raise MissingPlugin(
-                f"{path} needs {record.get('kind')} {record.get('name')!r} from plugin distribution "
-                f"{record.get('distribution')!r} (version {record.get('version')}): `pip install {record.get('distribution')}`{disabled}"
-            )
+            disabled = f" (or remove {shown(record.get('plugin'))} from VAEZOO_DISABLE_PLUGINS)" if record.get("plugin") in disabled_plugins() else ""
+            distribution, version = record.get("distribution"), record.get("version")
+            needs = f"{path} needs {shown(record.get('kind'))[1:-1]} {shown(record.get('name'))}"
+            if valid_distribution(distribution):
+                pinned = f" (version {version})" if valid_version(version) else ""
+                raise MissingPlugin(f"{needs} from plugin distribution {distribution!r}{pinned}: `pip install {distribution}`{disabled}")
+            raise MissingPlugin(f"{needs} from plugin {shown(record.get('plugin'))}, whose distribution name {shown(distribution)} is unknown or not valid: install that plugin yourself{disabled}")
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
@@ -117,9 +118,15 @@ def _building(path: Path) -> Iterator[None]:
     try:
         yield
     except VaezooError as error:
-        raise CheckpointError(f"{path}: its recipe does not build with the installed plugins: {error}") from None
-    except (KeyError, TypeError, AttributeError, ValueError, RecursionError) as error:
-        raise CheckpointError(f"{path} is damaged: its recipe does not build ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
+        raise CheckpointError(f"{path}: its recipe does not build with the installed plugins: {_first_line(error)}") from None
+    except (KeyError, TypeError, AttributeError, ValueError, RecursionError, OverflowError) as error:
+        raise CheckpointError(f"{path} is damaged: its recipe does not build ({type(error).__name__}: {_first_line(error)})") from None
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message, at most `limit` characters (it may quote a file's values)."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def build_on_meta(recipe: Mapping[str, Any], shape: Any, classes: Any) -> Model | None:

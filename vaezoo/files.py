@@ -1,11 +1,18 @@
 """Atomic file writes: a temporary file in the same folder, flushed and fsynced, then renamed, so a
-reader (or a crash) never sees half a file."""
+reader (or a crash) never sees half a file. vaezoo writes only regular files: a target that exists
+as anything else (a symlink, FIFO, device, socket or folder) is refused, never replaced."""
 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from vaezoo.errors import VaezooError
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def _umask() -> int:
@@ -14,9 +21,24 @@ def _umask() -> int:
     return mask
 
 
+def check_writable_target(path: str | os.PathLike) -> None:
+    """A VaezooError if `path` exists and is not a regular file (symbolic links included, whatever
+    they point at): vaezoo would replace it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:  # e.g. a parent that is not a folder: the write itself says so
+        return
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise VaezooError(f"will not write {path}: it is {kind}, and vaezoo writes only regular files (remove it or choose another path)")
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Replace `path` with `data` in one step."""
+    """Replace the regular file `path` (or create it) with `data` in one step."""
     path = Path(path)
+    check_writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -25,6 +47,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        check_writable_target(path)  # once more, just before the rename: it may have appeared meanwhile
         os.replace(tmp, path)
     except OSError as error:  # a full disk: say which file could not be written
         Path(tmp).unlink(missing_ok=True)
@@ -36,4 +59,3 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
-

@@ -1,60 +1,178 @@
 """Reading a model file's header and `vaezoo.*` metadata without torch (for `inspect`, `card` and
-`push`, and as the first step of `vaezoo.checkpoint.load`). The format: docs/checkpoints.md."""
+`push`, and as the first step of `vaezoo.checkpoint.load`). The format: docs/checkpoints.md.
+
+Everything here treats a file as hostile: the header is read alone (at most MAX_HEADER bytes, the
+tensors are never read for `inspect` or `card`), each tensor entry and each metadata field is checked
+by one schema before any use, and text from a file goes into an error message only through `shown`
+(control characters escaped, length bounded), never raw bytes as numbers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-import struct
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from vaezoo.errors import CheckpointError
 from vaezoo.hub import local_model_path
 
 FORMAT_VERSION = 2
 READS_FORMATS = (1, 2)  # format 1: vaezoo 0.1, whose recipes have no model table (family `vae`)
-MAX_HEADER = 100_000_000
+MAX_HEADER = 100_000_000  # bytes of JSON header
 REQUIRED_KEYS = ("vaezoo.format_version", "vaezoo.version", "vaezoo.recipe", "vaezoo.components", "vaezoo.data")
+# safetensors dtypes and their bytes per value
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+MAX_RANK = 8  # dimensions of one tensor
+MAX_DIM = 2**40  # size of one dimension (a tensor's bytes must also match its data_offsets)
+MAX_SIDE = 1024  # largest image side a file may declare
+MAX_CHANNELS = 64
+MAX_VALUES = 3 * 1024 * 1024  # C * H * W of one image: an RGB 1024 x 1024 picture
+MAX_COMPONENTS = 64
+MAX_TEXT = 100  # characters of text from a file shown in one error message
+# terminal controls: C0 (tab and newline too, but in the recipe's summary), DEL, C1, bidirectional overrides
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_FREE_TEXT = ((None, "recipe"), "summary")  # the one field that may hold newlines and tabs
+# a distribution name as PEP 508 spells it, and a version as PEP 440 does (loosely): safe in a pip line
+_DISTRIBUTION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")
+_VERSION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.+!_-]{0,62}[A-Za-z0-9])?")
 
 
-def read_header(data: bytes, path: Path) -> dict[str, Any]:
-    """The JSON header of safetensors bytes, or a CheckpointError saying what is wrong."""
-    if len(data) == 0:
+def shown(value: Any, limit: int = MAX_TEXT) -> str:
+    """`value` from a file as text for one line of a terminal: control and line-breaking characters
+    escaped, at most `limit` characters; a list or object as its kind and size, not its contents."""
+    if isinstance(value, str):
+        text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
+        return repr(text[:limit] + ("..." if len(text) > limit else ""))
+    if isinstance(value, (bool, float)) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value) if abs(value) < 10**18 else "a number of more than 18 digits"
+    if isinstance(value, list):
+        if len(value) <= 8 and all(isinstance(v, (int, float)) and abs(v) < 10**18 for v in value):
+            return "[" + ", ".join(map(shown, value)) + "]"
+        return f"a list of {len(value)} items"
+    return f"an object of {len(value)} keys" if isinstance(value, dict) else type(value).__name__
+
+
+def valid_distribution(name: Any) -> bool:
+    """Whether `name` is a distribution name that may go into a `pip install` line."""
+    return isinstance(name, str) and bool(_DISTRIBUTION.fullmatch(name)) and name.lower() != "unknown"
+
+
+def valid_version(version: Any) -> bool:
+    """Whether `version` may be pinned in a `pip install` line."""
+    return isinstance(version, str) and bool(_VERSION.fullmatch(version)) and version != "unknown"
+
+
+# ---- the safetensors header ----------------------------------------------------------------------
+
+
+def _header_size(first: bytes, file_size: int, path: Path) -> int:
+    """The header length from a file's first 9 bytes, or a CheckpointError (never showing the number:
+    it is 8 raw bytes of whatever the file is)."""
+    if file_size == 0:
         raise CheckpointError(f"{path} is empty: not a vaezoo model (re-download or re-train it)")
-    if (data[:2] == b"PK" or data[:1] == b"\x80") and data[8:9] != b"{":  # a header size of 128 mod 256 starts with 0x80 too
+    if (first[:2] == b"PK" or first[:1] == b"\x80") and first[8:9] != b"{":  # a header size of 128 mod 256 starts with 0x80 too
         raise CheckpointError(f"{path} looks like a pickled PyTorch file (.pt), not safetensors: vaezoo never unpickles files")
-    if len(data) < 8:
-        raise CheckpointError(f"{path} is truncated ({len(data)} bytes): not a safetensors file")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > min(MAX_HEADER, len(data) - 8):
-        raise CheckpointError(f"{path} is not a safetensors file or is truncated (header of {size} bytes in a {len(data)}-byte file)")
+    if file_size < 8:
+        raise CheckpointError(f"{path} is truncated ({file_size} bytes): not a safetensors file")
+    size = int.from_bytes(first[:8], "little")
+    if size < 2 or size > min(MAX_HEADER, file_size - 8):
+        raise CheckpointError(f"{path} is not a safetensors file or is truncated (header length out of range)")
+    return size
+
+
+def _tensor_problem(info: Any) -> str | None:
+    """What is wrong with one tensor entry of a header, or None."""
+    if not isinstance(info, dict):
+        return "is not an object"
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if not (isinstance(dtype, str) and dtype in DTYPE_BYTES):
+        return f"has dtype {shown(dtype)}, not one of {', '.join(DTYPE_BYTES)}"
+    if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(_is_int(d, 0, MAX_DIM) for d in shape)):
+        return f"has shape {shown(shape)}, not a list of at most {MAX_RANK} sizes from 0 to 2^40"
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o, 0, 2**62) for o in offsets) and offsets[0] <= offsets[1]):
+        return f"has data_offsets {shown(offsets)}, not [begin, end] with 0 <= begin <= end"
+    if math.prod(shape) * DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
+        return f"has shape {shown(shape)} of {dtype}, which does not match its data_offsets"
+    return None
+
+
+def _parse_header(raw: bytes, data_size: int, path: Path) -> dict[str, Any]:
+    """The checked header of a file whose JSON header is `raw`, followed by `data_size` bytes."""
     try:
-        header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON)") from None
+        header = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):  # also numbers of thousands of digits and deep nesting
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON that vaezoo reads)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
-    try:
-        end = max((info["data_offsets"][1] for key, info in header.items() if key != "__metadata__"), default=0)
-    except (TypeError, KeyError, IndexError):
-        raise CheckpointError(f"{path} is not a safetensors file (its header does not describe tensors)") from None
-    if not isinstance(end, int) or 8 + size + end > len(data):
-        raise CheckpointError(f"{path} is truncated: its header describes {end} bytes of tensors but the file holds {len(data) - 8 - size} (re-download or re-train it)")
+    metadata = header.get("__metadata__", {})
+    if not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise CheckpointError(f"{path} is not a safetensors file (its __metadata__ is not an object of strings)")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        problem = _tensor_problem(info)
+        if problem:
+            raise CheckpointError(f"{path} is not a safetensors file or is damaged: tensor {shown(name)} {problem}")
+        end = max(end, info["data_offsets"][1])
+    if end > data_size:
+        raise CheckpointError(f"{path} is truncated: its header describes {end} bytes of tensors but the file holds {data_size} (re-download or re-train it)")
+    if end < data_size:
+        raise CheckpointError(f"{path} is not a safetensors file or is damaged: {data_size - end} bytes follow the tensors its header describes")
     return header
 
 
-def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
-    """The decoded `vaezoo.*` metadata of a model file (a path, `hf://` name or URL), and the file's bytes."""
+def read_header(data: bytes, path: str | Path) -> dict[str, Any]:
+    """The checked JSON header of safetensors bytes, or a CheckpointError saying what is wrong."""
+    size = _header_size(data[:9], len(data), Path(path))
+    return _parse_header(data[8 : 8 + size], len(data) - 8 - size, Path(path))
+
+
+def read_file_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The checked JSON header of the safetensors file `path` and the file's size, reading the header
+    only (never the tensors)."""
+    with path.open("rb") as handle:
+        file_size = os.fstat(handle.fileno()).st_size
+        size = _header_size(handle.read(9), file_size, path)
+        handle.seek(8)
+        raw = handle.read(size)
+    if len(raw) < size:  # it shrank while we read
+        raise CheckpointError(f"{path} is truncated: not a safetensors file")
+    return _parse_header(raw, file_size - 8 - size, path), file_size
+
+
+# ---- vaezoo metadata -----------------------------------------------------------------------------
+
+
+class ModelHeader(NamedTuple):
+    """What a model file says about itself, read from its header alone."""
+
+    path: Path
+    metadata: dict[str, Any]  # the decoded, checked `vaezoo.*` values, keys without the prefix
+    header: dict[str, Any]  # the safetensors header (tensor entries and `__metadata__`)
+    size: int  # bytes in the file
+
+
+def _model_path(path: str | Path) -> Path:
     path = local_model_path(path)
     if not path.is_file():
         if path.is_dir():
             raise CheckpointError(f"model file {path} is a folder: pass {path / 'model.safetensors'}")
         raise CheckpointError(f"model file {path} " + ("is not a regular file" if path.exists() else "does not exist"))
-    data = path.read_bytes()
-    raw = read_header(data, path).get("__metadata__") or {}
+    return path
+
+
+def decode_metadata(header: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The `vaezoo.*` metadata of a checked header, decoded and checked by `metadata_problem`."""
+    raw = header.get("__metadata__") or {}
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     if missing:
         raise CheckpointError(f"{path} is a safetensors file without vaezoo metadata ({missing[0]} missing): not a vaezoo model")
@@ -63,50 +181,130 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
         if key.startswith("vaezoo."):
             try:
                 metadata[key[len("vaezoo.") :]] = json.loads(value)
-            except (TypeError, ValueError, RecursionError):
-                raise CheckpointError(f"{path}: metadata {key} is not valid JSON (the file is damaged)") from None
-    if metadata["format_version"] not in READS_FORMATS:
-        raise CheckpointError(f"{path} uses checkpoint format {metadata['format_version']!r}, this vaezoo reads {', '.join(map(str, READS_FORMATS))}: upgrade vaezoo")
+            except (TypeError, ValueError, RecursionError):  # also numbers of thousands of digits
+                raise CheckpointError(f"{path}: metadata {shown(key)} is not valid JSON (the file is damaged)") from None
+    version = metadata["format_version"]
+    if not (_is_int(version, 0, 10**6) and version in READS_FORMATS):
+        raise CheckpointError(f"{path} uses checkpoint format {shown(version)}, this vaezoo reads {', '.join(map(str, READS_FORMATS))}: upgrade vaezoo")
     problem = metadata_problem(metadata)
     if problem:
         raise CheckpointError(f"{path} is damaged: metadata {problem} (see docs/checkpoints.md)")
-    return metadata, data
+    return metadata
 
 
-MAX_SIDE = 4096  # largest image side a file may declare (a 4096 x 4096 image is 16 M values per channel)
-MAX_CHANNELS = 64
+def read_model_header(path: str | Path) -> ModelHeader:
+    """The checked metadata and header of a model file (a path, `hf://` name or URL), reading only its
+    header: what `inspect` and `card` need."""
+    path = _model_path(path)
+    header, size = read_file_header(path)
+    return ModelHeader(path, decode_metadata(header, path), header, size)
+
+
+def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
+    """The decoded `vaezoo.*` metadata of a model file (a path, `hf://` name or URL), and the file's
+    bytes: its header is checked before the rest of the file is read."""
+    path = read_model_header(path).path
+    data = path.read_bytes()
+    return decode_metadata(read_header(data, path), path), data
 
 
 def _is_int(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
-    """The first field of decoded `vaezoo.*` metadata that breaks the format (docs/checkpoints.md),
-    as "vaezoo.KEY: what is wrong", or None. Every field a reader uses is checked here, once."""
-    if not isinstance(metadata.get("recipe"), dict):
+def _control_text(value: Any) -> str | None:
+    """The place (`recipe.encoder.name`) of the first string, key or value, anywhere in `value` that
+    holds a control character (a newline too, but in `recipe.summary`), or None. Iterative, and the
+    place is spelled out only when found."""
+    stack: list[tuple[Any, tuple | None]] = [(value, None)]  # (item, (parent trail, key))
+    while stack:
+        item, trail = stack.pop()
+        found = None
+        if isinstance(item, str) and (_CONTROL_BUT_LINES if trail == _FREE_TEXT else _CONTROL).search(item):
+            found = trail
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if _CONTROL.search(key):
+                    found = (trail, "<a key>")
+                    break
+                stack.append((child, (trail, key)))
+        elif isinstance(item, list):
+            stack.extend((child, (trail, f"[{i}]")) for i, child in enumerate(item))
+        if found is not None:
+            parts = []
+            while found is not None:
+                found, key = found
+                parts.append(key)
+            return ".".join(reversed(parts)).replace(".[", "[")
+    return None
+
+
+def _component_problem(components: Any) -> str | None:
+    if not (isinstance(components, list) and len(components) <= MAX_COMPONENTS):
+        return f"vaezoo.components is not a list of at most {MAX_COMPONENTS} objects"
+    for i, record in enumerate(components):
+        if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("kind", "name", "plugin", "distribution", "version"))):
+            return f"vaezoo.components[{i}] is not a {{kind, name, plugin, distribution, version}} object of strings"
+    return None
+
+
+def _recipe_problem(recipe: Any) -> str | None:
+    if not isinstance(recipe, dict):
         return "vaezoo.recipe is not an object"
-    data = metadata.get("data")
+    for key in ("name", "summary"):
+        if not isinstance(recipe.get(key, ""), str):
+            return f"vaezoo.recipe.{key} is not a string"
+    for key in ("model", "dataset", "encoder", "decoder", "prior", "loss", "train"):
+        if not isinstance(recipe.get(key, {}), dict):
+            return f"vaezoo.recipe.{key} is not a table"
+        if not isinstance(recipe.get(key, {}).get("name", ""), str):
+            return f"vaezoo.recipe.{key}.name is not a string"
+    return None
+
+
+def _data_problem(data: Any) -> str | None:
     if not isinstance(data, dict):
         return "vaezoo.data is not an object"
     shape = data.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and _is_int(shape[0], 1, MAX_CHANNELS) and all(_is_int(side, 1, MAX_SIDE) for side in shape[1:])):
-        return f"vaezoo.data.shape is {shape!r}, expected [C, H, W] with 1 <= C <= {MAX_CHANNELS} and sides of 1 to {MAX_SIDE}"
+    if not (isinstance(shape, list) and len(shape) == 3 and _is_int(shape[0], 1, MAX_CHANNELS) and all(_is_int(side, 1, MAX_SIDE) for side in shape[1:])
+            and math.prod(shape) <= MAX_VALUES):
+        return (f"vaezoo.data.shape is {shown(shape)}, expected [C, H, W] with 1 <= C <= {MAX_CHANNELS}, sides of 1 to {MAX_SIDE} "
+                f"and C * H * W at most {MAX_VALUES:,} (3 x 1024 x 1024)")
     classes = data.get("classes", [])
     if not (isinstance(classes, list) and len(classes) <= 100_000 and all(isinstance(name, str) for name in classes)):
         return "vaezoo.data.classes is not a list of class names"
     if not isinstance(data.get("conditional", False), bool):
         return "vaezoo.data.conditional is not true or false"
-    components = metadata.get("components")
-    if not (isinstance(components, list) and all(isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("kind", "name")) for r in components)):
-        return "vaezoo.components is not a list of {kind, name, plugin, distribution, version} objects"
-    training = metadata.get("training", {})
+    return None
+
+
+def _training_problem(training: Any) -> str | None:
     if not (isinstance(training, dict) and isinstance(training.get("metrics", {}), dict)):
         return "vaezoo.training is not an object with a metrics object"
+    for key in ("epochs", "steps", "train_images"):
+        if training.get(key) is not None and not _is_int(training[key], 0, 2**63):
+            return f"vaezoo.training.{key} is not a whole number"
+    for key in ("precision", "device"):
+        if not isinstance(training.get(key, ""), str):
+            return f"vaezoo.training.{key} is not a string"
     for key, value in training.get("metrics", {}).items():
         if not (value is None or isinstance(value, (int, float, str, dict))):
-            return f"vaezoo.training.metrics.{key} is not a number"
+            return f"vaezoo.training.metrics.{shown(key)[1:-1]} is not a number"
     return None
+
+
+def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
+    """The first field of decoded `vaezoo.*` metadata that breaks the format (docs/checkpoints.md),
+    as "vaezoo.KEY: what is wrong", or None. Every field a reader uses is checked here, once: its
+    type, its bounds, and that no text anywhere holds a control character (ESC, CR, ...)."""
+    place = _control_text(dict(metadata))
+    if place is not None:
+        return f"vaezoo.{shown(place)[1:-1]} holds a control character (ESC, CR, a newline, ...)"
+    for key in ("version", "torch_version"):
+        if not isinstance(metadata.get(key, ""), str):
+            return f"vaezoo.{key} is not a string"
+    return (_recipe_problem(metadata.get("recipe")) or _data_problem(metadata.get("data")) or _component_problem(metadata.get("components"))
+            or _training_problem(metadata.get("training", {})))
 
 
 def is_conditional(metadata: Mapping[str, Any]) -> bool:
@@ -116,21 +314,29 @@ def is_conditional(metadata: Mapping[str, Any]) -> bool:
 
 
 def parameter_count(header: Mapping[str, Any]) -> int:
-    """Values in all the tensors a safetensors header describes."""
-    return sum(math.prod(info.get("shape", [])) for key, info in header.items() if key != "__metadata__")
+    """Values in all the tensors a (checked) safetensors header describes."""
+    return sum(math.prod(info["shape"]) for key, info in header.items() if key != "__metadata__")
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    """What a model file (a path, `hf://` name or URL) holds (for `vaezoo inspect`), without building the model."""
-    path = local_model_path(path)
-    metadata, data = read_metadata(path)
-    header = read_header(data, path)
+    """What a model file (a path, `hf://` name or URL) holds (for `vaezoo inspect`), without building
+    the model or reading its tensors into memory (the sha256 is computed a megabyte at a time)."""
+    path, metadata, header, size = read_model_header(path)
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     training = metadata.get("training", {})
     return {
         "path": str(path),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "size_bytes": len(data),
+        "sha256": file_sha256(path),
+        "size_bytes": size,
         "vaezoo_version": metadata["version"],
         "recipe": metadata["recipe"],
         "format_version": metadata["format_version"],

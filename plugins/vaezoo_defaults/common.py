@@ -18,18 +18,32 @@ from vaezoo.errors import DataError
 
 DOWNLOAD_TIMEOUT_S = 20  # seconds without an answer before a download gives up
 MAX_WIDTH = 65536  # channels or units of one layer
+MAX_LAYERS = 64  # entries of a `hidden` list, and residual blocks or layers of one stack
+MAX_LEVELS = 10  # stride-2 levels: 2**10 = 1024, the largest image side a model file may declare
+
+
+def check_int(plugin: str, key: str, value: object, low: int, high: int) -> int:
+    """`value` as an int from `low` to `high`, else a ValueError naming the key (a model file's recipe
+    may hold anything: bounds come before any loop or allocation they drive)."""
+    if not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+        shown = value if isinstance(value, (int, float)) and abs(value) < 10**18 else type(value).__name__
+        raise ValueError(f"{plugin} needs {key} from {low} to {high}, got {shown}")
+    return value
 
 
 def check_widths(plugin: str, hidden: Sequence[int]) -> None:
-    """`hidden`: layer widths, each a whole number from 1 to MAX_WIDTH."""
+    """`hidden`: 1 to MAX_LAYERS layer widths, each a whole number from 1 to MAX_WIDTH."""
+    if not (isinstance(hidden, Sequence) and not isinstance(hidden, str) and 1 <= len(hidden) <= MAX_LAYERS):
+        raise ValueError(f"{plugin} needs hidden: a list of 1 to {MAX_LAYERS} layer widths")
     if not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in hidden):
         raise ValueError(f"{plugin} needs hidden widths from 1 to {MAX_WIDTH}, got {list(hidden)}")
 
 
 def downsampling_factor(plugin: str, shape: Sequence[int], levels: int) -> int:
     """2**levels, after checking that H and W of `shape` divide by it (one stride-2 layer per level)."""
+    check_int(plugin, "levels (stride-2 levels)", levels, 1, MAX_LEVELS)
     factor = 2**levels
-    if levels < 1 or shape[1] % factor or shape[2] % factor:
+    if shape[1] % factor or shape[2] % factor:
         raise ValueError(f"{plugin} needs at least one level and H, W divisible by {factor} for {levels} stride-2 levels, got {tuple(shape)}")
     return factor
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo_defaults.common import importance_terms, iw_bound
+from vaezoo_defaults.common import MAX_WIDTH, check_int, importance_terms, iw_bound
 from vaezoo_defaults.conv.model import ConvDecoder, ConvEncoder
 
 DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
@@ -39,8 +39,8 @@ class ConditionalVAE(Model):
         super().__init__()
         if num_classes <= 0:
             raise ValueError(f"cvae is conditional: it needs a dataset with class labels (num_classes > 0), got num_classes={num_classes}")
-        if label_channels < 1 or label_dim < 1:
-            raise ValueError(f"cvae needs label_channels >= 1 and label_dim >= 1, got {label_channels} and {label_dim}")
+        check_int("cvae", "label_channels", label_channels, 1, MAX_WIDTH)
+        check_int("cvae", "label_dim", label_dim, 1, MAX_WIDTH)
         if type(prior).bind is not Prior.bind:
             raise ValueError(f"cvae's encoder takes labels, so it cannot serve a prior that uses the encoder ({type(prior).__name__})")
         c, h, w = (int(d) for d in in_shape)

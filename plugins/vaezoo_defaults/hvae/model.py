@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model
 from vaezoo.components import LOG_2PI
+from vaezoo_defaults.common import MAX_LAYERS, MAX_WIDTH, check_int
 
 MIN_STD = 1e-3  # floor of every prior and posterior standard deviation
 MAX_ROWS = 512  # image-samples decoded at once by log_likelihood (bounds its memory)
@@ -89,13 +90,17 @@ class HierarchicalVAE(Model):
     ) -> None:
         super().__init__()
         channels, height, width_px = (int(d) for d in in_shape)
+        if not (isinstance(levels, Sequence) and not isinstance(levels, str) and 1 <= len(levels) <= 11):
+            raise ValueError(f"hvae levels must be a list of 1 to 11 distinct ascending powers of two, got {type(levels).__name__}")
         levels = tuple(int(r) for r in levels)
         if height != width_px or height & (height - 1):
             raise ValueError(f"hvae needs square images with a power-of-two side, got {height}x{width_px}")
         if not levels or list(levels) != sorted(set(levels)) or any(r < 1 or r > height or r & (r - 1) for r in levels):
             raise ValueError(f"hvae levels must be distinct ascending powers of two up to {height}, got {levels}")
-        if width < 8 or latent_dim < 1 or blocks < 0 or kl_warmup_steps < 0 or free_bits < 0:
-            raise ValueError("hvae needs width >= 8, latent_dim >= 1, blocks >= 0, kl_warmup_steps >= 0, free_bits >= 0")
+        for key, value, low, high in (("width", width, 8, MAX_WIDTH), ("latent_dim", latent_dim, 1, MAX_WIDTH), ("blocks", blocks, 0, MAX_LAYERS), ("kl_warmup_steps", kl_warmup_steps, 0, 2**62)):
+            check_int("hvae", key, value, low, high)
+        if not free_bits >= 0:
+            raise ValueError(f"hvae needs free_bits >= 0, got {free_bits}")
         self.loss, self.in_shape, self.levels = loss, (channels, height, width_px), levels
         self.latent_dim, self.kl_warmup_steps, self.free_bits = int(latent_dim), int(kl_warmup_steps), float(free_bits)
         self.discrete = bool(getattr(loss, "discrete", False))

@@ -16,8 +16,10 @@ from vaezoo import Dataset
 from vaezoo.data import contents_key
 from vaezoo.errors import DataError
 from vaezoo.imagefiles import IMAGE_SUFFIXES, read_images
+from vaezoo_defaults.common import check_int
 
 SPLIT_SEED = 0
+MAX_SIZE = 1024  # pixels of a side, as vaezoo.modelfile.MAX_SIDE
 
 
 def _scan(folder: Path) -> tuple[list[Path], list[int]]:
@@ -35,8 +37,9 @@ class ImageFolder(Dataset):
 
     def __init__(self, *, root: Path, path: str = "", size: int = 32, grayscale: bool = False, test_fraction: float = 0.1) -> None:
         super().__init__(root=root)
-        if size < 1 or not 0.0 <= test_fraction < 1.0:
-            raise ValueError(f"image-folder needs size >= 1 and 0 <= test_fraction < 1, got size={size}, test_fraction={test_fraction}")
+        check_int("image-folder", "size", size, 1, MAX_SIZE)
+        if not 0.0 <= test_fraction < 1.0:
+            raise ValueError(f"image-folder needs 0 <= test_fraction < 1, got {test_fraction}")
         self.folder = Path(path).expanduser() if path else self.root
         self.size = int(size)
         self.grayscale = bool(grayscale)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from vaezoo import Decoder
-from vaezoo_defaults.common import GaussianEncoder, check_widths, downsampling_factor
+from vaezoo_defaults.common import MAX_LAYERS, GaussianEncoder, check_int, check_widths, downsampling_factor
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -32,8 +32,7 @@ class ResBlock(nn.Module):
 
 def _check_levels(shape: Sequence[int], hidden: Sequence[int], blocks: int) -> int:
     """The downsampling factor 2**len(hidden), after checking the shape and options."""
-    if blocks < 0:
-        raise ValueError(f"resnet needs blocks >= 0, got {blocks}")
+    check_int("resnet", "blocks", blocks, 0, MAX_LAYERS)
     return downsampling_factor("resnet", shape, len(hidden))
 
 

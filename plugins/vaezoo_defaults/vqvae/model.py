@@ -18,11 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model
-from vaezoo_defaults.common import downsampling_factor
+from vaezoo_defaults.common import MAX_LAYERS, MAX_WIDTH, check_int, downsampling_factor
 from vaezoo_defaults.vqvae.codebook import EMACodebook
 from vaezoo_defaults.vqvae.prior import PixelCNNCodePrior, UniformCodePrior
 
 CODE_PRIORS = ("pixelcnn", "uniform")
+MAX_PIXELCNN_GRID = 32 * 32  # code positions of the pixelcnn prior: sampling runs it once per position
 
 
 class ResBlock(nn.Module):
@@ -94,9 +95,16 @@ class VQVAE(Model):
         super().__init__()
         if code_prior not in CODE_PRIORS:
             raise ValueError(f"vqvae code_prior must be one of {', '.join(CODE_PRIORS)}, got {code_prior!r}")
-        if hidden < 1 or res_blocks < 0 or commitment < 0:
-            raise ValueError(f"vqvae needs hidden >= 1, res_blocks >= 0 and commitment >= 0, got {hidden}, {res_blocks}, {commitment}")
+        for key, value, low, high in (("hidden", hidden, 1, MAX_WIDTH), ("res_blocks", res_blocks, 0, MAX_LAYERS), ("latent_dim", latent_dim, 1, MAX_WIDTH),
+                                      ("codebook_size", codebook_size, 2, MAX_WIDTH), ("prior_channels", prior_channels, 1, MAX_WIDTH), ("prior_layers", prior_layers, 1, MAX_LAYERS)):
+            check_int("vqvae", key, value, low, high)
+        if not commitment >= 0:
+            raise ValueError(f"vqvae needs commitment >= 0, got {commitment}")
         factor = downsampling_factor("vqvae", in_shape, levels)
+        grid = (in_shape[1] // factor) * (in_shape[2] // factor)
+        if code_prior == "pixelcnn" and grid > MAX_PIXELCNN_GRID:
+            raise ValueError(f"vqvae's pixelcnn code prior samples one of the {grid} code positions at a time: at most {MAX_PIXELCNN_GRID} (32 x 32) positions, "
+                             f"so use more levels or code_prior = \"uniform\" for {in_shape[1]} x {in_shape[2]} images")
         self.in_shape = tuple(in_shape)
         self.grid = (in_shape[1] // factor, in_shape[2] // factor)
         self.latent_dim, self.commitment = latent_dim, float(commitment)

@@ -71,8 +71,8 @@ class PixelCNNCodePrior(nn.Module):
 
     def __init__(self, *, codes: int, grid: tuple[int, int], channels: int = 64, layers: int = 5) -> None:
         super().__init__()
-        if layers < 1:
-            raise ValueError(f"the pixelcnn code prior needs layers >= 1, got {layers}")
+        if not (isinstance(layers, int) and 1 <= layers <= 64):
+            raise ValueError(f"the pixelcnn code prior needs layers from 1 to 64, got {layers}")
         self.codes, self.grid = codes, grid
         self.embed = nn.Embedding(codes, channels)
         self.layers = nn.ModuleList(GatedLayer(channels, first=i == 0) for i in range(layers))
