@@ -197,7 +197,7 @@ class _HostileHandler(_HubHandler):
         super().send_header(keyword, self.server.hostile.get(keyword, value))
 
 
-@pytest.mark.parametrize("headers", [{"ETag": '"../../../../../../escaped"'}, {"ETag": '"TMP/escaped-absolute"'}, {"X-Repo-Commit": "../../../../escaped"}])
+@pytest.mark.parametrize("headers", [{"ETag": '"../../../../escaped"'}, {"ETag": '"TMP/escaped-absolute"'}, {"X-Repo-Commit": "../../../../escaped"}])
 def test_hostile_hub_answers_write_nothing_outside_the_cache(headers: dict[str, str], run_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     headers = {key: value.replace("TMP", str(tmp_path)) for key, value in headers.items()}  # an absolute path
     server = HostileHub(headers)

@@ -248,13 +248,13 @@ def downloads_dir() -> Path:
     """Where `https://` models are cached: `<vaezoo cache>/models` (VAEZOO_CACHE_DIR overrides the cache)."""
     from vaezoo.data import cache_dir
 
-    home = os.environ.get("HOME")
     try:
         folder = cache_dir() / "models"
     except RuntimeError:  # Path.home() without HOME nor a passwd entry
         folder = None
-    chosen = os.environ.get("VAEZOO_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
-    if folder is None or not (folder.is_absolute() or os.environ.get("VAEZOO_CACHE_DIR")) or (not chosen and home is not None and not os.path.isabs(home)):
+    home = os.environ.get("HOME")
+    homeless = home is not None and not os.path.isabs(home) and not os.environ.get("XDG_CACHE_HOME")  # HOME="" means "/"
+    if not os.environ.get("VAEZOO_CACHE_DIR") and (folder is None or not folder.is_absolute() or homeless):
         raise HubError("vaezoo's download cache has no home: HOME is unset or empty (or XDG_CACHE_HOME is relative); set VAEZOO_CACHE_DIR to a writable folder")
     return folder
 
