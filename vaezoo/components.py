@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,19 @@ class LossParts:
     terms: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class ParamGroup:
+    """The parameters one named optimizer updates (`Model.parameter_groups`); `betas` overrides
+    Adam's (e.g. (0.5, 0.999) for a discriminator). Its learning rate is the recipe's
+    `train.group_lr.NAME`, else `train.lr`."""
+
+    params: list[nn.Parameter]
+    betas: tuple[float, float] | None = None
+
+
+Update = Callable[[str, Tensor], None]  # update(optimizer name, per-image loss (B,)): one optimizer step
+
+
 class Model(nn.Module):
     """A model family: a whole architecture that owns its latents, its objective and its sampling.
 
@@ -84,12 +98,21 @@ class Model(nn.Module):
 
     Optional capabilities, used when a family defines them (do not define them to say "not
     supported"): `log_likelihood(x, y=None, k=100) -> (B,)` importance-weighted log p(x) in nats;
-    `encode(x, y=None) -> latents` and `decode(z, y=None) -> images in [0, 1]` for interpolations."""
+    `encode(x, y=None) -> latents` and `decode(z, y=None) -> images in [0, 1]` for interpolations.
+
+    Training: by default one optimizer ("model") minimises `forward(x, y, step).loss`. A family that
+    needs more (a GAN's discriminator) names its optimizers in `parameter_groups` and overrides
+    `training_step`, which calls `update(name, per_image_loss)` once per optimizer it steps."""
 
     discrete: bool = False  # True when recon is -log p(x) over the 256 values of each pixel (bits/dim meaningful)
     conditional: bool = False  # True when the model takes class labels y (then y is never None)
+    objective: str = "elbo"  # "elbo": loss at step None is the negative ELBO; any other name is the family's own objective (never reported as an ELBO, a likelihood or bits/dim)
+    regularizer: str = "kl"  # what LossParts.kl holds, and the name it is reported under (e.g. "mmd")
+    applies_kl_weight: bool = False  # True when the family applies its loss component's KL schedule (Loss.kl_weight: beta, warm-up)
+    unused_parameters: tuple[str, ...] = ()  # parameter name prefixes that no training step updates (vaezoo.testing accepts them)
     in_shape: tuple[int, int, int]
     classes: tuple[str, ...] = ()
+    recipe: dict[str, Any]  # the resolved recipe, set by vaezoo after construction
 
     def forward(self, x: Tensor, y: Tensor | None = None, step: int | None = None) -> LossParts:  # pragma: no cover - interface
         """Per-image values for images `x` in [0, 1]: `loss` is what training minimises at optimizer
@@ -103,6 +126,20 @@ class Model(nn.Module):
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:  # pragma: no cover - interface
         """Images in [0, 1] decoded from the latents of `x`."""
         raise NotImplementedError
+
+    def parameter_groups(self) -> dict[str, ParamGroup]:
+        """The named optimizers and what each updates: one, "model", over every parameter by default."""
+        return {"model": ParamGroup(list(self.parameters()))}
+
+    def training_step(self, x: Tensor, y: Tensor | None, step: int, update: Update) -> LossParts:
+        """One training step on the batch `x`: call `update(name, loss)` for each optimizer to step
+        (in the order the method needs: e.g. the discriminator, then the generator, each loss
+        computed after the updates it depends on) and return the step's LossParts for the progress
+        bar and the epoch's train loss. The default is the one-loss step (vaezoo then runs
+        `forward` through DistributedDataParallel and torch.compile when those are on)."""
+        parts = self(x, y, step)
+        update("model", parts.loss)
+        return parts
 
 
 def _family(model: nn.Module) -> str:

@@ -157,6 +157,24 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Average the gradients of `params` over ranks, in one all-reduce, as DDP does for the one-loss
+    step (a family's own training_step updates outside DDP). Parameters without a gradient (unused
+    by this update) are left out; every rank runs the same step, so they are the same on all ranks."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over all ranks, in place (nothing when not distributed)."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

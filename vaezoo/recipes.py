@@ -36,6 +36,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "channels_last": True,
     "eval_batch_size": 500,
     "sample_count": 64,
+    "group_lr": {},  # learning rates of a family's named optimizers (Model.parameter_groups), e.g. { discriminator = 1e-4 }
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -191,6 +192,9 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
             raise RecipeError(f"train.{key} must not be negative, got {resolved[key]}")
     if not (resolved["lr"] > 0 and math.isfinite(resolved["lr"])):
         raise RecipeError(f"train.lr must be a positive finite number, got {resolved['lr']}")
+    for group, lr in resolved["group_lr"].items():
+        if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)):
+            raise RecipeError(f"train.group_lr.{group} must be a positive finite number, got {lr!r}")
     if resolved["sample_count"] > MAX_SAMPLE_COUNT:
         raise RecipeError(f"train.sample_count must be at most {MAX_SAMPLE_COUNT}, got {resolved['sample_count']}")
     if resolved["optimizer"] not in OPTIMIZERS:

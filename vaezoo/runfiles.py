@@ -75,7 +75,7 @@ class RunFiles(Callback):
 
     @staticmethod
     def _save_state(run: Run, data_rng: Tensor) -> None:
-        save_state(run.out_dir / "state.safetensors", run.model, run.optimizer, run.state.state_dict(), data_rng, run.scaler, run.history)
+        save_state(run.out_dir / "state.safetensors", run.model, run.optimizers, run.state.state_dict(), data_rng, run.scaler, run.history)
 
 
 def _saved_epochs(path: Any) -> int | None:

@@ -22,7 +22,7 @@ from vaezoo import distributed
 from vaezoo.components import Model, checked_parts
 from vaezoo.data import shuffled_batches
 from vaezoo.devices import Precision
-from vaezoo.errors import Interrupted, RunFailed, VaezooError
+from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
 from vaezoo.evaluate import evaluate
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
@@ -64,7 +64,7 @@ class Run:
     test_labels: Tensor | None = None
     state: TrainState = field(default_factory=TrainState)
     history: list[dict[str, Any]] = field(default_factory=list)
-    optimizer: torch.optim.Optimizer | None = None
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)  # by name (Model.parameter_groups)
     scaler: Any = None
     data_rng: torch.Generator | None = None
 
@@ -118,12 +118,28 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def make_optimizer(model: torch.nn.Module, train: dict[str, Any]) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(params: Any, train: dict[str, Any], lr: float | None = None, betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimizer over `params` (a module's parameters, or a list) that require grads."""
+    params = [p for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.requires_grad]
+    lr = train["lr"] if lr is None else lr
     if train["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=train["lr"], momentum=0.9, weight_decay=train["weight_decay"])
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=train["weight_decay"])
     cls = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(params, lr=train["lr"], weight_decay=train["weight_decay"])
+    return cls(params, lr=lr, weight_decay=train["weight_decay"], **({"betas": betas} if betas else {}))
+
+
+def make_optimizers(model: Model, train: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer per `model.parameter_groups()`, each at `train.group_lr.NAME` or `train.lr`."""
+    groups = model.parameter_groups()
+    unknown = sorted(set(train["group_lr"]) - set(groups))
+    if unknown:
+        raise RecipeError(f"train.group_lr.{unknown[0]}: model {model.recipe['model']['name']!r} has no optimizer {unknown[0]!r} (its optimizers: {', '.join(groups)})")
+    return {name: make_optimizer(group.params, train, train["group_lr"].get(name), group.betas) for name, group in groups.items()}
+
+
+def owns_step(model: Model) -> bool:
+    """Whether the family has its own training_step (several optimizers, a step that alternates)."""
+    return type(model).training_step is not Model.training_step
 
 
 def memory_format(model: torch.nn.Module, settings: dict[str, Any]) -> torch.memory_format:
@@ -134,11 +150,50 @@ def memory_format(model: torch.nn.Module, settings: dict[str, Any]) -> torch.mem
 
 
 def fast_model(model: Model, device: torch.device, job: distributed.World, settings: dict[str, Any]) -> torch.nn.Module:
-    """What the loop calls: the model in its memory format, in DistributedDataParallel under torchrun,
-    compiled with train.compile (the first call compiles; the loop reports that time as compile_seconds)."""
+    """What the one-loss step calls: the model in its memory format, in DistributedDataParallel under
+    torchrun, compiled with train.compile (the first call compiles; the loop reports that time as
+    compile_seconds). A family with its own training_step gets its model as it is (its updates
+    average their gradients over ranks themselves)."""
     model.to(memory_format=memory_format(model, settings))
+    if owns_step(model):
+        if settings["compile"]:
+            raise RecipeError(f"train.compile: model {model.recipe['model']['name']!r} has its own training_step, which vaezoo does not compile (remove train.compile)")
+        return model
     net = distributed.wrap(model, device, job)
     return torch.compile(net) if settings["compile"] else net
+
+
+class Updater:
+    """`update(name, per_image_loss)`: one step of the named optimizer, as the recipe says: the
+    batch-mean loss (scaled so that the ranks of torchrun together take the global batch's mean),
+    backward (through the gradient scaler under fp16), gradients averaged over ranks for a family's
+    own training_step (DDP does it for the one-loss step), clipping at train.grad_clip, skipping at
+    train.skip_grad_norm, the optimizer's step."""
+
+    def __init__(self, run: Run, job: distributed.World) -> None:
+        self.run, self.job = run, job
+        self.sync_gradients = job.enabled and owns_step(run.model)
+        self.global_batch = 0  # images in this step over all ranks: set by the loop
+
+    def __call__(self, name: str, per_image_loss: Tensor) -> None:
+        run, settings = self.run, self.run.recipe["train"]
+        optimizer = run.optimizers.get(name)
+        if optimizer is None:
+            raise PluginError(f"model family {run.recipe['model']['name']!r} stepped an optimizer {name!r} it does not declare (its optimizers: {', '.join(run.optimizers)})")
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(run.device.type, enabled=False):  # backward outside autocast, also when a training_step calls
+            run.scaler.scale(distributed.batch_loss(per_image_loss, self.global_batch, self.job)).backward()
+        if self.sync_gradients:
+            distributed.average_gradients(params)
+        clip, skip = settings["grad_clip"], settings["skip_grad_norm"]
+        if clip > 0 or skip > 0:
+            run.scaler.unscale_(optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+            if skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
+                run.state.skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+        run.scaler.step(optimizer)
 
 
 def prepare(run: Run, resume_from: Path | None = None) -> None:
@@ -148,20 +203,21 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     from vaezoo.state import load_state
 
     settings = run.recipe["train"]
-    run.optimizer = make_optimizer(run.model, settings)
+    run.optimizers = make_optimizers(run.model, settings)
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision.scale_grads)
     run.data_rng = torch.Generator().manual_seed(settings["seed"])
     if resume_from is None:
         torch.manual_seed(settings["seed"])
         return
-    counters, saved_rng, history = load_state(resume_from, run.model, run.optimizer, run.scaler)
+    counters, saved_rng, history = load_state(resume_from, run.model, run.optimizers, run.scaler)
     run.state.load_state_dict(counters)
     try:
         run.data_rng.set_state(saved_rng)
     except RuntimeError:
         raise VaezooError(f"{resume_from} is damaged: its data-order generator state does not restore") from None
-    for group in run.optimizer.param_groups:  # --lr on resume takes effect (and is what recipe.toml records)
-        group["lr"], group["weight_decay"] = settings["lr"], settings["weight_decay"]
+    for name, optimizer in run.optimizers.items():  # --lr on resume takes effect (and is what recipe.toml records)
+        for group in optimizer.param_groups:
+            group["lr"], group["weight_decay"] = settings["group_lr"].get(name, settings["lr"]), settings["weight_decay"]
     run.history = history or [row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch]
 
 
@@ -185,16 +241,16 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     model, settings, device, state = run.model, run.recipe["train"], run.device, run.state
     job = distributed.world()  # rank and world size under torchrun; a single process otherwise
     per_rank_batch = distributed.check_batch_size(settings["batch_size"], job)
-    if run.optimizer is None:
+    if not run.optimizers:
         prepare(run)
-    optimizer, scaler = run.optimizer, run.scaler
     if job.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
         torch.manual_seed(settings["seed"] + (job.rank << 32) + state.step)
     net = fast_model(model, device, job, settings)
     layout = memory_format(model, settings)
     labels = run.train_labels if model.conditional else None  # gathered per batch only when used
     n_used = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], job)
-    clip, skip = settings["grad_clip"], settings["skip_grad_norm"]
+    update = Updater(run, job)
+    step_of = model.training_step if owns_step(model) else None  # else the one-loss step, through `net`
     callbacks = callbacks if job.is_main else ()  # only rank 0 prints and writes
     compile_seconds: float | None = None
     metrics: dict[str, Any] = run.history[-1] if run.history else {}
@@ -212,20 +268,16 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                     _check_weights(run)  # the saved state must stay resumable
                     state.loss_sum, state.seconds = distributed.all_reduce_sum(loss_sum).item(), state.seconds + time.perf_counter() - started
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
-                # the step: forward, backward, (clip, skip), update
-                with run.precision.autocast(device), _blame(run, "a training step"):
-                    parts = checked_parts(model, net(x, y, state.step), len(x))
-                loss = distributed.batch_loss(parts.loss, min(settings["batch_size"], n_used - state.batch * settings["batch_size"]), job)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if clip > 0 or skip > 0:
-                    scaler.unscale_(optimizer)
-                    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip if clip > 0 else math.inf)
-                    if skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
-                        state.skipped += 1
-                        optimizer.zero_grad(set_to_none=True)
-                scaler.step(optimizer)
-                scaler.update()
+                update.global_batch = min(settings["batch_size"], n_used - state.batch * settings["batch_size"])
+                with _blame(run, "a training step"):
+                    if step_of is None:  # the one-loss step
+                        with run.precision.autocast(device):
+                            parts = checked_parts(model, net(x, y, state.step), len(x))
+                        update("model", parts.loss)
+                    else:
+                        with run.precision.autocast(device):
+                            parts = checked_parts(model, step_of(x, y, state.step, update), len(x))
+                run.scaler.update()
                 loss_sum += parts.loss.detach().sum()
                 state.step += 1
                 state.batch += 1
