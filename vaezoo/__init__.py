@@ -1,18 +1,15 @@
 """vaezoo: a plugin-based model zoo for variational autoencoders.
 
-Importing this package is cheap (no torch): the heavy parts load on first use.
+Importing this package imports nothing (not even pluggy): the console script and `python -m vaezoo`
+run it before they can install their SIGTERM handler, so it must take no time. The rest loads on
+first use.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
-
-import pluggy
 
 __version__ = "0.2.0"
-
-hookimpl = pluggy.HookimplMarker("vaezoo")
 
 # name -> module that defines it; imported on first attribute access.
 _LAZY = {
@@ -37,7 +34,12 @@ _LAZY = {
 __all__ = ["__version__", "hookimpl", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
+    if name == "hookimpl":  # the marker of plugin hooks: `@vaezoo.hookimpl`
+        import pluggy
+
+        value = globals()["hookimpl"] = pluggy.HookimplMarker("vaezoo")
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'vaezoo' has no attribute {name!r}")

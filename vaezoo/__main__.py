@@ -1,15 +1,17 @@
-"""`vaezoo` and `python -m vaezoo` (what torchrun starts). SIGTERM is turned into an interrupt before
-anything heavy is imported, so that it exits 130 with one line at any moment, as Ctrl-C does."""
+"""`vaezoo` and `python -m vaezoo` (what torchrun starts). SIGTERM and SIGHUP are turned into an
+interrupt when this module starts, before anything else is imported (the package's `__init__`
+imports nothing), so that they exit 130 with one line at any moment, as Ctrl-C does."""
 
 import signal
 import sys
 
-from vaezoo.signals import forget_interrupt, stop_now
+from vaezoo.signals import forget_interrupt, handle_stops, stop_now
+
+handle_stops(stop_now)  # first thing: `signal` and `sys` are loaded already, vaezoo.signals is tiny
 
 
 def run() -> None:
-    """The console script: the CLI's main() with SIGTERM handled from the first instant."""
-    signal.signal(signal.SIGTERM, stop_now)
+    """The console script: the CLI's main() with the stop signals handled from the first instant."""
     try:
         from vaezoo.cli import main
     except KeyboardInterrupt:

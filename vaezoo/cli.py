@@ -14,11 +14,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 import vaezoo
-from vaezoo.errors import VaezooError
-from vaezoo.signals import forget_interrupt, stop_now
+from vaezoo.errors import VaezooError, printable
+from vaezoo.signals import forget_interrupt, handle_stops, stop_now
 
 app = typer.Typer(
     name="vaezoo",
@@ -28,10 +30,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # text from files and plugins goes through _safe or _table: never markup
+err_console = Console(stderr=True, emoji=False)
 
 MAX_PICTURES = 10_000  # images in one grid: 10,000 CIFAR-sized tiles make a 3,400 x 3,400 picture
+# bounds of numeric options, so that an absurd value is one line naming its option, not a crash deep inside
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer; recipes keep seeds below 2**63
+MAX_LATENT_DIM = 65_536  # as vaezoo.recipes.MAX_LATENT_DIM
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 1_000_000
+MAX_IMAGES = 1_000_000_000  # --limit: more than any data set holds means "all of them"
+MAX_IW_SAMPLES = 10_000
+MAX_TEMPERATURE = 100.0
+MAX_PROCESSES = 1024
+MAX_SET_CHARS = 10_000  # one --set
+MAX_SET_DEPTH = 32  # dotted key parts plus nested [ and { in one --set
 KIND_HELP = "one of recipes, models, encoders, decoders, priors, losses, datasets"
 MODEL_HELP = "A model.safetensors file, hf://ORG/NAME[@REVISION] or an https:// URL (optionally #sha256=HEX)."
 
@@ -67,13 +80,19 @@ def _print_json(data: object) -> None:
     sys.stdout.write(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
-def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
-    """A borderless rich table with a bold header."""
-    table = Table(box=None, header_style="bold")
+def _safe(value: object) -> str:
+    """`value` for a rich markup string: control characters shown as escapes, markup escaped."""
+    return escape(printable(value))
+
+
+def _table(columns: tuple[str, ...], rows: list[tuple[object, ...]], *, header: bool = True) -> Table:
+    """A borderless rich table with a bold header; cells are shown as they are (controls escaped,
+    never read as markup), except `Text` cells, which keep their style."""
+    table = Table(box=None, header_style="bold", show_header=header)
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(cell if isinstance(cell, Text) else Text(printable(cell)) for cell in row))
     return table
 
 
@@ -96,7 +115,7 @@ def list_command(
         _print_json(items)
         return
     table = _table(("kind", "name", "plugin", "summary"), [(i["kind"], i["name"], i["plugin"], i["summary"]) for i in items])
-    console.print(table if items else "nothing matches")
+    console.print(table if items else "nothing matches")  # _table shows cells as they are
 
 
 @app.command("plugins")
@@ -115,31 +134,32 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
     lines = []
     for row in rows:
         what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items() if names)
-        lines.append((row["name"], row["distribution"], row["version"], f"[red]failed: {row['error']}[/red]" if row["error"] else what))
+        lines.append((row["name"], row["distribution"], row["version"], Text(printable(f"failed: {row['error']}"), style="red") if row["error"] else what))
     console.print(_table(("plugin", "distribution", "version", "registers"), lines))
 
 
 @app.command("run")
 def run_command(
     recipe: Annotated[str, typer.Argument(help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")],
-    epochs: Annotated[Optional[int], typer.Option(help="Total number of epochs (with --resume: train up to this epoch).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Training batch size.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(max=MAX_EPOCHS, help="Total number of epochs (with --resume: train up to this epoch).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(max=MAX_BATCH, help="Training batch size.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
-    latent_dim: Annotated[Optional[int], typer.Option(help="Size of the latent space.")] = None,
+    latent_dim: Annotated[Optional[int], typer.Option(min=1, max=MAX_LATENT_DIM, help="Size of the latent space.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Train on N images drawn at random with a fixed seed.")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=0, max=MAX_IMAGES, help="Train on N images drawn at random with a fixed seed.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<recipe>-<UTC time>).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed (repeatable runs on CPU).")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_SEED, help="Random seed (repeatable runs on CPU).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its state.safetensors.")] = None,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log scalars and image grids to OUT/tensorboard (needs the tensorboard extra: pip install 'vaezoo\\[tensorboard]').")] = False,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time reported apart as compile_seconds).")] = False,
-    nproc: Annotated[Optional[int], typer.Option(min=1, help="Train in N processes on this machine through torchrun (DistributedDataParallel; one per GPU).")] = None,
+    nproc: Annotated[Optional[int], typer.Option(min=1, max=MAX_PROCESSES, help="Train in N processes on this machine through torchrun (DistributedDataParallel; one per GPU).")] = None,
 ) -> None:
     """Train a recipe, evaluate on the test split, write the model, metrics and pictures (samples,
     reconstructions, interpolations, loss curve)."""
+    _check_sets(set_ or [])
     from vaezoo.api import fit
     from vaezoo.progress import RichProgress
 
@@ -165,10 +185,39 @@ def run_command(
     if not distributed.is_main():
         return
     metrics = result.metrics
-    err_console.print(f"[green]done[/green]: {result.out_dir}  test loss {metrics.get('test_loss', float('nan')):.2f} nats/image after {metrics.get('epoch', 0)} epochs")
+    err_console.print(f"[green]done[/green]: {_safe(result.out_dir)}  test loss {metrics.get('test_loss', float('nan')):.2f} nats/image after {metrics.get('epoch', 0)} epochs")
     for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "reconstructions.png", "interpolations.png", "loss.png", "tensorboard", "recipe.toml"):
         if (result.out_dir / name).exists():
-            err_console.print(f"  {result.out_dir / name}")
+            err_console.print(f"  {_safe(result.out_dir / name)}")
+
+
+def _set_depth(value: str) -> int:
+    """The deepest nesting of [ and { in a TOML value, outside quoted strings."""
+    depth = deepest = 0
+    quote, escaped = "", False
+    for ch in value:
+        if quote:
+            if ch == quote and not escaped:
+                quote = ""
+            escaped = quote == '"' and ch == "\\" and not escaped
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _check_sets(items: list[str]) -> None:
+    """Refuse a --set too long or nested too deeply for the TOML parser, in one line naming it."""
+    for item in items:
+        if len(item) > MAX_SET_CHARS:
+            raise VaezooError(f"--set {item[:40]!r}... is {len(item):,} characters long: at most {MAX_SET_CHARS:,} are allowed")
+        key, _, value = item.partition("=")
+        if key.count(".") + 1 + _set_depth(value) > MAX_SET_DEPTH:
+            raise VaezooError(f"--set {item[:40]!r}{'...' if len(item) > 40 else ''} is nested more than {MAX_SET_DEPTH} levels deep (dotted keys, [ and {{)")
 
 
 def _resume_command(stopped, data_dir: Optional[Path], device: str) -> str:
@@ -200,7 +249,7 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
         resolved = resolve_recipe(recipe, sets, options)
         distributed.check_batch_size(resolved["train"]["batch_size"], distributed.World(0, nproc, 0))
     command = distributed.torchrun_command(nproc, distributed.strip_option(_ARGV or sys.argv[1:], "--nproc"))
-    err_console.print(f"starting {nproc} processes: {' '.join(command[1:])}")
+    err_console.print(f"starting {nproc} processes: {_safe(' '.join(command[1:]))}")
     torchrun = subprocess.Popen(command)
     try:
         return torchrun.wait()
@@ -219,8 +268,8 @@ def sample_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_PICTURES, help="Number of images.")] = 64,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same picture.")] = 0,
-    temperature: Annotated[float, typer.Option(min=0.0, help="Scale of the prior samples.")] = 1.0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed: the same seed gives the same picture.")] = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, max=MAX_TEMPERATURE, help="Scale of the prior samples.")] = 1.0,
     label: Annotated[Optional[str], typer.Option(help="Class to draw (a name or an index), for conditional models; without it they draw the classes in turn.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
@@ -233,7 +282,7 @@ def sample_command(
     index = parse_label(loaded, label)
     save_grid(sample_images(loaded, n, seed=seed, temperature=temperature, label=index), out)
     what = f" of class {loaded.classes[index]!r}" if index is not None else ""
-    err_console.print(f"wrote {n} samples{what} to {out}")
+    err_console.print(f"wrote {n} samples{_safe(what)} to {_safe(out)}")
 
 
 @app.command("reconstruct")
@@ -241,7 +290,7 @@ def reconstruct_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_PICTURES, help="Number of test images.")] = 16,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("reconstructions.png"),
-    seed: Annotated[int, typer.Option(help="Random seed choosing the test images.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test images.")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
@@ -249,7 +298,7 @@ def reconstruct_command(
     from vaezoo.api import reconstruct_file
 
     reconstruct_file(model, out, n=n, seed=seed, data_dir=data_dir, device=device)
-    err_console.print(f"wrote {n} test images and their reconstructions to {out}")
+    err_console.print(f"wrote {n} test images and their reconstructions to {_safe(out)}")
 
 
 @app.command("interpolate")
@@ -258,7 +307,7 @@ def interpolate_command(
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=1000, help="Number of image pairs (rows).")] = 8,
     steps: Annotated[int, typer.Option(min=2, max=100, help="Images per row, from one image of the pair to the other.")] = 10,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("interpolations.png"),
-    seed: Annotated[int, typer.Option(help="Random seed choosing the test image pairs.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test image pairs.")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
@@ -266,7 +315,7 @@ def interpolate_command(
     from vaezoo.api import interpolate_file
 
     interpolate_file(model, out, pairs=n, steps=steps, seed=seed, data_dir=data_dir, device=device)
-    err_console.print(f"wrote {n} interpolations of {steps} steps to {out}")
+    err_console.print(f"wrote {n} interpolations of {steps} steps to {_safe(out)}")
 
 
 @app.command("eval")
@@ -274,9 +323,9 @@ def eval_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
-    limit: Annotated[Optional[int], typer.Option(min=0, help="Evaluate on N images drawn with a fixed seed (0: all).")] = None,
-    iw_samples: Annotated[int, typer.Option("--iw-samples", min=0, help="Also estimate the NLL with K importance samples per image (IWAE bound; 0: off).")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the posterior samples.")] = 0,
+    limit: Annotated[Optional[int], typer.Option(min=0, max=MAX_IMAGES, help="Evaluate on N images drawn with a fixed seed (0: all).")] = None,
+    iw_samples: Annotated[int, typer.Option("--iw-samples", min=0, max=MAX_IW_SAMPLES, help="Also estimate the NLL with K importance samples per image (IWAE bound; 0: off).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the posterior samples.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -288,19 +337,17 @@ def eval_command(
     if as_json:
         _print_json(metrics)
         return
-    table = Table(box=None, show_header=False)
     rows = []
     for key, value in metrics.items():
         if key == "terms":  # the family's own terms, under the KL they usually split
             rows += [(f"  {term}", term_value) for term, term_value in value.items()]
         elif key not in ("bits_per_dim_note", "iw_note"):
             rows.append((key, value))
-    for key, value in rows:
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value))
-    console.print(table)
+    shown = [(key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value)) for key, value in rows]
+    console.print(_table(("metric", "value"), shown, header=False))
     for note in ("iw_note", "bits_per_dim_note"):
         if note in metrics:
-            console.print(f"note: {metrics[note]}")
+            console.print(f"note: {_safe(metrics[note])}")
 
 
 @app.command("inspect")
@@ -316,21 +363,22 @@ def inspect_command(
         _print_json(info)
         return
     recipe = info["recipe"]
-    console.print(f"[bold]{info['path']}[/bold]  sha256 {info['sha256']}")
-    console.print(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}")
+    # everything below comes from the file: shown through _safe and _table, never as markup
+    console.print(f"[bold]{_safe(info['path'])}[/bold]  sha256 {_safe(info['sha256'])}")
+    console.print(_safe(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}"))
     family = info["model"]
     provider = f" from {family['distribution']} {family.get('version', '')} (plugin {family.get('plugin')!r})" if family.get("distribution") else " (format 1: vaezoo 0.1)"
-    console.print(f"model family {family['name']!r}{provider}")
-    console.print(f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters")
+    console.print(_safe(f"model family {family['name']!r}{provider}"))
+    console.print(_safe(f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters"))
     if is_conditional({"recipe": recipe, "data": info["data"]}):
-        console.print(f"class-conditional (sample --label): {', '.join(f'{i} {name}' for i, name in enumerate(info['data'].get('classes', [])))}")
+        console.print(_safe(f"class-conditional (sample --label): {', '.join(f'{i} {name}' for i, name in enumerate(info['data'].get('classes', [])))}"))
     components = [(r["kind"], r["name"], r["distribution"], r["version"]) for r in info["components"]]
     console.print(_table(("component", "name", "distribution", "version"), components))
     training = info["training"]
     if training:
-        console.print(f"trained {training.get('epochs')} epochs, {training.get('steps')} steps ({training.get('precision')} on {training.get('device')})")
+        console.print(_safe(f"trained {training.get('epochs')} epochs, {training.get('steps')} steps ({training.get('precision')} on {training.get('device')})"))
     for key, value in info["metrics"].items():
-        console.print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+        console.print(_safe(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"))
 
 
 @app.command("push")
@@ -348,10 +396,10 @@ def push_command(
     where = push(source, repo_id, private=private, revision=revision, dry_run=dry_run)
     if dry_run is not None:
         for name in sorted(os.listdir(where)):
-            err_console.print(f"  {Path(where) / name}")
-        err_console.print(f"wrote what `vaezoo push` would upload to {where}")
+            err_console.print(f"  {_safe(Path(where) / name)}")
+        err_console.print(f"wrote what `vaezoo push` would upload to {_safe(where)}")
     else:
-        err_console.print(f"pushed to {where}; load it with: vaezoo sample hf://{repo_id}" + (f"@{revision}" if revision else ""))
+        err_console.print(_safe(f"pushed to {where}; load it with: vaezoo sample hf://{repo_id}" + (f"@{revision}" if revision else "")))
 
 
 @app.command("card")
@@ -362,7 +410,7 @@ def card_command(
     """Print the model card (README.md) that `vaezoo push` would upload."""
     from vaezoo.card import card_for
 
-    sys.stdout.write(card_for(model, repo_id))
+    sys.stdout.write(printable(card_for(model, repo_id), lines=True))  # a file's text: no terminal controls
 
 
 class _Plain:
@@ -405,11 +453,11 @@ _ARGV: list[str] = []
 def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None:
     """Entry point: user errors become one line on stderr and an exit code (2 input, 1 failed
     run, 130 interrupted); `--debug` / VAEZOO_DEBUG=1 shows the traceback. The console script
-    leaves SIGINT / SIGTERM ignored on its way out (`restore_signals=False`)."""
+    leaves the stop signals (SIGINT, SIGTERM, SIGHUP) ignored on its way out (`restore_signals=False`)."""
     global _ARGV
     _ARGV = list(argv if argv is not None else sys.argv[1:])  # for `run --nproc`, which runs them again
     debug = "--debug" in _ARGV or os.environ.get("VAEZOO_DEBUG") == "1"
-    previous = {sig: signal.signal(sig, stop_now) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = handle_stops(stop_now)  # SIGINT, SIGTERM and SIGHUP, unless the parent ignores them
     try:
         code, line = _fast_command()(args=argv, prog_name="vaezoo", standalone_mode=False), None
     except (typer.Abort, KeyboardInterrupt):
@@ -430,14 +478,21 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
             if debug:
                 traceback.print_exc()
             code, line = 1, f"vaezoo: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)"
+    except BaseException as error:  # sys.exit or a bare BaseException in a plugin's code: vaezoo never raises them
+        if debug:
+            traceback.print_exc()
+        code, line = 1, f"vaezoo: error: code that vaezoo ran (a plugin's?) raised {type(error).__name__}: {error} (run with --debug for the traceback)"
     finally:
         for sig in previous:  # a signal now would only cut the last line short
             signal.signal(sig, signal.SIG_IGN)
     if code == 130:
         forget_interrupt()
         line = line or "vaezoo: interrupted"  # typer turns a KeyboardInterrupt into a silent 130
-    if line:
-        print(line.splitlines()[0], file=sys.stderr)
+    if line:  # error messages quote files, plugins and options: no terminal controls
+        try:
+            print(printable(line.splitlines()[0]), file=sys.stderr, flush=True)
+        except OSError:  # the terminal is gone (SIGHUP): the exit code still says what happened
+            pass
     for sig, handler in previous.items() if restore_signals else ():
         signal.signal(sig, handler)
     code = code if isinstance(code, int) else 0

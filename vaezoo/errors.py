@@ -1,6 +1,26 @@
-"""Errors a user can cause. The CLI prints their message as one line and exits with `exit_code`."""
+"""Errors a user can cause. The CLI prints their message as one line and exits with `exit_code`.
+`printable` makes text from files and plugins safe to print on a terminal."""
 
 from __future__ import annotations
+
+import re
+
+# C0 and C1 controls, DEL, line and paragraph separators, bidirectional overrides and isolates
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: object, *, lines: bool = False) -> str:
+    """`text` as a string whose terminal control characters (ESC, CSI, OSC, BEL, CR, backspace, the
+    other C0 and C1 controls, bidirectional overrides) are shown as `\\x1b`-style escapes, so that a
+    file or a plugin cannot move the cursor, clear the screen or retitle the terminal. `lines` keeps
+    newlines and tabs (for multi-line output such as a model card). Rich markup is not escaped here."""
+    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_visible, str(text))
 
 
 class VaezooError(Exception):
@@ -19,6 +39,14 @@ class RecipeError(VaezooError):
 
 class PluginError(VaezooError):
     """Plugins that conflict or a component a checkpoint needs that is not installed."""
+
+
+class DuplicateName(PluginError):
+    """Two plugins register one name in one kind."""
+
+
+class BadRegistration(PluginError):
+    """A plugin calls `register` with a name, object or summary vaezoo cannot use."""
 
 
 class DataError(VaezooError):

@@ -11,7 +11,7 @@ from importlib.metadata import EntryPoint, entry_points
 import pluggy
 
 from vaezoo import hookspecs
-from vaezoo.errors import PluginError
+from vaezoo.errors import BadRegistration, DuplicateName, PluginError, printable
 from vaezoo.registry import KINDS, PluginInfo, Registry
 
 GROUP = "vaezoo"
@@ -33,7 +33,27 @@ def _info(entry_point: EntryPoint, dists: dict[object, tuple[str, str]]) -> Plug
         metadata = dist.metadata
         dists[key] = (metadata["Name"], metadata["Version"])
     name, version = dists[key]
-    return PluginInfo(name=entry_point.name, distribution=name, version=version)
+    return PluginInfo(name=entry_point.name, distribution=name or "unknown", version=version or "unknown")
+
+
+def _why(error: BaseException) -> str:
+    """`Type: first line of the message`, whatever the exception's `__str__` does."""
+    try:
+        message = str(error)
+    except Exception:
+        message = "(a message that cannot be shown)"
+    lines = message.splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+
+
+def _fail(info: PluginInfo, error: str, registry: Registry | None = None) -> None:
+    """Mark the plugin failed, warn in one line and forget what it registered (`registry`: it had
+    loaded, and one of its hooks failed)."""
+    info.error = error
+    if registry is not None:
+        registry.drop(info)
+    how = "failed" if registry is not None else "failed to load"
+    print(printable(f"vaezoo: warning: plugin {info.name!r} ({info.distribution}) {how}: {error}"), file=sys.stderr)
 
 
 def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
@@ -58,12 +78,13 @@ def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
         try:
             manager.register(entry_point.load(), name=entry_point.name)
             manager.check_pending()
-        except (Exception, SystemExit) as error:  # a broken plugin (even one calling sys.exit) must not take the others down
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: still stops vaezoo
+            raise
+        except BaseException as error:  # a broken plugin (even one calling sys.exit) must not take the others down
             plugin = manager.get_plugin(entry_point.name)
             if plugin is not None:
                 manager.unregister(plugin)
-            info.error = f"{type(error).__name__}: {error}".splitlines()[0]
-            print(f"vaezoo: warning: plugin {info.name!r} ({info.distribution}) failed to load: {info.error}", file=sys.stderr)
+            _fail(info, _why(error))
         infos.append(info)
     return infos
 
@@ -84,16 +105,19 @@ def build_registry() -> Registry:
             register = partial(_register, registry, kind, info)
             try:
                 impl.function(register=register)
-            except PluginError:
+            except (KeyboardInterrupt, DuplicateName):  # an interrupt, or two plugins with one name: stop
                 raise
-            except (Exception, SystemExit) as error:
-                info.error = f"{hookspecs.HOOKS[kind]} raised {type(error).__name__}: {error}".splitlines()[0]
-                print(f"vaezoo: warning: plugin {info.name!r} failed: {info.error}", file=sys.stderr)
+            except BadRegistration as error:
+                _fail(info, f"{hookspecs.HOOKS[kind]} {str(error).removeprefix(f'plugin {info.name!r} ')}", registry)
+            except BaseException as error:  # SystemExit and other BaseExceptions too: isolate the plugin
+                _fail(info, f"{hookspecs.HOOKS[kind]} raised {_why(error)}", registry)
     return registry
 
 
 def _register(registry: Registry, kind: str, info: PluginInfo, name: str, target: object, *, summary: str | None = None) -> None:
-    registry.add(kind, name, target, info, summary)
+    """The `register` callable a hook receives; once its plugin has failed it registers nothing."""
+    if info.error is None:
+        registry.add(kind, name, target, info, summary)
 
 
 def get_registry() -> Registry:

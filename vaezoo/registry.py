@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from vaezoo.errors import PluginError, UnknownName
+from vaezoo.errors import BadRegistration, DuplicateName, PluginError, UnknownName
 from vaezoo.hookspecs import HOOKS
 
 KINDS = tuple(HOOKS)
+MAX_NAME = 100  # characters in a registered name
 SINGULAR = {"recipes": "recipe", "models": "model", "encoders": "encoder", "decoders": "decoder", "priors": "prior", "losses": "loss", "datasets": "dataset"}
 
 
@@ -43,7 +44,9 @@ class Entry:
             module, _, attribute = self.target.partition(":")
             try:
                 self.target = getattr(import_module(module), attribute)
-            except (Exception, SystemExit) as error:  # a plugin's code must not take vaezoo down
+            except KeyboardInterrupt:
+                raise
+            except BaseException as error:  # a plugin's code (even sys.exit) must not take vaezoo down
                 raise PluginError(
                     f"plugin {self.plugin.name!r} ({self.plugin.distribution}) registers {SINGULAR[self.kind]} {self.name!r} as "
                     f"{self.target!r}, which does not import: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
@@ -55,10 +58,14 @@ class Entry:
         if self.summary_text is not None:
             return self.summary_text
         if isinstance(self.target, dict):
-            return str(self.target.get("summary", ""))
+            summary = self.target.get("summary", "")
+            return summary if isinstance(summary, str) else ""
         if isinstance(self.target, str):
             return ""
-        return (inspect.getdoc(self.target) or "").split("\n", 1)[0]
+        try:
+            return (inspect.getdoc(self.target) or "").split("\n", 1)[0]
+        except Exception:  # a class whose __doc__ is not plain data
+            return ""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,17 +86,27 @@ class Registry:
         self.plugins: list[PluginInfo] = []
 
     def add(self, kind: str, name: str, target: Any, plugin: PluginInfo, summary: str | None = None) -> None:
-        if not isinstance(name, str) or not name:
-            raise PluginError(f"plugin {plugin.name!r} registered a {SINGULAR[kind]} with an invalid name {name!r}")
+        """Register `target` as `name`; BadRegistration for a name, object or summary that vaezoo
+        cannot use, DuplicateName when another plugin has the name already."""
+        problem = registration_problem(kind, name, target, summary)
+        if problem:
+            raise BadRegistration(f"plugin {plugin.name!r} registered {problem}")
         existing = self.entries[kind].get(name)
         if existing is not None:
-            raise PluginError(
+            raise DuplicateName(
                 f"{SINGULAR[kind]} {name!r} is registered twice: by plugin {existing.plugin.name!r} "
                 f"({existing.plugin.distribution}) and by plugin {plugin.name!r} ({plugin.distribution}); "
                 f"uninstall one or disable it with VAEZOO_DISABLE_PLUGINS={plugin.name}"
             )
         self.entries[kind][name] = Entry(kind, name, target, plugin, summary)
         plugin.registers.setdefault(kind, []).append(name)
+
+    def drop(self, plugin: PluginInfo) -> None:
+        """Forget everything `plugin` registered (it failed part-way)."""
+        for entries in self.entries.values():
+            for name in [name for name, entry in entries.items() if entry.plugin is plugin]:
+                del entries[name]
+        plugin.registers.clear()
 
     def get(self, kind: str, name: str) -> Entry:
         """The entry, or an error that lists close names and how to see them all."""
@@ -113,6 +130,29 @@ class Registry:
                 if pattern is None or fnmatch.fnmatchcase(name, pattern):
                     found.append(self.entries[k][name])
         return found
+
+
+def registration_problem(kind: str, name: object, target: object, summary: object) -> str | None:
+    """What is wrong with `register(name, target, summary=summary)` for `kind`, or None."""
+    what = SINGULAR[kind]
+    article = "an" if what[0] in "aeiou" else "a"
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable() or name != name.strip():
+        shown = repr(name) if isinstance(name, str) else f"of type {type(name).__name__}"
+        return f"{article} {what} with an invalid name {shown[:MAX_NAME + 2]} (a name is 1 to {MAX_NAME} printable characters)"
+    if summary is not None and not isinstance(summary, str):
+        return f"{what} {name!r} with a summary of type {type(summary).__name__} (a summary is a string)"
+    if kind == "recipes":
+        if not isinstance(target, dict):
+            return f"recipe {name!r} as a {type(target).__name__} (a recipe is a table: a dict)"
+        if not isinstance(target.get("summary", ""), str):
+            return f"recipe {name!r} with a summary of type {type(target['summary']).__name__} (a summary is a string)"
+    elif isinstance(target, str):
+        module, _, attribute = target.partition(":")
+        if not module or not attribute:
+            return f"{what} {name!r} as {target[:200]!r} (a string target is 'module:attribute')"
+    elif not callable(target):
+        return f"{what} {name!r} as a {type(target).__name__} (a class, a factory or 'module:attribute')"
+    return None
 
 
 def list_components(kind: str | None = None, pattern: str | None = None) -> list[dict[str, Any]]:

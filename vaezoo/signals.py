@@ -1,15 +1,33 @@
-"""The handler that makes SIGINT / SIGTERM stop a vaezoo command at once (outside the training loop,
-which saves its state first). Kept free of heavy imports: the console script installs it first thing."""
+"""The handler that makes SIGINT, SIGTERM and SIGHUP stop a vaezoo command at once (outside the
+training loop, which saves its state first). Kept free of heavy imports: the console script and
+`python -m vaezoo` install it first thing."""
+
+from __future__ import annotations
 
 import signal
+from collections.abc import Callable
+
+# Ctrl-C, `kill`, and a closed terminal (SIGHUP: there is none on Windows)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def stop_now(signum: int, frame: object) -> None:
     """Stop now, once: the signals that follow in a burst are ignored while vaezoo prints its one line
     and exits 130."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def handle_stops(handler: Callable | int = stop_now) -> dict[int, object]:
+    """Install `handler` for each stop signal and return the handlers it replaced. A signal that
+    vaezoo's parent set to be ignored stays ignored: `nohup vaezoo run ...` keeps running when its
+    terminal closes, and a background job of a script is not stopped by Ctrl-C."""
+    previous = {}
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
+    return previous
 
 
 def forget_interrupt() -> None:
