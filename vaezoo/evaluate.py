@@ -59,15 +59,26 @@ def evaluate(model: Model, images: Tensor, labels: Tensor | None = None, *, batc
     means = {key: value.item() / n for key, value in totals.items()}
     metrics: dict[str, Any] = {key: means.pop(key, float("nan")) for key in ("loss", "recon", "kl")}
     metrics["terms"] = {key.removeprefix("terms."): value for key, value in means.items()}
-    if getattr(model, "discrete", False):
+    if reports_bits(model):
         metrics["bits_per_dim"] = bits_per_dim(model, metrics["loss"])
     return metrics
+
+
+def is_elbo(model: Model) -> bool:
+    """Whether the model's loss at evaluation is a negative ELBO (else the family's own objective)."""
+    return getattr(model, "objective", "elbo") == "elbo"
+
+
+def reports_bits(model: Model) -> bool:
+    """bits/dim are meaningful for a discrete likelihood's negative ELBO only."""
+    return bool(getattr(model, "discrete", False)) and is_elbo(model)
 
 
 BITS_PER_DIM_NOTE = (
     "bits/dim is not reported: the likelihood of {what} is not over the 256 pixel values "
     "(model.discrete is False), so its nats are not comparable with published bits/dim"
 )
+OBJECTIVE_NOTE = "model family {family!r} minimises its own objective ({objective}), not a negative ELBO: no likelihood or bits/dim"
 IW_NOTE = "the importance-weighted NLL is not reported: model family {family!r} has no log_likelihood"
 
 
@@ -122,7 +133,8 @@ def evaluation_report(model: Model, images: Tensor, labels: Tensor | None = None
     `log_likelihood`), bits/dim of each (None, with a note, unless the model is discrete) and
     reconstruction error."""
     report: dict[str, Any] = evaluate(model, images, labels, batch_size=batch_size, seed=seed)
-    discrete = bool(getattr(model, "discrete", False))
+    report["objective"], report["regularizer"] = getattr(model, "objective", "elbo"), getattr(model, "regularizer", "kl")
+    discrete = reports_bits(model)
     if iw_samples:
         report["iw_samples"] = iw_samples
         if callable(getattr(model, "log_likelihood", None)):
@@ -133,7 +145,9 @@ def evaluation_report(model: Model, images: Tensor, labels: Tensor | None = None
     for nats, key in (("loss", "bits_per_dim"), ("iw_nll", "iw_bits_per_dim")):
         if nats in report:
             report[key] = bits_per_dim(model, report[nats]) if discrete and report[nats] is not None else None
-    if not discrete:
+    if not is_elbo(model):
+        report["bits_per_dim_note"] = OBJECTIVE_NOTE.format(family=family_name(model), objective=report["objective"])
+    elif not discrete:
         recipe = getattr(model, "recipe", {})
         what = f"loss {recipe['loss']['name']!r}" if "loss" in recipe else f"model {family_name(model)!r}"
         report["bits_per_dim_note"] = BITS_PER_DIM_NOTE.format(what=what)

@@ -326,7 +326,7 @@ def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: flo
         "train_loss": train_loss,
         "test_loss": test["loss"],
         "test_recon": test["recon"],
-        "test_kl": test["kl"],
+        f"test_{run.model.regularizer}": test["kl"],  # test_kl for an ELBO family
         **({"test_bits_per_dim": test["bits_per_dim"]} if "bits_per_dim" in test else {}),
         **({"test_terms": {k: test[f"terms.{k}"] for k in terms}} if terms else {}),
         **({"skipped_updates": state.skipped} if settings["skip_grad_norm"] > 0 else {}),

@@ -22,6 +22,7 @@ class ConditionalVAE(Model):
     """Class-conditional conv VAE: q(z | x, y), p(x | z, y), p(z) from the recipe's prior."""
 
     conditional = True
+    applies_kl_weight = True  # the loss component's beta / warm-up
 
     def __init__(
         self,
