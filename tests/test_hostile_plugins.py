@@ -287,7 +287,7 @@ def test_a_quoted_bracket_in_a_set_value_is_not_nesting(tmp_path: Path) -> None:
 # ---- class 14: SIGTERM and SIGHUP from the first line of vaezoo's code ------------------------------
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "vaezoo"
-SIGNAL_BITS = {signal.SIGTERM: 1 << (signal.SIGTERM - 1), signal.SIGHUP: 1 << (signal.SIGHUP - 1)}
+SIGNAL_BITS = {sig: 1 << (sig - 1) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None}
 
 
 def caught(pid: int, sig: int) -> bool:
@@ -301,7 +301,7 @@ def caught(pid: int, sig: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("sig", list(SIGNAL_BITS), ids=[signal.Signals(sig).name for sig in SIGNAL_BITS])
 @pytest.mark.parametrize("how", ["python -m vaezoo", "console script"])
 def test_a_stop_signal_right_after_start_up_exits_130(cifar: Path, tmp_path: Path, how: str, sig: int) -> None:
     """The moment vaezoo's handler is in place (it is vaezoo's first act: see the test below), a
@@ -355,3 +355,17 @@ def test_the_stop_handler_comes_before_any_other_import(tmp_path: Path, how: str
     assert "vaezoo" in imported, imported
     ours = imported[imported.index("vaezoo"):]  # from vaezoo's first line on
     assert set(ours) <= {"vaezoo", "vaezoo.__main__", "vaezoo.signals", "signal", "collections.abc"}, ours
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")
+def test_a_sighup_that_the_parent_ignores_stays_ignored(cifar: Path, tmp_path: Path) -> None:
+    """`nohup vaezoo run ...`: closing the terminal does not stop the run."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "vaezoo", "run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", *TINY_ARGS, "--data-dir", str(cifar), "--out", str(out)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    deadline = time.monotonic() + 30
+    while not caught(process.pid, signal.SIGTERM) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.0005)
+    process.send_signal(signal.SIGHUP)
+    code, err = process.wait(timeout=300), process.stderr.read()
+    assert code == 0 and (out / "model.safetensors").exists(), err[-2000:]

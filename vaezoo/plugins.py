@@ -42,8 +42,8 @@ def _why(error: BaseException) -> str:
         message = str(error)
     except Exception:
         message = "(a message that cannot be shown)"
-    lines = message.splitlines()
-    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}".rstrip(": ")
+    first = (message.splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _fail(info: PluginInfo, error: str, registry: Registry | None = None) -> None:
