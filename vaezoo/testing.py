@@ -264,8 +264,7 @@ def check_model(
     assert isinstance(parts.terms, dict), f"{name}: LossParts.terms must be a dict"
     for key, value in parts.terms.items():
         _assert_shape(f"{name} parts.terms[{key!r}]", value, (batch,))
-    parts.loss.mean().backward()
-    _assert_gradients(name, model)
+    _check_training(name, model, x, y)
 
     model.eval()
     with torch.no_grad():
@@ -279,12 +278,108 @@ def check_model(
         _assert_images(f"{name}.reconstruct", model.reconstruct(x, y), (batch, *in_shape))
         if callable(getattr(model, "log_likelihood", None)):
             _assert_shape(f"{name}.log_likelihood(k=4)", model.log_likelihood(x, y, k=4), (batch,))
+            _check_likelihood(name, model, x, y)
         if callable(getattr(model, "encode", None)) or callable(getattr(model, "decode", None)):
             assert callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)), f"{name}: encode and decode come together"
             latents = model.encode(x, y)
             assert isinstance(latents, Tensor) and latents.shape[0] == batch, f"{name}.encode: expected a tensor with {batch} rows"
             _assert_images(f"{name}.decode(encode(x))", model.decode(latents, y), (batch, *in_shape))
     return model
+
+
+TRAINING_STEPS = 2  # a family may step its optimizers in turns: each parameter must learn within these
+
+
+def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> None:
+    """Training as vaezoo runs it: the optimizers of `parameter_groups` (each trainable parameter in
+    exactly one), `training_step` for TRAINING_STEPS steps; every parameter gets a finite, non-zero
+    gradient in some update (unless `unused_parameters` names it); the optimizers' state round-trips
+    through state.safetensors."""
+    from vaezoo.recipes import TRAIN_DEFAULTS
+    from vaezoo.train import make_optimizers
+
+    named = dict(model.named_parameters())
+    groups = model.parameter_groups()
+    owner: dict[int, str] = {}
+    for group_name, group in groups.items():
+        for param in group.params:
+            assert id(param) not in owner, f"{name}: a parameter is in two optimizers ({owner.get(id(param))!r} and {group_name!r})"
+            owner[id(param)] = group_name
+    unused = tuple(model.unused_parameters)
+    trainable = {n: p for n, p in named.items() if p.requires_grad and not n.startswith(unused)}
+    names = {id(p): n for n, p in trainable.items()}
+    left_out = sorted(n for n, p in trainable.items() if id(p) not in owner)
+    assert not left_out, f"{name}: parameter {left_out[0]} is in no optimizer of parameter_groups() (or declare it in unused_parameters)"
+    optimizers = make_optimizers(model, {**TRAIN_DEFAULTS, "lr": 1e-4})
+    learned: set[str] = set()
+
+    def update(group_name: str, per_image_loss: Tensor) -> None:
+        assert group_name in optimizers, f"{name}: training_step stepped {group_name!r}, not one of its optimizers {sorted(optimizers)}"
+        _assert_shape(f"{name}: the loss given to update({group_name!r})", per_image_loss, (len(x),))
+        optimizer = optimizers[group_name]
+        optimizer.zero_grad(set_to_none=True)
+        per_image_loss.mean().backward()
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    assert torch.isfinite(param.grad).all(), f"{name}: non-finite gradient in optimizer {group_name!r}"
+                    if param.grad.abs().sum() > 0 and id(param) in names:
+                        learned.add(names[id(param)])
+        optimizer.step()
+
+    for step in range(TRAINING_STEPS):
+        parts = model.training_step(x, y, step, update)
+        assert isinstance(parts, LossParts), f"{name}: training_step must return vaezoo.LossParts, got {type(parts).__name__}"
+    never = sorted(n for n in trainable if n not in learned)
+    assert not never, f"{name}: parameter {never[0]} never gets a gradient in {TRAINING_STEPS} training steps (multi-process training rejects that; declare it in unused_parameters if intended)"
+    _check_state_round_trip(name, model, optimizers)
+
+
+def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    """Weights and every optimizer's state, saved to a state.safetensors and loaded into fresh
+    optimizers, are exactly what they were."""
+    import copy
+    import tempfile
+
+    from vaezoo.recipes import TRAIN_DEFAULTS
+    from vaezoo.state import load_state, save_state
+    from vaezoo.train import make_optimizers
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "state.safetensors"
+        save_state(path, model, optimizers, {"epoch": 0, "batch": 0, "step": TRAINING_STEPS, "loss_sum": 0.0, "seconds": 0.0}, torch.Generator().get_state())
+        twin = copy.deepcopy(model)
+        fresh = make_optimizers(twin, {**TRAIN_DEFAULTS, "lr": 1e-4})
+        rng = torch.get_rng_state()
+        load_state(path, twin, fresh)
+        torch.set_rng_state(rng)
+    for group_name, optimizer in optimizers.items():
+        ours, theirs = optimizer.state_dict(), fresh[group_name].state_dict()
+        for index, values in ours["state"].items():
+            for key, value in values.items():
+                other = theirs["state"].get(index, {}).get(key)
+                same = torch.equal(value, other) if torch.is_tensor(value) else value == other
+                assert same, f"{name}: optimizer {group_name!r} state {index}.{key} does not round-trip through state.safetensors"
+
+
+LIKELIHOOD_REPEATS = 64
+
+
+def _check_likelihood(name: str, model: Model, x: Tensor, y: Tensor | None) -> None:
+    """`log_likelihood` is the importance-weighted bound of the model's ELBO: with k=1 it averages to
+    the ELBO (-loss at step None), and with more samples it is not below it by more than noise."""
+    assert getattr(model, "objective", "elbo") == "elbo", f"{name}: log_likelihood is for ELBO families; objective {model.objective!r} has none"
+    elbo = torch.stack([-model(x, y, step=None).loss.double() for _ in range(LIKELIHOOD_REPEATS)])
+    one = torch.stack([model.log_likelihood(x, y, k=1).double() for _ in range(LIKELIHOOD_REPEATS)])
+    noise = (elbo.var(0) / LIKELIHOOD_REPEATS + one.var(0) / LIKELIHOOD_REPEATS).sqrt().max().item()
+    gap = (one.mean(0) - elbo.mean(0)).abs().max().item()
+    assert gap <= 5 * noise + 1e-3 * elbo.abs().mean().item() + 1e-3, (
+        f"{name}: log_likelihood(k=1) averages {one.mean().item():.3f} but the ELBO averages {elbo.mean().item():.3f} (difference {gap:.3f}, noise {noise:.3f}): with one sample it must be the ELBO"
+    )
+    many = torch.stack([model.log_likelihood(x, y, k=16).double() for _ in range(LIKELIHOOD_REPEATS // 8)]).mean(0)
+    assert (many >= elbo.mean(0) - 5 * noise - 1e-3 * elbo.abs().mean().item() - 1e-3).all(), (
+        f"{name}: log_likelihood(k=16) {many.tolist()} is below the ELBO {elbo.mean(0).tolist()}: an importance-weighted bound is never worse than the ELBO"
+    )
 
 
 def component(kind: str, name: str, *, in_shape: Sequence[int] = (3, 32, 32), latent_dim: int | None = None, loss: Loss | None = None, **kw: Any) -> Any:
