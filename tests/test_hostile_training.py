@@ -154,3 +154,9 @@ def test_a_family_whose_pictures_are_the_wrong_type_is_one_line(cifar: Path, tmp
     args = ["-n", "2", "--out", str(tmp_path / "s.png")] if command == "sample" else ["--limit", "16", "--data-dir", str(cifar)]
     line = one_line(run_cli(command, str(lying), *args, env=liar_path))
     assert f"model family 'liar' (liar_plugin.Liar) broke its contract: {lie} returned" in line
+
+
+def test_a_recipe_file_nested_too_deeply_is_one_line(cifar: Path, tmp_path: Path) -> None:
+    recipe = tmp_path / "deep.toml"
+    recipe.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert "nested too deeply" in one_line(run_cli("run", str(recipe), "--data-dir", str(cifar), "--out", str(tmp_path / "run")))

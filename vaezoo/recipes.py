@@ -57,6 +57,8 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         raise RecipeError(f"bad --set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
+    except RecursionError:
+        raise RecipeError(f"bad --set {key}: its value is nested too deeply") from None
     except tomllib.TOMLDecodeError:
         if text and all(c.isalnum() or c in "-_./:" for c in text):
             value = text
@@ -93,6 +95,8 @@ def find_recipe(name_or_path: str | Path) -> tuple[str, dict[str, Any]]:
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise RecipeError(f"recipe file {path} is not valid TOML: {error}") from None
+        except RecursionError:
+            raise RecipeError(f"recipe file {path} is nested too deeply to be a recipe") from None
         return check_name(table.get("name", path.stem), f"recipe file {path}"), table
     from vaezoo.plugins import get_registry
 

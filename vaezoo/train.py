@@ -24,6 +24,7 @@ from vaezoo.data import shuffled_batches
 from vaezoo.devices import Precision
 from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
 from vaezoo.evaluate import evaluate
+from vaezoo.signals import handle_stops
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
 
@@ -106,8 +107,7 @@ class StopRequest:
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous = handle_stops(self._handle)  # a signal the parent ignores (nohup) stays ignored
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -269,7 +269,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                     state.loss_sum, state.seconds = distributed.all_reduce_sum(loss_sum).item(), state.seconds + time.perf_counter() - started
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
                 update.global_batch = min(settings["batch_size"], n_used - state.batch * settings["batch_size"])
-                with _blame(run, "a training step"):
+                with blame(run, "a training step"):
                     if step_of is None:  # the one-loss step
                         with run.precision.autocast(device):
                             parts = checked_parts(model, net(x, y, state.step), len(x))
@@ -312,7 +312,7 @@ def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: flo
     test_shard, label_shard = distributed.shard_split(run.test_images, job), None
     if run.test_labels is not None:
         label_shard = distributed.shard_split(run.test_labels, job)
-    with _blame(run, "evaluation"):
+    with blame(run, "evaluation"):
         test = evaluate(run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision)
     terms = test.pop("terms")
     test = distributed.reduce_means({**test, **{f"terms.{k}": v for k, v in terms.items()}}, len(test_shard), run.device)
@@ -339,7 +339,7 @@ def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: flo
 
 
 @contextlib.contextmanager
-def _blame(run: Run, what: str) -> Iterator[None]:
+def blame(run: Run, what: str) -> Iterator[None]:
     """An error raised inside the model (a plugin's shapes gone wrong) as one line naming the family
     and the plugin distribution that provides it."""
     try:
