@@ -329,8 +329,9 @@ def eval_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Test-split metrics of a saved model: negative ELBO per image (nats) and its parts, the
-    importance-weighted NLL (--iw-samples), bits/dim (discrete likelihoods only), MSE and PSNR."""
+    """Test-split metrics of a saved model: its objective per image (the negative ELBO in nats for a
+    VAE) and its parts, the importance-weighted NLL (--iw-samples), bits/dim (discrete likelihoods
+    only), MSE and PSNR."""
     from vaezoo.api import evaluate_file
 
     metrics = evaluate_file(model, data_dir=data_dir, split=split, limit=limit or 0, device=device, iw_samples=iw_samples, seed=seed)
@@ -338,10 +339,13 @@ def eval_command(
         _print_json(metrics)
         return
     rows = []
+    objective = "negative ELBO" if metrics["objective"] == "elbo" else f"{metrics['objective']} objective"
     for key, value in metrics.items():
-        if key == "terms":  # the family's own terms, under the KL they usually split
+        if key == "terms":  # the family's own terms, under the regularizer they usually split
             rows += [(f"  {term}", term_value) for term, term_value in value.items()]
-        elif key not in ("bits_per_dim_note", "iw_note"):
+        elif key == "loss":
+            rows.append((f"loss ({objective})", value))
+        elif key not in ("bits_per_dim_note", "iw_note", "objective", "regularizer"):
             rows.append((key, value))
     shown = [(key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value)) for key, value in rows]
     console.print(_table(("metric", "value"), shown, header=False))

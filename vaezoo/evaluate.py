@@ -128,12 +128,15 @@ def family_name(model: Model) -> str:
 
 
 def evaluation_report(model: Model, images: Tensor, labels: Tensor | None = None, *, iw_samples: int = 0, batch_size: int = 500, seed: int = 0) -> dict[str, Any]:
-    """Everything `vaezoo eval` prints: negative ELBO, its parts and the model's terms, the
+    """Everything `vaezoo eval` prints: the objective (the negative ELBO for an ELBO family), its parts
+    (`recon` and the regularizer: `kl`, or the family's own name) and the model's terms, the
     importance-weighted NLL when `iw_samples` > 0 (None with a note for a family without
     `log_likelihood`), bits/dim of each (None, with a note, unless the model is discrete) and
     reconstruction error."""
-    report: dict[str, Any] = evaluate(model, images, labels, batch_size=batch_size, seed=seed)
-    report["objective"], report["regularizer"] = getattr(model, "objective", "elbo"), getattr(model, "regularizer", "kl")
+    regularizer = getattr(model, "regularizer", "kl")
+    report: dict[str, Any] = {"objective": getattr(model, "objective", "elbo"), "regularizer": regularizer}
+    for key, value in evaluate(model, images, labels, batch_size=batch_size, seed=seed).items():
+        report[regularizer if key == "kl" else key] = value  # a family that is not an ELBO has no KL
     discrete = reports_bits(model)
     if iw_samples:
         report["iw_samples"] = iw_samples
