@@ -32,9 +32,9 @@ def check_int(plugin: str, key: str, value: object, low: int, high: int) -> int:
 
 
 def check_widths(plugin: str, hidden: Sequence[int]) -> None:
-    """`hidden`: 1 to MAX_LAYERS layer widths, each a whole number from 1 to MAX_WIDTH."""
-    if not (isinstance(hidden, Sequence) and not isinstance(hidden, str) and 1 <= len(hidden) <= MAX_LAYERS):
-        raise ValueError(f"{plugin} needs hidden: a list of 1 to {MAX_LAYERS} layer widths")
+    """`hidden`: at most MAX_LAYERS layer widths, each a whole number from 1 to MAX_WIDTH."""
+    if not (isinstance(hidden, Sequence) and not isinstance(hidden, str) and len(hidden) <= MAX_LAYERS):
+        raise ValueError(f"{plugin} needs hidden: a list of at most {MAX_LAYERS} layer widths")
     if not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in hidden):
         raise ValueError(f"{plugin} needs hidden widths from 1 to {MAX_WIDTH}, got {list(hidden)}")
 
