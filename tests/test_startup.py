@@ -1,5 +1,5 @@
-"""`vaezoo --help`, `list`, `plugins`, and `inspect` and `card` of a model file answer without importing torch (nor pydantic, whose import
-typer 0.29 would otherwise pay for on every command line): checked in fresh processes, not timed."""
+"""`vaezoo --help`, `list`, `plugins`, and `inspect` and `card` of a model file answer without importing torch (nor pydantic, which
+typer 0.29 imports for every command line: pyproject keeps typer below it): checked in fresh processes, not timed."""
 
 from __future__ import annotations
 

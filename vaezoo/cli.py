@@ -417,40 +417,6 @@ def card_command(
     sys.stdout.write(printable(card_for(model, repo_id), lines=True))  # a file's text: no terminal controls
 
 
-class _Plain:
-    """Typer's runtime coercion for a `str` or `bool` parameter whose value already has that type,
-    without pydantic: typer 0.29 builds a pydantic TypeAdapter for each parameter it processes, and
-    importing pydantic is most of the start-up time of `vaezoo list`. Anything else goes to typer."""
-
-    def __init__(self, param, typer_coercion) -> None:
-        self.param, self.typer_coercion = param, typer_coercion
-
-    def coerce(self, value, param, ctx):
-        if value is None or isinstance(value, self.param.type_descriptor.annotation):
-            return value
-        self.param._runtime_param = None  # typer's own coercion replaces this one
-        return self.typer_coercion(self.param).coerce(value, param=param, ctx=ctx)
-
-
-def _fast_command():
-    """The click command of `app`; plain str/bool parameters are coerced without importing pydantic
-    (if typer's internals change, typer's own coercion is used)."""
-    core = getattr(typer, "core", None)
-    parameter = getattr(core, "_TyperParameter", None)
-    typer_coercion = getattr(parameter, "get_runtime_param", None)
-    if typer_coercion is not None and not getattr(typer_coercion, "vaezoo_plain", False):
-
-        def get_runtime_param(self):
-            descriptor = getattr(self, "type_descriptor", None)
-            if self._runtime_param is None and descriptor is not None and descriptor.annotation in (str, bool) and not self.multiple and self.nargs == 1:
-                self._runtime_param = _Plain(self, typer_coercion)
-            return typer_coercion(self) if self._runtime_param is None else self._runtime_param
-
-        get_runtime_param.vaezoo_plain = True
-        parameter.get_runtime_param = get_runtime_param
-    return typer.main.get_command(app)
-
-
 _ARGV: list[str] = []
 
 
@@ -463,7 +429,7 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     debug = "--debug" in _ARGV or os.environ.get("VAEZOO_DEBUG") == "1"
     previous = handle_stops(stop_now)  # SIGINT, SIGTERM and SIGHUP, unless the parent ignores them
     try:
-        code, line = _fast_command()(args=argv, prog_name="vaezoo", standalone_mode=False), None
+        code, line = typer.main.get_command(app)(args=argv, prog_name="vaezoo", standalone_mode=False), None
     except (typer.Abort, KeyboardInterrupt):
         code, line = 130, "vaezoo: interrupted"
     except VaezooError as error:
