@@ -1,0 +1,8 @@
+"""Registers the `aae` model family (imported only when used)."""
+
+import vaezoo
+
+
+@vaezoo.hookimpl
+def register_models(register):
+    register("aae", "vaezoo_defaults.aae.model:AdversarialAE", summary="Adversarial autoencoder (Makhzani et al. 2015): a deterministic autoencoder whose codes are matched to the prior by a discriminator")
