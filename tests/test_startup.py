@@ -30,7 +30,7 @@ def test_cheap_commands_do_not_import_torch(argv: list[str]) -> None:
 
 
 def test_building_the_list_does_not_import_torch() -> None:
-    code = "import sys, vaezoo.cli\nfrom vaezoo.registry import list_components\nassert list_components()\nprint('torch' in sys.modules)"
+    code = "import sys, vaezoo.cli\nfrom vaezoo.plugins import list_components\nassert list_components()\nprint('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

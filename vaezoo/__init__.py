@@ -19,7 +19,7 @@ _LAZY = {
     "save": "vaezoo.checkpoint",
     "push": "vaezoo.hub",
     "resolve_recipe": "vaezoo.recipes",
-    "list_components": "vaezoo.registry",
+    "list_components": "vaezoo.plugins",
     "get_registry": "vaezoo.plugins",
     "Model": "vaezoo.components",
     "Encoder": "vaezoo.components",

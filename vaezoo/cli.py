@@ -103,7 +103,8 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List recipes and components."""
-    from vaezoo.registry import KINDS, list_components
+    from vaezoo.plugins import list_components
+    from vaezoo.registry import KINDS
 
     if kind is not None and kind not in KINDS:
         if pattern is None and any(ch in kind for ch in "*?["):

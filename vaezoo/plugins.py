@@ -7,11 +7,12 @@ import os
 import sys
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 import pluggy
 
 from vaezoo import hookspecs
-from vaezoo.errors import BadRegistration, DuplicateName, PluginError, printable
+from vaezoo.errors import BadRegistration, DuplicateName, PluginError, UnknownName, printable
 from vaezoo.registry import KINDS, PluginInfo, Registry
 
 GROUP = "vaezoo"
@@ -132,3 +133,10 @@ def reset_registry() -> None:
     """Forget the registry so the next `get_registry()` reloads plugins (tests, env changes)."""
     global _registry
     _registry = None
+
+
+def list_components(kind: str | None = None, pattern: str | None = None) -> list[dict[str, Any]]:
+    """Registered recipes and components as dicts (`name`, `kind`, `summary`, `plugin`, ...)."""
+    if kind is not None and kind not in KINDS:
+        raise UnknownName(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+    return [entry.as_dict() for entry in get_registry().list(kind, pattern)]

@@ -153,12 +153,3 @@ def registration_problem(kind: str, name: object, target: object, summary: objec
     elif not callable(target):
         return f"{what} {name!r} as a {type(target).__name__} (a class, a factory or 'module:attribute')"
     return None
-
-
-def list_components(kind: str | None = None, pattern: str | None = None) -> list[dict[str, Any]]:
-    """Registered recipes and components as dicts (`name`, `kind`, `summary`, `plugin`, ...)."""
-    from vaezoo.plugins import get_registry
-
-    if kind is not None and kind not in KINDS:
-        raise UnknownName(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
-    return [entry.as_dict() for entry in get_registry().list(kind, pattern)]
