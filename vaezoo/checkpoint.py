@@ -77,7 +77,7 @@ def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
         if not kind or record.get("name") not in registry.entries[kind]:
             disabled = f" (or remove {shown(record.get('plugin'))} from VAEZOO_DISABLE_PLUGINS)" if record.get("plugin") in disabled_plugins() else ""
             distribution, version = record.get("distribution"), record.get("version")
-            needs = f"{path} needs {shown(record.get('kind'))[1:-1]} {shown(record.get('name'))}"
+            needs = f"{path} needs {record['kind'] if kind else shown(record.get('kind'))} {shown(record.get('name'))}"
             if valid_distribution(distribution):
                 pinned = f" (version {version})" if valid_version(version) else ""
                 raise MissingPlugin(f"{needs} from plugin distribution {distribution!r}{pinned}: `pip install {distribution}`{disabled}")

@@ -44,11 +44,11 @@ _VERSION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.+!_-]{0,62}[A-Za-z0-9])?")
 
 
 def shown(value: Any, limit: int = MAX_TEXT) -> str:
-    """`value` from a file as text for one line of a terminal: control and line-breaking characters
-    escaped, at most `limit` characters; a list or object as its kind and size, not its contents."""
+    """`value` from a file as text for one line of a terminal: a string quoted by `repr` (which escapes
+    every control, line-breaking and bidirectional character), at most `limit` characters of it; a list
+    or object as its kind and size, not its contents."""
     if isinstance(value, str):
-        text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), value)
-        return repr(text[:limit] + ("..." if len(text) > limit else ""))
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
     if isinstance(value, (bool, float)) or value is None:
         return json.dumps(value)
     if isinstance(value, int):
@@ -58,6 +58,11 @@ def shown(value: Any, limit: int = MAX_TEXT) -> str:
             return "[" + ", ".join(map(shown, value)) + "]"
         return f"a list of {len(value)} items"
     return f"an object of {len(value)} keys" if isinstance(value, dict) else type(value).__name__
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    """Text already checked for control characters, at most `limit` characters of it."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def valid_distribution(name: Any) -> bool:
@@ -289,7 +294,7 @@ def _training_problem(training: Any) -> str | None:
             return f"vaezoo.training.{key} is not a string"
     for key, value in training.get("metrics", {}).items():
         if not (value is None or isinstance(value, (int, float, str, dict))):
-            return f"vaezoo.training.metrics.{shown(key)[1:-1]} is not a number"
+            return f"vaezoo.training.metrics.{_clip(key)} is not a number"
     return None
 
 
@@ -299,7 +304,7 @@ def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
     type, its bounds, and that no text anywhere holds a control character (ESC, CR, ...)."""
     place = _control_text(dict(metadata))
     if place is not None:
-        return f"vaezoo.{shown(place)[1:-1]} holds a control character (ESC, CR, a newline, ...)"
+        return f"vaezoo.{_clip(place)} holds a control character (ESC, CR, a newline, ...)"
     for key in ("version", "torch_version"):
         if not isinstance(metadata.get(key, ""), str):
             return f"vaezoo.{key} is not a string"
