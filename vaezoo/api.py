@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,15 +30,19 @@ def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None =
     """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. For a
     recipe read from a model file (`from_file`), the dataset's path keys (`Dataset.path_keys`) are
     dropped: a file never chooses what vaezoo reads."""
-    from vaezoo.data import data_root
+    from vaezoo.data import check_data_folder, checked_data_root
     from vaezoo.model import instantiate
     from vaezoo.plugins import get_registry
 
     target = get_registry().get("datasets", recipe["dataset"]["name"]).load()
     table = recipe["dataset"]
+    path_keys = getattr(target, "path_keys", ())
     if from_file:
-        table = {key: value for key, value in table.items() if key not in getattr(target, "path_keys", ())}
-    return instantiate(target, table, {"root": data_root(data_dir)}, "dataset")
+        table = {key: value for key, value in table.items() if key not in path_keys}
+    for key in path_keys:  # a folder the recipe names: an existing file, FIFO or symlink loop is one line
+        if isinstance(table.get(key), str) and table[key]:
+            check_data_folder(Path(table[key]).expanduser(), f"dataset.{key}")
+    return instantiate(target, table, {"root": checked_data_root(data_dir)}, "dataset")
 
 
 def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None):
@@ -52,17 +57,25 @@ def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), opti
     return model
 
 
-def _previous_recipe(resume: Path, name: str) -> dict[str, Any]:
+def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The saved run's recipe.toml as read and as resolved; every problem with it is one error naming
+    the file."""
     path = resume / "recipe.toml"
     if not path.is_file():
         raise VaezooError(f"cannot resume from {resume}: no recipe.toml there (is it a vaezoo run folder?)")
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as error:
-        raise VaezooError(f"cannot resume from {resume}: its recipe.toml is damaged ({error})") from None
+        raise VaezooError(f"cannot resume from {resume}: {path} is damaged ({error})") from None
+    if not isinstance(table.get("name"), str):
+        raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: it names no recipe (name = ...)")
     if name not in (table.get("name"), str(path)):
         raise RecipeError(f"{resume} is a run of recipe {table.get('name')!r}, not {name!r}: use `vaezoo run {table.get('name')} --resume {resume}`")
-    return table
+    try:
+        saved = resolve_recipe(table)
+    except (VaezooError, TypeError, ValueError, AttributeError, KeyError) as error:  # a hand-edited or damaged file
+        raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: {error}") from None
+    return table, saved
 
 
 def fit(
@@ -88,9 +101,9 @@ def fit(
     resume_dir = Path(resume) if resume is not None else None
     if resume_dir is not None:
         name = recipe if isinstance(recipe, str) else str(dict(recipe).get("name"))
-        previous = _previous_recipe(resume_dir, name)
+        previous, saved = _previous_recipe(resume_dir, name)
         resolved = resolve_recipe(previous, sets, options)
-        check_resume_changes(resolve_recipe(previous), resolved, resume_dir)
+        check_resume_changes(saved, resolved, resume_dir)
         if not (resume_dir / "state.safetensors").is_file():
             raise VaezooError(f"cannot resume from {resume_dir}: no state.safetensors there (no epoch finished and no stop was saved): start the run again")
     else:
@@ -107,9 +120,26 @@ def fit(
             hint = f"continue it with --resume {out_dir}" if resume_dir is None else "choose an empty --out for the continued run"
             raise VaezooError(f"{out_dir} already holds a run: {hint}, or choose another --out")
         return _fit_locked(resolved, out_dir, data_dir, device, job, rank_device, resume_dir, callbacks)
+    except BaseException:
+        if lock is not None:  # refused (or stopped) before anything was written: the folders it made go again
+            lock.release()
+            lock.remove_created()
+        raise
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextmanager
+def _naming_saved_recipe(resume_dir: Path | None) -> Iterator[None]:
+    """On resume, a recipe error while building what the saved recipe.toml describes names that file
+    (a resume may change only train keys, so the rest comes from it)."""
+    try:
+        yield
+    except RecipeError as error:
+        if resume_dir is None:
+            raise
+        raise RecipeError(f"cannot resume from {resume_dir}: {resume_dir / 'recipe.toml'} is damaged or edited: {error}") from None
 
 
 def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: str, job: Any, rank_device: Any, resume_dir: Path | None, callbacks: Sequence[Any]) -> FitResult:
@@ -122,21 +152,24 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
     from vaezoo.devices import resolve_device, resolve_precision
     from vaezoo.model import build_model
     from vaezoo.runfiles import RunFiles
-    from vaezoo.train import Run, prepare, train
+    from vaezoo.train import Run, blame, prepare, train
 
     torch_device = rank_device or resolve_device(device)
     precision = resolve_precision(resolved["train"]["precision"], torch_device)
-    dataset = make_dataset(resolved, data_dir)
+    with _naming_saved_recipe(resume_dir):
+        dataset = make_dataset(resolved, data_dir)
     settings = resolved["train"]
     train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
     test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
-    model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
+    with _naming_saved_recipe(resume_dir):
+        model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
     model.recipe = resolved
-    if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
-        precision = distributed.broadcast_object(_measured_precision(model, train_images, train_labels, resolved, torch_device, job.world_size))
     labels = {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)} if model.conditional else {}
     run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, **labels)
+    if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
+        with blame(run, "a training step (the precision probe)"):
+            run.precision = distributed.broadcast_object(_measured_precision(model, train_images, train_labels, resolved, torch_device, job.world_size))
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
     if run.state.epoch >= settings["epochs"]:  # a crash after the last state's commit: only its outputs are left to write
         if job.is_main and resume_dir is not None and resume_dir.resolve() == out_dir.resolve() and RunFiles().catch_up(run):
@@ -182,9 +215,26 @@ def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLi
     from vaezoo.data import limit_subset, load_split
 
     dataset = make_dataset(model.recipe, data_dir, from_file=True)
+    name = model.recipe["dataset"]["name"]
     if split not in dataset.splits:
-        raise VaezooError(f"unknown split {split!r}: {model.recipe['dataset']['name']} has {', '.join(dataset.splits)}")
+        raise VaezooError(f"unknown split {split!r}: {name} has {', '.join(dataset.splits)}")
+    check_same_data(model, dataset)
     return limit_subset(*load_split(dataset, split), limit)
+
+
+def check_same_data(model: Any, dataset: Any) -> None:
+    """A DataError unless `dataset` gives images of the shape the model was trained on and, for a
+    conditional model, the same classes (its labels index them)."""
+    from vaezoo.errors import DataError
+
+    name, shape, trained = model.recipe["dataset"]["name"], tuple(dataset.shape), tuple(model.in_shape)
+    if shape != trained:
+        raise DataError(f"the model was trained on images of shape {trained} (C, H, W) but dataset {name!r} gives {shape} here: evaluate it on data like those it was trained on")
+    if model.conditional and tuple(dataset.classes) != tuple(model.classes):
+        raise DataError(
+            f"the model is conditional on {len(model.classes)} classes ({', '.join(model.classes)}) but dataset {name!r} has "
+            f"{len(dataset.classes)} ({', '.join(dataset.classes) or 'none'}) here: its labels would mean other classes"
+        )
 
 
 def evaluate_file(

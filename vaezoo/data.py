@@ -5,15 +5,23 @@ A dataset is decoded once into a uint8 `(N, C, H, W)` tensor (and int64 labels) 
 options) and records the full `cache_key`, which covers the files' contents (`contents_key`: names,
 sizes, times); a file whose key, dtype, rank or shape does not match is rebuilt, never used. Training
 keeps those tensors on the device and converts one batch at a time to float in [0, 1], so there is no
-per-image Python work in the loop."""
+per-image Python work in the loop.
+
+A cache file is written through a temporary file named with the writer's pid; each write first removes
+the temporary files of writers that are gone (killed mid-write), never those of live runs sharing the
+cache. A data folder that exists but is not a folder (a file, a FIFO, a symbolic link loop) is one line."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import os
 import re
+import stat
 import sys
+import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,10 +31,15 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from vaezoo.components import Dataset
-from vaezoo.errors import DataError
-from vaezoo.files import write_bytes_atomic
+from vaezoo.errors import DataError, VaezooError
+from vaezoo.files import check_writable_target
+from vaezoo.runfolder import pid_alive
 
 LIMIT_SEED = 1234  # --limit subsets do not depend on --seed
+# A cache file's temporary file, `.NAME.PID.XXXXXXXX.tmp` (`.NAME.XXXXXXXX.tmp` before vaezoo 0.3).
+CACHE_TEMP = re.compile(r"^\..+\.safetensors\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp$")
+OLD_TEMP_AGE = 3600  # seconds after which a temporary file without a pid counts as abandoned
+_KINDS = ((stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
 
 
 def _user_cache() -> Path:
@@ -38,6 +51,29 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """--data-dir, else VAEZOO_DATA_DIR, else a per-user folder."""
     chosen = data_dir or os.environ.get("VAEZOO_DATA_DIR")
     return Path(chosen).expanduser() if chosen else _user_cache() / "data"
+
+
+def check_data_folder(path: Path, what: str) -> None:
+    """A DataError naming `what` if `path` exists but is not a folder (a file, a FIFO...) or cannot be
+    looked up (a symbolic link loop). A missing folder passes: a dataset may download into it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        reason = "is a symbolic link loop" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
+        raise DataError(f"{what} {path} {reason}: point it at a folder of data") from None
+    if not stat.S_ISDIR(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a folder")
+        raise DataError(f"{what} {path} is {kind}, not a folder: point it at a folder of data")
+
+
+def checked_data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """`data_root(data_dir)`, refused in one line (naming where it came from) if it exists and is not a folder."""
+    root = data_root(data_dir)
+    what = "--data-dir" if data_dir else "VAEZOO_DATA_DIR" if os.environ.get("VAEZOO_DATA_DIR") else "the data folder"
+    check_data_folder(root, what)
+    return root
 
 
 def cache_dir() -> Path:
@@ -126,10 +162,57 @@ def load_split(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
     images, labels = _checked(dataset, *dataset.load(split))
     tensors = {"images": images.contiguous(), "labels": labels.contiguous()}
     try:
-        write_bytes_atomic(path, save_safetensors(tensors, metadata={"vaezoo.cache_key": digest}))
-    except OSError as error:
+        _write_cache(path, save_safetensors(tensors, metadata={"vaezoo.cache_key": digest}))
+    except (OSError, VaezooError) as error:  # the cache only saves time: the run goes on without it
         print(f"vaezoo: warning: cannot write the data cache {path}: {error}", file=sys.stderr)
     return images, labels
+
+
+def _write_cache(path: Path, data: bytes) -> None:
+    """Replace the cache file `path` in one step, through a temporary file named with this process's pid,
+    after removing the temporary files that dead writers left in the cache folder. As
+    vaezoo.files.write_bytes_atomic (whose temporary names carry no pid), a target that is not a
+    regular file is refused."""
+    check_writable_target(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temp_files(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(handle.fileno(), 0o666 & ~mask)  # as any file written (mkstemp's is private)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        check_writable_target(path)  # once more, just before the rename
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_dead_temp_files(folder: Path) -> list[str]:
+    """Remove the cache's temporary files whose writer is gone: those named with a pid that no process
+    has, and those without one (older vaezoo) untouched for OLD_TEMP_AGE seconds. Runs sharing the
+    cache never lose a file they are writing. Returns the names removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = CACHE_TEMP.match(entry.name)
+        try:
+            if not match or not entry.is_file(follow_symlinks=False):
+                continue
+            dead = not pid_alive(int(match[1])) if match[1] else time.time() - entry.stat(follow_symlinks=False).st_mtime > OLD_TEMP_AGE
+            if dead:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:  # gone meanwhile, or not ours to remove
+            continue
+    return removed
 
 
 def limit_subset(images: Tensor, labels: Tensor, limit: int) -> tuple[Tensor, Tensor]:

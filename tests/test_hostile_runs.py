@@ -1,0 +1,398 @@
+"""Run folders and data folders against a hostile tester (issue 16): locks whose pid was recycled or
+that several runs take over at once, temporary files a SIGKILL leaves behind, refused runs that leave
+no folder, a damaged recipe.toml on resume, data folders that are not folders, and eval on data unlike
+those a model was trained on. Each case is one line and an exit code (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import vaezoo
+from conftest import run_cli
+from tinydata import TINY_ARGS, TINY_SETS, error_lines, tiny_cifar  # noqa: F401  (fixture)
+from vaezoo.errors import VaezooError
+from vaezoo.runfolder import LOCK_NAME, RunLock, boot_id, process_identity, process_start
+
+QUICK = ["--epochs", "1", "--limit", "48", "--set", "train.test_limit=16", "--device", "cpu", "--seed", "1", *TINY_ARGS]
+
+
+def one_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The one `vaezoo:` line of a failed command (warnings about other plugins do not count)."""
+    lines = [line for line in error_lines(result.stderr) if not line.startswith("vaezoo: warning:")]
+    assert result.returncode == code and len(lines) == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    return lines[0]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture
+def sleeper():
+    """A live process that is not a vaezoo run."""
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield process
+    process.kill()
+    process.wait()
+
+
+def plant_lock(folder: Path, record: object) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_NAME).write_text(json.dumps(record) + "\n")
+    return folder / LOCK_NAME
+
+
+# ---- class 13: locks ------------------------------------------------------------------------------
+
+
+def test_the_lock_records_pid_start_time_and_boot_and_goes_when_the_run_ends(tmp_path: Path) -> None:
+    with RunLock(tmp_path / "run") as lock:
+        record = json.loads(lock.path.read_text())
+        assert record == {"pid": os.getpid(), "start": process_start(os.getpid()), "boot": boot_id()}
+        assert record["start"] == int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    assert not lock.path.exists()
+
+
+def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path: Path, sleeper: subprocess.Popen) -> None:
+    identity = process_identity(sleeper.pid)
+    recycled = plant_lock(tmp_path / "recycled", {**identity, "start": identity["start"] - 1})  # same pid, another process
+    with RunLock(recycled.parent):
+        assert json.loads(recycled.read_text())["pid"] == os.getpid()
+    rebooted = plant_lock(tmp_path / "rebooted", {**identity, "boot": "another-boot"})  # written before a reboot
+    with RunLock(rebooted.parent):
+        assert json.loads(rebooted.read_text())["pid"] == os.getpid()
+
+
+def test_a_live_lock_is_refused_naming_the_lock_file(tmp_path: Path, sleeper: subprocess.Popen) -> None:
+    for name, record in (("identity", process_identity(sleeper.pid)), ("pid only", sleeper.pid)):  # pid only: vaezoo 0.2, or no /proc
+        lock = plant_lock(tmp_path / name, record)
+        with pytest.raises(VaezooError) as refused:
+            RunLock(lock.parent).acquire()
+        assert f"in use by another vaezoo run (pid {sleeper.pid})" in str(refused.value) and f"delete its lock file {lock}" in str(refused.value)
+        assert lock.read_text() == json.dumps(record) + "\n"
+
+
+def test_the_cli_refuses_a_live_lock_in_one_line_and_takes_a_recycled_one_over(cifar: Path, tmp_path: Path, sleeper: subprocess.Popen) -> None:
+    out = tmp_path / "run"
+    lock = plant_lock(out, process_identity(sleeper.pid))
+    busy = run_cli("run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out))
+    assert str(lock) in one_line(busy)
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    plant_lock(out, {**process_identity(sleeper.pid), "start": 1})
+    again = run_cli("run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "model.safetensors").is_file() and not lock.exists()
+
+
+def _race(folders: list[str], barrier, results) -> None:
+    """One taker: for each folder in turn, start with the others and try to take the stale lock. A
+    random pause after judging the lock widens the window between judging and removing it (with the
+    check-then-unlink of vaezoo 0.2 every round then had several winners)."""
+    import random
+
+    import vaezoo.runfolder
+
+    judge = vaezoo.runfolder.identity_alive
+
+    def slow_judge(owner: dict) -> bool:
+        alive = judge(owner)
+        time.sleep(random.random() * 0.002)
+        return alive
+
+    vaezoo.runfolder.identity_alive = slow_judge
+    for folder in folders:
+        barrier.wait()
+        try:
+            RunLock(Path(folder)).acquire()  # never released: the winner stays alive until all rounds end
+            results.put((folder, os.getpid()))
+        except VaezooError as error:
+            assert "in use by another vaezoo run" in str(error), str(error)
+    barrier.wait()
+
+
+@pytest.mark.parametrize("stale", ["dead pid", "recycled pid"])
+def test_takers_racing_for_a_stale_lock_have_exactly_one_winner(tmp_path: Path, sleeper: subprocess.Popen, stale: str) -> None:
+    rounds, takers = 50, 4
+    record = {"pid": dead_pid()} if stale == "dead pid" else {**process_identity(sleeper.pid), "start": 1}
+    folders = [str(plant_lock(tmp_path / f"round{i}", record).parent) for i in range(rounds)]
+    context = multiprocessing.get_context("fork")  # the takers only use vaezoo.runfolder
+    barrier, results = context.Barrier(takers), context.Queue()
+    processes = [context.Process(target=_race, args=(folders, barrier, results)) for _ in range(takers)]
+    for process in processes:
+        process.start()
+    winners: dict[str, list[int]] = {}
+    deadline = time.monotonic() + 120
+    while sum(map(len, winners.values())) < rounds and time.monotonic() < deadline:
+        try:
+            folder, pid = results.get(timeout=1)
+            winners.setdefault(folder, []).append(pid)
+        except Exception:  # queue.Empty: a taker may have died; the checks below say so
+            if not any(process.is_alive() for process in processes):
+                break
+    for process in processes:
+        process.join(timeout=60)
+    time.sleep(0.2)
+    while not results.empty():
+        folder, pid = results.get()
+        winners.setdefault(folder, []).append(pid)
+    assert [process.exitcode for process in processes] == [0] * takers
+    assert {folder: len(pids) for folder, pids in winners.items()} == {folder: 1 for folder in folders}
+    for folder, (pid,) in winners.items():  # the lock in place is the winner's
+        assert json.loads((Path(folder) / LOCK_NAME).read_text())["pid"] == pid
+        assert sorted(p.name for p in Path(folder).iterdir()) == [LOCK_NAME]
+
+
+# ---- class 15: temporary files of killed writers --------------------------------------------------
+
+# Kills its own process with SIGKILL just before the os.replace whose target is named KILL_NAME (or,
+# with KILL_DIR, the first one into that folder): the temporary file is then whole and left behind.
+KILLER = """
+import os, signal, sys
+name, folder = os.environ.get("KILL_NAME"), os.environ.get("KILL_DIR")
+replace = os.replace
+def dying_replace(src, dst, *args, **kwargs):
+    if os.path.basename(dst) == name or (folder and os.path.dirname(os.path.abspath(dst)) == folder):
+        os.kill(os.getpid(), signal.SIGKILL)
+    replace(src, dst, *args, **kwargs)
+os.replace = dying_replace
+from vaezoo.cli import main
+main(sys.argv[1:])
+"""
+
+
+def killed_run(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
+    killer = tmp_path / "killer.py"
+    killer.write_text(KILLER)
+    killed = subprocess.run([sys.executable, str(killer), *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+
+
+def temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "samples.png"])
+def test_a_resume_removes_the_temporary_files_of_a_killed_run_and_nothing_else(cifar: Path, tmp_path: Path, target: str) -> None:
+    out = tmp_path / "run"
+    killed_run(tmp_path, ["run", "cifar-vae", *QUICK, "--epochs", "2", "--data-dir", str(cifar), "--out", str(out)], {"KILL_NAME": target})
+    (left,) = temp_files(out)
+    assert left.startswith(f".{target}.") and (out / "state.safetensors").is_file() and (out / LOCK_NAME).is_file()
+    mine = {"notes.tmp": b"a", ".notes.tmp": b"b", ".keep": b"c", ".model.safetensors.tmp": b"d", "data.txt": b"e"}  # not vaezoo's names
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    resumed = run_cli("run", "cifar-vae", *QUICK, "--epochs", "2", "--data-dir", str(cifar), "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert temp_files(out) == sorted(name for name in mine if name.endswith(".tmp")) and not (out / left).exists()
+    assert all((out / name).read_bytes() == data for name, data in mine.items())
+    assert not (out / LOCK_NAME).exists()
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_new_run_into_a_killed_runs_folder_removes_its_temporary_files(cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    killed_run(tmp_path, ["run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out)], {"KILL_NAME": "recipe.toml"})
+    assert [p.name for p in out.iterdir() if p.name != LOCK_NAME][0].startswith(".recipe.toml.")
+    again = run_cli("run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert temp_files(out) == []
+
+
+def test_the_data_cache_removes_temporary_files_of_dead_writers_only(tiny_cifar: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    env = {"VAEZOO_CACHE_DIR": str(cache)}
+    args = ["run", "cifar-vae", *QUICK, "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "run")]
+    killed_run(tmp_path, args, {**env, "KILL_DIR": str(cache)})  # killed with the first cache file written, not renamed
+    (dead,) = temp_files(cache)
+    assert dead.startswith(".cifar10-train-") and f".safetensors.{os.getpid()}." not in dead
+    others = {  # a live writer's (this process), an older vaezoo's (no pid) fresh and old, and not the cache's
+        f".cifar10-test-0.safetensors.{os.getpid()}.abcd1234.tmp": True,
+        ".cifar10-test-1.safetensors.abcd1234.tmp": True,
+        ".cifar10-test-2.safetensors.wxyz5678.tmp": False,
+        "notes.tmp": True,
+        ".cifar10-train-x.safetensors.tmp": True,  # not the pattern (no random part)
+    }
+    for name in others:
+        (cache / name).write_bytes(b"x")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(cache / ".cifar10-test-2.safetensors.wxyz5678.tmp", (hours_ago, hours_ago))
+    again = run_cli(*args, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert temp_files(cache) == sorted(name for name, kept in others.items() if kept)
+    assert sorted(p.name.split("-")[1] for p in cache.glob("*.safetensors")) == ["test", "train"]  # the two splits, written whole
+
+
+# ---- class 16: a refused run leaves no folder -----------------------------------------------------
+
+
+REFUSED = {
+    "data dir is a FIFO": (["--data-dir", "{fifo}"], "is a FIFO, not a folder"),
+    "model that does not build": (["--data-dir", "{cifar}", "--set", "model.iw_samples=0"], "iw_samples"),
+    "resume of a finished run": (["--data-dir", "{cifar}", "--resume", "{done}"], "already trained to epoch 1"),
+}
+
+
+@pytest.fixture(scope="module")
+def done_run(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("done") / "run"
+    vaezoo.fit("cifar-vae", sets=[*TINY_SETS, "train.test_limit=16"], options={"train.epochs": 1, "train.limit": 48, "train.seed": 1}, out=out, data_dir=cifar, device="cpu")
+    return out
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_a_refused_run_removes_the_folders_it_created_and_leaves_an_existing_one_empty(cifar: Path, done_run: Path, tmp_path: Path, case: str) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    args, message = REFUSED[case]
+    args = [arg.format(fifo=fifo, cifar=cifar, done=done_run) for arg in args]
+    new = tmp_path / "new" / "deeper" / "run"
+    refused = run_cli("run", "cifar-vae", *QUICK, *args, "--out", str(new))
+    assert message in one_line(refused)
+    assert not (tmp_path / "new").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = run_cli("run", "cifar-vae", *QUICK, *args, "--out", str(empty))
+    assert message in one_line(refused)
+    assert empty.is_dir() and list(empty.iterdir()) == []
+
+
+def test_a_refused_run_keeps_a_folder_that_another_file_appeared_in(cifar: Path, tmp_path: Path) -> None:
+    lock = RunLock(tmp_path / "a" / "run").acquire()
+    assert lock.created == [tmp_path / "a" / "run", tmp_path / "a"]
+    (tmp_path / "a" / "note.txt").write_text("someone else's")
+    lock.release()
+    lock.remove_created()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["note.txt"]
+
+
+# ---- class 17: a damaged recipe.toml on resume names the file -------------------------------------
+
+
+DAMAGED_RECIPES = {
+    "train not a table": lambda text: "train = 3\n" + text.split("[train]")[0],
+    "not TOML": lambda text: text + "\n[[[",
+    "not UTF-8": lambda text: "\xff",
+    "unknown key": lambda text: text.replace("[train]", "[train]\nbogus = 1"),
+    "no name": lambda text: text.replace('name = "cifar-vae"', ""),
+    "a value that does not build": lambda text: text.replace("iw_samples = 1", "iw_samples = 0"),
+    "a wrong type": lambda text: text.replace("download = true", 'download = "yes"'),
+}
+
+
+@pytest.mark.parametrize("case", DAMAGED_RECIPES)
+def test_a_damaged_recipe_toml_on_resume_is_one_line_naming_it(done_run: Path, cifar: Path, tmp_path: Path, case: str) -> None:
+    import shutil
+
+    out = shutil.copytree(done_run, tmp_path / "run")
+    recipe = out / "recipe.toml"
+    damaged = DAMAGED_RECIPES[case](recipe.read_text())
+    recipe.write_bytes(damaged.encode("latin-1") if case == "not UTF-8" else damaged.encode())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused = run_cli("run", "cifar-vae", "--epochs", "2", "--device", "cpu", "--data-dir", str(cifar), "--resume", str(out))
+    assert f"{recipe} is damaged" in one_line(refused)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# ---- classes 8 / 9: data folders that are not folders, eval on other data -------------------------
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "file", "symlink to itself", "symlink loop of two", "below a file"])
+def test_a_data_dir_that_is_not_a_folder_is_one_line_naming_it(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "data"
+    if kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "file":
+        path.write_text("not a folder")
+    elif kind == "symlink to itself":
+        path.symlink_to("data")
+    elif kind == "symlink loop of two":
+        path.symlink_to("other")
+        (tmp_path / "other").symlink_to("data")
+    else:
+        (tmp_path / "file").write_text("x")
+        path = tmp_path / "file" / "data"
+    expected = {"FIFO": "is a FIFO, not a folder", "file": "is a file, not a folder", "below a file": "cannot be read (Not a directory)"}.get(kind, "is a symbolic link loop")
+    for recipe in ("cifar-vae", "folder-vae", "mnist-vae"):
+        refused = run_cli("run", recipe, *QUICK, "--data-dir", str(path), "--out", str(tmp_path / "run"))
+        assert one_line(refused) == f"vaezoo: error: --data-dir {path} {expected}: point it at a folder of data", recipe
+        assert not (tmp_path / "run").exists()
+    from_env = run_cli("run", "cifar-vae", *QUICK, "--out", str(tmp_path / "run"), env={"VAEZOO_DATA_DIR": str(path)})
+    assert one_line(from_env) == f"vaezoo: error: VAEZOO_DATA_DIR {path} {expected}: point it at a folder of data"
+
+
+def test_an_image_folder_path_that_is_not_a_folder_is_one_line_naming_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    refused = run_cli("run", "folder-vae", *QUICK, "--set", f"dataset.path='{fifo}'", "--out", str(tmp_path / "run"))
+    assert one_line(refused) == f"vaezoo: error: dataset.path {fifo} is a FIFO, not a folder: point it at a folder of data"
+
+
+def rewrite(source: Path, target: Path, change) -> Path:
+    """A copy of a model file whose decoded `vaezoo.*` metadata went through `change(metadata)`."""
+    data = source.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    metadata = {k: json.loads(v) for k, v in header["__metadata__"].items() if k.startswith("vaezoo.")}
+    change(metadata)
+    header["__metadata__"].update({k: json.dumps(v) for k, v in metadata.items()})
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
+    return target
+
+
+@pytest.fixture(scope="module")
+def folder_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A folder-vae model trained on a folder of 32x32 images, and a folder of 64x64 images."""
+    import numpy as np
+    from PIL import Image
+
+    base = tmp_path_factory.mktemp("folders")
+    for side in (32, 64):
+        (base / f"images{side}").mkdir()
+        for index in range(20):
+            Image.fromarray(np.random.default_rng(index).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(base / f"images{side}" / f"{index}.png")
+    vaezoo.fit("folder-vae", sets=TINY_SETS, options={"train.epochs": 1}, out=base / "run", data_dir=base / "images32", device="cpu")
+    return base / "run" / "model.safetensors", base / "images64"
+
+
+def test_eval_of_a_model_on_images_of_another_shape_is_refused(folder_model: tuple[Path, Path], tmp_path: Path) -> None:
+    model, images64 = folder_model
+    same = run_cli("eval", str(model), "--data-dir", str(images64), "--device", "cpu", "--json")  # image-folder resizes to its size: fine
+    assert same.returncode == 0 and json.loads(same.stdout)["images"] == 2, same.stderr[-2000:]
+    for change, shape in ((lambda m: m["vaezoo.recipe"]["dataset"].update(size=16), (3, 16, 16)), (lambda m: m["vaezoo.recipe"]["dataset"].update(grayscale=True), (1, 32, 32))):
+        other = rewrite(model, tmp_path / "other.safetensors", change)
+        for command in (["eval"], ["reconstruct", "--out", str(tmp_path / "r.png")]):
+            refused = run_cli(*command, str(other), "--data-dir", str(images64), "--device", "cpu")
+            assert one_line(refused) == (
+                f"vaezoo: error: the model was trained on images of shape (3, 32, 32) (C, H, W) but dataset 'image-folder' gives {shape} here: "
+                "evaluate it on data like those it was trained on"
+            )
+        assert not (tmp_path / "r.png").exists()
+
+
+def test_eval_of_a_conditional_model_on_other_classes_is_refused(cifar: Path, tmp_path: Path) -> None:
+    sets = ["model.encoder_hidden=[4,8,8]", "model.decoder_hidden=[8,8,4]", "latent_dim=4", "model.label_channels=2", "model.label_dim=4", "train.batch_size=16", "train.sample_count=4", "train.test_limit=16"]
+    vaezoo.fit("cifar-cvae", sets=sets, options={"train.epochs": 1, "train.limit": 48}, out=tmp_path / "run", data_dir=cifar, device="cpu")
+    renamed = [f"class{i}" for i in range(10)]
+    other = rewrite(tmp_path / "run" / "model.safetensors", tmp_path / "other.safetensors", lambda m: m["vaezoo.data"].update(classes=renamed))
+    refused = run_cli("eval", str(other), "--data-dir", str(cifar), "--limit", "16", "--device", "cpu")
+    assert one_line(refused) == (
+        f"vaezoo: error: the model is conditional on 10 classes ({', '.join(renamed)}) but dataset 'cifar10' has 10 "
+        "(airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck) here: its labels would mean other classes"
+    )
+    fine = run_cli("eval", str(tmp_path / "run" / "model.safetensors"), "--data-dir", str(cifar), "--limit", "16", "--device", "cpu")
+    assert fine.returncode == 0, fine.stderr[-2000:]
