@@ -10,7 +10,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from vaezoo import distributed
-from vaezoo.components import Model, checked_parts
+from vaezoo.components import LossParts, Model, checked_parts
 from vaezoo.data import shuffled_batches
 from vaezoo.devices import Precision
 from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
@@ -235,24 +235,84 @@ def _old_history(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+class Meter:
+    """The epoch's bookkeeping beside the steps: the loss sum (on the device, read every LOG_EVERY
+    steps), the images per second, and the first call of a compiled model timed apart."""
+
+    def __init__(self, run: Run, job: distributed.World, images: int, compiling: bool) -> None:
+        self.run, self.job, self.images, self.compiling = run, job, images, compiling
+        self.compile_seconds: float | None = None
+
+    def start_epoch(self) -> None:
+        state = self.run.state
+        self.loss_sum = torch.tensor(state.loss_sum if self.job.is_main else 0.0, dtype=torch.float64, device=self.run.device)
+        self.started, self.timed_from, self.first_batch = time.perf_counter(), state.batch, state.batch
+
+    def add(self, parts: LossParts) -> None:
+        """Count a step (its batch is done)."""
+        self.loss_sum += parts.loss.detach().sum()
+        if self.compile_seconds is None and self.compiling:  # the first call compiles: timed apart
+            self.loss_sum.item()
+            self.compile_seconds, self.started, self.timed_from = time.perf_counter() - self.started, time.perf_counter(), self.run.state.batch
+
+    def _timed_images(self, seen: int) -> int:
+        return seen - self.timed_from * self.run.recipe["train"]["batch_size"]
+
+    def progress(self) -> tuple[float, float]:
+        """Mean loss per image so far in the epoch (rank 0's shard) and images per second."""
+        seen = min(self.run.state.batch * self.run.recipe["train"]["batch_size"], self.images)
+        mean = _check_finite(self.run, self.loss_sum.item() * self.job.world_size / seen)
+        return mean, self._timed_images(seen) / max(time.perf_counter() - self.started, 1e-9)
+
+    def pause(self) -> None:
+        """Keep the epoch's loss sum and seconds in the run's state (a stop mid-epoch saves them)."""
+        state = self.run.state
+        state.loss_sum, state.seconds = distributed.all_reduce_sum(self.loss_sum).item(), state.seconds + time.perf_counter() - self.started
+
+    def end_epoch(self) -> dict[str, Any]:
+        """The epoch's train loss, seconds and images per second (and compile_seconds when timed)."""
+        elapsed = time.perf_counter() - self.started
+        train_loss = _check_finite(self.run, distributed.all_reduce_sum(self.loss_sum).item() / self.images)
+        timing = {"seconds": self.run.state.seconds + elapsed, "images_per_s": self._timed_images(self.images) / max(elapsed, 1e-9)}
+        if self.compile_seconds and self.timed_from > self.first_batch:
+            timing["compile_seconds"] = self.compile_seconds
+        return {"train_loss": train_loss, **timing}
+
+
+def make_step(run: Run, net: torch.nn.Module, update: Updater, images: int) -> Callable[[Tensor, Tensor | None], LossParts]:
+    """`step(x, y)`: one training step at `run.state.step` under the run's precision, through the
+    family's own training_step, or the one-loss step through `net` (DDP, compile) otherwise."""
+    model, state, batch_size = run.model, run.state, run.recipe["train"]["batch_size"]
+    own_step = model.training_step if owns_step(model) else None
+
+    def step(x: Tensor, y: Tensor | None) -> LossParts:
+        update.global_batch = min(batch_size, images - state.batch * batch_size)  # the last batch may be smaller
+        with blame(run, "a training step"):
+            with run.precision.autocast(run.device):
+                parts = checked_parts(model, net(x, y, state.step) if own_step is None else own_step(x, y, state.step, update), len(x))
+            if own_step is None:
+                update("model", parts.loss)
+        run.scaler.update()
+        return parts
+
+    return step
+
+
 def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train `run.model` up to the recipe's epochs (prepared here unless `prepare` was called);
     returns the last epoch's metrics."""
-    model, settings, device, state = run.model, run.recipe["train"], run.device, run.state
+    model, settings, state = run.model, run.recipe["train"], run.state
     job = distributed.world()  # rank and world size under torchrun; a single process otherwise
     per_rank_batch = distributed.check_batch_size(settings["batch_size"], job)
     if not run.optimizers:
         prepare(run)
     if job.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
         torch.manual_seed(settings["seed"] + (job.rank << 32) + state.step)
-    net = fast_model(model, device, job, settings)
-    layout = memory_format(model, settings)
+    images = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], job)
+    step = make_step(run, fast_model(model, run.device, job, settings), Updater(run, job), images)
+    meter = Meter(run, job, images, settings["compile"])
     labels = run.train_labels if model.conditional else None  # gathered per batch only when used
-    n_used = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], job)
-    update = Updater(run, job)
-    step_of = model.training_step if owns_step(model) else None  # else the one-loss step, through `net`
     callbacks = callbacks if job.is_main else ()  # only rank 0 prints and writes
-    compile_seconds: float | None = None
     metrics: dict[str, Any] = run.history[-1] if run.history else {}
     model.train()
     for callback in callbacks:
@@ -261,52 +321,30 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         while state.epoch < settings["epochs"]:
             epoch_rng = run.data_rng.get_state()
             order = distributed.shard_order(torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], job)
-            loss_sum = torch.tensor(state.loss_sum if job.is_main else 0.0, dtype=torch.float64, device=device)
-            started, timed_from, first_batch = time.perf_counter(), state.batch, state.batch
-            for x, y in shuffled_batches(run.train_images, labels, order, per_rank_batch, state.batch, layout):
-                if _stop_requested(stop, job, state.step, device):
-                    _check_weights(run)  # the saved state must stay resumable
-                    state.loss_sum, state.seconds = distributed.all_reduce_sum(loss_sum).item(), state.seconds + time.perf_counter() - started
+            meter.start_epoch()
+            for x, y in shuffled_batches(run.train_images, labels, order, per_rank_batch, state.batch, memory_format(model, settings)):
+                if _stop_requested(stop, job, state.step, run.device):
+                    meter.pause()
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
-                update.global_batch = min(settings["batch_size"], n_used - state.batch * settings["batch_size"])
-                with blame(run, "a training step"):
-                    if step_of is None:  # the one-loss step
-                        with run.precision.autocast(device):
-                            parts = checked_parts(model, net(x, y, state.step), len(x))
-                        update("model", parts.loss)
-                    else:
-                        with run.precision.autocast(device):
-                            parts = checked_parts(model, step_of(x, y, state.step, update), len(x))
-                run.scaler.update()
-                loss_sum += parts.loss.detach().sum()
-                state.step += 1
-                state.batch += 1
-                if compile_seconds is None and settings["compile"]:  # the first call compiles: timed apart
-                    loss_sum.item()
-                    compile_seconds, started, timed_from = time.perf_counter() - started, time.perf_counter(), state.batch
+                parts = step(x, y)
+                state.step, state.batch = state.step + 1, state.batch + 1
+                meter.add(parts)
                 if state.step % LOG_EVERY == 0:
-                    seen = min(state.batch * settings["batch_size"], n_used)
-                    mean = _check_finite(run, loss_sum.item() * job.world_size / seen)  # rank 0's shard
-                    rate = (seen - timed_from * settings["batch_size"]) / max(time.perf_counter() - started, 1e-9)
                     for callback in callbacks:
-                        callback.on_step(run, state.batch, mean, rate)
-            elapsed = time.perf_counter() - started
-            train_loss = _check_finite(run, distributed.all_reduce_sum(loss_sum).item() / n_used)
-            metrics = _end_epoch(run, job, train_loss, state.seconds + elapsed, (n_used - timed_from * settings["batch_size"]) / max(elapsed, 1e-9))
-            if compile_seconds and timed_from > first_batch:
-                metrics["compile_seconds"] = compile_seconds
+                        callback.on_step(run, state.batch, *meter.progress())
+            metrics = _end_epoch(run, job, meter.end_epoch())
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
         if not job.enabled and stop.signal is not None and state.epoch < settings["epochs"]:
-            _check_weights(run)
             _interrupt(run, callbacks, run.data_rng.get_state(), stop.signal)
     for callback in callbacks:
         callback.on_end(run)
     return metrics
 
 
-def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: float, images_per_s: float) -> dict[str, Any]:
-    """Evaluate on the test split, close the epoch in `run.state` and return its metrics."""
+def _end_epoch(run: Run, job: distributed.World, training: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate on the test split, close the epoch in `run.state` and return its metrics
+    (`training`: the Meter's train_loss, seconds, images_per_s and compile_seconds)."""
     settings, state = run.recipe["train"], run.state
     eval_started = time.perf_counter()
     test_shard, label_shard = distributed.shard_split(run.test_images, job), None
@@ -323,16 +361,17 @@ def _end_epoch(run: Run, job: distributed.World, train_loss: float, seconds: flo
     metrics = {
         "epoch": state.epoch,
         "step": state.step,
-        "train_loss": train_loss,
+        "train_loss": training["train_loss"],
         "test_loss": test["loss"],
         "test_recon": test["recon"],
         f"test_{run.model.regularizer}": test["kl"],  # test_kl for an ELBO family
         **({"test_bits_per_dim": test["bits_per_dim"]} if "bits_per_dim" in test else {}),
         **({"test_terms": {k: test[f"terms.{k}"] for k in terms}} if terms else {}),
         **({"skipped_updates": state.skipped} if settings["skip_grad_norm"] > 0 else {}),
-        "seconds": seconds,
-        "images_per_s": images_per_s,
+        "seconds": training["seconds"],
+        "images_per_s": training["images_per_s"],
         "eval_seconds": time.perf_counter() - eval_started,
+        **({"compile_seconds": training["compile_seconds"]} if "compile_seconds" in training else {}),
     }
     run.history.append(metrics)
     return metrics
@@ -386,6 +425,8 @@ def _stop_requested(stop: StopRequest, job: distributed.World, step: int, device
 
 
 def _interrupt(run: Run, callbacks: Sequence[Callback], epoch_rng: Tensor, signum: int | None) -> None:
+    """Save the state mid-epoch (never non-finite weights) and stop with Interrupted."""
+    _check_weights(run)
     for callback in callbacks:
         callback.on_interrupt(run, epoch_rng)
     name = signal.Signals(signum or signal.SIGTERM).name
