@@ -5,6 +5,7 @@ bounded before anything is allocated."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -113,9 +114,16 @@ class Liar(vaezoo.Model):
         return x.mean(1) if self.lie == "reconstruct" else self.level.sigmoid().expand_as(x).clone()
 
 
+class Honest(Liar):
+    """Not an ELBO: its own objective and a penalty."""
+
+    objective, regularizer = "honest", "penalty"
+
+
 @vaezoo.hookimpl
 def register_models(register):
     register("liar", Liar)
+    register("honest", Honest)
 '''
 
 
@@ -133,9 +141,9 @@ def liar_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 LIAR_RUN = ["--epochs", "1", "--limit", "16", "--set", "train.test_limit=16", "--set", "train.batch_size=16", "--set", "train.sample_count=4", "--device", "cpu"]
 
 
-def liar_recipe(tmp_path: Path, lie: str) -> Path:
-    recipe = tmp_path / f"liar-{lie}.toml"
-    recipe.write_text(f'name = "liar-{lie}"\ndataset = {{ name = "cifar10" }}\nmodel = {{ name = "liar", lie = "{lie}" }}\n')
+def liar_recipe(tmp_path: Path, lie: str, family: str = "liar") -> Path:
+    recipe = tmp_path / f"{family}-{lie}.toml"
+    recipe.write_text(f'name = "{family}-{lie}"\ndataset = {{ name = "cifar10" }}\nmodel = {{ name = "{family}", lie = "{lie}" }}\n')
     return recipe
 
 
@@ -160,3 +168,25 @@ def test_a_recipe_file_nested_too_deeply_is_one_line(cifar: Path, tmp_path: Path
     recipe = tmp_path / "deep.toml"
     recipe.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
     assert "nested too deeply" in one_line(run_cli("run", str(recipe), "--data-dir", str(cifar), "--out", str(tmp_path / "run")))
+
+
+def test_a_family_that_is_not_an_elbo_is_never_called_one(cifar: Path, tmp_path: Path, liar_path: dict[str, str]) -> None:
+    """Issue 17: metrics, eval, inspect and the card name the family's own objective and regularizer."""
+    out = tmp_path / "run"
+    result = run_cli("run", str(liar_recipe(tmp_path, "nothing", "honest")), *LIAR_RUN, "--data-dir", str(cifar), "--out", str(out), env=liar_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "test_penalty" in metrics and "test_kl" not in metrics and "test_bits_per_dim" not in metrics
+    model = str(out / "model.safetensors")
+    report = json.loads(run_cli("eval", model, "--iw-samples", "2", "--data-dir", str(cifar), "--limit", "16", "--json", env=liar_path).stdout)
+    assert report["objective"] == "honest" and "penalty" in report and "kl" not in report
+    assert report["bits_per_dim"] is None and report["iw_nll"] is None and "not a negative ELBO" in report["bits_per_dim_note"]
+    wide = {**liar_path, "COLUMNS": "250"}
+    table = " ".join(run_cli("eval", model, "--data-dir", str(cifar), "--limit", "16", env=wide).stdout.split())
+    assert "loss (honest objective)" in table and "ELBO" not in table.replace("not a negative ELBO", "")
+    inspected = " ".join(run_cli("inspect", model, env=wide).stdout.split())
+    assert "objective: honest (not a variational bound)" in inspected and "tested on 16 images" in inspected
+    card = run_cli("card", model, env=liar_path).stdout
+    for word in ("neg-elbo", "ELBO", "variational autoencoder", "variational-autoencoder", "--iw-samples", "bits", "KL"):
+        assert word not in card.replace("not a variational bound", ""), word
+    assert "Test honest objective" in card and "Test penalty term" in card and "(16 test images, a subset (train.test_limit))" in card

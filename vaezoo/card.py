@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vaezoo.modelfile import ModelHeader, file_sha256, is_conditional, parameter_count, read_header, read_model_header, valid_distribution, valid_version
+from vaezoo.modelfile import ModelHeader, file_sha256, is_conditional, objective_of, parameter_count, read_header, read_model_header, valid_distribution, valid_version
 
 # vaezoo dataset name -> (Hub dataset id, display name)
 HUB_DATASETS = {
@@ -67,10 +67,23 @@ def to_yaml(value: Any, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
+def metric_names(metadata: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Metric key -> (model-index type, readable name) for the file's family: METRICS for an ELBO
+    family; for one with its own objective, its own names (never an ELBO, a KL or bits/dim)."""
+    objective, regularizer = objective_of(metadata)
+    if objective == "elbo":
+        return METRICS
+    return {
+        "test_loss": (f"{objective}-objective", f"Test {objective} objective (per image)"),
+        "test_recon": ("reconstruction", "Test reconstruction term (per image)"),
+        f"test_{regularizer}": (regularizer, f"Test {regularizer} term (per image)"),
+    }
+
+
 def test_metrics(metadata: Mapping[str, Any]) -> dict[str, float]:
-    """The finite test metrics of the training summary, in METRICS order."""
+    """The finite test metrics of the training summary, in `metric_names` order."""
     metrics = metadata.get("training", {}).get("metrics", {})
-    return {key: float(metrics[key]) for key in METRICS if isinstance(metrics.get(key), (int, float)) and math.isfinite(metrics[key])}
+    return {key: float(metrics[key]) for key in metric_names(metadata) if isinstance(metrics.get(key), (int, float)) and math.isfinite(metrics[key])}
 
 
 def install_lines(components: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -103,7 +116,8 @@ def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, 
     hub_id, display = HUB_DATASETS.get(dataset_name, (dataset_name, dataset_name))
     conditional = is_conditional(metadata)
     task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
-    tags = ["vaezoo", "vae", "variational-autoencoder", "safetensors", family, str(recipe.get("name", "")), dataset_name]
+    kind = ["vae", "variational-autoencoder"] if objective_of(metadata)[0] == "elbo" else ["autoencoder"]
+    tags = ["vaezoo", *kind, "safetensors", family, str(recipe.get("name", "")), dataset_name]
     matter: dict[str, Any] = {"library_name": "vaezoo"}
     if not conditional:  # the Hub has no pipeline tag for class-conditional generation
         matter["pipeline_tag"] = task
@@ -117,7 +131,7 @@ def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, 
             "results": [{
                 "task": {"type": task, "name": task.replace("-", " ").capitalize()},
                 "dataset": {"type": hub_id or dataset_name, "name": display or dataset_name, "split": "test"},
-                "metrics": [{"type": METRICS[key][0], "name": METRICS[key][1], "value": round(value, 4)} for key, value in metrics.items()],
+                "metrics": [{"type": metric_names(metadata)[key][0], "name": metric_names(metadata)[key][1], "value": round(value, 4)} for key, value in metrics.items()],
             }],
         }]
     return matter
@@ -150,6 +164,7 @@ def model_card(metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_i
     recipe = metadata["recipe"]
     training = metadata.get("training", {})
     family = recipe.get("model", {}).get("name", "vae")
+    objective = objective_of(metadata)[0]
     name = f"hf://{repo_id}" if repo_id else "model.safetensors"
     shape = metadata.get("data", {}).get("shape", [])
     dataset_name = recipe.get("dataset", {}).get("name", "?")
@@ -162,7 +177,9 @@ def model_card(metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_i
         parameters, sha256 = parameter_count(read_header(data, name)), hashlib.sha256(data).hexdigest()
     lines = ["---", to_yaml(front_matter(metadata, repo_id)), "---", "", f"# {title}", ""]
     lines += [
-        f"A variational autoencoder of the **{family}** family, trained with vaezoo "
+        (f"A variational autoencoder of the **{family}** family, trained with vaezoo " if objective == "elbo" else
+         f"An autoencoder of the **{family}** family (it minimises its own {objective} objective, not a variational bound), trained with vaezoo ")
+        + 
         f"from the recipe **`{recipe.get('name', '?')}`**: {' '.join(recipe.get('summary', '').split()).rstrip('.')}.",
         "",
         f"It models {HUB_DATASETS.get(dataset_name, ('', dataset_name))[1]} images of shape {'×'.join(map(str, shape))} (values in [0, 1])"
@@ -194,7 +211,7 @@ def model_card(metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_i
         "```bash",
         f"vaezoo sample {name} -n 64 --out samples.png",
         *([f"vaezoo sample {name} -n 16 --label {shlex.quote(classes[0])} --out {shlex.quote(classes[0] + '.png')}   # one class"] if labelled else []),
-        f"vaezoo eval {name} --iw-samples 100   # needs the test split of {shlex.quote(dataset_name)}",
+        f"vaezoo eval {name}{' --iw-samples 100' if objective == 'elbo' else ''}   # needs the test split of {shlex.quote(dataset_name)}",
         f"vaezoo inspect {name}",
         "```",
         "",
@@ -226,8 +243,10 @@ def _training_section(training: Mapping[str, Any], metadata: Mapping[str, Any]) 
     lines.append("")
     values = test_metrics(metadata)
     if values:
-        lines += ["Test split, after the last epoch:", "", "| metric | value |", "| --- | --- |"]
-        lines += [f"| {METRICS[key][1]} | {value:.4f} |" for key, value in values.items()]
+        images = training.get("test_images")
+        on = f" ({_count(images, 'test image')}{', a subset (train.test_limit)' if settings.get('test_limit') else ''})" if isinstance(images, int) else ""
+        lines += [f"Test split, after the last epoch{on}:", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {metric_names(metadata)[key][1]} | {value:.4f} |" for key, value in values.items()]
         lines.append("")
     return lines
 

@@ -62,6 +62,7 @@ def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Ma
         "vaezoo.components": json.dumps(component_records(recipe)),
         "vaezoo.data": json.dumps({"shape": list(model.in_shape), "dtype": "float32", "range": [0.0, 1.0], "source": "uint8 / 255", "classes": list(model.classes), "conditional": bool(model.conditional)}),
         "vaezoo.training": json.dumps(dict(training or {})),
+        "vaezoo.objective": json.dumps({"objective": model.objective, "regularizer": model.regularizer}),
     }
     write_bytes_atomic(path, save_tensors(state_tensors(model), metadata=metadata))
 

@@ -373,7 +373,8 @@ def inspect_command(
     console.print(_safe(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}"))
     family = info["model"]
     provider = f" from {family['distribution']} {family.get('version', '')} (plugin {family.get('plugin')!r})" if family.get("distribution") else " (format 1: vaezoo 0.1)"
-    console.print(_safe(f"model family {family['name']!r}{provider}"))
+    objective = info["objective"]["objective"]
+    console.print(_safe(f"model family {family['name']!r}{provider}; objective: {'negative ELBO' if objective == 'elbo' else objective + ' (not a variational bound)'}"))
     console.print(_safe(f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters"))
     if is_conditional({"recipe": recipe, "data": info["data"]}):
         console.print(_safe(f"class-conditional (sample --label): {', '.join(f'{i} {name}' for i, name in enumerate(info['data'].get('classes', [])))}"))
@@ -381,7 +382,8 @@ def inspect_command(
     console.print(_table(("component", "name", "distribution", "version"), components))
     training = info["training"]
     if training:
-        console.print(_safe(f"trained {training.get('epochs')} epochs, {training.get('steps')} steps ({training.get('precision')} on {training.get('device')})"))
+        tested = f", tested on {training['test_images']} images" if isinstance(training.get("test_images"), int) else ""
+        console.print(_safe(f"trained {training.get('epochs')} epochs, {training.get('steps')} steps ({training.get('precision')} on {training.get('device')}){tested}"))
     for key, value in info["metrics"].items():
         console.print(_safe(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"))
 

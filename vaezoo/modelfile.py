@@ -286,7 +286,7 @@ def _data_problem(data: Any) -> str | None:
 def _training_problem(training: Any) -> str | None:
     if not (isinstance(training, dict) and isinstance(training.get("metrics", {}), dict)):
         return "vaezoo.training is not an object with a metrics object"
-    for key in ("epochs", "steps", "train_images"):
+    for key in ("epochs", "steps", "train_images", "test_images"):
         if training.get(key) is not None and not _is_int(training[key], 0, 2**63):
             return f"vaezoo.training.{key} is not a whole number"
     for key in ("precision", "device"):
@@ -309,7 +309,27 @@ def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
         if not isinstance(metadata.get(key, ""), str):
             return f"vaezoo.{key} is not a string"
     return (_recipe_problem(metadata.get("recipe")) or _data_problem(metadata.get("data")) or _component_problem(metadata.get("components"))
-            or _training_problem(metadata.get("training", {})))
+            or _training_problem(metadata.get("training", {})) or _objective_problem(metadata.get("objective", {})))
+
+
+_OBJECTIVE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def _objective_problem(objective: Any) -> str | None:
+    """`vaezoo.objective`: what the family minimises (`objective`, "elbo" for a VAE) and the name of
+    its regularizer (`kl` for a VAE); absent in files before vaezoo 0.3 (then elbo and kl)."""
+    if not isinstance(objective, dict):
+        return "vaezoo.objective is not an object"
+    for key in ("objective", "regularizer"):
+        if key in objective and not (isinstance(objective[key], str) and _OBJECTIVE_NAME.fullmatch(objective[key])):
+            return f"vaezoo.objective.{key} is not a short lower-case name"
+    return None
+
+
+def objective_of(metadata: Mapping[str, Any]) -> tuple[str, str]:
+    """(objective, regularizer) of a checked file's model: ("elbo", "kl") for a VAE and older files."""
+    objective = metadata.get("objective", {})
+    return objective.get("objective", "elbo"), objective.get("regularizer", "kl")
 
 
 def is_conditional(metadata: Mapping[str, Any]) -> bool:
@@ -352,5 +372,6 @@ def describe(path: str | Path) -> dict[str, Any]:
         "parameters": parameter_count(header),
         "shapes": {k: v.get("shape") for k, v in sorted(tensors.items())},
         "training": training,
+        "objective": dict(zip(("objective", "regularizer"), objective_of(metadata))),
         "metrics": training.get("metrics", {}),
     }

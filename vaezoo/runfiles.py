@@ -23,7 +23,7 @@ SAMPLE_SEED = 0  # samples.png of every epoch decodes the same noise
 
 
 def training_summary(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"epochs": run.epoch, "steps": run.step, "precision": run.precision.name, "device": run.device.type, "train_images": len(run.train_images), "metrics": metrics}
+    return {"epochs": run.epoch, "steps": run.step, "precision": run.precision.name, "device": run.device.type, "train_images": len(run.train_images), "test_images": len(run.test_images), "metrics": metrics}
 
 
 def write_metrics(run: Run) -> None:
