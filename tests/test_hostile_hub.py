@@ -26,7 +26,8 @@ import pytest
 from conftest import run_cli
 from test_sharing import MODEL, FakeHub, FileServer, _HubHandler, certificate, hub_env, one_error, one_error_here, run_dir  # noqa: F401 - fixtures
 
-from vaezoo.hub import HubError, local_model_path, parse_hf_name, push_files
+from vaezoo.hub import HubError, local_model_path, parse_hf_name
+from vaezoo.publish import push_files
 
 SECRET = b"\x10\x27\x00\x00\x00\x00\x00\x00top secret, never shown"  # a header length of 10000 if read as safetensors
 

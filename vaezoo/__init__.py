@@ -17,7 +17,7 @@ _LAZY = {
     "fit": "vaezoo.api",
     "load": "vaezoo.checkpoint",
     "save": "vaezoo.checkpoint",
-    "push": "vaezoo.hub",
+    "push": "vaezoo.publish",
     "resolve_recipe": "vaezoo.recipes",
     "list_components": "vaezoo.plugins",
     "get_registry": "vaezoo.plugins",

@@ -268,5 +268,5 @@ def card_for(model: str, repo_id: str | None = None) -> str:
     path = Path(model)
     path = path / MODEL_FILE if path.is_dir() else path
     info = read_model_header(path)
-    files = {MODEL_FILE, "recipe.toml"} | ({"samples.png"} if (path.parent / "samples.png").is_file() else set())  # as hub.push_files
+    files = {MODEL_FILE, "recipe.toml"} | ({"samples.png"} if (path.parent / "samples.png").is_file() else set())  # as publish.push_files
     return model_card(info.metadata, info, repo_id=repo_id, files=files)

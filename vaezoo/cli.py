@@ -398,7 +398,7 @@ def push_command(
 ) -> None:
     """Publish a model to the Hugging Face Hub: model.safetensors, samples.png, recipe.toml and a
     generated model card (README.md). Needs `pip install 'vaezoo\\[hub]'` and a token (`hf auth login` or HF_TOKEN)."""
-    from vaezoo.hub import push
+    from vaezoo.publish import push
 
     where = push(source, repo_id, private=private, revision=revision, dry_run=dry_run)
     if dry_run is not None:

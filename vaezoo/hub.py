@@ -2,8 +2,8 @@
 
 `local_model_path` is the one door: it turns `hf://ORG/NAME[@REVISION]` (through `huggingface_hub`:
 its cache, offline mode and token) and `https://...[#sha256=HEX]` (a bounded, streamed download into
-vaezoo's cache, hash checked before use) into a local file, and leaves paths alone. `push` publishes a
-run folder with a model card. `huggingface_hub` is the optional extra `vaezoo[hub]`, imported only here
+vaezoo's cache, hash checked before use) into a local file, and leaves paths alone. Publishing
+(`push`) is vaezoo.publish. `huggingface_hub` is the optional extra `vaezoo[hub]`, imported only here
 and only when a hub name or `push` is used. See docs/sharing.md.
 """
 
@@ -20,7 +20,6 @@ import re
 import shutil
 import socket
 import ssl
-import stat
 import tempfile
 import threading
 import time
@@ -34,7 +33,6 @@ from types import ModuleType
 from vaezoo.errors import VaezooError
 
 MODEL_FILE = "model.safetensors"
-PUSHED_FILES = (MODEL_FILE, "samples.png", "recipe.toml", "README.md")
 HUB_INSTALL = "pip install 'vaezoo[hub]'"
 _REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -131,7 +129,7 @@ def hf_download(repo_id: str, revision: str | None = None, filename: str = MODEL
     offline = _offline()
     cache_only = not offline and not _reachable(_endpoint())  # no half-minute of retries against a Hub that is not there
     try:
-        with _quiet_hub_logs():
+        with quiet_hub_logs():
             if not offline and not cache_only:
                 cache_only = not _hub_answer_is_safe(hub, repo_id, revision, filename, name)
             path = Path(hub.hf_hub_download(repo_id, filename, revision=revision, local_files_only=cache_only))
@@ -173,7 +171,7 @@ def inside_cache(path: Path, cache: Path, shown: str, what: str, *, folder: bool
 
 
 @contextlib.contextmanager
-def _quiet_hub_logs() -> Iterator[None]:
+def quiet_hub_logs() -> Iterator[None]:
     """huggingface_hub's warnings (each retry of an unreachable Hub) off: the error is one line."""
     from huggingface_hub.utils import logging as hub_logging
 
@@ -228,15 +226,15 @@ def hub_error(error: Exception, name: str, filename: str = MODEL_FILE) -> HubErr
     if isinstance(error, errors.HfHubHTTPError) and status in (401, 403):
         return HubError(f"{name}: not authorised (HTTP {status}): the token is missing, wrong or lacks access; {login}")
     if isinstance(error, errors.HfHubHTTPError):
-        return HubError(f"{name}: the Hub answered HTTP {status}: {_first_line(error)}")
+        return HubError(f"{name}: the Hub answered HTTP {status}: {first_line(error)}")
     if isinstance(error, errors.HFValidationError):
-        return HubError(f"bad model name {name!r}: {_first_line(error)}")
+        return HubError(f"bad model name {name!r}: {first_line(error)}")
     if isinstance(error, (OSError, ValueError)) or type(error).__module__.startswith(("httpx", "httpcore")):
-        return HubError(f"download of {name} failed: {_first_line(error)}")
+        return HubError(f"download of {name} failed: {first_line(error)}")
     raise error  # not a download problem: a bug, shown as such
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
 
@@ -522,112 +520,4 @@ def _failure(url: str, error: BaseException) -> str:
         return f"download of {url} failed: the server's answer is cut short or not valid HTTP ({type(reason).__name__})"
     if isinstance(error, urllib.error.URLError):
         return f"cannot download {url}: {reason}"
-    return f"download of {url} failed: {_first_line(error)}"
-
-
-# --- push ----------------------------------------------------------------------------------------
-
-
-def push_files(source: str | os.PathLike, repo_id: str | None = None) -> dict[str, bytes]:
-    """What `push` uploads for a run folder or model file: the model, its samples.png and recipe.toml
-    when they are next to it (recipe.toml rebuilt from the file's metadata otherwise), and README.md.
-    Each must be a regular file: a symlink, folder, pipe or device by those names is refused (one
-    line naming it), never followed or read."""
-    from vaezoo.card import model_card
-    from vaezoo.modelfile import read_metadata
-    from vaezoo.tomlwrite import dumps as toml_dumps
-
-    path = Path(source)
-    model = path / MODEL_FILE if path.is_dir() else path
-    if os.path.lexists(model):
-        _refuse_unless_regular(model, model.lstat())
-    metadata, data = read_metadata(model)
-    files = {MODEL_FILE: data}
-    samples = _read_regular(model.parent / "samples.png")
-    if samples is not None:
-        files["samples.png"] = samples
-    recipe = _read_regular(model.parent / "recipe.toml")
-    files["recipe.toml"] = recipe if recipe is not None else toml_dumps(metadata["recipe"]).encode()
-    files["README.md"] = model_card(metadata, data, repo_id=repo_id, files=set(files)).encode()
-    return files
-
-
-def _refuse_unless_regular(path: Path, info: os.stat_result) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise HubError(f"refusing to push {path}: it is {kind}; vaezoo pushes only regular files of the run folder (copy the file itself there, or remove it)")
-
-
-def _read_regular(path: Path) -> bytes | None:
-    """The bytes of `path`, None when nothing is there; a HubError when it is a symlink or not a
-    regular file (opened without following links, checked again on the open file)."""
-    try:
-        _refuse_unless_regular(path, path.lstat())
-    except FileNotFoundError:
-        return None
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as handle:
-        _refuse_unless_regular(path, os.fstat(handle.fileno()))
-        return handle.read()
-
-
-def push(
-    source: str | os.PathLike,
-    repo_id: str,
-    *,
-    private: bool = False,
-    revision: str | None = None,
-    dry_run: str | os.PathLike | None = None,
-    token: str | None = None,
-    commit_message: str | None = None,
-) -> str:
-    """Publish a run folder (or a model file) to the Hub repository `repo_id` with a model card:
-    model.safetensors, samples.png, recipe.toml and README.md. `dry_run=DIR` writes exactly those files
-    into DIR instead and returns DIR; otherwise returns the repository's URL."""
-    check_repo_id(repo_id)
-    if revision is not None:
-        check_revision(revision, revision)
-    files = push_files(source, repo_id)
-    if dry_run is not None:
-        from vaezoo.files import write_bytes_atomic
-
-        folder = Path(dry_run)
-        for name, data in files.items():
-            write_bytes_atomic(folder / name, data)
-        return str(folder)
-    hub = import_hub()
-    api = hub.HfApi(token=token)
-    name = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
-    operations = [hub.CommitOperationAdd(path_in_repo=file, path_or_fileobj=data) for file, data in files.items()]
-    try:
-        with _quiet_hub_logs():
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            if revision:
-                api.create_branch(repo_id, branch=revision, exist_ok=True)
-            api.create_commit(repo_id, operations=operations, commit_message=commit_message or _commit_message(files), revision=revision)
-    except Exception as error:
-        raise push_error(error, name) from None
-    return f"{api.endpoint}/{repo_id}" + (f"/tree/{revision}" if revision else "")
-
-
-def _commit_message(files: dict[str, bytes]) -> str:
-    import vaezoo
-
-    return f"Upload {', '.join(files)} with vaezoo {vaezoo.__version__}"
-
-
-def push_error(error: Exception, name: str) -> HubError:
-    """One line for an upload that failed."""
-    from huggingface_hub import errors
-
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if status in (401, 403) or isinstance(error, errors.LocalTokenNotFoundError):
-        return HubError(f"not authorised to push to {name}: log in with `hf auth login` or set HF_TOKEN to a token with write access")
-    if isinstance(error, errors.HfHubHTTPError):
-        return HubError(f"push to {name} failed: the Hub answered HTTP {status}: {_first_line(error)}")
-    if isinstance(error, errors.OfflineModeIsEnabled):
-        return HubError(f"cannot push to {name}: HF_HUB_OFFLINE=1 forbids it")
-    if isinstance(error, (OSError, ValueError)) or type(error).__module__.startswith(("httpx", "httpcore")):
-        return HubError(f"push to {name} failed: {_first_line(error)}")
-    raise error
-
+    return f"download of {url} failed: {first_line(error)}"
