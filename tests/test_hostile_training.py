@@ -17,7 +17,7 @@ import pytest
 
 from conftest import run_cli
 from test_hostile import TWO_EPOCHS, _set, one_line, rewrite, small_model  # noqa: F401 (a fixture)
-from tinydata import TINY_ARGS, error_lines
+from tinydata import TINY_ARGS, error_lines, tiny_cifar  # noqa: F401 (a fixture)
 
 ONE_STEP = ["--limit", "16", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *TINY_ARGS]  # batch 16: one step per epoch
 
@@ -190,3 +190,25 @@ def test_a_family_that_is_not_an_elbo_is_never_called_one(cifar: Path, tmp_path:
     for word in ("neg-elbo", "ELBO", "variational autoencoder", "variational-autoencoder", "--iw-samples", "bits", "KL"):
         assert word not in card.replace("not a variational bound", ""), word
     assert "Test honest objective" in card and "Test penalty term" in card and "(16 test images, a subset (train.test_limit))" in card
+
+
+def test_eval_is_told_the_folder_of_a_path_key_explicitly(tiny_cifar: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Issue 17: a model trained with --set dataset.path=... is evaluated with the same --set (the file
+    never chooses the folder); other dataset keys cannot be changed that way."""
+    out = tmp_path / "run"
+    tiny = ["--set", "encoder.hidden=[4,8,8]", "--set", "decoder.hidden=[8,8,4]", "--set", "latent_dim=4", "--set", "train.batch_size=16", "--set", "train.sample_count=4"]
+    trained = run_cli("run", "folder-vae", "--epochs", "1", "--device", "cpu", *tiny, "--set", f"dataset.path={tiny_cifar}", "--data-dir", str(tmp_path / "empty"), "--out", str(out))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    model = str(out / "model.safetensors")
+    report = run_cli("eval", model, "--set", f"dataset.path={tiny_cifar}", "--data-dir", str(tmp_path / "empty"), "--json")
+    assert report.returncode == 0 and json.loads(report.stdout)["images"] == 20, report.stderr[-2000:]
+    assert "only the dataset's folder keys" in one_line(run_cli("eval", model, "--set", "dataset.size=64", "--set", f"dataset.path={tiny_cifar}"))
+    assert "eval takes only the dataset's folder keys" in one_line(run_cli("eval", model, "--set", "train.lr=1"))
+
+
+def test_sample_needs_no_dataset_plugin_and_eval_names_it(small_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    without = {"VAEZOO_DISABLE_PLUGINS": "cifar10"}
+    sampled = run_cli("sample", str(small_model), "-n", "4", "--out", str(tmp_path / "s.png"), env=without)
+    assert sampled.returncode == 0 and (tmp_path / "s.png").is_file(), sampled.stderr[-2000:]
+    line = one_line(run_cli("eval", str(small_model), "--limit", "8", env=without))
+    assert "needs dataset 'cifar10'" in line and "VAEZOO_DISABLE_PLUGINS" in line

@@ -26,10 +26,11 @@ class FitResult:
     model: Any
 
 
-def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None = None, *, from_file: bool = False):
+def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None = None, *, from_file: bool = False, paths: Mapping[str, str] | None = None):
     """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. For a
     recipe read from a model file (`from_file`), the dataset's path keys (`Dataset.path_keys`) are
-    dropped: a file never chooses what vaezoo reads."""
+    dropped: a file never chooses what vaezoo reads; `paths` gives them explicitly (`eval --set
+    dataset.path=...`), and may hold nothing else."""
     from vaezoo.data import check_data_folder, checked_data_root
     from vaezoo.model import instantiate
     from vaezoo.plugins import get_registry
@@ -39,6 +40,11 @@ def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None =
     path_keys = getattr(target, "path_keys", ())
     if from_file:
         table = {key: value for key, value in table.items() if key not in path_keys}
+    for key, value in (paths or {}).items():
+        if key not in path_keys or not isinstance(value, str):
+            allowed = ", ".join(f"dataset.{k}" for k in path_keys) or "none"
+            raise RecipeError(f"--set dataset.{key}: only the dataset's folder keys can be set here (dataset {recipe['dataset']['name']!r}: {allowed}), as a string")
+        table = {**table, key: value}
     for key in path_keys:  # a folder the recipe names: an existing file, FIFO or symlink loop is one line
         if isinstance(table.get(key), str) and table[key]:
             check_data_folder(Path(table[key]).expanduser(), f"dataset.{key}")
@@ -209,12 +215,15 @@ def _measured_precision(model: Any, images: Any, labels: Any, recipe: dict[str, 
     return resolve_precision("auto", device, time_steps(model, x, y, device), key)
 
 
-def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int = 0):
+def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int = 0, paths: Mapping[str, str] | None = None):
     """Uint8 images and int64 labels of a split of a loaded model's dataset (`limit` > 0: that many,
-    drawn with a fixed seed)."""
+    drawn with a fixed seed; `paths`: the dataset's folder keys, see `make_dataset`)."""
+    from vaezoo.checkpoint import check_plugins
     from vaezoo.data import limit_subset, load_split
 
-    dataset = make_dataset(model.recipe, data_dir, from_file=True)
+    if getattr(model, "metadata", None):  # the dataset plugin is needed now (loading did not need it)
+        check_plugins(model.metadata, "the model", kinds=("dataset",))
+    dataset = make_dataset(model.recipe, data_dir, from_file=True, paths=paths)
     name = model.recipe["dataset"]["name"]
     if split not in dataset.splits:
         raise VaezooError(f"unknown split {split!r}: {name} has {', '.join(dataset.splits)}")
@@ -246,16 +255,17 @@ def evaluate_file(
     device: str = "auto",
     iw_samples: int = 0,
     seed: int = 0,
+    paths: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a saved model on a split of its recipe's dataset (see `evaluate.evaluation_report`;
-    `iw_samples` > 0 adds the importance-weighted NLL)."""
+    `iw_samples` > 0 adds the importance-weighted NLL; `paths`: the dataset's folder keys)."""
     from vaezoo.checkpoint import load
     from vaezoo.evaluate import evaluation_report
 
     if iw_samples < 0:
         raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")
     model = load(model_path, device=device)
-    images, labels = load_split_images(model, split, data_dir, limit)
+    images, labels = load_split_images(model, split, data_dir, limit, paths)
     metrics = evaluation_report(model, images, labels, iw_samples=iw_samples, batch_size=model.recipe["train"]["eval_batch_size"], seed=seed)
     return {"model": str(model_path), "split": split, "images": len(images), **metrics}
 

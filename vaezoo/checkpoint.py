@@ -67,14 +67,17 @@ def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Ma
     write_bytes_atomic(path, save_tensors(state_tensors(model), metadata=metadata))
 
 
-def check_plugins(metadata: Mapping[str, Any], path: Path) -> None:
-    """Each component the file needs must be registered; name the distribution to install if not (a
-    `pip install` line only for a valid distribution name: the file never chooses pip's options)."""
+def check_plugins(metadata: Mapping[str, Any], path: Path | str, kinds: tuple[str, ...] = ("model", "encoder", "decoder", "prior", "loss")) -> None:
+    """Each component of `kinds` the file needs must be registered (the dataset only when data are
+    read: sampling needs no dataset plugin); name the distribution to install if not (a `pip
+    install` line only for a valid distribution name: the file never chooses pip's options)."""
     from vaezoo.plugins import disabled_plugins, get_registry
 
     registry = get_registry()
     for record in metadata["components"]:
         kind = KINDS.get(record.get("kind"), "")
+        if kind and record["kind"] not in kinds:
+            continue
         if not kind or record.get("name") not in registry.entries[kind]:
             disabled = f" (or remove {shown(record.get('plugin'))} from VAEZOO_DISABLE_PLUGINS)" if record.get("plugin") in disabled_plugins() else ""
             distribution, version = record.get("distribution"), record.get("version")
@@ -100,7 +103,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
             raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values (the file is damaged, or was saved from a diverged run)")
     shape, classes = metadata["data"]["shape"], metadata["data"].get("classes", [])
     with _building(path):
-        recipe = validate(str(metadata["recipe"].get("name", "checkpoint")), metadata["recipe"])
+        recipe = validate(str(metadata["recipe"].get("name", "checkpoint")), metadata["recipe"], need_dataset=False)
         on_meta = build_on_meta(recipe, shape, classes)
     check_sizes(on_meta, tensors, path)  # before any memory is taken
     with _building(path):

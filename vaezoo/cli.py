@@ -328,14 +328,22 @@ def eval_command(
     iw_samples: Annotated[int, typer.Option("--iw-samples", min=0, max=MAX_IW_SAMPLES, help="Also estimate the NLL with K importance samples per image (IWAE bound; 0: off).")] = 0,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the posterior samples.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    sets: Annotated[Optional[list[str]], typer.Option("--set", metavar="dataset.KEY=PATH", help="A folder the dataset reads (e.g. dataset.path=... for image-folder): a model file never chooses it.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Test-split metrics of a saved model: its objective per image (the negative ELBO in nats for a
     VAE) and its parts, the importance-weighted NLL (--iw-samples), bits/dim (discrete likelihoods
     only), MSE and PSNR."""
     from vaezoo.api import evaluate_file
+    from vaezoo.recipes import parse_set
 
-    metrics = evaluate_file(model, data_dir=data_dir, split=split, limit=limit or 0, device=device, iw_samples=iw_samples, seed=seed)
+    paths = {}
+    for item in sets or []:
+        key, value = parse_set(item)
+        if len(key) != 2 or key[0] != "dataset":
+            raise VaezooError(f"bad --set {item!r}: eval takes only the dataset's folder keys, e.g. --set dataset.path=PATH")
+        paths[key[1]] = value
+    metrics = evaluate_file(model, data_dir=data_dir, split=split, limit=limit or 0, device=device, iw_samples=iw_samples, seed=seed, paths=paths)
     if as_json:
         _print_json(metrics)
         return

@@ -133,7 +133,9 @@ def check_name(name: Any, where: str = "recipe") -> str:
     return name
 
 
-def validate(name: str, table: dict[str, Any]) -> dict[str, Any]:
+def validate(name: str, table: dict[str, Any], *, need_dataset: bool = True) -> dict[str, Any]:
+    """The resolved recipe (see `resolve_recipe`). `need_dataset=False` (a model file being loaded:
+    sampling needs no data) keeps a dataset table whose plugin is not installed as it is."""
     check_name(name)
     unknown = set(table) - TOP_LEVEL
     if unknown:
@@ -145,12 +147,20 @@ def validate(name: str, table: dict[str, Any]) -> dict[str, Any]:
             raise RecipeError(f"recipe {name!r}: latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {latent_dim!r}")
         resolved["latent_dim"] = latent_dim
     resolved["model"] = _resolve_model(name, table)
-    resolved["dataset"] = resolve_component(name, "dataset", "datasets", table.get("dataset"))
+    resolved["dataset"] = _resolve_dataset(name, table.get("dataset"), need_dataset)
     for key in MODEL_PARTS:
         if key in table:
             resolved[key] = resolve_component(name, key, COMPONENTS[key], table[key])
     resolved["train"] = _resolve_train(name, table.get("train", {}))
     return resolved
+
+
+def _resolve_dataset(recipe: str, table: Any, needed: bool) -> dict[str, Any]:
+    from vaezoo.plugins import get_registry
+
+    if not needed and isinstance(table, dict) and isinstance(table.get("name"), str) and table["name"] not in get_registry().entries["datasets"]:
+        return dict(table)
+    return resolve_component(recipe, "dataset", "datasets", table)
 
 
 def _resolve_model(recipe: str, table: dict[str, Any]) -> dict[str, Any]:
