@@ -20,9 +20,10 @@ from vaezoo.hub import local_model_path
 from vaezoo.components import Model
 from vaezoo.modelfile import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
 from vaezoo.model import build_model
-from vaezoo.recipes import COMPONENTS, validate
+from vaezoo.kinds import KINDS
+from vaezoo.recipes import validate
 
-KINDS = {"model": "models", **COMPONENTS}
+RECORD_KINDS = {singular: kind for kind, singular in KINDS.items() if kind != "recipes"}  # a component record's kind -> registry kind
 
 
 def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -32,7 +33,7 @@ def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
 
     registry = get_registry()
     records = []
-    for key, kind in KINDS.items():
+    for key, kind in RECORD_KINDS.items():
         if key not in recipe:
             continue
         entry = registry.get(kind, recipe[key]["name"])
@@ -75,7 +76,7 @@ def check_plugins(metadata: Mapping[str, Any], path: Path | str, kinds: tuple[st
 
     registry = get_registry()
     for record in metadata["components"]:
-        kind = KINDS.get(record.get("kind"), "")
+        kind = RECORD_KINDS.get(record.get("kind"), "")
         if kind and record["kind"] not in kinds:
             continue
         if not kind or record.get("name") not in registry.entries[kind]:

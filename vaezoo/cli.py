@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 import vaezoo
+from vaezoo.kinds import KINDS
 from vaezoo.errors import VaezooError, printable
 from vaezoo.signals import forget_interrupt, handle_stops, stop_now
 
@@ -45,7 +46,7 @@ MAX_TEMPERATURE = 100.0
 MAX_PROCESSES = 1024
 MAX_SET_CHARS = 10_000  # one --set
 MAX_SET_DEPTH = 32  # dotted key parts plus nested [ and { in one --set
-KIND_HELP = "one of recipes, models, encoders, decoders, priors, losses, datasets"
+KIND_HELP = "one of " + ", ".join(KINDS)
 MODEL_HELP = "A model.safetensors file, hf://ORG/NAME[@REVISION] or an https:// URL (optionally #sha256=HEX)."
 
 
@@ -104,7 +105,6 @@ def list_command(
 ) -> None:
     """List recipes and components."""
     from vaezoo.plugins import list_components
-    from vaezoo.registry import KINDS
 
     if kind is not None and kind not in KINDS:
         if pattern is None and any(ch in kind for ch in "*?["):
@@ -123,7 +123,6 @@ def list_command(
 def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List loaded plugins: name, distribution, version, what each registers."""
     from vaezoo.plugins import get_registry
-    from vaezoo.registry import KINDS
 
     rows = []
     for info in get_registry().plugins:

@@ -11,6 +11,8 @@ from typing import Callable
 
 import pluggy
 
+from vaezoo.kinds import KINDS
+
 hookspec = pluggy.HookspecMarker("vaezoo")
 
 Register = Callable[..., None]
@@ -55,12 +57,4 @@ def register_recipes(register: Register) -> None:
     """Register recipes: `register("name", {...recipe table...})`, the same tables as registry.toml."""
 
 
-HOOKS = {
-    "recipes": "register_recipes",
-    "models": "register_models",
-    "encoders": "register_encoders",
-    "decoders": "register_decoders",
-    "priors": "register_priors",
-    "losses": "register_losses",
-    "datasets": "register_datasets",
-}
+HOOKS = {kind: f"register_{kind}" for kind in KINDS}  # kind -> the hook that registers it

@@ -13,7 +13,8 @@ import pluggy
 
 from vaezoo import hookspecs
 from vaezoo.errors import BadRegistration, DuplicateName, PluginError, UnknownName, printable
-from vaezoo.registry import KINDS, PluginInfo, Registry
+from vaezoo.kinds import KINDS
+from vaezoo.registry import PluginInfo, Registry
 
 GROUP = "vaezoo"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from vaezoo.errors import RecipeError
+from vaezoo.kinds import COMPONENT_KINDS, KINDS, MODEL_PARTS
 
-COMPONENTS = {"dataset": "datasets", "encoder": "encoders", "decoder": "decoders", "prior": "priors", "loss": "losses"}
-MODEL_PARTS = ("encoder", "decoder", "prior", "loss")  # components a model family may take
+COMPONENTS = {KINDS[kind]: kind for kind in COMPONENT_KINDS}  # recipe key -> registry kind
 DEFAULT_MODEL = "vae"  # the family of a recipe without a `model` table (every vaezoo 0.1 recipe)
 TOP_LEVEL = {"name", "summary", "latent_dim", "model", "train", *COMPONENTS}
 TRAIN_DEFAULTS: dict[str, Any] = {

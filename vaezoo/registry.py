@@ -10,11 +10,9 @@ from importlib import import_module
 from typing import Any
 
 from vaezoo.errors import BadRegistration, DuplicateName, PluginError, UnknownName
-from vaezoo.hookspecs import HOOKS
+from vaezoo.kinds import KINDS
 
-KINDS = tuple(HOOKS)
 MAX_NAME = 100  # characters in a registered name
-SINGULAR = {"recipes": "recipe", "models": "model", "encoders": "encoder", "decoders": "decoder", "priors": "prior", "losses": "loss", "datasets": "dataset"}
 
 
 @dataclass
@@ -48,7 +46,7 @@ class Entry:
                 raise
             except BaseException as error:  # a plugin's code (even sys.exit) must not take vaezoo down
                 raise PluginError(
-                    f"plugin {self.plugin.name!r} ({self.plugin.distribution}) registers {SINGULAR[self.kind]} {self.name!r} as "
+                    f"plugin {self.plugin.name!r} ({self.plugin.distribution}) registers {KINDS[self.kind]} {self.name!r} as "
                     f"{self.target!r}, which does not import: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 ) from None
         return self.target
@@ -70,7 +68,7 @@ class Entry:
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "kind": SINGULAR[self.kind],
+            "kind": KINDS[self.kind],
             "summary": self.summary,
             "plugin": self.plugin.name,
             "distribution": self.plugin.distribution,
@@ -94,7 +92,7 @@ class Registry:
         existing = self.entries[kind].get(name)
         if existing is not None:
             raise DuplicateName(
-                f"{SINGULAR[kind]} {name!r} is registered twice: by plugin {existing.plugin.name!r} "
+                f"{KINDS[kind]} {name!r} is registered twice: by plugin {existing.plugin.name!r} "
                 f"({existing.plugin.distribution}) and by plugin {plugin.name!r} ({plugin.distribution}); "
                 f"uninstall one or disable it with VAEZOO_DISABLE_PLUGINS={plugin.name}"
             )
@@ -117,7 +115,7 @@ class Registry:
         close = difflib.get_close_matches(name, list(self.entries[kind]), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UnknownName(
-            f"unknown {SINGULAR[kind]} {name!r}: {hint}`vaezoo list {kind}` shows the "
+            f"unknown {KINDS[kind]} {name!r}: {hint}`vaezoo list {kind}` shows the "
             f"{len(self.entries[kind])} available; a plugin may provide it (`vaezoo plugins`)"
         )
 
@@ -134,7 +132,7 @@ class Registry:
 
 def registration_problem(kind: str, name: object, target: object, summary: object) -> str | None:
     """What is wrong with `register(name, target, summary=summary)` for `kind`, or None."""
-    what = SINGULAR[kind]
+    what = KINDS[kind]
     article = "an" if what[0] in "aeiou" else "a"
     if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable() or name != name.strip():
         shown = repr(name) if isinstance(name, str) else f"of type {type(name).__name__}"

@@ -385,7 +385,7 @@ def blame(run: Run, what: str) -> Iterator[None]:
         yield
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         from vaezoo.plugins import get_registry
-        from vaezoo.recipes import MODEL_PARTS
+        from vaezoo.kinds import MODEL_PARTS
 
         family = run.recipe["model"]["name"]
         plugin = get_registry().get("models", family).plugin
