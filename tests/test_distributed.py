@@ -3,6 +3,8 @@ the same global batch, on a tiny conv model and a few hundred real CIFAR-10 imag
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from safetensors.torch import load_file
 from conftest import run_cli
 import vaezoo
 from vaezoo import distributed
+
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
 
 TINY_SETS = ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8", "train.test_limit=100", "train.sample_count=4"]
 TINY = ["--epochs", "1", "--batch-size", "64", "--limit", "250", "--device", "cpu", "--seed", "3", *(a for s in TINY_SETS for a in ("--set", s))]
@@ -102,6 +106,7 @@ def test_torchrun_command_drops_nproc() -> None:
 CODEBOOK_RUNNER = """
 import os, torch, torch.distributed as dist
 from vaezoo_defaults.vqvae.codebook import EMACodebook
+
 
 def fresh():
     torch.manual_seed(1)

@@ -22,6 +22,8 @@ from conftest import run_cli
 from vaezoo.errors import CheckpointError, VaezooError
 from tinydata import TINY_ARGS, TINY_SETS, error_lines
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
+
 TWO_EPOCHS = ["--epochs", "2", "--limit", "96", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *TINY_ARGS]
 
 def fit_like_cli(cifar: Path, sets: tuple[str, ...] = (), **options):
@@ -221,6 +223,7 @@ def test_sigterm_at_any_moment_is_one_line_and_exit_130(cifar: Path, tmp_path: P
 SIGNAL_IN_EXEC = """
 import vaezoo.api
 from vaezoo.cli import main
+
 
 def fit(*args, **kwargs):
     exec("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", {})

@@ -23,6 +23,8 @@ from tinydata import TINY_ARGS, TINY_SETS, error_lines, tiny_cifar  # noqa: F401
 from vaezoo.errors import VaezooError
 from vaezoo.runfolder import LOCK_NAME, RunLock, boot_id, process_identity, process_start
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
+
 QUICK = ["--epochs", "1", "--limit", "48", "--set", "train.test_limit=16", "--device", "cpu", "--seed", "1", *TINY_ARGS]
 
 
@@ -170,6 +172,7 @@ def dying_replace(src, dst, *args, **kwargs):
     replace(src, dst, *args, **kwargs)
 os.replace = dying_replace
 from vaezoo.cli import main
+
 main(sys.argv[1:])
 """
 

@@ -19,6 +19,8 @@ import vaezoo
 from conftest import run_cli
 from vaezoo.errors import DataError
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
+
 RECIPES = sorted(entry["name"] for entry in vaezoo.list_components("recipes"))
 PROVIDED_IN_CI = {"cifar10", "fashion-mnist", "image-folder"}  # .ci/run makes sure these are present
 

@@ -19,6 +19,8 @@ from tinydata import TINY_ARGS, call_main, error_lines, fit_tiny, tiny_cifar  # 
 import vaezoo.train
 from vaezoo.errors import Interrupted, RunFailed
 
+pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
+
 
 def assert_same_weights(a, b):
     left, right = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
