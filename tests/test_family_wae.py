@@ -187,7 +187,7 @@ NormalPrior.sample = sample
 from vaezoo.cli import main
 main(sys.argv[1:])
 """
-MATCH = ["--epochs", "1", "--batch-size", "64", "--limit", "256", "--device", "cpu", "--seed", "3", "--set", 'train.optimizer="sgd"', "--lr", "1e-5",
+MATCH = ["--epochs", "1", "--batch-size", "64", "--precision", "fp32", "--limit", "256", "--device", "cpu", "--seed", "3", "--set", 'train.optimizer="sgd"', "--lr", "1e-5",
          *(a for s in ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8", "train.test_limit=100", "train.sample_count=4"] for a in ("--set", s))]
 
 
