@@ -62,9 +62,8 @@ def brute_force(z, mu, logvar):
     return log_qz, log_prod
 
 
-@pytest.mark.parametrize("estimator", ["mss", "mws"])
-def test_contract(estimator):
-    model = check_model(BetaTCVAE, latent_dim=LATENT, components=components(), estimator=estimator, dataset_size=1000)
+def test_contract():  # the estimator does not change the contract (mws: the tests below); check_model takes ~25 s
+    model = check_model(BetaTCVAE, latent_dim=LATENT, components=components(), dataset_size=1000)
     assert model.objective == "elbo" and model.regularizer == "kl" and not model.applies_kl_weight
 
 
