@@ -194,7 +194,7 @@ def test_nproc_2_matches_one_process(cifar: Path, tmp_path: Path) -> None:
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    args = ["run", "cifar-iaf-vae", "--epochs", "1", "--batch-size", "64", "--limit", "128", "--device", "cpu", "--seed", "3",
+    args = ["run", "cifar-iaf-vae", "--epochs", "1", "--batch-size", "64", "--limit", "128", "--device", "cpu", "--seed", "3", "--precision", "fp32",
             *(a for s in SETS if not s.startswith("train.batch_size") for a in ("--set", s)), "--set", 'train.optimizer="sgd"', "--lr", "1e-5"]
     single = subprocess.run([sys.executable, str(runner), *args, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
