@@ -109,3 +109,25 @@ def test_bits_per_dim_only_for_discrete_likelihoods(cifar: Path) -> None:
     assert report["bits_per_dim"] == pytest.approx(report["loss"] / dims_ln2)
     assert report["iw_bits_per_dim"] == pytest.approx(report["iw_nll"] / dims_ln2)
     assert "bits_per_dim_note" not in report
+
+
+def test_reconstruction_error_averages_over_every_batch() -> None:
+    """recon_mse and psnr_db are means over all images, not over the last batch (a regression)."""
+    import torch
+
+    from vaezoo.components import Model
+    from vaezoo.evaluate import reconstruction_error
+
+    class Black(Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def reconstruct(self, x, y=None):
+            return torch.zeros_like(x)
+
+    images = torch.randint(0, 256, (7, 3, 4, 4), dtype=torch.uint8)
+    per_image = (images.float() / 255).pow(2).flatten(1).mean(1).double()
+    got = reconstruction_error(Black(), images, batch_size=3)
+    assert got["recon_mse"] == pytest.approx(per_image.mean().item(), rel=1e-6)
+    assert got["psnr_db"] == pytest.approx((-10 * per_image.log10()).mean().item(), rel=1e-6)

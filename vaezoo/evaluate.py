@@ -115,8 +115,8 @@ def reconstruction_error(model: Model, images: Tensor, labels: Tensor | None = N
     squared, psnr = 0.0, 0.0
     for x, y in batches(images, batch_size, labels_for(model, labels)):
         x = x.to(device, non_blocking=True)
-        images = checked_images(model, "reconstruct", model.reconstruct(x, None if y is None else y.to(device)), len(x))
-        per_image = (images.float() - x).pow(2).flatten(1).mean(1).double()
+        reconstructed = checked_images(model, "reconstruct", model.reconstruct(x, None if y is None else y.to(device)), len(x))
+        per_image = (reconstructed.float() - x).pow(2).flatten(1).mean(1).double()
         squared += per_image.sum().item()
         psnr += (-10 * torch.log10(per_image.clamp(min=1e-10))).sum().item()
     n = max(1, len(images))
