@@ -34,7 +34,7 @@ def components() -> dict:
 
 def small_model(**keys) -> VAEGAN:
     torch.manual_seed(0)
-    return VAEGAN(in_shape=(3, 32, 32), latent_dim=LATENT, disc_hidden=DISC, **components(), **keys)
+    return VAEGAN(in_shape=(3, 32, 32), latent_dim=LATENT, **{"disc_hidden": DISC, **keys}, **components())
 
 
 def images(n: int = 5) -> torch.Tensor:

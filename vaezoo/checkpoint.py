@@ -20,10 +20,9 @@ from vaezoo.hub import local_model_path
 from vaezoo.components import Model
 from vaezoo.modelfile import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
 from vaezoo.model import build_model
-from vaezoo.kinds import KINDS
-from vaezoo.recipes import validate
+from vaezoo.recipes import COMPONENTS, validate
 
-RECORD_KINDS = {singular: kind for kind, singular in KINDS.items() if kind != "recipes"}  # a component record's kind -> registry kind
+RECORD_KINDS = {"model": "models", **COMPONENTS}  # a component record's kind -> registry kind, in the order files list them
 
 
 def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
