@@ -13,10 +13,8 @@ from typing import Any
 
 from vaezoo.errors import RecipeError, RunFailed, VaezooError
 from vaezoo.files import write_bytes_atomic, write_text_atomic
-from vaezoo.recipes import resolve_recipe
+from vaezoo.recipes import MAX_GRID_IMAGES, resolve_recipe
 from vaezoo.tomlwrite import dumps as toml_dumps
-
-MAX_GRID_IMAGES = 10_000  # images in one picture: 10,000 CIFAR-sized tiles make a 3,400 x 3,400 PNG
 
 
 @dataclass

@@ -21,6 +21,7 @@ from rich.text import Text
 import vaezoo
 from vaezoo.kinds import KINDS
 from vaezoo.errors import VaezooError, printable
+from vaezoo.recipes import MAX_GRID_IMAGES
 from vaezoo.signals import forget_interrupt, handle_stops, stop_now
 
 app = typer.Typer(
@@ -34,7 +35,6 @@ app = typer.Typer(
 console = Console(emoji=False)  # text from files and plugins goes through _safe or _table: never markup
 err_console = Console(stderr=True, emoji=False)
 
-MAX_PICTURES = 10_000  # images in one grid: 10,000 CIFAR-sized tiles make a 3,400 x 3,400 picture
 # bounds of numeric options, so that an absurd value is one line naming its option, not a crash deep inside
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer; recipes keep seeds below 2**63
 MAX_LATENT_DIM = 65_536  # as vaezoo.recipes.MAX_LATENT_DIM
@@ -266,7 +266,7 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
 @app.command("sample")
 def sample_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
-    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_PICTURES, help="Number of images.")] = 64,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of images.")] = 64,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed: the same seed gives the same picture.")] = 0,
     temperature: Annotated[float, typer.Option(min=0.0, max=MAX_TEMPERATURE, help="Scale of the prior samples.")] = 1.0,
@@ -288,7 +288,7 @@ def sample_command(
 @app.command("reconstruct")
 def reconstruct_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
-    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_PICTURES, help="Number of test images.")] = 16,
+    n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of test images.")] = 16,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("reconstructions.png"),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test images.")] = 0,
     data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,

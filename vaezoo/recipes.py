@@ -46,7 +46,7 @@ MODEL_ARGS = {"in_shape", "num_classes", "latent_dim", *MODEL_PARTS}
 # A recipe's name becomes a folder name (runs/NAME-TIME/): letters, digits, '.', '_', '+', '-', no separators.
 RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 MAX_LATENT_DIM = 65536  # as a layer's width (plugins/vaezoo_defaults/common.py)
-MAX_SAMPLE_COUNT = 10_000  # images in samples.png, as `vaezoo sample -n`
+MAX_GRID_IMAGES = 10_000  # images in one picture (samples.png, sample -n, reconstruct -n, interpolate): 10,000 CIFAR-sized tiles make a 3,400 x 3,400 PNG
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -209,8 +209,8 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
     for group, lr in resolved["group_lr"].items():
         if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)):
             raise RecipeError(f"train.group_lr.{group} must be a positive finite number, got {lr!r}")
-    if resolved["sample_count"] > MAX_SAMPLE_COUNT:
-        raise RecipeError(f"train.sample_count must be at most {MAX_SAMPLE_COUNT}, got {resolved['sample_count']}")
+    if resolved["sample_count"] > MAX_GRID_IMAGES:
+        raise RecipeError(f"train.sample_count must be at most {MAX_GRID_IMAGES}, got {resolved['sample_count']}")
     if resolved["optimizer"] not in OPTIMIZERS:
         raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {resolved['optimizer']!r}")
     if resolved["precision"] not in PRECISIONS:
