@@ -40,9 +40,25 @@ def images_per_s(name: str, sets: list[str], images, labels, test_images, precis
     dataset = make_dataset(recipe)
     torch.manual_seed(0)
     model = build_model(recipe, dataset.shape, dataset.classes).to(device)
-    labels = {"train_labels": labels.to(device), "test_labels": torch.zeros(len(test_images), dtype=torch.int64, device=device)} if model.conditional else {}
+    labels = (
+        {
+            "train_labels": labels.to(device),
+            "test_labels": torch.zeros(len(test_images), dtype=torch.int64, device=device),
+        }
+        if model.conditional
+        else {}
+    )
     with tempfile.TemporaryDirectory() as out:
-        run = Run(model, recipe, images.to(device), test_images.to(device), Path(out), device, resolve_precision(recipe["train"]["precision"], device), **labels)
+        run = Run(
+            model,
+            recipe,
+            images.to(device),
+            test_images.to(device),
+            Path(out),
+            device,
+            resolve_precision(recipe["train"]["precision"], device),
+            **labels,
+        )
         train(run)
     return run.history[-1]["images_per_s"]
 
@@ -69,14 +85,23 @@ def main() -> None:
         for name in names:
             speeds[name].append(images_per_s(name, FAMILIES[name], images, labels, test_images, args.precision, device))
     median = {name: statistics.median(values) for name, values in speeds.items()}
-    result = {"device": str(device), "precision": resolve_precision(args.precision, device).name, "threads": torch.get_num_threads(), "images": len(images), "images_per_s": median, "all": speeds}
+    result = {
+        "device": str(device),
+        "precision": resolve_precision(args.precision, device).name,
+        "threads": torch.get_num_threads(),
+        "images": len(images),
+        "images_per_s": median,
+        "all": speeds,
+    }
     if "cifar-vae" in median:
         result["vs_cifar_vae"] = {name: value / median["cifar-vae"] for name, value in median.items()}
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
         return
-    print(f"{device}, {result['precision']}, {result['threads']} threads, {len(images)} images, median of {args.repeats}")
+    print(
+        f"{device}, {result['precision']}, {result['threads']} threads, {len(images)} images, median of {args.repeats}"
+    )
     for name, value in median.items():
         ratio = f"  ({value / median['cifar-vae']:.2f}x cifar-vae)" if "cifar-vae" in median else ""
         print(f"  {name:24s} {value:8.0f} images/s{ratio}")

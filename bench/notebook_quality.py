@@ -11,8 +11,8 @@ import json
 import time
 
 import torch
-
 from train_speed import NotebookDataset, NotebookVAE, notebook_loss
+
 from vaezoo.api import make_dataset
 from vaezoo.data import load_split
 from vaezoo.recipes import resolve_recipe
@@ -59,7 +59,13 @@ def main() -> None:
             optimizer.step()
             total += loss.item()
         seconds = time.perf_counter() - started
-        line = {"epoch": epoch, "train_loss": total / len(train_images), "test_loss": test_loss(model, test_loader), "seconds": seconds, "images_per_s": len(train_images) / seconds}
+        line = {
+            "epoch": epoch,
+            "train_loss": total / len(train_images),
+            "test_loss": test_loss(model, test_loader),
+            "seconds": seconds,
+            "images_per_s": len(train_images) / seconds,
+        }
         print(json.dumps(line), flush=True)
         if args.out:
             with open(args.out, "a") as handle:

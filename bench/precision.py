@@ -44,11 +44,18 @@ def run_one(config: str, args: argparse.Namespace) -> dict:
     result: dict = {"config": config, "device": str(device)}
     if name in ("notebook", "plain"):
         fp32 = resolve_precision("fp32", device)
-        speed = notebook_recipe(images, args.epochs, args.batch_size, device) if name == "notebook" else plain_loop(images, args.epochs, args.batch_size, fp32, device)
+        speed = (
+            notebook_recipe(images, args.epochs, args.batch_size, device)
+            if name == "notebook"
+            else plain_loop(images, args.epochs, args.batch_size, fp32, device)
+        )
         result["images_per_s"] = speed
     else:
         precision = resolve_precision(name, device)
-        sets = [*(["train.compile=true"] if "compile" in flags else []), *(["train.channels_last=false"] if "nocl" in flags else [])]
+        sets = [
+            *(["train.compile=true"] if "compile" in flags else []),
+            *(["train.channels_last=false"] if "nocl" in flags else []),
+        ]
         run = vaezoo_run(images, test_images, args.epochs, args.batch_size, precision.name, device, sets, args.seed)
         model = run.model
         result["precision"] = precision.name
@@ -84,8 +91,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--configs", default=None, help="comma-separated: fp32, bf16, fp16, auto, NAME+compile, NAME+nocl (channels-last off), plain, notebook (default: all that the device can do)")
-    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds over the configurations; the median round is reported")
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help=(
+            "comma-separated: fp32, bf16, fp16, auto, NAME+compile, NAME+nocl (channels-last off), plain, "
+            "notebook (default: all that the device can do)"
+        ),
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="interleaved rounds over the configurations; the median round is reported",
+    )
     parser.add_argument("--sample-batch", type=int, default=256)
     parser.add_argument("--sample-repeats", type=int, default=5)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -96,20 +115,39 @@ def main() -> None:
         print(json.dumps(run_one(args.configs, args)))
         return
     cuda = args.device.startswith("cuda")
-    configs = args.configs.split(",") if args.configs else ["fp32", "fp32+nocl", "bf16", *(["fp16"] if cuda else []), "fp32+compile", "plain", "notebook"]
-    passthrough = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("configs", "child", "json", "repeats") and v is not None]
+    configs = (
+        args.configs.split(",")
+        if args.configs
+        else ["fp32", "fp32+nocl", "bf16", *(["fp16"] if cuda else []), "fp32+compile", "plain", "notebook"]
+    )
+    passthrough = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(args).items()
+        if k not in ("configs", "child", "json", "repeats") and v is not None
+    ]
     rounds: dict[str, list[dict]] = {config: [] for config in configs}
     for _ in range(args.repeats):
         for config in configs:
             started = time.perf_counter()
-            done = subprocess.run([sys.executable, __file__, "--child", f"--configs={config}", *passthrough], capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", f"--configs={config}", *passthrough],
+                capture_output=True,
+                text=True,
+            )
             if done.returncode:
-                rounds[config].append({"config": config, "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"})
+                rounds[config].append(
+                    {
+                        "config": config,
+                        "error": done.stderr.strip().splitlines()[-1]
+                        if done.stderr.strip()
+                        else f"exit {done.returncode}",
+                    }
+                )
             else:
                 rounds[config].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"  {config}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     results = []
-    for config, runs in rounds.items():  # the round with the median training speed
+    for runs in rounds.values():  # the round with the median training speed
         ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["images_per_s"])
         results.append({**ok[len(ok) // 2], "all_images_per_s": [r["images_per_s"] for r in ok]} if ok else runs[0])
     by = {r["config"]: r for r in results if "error" not in r}
@@ -143,7 +181,8 @@ def markdown(summary: dict) -> str:
     lines = [
         f"{summary['machine']}; {summary['images']} CIFAR-10 images x {summary['epochs']} epochs, same seed",
         "",
-        "| configuration | train images/s | vs fp32 | vs plain loop | vs notebook | test loss | vs fp32 loss | compile s | sample images/s | peak memory MB |",
+        "| configuration | train images/s | vs fp32 | vs plain loop | vs notebook | test loss | vs fp32 loss "
+        "| compile s | sample images/s | peak memory MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
@@ -156,9 +195,13 @@ def markdown(summary: dict) -> str:
             continue
         loss_change = r.get("test_loss_vs_fp32")
         lines.append(
-            f"| {r['config']} | {fmt(r['images_per_s'], '.0f')} | {fmt(r.get('vs_fp32'), '.2f')} | {fmt(r.get('vs_plain'), '.2f')} | {fmt(r.get('vs_notebook'), '.2f')} | "
-            f"{fmt(r.get('test_loss'), '.1f')} | {fmt(loss_change * 100 if loss_change is not None else None, '+.2f')}{'%' if loss_change is not None else ''} | "
-            f"{fmt(r.get('compile_seconds'), '.1f')} | {fmt(r.get('sample_images_per_s'), '.0f')} | {fmt(r.get('peak_memory_mb'), '.0f')} |"
+            f"| {r['config']} | {fmt(r['images_per_s'], '.0f')} | {fmt(r.get('vs_fp32'), '.2f')} | "
+            f"{fmt(r.get('vs_plain'), '.2f')} | {fmt(r.get('vs_notebook'), '.2f')} | "
+            f"{fmt(r.get('test_loss'), '.1f')} | "
+            f"{fmt(loss_change * 100 if loss_change is not None else None, '+.2f')}"
+            f"{'%' if loss_change is not None else ''} | "
+            f"{fmt(r.get('compile_seconds'), '.1f')} | {fmt(r.get('sample_images_per_s'), '.0f')} | "
+            f"{fmt(r.get('peak_memory_mb'), '.0f')} |"
         )
     return "\n".join(lines)
 

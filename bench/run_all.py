@@ -34,15 +34,36 @@ def main() -> None:
 
     from precision import markdown
 
-    command = [sys.executable, str(BENCH / "precision.py"), "--json", f"--device={args.device}", f"--images={args.images}", f"--epochs={args.epochs}"]
+    command = [
+        sys.executable,
+        str(BENCH / "precision.py"),
+        "--json",
+        f"--device={args.device}",
+        f"--images={args.images}",
+        f"--epochs={args.epochs}",
+    ]
     if args.data_dir:
         command.append(f"--data-dir={args.data_dir}")
     if args.configs:
         command.append(f"--configs={args.configs}")
     training = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    startup = json.loads(subprocess.run([sys.executable, str(BENCH / "startup.py"), "--json", f"--repeats={args.startup_repeats}"], check=True, capture_output=True, text=True).stdout)
+    startup = json.loads(
+        subprocess.run(
+            [sys.executable, str(BENCH / "startup.py"), "--json", f"--repeats={args.startup_repeats}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
 
-    lines = ["## Training, sampling and memory", "", markdown(training), "", "## Start-up (median of fresh processes)", ""]
+    lines = [
+        "## Training, sampling and memory",
+        "",
+        markdown(training),
+        "",
+        "## Start-up (median of fresh processes)",
+        "",
+    ]
     lines += ["| command | seconds | vs `import torch` |", "| --- | ---: | ---: |"]
     for name, seconds in startup["seconds"].items():
         lines.append(f"| `{name}` | {seconds:.3f} | {startup['vs_import_torch'][name]:.2f} |")

@@ -25,7 +25,7 @@ COMMANDS = {
 
 def measure(repeats: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for name, argv in COMMANDS.items():  # warm the file cache once
+    for argv in COMMANDS.values():  # warm the file cache once
         subprocess.run(argv, capture_output=True, check=True)
     for _ in range(repeats):
         for name, argv in COMMANDS.items():
@@ -43,7 +43,11 @@ def main() -> None:
     times = measure(args.repeats)
     median = {name: statistics.median(values) for name, values in times.items()}
     torch_time = median["import torch"]
-    result = {"seconds": median, "vs_import_torch": {name: value / torch_time for name, value in median.items()}, "all_runs": times}
+    result = {
+        "seconds": median,
+        "vs_import_torch": {name: value / torch_time for name, value in median.items()},
+        "all_runs": times,
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return

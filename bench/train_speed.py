@@ -35,13 +35,24 @@ class NotebookVAE(nn.Module):
     def __init__(self, latent_dim: int = 20) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Conv2d(64, 128, 4, 2, 1), nn.ReLU(), nn.Flatten()
+            nn.Conv2d(3, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 4, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(),
         )
         self.fc_mu = nn.Linear(128 * 4 * 4, latent_dim)
         self.fc_logvar = nn.Linear(128 * 4 * 4, latent_dim)
         self.fc_dec = nn.Linear(latent_dim, 128 * 4 * 4)
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, 3, 4, 2, 1), nn.Sigmoid()
+            nn.ConvTranspose2d(128, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 3, 4, 2, 1),
+            nn.Sigmoid(),
         )
 
     def forward(self, x):
@@ -114,15 +125,31 @@ def notebook_recipe(images: torch.Tensor, epochs: int, batch_size: int, device) 
     return epochs * len(images) / (time.perf_counter() - start)
 
 
-def vaezoo_run(images, test_images, epochs: int, batch_size: int, precision_name: str, device, sets=(), seed: int = 0) -> Run:
+def vaezoo_run(
+    images, test_images, epochs: int, batch_size: int, precision_name: str, device, sets=(), seed: int = 0
+) -> Run:
     """vaezoo's own trainer on the cifar-vae recipe; the returned run's history has images/s (train
     time only, as metrics.jsonl reports it) and the test loss of each epoch."""
-    options = {"train.epochs": epochs, "train.batch_size": batch_size, "train.precision": precision_name, "train.sample_count": 8, "train.seed": seed}
+    options = {
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.precision": precision_name,
+        "train.sample_count": 8,
+        "train.seed": seed,
+    }
     recipe = resolve_recipe("cifar-vae", list(sets), options)
     torch.manual_seed(seed)
     model = build_model(recipe, images.shape[1:]).to(device)
     with tempfile.TemporaryDirectory() as out:
-        run = Run(model, recipe, images.to(device), test_images.to(device), Path(out), device, resolve_precision(precision_name, device))
+        run = Run(
+            model,
+            recipe,
+            images.to(device),
+            test_images.to(device),
+            Path(out),
+            device,
+            resolve_precision(precision_name, device),
+        )
         train(run)
     return run
 
@@ -140,7 +167,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; the median is reported")
-    parser.add_argument("--precision", default="fp32", help="precision of vaezoo and the plain loop (the notebook stays fp32)")
+    parser.add_argument(
+        "--precision", default="fp32", help="precision of vaezoo and the plain loop (the notebook stays fp32)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-notebook", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -177,7 +206,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['machine']}, torch {result['torch']}, {precision.name}, {len(images)} images x {args.epochs} epoch(s), median of {args.repeats}")
+    print(
+        f"{result['machine']}, torch {result['torch']}, {precision.name}, {len(images)} images x "
+        f"{args.epochs} epoch(s), median of {args.repeats}"
+    )
     for name, value in median.items():
         print(f"  {name:9s} {value:8.0f} images/s")
     print(f"  vaezoo / plain loop : {result['vaezoo_vs_plain']:.3f}")

@@ -36,7 +36,11 @@ def _shared_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["VAEZOO_CACHE_DIR"] = str(tmp_path_factory.mktemp("vaezoo-cache"))
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """`vaezoo ARGS` in a fresh Python process; returns the completed process (never raises on exit code)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vaezoo", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vaezoo", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
+    )

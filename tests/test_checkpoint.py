@@ -18,10 +18,18 @@ from safetensors.torch import load_file, save, save_file
 from tinydata import call_main, error_lines, fit_tiny, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
-from vaezoo.modelfile import describe
 from vaezoo.errors import CheckpointError
+from vaezoo.modelfile import describe
 
-KEYS = ("vaezoo.format_version", "vaezoo.version", "vaezoo.torch_version", "vaezoo.recipe", "vaezoo.components", "vaezoo.data", "vaezoo.training")
+KEYS = (
+    "vaezoo.format_version",
+    "vaezoo.version",
+    "vaezoo.torch_version",
+    "vaezoo.recipe",
+    "vaezoo.components",
+    "vaezoo.data",
+    "vaezoo.training",
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +58,14 @@ def test_metadata_follows_the_design(trained):
     recipe = json.loads(metadata["vaezoo.recipe"])
     assert recipe == trained.model.recipe and recipe["encoder"]["hidden"] == [4, 8, 8]
     components = json.loads(metadata["vaezoo.components"])
-    assert {(c["kind"], c["name"]) for c in components} == {("model", "vae"), ("dataset", "cifar10"), ("encoder", "conv"), ("decoder", "conv"), ("prior", "normal"), ("loss", "bce-kl")}
+    assert {(c["kind"], c["name"]) for c in components} == {
+        ("model", "vae"),
+        ("dataset", "cifar10"),
+        ("encoder", "conv"),
+        ("decoder", "conv"),
+        ("prior", "normal"),
+        ("loss", "bce-kl"),
+    }
     assert all(c["distribution"] == "vaezoo" and c["version"] == vaezoo.__version__ for c in components)
     data = json.loads(metadata["vaezoo.data"])
     assert data["shape"] == [3, 32, 32] and data["range"] == [0.0, 1.0]
@@ -73,12 +88,15 @@ def test_load_in_a_fresh_process(trained):
     code = (
         "import sys, vaezoo, torch\n"
         "m = vaezoo.load(sys.argv[1], device='cpu')\n"
-        "print(sum(float(p.double().sum()) for p in m.state_dict().values()), m.recipe['name'], m.training, next(m.parameters()).device)\n"
+        "print(sum(float(p.double().sum()) for p in m.state_dict().values()), m.recipe['name'], m.training, "
+        "next(m.parameters()).device)\n"
     )
     process = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert process.returncode == 0, process.stderr
     total, name, training, device = process.stdout.split()
-    assert float(total) == pytest.approx(sum(float(p.double().sum()) for p in trained.model.state_dict().values()), rel=1e-12)
+    assert float(total) == pytest.approx(
+        sum(float(p.double().sum()) for p in trained.model.state_dict().values()), rel=1e-12
+    )
     assert (name, training, device) == ("cifar-vae", "False", "cpu")
 
 
@@ -96,7 +114,9 @@ def test_load_rebuilds_the_same_model(trained):
 
 def test_sample_is_byte_identical_for_one_seed(trained, tmp_path, capsys):
     model = str(trained.out_dir / "model.safetensors")
-    assert call_main("sample", model, "-n", "9", "--seed", "3", "--out", str(tmp_path / "a.png")) == 0  # (test_cli runs it in a fresh process)
+    assert (
+        call_main("sample", model, "-n", "9", "--seed", "3", "--out", str(tmp_path / "a.png")) == 0
+    )  # (test_cli runs it in a fresh process)
     assert call_main("sample", model, "-n", "9", "--seed", "3", "--out", str(tmp_path / "b.png")) == 0
     assert call_main("sample", model, "-n", "9", "--seed", "4", "--out", str(tmp_path / "c.png")) == 0
     a, b, c = ((tmp_path / name).read_bytes() for name in ("a.png", "b.png", "c.png"))
@@ -182,7 +202,17 @@ class _Pickled:
         return (open, (str(self.marker), "w"))
 
 
-BAD_FILES = ["empty", "truncated-header", "truncated-data", "random-bytes", "torch-save-pickle", "no-vaezoo-metadata", "broken-json", "wrong-shape-json", "text"]
+BAD_FILES = [
+    "empty",
+    "truncated-header",
+    "truncated-data",
+    "random-bytes",
+    "torch-save-pickle",
+    "no-vaezoo-metadata",
+    "broken-json",
+    "wrong-shape-json",
+    "text",
+]
 
 
 def make_bad_file(kind, good, path):
@@ -194,7 +224,11 @@ def make_bad_file(kind, good, path):
     elif kind == "truncated-data":
         path.write_bytes(data[:-100])
     elif kind == "random-bytes":
-        path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=torch.Generator().manual_seed(5)).numpy().tobytes())
+        path.write_bytes(
+            torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+            .numpy()
+            .tobytes()
+        )
     elif kind == "torch-save-pickle":
         torch.save({"weights": torch.zeros(3), "payload": _Pickled(path.parent / "UNPICKLED")}, path)
     elif kind == "no-vaezoo-metadata":
@@ -215,7 +249,11 @@ def test_bad_files_are_one_clear_error(trained, tmp_path, capsys, kind):
         vaezoo.load(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
     capsys.readouterr()
-    for command in (["sample", str(path), "--out", str(tmp_path / "s.png")], ["inspect", str(path)], ["inspect", str(path), "--json"]):
+    for command in (
+        ["sample", str(path), "--out", str(tmp_path / "s.png")],
+        ["inspect", str(path)],
+        ["inspect", str(path), "--json"],
+    ):
         assert call_main(*command) == 2, command
         out, err = capsys.readouterr()
         lines = error_lines(err)
@@ -239,7 +277,9 @@ def test_component_of_a_plugin_that_is_not_installed(trained, tmp_path, capsys):
             record.update(name="fancy", distribution="vaezoo-fancy", version="2.1")
     path = tmp_path / "model.safetensors"
     _with_metadata(trained.out_dir / "model.safetensors", path, vaezoo__components=json.dumps(components))
-    with pytest.raises(CheckpointError, match="needs encoder 'fancy' from plugin distribution 'vaezoo-fancy'.*pip install vaezoo-fancy"):
+    with pytest.raises(
+        CheckpointError, match="needs encoder 'fancy' from plugin distribution 'vaezoo-fancy'.*pip install vaezoo-fancy"
+    ):
         vaezoo.load(path)
     capsys.readouterr()
     assert call_main("sample", str(path), "--out", str(tmp_path / "s.png")) == 2
@@ -247,14 +287,21 @@ def test_component_of_a_plugin_that_is_not_installed(trained, tmp_path, capsys):
     assert len(lines) == 1 and "pip install vaezoo-fancy" in lines[0]
     # inspect still tells what the file needs, without the plugin
     assert call_main("inspect", str(path), "--json") == 0
-    assert {"kind": "encoder", "name": "fancy", "distribution": "vaezoo-fancy", "version": "2.1"}.items() <= next(c for c in json.loads(capsys.readouterr().out)["components"] if c["kind"] == "encoder").items()
+    assert {"kind": "encoder", "name": "fancy", "distribution": "vaezoo-fancy", "version": "2.1"}.items() <= next(
+        c for c in json.loads(capsys.readouterr().out)["components"] if c["kind"] == "encoder"
+    ).items()
 
 
 def test_disabled_plugin_is_named_with_its_distribution(trained, tmp_path, capsys):
     model = str(trained.out_dir / "model.safetensors")
     assert call_main("sample", model, "--out", str(tmp_path / "s.png"), env={"VAEZOO_DISABLE_PLUGINS": "normal"}) == 2
     lines = error_lines(capsys.readouterr().err)
-    assert len(lines) == 1 and "prior 'normal'" in lines[0] and "'vaezoo'" in lines[0] and "VAEZOO_DISABLE_PLUGINS" in lines[0]
+    assert (
+        len(lines) == 1
+        and "prior 'normal'" in lines[0]
+        and "'vaezoo'" in lines[0]
+        and "VAEZOO_DISABLE_PLUGINS" in lines[0]
+    )
 
 
 def test_tensors_that_do_not_match_the_recipe(trained, tmp_path, capsys):

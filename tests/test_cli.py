@@ -21,7 +21,22 @@ WIDTHS = ["--set", "encoder.hidden=[8,16,32]", "--set", "decoder.hidden=[32,16,8
 def cifar_run(cifar, tmp_path_factory):
     """`vaezoo run cifar-vae --limit 512 --epochs 1` on the real data, in a fresh process."""
     out = tmp_path_factory.mktemp("cli") / "run"
-    process = run_cli("run", "cifar-vae", "--limit", "512", "--epochs", "1", "--data-dir", str(cifar), "--out", str(out), "--set", "train.test_limit=256", *WIDTHS, timeout=300)
+    process = run_cli(
+        "run",
+        "cifar-vae",
+        "--limit",
+        "512",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+        "--set",
+        "train.test_limit=256",
+        *WIDTHS,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr
     return out, process
 
@@ -35,7 +50,9 @@ def test_run_writes_the_run_folder(cifar_run):
     (line,) = (out / "metrics.jsonl").read_text().splitlines()
     metrics = json.loads(line)
     assert {"epoch", "train_loss", "test_loss", "seconds", "images_per_s"} <= set(metrics)
-    assert metrics["epoch"] == 1 and 0 < metrics["test_loss"] < 3 * 32 * 32 * 0.7  # nats per image, below the uniform-guess BCE
+    assert (
+        metrics["epoch"] == 1 and 0 < metrics["test_loss"] < 3 * 32 * 32 * 0.7
+    )  # nats per image, below the uniform-guess BCE
     from PIL import Image
 
     data = (out / "samples.png").read_bytes()
@@ -45,7 +62,11 @@ def test_run_writes_the_run_folder(cifar_run):
     with Image.open(io.BytesIO(data)) as image:
         assert image.size == (2 + 8 * 34, 2 + 8 * 34) and image.mode == "RGB"  # 64 samples, 8x8 grid, 2px padding
     recipe = tomllib.loads((out / "recipe.toml").read_text(encoding="utf-8"))
-    assert recipe["train"]["limit"] == 512 and recipe["train"]["epochs"] == 1 and recipe["encoder"]["hidden"] == [8, 16, 32]
+    assert (
+        recipe["train"]["limit"] == 512
+        and recipe["train"]["epochs"] == 1
+        and recipe["encoder"]["hidden"] == [8, 16, 32]
+    )
     assert resolve_recipe(out / "recipe.toml") == recipe == vaezoo.load(out / "model.safetensors").recipe
 
 
@@ -71,7 +92,10 @@ def test_sample_in_a_fresh_process_inspect_and_eval(cifar_run, cifar, tmp_path, 
     assert info["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     assert info["recipe"]["name"] == "cifar-vae" and info["parameters"] > 0
     assert all({"kind", "name", "distribution", "version"} <= set(c) for c in info["components"])
-    assert {(c["kind"], c["name"], c["distribution"]) for c in info["components"]} >= {("encoder", "conv", "vaezoo"), ("loss", "bce-kl", "vaezoo")}
+    assert {(c["kind"], c["name"], c["distribution"]) for c in info["components"]} >= {
+        ("encoder", "conv", "vaezoo"),
+        ("loss", "bce-kl", "vaezoo"),
+    }
     assert info["metrics"]["test_loss"] == json.loads((out / "metrics.jsonl").read_text())["test_loss"]
 
     assert call_main("eval", model, "--json", "--limit", "200", "--data-dir", str(cifar), "--device", "cpu") == 0
@@ -82,7 +106,23 @@ def test_sample_in_a_fresh_process_inspect_and_eval(cifar_run, cifar, tmp_path, 
 @pytest.mark.slow
 def test_resume_continues_the_cli_run(cifar_run, cifar, tmp_path, capsys):
     out, _ = cifar_run
-    assert call_main("run", "cifar-vae", "--resume", str(out), "--epochs", "2", "--data-dir", str(cifar), "--out", str(tmp_path / "more"), "--device", "cpu") == 0
+    assert (
+        call_main(
+            "run",
+            "cifar-vae",
+            "--resume",
+            str(out),
+            "--epochs",
+            "2",
+            "--data-dir",
+            str(cifar),
+            "--out",
+            str(tmp_path / "more"),
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
     lines = (tmp_path / "more" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert vaezoo.load(tmp_path / "more" / "model.safetensors").metadata["training"]["epochs"] == 2
@@ -122,7 +162,12 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
 def test_missing_data_and_not_a_checkpoint(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert call_main("run", "cifar-vae", "--data-dir", str(empty), "--epochs", "1", "--out", str(tmp_path / "out"), *TINY_ARGS) == 2
+    assert (
+        call_main(
+            "run", "cifar-vae", "--data-dir", str(empty), "--epochs", "1", "--out", str(tmp_path / "out"), *TINY_ARGS
+        )
+        == 2
+    )
     lines = error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and "CIFAR-10 not found under" in lines[0] and str(empty) in lines[0]
     fake = tmp_path / "model.safetensors"

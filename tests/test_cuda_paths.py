@@ -19,11 +19,23 @@ pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available()
 
 def _run(tmp_path: Path, precision: str, steps: int = 2 * LOG_EVERY, compile_: bool = False) -> Run:
     device = resolve_device("cuda")
-    recipe = resolve_recipe("cifar-vae", ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]"], {"train.epochs": 1, "train.batch_size": 32, "train.precision": precision, "train.sample_count": 4, "train.compile": compile_ or None})
+    recipe = resolve_recipe(
+        "cifar-vae",
+        ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]"],
+        {
+            "train.epochs": 1,
+            "train.batch_size": 32,
+            "train.precision": precision,
+            "train.sample_count": 4,
+            "train.compile": compile_ or None,
+        },
+    )
     torch.manual_seed(0)
     images = torch.randint(0, 256, (steps * 32, 3, 32, 32), dtype=torch.uint8)
     model = build_model(recipe, (3, 32, 32)).to(device)
-    return Run(model, recipe, images.to(device), images[:64].to(device), tmp_path, device, resolve_precision(precision, device))
+    return Run(
+        model, recipe, images.to(device), images[:64].to(device), tmp_path, device, resolve_precision(precision, device)
+    )
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

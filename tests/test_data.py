@@ -42,8 +42,12 @@ def _write_batches(root, per_batch=3, seed=0):
         labels = rng.integers(0, 10, per_batch).tolist()
         if name != "test_batch":
             train.append((data, labels))
-        (folder / name).write_bytes(pickle.dumps({"batch_label": name, "labels": labels, "data": data, "filenames": []}))
-    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": list(CLASSES), "num_vis": 3072, "num_cases_per_batch": per_batch}))
+        (folder / name).write_bytes(
+            pickle.dumps({"batch_label": name, "labels": labels, "data": data, "filenames": []})
+        )
+    (folder / "batches.meta").write_bytes(
+        pickle.dumps({"label_names": list(CLASSES), "num_vis": 3072, "num_cases_per_batch": per_batch})
+    )
     for path in folder.iterdir():
         sums[path.name] = hashlib.md5(path.read_bytes()).hexdigest()
     return sums, train
@@ -54,9 +58,13 @@ def test_official_batches_read_by_torchvision(tmp_path, monkeypatch):
 
     sums, train = _write_batches(tmp_path)
     # torchvision only unpickles files whose md5 is the official one: declare the fake files official
-    monkeypatch.setattr(TorchvisionCIFAR10, "train_list", [[f"data_batch_{i}", sums[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(
+        TorchvisionCIFAR10, "train_list", [[f"data_batch_{i}", sums[f"data_batch_{i}"]] for i in range(1, 6)]
+    )
     monkeypatch.setattr(TorchvisionCIFAR10, "test_list", [["test_batch", sums["test_batch"]]])
-    monkeypatch.setattr(TorchvisionCIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": sums["batches.meta"]})
+    monkeypatch.setattr(
+        TorchvisionCIFAR10, "meta", {"filename": "batches.meta", "key": "label_names", "md5": sums["batches.meta"]}
+    )
     images, labels = CIFAR10(root=tmp_path).load("train")
     assert images.dtype == torch.uint8 and images.shape == (15, 3, 32, 32)
     expected = np.concatenate([data for data, _ in train]).reshape(-1, 3, 32, 32)
@@ -137,7 +145,12 @@ def test_download_fails_fast_with_where_to_put_files(tmp_path, monkeypatch):
     with pytest.raises(DataError) as error:
         CIFAR10(root=tmp_path / "empty").load("train")
     message = str(error.value)
-    assert "\n" not in message and str(tmp_path / "empty") in message and "cifar-10-batches-py" in message and "class folders" in message
+    assert (
+        "\n" not in message
+        and str(tmp_path / "empty") in message
+        and "cifar-10-batches-py" in message
+        and "class folders" in message
+    )
     assert timeouts and timeouts[0] is not None and timeouts[0] <= 60, "the download has no socket timeout"
     assert socket.getdefaulttimeout() is None, "the socket timeout was not restored"
     with pytest.raises(DataError, match="CIFAR-10 not found"):

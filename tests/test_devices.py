@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from tinydata import tiny_cifar  # noqa: F401  (fixture)
+
 from vaezoo import devices
 from vaezoo.errors import VaezooError
 
@@ -54,6 +54,7 @@ def test_auto_measures_and_keeps_fp32_unless_the_reduced_precision_is_clearly_fa
         def measure(precisions):
             asked.append([p.name for p in precisions])
             return seconds
+
         return measure
 
     assert devices.resolve_precision("auto", cpu, timer([1.0, 0.95]), "a").name == "fp32"  # within noise: fp32
@@ -76,8 +77,14 @@ def test_the_probe_leaves_the_run_as_it_was(tiny_cifar, tmp_path, monkeypatch):
     chosen = json.loads(cached.read_text()) if cached.exists() else {}
     assert (list(chosen.values()) in (["fp32"], ["bf16"])) if devices.cpu_has_native_bf16() else (chosen == {})
     explicit = fit_tiny(tiny_cifar, tmp_path / "explicit", precision=_trained_precision(tmp_path / "auto"))
-    ours, theirs = load_file(tmp_path / "auto" / "model.safetensors"), load_file(tmp_path / "explicit" / "model.safetensors")
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours) and explicit.metrics["test_loss"] == auto.metrics["test_loss"]
+    ours, theirs = (
+        load_file(tmp_path / "auto" / "model.safetensors"),
+        load_file(tmp_path / "explicit" / "model.safetensors"),
+    )
+    assert (
+        all(torch.equal(ours[k], theirs[k]) for k in ours)
+        and explicit.metrics["test_loss"] == auto.metrics["test_loss"]
+    )
 
 
 def _trained_precision(run_dir):

@@ -3,24 +3,41 @@ the same global batch, on a tiny conv model and a few hundred real CIFAR-10 imag
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
 
-from conftest import run_cli
 import vaezoo
 from vaezoo import distributed
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
 
-TINY_SETS = ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8", "train.test_limit=100", "train.sample_count=4"]
-TINY = ["--epochs", "1", "--batch-size", "64", "--limit", "250", "--device", "cpu", "--seed", "3", *(a for s in TINY_SETS for a in ("--set", s))]
+TINY_SETS = [
+    "encoder.hidden=[8,16]",
+    "decoder.hidden=[16,8]",
+    "latent_dim=8",
+    "train.test_limit=100",
+    "train.sample_count=4",
+]
+TINY = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--limit",
+    "250",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    *(a for s in TINY_SETS for a in ("--set", s)),
+]
 # Plain SGD for the comparison: Adam's first steps are about lr * sign(gradient), so a parameter whose
 # gradient is ~0 (a dead ReLU's) moves by +-lr on float noise alone, and one run ends 1e-3 from the other.
 SGD = ["--set", 'train.optimizer="sgd"', "--lr", "1e-5"]
@@ -48,11 +65,34 @@ def test_ddp_matches_single_process(cifar: Path, tmp_path: Path) -> None:
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(runner), "run", "cifar-vae", *TINY, *SGD, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(runner), "run", "cifar-vae", *TINY, *SGD, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner), "run", "cifar-vae", *TINY, *SGD, "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(runner),
+            "run",
+            "cifar-vae",
+            *TINY,
+            *SGD,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert ddp.returncode == 0, ddp.stderr  # whole: the root cause of a failed rank is near the top
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
@@ -70,10 +110,22 @@ def test_ddp_matches_single_process(cifar: Path, tmp_path: Path) -> None:
 
 def test_nproc_starts_torchrun_and_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = run_cli("run", "cifar-vae", *TINY, "--out", str(out), "--nproc", "2", env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}, timeout=300)
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        *TINY,
+        "--out",
+        str(out),
+        "--nproc",
+        "2",
+        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch.distributed.run" in result.stderr
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= set(_outputs(out))
+    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= set(
+        _outputs(out)
+    )
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
@@ -124,8 +176,12 @@ rank = int(os.environ["RANK"])
 whole, own_half = step(fresh(), batch), step(fresh(), batch.chunk(2)[rank])  # before the group exists
 dist.init_process_group("gloo")
 joint = step(fresh(), batch.chunk(2)[rank])
-same = torch.allclose(joint.embedding, whole.embedding, atol=1e-6) and torch.allclose(joint.cluster_size, whole.cluster_size)
-print(f"rank {rank} same_as_whole_batch={same} own_half_differs={not torch.allclose(own_half.embedding, whole.embedding, atol=1e-3)}")
+same = torch.allclose(joint.embedding, whole.embedding, atol=1e-6)
+same = same and torch.allclose(joint.cluster_size, whole.cluster_size)
+print((
+    f"rank {rank} same_as_whole_batch={same} "
+    f"own_half_differs={not torch.allclose(own_half.embedding, whole.embedding, atol=1e-3)}"
+))
 dist.destroy_process_group()
 """
 
@@ -135,8 +191,13 @@ def test_vqvae_codebook_learns_from_the_global_batch(tmp_path: Path) -> None:
     the moving-average counts and sums are summed over ranks (DDP alone would keep rank 0's half)."""
     runner = tmp_path / "codebook.py"
     runner.write_text(CODEBOOK_RUNNER)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
         assert f"rank {rank} same_as_whole_batch=True own_half_differs=True" in result.stdout, result.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from torch import distributions as D
 
 import vaezoo
@@ -17,8 +18,6 @@ from vaezoo.data import to_float
 from vaezoo.errors import VaezooError
 from vaezoo.evaluate import evaluate, evaluation_report, importance_weighted_nll
 
-from conftest import run_cli
-
 TINY = ["--set", "encoder.hidden=[8,16,32]", "--set", "decoder.hidden=[32,16,8]", "--set", "latent_dim=8"]
 
 
@@ -26,7 +25,23 @@ TINY = ["--set", "encoder.hidden=[8,16,32]", "--set", "decoder.hidden=[32,16,8]"
 def trained(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.safetensors of a tiny cifar-vae trained for 2 epochs on 256 images (no --tensorboard)."""
     out = tmp_path_factory.mktemp("eval-run")
-    result = run_cli("run", "cifar-vae", "--limit", "256", "--epochs", "2", "--set", "train.test_limit=64", *TINY, "--data-dir", str(cifar), "--out", str(out), "--device", "cpu")
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        "--limit",
+        "256",
+        "--epochs",
+        "2",
+        "--set",
+        "train.test_limit=64",
+        *TINY,
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     return out / "model.safetensors"
 
@@ -37,7 +52,19 @@ def test_images(cifar: Path, trained: Path) -> torch.Tensor:
 
 
 def test_eval_json_in_a_fresh_process(trained: Path, cifar: Path) -> None:
-    result = run_cli("eval", str(trained), "--data-dir", str(cifar), "--limit", "96", "--iw-samples", "20", "--device", "cpu", "--json")
+    result = run_cli(
+        "eval",
+        str(trained),
+        "--data-dir",
+        str(cifar),
+        "--limit",
+        "96",
+        "--iw-samples",
+        "20",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["images"] == 96 and metrics["split"] == "test" and metrics["iw_samples"] == 20
@@ -54,7 +81,12 @@ def test_eval_json_in_a_fresh_process(trained: Path, cifar: Path) -> None:
 def test_eval_table_and_errors(trained: Path, cifar: Path) -> None:
     result = run_cli("eval", str(trained), "--data-dir", str(cifar), "--limit", "32", "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "loss" in result.stdout and "psnr_db" in result.stdout and "note:" in result.stdout and "iw_nll" not in result.stdout
+    assert (
+        "loss" in result.stdout
+        and "psnr_db" in result.stdout
+        and "note:" in result.stdout
+        and "iw_nll" not in result.stdout
+    )
     with pytest.raises(VaezooError, match="iw-samples"):
         evaluate_file(trained, data_dir=cifar, iw_samples=-1)
     with pytest.raises(VaezooError, match="unknown split 'valid'"):
@@ -76,7 +108,9 @@ def test_iw_estimate_is_never_worse_than_the_elbo(trained: Path, test_images: to
     assert mean_k1 == pytest.approx(evaluate(model, test_images[:16])["loss"], abs=0.5)
 
 
-def test_iw_matches_a_naive_computation_and_chunking_does_not_matter(trained: Path, test_images: torch.Tensor, monkeypatch) -> None:
+def test_iw_matches_a_naive_computation_and_chunking_does_not_matter(
+    trained: Path, test_images: torch.Tensor, monkeypatch
+) -> None:
     from vaezoo_defaults.vae import model as vae_family
 
     model = vaezoo.load(trained)
@@ -102,7 +136,15 @@ def test_iw_matches_a_naive_computation_and_chunking_does_not_matter(trained: Pa
 
 
 def test_bits_per_dim_only_for_discrete_likelihoods(cifar: Path) -> None:
-    model = vaezoo.build("cifar-vae", sets=['loss={name="dlogistic-kl", n_mix=1}', "encoder.hidden=[4,8,8]", "decoder.hidden=[8,8,4]", "latent_dim=4"])
+    model = vaezoo.build(
+        "cifar-vae",
+        sets=[
+            'loss={name="dlogistic-kl", n_mix=1}',
+            "encoder.hidden=[4,8,8]",
+            "decoder.hidden=[8,8,4]",
+            "latent_dim=4",
+        ],
+    )
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     report = evaluation_report(model, images, iw_samples=3)
     dims_ln2 = 3 * 32 * 32 * math.log(2)

@@ -8,14 +8,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
 
 import vaezoo
-from conftest import run_cli
 
 PLUGIN, DISTRIBUTION, RECIPE = "example", "vaezoo-example-plugin", "example-dcgan-cifar"
 
 if not any(info.name == PLUGIN for info in vaezoo.get_registry().plugins):
-    pytest.skip(f"{DISTRIBUTION} is not installed: pip install -e examples/vaezoo-example-plugin", allow_module_level=True)
+    pytest.skip(
+        f"{DISTRIBUTION} is not installed: pip install -e examples/vaezoo-example-plugin", allow_module_level=True
+    )
 
 DISABLED = {"VAEZOO_DISABLE_PLUGINS": PLUGIN}
 ENABLED = {"VAEZOO_DISABLE_PLUGINS": ""}
@@ -36,9 +38,15 @@ def test_disabling_hides_it_from_list():
     hidden = run_cli("list", "--json", env=DISABLED)
     assert shown.returncode == 0 and hidden.returncode == 0, shown.stderr + hidden.stderr
     assert {(e["kind"], e["name"]) for e in json.loads(shown.stdout) if e["plugin"] == PLUGIN} == {
-        ("encoder", "dcgan"), ("decoder", "dcgan"), ("model", "laplace"), ("recipe", RECIPE), ("recipe", "example-laplace-cifar")
+        ("encoder", "dcgan"),
+        ("decoder", "dcgan"),
+        ("model", "laplace"),
+        ("recipe", RECIPE),
+        ("recipe", "example-laplace-cifar"),
     }
-    assert not [e for e in json.loads(hidden.stdout) if e["plugin"] == PLUGIN or e["name"] in ("dcgan", "laplace", RECIPE)]
+    assert not [
+        e for e in json.loads(hidden.stdout) if e["plugin"] == PLUGIN or e["name"] in ("dcgan", "laplace", RECIPE)
+    ]
     assert "cifar-vae" in hidden.stdout  # the other plugins are still there
 
 
@@ -47,9 +55,29 @@ def checkpoint(cifar, tmp_path_factory):
     """A tiny run of the example recipe (one epoch, 200 images, narrow layers)."""
     out = tmp_path_factory.mktemp("example") / "run"
     result = run_cli(
-        "run", RECIPE, "--data-dir", str(cifar), "--epochs", "1", "--limit", "200", "--batch-size", "50",
-        "--latent-dim", "4", "--device", "cpu", "--out", str(out), "--set", "train.test_limit=100",
-        "--set", "encoder.hidden=[8, 8, 8]", "--set", "decoder.hidden=[8, 8, 8]", env=ENABLED,
+        "run",
+        RECIPE,
+        "--data-dir",
+        str(cifar),
+        "--epochs",
+        "1",
+        "--limit",
+        "200",
+        "--batch-size",
+        "50",
+        "--latent-dim",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--set",
+        "train.test_limit=100",
+        "--set",
+        "encoder.hidden=[8, 8, 8]",
+        "--set",
+        "decoder.hidden=[8, 8, 8]",
+        env=ENABLED,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return out / "model.safetensors"

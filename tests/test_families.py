@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_cli
 from PIL import Image
+from tinydata import TINY_SETS, error_lines
 
 import vaezoo
-from conftest import REPO, run_cli
-from tinydata import TINY_SETS, error_lines
 from vaezoo.errors import RecipeError
 from vaezoo.evaluate import evaluation_report
 
@@ -27,7 +27,19 @@ HAS_EXAMPLE = any(info.name == "example" for info in vaezoo.get_registry().plugi
 
 
 def test_a_vaezoo_01_file_samples_and_evaluates_to_the_numbers_it_had(cifar: Path, tmp_path: Path) -> None:
-    result = run_cli("eval", str(FORMAT1), "--data-dir", str(cifar), "--limit", str(EXPECTED["eval_limit"]), "--iw-samples", str(EXPECTED["iw_samples"]), "--json", "--device", "cpu")
+    result = run_cli(
+        "eval",
+        str(FORMAT1),
+        "--data-dir",
+        str(cifar),
+        "--limit",
+        str(EXPECTED["eval_limit"]),
+        "--iw-samples",
+        str(EXPECTED["iw_samples"]),
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     for key in ("loss", "recon", "kl", "iw_nll"):
@@ -46,11 +58,24 @@ def test_the_vae_family_trains_to_vaezoo_01s_losses_at_the_same_seed(cifar: Path
     """The fixture's training command again: the same train loss at every epoch as vaezoo 0.1 had, on
     2 threads as then (other thread counts sum in another order: about 1e-6 apart after 4 epochs)."""
     recipe = vaezoo.load(FORMAT1).recipe
-    sets = [f"encoder.hidden={recipe['encoder']['hidden']}", f"decoder.hidden={recipe['decoder']['hidden']}", f"latent_dim={recipe['latent_dim']}", "train.sample_count=8", "train.test_limit=500"]
+    sets = [
+        f"encoder.hidden={recipe['encoder']['hidden']}",
+        f"decoder.hidden={recipe['decoder']['hidden']}",
+        f"latent_dim={recipe['latent_dim']}",
+        "train.sample_count=8",
+        "train.test_limit=500",
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        result = vaezoo.fit("cifar-vae", sets=sets, options={"train.limit": 2000, "train.epochs": 4, "train.precision": "fp32"}, out=tmp_path / "run", data_dir=cifar, device="cpu")
+        result = vaezoo.fit(
+            "cifar-vae",
+            sets=sets,
+            options={"train.limit": 2000, "train.epochs": 4, "train.precision": "fp32"},
+            out=tmp_path / "run",
+            data_dir=cifar,
+            device="cpu",
+        )
     finally:
         torch.set_num_threads(threads)
     losses = [json.loads(line)["train_loss"] for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -58,10 +83,23 @@ def test_the_vae_family_trains_to_vaezoo_01s_losses_at_the_same_seed(cifar: Path
 
 
 def test_format_2_records_the_family_and_the_classes(cifar: Path, tmp_path: Path) -> None:
-    result = vaezoo.fit("cifar-vae", sets=TINY_SETS, options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1}, out=tmp_path / "run", data_dir=cifar, device="cpu")
+    result = vaezoo.fit(
+        "cifar-vae",
+        sets=TINY_SETS,
+        options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1},
+        out=tmp_path / "run",
+        data_dir=cifar,
+        device="cpu",
+    )
     info = json.loads(run_cli("inspect", str(result.out_dir / "model.safetensors"), "--json").stdout)
     assert info["format_version"] == 2 and info["data"]["classes"][3] == "cat"
-    assert info["model"] == {"kind": "model", "name": "vae", "plugin": "vae", "distribution": "vaezoo", "version": vaezoo.__version__}
+    assert info["model"] == {
+        "kind": "model",
+        "name": "vae",
+        "plugin": "vae",
+        "distribution": "vaezoo",
+        "version": vaezoo.__version__,
+    }
     assert info["recipe"]["model"] == {"name": "vae", "iw_samples": 1}
 
 
@@ -69,7 +107,9 @@ def test_list_models_names_every_family_and_its_plugin() -> None:
     result = run_cli("list", "models", "--json")
     assert result.returncode == 0, result.stderr
     families = {row["name"]: row for row in json.loads(result.stdout)}
-    assert {"vae", "hvae", "vqvae", "cvae"} <= set(families) and all(row["kind"] == "model" for row in families.values())
+    assert {"vae", "hvae", "vqvae", "cvae"} <= set(families) and all(
+        row["kind"] == "model" for row in families.values()
+    )
     assert families["vae"]["plugin"] == "vae" and families["vae"]["distribution"] == "vaezoo"
     plugins = {row["name"]: row for row in json.loads(run_cli("plugins", "--json").stdout)}
     assert plugins["vae"]["models"] == ["vae"]
@@ -79,18 +119,44 @@ def test_list_models_names_every_family_and_its_plugin() -> None:
 def test_a_third_party_family_trains_samples_evaluates_and_is_named_by_inspect(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "laplace"
     result = run_cli(
-        "run", "example-laplace-cifar", "--data-dir", str(cifar), "--epochs", "1", "--limit", "256", "--batch-size", "64", "--latent-dim", "6",
-        "--device", "cpu", "--out", str(out), "--set", "model.hidden=[8,16,16]", "--set", "decoder.hidden=[16,16,8]", "--set", "train.test_limit=64",
+        "run",
+        "example-laplace-cifar",
+        "--data-dir",
+        str(cifar),
+        "--epochs",
+        "1",
+        "--limit",
+        "256",
+        "--batch-size",
+        "64",
+        "--latent-dim",
+        "6",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--set",
+        "model.hidden=[8,16,16]",
+        "--set",
+        "decoder.hidden=[16,16,8]",
+        "--set",
+        "train.test_limit=64",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     model = out / "model.safetensors"
-    assert {"model.safetensors", "samples.png", "reconstructions.png", "interpolations.png", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
-    report = json.loads(run_cli("eval", str(model), "--data-dir", str(cifar), "--limit", "32", "--iw-samples", "8", "--json").stdout)
+    assert {"model.safetensors", "samples.png", "reconstructions.png", "interpolations.png", "metrics.jsonl"} <= {
+        p.name for p in out.iterdir()
+    }
+    report = json.loads(
+        run_cli("eval", str(model), "--data-dir", str(cifar), "--limit", "32", "--iw-samples", "8", "--json").stdout
+    )
     assert math.isfinite(report["loss"]) and report["loss"] == pytest.approx(report["recon"] + report["kl"], rel=1e-6)
     assert report["kl"] > 0 and report["iw_nll"] <= report["loss"] + 1.0
     info = json.loads(run_cli("inspect", str(model), "--json").stdout)
     assert info["model"]["name"] == "laplace" and info["model"]["distribution"] == "vaezoo-example-plugin"
-    assert ("decoder", "conv") in {(c["kind"], c["name"]) for c in info["components"]} and "encoder" not in info["recipe"]
+    assert ("decoder", "conv") in {(c["kind"], c["name"]) for c in info["components"]} and "encoder" not in info[
+        "recipe"
+    ]
     gone = run_cli("sample", str(model), "--out", str(tmp_path / "s.png"), env={"VAEZOO_DISABLE_PLUGINS": "example"})
     assert gone.returncode == 2 and len(error_lines(gone.stderr)) == 1
     assert "'laplace'" in gone.stderr and "pip install vaezoo-example-plugin" in gone.stderr
@@ -99,7 +165,7 @@ def test_a_third_party_family_trains_samples_evaluates_and_is_named_by_inspect(c
 @pytest.mark.parametrize(
     ("sets", "message"),
     [
-        (["encoder={name=\"conv\"}"], "model 'laplace' takes no encoder"),
+        (['encoder={name="conv"}'], "model 'laplace' takes no encoder"),
         (["model.width=3"], "unknown key model.width for model 'laplace'"),
         (["model.in_shape=[3,8,8]"], "model.in_shape is set by vaezoo itself"),
     ],
@@ -111,7 +177,15 @@ def test_a_recipe_gives_a_family_exactly_what_its_constructor_takes(sets: list[s
 
 
 def test_the_vae_family_needs_its_components_and_a_latent_size() -> None:
-    table = {"name": "t", "latent_dim": 4, "dataset": {"name": "cifar10"}, "encoder": {"name": "conv"}, "decoder": {"name": "conv"}, "prior": {"name": "normal"}, "loss": {"name": "bce-kl"}}
+    table = {
+        "name": "t",
+        "latent_dim": 4,
+        "dataset": {"name": "cifar10"},
+        "encoder": {"name": "conv"},
+        "decoder": {"name": "conv"},
+        "prior": {"name": "normal"},
+        "loss": {"name": "bce-kl"},
+    }
     with pytest.raises(RecipeError, match="model 'vae' needs prior"):
         vaezoo.resolve_recipe({k: v for k, v in table.items() if k != "prior"})
     with pytest.raises(RecipeError, match="model 'vae' needs latent_dim"):
@@ -174,7 +248,15 @@ def test_train_runs_on_its_own_with_callbacks_and_a_resumable_state(cifar: Path,
         def on_epoch_end(self, run, metrics):
             self.epochs.append(metrics["epoch"])
 
-    run = Run(model, recipe, images, test, tmp_path / "nowhere", torch.device("cpu"), resolve_precision("fp32", torch.device("cpu")))
+    run = Run(
+        model,
+        recipe,
+        images,
+        test,
+        tmp_path / "nowhere",
+        torch.device("cpu"),
+        resolve_precision("fp32", torch.device("cpu")),
+    )
     metrics = train(run, [Seen()])
     assert Seen.epochs == [1, 2] and metrics["epoch"] == 2 and metrics["step"] == 2 * math.ceil(96 / 16)
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
@@ -204,14 +286,27 @@ def test_iwae_trains_on_the_importance_weighted_bound(cifar: Path, tmp_path: Pat
         mu, logvar = model.encoder(x)
         z = mu.unsqueeze(1) + torch.randn(8, 5, mu.shape[1]) * torch.exp(0.5 * logvar).unsqueeze(1)
         logits = model.decoder(z.flatten(0, 1)).view(8, 5, *x.shape[1:])
-        log_px = D.Bernoulli(logits=logits, validate_args=False).log_prob(x.unsqueeze(1).expand_as(logits)).flatten(2).sum(2)
-        log_w = log_px + D.Normal(0.0, 1.0).log_prob(z).sum(2) - D.Normal(mu.unsqueeze(1), torch.exp(0.5 * logvar).unsqueeze(1)).log_prob(z).sum(2)
+        log_px = (
+            D.Bernoulli(logits=logits, validate_args=False).log_prob(x.unsqueeze(1).expand_as(logits)).flatten(2).sum(2)
+        )
+        log_w = (
+            log_px
+            + D.Normal(0.0, 1.0).log_prob(z).sum(2)
+            - D.Normal(mu.unsqueeze(1), torch.exp(0.5 * logvar).unsqueeze(1)).log_prob(z).sum(2)
+        )
         naive = -(torch.logsumexp(log_w, 1) - math.log(5))
     torch.testing.assert_close(parts.loss.detach(), naive, rtol=1e-5, atol=1e-2)
     elbo = torch.stack([model(x, None, None).loss for _ in range(20)]).mean(0)
     assert (parts.loss.detach() <= elbo.detach() + 1.0).float().mean() >= 0.75  # tighter, up to sampling noise
     evaluation = model(x, None, None)
     torch.testing.assert_close(evaluation.loss, evaluation.recon + evaluation.kl)
-    result = vaezoo.fit("cifar-iwae", sets=TINY_SETS, options={"train.limit": 96, "train.test_limit": 32, "train.epochs": 1}, out=tmp_path / "run", data_dir=cifar, device="cpu")
+    result = vaezoo.fit(
+        "cifar-iwae",
+        sets=TINY_SETS,
+        options={"train.limit": 96, "train.test_limit": 32, "train.epochs": 1},
+        out=tmp_path / "run",
+        data_dir=cifar,
+        device="cpu",
+    )
     assert math.isfinite(result.metrics["train_loss"]) and math.isfinite(result.metrics["test_loss"])
     assert vaezoo.load(result.out_dir / "model.safetensors").iw_samples == 5

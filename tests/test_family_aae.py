@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
+from tinydata import TINY_SETS, call_main
 
 import vaezoo
-from conftest import run_cli
-from tinydata import TINY_SETS, call_main
 from vaezoo import Prior
 from vaezoo.testing import check_model, component
 from vaezoo_defaults.aae.model import AdversarialAE
@@ -47,7 +47,12 @@ def images(n: int = 5) -> torch.Tensor:
 def test_contract():
     model = check_model(AdversarialAE, latent_dim=LATENT, components=components(), disc_hidden=[8])
     assert model.objective == "aae" and model.regularizer == "adversarial"
-    assert not any(n.startswith("encoder.logvar") for group in model.parameter_groups().values() for n, p in model.named_parameters() if any(p is q for q in group.params))
+    assert not any(
+        n.startswith("encoder.logvar")
+        for group in model.parameter_groups().values()
+        for n, p in model.named_parameters()
+        if any(p is q for q in group.params)
+    )
 
 
 def test_codes_are_deterministic_and_the_parts_are_recomputed_by_hand():
@@ -78,7 +83,10 @@ def test_an_undecided_discriminator_gives_log_2_per_code():
 
 
 def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    return [g if g is not None else torch.zeros_like(p) for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True), params)]
+    return [
+        g if g is not None else torch.zeros_like(p)
+        for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True), params)
+    ]
 
 
 def test_each_phase_learns_its_own_loss():
@@ -135,7 +143,9 @@ def test_rejects_bad_keys_and_a_learned_prior():
     with pytest.raises(ValueError, match="widths from 1"):
         small_model(disc_hidden=[8, 0])
     with pytest.raises(ValueError, match="fixed prior"):
-        AdversarialAE(in_shape=(3, 32, 32), latent_dim=LATENT, **{**components(), "prior": LearnedPrior(latent_dim=LATENT)})
+        AdversarialAE(
+            in_shape=(3, 32, 32), latent_dim=LATENT, **{**components(), "prior": LearnedPrior(latent_dim=LATENT)}
+        )
 
 
 # End to end on real CIFAR-10 (tiny widths).
@@ -150,7 +160,10 @@ def metrics(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def straight(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("aae") / "run"
-    assert call_main("run", "cifar-aae", "--epochs", "2", *ARGS, "--out", str(out), env={"VAEZOO_DATA_DIR": str(cifar)}) == 0
+    assert (
+        call_main("run", "cifar-aae", "--epochs", "2", *ARGS, "--out", str(out), env={"VAEZOO_DATA_DIR": str(cifar)})
+        == 0
+    )
     return out
 
 
@@ -161,7 +174,19 @@ def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys
     assert call_main("sample", str(straight / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
     assert (tmp_path / "s.png").is_file() and (straight / "samples.png").is_file()
     capsys.readouterr()
-    assert call_main("eval", str(straight / "model.safetensors"), "--limit", "32", "--device", "cpu", "--json", env={"VAEZOO_DATA_DIR": str(cifar)}) == 0
+    assert (
+        call_main(
+            "eval",
+            str(straight / "model.safetensors"),
+            "--limit",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+            env={"VAEZOO_DATA_DIR": str(cifar)},
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "adversarial" in text and "discriminator" in text
 
@@ -185,9 +210,31 @@ torch.randn_like = lambda t, **kw: torch.zeros_like(t, **kw)
 from vaezoo.cli import main
 main(sys.argv[1:])
 """
-DDP_SETS = ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8", "model.disc_hidden=[16]", "train.test_limit=100", "train.sample_count=4"]
-DDP = ["--epochs", "1", "--batch-size", "64", "--limit", "250", "--device", "cpu", "--seed", "3", "--set", 'train.optimizer="sgd"', "--lr", "1e-5",
-       *(a for s in DDP_SETS for a in ("--set", s))]
+DDP_SETS = [
+    "encoder.hidden=[8,16]",
+    "decoder.hidden=[16,8]",
+    "latent_dim=8",
+    "model.disc_hidden=[16]",
+    "train.test_limit=100",
+    "train.sample_count=4",
+]
+DDP = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--limit",
+    "250",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--set",
+    'train.optimizer="sgd"',
+    "--lr",
+    "1e-5",
+    *(a for s in DDP_SETS for a in ("--set", s)),
+]
 
 
 @pytest.mark.slow
@@ -196,17 +243,45 @@ def test_two_ranks_match_one_process_and_write_one_set_of_files(cifar: Path, tmp
     with 64 (plain SGD, as tests/test_distributed.py): the family's two updates average their
     gradients over ranks."""
     env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    nproc = run_cli("run", "cifar-aae", "--epochs", "1", *ARGS, "--out", str(tmp_path / "cli"), "--nproc", "2", env=env, timeout=300)
+    nproc = run_cli(
+        "run", "cifar-aae", "--epochs", "1", *ARGS, "--out", str(tmp_path / "cli"), "--nproc", "2", env=env, timeout=300
+    )
     assert nproc.returncode == 0, nproc.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {p.name for p in (tmp_path / "cli").iterdir()}
+    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
+        p.name for p in (tmp_path / "cli").iterdir()
+    }
     assert len(metrics(tmp_path / "cli")) == 1 and nproc.stderr.count("done:") == 1
 
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
-    single = subprocess.run([sys.executable, str(runner), "run", "cifar-aae", *DDP, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(runner), "run", "cifar-aae", *DDP, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner), "run", "cifar-aae", *DDP, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(runner),
+            "run",
+            "cifar-aae",
+            *DDP,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert one.keys() == two.keys()

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 from PIL import Image
 
 import vaezoo
-from conftest import run_cli
 from vaezoo.evaluate import evaluate
 from vaezoo.testing import check_model
 from vaezoo_defaults.bce.loss import BCEKL
@@ -46,7 +46,14 @@ def grid_size(rows: int, columns: int) -> tuple[int, int]:
 
 
 def test_contract() -> None:
-    model = check_model(ConditionalVAE, num_classes=10, latent_dim=6, components=parts(6), encoder_hidden=[8, 16, 16], decoder_hidden=[16, 16, 8])
+    model = check_model(
+        ConditionalVAE,
+        num_classes=10,
+        latent_dim=6,
+        components=parts(6),
+        encoder_hidden=[8, 16, 16],
+        decoder_hidden=[16, 16, 8],
+    )
     assert model.conditional and not model.discrete
 
 
@@ -54,7 +61,9 @@ def test_parameters_are_the_conv_vae_plus_the_label_paths() -> None:
     """The same conv networks as cifar-vae; the labels add their embeddings, label_channels input
     channels of the first 4x4 conv, and label_dim inputs of the decoder's linear layer."""
     latent, channels, dim = 20, 4, 16
-    model = ConditionalVAE(in_shape=(3, 32, 32), num_classes=10, latent_dim=latent, label_channels=channels, label_dim=dim, **parts(latent))
+    model = ConditionalVAE(
+        in_shape=(3, 32, 32), num_classes=10, latent_dim=latent, label_channels=channels, label_dim=dim, **parts(latent)
+    )
     plain = ConvEncoder(in_shape=(3, 32, 32), latent_dim=latent), ConvDecoder(out_shape=(3, 32, 32), latent_dim=latent)
     count = lambda *modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
     extra = 10 * channels + channels * 32 * 4 * 4 + 10 * dim + dim * 128 * 4 * 4
@@ -80,8 +89,16 @@ def test_needs_classes() -> None:
 @pytest.fixture(scope="module")
 def run(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> vaezoo.api.FitResult:
     """A few training steps of cifar-cvae (tiny widths) on 300 real CIFAR-10 images."""
-    options = {"train.epochs": 1, "train.limit": 300, "train.test_limit": 100, "train.batch_size": 50, "train.sample_count": 10 * SAMPLES_PER_CLASS}
-    return vaezoo.fit("cifar-cvae", sets=TINY, options=options, data_dir=cifar, device="cpu", out=tmp_path_factory.mktemp("cvae-run"))
+    options = {
+        "train.epochs": 1,
+        "train.limit": 300,
+        "train.test_limit": 100,
+        "train.batch_size": 50,
+        "train.sample_count": 10 * SAMPLES_PER_CLASS,
+    }
+    return vaezoo.fit(
+        "cifar-cvae", sets=TINY, options=options, data_dir=cifar, device="cpu", out=tmp_path_factory.mktemp("cvae-run")
+    )
 
 
 def test_run_pictures(run) -> None:
@@ -118,7 +135,9 @@ def test_sample_label_by_name_or_index(run, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("label", ["dragon", "10"])
 def test_unknown_label(run, label: str, tmp_path: Path) -> None:
-    result = run_cli("sample", str(run.out_dir / "model.safetensors"), "--label", label, "--out", str(tmp_path / "x.png"))
+    result = run_cli(
+        "sample", str(run.out_dir / "model.safetensors"), "--label", label, "--out", str(tmp_path / "x.png")
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert f"unknown label {label!r}" in lines[0] and "cat" in lines[0]
@@ -126,15 +145,34 @@ def test_unknown_label(run, label: str, tmp_path: Path) -> None:
 
 def test_label_on_an_unconditional_model(cifar: Path, tmp_path: Path) -> None:
     sets = ["encoder.hidden=[4,8,8]", "decoder.hidden=[8,8,4]", "latent_dim=4"]
-    plain = vaezoo.fit("cifar-vae", sets=sets, options={"train.epochs": 1, "train.limit": 50, "train.test_limit": 20, "train.sample_count": 4}, data_dir=cifar, device="cpu", out=tmp_path / "vae")
-    result = run_cli("sample", str(plain.out_dir / "model.safetensors"), "--label", "cat", "--out", str(tmp_path / "x.png"))
+    plain = vaezoo.fit(
+        "cifar-vae",
+        sets=sets,
+        options={"train.epochs": 1, "train.limit": 50, "train.test_limit": 20, "train.sample_count": 4},
+        data_dir=cifar,
+        device="cpu",
+        out=tmp_path / "vae",
+    )
+    result = run_cli(
+        "sample", str(plain.out_dir / "model.safetensors"), "--label", "cat", "--out", str(tmp_path / "x.png")
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "not conditional" in lines[0]
 
 
 def test_importance_weighted_nll_is_below_the_elbo(run, cifar: Path) -> None:
-    result = run_cli("eval", str(run.out_dir / "model.safetensors"), "--data-dir", str(cifar), "--limit", "100", "--iw-samples", "20", "--json")
+    result = run_cli(
+        "eval",
+        str(run.out_dir / "model.safetensors"),
+        "--data-dir",
+        str(cifar),
+        "--limit",
+        "100",
+        "--iw-samples",
+        "20",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["images"] == 100 and report["iw_samples"] == 20

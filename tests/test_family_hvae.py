@@ -36,7 +36,13 @@ def test_hvae_meets_the_model_contract():
 
 def test_cifar_hvae_trains_and_its_bounds_hold(cifar, tmp_path):
     sets = [f"model.{key}={value}" for key, value in TINY.items()] + ["loss.n_mix=2", "latent_dim=4"]
-    options = {"train.epochs": 2, "train.limit": 320, "train.test_limit": 64, "train.batch_size": 32, "train.sample_count": 4}
+    options = {
+        "train.epochs": 2,
+        "train.limit": 320,
+        "train.test_limit": 64,
+        "train.batch_size": 32,
+        "train.sample_count": 4,
+    }
     result = vaezoo.fit("cifar-hvae", sets=sets, options=options, data_dir=cifar, device="cpu", out=tmp_path / "run")
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == [1, 2]
@@ -71,7 +77,9 @@ def test_each_prior_depends_on_the_levels_above():
         _, a = model.top_down(1, zs=[z1], use_mean=True)
         _, b = model.top_down(1, zs=[z1 + 1.0], use_mean=True)
         _, c = model.top_down(1, zs=[z1, a[1].z + 1.0], use_mean=True)
-    assert torch.equal(a[0].p_mean, b[0].p_mean) and torch.equal(a[0].p_std, b[0].p_std)  # the top prior is learned, unconditional
+    assert torch.equal(a[0].p_mean, b[0].p_mean) and torch.equal(
+        a[0].p_std, b[0].p_std
+    )  # the top prior is learned, unconditional
     assert not torch.allclose(a[1].p_mean, b[1].p_mean) and not torch.allclose(a[1].p_std, b[1].p_std)  # p(z_2 | z_1)
     assert not torch.allclose(a[2].p_mean, b[2].p_mean)  # p(z_3 | z_1, z_2) through z_2's prior and z_1
     assert torch.equal(a[1].p_mean, c[1].p_mean) and not torch.allclose(a[2].p_mean, c[2].p_mean)  # p(z_3 | z_2)

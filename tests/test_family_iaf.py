@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tinydata import TINY_SETS, call_main
 from torch.autograd.functional import jacobian
 
 import vaezoo
-from tinydata import TINY_SETS, call_main
 from vaezoo.components import LOG_2PI
 from vaezoo.testing import check_model, component
 from vaezoo_defaults.iaf.model import IAFVAE, MADE
@@ -99,6 +99,7 @@ def test_each_step_is_triangular_with_sigma_on_the_diagonal():
     h = torch.randn(1, SMALL["context_dim"])
     z0 = torch.randn(1, 4)
     for t, made in enumerate(model.flow.steps):
+
         def step(v: torch.Tensor) -> torch.Tensor:
             m, s = made(v.view(1, 4), h)
             sigma = torch.sigmoid(s)
@@ -117,7 +118,9 @@ def test_log_likelihood_with_one_sample_is_the_elbo_and_more_samples_do_not_lowe
         torch.manual_seed(3)
         negative_elbo = model(x).loss
         torch.manual_seed(3)
-        assert torch.allclose(model.log_likelihood(x, k=1), -negative_elbo, atol=1e-3)  # the same noise: the same number
+        assert torch.allclose(
+            model.log_likelihood(x, k=1), -negative_elbo, atol=1e-3
+        )  # the same noise: the same number
         torch.manual_seed(4)
         elbos = torch.stack([-model(x).loss for _ in range(64)])
         ll = model.log_likelihood(x, k=64)
@@ -162,7 +165,18 @@ def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys
     assert call_main("sample", str(straight / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
     assert (tmp_path / "s.png").is_file()
     capsys.readouterr()
-    code = call_main("eval", str(straight / "model.safetensors"), "--limit", "32", "--device", "cpu", "--json", "--iw-samples", "8", env={"VAEZOO_DATA_DIR": str(cifar)})
+    code = call_main(
+        "eval",
+        str(straight / "model.safetensors"),
+        "--limit",
+        "32",
+        "--device",
+        "cpu",
+        "--json",
+        "--iw-samples",
+        "8",
+        env={"VAEZOO_DATA_DIR": str(cifar)},
+    )
     out = capsys.readouterr().out
     assert code == 0
     report = json.loads(out)
@@ -194,12 +208,53 @@ def test_nproc_2_matches_one_process(cifar: Path, tmp_path: Path) -> None:
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
     env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    args = ["run", "cifar-iaf-vae", "--epochs", "1", "--batch-size", "64", "--limit", "128", "--device", "cpu", "--seed", "3", "--precision", "fp32",
-            *(a for s in SETS if not s.startswith("train.batch_size") for a in ("--set", s)), "--set", 'train.optimizer="sgd"', "--lr", "1e-5"]
-    single = subprocess.run([sys.executable, str(runner), *args, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    args = [
+        "run",
+        "cifar-iaf-vae",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--limit",
+        "128",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "--precision",
+        "fp32",
+        *(a for s in SETS if not s.startswith("train.batch_size") for a in ("--set", s)),
+        "--set",
+        'train.optimizer="sgd"',
+        "--lr",
+        "1e-5",
+    ]
+    single = subprocess.run(
+        [sys.executable, str(runner), *args, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner), *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(runner),
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert one.keys() == two.keys()

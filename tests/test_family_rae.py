@@ -13,11 +13,11 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
+from tinydata import TINY_SETS, call_main
 
 import vaezoo
-from conftest import run_cli
-from tinydata import TINY_SETS, call_main
 from vaezoo.testing import check_model, component
 from vaezoo_defaults.rae.mixture import OnlineGaussianMixture
 from vaezoo_defaults.rae.model import RAE
@@ -63,7 +63,9 @@ def two_blobs(n: int, gen: torch.Generator) -> torch.Tensor:
     """0.3 N((-3, 0), diag(0.25, 1)) + 0.7 N((3, 1), [[1, 0.6], [0.6, 1]])."""
     first = torch.rand(n, generator=gen) < 0.3
     a = torch.randn(n, 2, generator=gen) * torch.tensor([0.5, 1.0]) + torch.tensor([-3.0, 0.0])
-    b = torch.randn(n, 2, generator=gen) @ torch.linalg.cholesky(torch.tensor([[1.0, 0.6], [0.6, 1.0]])).t() + torch.tensor([3.0, 1.0])
+    b = torch.randn(n, 2, generator=gen) @ torch.linalg.cholesky(
+        torch.tensor([[1.0, 0.6], [0.6, 1.0]])
+    ).t() + torch.tensor([3.0, 1.0])
     return torch.where(first.unsqueeze(1), a, b)
 
 
@@ -81,14 +83,18 @@ def test_online_em_recovers_a_known_two_component_mixture():
     weight, mean, cov = log_weight.exp()[order], mean[order], (chol @ chol.transpose(1, 2))[order]
     assert torch.allclose(weight, torch.tensor([0.3, 0.7], dtype=weight.dtype), atol=0.05)
     assert torch.allclose(mean, torch.tensor([[-3.0, 0.0], [3.0, 1.0]], dtype=mean.dtype), atol=0.15)
-    assert torch.allclose(cov, torch.tensor([[[0.25, 0.0], [0.0, 1.0]], [[1.0, 0.6], [0.6, 1.0]]], dtype=cov.dtype), atol=0.2)
+    assert torch.allclose(
+        cov, torch.tensor([[[0.25, 0.0], [0.0, 1.0]], [[1.0, 0.6], [0.6, 1.0]]], dtype=cov.dtype), atol=0.2
+    )
 
 
 def test_log_prob_is_the_mixture_density():
     mixture = fitted(3, steps=20)
     log_weight, mean, chol = mixture.mixture()
-    reference = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=log_weight),
-                                                      torch.distributions.MultivariateNormal(mean, scale_tril=chol))
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=log_weight),
+        torch.distributions.MultivariateNormal(mean, scale_tril=chol),
+    )
     z = torch.randn(50, 2, dtype=torch.float64) * 3
     assert torch.allclose(mixture.log_prob(z).double(), reference.log_prob(z), atol=1e-4)
 
@@ -103,8 +109,13 @@ def test_ten_component_samples_match_the_codes_they_were_fitted_to():
     assert ((samples[:, 0] < 0).float().mean() - 0.3).abs() < 0.02  # the mass of the left blob
     true_density = torch.distributions.MixtureSameFamily(
         torch.distributions.Categorical(torch.tensor([0.3, 0.7])),
-        torch.distributions.MultivariateNormal(torch.tensor([[-3.0, 0.0], [3.0, 1.0]]), torch.tensor([[[0.25, 0.0], [0.0, 1.0]], [[1.0, 0.6], [0.6, 1.0]]])))
-    assert abs(mixture.log_prob(codes).mean().item() - true_density.log_prob(codes).mean().item()) < 0.05  # nats per code
+        torch.distributions.MultivariateNormal(
+            torch.tensor([[-3.0, 0.0], [3.0, 1.0]]), torch.tensor([[[0.25, 0.0], [0.0, 1.0]], [[1.0, 0.6], [0.6, 1.0]]])
+        ),
+    )
+    assert (
+        abs(mixture.log_prob(codes).mean().item() - true_density.log_prob(codes).mean().item()) < 0.05
+    )  # nats per code
 
 
 MIXTURE_RUNNER = """
@@ -132,14 +143,29 @@ def test_mixture_learns_from_the_global_batch(tmp_path):
     """Two ranks with 19 and 18 of 37 codes per step fit the mixture one process fits on all 37."""
     runner = tmp_path / "mixture.py"
     runner.write_text(MIXTURE_RUNNER)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
         assert f"rank {rank} same_as_whole_batch=True own_half_differs=True" in result.stdout, result.stdout
 
 
-TINY = ["--limit", "64", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *(a for s in TINY_SETS for a in ("--set", s))]
+TINY = [
+    "--limit",
+    "64",
+    "--set",
+    "train.test_limit=32",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    *(a for s in TINY_SETS for a in ("--set", s)),
+]
 
 
 def test_run_sample_eval_on_cifar(cifar, tmp_path, capsys):
@@ -162,8 +188,15 @@ def test_run_sample_eval_on_cifar(cifar, tmp_path, capsys):
 
 def test_resume_is_bit_exact(cifar, tmp_path):
     def fit(out, epochs, resume=None):
-        return vaezoo.fit("cifar-rae", sets=["train.test_limit=32", *TINY_SETS], options={"train.epochs": epochs, "train.limit": 64, "train.seed": 1},
-                          data_dir=cifar, device="cpu", out=out if resume is None else None, resume=resume)
+        return vaezoo.fit(
+            "cifar-rae",
+            sets=["train.test_limit=32", *TINY_SETS],
+            options={"train.epochs": epochs, "train.limit": 64, "train.seed": 1},
+            data_dir=cifar,
+            device="cpu",
+            out=out if resume is None else None,
+            resume=resume,
+        )
 
     fit(tmp_path / "straight", 2)
     fit(tmp_path / "resumed", 1)
@@ -171,15 +204,32 @@ def test_resume_is_bit_exact(cifar, tmp_path):
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and {"mixture.s0", "mixture.s2"} <= a.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    losses = [[json.loads(line)["train_loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("straight", "resumed")]
+    losses = [
+        [json.loads(line)["train_loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("straight", "resumed")
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 2
 
 
 @pytest.mark.slow
 def test_nproc_2_writes_one_set_of_files(cifar, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("run", "cifar-rae", "--epochs", "1", *TINY, "--out", str(out), "--nproc", "2", env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}, timeout=300)
+    result = run_cli(
+        "run",
+        "cifar-rae",
+        "--epochs",
+        "1",
+        *TINY,
+        "--out",
+        str(out),
+        "--nproc",
+        "2",
+        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
+        p.name for p in out.iterdir()
+    }
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
     assert load_file(out / "model.safetensors")["mixture.ready"].item() == 1

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
+from tinydata import TINY_SETS, call_main
 
 import vaezoo
-from conftest import run_cli
-from tinydata import TINY_SETS, call_main
 from vaezoo.components import gaussian_log_prob
 from vaezoo.testing import check_model, component
 from vaezoo_defaults.tcvae.model import BetaTCVAE, decompose, log_importance_weights
@@ -45,7 +45,11 @@ def posteriors(n: int, dim: int, *, correlated: bool = False, std: float = 0.3, 
     """Means, log-variances and one sample each for n posteriors; the means' dimensions are
     independent N(0, 1), or one shared N(0, 1) value plus a little noise (`correlated`)."""
     g = torch.Generator().manual_seed(seed)
-    mu = torch.randn(n, 1, generator=g).expand(n, dim) + 0.05 * torch.randn(n, dim, generator=g) if correlated else torch.randn(n, dim, generator=g)
+    mu = (
+        torch.randn(n, 1, generator=g).expand(n, dim) + 0.05 * torch.randn(n, dim, generator=g)
+        if correlated
+        else torch.randn(n, dim, generator=g)
+    )
     logvar = torch.full((n, dim), 2 * math.log(std))
     return mu, logvar, mu + std * torch.randn(n, dim, generator=g)
 
@@ -56,7 +60,13 @@ def brute_force(z, mu, logvar):
     n = len(mu)
     log_qz = torch.stack([torch.logsumexp(gaussian_log_prob(z[i], mu, logvar), 0) for i in range(n)]) - math.log(n)
     log_prod = sum(
-        torch.stack([torch.logsumexp(gaussian_log_prob(z[i, d : d + 1], mu[:, d : d + 1], logvar[:, d : d + 1]), 0) for i in range(n)]) - math.log(n)
+        torch.stack(
+            [
+                torch.logsumexp(gaussian_log_prob(z[i, d : d + 1], mu[:, d : d + 1], logvar[:, d : d + 1]), 0)
+                for i in range(n)
+            ]
+        )
+        - math.log(n)
         for d in range(z.shape[1])
     )
     return log_qz, log_prod
@@ -92,10 +102,14 @@ def test_with_unit_weights_training_is_the_one_sample_negative_elbo():
         closed_form = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
         assert torch.allclose(parts.kl, closed_form, atol=1e-5)
         torch.manual_seed(6)
-        draws = model(x.repeat(200, 1, 1, 1), step=3)  # 200 samples of each image in one batch: the sum does not depend on the batch
+        draws = model(
+            x.repeat(200, 1, 1, 1), step=3
+        )  # 200 samples of each image in one batch: the sum does not depend on the batch
         one_sample_kl = (draws.loss - draws.recon).view(200, 4)
         evaluation = model(x, step=None)
-    assert torch.allclose(evaluation.loss, evaluation.recon + closed_form, atol=1e-3)  # step None: recon + closed-form KL
+    assert torch.allclose(
+        evaluation.loss, evaluation.recon + closed_form, atol=1e-3
+    )  # step None: recon + closed-form KL
     error = (one_sample_kl.mean(0) - closed_form).abs()
     assert (error < 4 * one_sample_kl.std(0) / math.sqrt(200) + 1e-3).all(), (error, one_sample_kl.std(0))
     weighted = small_model(beta=6.0, dataset_size=1000)
@@ -144,9 +158,13 @@ def test_mss_is_an_unbiased_estimate_of_the_aggregate_density(row):
         others = 1 + torch.randperm(n - 1, generator=g)[: batch - 1]
         index = torch.cat([others[:row], torch.zeros(1, dtype=torch.long), others[row:]])  # image 0 at position `row`
         joint.append(decompose(z[index], mu[index], logvar[index], torch.zeros(batch), dataset_size=n)["log_qz"][row])
-        first.append(decompose(z[index, :1], mu[index, :1], logvar[index, :1], torch.zeros(batch), dataset_size=n)["log_qz"][row])
+        first.append(
+            decompose(z[index, :1], mu[index, :1], logvar[index, :1], torch.zeros(batch), dataset_size=n)["log_qz"][row]
+        )
     assert torch.logsumexp(torch.stack(joint), 0).item() - math.log(draws) == pytest.approx(log_qz[0].item(), abs=0.04)
-    assert torch.logsumexp(torch.stack(first), 0).item() - math.log(draws) == pytest.approx(exact_first.item(), abs=0.04)
+    assert torch.logsumexp(torch.stack(first), 0).item() - math.log(draws) == pytest.approx(
+        exact_first.item(), abs=0.04
+    )
 
 
 def test_total_correlation_is_zero_for_a_factorised_posterior_and_positive_for_a_correlated_one():
@@ -155,7 +173,12 @@ def test_total_correlation_is_zero_for_a_factorised_posterior_and_positive_for_a
         tcs = {}
         for correlated in (False, True):
             mu, logvar, z = posteriors(1000, 3, correlated=correlated)
-            tcs[correlated] = decompose(z, mu, logvar, standard_normal_log_prob(z), dataset_size=1000, estimator=estimator)["tc"].mean().item() - offset
+            tcs[correlated] = (
+                decompose(z, mu, logvar, standard_normal_log_prob(z), dataset_size=1000, estimator=estimator)["tc"]
+                .mean()
+                .item()
+                - offset
+            )
         assert abs(tcs[False]) < 0.15, (estimator, tcs)
         assert tcs[True] > 1.5, (estimator, tcs)
 
@@ -173,7 +196,9 @@ SETS = [*TINY_SETS, "train.test_limit=32", "model.dataset_size=64"]
 
 def fit(cifar: Path, out: Path | None, epochs: int, resume: Path | None = None):
     options = {"train.epochs": epochs, "train.limit": 64, "train.seed": 1}
-    return vaezoo.fit("cifar-beta-tcvae", sets=SETS, options=options, data_dir=cifar, device="cpu", out=out, resume=resume)
+    return vaezoo.fit(
+        "cifar-beta-tcvae", sets=SETS, options=options, data_dir=cifar, device="cpu", out=out, resume=resume
+    )
 
 
 def metrics(out: Path) -> list[dict]:
@@ -190,12 +215,25 @@ def straight(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_run_sample_and_eval_report_the_decomposition(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
     last = metrics(straight)[-1]
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_kl"])
-    assert set(last["test_terms"]) == {"mi", "tc", "dwkl"} and all(math.isfinite(v) for v in last["test_terms"].values())
+    assert set(last["test_terms"]) == {"mi", "tc", "dwkl"} and all(
+        math.isfinite(v) for v in last["test_terms"].values()
+    )
     assert (straight / "samples.png").is_file()
     assert call_main("sample", str(straight / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
     assert (tmp_path / "s.png").is_file()
     capsys.readouterr()
-    code = call_main("eval", str(straight / "model.safetensors"), "--limit", "32", "--device", "cpu", "--json", "--iw-samples", "4", env={"VAEZOO_DATA_DIR": str(cifar)})
+    code = call_main(
+        "eval",
+        str(straight / "model.safetensors"),
+        "--limit",
+        "32",
+        "--device",
+        "cpu",
+        "--json",
+        "--iw-samples",
+        "4",
+        env={"VAEZOO_DATA_DIR": str(cifar)},
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0
     text = json.dumps(report)
@@ -215,9 +253,31 @@ def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_nproc_2_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "two"
-    args = ["--epochs", "1", "--limit", "64", "--device", "cpu", "--seed", "3", *(a for s in SETS for a in ("--set", s))]
-    result = run_cli("run", "cifar-beta-tcvae", *args, "--out", str(out), "--nproc", "2", env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}, timeout=300)
+    args = [
+        "--epochs",
+        "1",
+        "--limit",
+        "64",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        *(a for s in SETS for a in ("--set", s)),
+    ]
+    result = run_cli(
+        "run",
+        "cifar-beta-tcvae",
+        *args,
+        "--out",
+        str(out),
+        "--nproc",
+        "2",
+        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
+        p.name for p in out.iterdir()
+    }
     rows = metrics(out)
     assert len(rows) == 1 and set(rows[0]["test_terms"]) == {"mi", "tc", "dwkl"}

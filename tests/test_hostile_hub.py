@@ -22,9 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
-from test_sharing import MODEL, FakeHub, FileServer, _HubHandler, certificate, hub_env, one_error, one_error_here, run_dir  # noqa: F401 - fixtures
+from test_sharing import (  # noqa: F401 - fixtures
+    MODEL,
+    FakeHub,
+    FileServer,
+    _HubHandler,
+    certificate,
+    hub_env,
+    one_error,
+    one_error_here,
+    run_dir,
+)
 
 from vaezoo.hub import HubError, local_model_path, parse_hf_name
 from vaezoo.publish import push_files
@@ -139,7 +148,9 @@ def test_push_refuses_a_symlink_in_the_run_folder(run_copy: Path, name: str, tmp
     (run_copy / name).unlink()
     (run_copy / name).symlink_to(secret)
     out = tmp_path / "out"
-    line = one_error(run_cli("push", str(run_copy), "my-org/x", "--dry-run", str(out)), str(run_copy / name), "symbolic link")
+    line = one_error(
+        run_cli("push", str(run_copy), "my-org/x", "--dry-run", str(out)), str(run_copy / name), "symbolic link"
+    )
     assert "secret" not in line.replace(str(run_copy), "")
     assert not out.exists()
     with pytest.raises(HubError, match="symbolic link"):
@@ -149,14 +160,23 @@ def test_push_refuses_a_symlink_in_the_run_folder(run_copy: Path, name: str, tmp
             push_files(run_copy / MODEL)
 
 
-def test_push_refuses_a_pipe_or_a_folder_without_hanging(run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_push_refuses_a_pipe_or_a_folder_without_hanging(
+    run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (run_copy / "samples.png").unlink()
     os.mkfifo(run_copy / "samples.png")  # reading it would wait for a writer forever
-    one_error_here(capsys, ["push", str(run_copy), "my-org/x", "--dry-run", str(tmp_path / "out")], "samples.png", "not a regular file")
+    one_error_here(
+        capsys,
+        ["push", str(run_copy), "my-org/x", "--dry-run", str(tmp_path / "out")],
+        "samples.png",
+        "not a regular file",
+    )
     (run_copy / "samples.png").unlink()
     (run_copy / "recipe.toml").unlink()
     (run_copy / "recipe.toml").mkdir()
-    one_error_here(capsys, ["push", str(run_copy), "my-org/x", "--dry-run", str(tmp_path / "out")], "recipe.toml", "a folder")
+    one_error_here(
+        capsys, ["push", str(run_copy), "my-org/x", "--dry-run", str(tmp_path / "out")], "recipe.toml", "a folder"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -168,7 +188,10 @@ def test_push_of_a_regular_run_folder_still_uploads_everything(run_copy: Path) -
 # --- class 5: a hostile Hub endpoint and revisions ----------------------------------------------------
 
 
-@pytest.mark.parametrize("revision", ["main/../../..", "..", "/main", "main/", "a//b", "a b", "a\nb", ".hidden", "main.", "x" * 201, "a/../b"])
+@pytest.mark.parametrize(
+    "revision",
+    ["main/../../..", "..", "/main", "main/", "a//b", "a b", "a\nb", ".hidden", "main.", "x" * 201, "a/../b"],
+)
 def test_bad_revisions_are_refused(revision: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(HubError, match="bad revision"):
         parse_hf_name(f"hf://my-org/model@{revision}")
@@ -181,7 +204,12 @@ def test_good_revisions_are_accepted(revision: str) -> None:
 
 
 def test_push_refuses_a_bad_revision(run_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    one_error_here(capsys, ["push", str(run_copy), "my-org/x", "--revision", "../../x", "--dry-run", str(tmp_path / "out")], "bad revision", "../../x")
+    one_error_here(
+        capsys,
+        ["push", str(run_copy), "my-org/x", "--revision", "../../x", "--dry-run", str(tmp_path / "out")],
+        "bad revision",
+        "../../x",
+    )
 
 
 class HostileHub(FakeHub):
@@ -198,8 +226,13 @@ class _HostileHandler(_HubHandler):
         super().send_header(keyword, self.server.hostile.get(keyword, value))
 
 
-@pytest.mark.parametrize("headers", [{"ETag": '"../../../../escaped"'}, {"ETag": '"TMP/escaped-absolute"'}, {"X-Repo-Commit": "../../../../escaped"}])
-def test_hostile_hub_answers_write_nothing_outside_the_cache(headers: dict[str, str], run_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize(
+    "headers",
+    [{"ETag": '"../../../../escaped"'}, {"ETag": '"TMP/escaped-absolute"'}, {"X-Repo-Commit": "../../../../escaped"}],
+)
+def test_hostile_hub_answers_write_nothing_outside_the_cache(
+    headers: dict[str, str], run_dir: Path, tmp_path: Path
+) -> None:
     headers = {key: value.replace("TMP", str(tmp_path)) for key, value in headers.items()}  # an absolute path
     server = HostileHub(headers)
     try:
@@ -259,11 +292,19 @@ class _RedirectingHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data or b"")
 
 
-def test_https_to_http_redirect_is_refused(certificate: tuple[Path, Path], raw: RawServer, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
+def test_https_to_http_redirect_is_refused(
+    certificate: tuple[Path, Path],
+    raw: RawServer,
+    cache: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
     monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
     raw.routes["model.safetensors"] = ok(SECRET)
     body = b"served over https"
-    server = RedirectingTLS({"down": raw.url("model.safetensors"), "up": "/real.safetensors"}, {"real.safetensors": body}, *certificate)
+    server = RedirectingTLS(
+        {"down": raw.url("model.safetensors"), "up": "/real.safetensors"}, {"real.safetensors": body}, *certificate
+    )
     try:
         url = server.url("down")
         one_error_here(capsys, ["inspect", url], "refusing the redirect", url, "https:// to http://")
@@ -276,10 +317,14 @@ def test_https_to_http_redirect_is_refused(certificate: tuple[Path, Path], raw: 
 
 
 def test_http_loopback_redirects_stay_on_loopback(raw: RawServer, cache: Path) -> None:
-    raw.routes["there"] = b"HTTP/1.1 302 Found\r\nLocation: http://example.com/model.safetensors\r\nContent-Length: 0\r\n\r\n"
+    raw.routes["there"] = (
+        b"HTTP/1.1 302 Found\r\nLocation: http://example.com/model.safetensors\r\nContent-Length: 0\r\n\r\n"
+    )
     with pytest.raises(HubError, match="https:// only"):
         local_model_path(raw.url("there"))
-    raw.routes["here"] = f"HTTP/1.1 302 Found\r\nLocation: {raw.url('model.safetensors')}\r\nContent-Length: 0\r\n\r\n".encode()
+    raw.routes["here"] = (
+        f"HTTP/1.1 302 Found\r\nLocation: {raw.url('model.safetensors')}\r\nContent-Length: 0\r\n\r\n".encode()
+    )
     raw.routes["model.safetensors"] = ok(b"local mirror")
     assert local_model_path(raw.url("here")).read_bytes() == b"local mirror"
 
@@ -287,7 +332,9 @@ def test_http_loopback_redirects_stay_on_loopback(raw: RawServer, cache: Path) -
 # --- class 7: links in vaezoo's download cache ---------------------------------------------------------
 
 
-def test_download_cache_link_leaving_the_cache_is_not_read(tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
+def test_download_cache_link_leaving_the_cache_is_not_read(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture
+) -> None:
     secret = tmp_path / "secret"
     secret.write_bytes(SECRET)
     url = "http://127.0.0.1:9/model.safetensors"  # nothing listens: the answer must come from the cache check
@@ -310,7 +357,9 @@ def test_download_cache_link_leaving_the_cache_is_not_read(tmp_path: Path, cache
 
 
 @pytest.mark.parametrize("answer", ["body", "headers"])
-def test_trickling_server_meets_the_deadline(answer: str, raw: RawServer, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_trickling_server_meets_the_deadline(
+    answer: str, raw: RawServer, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     response = ok(b"x" * 1000)
     raw.routes["slow"] = trickle(response[response.index(b"\r\n\r\n") + 4 :] if answer == "body" else response, 0.3)
     if answer == "body":
@@ -348,11 +397,27 @@ def test_malformed_answers_are_one_line(name: str, raw: RawServer, cache: Path, 
 
 def test_a_malformed_answer_in_a_fresh_process(raw: RawServer, cache: Path) -> None:
     raw.routes["cut"] = MALFORMED["cut-chunked"]
-    one_error(run_cli("inspect", raw.url("cut"), env={"VAEZOO_CACHE_DIR": str(cache)}), raw.url("cut"), "cut short or not valid HTTP")
+    one_error(
+        run_cli("inspect", raw.url("cut"), env={"VAEZOO_CACHE_DIR": str(cache)}),
+        raw.url("cut"),
+        "cut short or not valid HTTP",
+    )
 
 
-@pytest.mark.parametrize("url", ["https://[::1/model.safetensors", "https://host:abc/model.safetensors", "https://host:99999/m", f"https://{'a' * 64}.example.com/m",
-                                 "https://host/a b.safetensors", "https://host/a\r\nX-Injected: 1", "https://a..b/m", "https:///m", "https://hôst/m"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[::1/model.safetensors",
+        "https://host:abc/model.safetensors",
+        "https://host:99999/m",
+        f"https://{'a' * 64}.example.com/m",
+        "https://host/a b.safetensors",
+        "https://host/a\r\nX-Injected: 1",
+        "https://a..b/m",
+        "https:///m",
+        "https://hôst/m",
+    ],
+)
 def test_malformed_urls_are_one_line(url: str, cache: Path, capsys: pytest.CaptureFixture) -> None:
     line = one_error_here(capsys, ["inspect", url], "bad URL")
     assert "internal error" not in line
@@ -362,13 +427,17 @@ def test_malformed_urls_are_one_line(url: str, cache: Path, capsys: pytest.Captu
 
 @pytest.mark.parametrize("key", ["VAEZOO_DOWNLOAD_TIMEOUT", "VAEZOO_DOWNLOAD_LIMIT_MB"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "abc", "1e999"])
-def test_bad_download_settings_are_one_line(key: str, value: str, raw: RawServer, cache: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_download_settings_are_one_line(
+    key: str, value: str, raw: RawServer, cache: Path, capsys: pytest.CaptureFixture
+) -> None:
     raw.routes[MODEL] = ok(b"x")
     one_error_here(capsys, ["inspect", raw.url(MODEL)], key, repr(value), env={key: value})
     assert raw.requests == []
 
 
-def test_download_cache_without_a_home(raw: RawServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_download_cache_without_a_home(
+    raw: RawServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     raw.routes[MODEL] = ok(b"x")
     url = raw.url(MODEL)
     monkeypatch.delenv("VAEZOO_CACHE_DIR", raising=False)
@@ -388,7 +457,13 @@ def test_download_cache_without_a_home(raw: RawServer, tmp_path: Path, monkeypat
     one_error_here(capsys, ["inspect", url], "HOME", "VAEZOO_CACHE_DIR")
     assert raw.requests == []
     env = {k: v for k, v in os.environ.items() if k not in ("HOME", "VAEZOO_CACHE_DIR")}
-    done = subprocess.run([sys.executable, "-m", "vaezoo", "inspect", url], capture_output=True, text=True, env={**env, "HOME": "/dev/null"}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "vaezoo", "inspect", url],
+        capture_output=True,
+        text=True,
+        env={**env, "HOME": "/dev/null"},
+        timeout=120,
+    )
     one_error(done, "/dev/null/.cache", url)
 
 
@@ -436,7 +511,12 @@ def test_download_killed_half_way_is_cleaned_by_the_next(raw: RawServer, cache: 
     head = response[: len(response) - len(body)]
     raw.routes["slow.safetensors"] = lambda sock: (sock.sendall(head + body[:100]), trickle(body[100:], 0.2)(sock))
     env = {**os.environ, "VAEZOO_CACHE_DIR": str(cache)}
-    child = subprocess.Popen([sys.executable, "-m", "vaezoo", "inspect", raw.url("slow.safetensors")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "vaezoo", "inspect", raw.url("slow.safetensors")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:

@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, run_cli
 from tinydata import TINY_ARGS, TINY_SETS, error_lines
+
 from vaezoo.errors import printable
 from vaezoo.registry import registration_problem
 
@@ -34,7 +34,9 @@ def install(root: Path, plugins: dict[str, str]) -> dict[str, str]:
     info = root / "hostile_plugins-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-plugins\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[vaezoo]\n" + "".join(f"{name} = {name}\n" for name in plugins), encoding="utf-8")
+    (info / "entry_points.txt").write_text(
+        "[vaezoo]\n" + "".join(f"{name} = {name}\n" for name in plugins), encoding="utf-8"
+    )
     for name, source in plugins.items():
         (root / f"{name}.py").write_text(textwrap.dedent(source), encoding="utf-8")
     return {"PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
@@ -55,15 +57,22 @@ BROKEN = {
     "h_base_import": ("raise BaseException('boom at import')\n", "failed to load: BaseException: boom at import"),
     "h_exit_import": ("import sys\nsys.exit(3)\n", "failed to load: SystemExit: 3"),
     "h_base_hook": (
-        hook("register_priors", "register('early-prior', 'x:Y')") + "\n\n" + hook("register_losses", "raise BaseException('boom in hook')"),
+        hook("register_priors", "register('early-prior', 'x:Y')")
+        + "\n\n"
+        + hook("register_losses", "raise BaseException('boom in hook')"),
         "register_losses raised BaseException: boom in hook",
     ),
     "h_exit_hook": (hook("register_decoders", "raise SystemExit(4)"), "register_decoders raised SystemExit: 4"),
-    "h_markup_error": (f"raise RuntimeError({(MARKUP + NASTY)!r})\n", "failed to load: RuntimeError: [red]x[/red] [/] [bold]"),
+    "h_markup_error": (
+        f"raise RuntimeError({(MARKUP + NASTY)!r})\n",
+        "failed to load: RuntimeError: [red]x[/red] [/] [bold]",
+    ),
 }
 WORKING = {
     "h_good": hook("register_encoders", "register('good-enc', 'x:Y', summary='fine')"),
-    "h_markup": hook("register_encoders", f"register('markup-enc', 'x:Y', summary={(MARKUP + NASTY + ' :thumbs_up:')!r})"),
+    "h_markup": hook(
+        "register_encoders", f"register('markup-enc', 'x:Y', summary={(MARKUP + NASTY + ' :thumbs_up:')!r})"
+    ),
     "h_exits_later": (  # registers fine; its encoders end the process when built
         "import sys\nimport vaezoo\n\nclass Exits:\n    def __init__(self, **kwargs):\n        sys.exit(3)\n\n"
         "class Raises:\n    def __init__(self, **kwargs):\n        raise BaseException('bare')\n\n"
@@ -74,13 +83,21 @@ WORKING = {
 
 @pytest.fixture(scope="module")
 def hostile_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return install(tmp_path_factory.mktemp("hostile"), {**{name: code for name, (code, _) in BROKEN.items()}, **WORKING})
+    return install(
+        tmp_path_factory.mktemp("hostile"), {**{name: code for name, (code, _) in BROKEN.items()}, **WORKING}
+    )
 
 
 def assert_no_controls(result: subprocess.CompletedProcess) -> None:
     for stream in (result.stdout, result.stderr):
-        assert ESC not in stream and "\x07" not in stream and "\x9b" not in stream and "\r" not in stream, stream[-2000:]
-    assert "MarkupError" not in result.stderr and "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr[-2000:]
+        assert ESC not in stream and "\x07" not in stream and "\x9b" not in stream and "\r" not in stream, stream[
+            -2000:
+        ]
+    assert (
+        "MarkupError" not in result.stderr
+        and "Traceback" not in result.stderr
+        and "internal error" not in result.stderr
+    ), result.stderr[-2000:]
 
 
 # ---- class 10: one broken plugin never takes the others down ---------------------------------------
@@ -111,17 +128,56 @@ def test_plugins_reports_the_broken_ones_as_failed_and_keeps_nothing_of_theirs(h
 
 
 def test_a_run_works_beside_broken_plugins(cifar: Path, tmp_path: Path, hostile_path: dict[str, str]) -> None:
-    result = run_cli("run", "cifar-vae", "--epochs", "1", "--limit", "32", "--set", "train.test_limit=16", "--device", "cpu", *TINY_ARGS, "--data-dir", str(cifar), "--out", str(tmp_path / "run"), env=hostile_path)
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        "--epochs",
+        "1",
+        "--limit",
+        "32",
+        "--set",
+        "train.test_limit=16",
+        "--device",
+        "cpu",
+        *TINY_ARGS,
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(tmp_path / "run"),
+        env=hostile_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert_no_controls(result)
 
 
 @pytest.mark.parametrize("encoder", ["exit-enc", "base-enc"])
-def test_a_component_that_exits_or_raises_a_base_exception_is_one_line(cifar: Path, tmp_path: Path, hostile_path: dict[str, str], encoder: str) -> None:
-    result = run_cli("run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", *TINY_ARGS, "--set", f"encoder.name={encoder}", "--data-dir", str(cifar), "--out", str(tmp_path / "run"), env=hostile_path)
+def test_a_component_that_exits_or_raises_a_base_exception_is_one_line(
+    cifar: Path, tmp_path: Path, hostile_path: dict[str, str], encoder: str
+) -> None:
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        "--epochs",
+        "1",
+        "--limit",
+        "16",
+        "--device",
+        "cpu",
+        *TINY_ARGS,
+        "--set",
+        f"encoder.name={encoder}",
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(tmp_path / "run"),
+        env=hostile_path,
+    )
     lines = [line for line in error_lines(result.stderr) if not line.startswith("vaezoo: warning:")]
-    assert result.returncode in (1, 2) and len(lines) == 1 and "Traceback" not in result.stderr, (result.returncode, result.stderr[-2000:])
+    assert result.returncode in (1, 2) and len(lines) == 1 and "Traceback" not in result.stderr, (
+        result.returncode,
+        result.stderr[-2000:],
+    )
     assert ("SystemExit: 3" if encoder == "exit-enc" else "BaseException: bare") in lines[0]
 
 
@@ -187,7 +243,14 @@ def small_model(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import vaezoo
 
     out = tmp_path_factory.mktemp("small") / "run"
-    vaezoo.fit("cifar-vae", sets=TINY_SETS, options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1}, out=out, data_dir=cifar, device="cpu")
+    vaezoo.fit(
+        "cifar-vae",
+        sets=TINY_SETS,
+        options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1},
+        out=out,
+        data_dir=cifar,
+        device="cpu",
+    )
     return out / "model.safetensors"
 
 
@@ -216,7 +279,11 @@ def test_markup_in_a_model_file_is_shown_as_text(small_model: Path, tmp_path: Pa
         assert_no_controls(result)
         assert "cifar " + MARKUP in result.stdout, command
     inspect = run_cli("inspect", str(model))
-    assert "summary " + MARKUP in inspect.stdout and "key " + MARKUP in inspect.stdout and "conv " + MARKUP in inspect.stdout
+    assert (
+        "summary " + MARKUP in inspect.stdout
+        and "key " + MARKUP in inspect.stdout
+        and "conv " + MARKUP in inspect.stdout
+    )
     described = json.loads(run_cli("inspect", "--json", str(model)).stdout)
     assert described["recipe"]["summary"] == "summary " + MARKUP
 
@@ -224,7 +291,13 @@ def test_markup_in_a_model_file_is_shown_as_text(small_model: Path, tmp_path: Pa
 def test_control_characters_in_a_model_file_never_reach_the_terminal(small_model: Path, tmp_path: Path) -> None:
     """The file's schema may refuse them (one line, exit 2) or vaezoo shows them escaped (exit 0)."""
     model = hostile_copy(small_model, tmp_path / "nasty.safetensors", NASTY + MARKUP)
-    for command in (["inspect"], ["inspect", "--json"], ["card"], ["sample", "--out", str(tmp_path / "s.png")], ["eval", "--limit", "8", "--device", "cpu"]):
+    for command in (
+        ["inspect"],
+        ["inspect", "--json"],
+        ["card"],
+        ["sample", "--out", str(tmp_path / "s.png")],
+        ["eval", "--limit", "8", "--device", "cpu"],
+    ):
         result = run_cli(*command[:1], str(model), *command[1:])
         assert_no_controls(result)
         assert result.returncode in (0, 2), (command, result.stderr[-2000:])
@@ -271,7 +344,11 @@ DEEP = "[" * 60_000 + "]" * 60_000  # Linux takes at most 128 KiB in one argumen
     ],
 )
 def test_absurd_option_values_are_one_line_naming_the_option(args: list[str], option: str, tmp_path: Path) -> None:
-    result = run_cli(*args, "--out", str(tmp_path / "out"), cwd=tmp_path) if args[0] == "run" else run_cli(*args, cwd=tmp_path)
+    result = (
+        run_cli(*args, "--out", str(tmp_path / "out"), cwd=tmp_path)
+        if args[0] == "run"
+        else run_cli(*args, cwd=tmp_path)
+    )
     lines = error_lines(result.stderr)
     assert result.returncode == 2 and len(lines) == 1, (result.returncode, result.stderr[-2000:])
     assert option in lines[0] and "internal error" not in lines[0] and len(lines[0]) < 400, lines[0]
@@ -311,7 +388,26 @@ def test_a_stop_signal_right_after_start_up_exits_130(cifar: Path, tmp_path: Pat
     start = [sys.executable, "-m", "vaezoo"] if how == "python -m vaezoo" else [str(CONSOLE_SCRIPT)]
     for attempt, delay in enumerate((0.0, 0.01, 0.03)):
         out = tmp_path / f"run{attempt}"
-        process = subprocess.Popen([*start, "run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", *TINY_ARGS, "--data-dir", str(cifar), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [
+                *start,
+                "run",
+                "cifar-vae",
+                "--epochs",
+                "1",
+                "--limit",
+                "16",
+                "--device",
+                "cpu",
+                *TINY_ARGS,
+                "--data-dir",
+                str(cifar),
+                "--out",
+                str(out),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 30
         while not caught(process.pid, sig) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.0005)
@@ -347,13 +443,17 @@ def test_the_stop_handler_comes_before_any_other_import(tmp_path: Path, how: str
         pytest.skip("the console script is not installed beside this Python")
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     log = tmp_path / "imports.txt"
-    env = {**os.environ, "VAEZOO_IMPORT_LOG": str(log), "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "VAEZOO_IMPORT_LOG": str(log),
+        "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+    }
     start = [sys.executable, "-m", "vaezoo"] if how == "python -m vaezoo" else [str(CONSOLE_SCRIPT)]
     result = subprocess.run([*start, "--help"], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     imported = log.read_text().split()
     assert "vaezoo" in imported, imported
-    ours = imported[imported.index("vaezoo"):]  # from vaezoo's first line on
+    ours = imported[imported.index("vaezoo") :]  # from vaezoo's first line on
     assert set(ours) <= {"vaezoo", "vaezoo.__main__", "vaezoo.signals", "signal", "collections.abc"}, ours
 
 
@@ -361,8 +461,27 @@ def test_the_stop_handler_comes_before_any_other_import(tmp_path: Path, how: str
 def test_a_sighup_that_the_parent_ignores_stays_ignored(cifar: Path, tmp_path: Path) -> None:
     """`nohup vaezoo run ...`: closing the terminal does not stop the run."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "vaezoo", "run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", *TINY_ARGS, "--data-dir", str(cifar), "--out", str(out)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    command = [
+        sys.executable,
+        "-m",
+        "vaezoo",
+        "run",
+        "cifar-vae",
+        "--epochs",
+        "1",
+        "--limit",
+        "16",
+        "--device",
+        "cpu",
+        *TINY_ARGS,
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    )
     deadline = time.monotonic() + 30
     while not caught(process.pid, signal.SIGTERM) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.0005)

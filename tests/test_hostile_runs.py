@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-import vaezoo
 from conftest import run_cli
 from tinydata import TINY_ARGS, TINY_SETS, error_lines, tiny_cifar  # noqa: F401  (fixture)
+
+import vaezoo
 from vaezoo.errors import VaezooError
 from vaezoo.runfolder import LOCK_NAME, RunLock, boot_id, process_identity, process_start
 
@@ -71,7 +71,9 @@ def test_the_lock_records_pid_start_time_and_boot_and_goes_when_the_run_ends(tmp
 
 def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path: Path, sleeper: subprocess.Popen) -> None:
     identity = process_identity(sleeper.pid)
-    recycled = plant_lock(tmp_path / "recycled", {**identity, "start": identity["start"] - 1})  # same pid, another process
+    recycled = plant_lock(
+        tmp_path / "recycled", {**identity, "start": identity["start"] - 1}
+    )  # same pid, another process
     with RunLock(recycled.parent):
         assert json.loads(recycled.read_text())["pid"] == os.getpid()
     rebooted = plant_lock(tmp_path / "rebooted", {**identity, "boot": "another-boot"})  # written before a reboot
@@ -80,15 +82,22 @@ def test_a_lock_whose_pid_now_belongs_to_another_process_is_stale(tmp_path: Path
 
 
 def test_a_live_lock_is_refused_naming_the_lock_file(tmp_path: Path, sleeper: subprocess.Popen) -> None:
-    for name, record in (("identity", process_identity(sleeper.pid)), ("pid only", sleeper.pid)):  # pid only: vaezoo 0.2, or no /proc
+    for name, record in (
+        ("identity", process_identity(sleeper.pid)),
+        ("pid only", sleeper.pid),
+    ):  # pid only: vaezoo 0.2, or no /proc
         lock = plant_lock(tmp_path / name, record)
         with pytest.raises(VaezooError) as refused:
             RunLock(lock.parent).acquire()
-        assert f"in use by another vaezoo run (pid {sleeper.pid})" in str(refused.value) and f"delete its lock file {lock}" in str(refused.value)
+        assert f"in use by another vaezoo run (pid {sleeper.pid})" in str(
+            refused.value
+        ) and f"delete its lock file {lock}" in str(refused.value)
         assert lock.read_text() == json.dumps(record) + "\n"
 
 
-def test_the_cli_refuses_a_live_lock_in_one_line_and_takes_a_recycled_one_over(cifar: Path, tmp_path: Path, sleeper: subprocess.Popen) -> None:
+def test_the_cli_refuses_a_live_lock_in_one_line_and_takes_a_recycled_one_over(
+    cifar: Path, tmp_path: Path, sleeper: subprocess.Popen
+) -> None:
     out = tmp_path / "run"
     lock = plant_lock(out, process_identity(sleeper.pid))
     busy = run_cli("run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out))
@@ -127,7 +136,9 @@ def _race(folders: list[str], barrier, results) -> None:
 
 
 @pytest.mark.parametrize("stale", ["dead pid", "recycled pid"])
-def test_takers_racing_for_a_stale_lock_have_exactly_one_winner(tmp_path: Path, sleeper: subprocess.Popen, stale: str) -> None:
+def test_takers_racing_for_a_stale_lock_have_exactly_one_winner(
+    tmp_path: Path, sleeper: subprocess.Popen, stale: str
+) -> None:
     rounds, takers = 50, 4
     record = {"pid": dead_pid()} if stale == "dead pid" else {**process_identity(sleeper.pid), "start": 1}
     folders = [str(plant_lock(tmp_path / f"round{i}", record).parent) for i in range(rounds)]
@@ -180,7 +191,9 @@ main(sys.argv[1:])
 def killed_run(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
-    killed = subprocess.run([sys.executable, str(killer), *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(killer), *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
 
 
@@ -189,12 +202,24 @@ def temp_files(folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("target", ["model.safetensors", "samples.png"])
-def test_a_resume_removes_the_temporary_files_of_a_killed_run_and_nothing_else(cifar: Path, tmp_path: Path, target: str) -> None:
+def test_a_resume_removes_the_temporary_files_of_a_killed_run_and_nothing_else(
+    cifar: Path, tmp_path: Path, target: str
+) -> None:
     out = tmp_path / "run"
-    killed_run(tmp_path, ["run", "cifar-vae", *QUICK, "--epochs", "2", "--data-dir", str(cifar), "--out", str(out)], {"KILL_NAME": target})
+    killed_run(
+        tmp_path,
+        ["run", "cifar-vae", *QUICK, "--epochs", "2", "--data-dir", str(cifar), "--out", str(out)],
+        {"KILL_NAME": target},
+    )
     (left,) = temp_files(out)
     assert left.startswith(f".{target}.") and (out / "state.safetensors").is_file() and (out / LOCK_NAME).is_file()
-    mine = {"notes.tmp": b"a", ".notes.tmp": b"b", ".keep": b"c", ".model.safetensors.tmp": b"d", "data.txt": b"e"}  # not vaezoo's names
+    mine = {
+        "notes.tmp": b"a",
+        ".notes.tmp": b"b",
+        ".keep": b"c",
+        ".model.safetensors.tmp": b"d",
+        "data.txt": b"e",
+    }  # not vaezoo's names
     for name, data in mine.items():
         (out / name).write_bytes(data)
     resumed = run_cli("run", "cifar-vae", *QUICK, "--epochs", "2", "--data-dir", str(cifar), "--resume", str(out))
@@ -207,7 +232,11 @@ def test_a_resume_removes_the_temporary_files_of_a_killed_run_and_nothing_else(c
 
 def test_a_new_run_into_a_killed_runs_folder_removes_its_temporary_files(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    killed_run(tmp_path, ["run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out)], {"KILL_NAME": "recipe.toml"})
+    killed_run(
+        tmp_path,
+        ["run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out)],
+        {"KILL_NAME": "recipe.toml"},
+    )
     assert [p.name for p in out.iterdir() if p.name != LOCK_NAME][0].startswith(".recipe.toml.")
     again = run_cli("run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
@@ -235,7 +264,10 @@ def test_the_data_cache_removes_temporary_files_of_dead_writers_only(tiny_cifar:
     again = run_cli(*args, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert temp_files(cache) == sorted(name for name, kept in others.items() if kept)
-    assert sorted(p.name.split("-")[1] for p in cache.glob("*.safetensors")) == ["test", "train"]  # the two splits, written whole
+    assert sorted(p.name.split("-")[1] for p in cache.glob("*.safetensors")) == [
+        "test",
+        "train",
+    ]  # the two splits, written whole
 
 
 # ---- class 16: a refused run leaves no folder -----------------------------------------------------
@@ -251,12 +283,21 @@ REFUSED = {
 @pytest.fixture(scope="module")
 def done_run(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("done") / "run"
-    vaezoo.fit("cifar-vae", sets=[*TINY_SETS, "train.test_limit=16"], options={"train.epochs": 1, "train.limit": 48, "train.seed": 1}, out=out, data_dir=cifar, device="cpu")
+    vaezoo.fit(
+        "cifar-vae",
+        sets=[*TINY_SETS, "train.test_limit=16"],
+        options={"train.epochs": 1, "train.limit": 48, "train.seed": 1},
+        out=out,
+        data_dir=cifar,
+        device="cpu",
+    )
     return out
 
 
 @pytest.mark.parametrize("case", REFUSED)
-def test_a_refused_run_removes_the_folders_it_created_and_leaves_an_existing_one_empty(cifar: Path, done_run: Path, tmp_path: Path, case: str) -> None:
+def test_a_refused_run_removes_the_folders_it_created_and_leaves_an_existing_one_empty(
+    cifar: Path, done_run: Path, tmp_path: Path, case: str
+) -> None:
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     args, message = REFUSED[case]
@@ -296,7 +337,9 @@ DAMAGED_RECIPES = {
 
 
 @pytest.mark.parametrize("case", DAMAGED_RECIPES)
-def test_a_damaged_recipe_toml_on_resume_is_one_line_naming_it(done_run: Path, cifar: Path, tmp_path: Path, case: str) -> None:
+def test_a_damaged_recipe_toml_on_resume_is_one_line_naming_it(
+    done_run: Path, cifar: Path, tmp_path: Path, case: str
+) -> None:
     import shutil
 
     out = shutil.copytree(done_run, tmp_path / "run")
@@ -304,7 +347,9 @@ def test_a_damaged_recipe_toml_on_resume_is_one_line_naming_it(done_run: Path, c
     damaged = DAMAGED_RECIPES[case](recipe.read_text())
     recipe.write_bytes(damaged.encode("latin-1") if case == "not UTF-8" else damaged.encode())
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    refused = run_cli("run", "cifar-vae", "--epochs", "2", "--device", "cpu", "--data-dir", str(cifar), "--resume", str(out))
+    refused = run_cli(
+        "run", "cifar-vae", "--epochs", "2", "--device", "cpu", "--data-dir", str(cifar), "--resume", str(out)
+    )
     assert f"{recipe} is damaged" in one_line(refused)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
@@ -327,7 +372,11 @@ def test_a_data_dir_that_is_not_a_folder_is_one_line_naming_it(tmp_path: Path, k
     else:
         (tmp_path / "file").write_text("x")
         path = tmp_path / "file" / "data"
-    expected = {"FIFO": "is a FIFO, not a folder", "file": "is a file, not a folder", "below a file": "cannot be read (Not a directory)"}.get(kind, "is a symbolic link loop")
+    expected = {
+        "FIFO": "is a FIFO, not a folder",
+        "file": "is a file, not a folder",
+        "below a file": "cannot be read (Not a directory)",
+    }.get(kind, "is a symbolic link loop")
     for recipe in ("cifar-vae", "folder-vae", "mnist-vae"):
         refused = run_cli("run", recipe, *QUICK, "--data-dir", str(path), "--out", str(tmp_path / "run"))
         assert one_line(refused) == f"vaezoo: error: --data-dir {path} {expected}: point it at a folder of data", recipe
@@ -340,7 +389,9 @@ def test_an_image_folder_path_that_is_not_a_folder_is_one_line_naming_it(tmp_pat
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     refused = run_cli("run", "folder-vae", *QUICK, "--set", f"dataset.path='{fifo}'", "--out", str(tmp_path / "run"))
-    assert one_line(refused) == f"vaezoo: error: dataset.path {fifo} is a FIFO, not a folder: point it at a folder of data"
+    assert (
+        one_line(refused) == f"vaezoo: error: dataset.path {fifo} is a FIFO, not a folder: point it at a folder of data"
+    )
 
 
 def rewrite(source: Path, target: Path, change) -> Path:
@@ -367,35 +418,80 @@ def folder_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     for side in (32, 64):
         (base / f"images{side}").mkdir()
         for index in range(20):
-            Image.fromarray(np.random.default_rng(index).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(base / f"images{side}" / f"{index}.png")
-    vaezoo.fit("folder-vae", sets=TINY_SETS, options={"train.epochs": 1}, out=base / "run", data_dir=base / "images32", device="cpu")
+            Image.fromarray(np.random.default_rng(index).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(
+                base / f"images{side}" / f"{index}.png"
+            )
+    vaezoo.fit(
+        "folder-vae",
+        sets=TINY_SETS,
+        options={"train.epochs": 1},
+        out=base / "run",
+        data_dir=base / "images32",
+        device="cpu",
+    )
     return base / "run" / "model.safetensors", base / "images64"
 
 
 def test_eval_of_a_model_on_images_of_another_shape_is_refused(folder_model: tuple[Path, Path], tmp_path: Path) -> None:
     model, images64 = folder_model
-    same = run_cli("eval", str(model), "--data-dir", str(images64), "--device", "cpu", "--json")  # image-folder resizes to its size: fine
+    same = run_cli(
+        "eval", str(model), "--data-dir", str(images64), "--device", "cpu", "--json"
+    )  # image-folder resizes to its size: fine
     assert same.returncode == 0 and json.loads(same.stdout)["images"] == 2, same.stderr[-2000:]
-    for change, shape in ((lambda m: m["vaezoo.recipe"]["dataset"].update(size=16), (3, 16, 16)), (lambda m: m["vaezoo.recipe"]["dataset"].update(grayscale=True), (1, 32, 32))):
+    for change, shape in (
+        (lambda m: m["vaezoo.recipe"]["dataset"].update(size=16), (3, 16, 16)),
+        (lambda m: m["vaezoo.recipe"]["dataset"].update(grayscale=True), (1, 32, 32)),
+    ):
         other = rewrite(model, tmp_path / "other.safetensors", change)
         for command in (["eval"], ["reconstruct", "--out", str(tmp_path / "r.png")]):
             refused = run_cli(*command, str(other), "--data-dir", str(images64), "--device", "cpu")
             assert one_line(refused) == (
-                f"vaezoo: error: the model was trained on images of shape (3, 32, 32) (C, H, W) but dataset 'image-folder' gives {shape} here: "
+                "vaezoo: error: the model was trained on images of shape (3, 32, 32) (C, H, W) but dataset "
+                f"'image-folder' gives {shape} here: "
                 "evaluate it on data like those it was trained on"
             )
         assert not (tmp_path / "r.png").exists()
 
 
 def test_eval_of_a_conditional_model_on_other_classes_is_refused(cifar: Path, tmp_path: Path) -> None:
-    sets = ["model.encoder_hidden=[4,8,8]", "model.decoder_hidden=[8,8,4]", "latent_dim=4", "model.label_channels=2", "model.label_dim=4", "train.batch_size=16", "train.sample_count=4", "train.test_limit=16"]
-    vaezoo.fit("cifar-cvae", sets=sets, options={"train.epochs": 1, "train.limit": 48}, out=tmp_path / "run", data_dir=cifar, device="cpu")
+    sets = [
+        "model.encoder_hidden=[4,8,8]",
+        "model.decoder_hidden=[8,8,4]",
+        "latent_dim=4",
+        "model.label_channels=2",
+        "model.label_dim=4",
+        "train.batch_size=16",
+        "train.sample_count=4",
+        "train.test_limit=16",
+    ]
+    vaezoo.fit(
+        "cifar-cvae",
+        sets=sets,
+        options={"train.epochs": 1, "train.limit": 48},
+        out=tmp_path / "run",
+        data_dir=cifar,
+        device="cpu",
+    )
     renamed = [f"class{i}" for i in range(10)]
-    other = rewrite(tmp_path / "run" / "model.safetensors", tmp_path / "other.safetensors", lambda m: m["vaezoo.data"].update(classes=renamed))
+    other = rewrite(
+        tmp_path / "run" / "model.safetensors",
+        tmp_path / "other.safetensors",
+        lambda m: m["vaezoo.data"].update(classes=renamed),
+    )
     refused = run_cli("eval", str(other), "--data-dir", str(cifar), "--limit", "16", "--device", "cpu")
     assert one_line(refused) == (
         f"vaezoo: error: the model is conditional on 10 classes ({', '.join(renamed)}) but dataset 'cifar10' has 10 "
-        "(airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck) here: its labels would mean other classes"
+        "(airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck) here: its labels would mean "
+        "other classes"
     )
-    fine = run_cli("eval", str(tmp_path / "run" / "model.safetensors"), "--data-dir", str(cifar), "--limit", "16", "--device", "cpu")
+    fine = run_cli(
+        "eval",
+        str(tmp_path / "run" / "model.safetensors"),
+        "--data-dir",
+        str(cifar),
+        "--limit",
+        "16",
+        "--device",
+        "cpu",
+    )
     assert fine.returncode == 0, fine.stderr[-2000:]

@@ -14,24 +14,44 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 from test_hostile import TWO_EPOCHS, _set, one_line, rewrite, small_model  # noqa: F401 (a fixture)
 from tinydata import TINY_ARGS, error_lines, tiny_cifar  # noqa: F401 (a fixture)
 
-ONE_STEP = ["--limit", "16", "--set", "train.test_limit=32", "--device", "cpu", "--seed", "1", *TINY_ARGS]  # batch 16: one step per epoch
+ONE_STEP = [
+    "--limit",
+    "16",
+    "--set",
+    "train.test_limit=32",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    *TINY_ARGS,
+]  # batch 16: one step per epoch
 
 
 def digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".vaezoo.lock"}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != ".vaezoo.lock"
+    }
 
 
 def test_a_last_step_that_diverges_never_overwrites_the_good_model(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert run_cli("run", "cifar-vae", "--epochs", "1", *ONE_STEP, "--data-dir", str(cifar), "--out", str(out)).returncode == 0
+    assert (
+        run_cli("run", "cifar-vae", "--epochs", "1", *ONE_STEP, "--data-dir", str(cifar), "--out", str(out)).returncode
+        == 0
+    )
     before = digests(out)
     # the epoch's only step is the one that diverges: its loss (computed before the update) is finite
-    line = one_line(run_cli("run", "cifar-vae", "--resume", str(out), "--epochs", "2", "--lr", "1e30", "--data-dir", str(cifar)), code=1, progress=True)
+    line = one_line(
+        run_cli("run", "cifar-vae", "--resume", str(out), "--epochs", "2", "--lr", "1e30", "--data-dir", str(cifar)),
+        code=1,
+        progress=True,
+    )
     assert "diverged" in line and "epoch 1" in line and str(out / "model.safetensors") in line
     assert digests(out) == before  # model, state, metrics (no NaN) and pictures untouched
     assert "NaN" not in (out / "metrics.jsonl").read_text()
@@ -41,22 +61,52 @@ def test_a_last_step_that_diverges_never_overwrites_the_good_model(cifar: Path, 
 
 @pytest.mark.parametrize("lr", ["inf", "nan", "-1"])
 def test_a_learning_rate_that_is_not_a_positive_number_is_refused(cifar: Path, tmp_path: Path, lr: str) -> None:
-    assert "train.lr" in one_line(run_cli("run", "cifar-vae", "--epochs", "1", *ONE_STEP, "--lr", lr, "--data-dir", str(cifar), "--out", str(tmp_path / "run")))
+    assert "train.lr" in one_line(
+        run_cli(
+            "run",
+            "cifar-vae",
+            "--epochs",
+            "1",
+            *ONE_STEP,
+            "--lr",
+            lr,
+            "--data-dir",
+            str(cifar),
+            "--out",
+            str(tmp_path / "run"),
+        )
+    )
     assert not (tmp_path / "run" / "recipe.toml").exists()
 
 
-@pytest.mark.parametrize("name", ["/tmp/vaezoo-escape", "../../escape", "a/b", "evil\x1b]0;pwned\x07", "two\nlines", ".hidden", "x" * 101, ""])
+@pytest.mark.parametrize(
+    "name",
+    ["/tmp/vaezoo-escape", "../../escape", "a/b", "evil\x1b]0;pwned\x07", "two\nlines", ".hidden", "x" * 101, ""],
+)
 def test_a_recipe_file_never_chooses_where_a_run_is_written(cifar: Path, tmp_path: Path, name: str) -> None:
     work = tmp_path / "work"
     work.mkdir()
     recipe = tmp_path / "hostile.toml"
-    escaped = name.replace("\\", "\\\\").replace("\n", "\\n").replace("\x1b", "\\u001b").replace("\x07", "\\u0007").replace('"', '\\"')
-    recipe.write_text(f'name = "{escaped}"\ndataset = {{ name = "cifar10" }}\nencoder = {{ name = "conv" }}\ndecoder = {{ name = "conv" }}\nprior = {{ name = "normal" }}\nloss = {{ name = "bce-kl" }}\nlatent_dim = 4\n')
+    escaped = (
+        name.replace("\\", "\\\\")
+        .replace("\n", "\\n")
+        .replace("\x1b", "\\u001b")
+        .replace("\x07", "\\u0007")
+        .replace('"', '\\"')
+    )
+    recipe.write_text(
+        f'name = "{escaped}"\ndataset = {{ name = "cifar10" }}\nencoder = {{ name = "conv" }}\n'
+        'decoder = { name = "conv" }\nprior = { name = "normal" }\nloss = { name = "bce-kl" }\nlatent_dim = 4\n'
+    )
     result = run_cli("run", str(recipe), "--epochs", "1", *ONE_STEP, "--data-dir", str(cifar), cwd=work)
     line = one_line(result)
     assert "is not a recipe name" in line and str(recipe) in line
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
-    assert list(work.iterdir()) == [] and not Path("/tmp/vaezoo-escape").exists() and not (tmp_path.parent / "escape").exists()
+    assert (
+        list(work.iterdir()) == []
+        and not Path("/tmp/vaezoo-escape").exists()
+        and not (tmp_path.parent / "escape").exists()
+    )
 
 
 @pytest.mark.parametrize(
@@ -68,12 +118,42 @@ def test_a_recipe_file_never_chooses_where_a_run_is_written(cifar: Path, tmp_pat
 )
 def test_sizes_a_recipe_sets_are_bounded(cifar: Path, tmp_path: Path, sets: list[str], expected: str) -> None:
     args = [arg for item in sets for arg in ("--set", item)]
-    assert expected in one_line(run_cli("run", "cifar-vae", "--epochs", "1", *ONE_STEP, *args, "--data-dir", str(cifar), "--out", str(tmp_path / "run")))
+    assert expected in one_line(
+        run_cli(
+            "run",
+            "cifar-vae",
+            "--epochs",
+            "1",
+            *ONE_STEP,
+            *args,
+            "--data-dir",
+            str(cifar),
+            "--out",
+            str(tmp_path / "run"),
+        )
+    )
 
 
 def test_a_closed_terminal_sighup_saves_the_state_like_sigterm(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--epochs", "50", "--data-dir", str(cifar), "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vaezoo",
+            "run",
+            "cifar-vae",
+            *TWO_EPOCHS,
+            "--epochs",
+            "50",
+            "--data-dir",
+            str(cifar),
+            "--out",
+            str(out),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while not (out / "metrics.jsonl").exists() and process.poll() is None:  # wait until it trains
         time.sleep(0.1)
     process.send_signal(signal.SIGHUP)
@@ -82,11 +162,18 @@ def test_a_closed_terminal_sighup_saves_the_state_like_sigterm(cifar: Path, tmp_
     assert code == 130 and len(lines) == 1 and "stopped by SIGHUP" in lines[0], err[-2000:]
     assert (out / "state.safetensors").exists() and not (out / ".vaezoo.lock").exists()
     done = len((out / "metrics.jsonl").read_text().splitlines())
-    assert run_cli("run", "cifar-vae", "--resume", str(out), "--epochs", str(done + 1), "--data-dir", str(cifar)).returncode == 0
+    assert (
+        run_cli(
+            "run", "cifar-vae", "--resume", str(out), "--epochs", str(done + 1), "--data-dir", str(cifar)
+        ).returncode
+        == 0
+    )
 
 
-def test_an_interpolation_grid_is_bounded_like_a_sample_grid(small_model: Path, tmp_path: Path) -> None:  # noqa: F811
-    line = one_line(run_cli("interpolate", str(small_model), "-n", "1000", "--steps", "100", "--out", str(tmp_path / "i.png")))
+def test_an_interpolation_grid_is_bounded_like_a_sample_grid(small_model: Path, tmp_path: Path) -> None:
+    line = one_line(
+        run_cli("interpolate", str(small_model), "-n", "1000", "--steps", "100", "--out", str(tmp_path / "i.png"))
+    )
     assert "at most 10000" in line and not (tmp_path / "i.png").exists()
 
 
@@ -138,28 +225,71 @@ def liar_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
 
-LIAR_RUN = ["--epochs", "1", "--limit", "16", "--set", "train.test_limit=16", "--set", "train.batch_size=16", "--set", "train.sample_count=4", "--device", "cpu"]
+LIAR_RUN = [
+    "--epochs",
+    "1",
+    "--limit",
+    "16",
+    "--set",
+    "train.test_limit=16",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "train.sample_count=4",
+    "--device",
+    "cpu",
+]
 
 
 def liar_recipe(tmp_path: Path, lie: str, family: str = "liar") -> Path:
     recipe = tmp_path / f"{family}-{lie}.toml"
-    recipe.write_text(f'name = "{family}-{lie}"\ndataset = {{ name = "cifar10" }}\nmodel = {{ name = "{family}", lie = "{lie}" }}\n')
+    recipe.write_text(
+        f'name = "{family}-{lie}"\ndataset = {{ name = "cifar10" }}\nmodel = {{ name = "{family}", lie = "{lie}" }}\n'
+    )
     return recipe
 
 
-def test_a_family_whose_forward_returns_the_wrong_type_is_one_line(cifar: Path, tmp_path: Path, liar_path: dict[str, str]) -> None:
-    result = run_cli("run", str(liar_recipe(tmp_path, "forward")), *LIAR_RUN, "--data-dir", str(cifar), "--out", str(tmp_path / "run"), env=liar_path)
+def test_a_family_whose_forward_returns_the_wrong_type_is_one_line(
+    cifar: Path, tmp_path: Path, liar_path: dict[str, str]
+) -> None:
+    result = run_cli(
+        "run",
+        str(liar_recipe(tmp_path, "forward")),
+        *LIAR_RUN,
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(tmp_path / "run"),
+        env=liar_path,
+    )
     line = one_line(result, progress=True)
     assert "model family 'liar' (liar_plugin.Liar) broke its contract: forward returned a torch.float32 tensor" in line
 
 
 @pytest.mark.parametrize(("lie", "command"), [("sample", "sample"), ("reconstruct", "eval")])
-def test_a_family_whose_pictures_are_the_wrong_type_is_one_line(cifar: Path, tmp_path: Path, liar_path: dict[str, str], lie: str, command: str) -> None:
+def test_a_family_whose_pictures_are_the_wrong_type_is_one_line(
+    cifar: Path, tmp_path: Path, liar_path: dict[str, str], lie: str, command: str
+) -> None:
     out = tmp_path / "run"
-    result = run_cli("run", str(liar_recipe(tmp_path, "nothing")), *LIAR_RUN, "--data-dir", str(cifar), "--out", str(out), env=liar_path)
+    result = run_cli(
+        "run",
+        str(liar_recipe(tmp_path, "nothing")),
+        *LIAR_RUN,
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+        env=liar_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    lying = rewrite(out / "model.safetensors", tmp_path / "lying.safetensors", _set(["vaezoo.recipe", "model", "lie"], lie))
-    args = ["-n", "2", "--out", str(tmp_path / "s.png")] if command == "sample" else ["--limit", "16", "--data-dir", str(cifar)]
+    lying = rewrite(
+        out / "model.safetensors", tmp_path / "lying.safetensors", _set(["vaezoo.recipe", "model", "lie"], lie)
+    )
+    args = (
+        ["-n", "2", "--out", str(tmp_path / "s.png")]
+        if command == "sample"
+        else ["--limit", "16", "--data-dir", str(cifar)]
+    )
     line = one_line(run_cli(command, str(lying), *args, env=liar_path))
     assert f"model family 'liar' (liar_plugin.Liar) broke its contract: {lie} returned" in line
 
@@ -167,46 +297,108 @@ def test_a_family_whose_pictures_are_the_wrong_type_is_one_line(cifar: Path, tmp
 def test_a_recipe_file_nested_too_deeply_is_one_line(cifar: Path, tmp_path: Path) -> None:
     recipe = tmp_path / "deep.toml"
     recipe.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
-    assert "nested too deeply" in one_line(run_cli("run", str(recipe), "--data-dir", str(cifar), "--out", str(tmp_path / "run")))
+    assert "nested too deeply" in one_line(
+        run_cli("run", str(recipe), "--data-dir", str(cifar), "--out", str(tmp_path / "run"))
+    )
 
 
-def test_a_family_that_is_not_an_elbo_is_never_called_one(cifar: Path, tmp_path: Path, liar_path: dict[str, str]) -> None:
+def test_a_family_that_is_not_an_elbo_is_never_called_one(
+    cifar: Path, tmp_path: Path, liar_path: dict[str, str]
+) -> None:
     """Issue 17: metrics, eval, inspect and the card name the family's own objective and regularizer."""
     out = tmp_path / "run"
-    result = run_cli("run", str(liar_recipe(tmp_path, "nothing", "honest")), *LIAR_RUN, "--data-dir", str(cifar), "--out", str(out), env=liar_path)
+    result = run_cli(
+        "run",
+        str(liar_recipe(tmp_path, "nothing", "honest")),
+        *LIAR_RUN,
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+        env=liar_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert "test_penalty" in metrics and "test_kl" not in metrics and "test_bits_per_dim" not in metrics
     model = str(out / "model.safetensors")
-    report = json.loads(run_cli("eval", model, "--iw-samples", "2", "--data-dir", str(cifar), "--limit", "16", "--json", env=liar_path).stdout)
+    report = json.loads(
+        run_cli(
+            "eval", model, "--iw-samples", "2", "--data-dir", str(cifar), "--limit", "16", "--json", env=liar_path
+        ).stdout
+    )
     assert report["objective"] == "honest" and "penalty" in report and "kl" not in report
-    assert report["bits_per_dim"] is None and report["iw_nll"] is None and "not a negative ELBO" in report["bits_per_dim_note"]
+    assert (
+        report["bits_per_dim"] is None
+        and report["iw_nll"] is None
+        and "not a negative ELBO" in report["bits_per_dim_note"]
+    )
     wide = {**liar_path, "COLUMNS": "250"}
     table = " ".join(run_cli("eval", model, "--data-dir", str(cifar), "--limit", "16", env=wide).stdout.split())
     assert "loss (honest objective)" in table and "ELBO" not in table.replace("not a negative ELBO", "")
     inspected = " ".join(run_cli("inspect", model, env=wide).stdout.split())
     assert "objective: honest (not a variational bound)" in inspected and "tested on 16 images" in inspected
     card = run_cli("card", model, env=liar_path).stdout
-    for word in ("neg-elbo", "ELBO", "variational autoencoder", "variational-autoencoder", "--iw-samples", "bits", "KL"):
+    for word in (
+        "neg-elbo",
+        "ELBO",
+        "variational autoencoder",
+        "variational-autoencoder",
+        "--iw-samples",
+        "bits",
+        "KL",
+    ):
         assert word not in card.replace("not a variational bound", ""), word
-    assert "Test honest objective" in card and "Test penalty term" in card and "(16 test images, a subset (train.test_limit))" in card
+    assert (
+        "Test honest objective" in card
+        and "Test penalty term" in card
+        and "(16 test images, a subset (train.test_limit))" in card
+    )
 
 
-def test_eval_is_told_the_folder_of_a_path_key_explicitly(tiny_cifar: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_eval_is_told_the_folder_of_a_path_key_explicitly(tiny_cifar: Path, tmp_path: Path) -> None:
     """Issue 17: a model trained with --set dataset.path=... is evaluated with the same --set (the file
     never chooses the folder); other dataset keys cannot be changed that way."""
     out = tmp_path / "run"
-    tiny = ["--set", "encoder.hidden=[4,8,8]", "--set", "decoder.hidden=[8,8,4]", "--set", "latent_dim=4", "--set", "train.batch_size=16", "--set", "train.sample_count=4"]
-    trained = run_cli("run", "folder-vae", "--epochs", "1", "--device", "cpu", *tiny, "--set", f"dataset.path={tiny_cifar}", "--data-dir", str(tmp_path / "empty"), "--out", str(out))
+    tiny = [
+        "--set",
+        "encoder.hidden=[4,8,8]",
+        "--set",
+        "decoder.hidden=[8,8,4]",
+        "--set",
+        "latent_dim=4",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.sample_count=4",
+    ]
+    trained = run_cli(
+        "run",
+        "folder-vae",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        *tiny,
+        "--set",
+        f"dataset.path={tiny_cifar}",
+        "--data-dir",
+        str(tmp_path / "empty"),
+        "--out",
+        str(out),
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     model = str(out / "model.safetensors")
-    report = run_cli("eval", model, "--set", f"dataset.path={tiny_cifar}", "--data-dir", str(tmp_path / "empty"), "--json")
+    report = run_cli(
+        "eval", model, "--set", f"dataset.path={tiny_cifar}", "--data-dir", str(tmp_path / "empty"), "--json"
+    )
     assert report.returncode == 0 and json.loads(report.stdout)["images"] == 20, report.stderr[-2000:]
-    assert "only the dataset's folder keys" in one_line(run_cli("eval", model, "--set", "dataset.size=64", "--set", f"dataset.path={tiny_cifar}"))
+    assert "only the dataset's folder keys" in one_line(
+        run_cli("eval", model, "--set", "dataset.size=64", "--set", f"dataset.path={tiny_cifar}")
+    )
     assert "eval takes only the dataset's folder keys" in one_line(run_cli("eval", model, "--set", "train.lr=1"))
 
 
-def test_sample_needs_no_dataset_plugin_and_eval_names_it(small_model: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_sample_needs_no_dataset_plugin_and_eval_names_it(small_model: Path, tmp_path: Path) -> None:
     without = {"VAEZOO_DISABLE_PLUGINS": "cifar10"}
     sampled = run_cli("sample", str(small_model), "-n", "4", "--out", str(tmp_path / "s.png"), env=without)
     assert sampled.returncode == 0 and (tmp_path / "s.png").is_file(), sampled.stderr[-2000:]

@@ -25,7 +25,11 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
 
 def import_graph() -> dict[str, set[str]]:
     modules = {f"vaezoo.{path.stem}" for path in CORE.glob("*.py") if path.stem != "__init__"}
-    return {f"vaezoo.{path.stem}": imports_of(path, modules) - {f"vaezoo.{path.stem}"} for path in CORE.glob("*.py") if path.stem != "__init__"}
+    return {
+        f"vaezoo.{path.stem}": imports_of(path, modules) - {f"vaezoo.{path.stem}"}
+        for path in CORE.glob("*.py")
+        if path.stem != "__init__"
+    }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -8,13 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from PIL import Image
 
 from vaezoo.api import interpolate_file, reconstruct_file
 from vaezoo.errors import VaezooError
 from vaezoo.pictures import save_loss_plot
-
-from conftest import run_cli
 
 TINY = ["--set", "encoder.hidden=[8,16,32]", "--set", "decoder.hidden=[32,16,8]", "--set", "latent_dim=8"]
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
@@ -39,7 +38,24 @@ def run_dir(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny cifar-vae run of 2 epochs (with --tensorboard when tensorboard is installed)."""
     out = tmp_path_factory.mktemp("pictures-run")
     extra = ["--tensorboard"] if HAS_TENSORBOARD else []
-    result = run_cli("run", "cifar-vae", "--limit", "256", "--epochs", "2", "--set", "train.test_limit=64", *TINY, *extra, "--data-dir", str(cifar), "--out", str(out), "--device", "cpu")
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        "--limit",
+        "256",
+        "--epochs",
+        "2",
+        "--set",
+        "train.test_limit=64",
+        *TINY,
+        *extra,
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -68,7 +84,20 @@ def test_reconstruct_command(run_dir: Path, cifar: Path, tmp_path: Path) -> None
 def test_interpolate_and_sample_commands(run_dir: Path, cifar: Path, tmp_path: Path) -> None:
     model = run_dir / "model.safetensors"
     lines = tmp_path / "lines.png"
-    result = run_cli("interpolate", str(model), "-n", "3", "--steps", "6", "--seed", "1", "--out", str(lines), "--data-dir", str(cifar))
+    result = run_cli(
+        "interpolate",
+        str(model),
+        "-n",
+        "3",
+        "--steps",
+        "6",
+        "--seed",
+        "1",
+        "--out",
+        str(lines),
+        "--data-dir",
+        str(cifar),
+    )
     assert result.returncode == 0, result.stderr
     assert png_size(lines) == grid_size(3, 6)
     with pytest.raises(VaezooError, match="--steps"):
@@ -79,7 +108,9 @@ def test_interpolate_and_sample_commands(run_dir: Path, cifar: Path, tmp_path: P
     assert png_size(samples) == grid_size(2, 3)
 
 
-def test_loss_plot_is_updated_and_skipped_without_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_loss_plot_is_updated_and_skipped_without_matplotlib(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     history = [{"epoch": 1, "train_loss": 2200.0, "test_loss": 2150.0}]
     assert save_loss_plot(history, tmp_path / "loss.png")
     one_epoch = (tmp_path / "loss.png").read_bytes()
@@ -113,7 +144,21 @@ def test_tensorboard_missing_fails_before_training(tmp_path: Path, cifar: Path) 
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("raise ImportError('no tensorboard here')\n")
     out = tmp_path / "run"
-    result = run_cli("run", "cifar-vae", "--limit", "64", "--epochs", "1", *TINY, "--tensorboard", "--data-dir", str(cifar), "--out", str(out), env={"PYTHONPATH": str(shadow.parent)})
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        "--limit",
+        "64",
+        "--epochs",
+        "1",
+        *TINY,
+        "--tensorboard",
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+        env={"PYTHONPATH": str(shadow.parent)},
+    )
     assert result.returncode == 2
     assert "pip install 'vaezoo[tensorboard]'" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 import vaezoo
-from conftest import run_cli
 from vaezoo.errors import DataError
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
@@ -26,7 +26,9 @@ PROVIDED_IN_CI = {"cifar10", "fashion-mnist", "image-folder"}  # .ci/run makes s
 
 # Component keys made small (or offline) whatever the component: recipe value -> tiny value.
 TINY = {
-    "hidden": lambda widths: [8] * len(widths) if isinstance(widths, list) else 8,  # keep the number of levels, so shapes still divide
+    "hidden": lambda widths: (
+        [8] * len(widths) if isinstance(widths, list) else 8
+    ),  # keep the number of levels, so shapes still divide
     "blocks": lambda _: 1,
     "width": lambda _: 16,
     "n_pseudo": lambda _: 4,
@@ -95,9 +97,26 @@ def test_recipe_trains_saves_and_samples(name, request, tmp_path):
 
     out = tmp_path / "run"
     result = run_cli(
-        "run", name, "--epochs", "1", "--limit", "200", "--batch-size", "50", "--latent-dim", "4",
-        "--device", "cpu", "--out", str(out), "--set", "train.test_limit=100", "--set", "train.sample_count=16",
-        *[item for s in sets for item in ("--set", s)], *args,
+        "run",
+        name,
+        "--epochs",
+        "1",
+        "--limit",
+        "200",
+        "--batch-size",
+        "50",
+        "--latent-dim",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--set",
+        "train.test_limit=100",
+        "--set",
+        "train.sample_count=16",
+        *[item for s in sets for item in ("--set", s)],
+        *args,
     )
     assert result.returncode == 0, f"vaezoo run {name} failed:\n{result.stderr[-3000:]}"
     assert (out / "model.safetensors").is_file() and (out / "samples.png").is_file()

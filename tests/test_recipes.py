@@ -18,12 +18,22 @@ def test_precedence_options_over_set_over_recipe_over_defaults():
     assert base["dataset"]["download"] is True  # component default
     assert resolve_recipe("cifar-vae", ["train.epochs=3"])["train"]["epochs"] == 3
     assert resolve_recipe("cifar-vae", ["train.epochs=3"], {"train.epochs": 5})["train"]["epochs"] == 5
-    assert resolve_recipe("cifar-vae", ["train.epochs=3"], {"train.epochs": None})["train"]["epochs"] == 3  # an option not given
+    assert (
+        resolve_recipe("cifar-vae", ["train.epochs=3"], {"train.epochs": None})["train"]["epochs"] == 3
+    )  # an option not given
     assert resolve_recipe("cifar-vae", ["latent_dim=7"], {"latent_dim": 9})["latent_dim"] == 9
 
 
 def test_component_defaults_fill_what_the_recipe_leaves_out():
-    table = {"name": "mine", "latent_dim": 3, "dataset": {"name": "cifar10"}, "encoder": {"name": "conv"}, "decoder": "conv", "prior": {"name": "normal"}, "loss": {"name": "bce-kl"}}
+    table = {
+        "name": "mine",
+        "latent_dim": 3,
+        "dataset": {"name": "cifar10"},
+        "encoder": {"name": "conv"},
+        "decoder": "conv",
+        "prior": {"name": "normal"},
+        "loss": {"name": "bce-kl"},
+    }
     resolved = resolve_recipe(table)
     assert resolved["encoder"] == {"name": "conv", "hidden": [32, 64, 128]}
     assert resolved["decoder"] == {"name": "conv", "hidden": [128, 64, 32]}
@@ -49,13 +59,17 @@ def test_set_values_are_toml(item, value):
 
 
 def test_set_values_reach_the_resolved_recipe():
-    resolved = resolve_recipe("cifar-vae", ["train.lr=1e-2", "train.optimizer=adamw", "train.epochs=2", "encoder.hidden=[8,16,32]"])
+    resolved = resolve_recipe(
+        "cifar-vae", ["train.lr=1e-2", "train.optimizer=adamw", "train.epochs=2", "encoder.hidden=[8,16,32]"]
+    )
     assert resolved["train"]["lr"] == 0.01 and resolved["train"]["optimizer"] == "adamw"
     assert resolved["train"]["epochs"] == 2 and resolved["encoder"]["hidden"] == [8, 16, 32]
     assert isinstance(resolve_recipe("cifar-vae", ["train.lr=1"])["train"]["lr"], float)  # int -> float is lossless
 
 
-@pytest.mark.parametrize("item", ["train.epochs", "=3", "train..epochs=3", "encoder.hidden=[1,", "train.optimizer=a b", ".x=1"])
+@pytest.mark.parametrize(
+    "item", ["train.epochs", "=3", "train..epochs=3", "encoder.hidden=[1,", "train.optimizer=a b", ".x=1"]
+)
 def test_bad_set_syntax_is_an_error(item):
     with pytest.raises(RecipeError, match="bad --set"):
         resolve_recipe("cifar-vae", [item])
@@ -96,7 +110,11 @@ def test_unknown_recipe_and_component_names():
 
 
 def test_recipe_toml_round_trips(tmp_path):
-    resolved = resolve_recipe("cifar-vae", ["encoder.hidden=[8,16,32]", "train.lr=0.0003", 'summary="a \\"quoted\\" summary"'], {"train.epochs": 2})
+    resolved = resolve_recipe(
+        "cifar-vae",
+        ["encoder.hidden=[8,16,32]", "train.lr=0.0003", 'summary="a \\"quoted\\" summary"'],
+        {"train.epochs": 2},
+    )
     path = tmp_path / "recipe.toml"
     path.write_text(dumps(resolved), encoding="utf-8")
     assert tomllib.loads(path.read_text(encoding="utf-8")) == resolved

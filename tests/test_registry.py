@@ -17,7 +17,13 @@ import vaezoo
 from vaezoo.errors import PluginError, UnknownName
 from vaezoo.registry import PluginInfo, Registry
 
-DEFAULTS = {"conv": "vaezoo_defaults.conv.plugin", "normal": "vaezoo_defaults.normal.plugin", "bce-kl": "vaezoo_defaults.bce.plugin", "cifar10": "vaezoo_defaults.cifar10.plugin", "zoo": "vaezoo_defaults.zoo.plugin"}
+DEFAULTS = {
+    "conv": "vaezoo_defaults.conv.plugin",
+    "normal": "vaezoo_defaults.normal.plugin",
+    "bce-kl": "vaezoo_defaults.bce.plugin",
+    "cifar10": "vaezoo_defaults.cifar10.plugin",
+    "zoo": "vaezoo_defaults.zoo.plugin",
+}
 
 
 def fake_site(tmp_path: Path, body: str, *, plugin: str = "fake", module: str = "fake_plugin_mod") -> dict[str, str]:
@@ -80,7 +86,13 @@ def test_plugins_json_lists_the_defaults_with_their_distribution():
 def test_the_core_imports_no_plugin():
     for path in (REPO / "vaezoo").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(name.startswith("vaezoo_") for name in names), f"{path.name} imports a plugin: {names}"
 
 
@@ -90,11 +102,24 @@ def test_the_core_imports_no_plugin():
 def test_third_party_plugin_is_found_like_the_defaults(tmp_path):
     env = fake_site(tmp_path, GOOD)
     rows = {row["name"]: row for row in _json(run_cli("plugins", "--json", env=env))}
-    assert rows["fake"]["distribution"] == "fake-plugin" and rows["fake"]["version"] == "0.1" and rows["fake"]["status"] == "ok"
+    assert (
+        rows["fake"]["distribution"] == "fake-plugin"
+        and rows["fake"]["version"] == "0.1"
+        and rows["fake"]["status"] == "ok"
+    )
     assert rows["fake"]["registers"]["encoders"] == ["fake-enc"]
     assert rows["conv"]["distribution"] == "vaezoo"
     items = _json(run_cli("list", "encoders", "fake*", "--json", env=env))
-    assert items == [{"name": "fake-enc", "kind": "encoder", "summary": "A fake encoder", "plugin": "fake", "distribution": "fake-plugin", "version": "0.1"}]
+    assert items == [
+        {
+            "name": "fake-enc",
+            "kind": "encoder",
+            "summary": "A fake encoder",
+            "plugin": "fake",
+            "distribution": "fake-plugin",
+            "version": "0.1",
+        }
+    ]
     recipes = {item["name"]: item for item in _json(run_cli("list", "recipes", "--json", env=env))}
     assert recipes["fake-recipe"]["plugin"] == "fake" and recipes["cifar-vae"]["plugin"] == "zoo"
 
@@ -115,11 +140,17 @@ def test_plugin_that_fails_to_import_is_reported_and_the_rest_work(tmp_path):
 
 
 def test_two_plugins_registering_one_name_is_one_clear_error(tmp_path):
-    env = fake_site(tmp_path, GOOD.replace('"fake-enc", "fake_plugin_mod:Nothing"', '"conv", "fake_plugin_mod:Nothing"'))
+    env = fake_site(
+        tmp_path, GOOD.replace('"fake-enc", "fake_plugin_mod:Nothing"', '"conv", "fake_plugin_mod:Nothing"')
+    )
     process = run_cli("list", "encoders", env=env)
     assert process.returncode == 2
     line = _one_line(process.stderr)
-    assert "'conv' is registered twice" in line and "plugin 'conv' (vaezoo)" in line and "plugin 'fake' (fake-plugin)" in line
+    assert (
+        "'conv' is registered twice" in line
+        and "plugin 'conv' (vaezoo)" in line
+        and "plugin 'fake' (fake-plugin)" in line
+    )
     assert "VAEZOO_DISABLE_PLUGINS" in line
     # switching one of them off resolves it
     items = _json(run_cli("list", "encoders", "--json", env={**env, "VAEZOO_DISABLE_PLUGINS": "fake"}))
@@ -148,7 +179,14 @@ def test_disable_plugins_hides_third_party_and_default_plugins(tmp_path):
 def test_list_json_objects_and_globs():
     items = vaezoo.list_components()
     assert items and all({"name", "kind", "summary", "plugin"} <= set(item) for item in items)
-    assert {(i["kind"], i["name"]) for i in items} >= {("recipe", "cifar-vae"), ("encoder", "conv"), ("decoder", "conv"), ("prior", "normal"), ("loss", "bce-kl"), ("dataset", "cifar10")}
+    assert {(i["kind"], i["name"]) for i in items} >= {
+        ("recipe", "cifar-vae"),
+        ("encoder", "conv"),
+        ("decoder", "conv"),
+        ("prior", "normal"),
+        ("loss", "bce-kl"),
+        ("dataset", "cifar10"),
+    }
     assert [i["name"] for i in vaezoo.list_components("encoders", "c?nv")] == ["conv"]
     assert [i["name"] for i in vaezoo.list_components("losses", "bce-*")] == ["bce-kl"]
     assert vaezoo.list_components("priors", "*nothing-matches*") == []
@@ -171,7 +209,10 @@ def test_registry_duplicate_and_unknown_names():
     first, second = PluginInfo("one", "dist-one", "1.0"), PluginInfo("two", "dist-two", "2.0")
     registry.add("encoders", "enc", object, first)
     registry.add("decoders", "enc", object, second)  # one name in two kinds is fine
-    with pytest.raises(PluginError, match=r"encoder 'enc' is registered twice: by plugin 'one' \(dist-one\) and by plugin 'two' \(dist-two\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"encoder 'enc' is registered twice: by plugin 'one' \(dist-one\) and by plugin 'two' \(dist-two\)",
+    ):
         registry.add("encoders", "enc", object, second)
     with pytest.raises(UnknownName, match="did you mean enc"):
         registry.get("encoders", "enk")

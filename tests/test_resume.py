@@ -51,7 +51,9 @@ def test_one_epoch_then_resume_equals_two_epochs(tiny_cifar, straight, tmp_path)
     for key in ("step", "train_loss", "test_loss"):
         assert resumed[1][key] == expected[1][key]
     state, expected_state = load_file(out / "state.safetensors"), load_file(straight / "state.safetensors")
-    assert all(torch.equal(state[k], expected_state[k]) for k in expected_state if not k.startswith("rng.")) and set(state) == set(expected_state)
+    assert all(torch.equal(state[k], expected_state[k]) for k in expected_state if not k.startswith("rng.")) and set(
+        state
+    ) == set(expected_state)
 
 
 def interrupt_at(epoch: int, batch: int, signum: int = signal.SIGINT):
@@ -71,7 +73,11 @@ def test_resume_after_an_interrupt_in_the_middle_of_an_epoch(tiny_cifar, straigh
     out = tmp_path / "run"
     with pytest.raises(Interrupted, match=rf"epoch {epoch} after {batch} batches; state saved in {out}") as stopped:
         fit_tiny(tiny_cifar, out, epochs=2, callbacks=[interrupt_at(epoch, batch)])
-    assert (stopped.value.out_dir, stopped.value.recipe, stopped.value.epochs) == (out, "cifar-vae", 2)  # the CLI prints the resume command from these
+    assert (stopped.value.out_dir, stopped.value.recipe, stopped.value.epochs) == (
+        out,
+        "cifar-vae",
+        2,
+    )  # the CLI prints the resume command from these
     assert len(metrics(out)) == epoch - 1 if epoch > 1 else not (out / "metrics.jsonl").exists()
     fit_tiny(tiny_cifar, None, epochs=2, resume=out)
     assert_same_weights(straight, out)
@@ -83,9 +89,23 @@ def test_sigterm_saves_the_state_and_exits_130(tiny_cifar, tmp_path, monkeypatch
     monkeypatch.setattr(vaezoo.train, "LOG_EVERY", 1)
     from vaezoo.progress import RichProgress
 
-    monkeypatch.setattr(RichProgress, "on_step", interrupt_at(1, 2, signal.SIGTERM).on_step)  # the CLI's progress callback
+    monkeypatch.setattr(
+        RichProgress, "on_step", interrupt_at(1, 2, signal.SIGTERM).on_step
+    )  # the CLI's progress callback
     out = tmp_path / "run"
-    code = call_main("run", "cifar-vae", "--data-dir", str(tiny_cifar), "--epochs", "2", "--device", "cpu", "--out", str(out), *TINY_ARGS)
+    code = call_main(
+        "run",
+        "cifar-vae",
+        "--data-dir",
+        str(tiny_cifar),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *TINY_ARGS,
+    )
     err = capsys.readouterr().err
     assert code == 130
     assert f"stopped by SIGTERM in epoch 1 after 2 batches; state saved in {out / 'state.safetensors'}" in err
@@ -96,8 +116,22 @@ def test_sigterm_saves_the_state_and_exits_130(tiny_cifar, tmp_path, monkeypatch
 
 def test_ctrl_c_in_a_fresh_process_then_the_printed_command_finishes_the_run(tiny_cifar, tmp_path):
     out = tmp_path / "run"
-    args = ["run", "cifar-vae", "--data-dir", str(tiny_cifar), "--epochs", "2", "--out", str(out), *TINY_ARGS, "--set", "train.batch_size=8"]
-    process = subprocess.Popen([sys.executable, "-m", "vaezoo", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "run",
+        "cifar-vae",
+        "--data-dir",
+        str(tiny_cifar),
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        *TINY_ARGS,
+        "--set",
+        "train.batch_size=8",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaezoo", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 120
         while not (out / "model.safetensors").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -112,7 +146,9 @@ def test_ctrl_c_in_a_fresh_process_then_the_printed_command_finishes_the_run(tin
     assert "Traceback" not in err
     line = next(line for line in err.splitlines() if "resume with:" in line)
     command = line.split("resume with: ", 1)[1].strip()
-    assert command == shlex.join(["vaezoo", "run", "cifar-vae", "--resume", str(out), "--epochs", "2", "--data-dir", str(tiny_cifar)])
+    assert command == shlex.join(
+        ["vaezoo", "run", "cifar-vae", "--resume", str(out), "--epochs", "2", "--data-dir", str(tiny_cifar)]
+    )
     state = load_file(out / "state.safetensors")
     assert {"rng.torch", "rng.data"} <= set(state) and any(k.startswith("optimizer.") for k in state)
     argv = shlex.split(command)
@@ -125,7 +161,18 @@ def test_ctrl_c_in_a_fresh_process_then_the_printed_command_finishes_the_run(tin
 
 
 def test_resume_of_a_finished_run_asks_for_more_epochs(tiny_cifar, straight, tmp_path, capsys):
-    code = call_main("run", "cifar-vae", "--resume", str(straight), "--epochs", "2", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "copy"))
+    code = call_main(
+        "run",
+        "cifar-vae",
+        "--resume",
+        str(straight),
+        "--epochs",
+        "2",
+        "--data-dir",
+        str(tiny_cifar),
+        "--out",
+        str(tmp_path / "copy"),
+    )
     lines = error_lines(capsys.readouterr().err)
     assert code == 2 and "already trained to epoch 2" in lines[-1]
 
@@ -147,7 +194,9 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_model(tin
 
     monkeypatch.setattr(BCEKL, "nll", nll)
     out = tmp_path / "run"
-    with pytest.raises(RunFailed, match="training diverged: the loss became nan in epoch 2.*last good checkpoint") as error:
+    with pytest.raises(
+        RunFailed, match="training diverged: the loss became nan in epoch 2.*last good checkpoint"
+    ) as error:
         fit_tiny(tiny_cifar, out, epochs=2, callbacks=[Watch()])
     assert error.value.exit_code == 1
     assert (out / "model.safetensors").read_bytes() == state["model"]
@@ -155,7 +204,9 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_model(tin
     assert vaezoo.load(out / "model.safetensors").metadata["training"]["epochs"] == 1
     # through the command line (NaN from the first step): exit code 1 and the message as the last line
     state["epochs_done"] = 1
-    code = call_main("run", "cifar-vae", "--data-dir", str(tiny_cifar), "--epochs", "3", "--out", str(tmp_path / "cli"), *TINY_ARGS)
+    code = call_main(
+        "run", "cifar-vae", "--data-dir", str(tiny_cifar), "--epochs", "3", "--out", str(tmp_path / "cli"), *TINY_ARGS
+    )
     lines = error_lines(capsys.readouterr().err)
     assert code == 1 and lines[-1].startswith("vaezoo: error: training diverged") and "no epoch finished" in lines[-1]
     assert not (tmp_path / "cli" / "model.safetensors").exists()

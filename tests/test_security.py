@@ -41,7 +41,10 @@ def problems(path: Path) -> list[str]:
         elif isinstance(node, ast.Call):
             name = ast.unparse(node.func)
             if name in torch_load_names or name.endswith("torch.load"):
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True for k in node.keywords)
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not safe:
                     found.append(f"line {node.lineno}: {ast.unparse(node)} without weights_only=True")
             if name in ("__import__", "importlib.import_module", "import_module") and node.args:

@@ -23,10 +23,10 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-
-import vaezoo
 from conftest import run_cli
 from tinydata import TINY_SETS, call_main, error_lines
+
+import vaezoo
 
 yaml = pytest.importorskip("yaml")  # PyYAML comes with huggingface_hub
 pytest.importorskip("huggingface_hub")
@@ -59,7 +59,9 @@ class FakeHub(http.server.ThreadingHTTPServer):
         repo = self.repos[repo_id]
         parent = repo["commits"].get(repo["refs"].get(revision), {})
         tree = {**parent, **files}
-        oid = hashlib.sha1(json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in tree.items())).encode() + revision.encode()).hexdigest()
+        oid = hashlib.sha1(
+            json.dumps(sorted((k, hashlib.sha256(v).hexdigest()) for k, v in tree.items())).encode() + revision.encode()
+        ).hexdigest()
         repo["commits"][oid] = tree
         repo["refs"][revision] = oid
         return oid
@@ -85,7 +87,10 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)) if not (headers and "Content-Length" in headers) else headers["Content-Length"])
+        self.send_header(
+            "Content-Length",
+            str(len(body)) if not (headers and "Content-Length" in headers) else headers["Content-Length"],
+        )
         self.end_headers()
         if not head:
             self.wfile.write(body)
@@ -125,14 +130,27 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
             return self._error(401, None, "Invalid credentials in Authorization header", head)
         repo = self.server.repos.get(repo_id)
         if repo is None or (repo["private"] and not auth):
-            return self._error(401, "RepoNotFound", "Repository not found", head)  # what the Hub answers without a token
+            return self._error(
+                401, "RepoNotFound", "Repository not found", head
+            )  # what the Hub answers without a token
         commit = repo["refs"].get(revision, revision if revision in repo["commits"] else None)
         if commit is None:
             return self._error(404, "RevisionNotFound", "Invalid rev id", head)
         data = repo["commits"][commit].get(filename)
         if data is None:
-            return self._send(404, b"" if head else b"Entry not found", {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found", "X-Repo-Commit": commit}, head)
-        headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": commit, "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "Content-Length": str(len(data))}
+            return self._send(
+                404,
+                b"" if head else b"Entry not found",
+                {"X-Error-Code": "EntryNotFound", "X-Error-Message": "Entry not found", "X-Repo-Commit": commit},
+                head,
+            )
+        headers = {
+            "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "X-Repo-Commit": commit,
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "Content-Length": str(len(data)),
+        }
         self._send(200, data, headers, head)
 
     # --- uploads
@@ -146,8 +164,18 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
             payload = json.loads(body)
             repo_id = f"{payload['organization']}/{payload['name']}"
             if repo_id in self.server.repos:  # the Hub's 409 carries the url too; create_repo(exist_ok=True) reads it
-                return self._send(409, json.dumps({"error": "You already created this model repo", "url": f"{self.server.url}/{repo_id}"}).encode(), {"Content-Type": "application/json"})
-            self.server.add_repo(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, private=payload.get("visibility") == "private" or bool(payload.get("private")))
+                return self._send(
+                    409,
+                    json.dumps(
+                        {"error": "You already created this model repo", "url": f"{self.server.url}/{repo_id}"}
+                    ).encode(),
+                    {"Content-Type": "application/json"},
+                )
+            self.server.add_repo(
+                repo_id,
+                {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
+                private=payload.get("visibility") == "private" or bool(payload.get("private")),
+            )
             return self._json(200, {"url": f"{self.server.url}/{repo_id}"})
         if path == "/api/validate-yaml":
             content = json.loads(body)["content"]
@@ -172,7 +200,14 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", "Invalid rev id")
         if action == "preupload":
             files = json.loads(body)["files"]
-            return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files]})
+            return self._json(
+                200,
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
+                    ]
+                },
+            )
         if action == "commit":
             added = {}
             for line in body.decode().splitlines():
@@ -183,7 +218,10 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
                 elif item["key"] != "header":
                     return self._error(400, None, f"unsupported commit operation {item['key']}")
             oid = self.server.commit(repo_id, revision, added)
-            return self._json(200, {"commitUrl": f"{self.server.url}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
+            return self._json(
+                200,
+                {"commitUrl": f"{self.server.url}/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None},
+            )
         return self._error(404, None, "Not Found")
 
 
@@ -256,7 +294,14 @@ def hub(published: dict[str, bytes]):
 
 def hub_env(tmp_path: Path, server: FakeHub | None, **extra: str) -> dict[str, str]:
     """Environment for a fresh process: the fake Hub, a private HF cache, no token on disk."""
-    env = {"HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_XET": "1", "HF_HUB_ETAG_TIMEOUT": "5", "HF_TOKEN": ""}
+    env = {
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_ETAG_TIMEOUT": "5",
+        "HF_TOKEN": "",
+    }
     if server is not None:
         env["HF_ENDPOINT"] = server.url
     env.update(extra)
@@ -273,7 +318,9 @@ def one_error(done: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
-def one_error_here(capsys: pytest.CaptureFixture, args: list[str], *words: str, env: dict[str, str] | None = None) -> str:
+def one_error_here(
+    capsys: pytest.CaptureFixture, args: list[str], *words: str, env: dict[str, str] | None = None
+) -> str:
     """As `one_error`, for `vaezoo ARGS` run in this process (for paths that need no fresh import)."""
     capsys.readouterr()
     code = call_main(*args, env=env)
@@ -283,7 +330,13 @@ def one_error_here(capsys: pytest.CaptureFixture, args: list[str], *words: str, 
 def leftovers(folder: Path) -> list[Path]:
     """Files in a cache folder that a failed download must not leave: partial downloads, blobs, model
     files (huggingface_hub's empty `.no_exist` markers of missing files excepted)."""
-    return [p for p in folder.rglob("*") if p.is_file() and ".no_exist" not in p.parts and (p.name.endswith(".incomplete") or "blobs" in p.parts or p.suffix == ".safetensors")]
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and ".no_exist" not in p.parts
+        and (p.name.endswith(".incomplete") or "blobs" in p.parts or p.suffix == ".safetensors")
+    ]
 
 
 # --- hf:// -------------------------------------------------------------------------------------
@@ -302,15 +355,28 @@ def test_sample_by_hub_name_then_offline_from_the_cache(hub: FakeHub, run_dir: P
     assert cached and cached[0].read_bytes() == (run_dir / MODEL).read_bytes()
 
     hub.stop()  # nothing answers now
-    offline = run_cli("sample", "hf://my-org/cifar-tiny", "-n", "16", "--out", str(tmp_path / "offline.png"), env={**env, "HF_HUB_OFFLINE": "1"})
+    offline = run_cli(
+        "sample",
+        "hf://my-org/cifar-tiny",
+        "-n",
+        "16",
+        "--out",
+        str(tmp_path / "offline.png"),
+        env={**env, "HF_HUB_OFFLINE": "1"},
+    )
     assert offline.returncode == 0, offline.stderr
     assert (tmp_path / "offline.png").read_bytes() == (tmp_path / "local.png").read_bytes()
 
 
 def test_python_api_and_other_commands_take_hub_names(hub: FakeHub, run_dir: Path, tmp_path: Path) -> None:
     env = hub_env(tmp_path, hub)
-    code = "import vaezoo; m = vaezoo.load('hf://my-org/cifar-tiny@main'); print(tuple(m.sample(3).shape), m.recipe['name'])"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    code = (
+        "import vaezoo; m = vaezoo.load('hf://my-org/cifar-tiny@main'); print(tuple(m.sample(3).shape), "
+        "m.recipe['name'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "(3, 3, 32, 32) cifar-vae"
     info = run_cli("inspect", "hf://my-org/cifar-tiny", "--json", env=env)
@@ -322,11 +388,15 @@ def test_python_api_and_other_commands_take_hub_names(hub: FakeHub, run_dir: Pat
 
 def test_hub_errors_are_one_line(hub: FakeHub, tmp_path: Path) -> None:
     env = hub_env(tmp_path, hub)
-    one_error(run_cli("inspect", "hf://my-org/no-such-model", env=env), "no such repository")  # 401 RepoNotFound, as the Hub answers
+    one_error(
+        run_cli("inspect", "hf://my-org/no-such-model", env=env), "no such repository"
+    )  # 401 RepoNotFound, as the Hub answers
     one_error(run_cli("inspect", "hf://my-org/not-a-model", env=env), "has no model.safetensors")  # 404 EntryNotFound
     one_error(run_cli("inspect", "hf://my-org/cifar-tiny@v9", env=env), "no such revision")  # 404 RevisionNotFound
     one_error(run_cli("inspect", "hf://my-org/private-tiny", env=env), "private", "HF_TOKEN")  # 401 without a token
-    one_error(run_cli("inspect", "hf://my-org/private-tiny", env={**env, "HF_TOKEN": "wrong"}), "not authorised (HTTP 401)")
+    one_error(
+        run_cli("inspect", "hf://my-org/private-tiny", env={**env, "HF_TOKEN": "wrong"}), "not authorised (HTTP 401)"
+    )
     one_error(run_cli("sample", "hf://my-org/never-cached", env={**env, "HF_HUB_OFFLINE": "1"}), "HF_HUB_OFFLINE=1")
     assert leftovers(tmp_path / "hf-home") == []
     allowed = run_cli("inspect", "hf://my-org/private-tiny", "--json", env={**env, "HF_TOKEN": TOKEN})
@@ -352,7 +422,13 @@ BLOCK_HUB = "import sys; sys.modules['huggingface_hub'] = None; from vaezoo.cli 
 @pytest.mark.parametrize("args", [["sample", "hf://my-org/cifar-tiny"], ["push", "RUN", "my-org/x"]])
 def test_missing_extra(args: list[str], run_dir: Path, tmp_path: Path) -> None:
     args = [str(run_dir) if a == "RUN" else a for a in args]
-    done = subprocess.run([sys.executable, "-c", BLOCK_HUB, *args], capture_output=True, text=True, env={**os.environ, **hub_env(tmp_path, None)}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_HUB, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **hub_env(tmp_path, None)},
+        timeout=300,
+    )
     one_error(done, "pip install 'vaezoo[hub]'")
 
 
@@ -360,10 +436,13 @@ def test_local_files_and_cheap_commands_do_not_import_huggingface_hub(run_dir: P
     code = (
         "import sys\nfrom vaezoo.cli import main\n"
         "for argv in (['--help'], ['list'], ['inspect', sys.argv[1]]):\n"
-        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code in (0, None), (argv, e.code)\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n        assert e.code in (0, None), "
+        "(argv, e.code)\n"
         "    assert 'huggingface_hub' not in sys.modules, argv\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(run_dir / MODEL)], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(run_dir / MODEL)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -377,8 +456,28 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         pytest.skip("openssl is needed to make a test certificate")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -390,7 +489,9 @@ def https_server(run_dir: Path, certificate: tuple[Path, Path]):
     server.server_close()
 
 
-def test_https_url_with_sha256(https_server: FileServer, certificate: tuple[Path, Path], run_dir: Path, tmp_path: Path) -> None:
+def test_https_url_with_sha256(
+    https_server: FileServer, certificate: tuple[Path, Path], run_dir: Path, tmp_path: Path
+) -> None:
     digest = hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
     cache = tmp_path / "cache"
     env = {"SSL_CERT_FILE": str(certificate[0]), "VAEZOO_CACHE_DIR": str(cache)}
@@ -404,7 +505,9 @@ def test_https_url_with_sha256(https_server: FileServer, certificate: tuple[Path
     assert again.returncode == 0 and json.loads(again.stdout)["sha256"] == digest
 
 
-def test_https_wrong_hash_is_refused_and_nothing_is_kept(https_server: FileServer, certificate: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_https_wrong_hash_is_refused_and_nothing_is_kept(
+    https_server: FileServer, certificate: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     cache = tmp_path / "cache"
     env = {"SSL_CERT_FILE": str(certificate[0]), "VAEZOO_CACHE_DIR": str(cache)}
     url = https_server.url(f"models/{MODEL}")
@@ -414,7 +517,9 @@ def test_https_wrong_hash_is_refused_and_nothing_is_kept(https_server: FileServe
     one_error_here(capsys, ["sample", url], "download limit", env={**env, "VAEZOO_DOWNLOAD_LIMIT_MB": "0.001"})
     one_error_here(capsys, ["sample", https_server.url("models/missing.safetensors")], "HTTP 404", env=env)
     one_error_here(capsys, ["sample", url], "HF_HUB_OFFLINE=1", env={**env, "HF_HUB_OFFLINE": "1"})
-    one_error(run_cli("sample", url, env={"VAEZOO_CACHE_DIR": str(cache)}), "CERTIFICATE_VERIFY_FAILED")  # TLS is verified
+    one_error(
+        run_cli("sample", url, env={"VAEZOO_CACHE_DIR": str(cache)}), "CERTIFICATE_VERIFY_FAILED"
+    )  # TLS is verified
     assert not [p for p in cache.rglob("*") if p.is_file()]
 
 
@@ -423,7 +528,9 @@ def test_plain_http_only_from_localhost(run_dir: Path, tmp_path: Path, capsys: p
     server = FileServer({MODEL: (run_dir / MODEL).read_bytes()})
     try:
         assert call_main("inspect", server.url(MODEL), "--json", env={"VAEZOO_CACHE_DIR": str(tmp_path / "cache")}) == 0
-        assert json.loads(capsys.readouterr().out)["sha256"] == hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
+        assert (
+            json.loads(capsys.readouterr().out)["sha256"] == hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -473,10 +580,15 @@ def test_install_lines_name_each_plugin_distribution() -> None:
         {"kind": "encoder", "name": "conv", "distribution": "vaezoo", "version": "0.1.0"},
         {"kind": "loss", "name": "bce-kl", "distribution": "vaezoo", "version": "0.1.0"},
     ]
-    assert install_lines(components) == ["pip install 'vaezoo[hub]==0.1.0'", "pip install 'vaezoo-example-plugin==0.2.0'"]
+    assert install_lines(components) == [
+        "pip install 'vaezoo[hub]==0.1.0'",
+        "pip install 'vaezoo-example-plugin==0.2.0'",
+    ]
 
 
-def test_push_uploads_through_the_hub_api_and_loads_back(hub: FakeHub, published: dict[str, bytes], run_dir: Path, tmp_path: Path) -> None:
+def test_push_uploads_through_the_hub_api_and_loads_back(
+    hub: FakeHub, published: dict[str, bytes], run_dir: Path, tmp_path: Path
+) -> None:
     env = hub_env(tmp_path, hub)
     one_error(run_cli("push", str(run_dir), "my-org/pushed", env=env), "not authorised", "HF_TOKEN")
     env["HF_TOKEN"] = TOKEN
@@ -484,10 +596,16 @@ def test_push_uploads_through_the_hub_api_and_loads_back(hub: FakeHub, published
     assert done.returncode == 0, done.stderr
     assert hub.repos["my-org/pushed"]["private"]
     files = hub.files("my-org/pushed")
-    assert {name: files[name] for name in published} == {**published, "README.md": published["README.md"].replace(b"cifar-tiny", b"pushed")}
+    assert {name: files[name] for name in published} == {
+        **published,
+        "README.md": published["README.md"].replace(b"cifar-tiny", b"pushed"),
+    }
     sample = run_cli("sample", "hf://my-org/pushed", "-n", "4", "--out", str(tmp_path / "s.png"), env=env)
     assert sample.returncode == 0, sample.stderr
-    one_error(run_cli("sample", "hf://my-org/pushed", env={**env, "HF_TOKEN": "", "HF_HOME": str(tmp_path / "other")}), "no such repository")
+    one_error(
+        run_cli("sample", "hf://my-org/pushed", env={**env, "HF_TOKEN": "", "HF_HOME": str(tmp_path / "other")}),
+        "no such repository",
+    )
 
     branch = run_cli("push", str(run_dir / MODEL), "my-org/pushed", "--revision", "v1", env=env)
     assert branch.returncode == 0, branch.stderr
@@ -513,15 +631,29 @@ def test_card_of_a_conditional_family_samples_with_labels(run_dir: Path) -> None
 
     metadata, data = read_metadata(run_dir / MODEL)
     assert metadata["data"]["conditional"] is False
-    labelled = "import torch, vaezoo\nmodel = vaezoo.load(\"hf://my-org/cond\")\nimages = model.sample(16, torch.arange(16) % 10)"
+    labelled = (
+        'import torch, vaezoo\nmodel = vaezoo.load("hf://my-org/cond")\n'
+        "images = model.sample(16, torch.arange(16) % 10)"
+    )
     assert labelled not in model_card(metadata, data, repo_id="my-org/cond")
     # any family that says it takes labels (a third-party one here), and a file without the key whose family is cvae
-    third_party = {**metadata, "recipe": {**metadata["recipe"], "model": {"name": "my-conditional"}}, "data": {**metadata["data"], "conditional": True}}
-    older = {**metadata, "recipe": {**metadata["recipe"], "model": {"name": "cvae"}}, "data": {k: v for k, v in metadata["data"].items() if k != "conditional"}}
+    third_party = {
+        **metadata,
+        "recipe": {**metadata["recipe"], "model": {"name": "my-conditional"}},
+        "data": {**metadata["data"], "conditional": True},
+    }
+    older = {
+        **metadata,
+        "recipe": {**metadata["recipe"], "model": {"name": "cvae"}},
+        "data": {k: v for k, v in metadata["data"].items() if k != "conditional"},
+    }
     for conditional in (third_party, older):
         card = model_card(conditional, data, repo_id="my-org/cond")
         matter = front_matter(card)
         assert "pipeline_tag" not in matter and conditional["recipe"]["model"]["name"] in matter["tags"]
         assert labelled in card
-        assert "by index or name (0 airplane, 1 automobile, 2 bird, 3 cat," in card and "--label airplane --out airplane.png" in card
+        assert (
+            "by index or name (0 airplane, 1 automobile, 2 bird, 3 cat," in card
+            and "--label airplane --out airplane.png" in card
+        )
     assert "--label" not in model_card(metadata, data, repo_id="my-org/cond")

@@ -1,5 +1,6 @@
-"""`vaezoo --help`, `list`, `plugins`, and `inspect` and `card` of a model file answer without importing torch (nor pydantic, which
-typer 0.29 imports for every command line: pyproject keeps typer below it): checked in fresh processes, not timed."""
+"""`vaezoo --help`, `list`, `plugins`, and `inspect` and `card` of a model file answer without importing torch (nor
+pydantic, which typer 0.29 imports for every command line: pyproject keeps typer below it): checked in fresh processes,
+not timed."""
 
 from __future__ import annotations
 
@@ -30,7 +31,10 @@ def test_cheap_commands_do_not_import_torch(argv: list[str]) -> None:
 
 
 def test_building_the_list_does_not_import_torch() -> None:
-    code = "import sys, vaezoo.cli\nfrom vaezoo.plugins import list_components\nassert list_components()\nprint('torch' in sys.modules)"
+    code = (
+        "import sys, vaezoo.cli\nfrom vaezoo.plugins import list_components\nassert "
+        "list_components()\nprint('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
@@ -42,7 +46,9 @@ MODEL = Path(__file__).parent / "fixtures" / "vaezoo-0.1-cifar-vae-tiny.safetens
 @pytest.mark.parametrize("command", ["inspect", "card"])
 def test_reading_a_model_file_does_not_import_torch(command: str) -> None:
     """inspect, card (and push) read the header's JSON only (vaezoo.modelfile)."""
-    done = subprocess.run([sys.executable, "-c", CHECK.format(argv=[command, str(MODEL)])], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK.format(argv=[command, str(MODEL)])], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     heavy = done.stdout.strip().splitlines()[-1]
     assert heavy == "HEAVY=" and "cifar-vae" in done.stdout, done.stdout[-2000:]

@@ -252,7 +252,10 @@ def test_mnist_missing_or_corrupt_is_one_line_data_error(tmp_path):
         MNIST(root=tmp_path, download=False).load("test")
 
 
-@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").is_file(), reason=f"Fashion-MNIST not installed in {FASHION} (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
+    reason=f"Fashion-MNIST not installed in {FASHION} (apt-get install dataset-fashion-mnist)",
+)
 def test_fashion_mnist_from_debian_package(tmp_path):
     dataset = check_dataset(FashionMNIST, tmp_path, splits=("test",), download=False)
     assert dataset.shape == (1, 28, 28)
@@ -282,10 +285,12 @@ def test_image_folder_deterministic_split(tmp_path):
     train, train_labels = dataset.load("train")
     test, test_labels = dataset.load("test")
     assert len(train) == 7 and len(test) == 3
-    assert sorted((train_labels.tolist() + test_labels.tolist())) == [0] * 6 + [1] * 4
+    assert sorted(train_labels.tolist() + test_labels.tolist()) == [0] * 6 + [1] * 4
     again = ImageFolder(root=tmp_path / "pics", size=8, test_fraction=0.3).load("test")  # root fallback
     assert torch.equal(again[0], test) and torch.equal(again[1], test_labels)
-    assert torch.equal(train[train_labels == 1][:, 0], torch.full((int((train_labels == 1).sum()), 8, 8), 20, dtype=torch.uint8))
+    assert torch.equal(
+        train[train_labels == 1][:, 0], torch.full((int((train_labels == 1).sum()), 8, 8), 20, dtype=torch.uint8)
+    )
 
 
 def test_image_folder_train_test_folders_and_grayscale(tmp_path):
@@ -331,12 +336,17 @@ def test_recipes_build_train_and_reload(tmp_path, net, prior, loss):
     from vaezoo.model import build_model
 
     extra = {"blocks": 1} if net == "resnet" else {}
-    recipe = vaezoo.resolve_recipe({
-        "name": "tiny", "latent_dim": 3, "dataset": {"name": "fashion-mnist"},
-        "encoder": {"name": net, "hidden": [8, 8], **extra}, "decoder": {"name": net, "hidden": [8, 8], **extra},
-        "prior": {"name": prior, **({"n_pseudo": 2} if prior == "vamp" else {"n_components": 2})},
-        "loss": {"name": loss, **({"learn_variance": True} if loss == "gaussian-kl" else {})},
-    })
+    recipe = vaezoo.resolve_recipe(
+        {
+            "name": "tiny",
+            "latent_dim": 3,
+            "dataset": {"name": "fashion-mnist"},
+            "encoder": {"name": net, "hidden": [8, 8], **extra},
+            "decoder": {"name": net, "hidden": [8, 8], **extra},
+            "prior": {"name": prior, **({"n_pseudo": 2} if prior == "vamp" else {"n_components": 2})},
+            "loss": {"name": loss, **({"learn_variance": True} if loss == "gaussian-kl" else {})},
+        }
+    )
     model = build_model(recipe, (1, 8, 8))
     model(torch.rand(2, 1, 8, 8), step=0).loss.sum().backward()
     assert model.sample(2).shape == (2, 1, 8, 8)

@@ -12,7 +12,14 @@ import pytest
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 # Tiny widths so that an epoch takes a fraction of a second on a CPU.
-TINY_SETS = ["encoder.hidden=[4,8,8]", "decoder.hidden=[8,8,4]", "latent_dim=4", "train.batch_size=16", "train.sample_count=4", "train.eval_batch_size=64"]
+TINY_SETS = [
+    "encoder.hidden=[4,8,8]",
+    "decoder.hidden=[8,8,4]",
+    "latent_dim=4",
+    "train.batch_size=16",
+    "train.sample_count=4",
+    "train.eval_batch_size=64",
+]
 TINY_ARGS = [arg for item in TINY_SETS for arg in ("--set", item)]
 
 
@@ -37,12 +44,30 @@ def tiny_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("tiny-cifar"))
 
 
-def fit_tiny(data_dir: Path, out: Path, epochs: int = 1, *, sets: list[str] | None = None, resume: Path | None = None, callbacks=(), **options):
+def fit_tiny(
+    data_dir: Path,
+    out: Path,
+    epochs: int = 1,
+    *,
+    sets: list[str] | None = None,
+    resume: Path | None = None,
+    callbacks=(),
+    **options,
+):
     """`vaezoo.fit("cifar-vae")` with tiny widths on the tiny data, in this process, on the CPU."""
     import vaezoo
 
     opts = {"train.epochs": epochs, **{f"train.{k}": v for k, v in options.items()}}
-    return vaezoo.fit("cifar-vae", sets=[*TINY_SETS, *(sets or [])], options=opts, out=out, data_dir=data_dir, device="cpu", resume=resume, callbacks=callbacks)
+    return vaezoo.fit(
+        "cifar-vae",
+        sets=[*TINY_SETS, *(sets or [])],
+        options=opts,
+        out=out,
+        data_dir=data_dir,
+        device="cpu",
+        resume=resume,
+        callbacks=callbacks,
+    )
 
 
 def call_main(*args: str, env: dict[str, str] | None = None) -> int:

@@ -7,7 +7,7 @@ import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,13 @@ class FitResult:
     model: Any
 
 
-def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None = None, *, from_file: bool = False, paths: Mapping[str, str] | None = None):
+def make_dataset(
+    recipe: Mapping[str, Any],
+    data_dir: str | os.PathLike | None = None,
+    *,
+    from_file: bool = False,
+    paths: Mapping[str, str] | None = None,
+):
     """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. For a
     recipe read from a model file (`from_file`), the dataset's path keys (`Dataset.path_keys`) are
     dropped: a file never chooses what vaezoo reads; `paths` gives them explicitly (`eval --set
@@ -41,7 +47,10 @@ def make_dataset(recipe: Mapping[str, Any], data_dir: str | os.PathLike | None =
     for key, value in (paths or {}).items():
         if key not in path_keys or not isinstance(value, str):
             allowed = ", ".join(f"dataset.{k}" for k in path_keys) or "none"
-            raise RecipeError(f"--set dataset.{key}: only the dataset's folder keys can be set here (dataset {recipe['dataset']['name']!r}: {allowed}), as a string")
+            raise RecipeError(
+                f"--set dataset.{key}: only the dataset's folder keys can be set here (dataset "
+                f"{recipe['dataset']['name']!r}: {allowed}), as a string"
+            )
         table = {**table, key: value}
     for key in path_keys:  # a folder the recipe names: an existing file, FIFO or symlink loop is one line
         if isinstance(table.get(key), str) and table[key]:
@@ -74,7 +83,10 @@ def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str,
     if not isinstance(table.get("name"), str):
         raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: it names no recipe (name = ...)")
     if name not in (table.get("name"), str(path)):
-        raise RecipeError(f"{resume} is a run of recipe {table.get('name')!r}, not {name!r}: use `vaezoo run {table.get('name')} --resume {resume}`")
+        raise RecipeError(
+            f"{resume} is a run of recipe {table.get('name')!r}, not {name!r}: use `vaezoo run "
+            f"{table.get('name')} --resume {resume}`"
+        )
     try:
         saved = resolve_recipe(table)
     except (VaezooError, TypeError, ValueError, AttributeError, KeyError) as error:  # a hand-edited or damaged file
@@ -109,10 +121,13 @@ def fit(
         resolved = resolve_recipe(previous, sets, options)
         check_resume_changes(saved, resolved, resume_dir)
         if not (resume_dir / "state.safetensors").is_file():
-            raise VaezooError(f"cannot resume from {resume_dir}: no state.safetensors there (no epoch finished and no stop was saved): start the run again")
+            raise VaezooError(
+                f"cannot resume from {resume_dir}: no state.safetensors there (no epoch finished and no stop "
+                "was saved): start the run again"
+            )
     else:
         resolved = resolve_recipe(recipe, sets, options)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out) if out is not None else resume_dir or Path("runs") / f"{resolved['name']}-{stamp}"
     out_dir = distributed.broadcast_object(out_dir)  # rank 0's time stamp
     same_folder = resume_dir is not None and out_dir.resolve() == resume_dir.resolve()
@@ -121,7 +136,11 @@ def fit(
         lock.acquire()
     try:  # checked under the lock: a run that finished a moment ago counts
         if not same_folder and holds_run(out_dir):
-            hint = f"continue it with --resume {out_dir}" if resume_dir is None else "choose an empty --out for the continued run"
+            hint = (
+                f"continue it with --resume {out_dir}"
+                if resume_dir is None
+                else "choose an empty --out for the continued run"
+            )
             raise VaezooError(f"{out_dir} already holds a run: {hint}, or choose another --out")
         return _fit_locked(resolved, out_dir, data_dir, device, job, rank_device, resume_dir, callbacks)
     except BaseException:
@@ -143,10 +162,21 @@ def _naming_saved_recipe(resume_dir: Path | None) -> Iterator[None]:
     except RecipeError as error:
         if resume_dir is None:
             raise
-        raise RecipeError(f"cannot resume from {resume_dir}: {resume_dir / 'recipe.toml'} is damaged or edited: {error}") from None
+        raise RecipeError(
+            f"cannot resume from {resume_dir}: {resume_dir / 'recipe.toml'} is damaged or edited: {error}"
+        ) from None
 
 
-def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: str, job: Any, rank_device: Any, resume_dir: Path | None, callbacks: Sequence[Any]) -> FitResult:
+def _fit_locked(
+    resolved: dict[str, Any],
+    out_dir: Path,
+    data_dir: Any,
+    device: str,
+    job: Any,
+    rank_device: Any,
+    resume_dir: Path | None,
+    callbacks: Sequence[Any],
+) -> FitResult:
     """fit() once the run folder is ours: build and prepare the run (a refused resume stops here,
     before anything is written), then write recipe.toml and train."""
     import torch
@@ -169,16 +199,41 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
     with _naming_saved_recipe(resume_dir):
         model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
     model.recipe = resolved
-    labels = {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)} if model.conditional else {}
-    run = Run(model, resolved, train_images.to(torch_device), test_images.to(torch_device), out_dir, torch_device, precision, **labels)
+    labels = (
+        {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)}
+        if model.conditional
+        else {}
+    )
+    run = Run(
+        model,
+        resolved,
+        train_images.to(torch_device),
+        test_images.to(torch_device),
+        out_dir,
+        torch_device,
+        precision,
+        **labels,
+    )
     if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
         with blame(run, "a training step (the precision probe)"):
-            run.precision = distributed.broadcast_object(_measured_precision(model, train_images, train_labels, resolved, torch_device, job.world_size))
+            run.precision = distributed.broadcast_object(
+                _measured_precision(model, train_images, train_labels, resolved, torch_device, job.world_size)
+            )
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
-    if run.state.epoch >= settings["epochs"]:  # a crash after the last state's commit: only its outputs are left to write
-        if job.is_main and resume_dir is not None and resume_dir.resolve() == out_dir.resolve() and RunFiles().catch_up(run):
+    if (
+        run.state.epoch >= settings["epochs"]
+    ):  # a crash after the last state's commit: only its outputs are left to write
+        if (
+            job.is_main
+            and resume_dir is not None
+            and resume_dir.resolve() == out_dir.resolve()
+            and RunFiles().catch_up(run)
+        ):
             return FitResult(out_dir, run.history[-1], model)
-        raise VaezooError(f"{resume_dir} is already trained to epoch {run.state.epoch}: pass --epochs N with N > {run.state.epoch} to train further")
+        raise VaezooError(
+            f"{resume_dir} is already trained to epoch {run.state.epoch}: pass --epochs N with N > "
+            f"{run.state.epoch} to train further"
+        )
     recipe_file = out_dir / "recipe.toml"
     previous = recipe_file.read_bytes() if job.is_main and recipe_file.is_file() else None
     if job.is_main:  # accepted: now the folder changes
@@ -192,7 +247,9 @@ def _fit_locked(resolved: dict[str, Any], out_dir: Path, data_dir: Any, device: 
     return FitResult(out_dir, metrics, model)
 
 
-def _measured_precision(model: Any, images: Any, labels: Any, recipe: dict[str, Any], device: Any, world_size: int) -> Any:
+def _measured_precision(
+    model: Any, images: Any, labels: Any, recipe: dict[str, Any], device: Any, world_size: int
+) -> Any:
     """`--precision auto` for this model: fp32 or the device's reduced precision, whichever a short
     timed probe of a training step on a real batch finds faster (vaezoo.devices.auto_precision)."""
     import hashlib
@@ -209,11 +266,19 @@ def _measured_precision(model: Any, images: Any, labels: Any, recipe: dict[str, 
     x = to_float(images[:n].to(device), layout)
     y = labels[:n].to(device) if model.conditional else None
     shape = {key: value for key, value in recipe.items() if key not in ("name", "summary", "train")}
-    key = hashlib.sha256(json.dumps([shape, settings["batch_size"], settings["channels_last"]], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([shape, settings["batch_size"], settings["channels_last"]], sort_keys=True).encode()
+    ).hexdigest()[:16]
     return resolve_precision("auto", device, time_steps(model, x, y, device), key)
 
 
-def load_split_images(model: Any, split: str = "test", data_dir: str | os.PathLike | None = None, limit: int = 0, paths: Mapping[str, str] | None = None):
+def load_split_images(
+    model: Any,
+    split: str = "test",
+    data_dir: str | os.PathLike | None = None,
+    limit: int = 0,
+    paths: Mapping[str, str] | None = None,
+):
     """Uint8 images and int64 labels of a split of a loaded model's dataset (`limit` > 0: that many,
     drawn with a fixed seed; `paths`: the dataset's folder keys, see `make_dataset`)."""
     from vaezoo.checkpoint import check_plugins
@@ -236,10 +301,14 @@ def check_same_data(model: Any, dataset: Any) -> None:
 
     name, shape, trained = model.recipe["dataset"]["name"], tuple(dataset.shape), tuple(model.in_shape)
     if shape != trained:
-        raise DataError(f"the model was trained on images of shape {trained} (C, H, W) but dataset {name!r} gives {shape} here: evaluate it on data like those it was trained on")
+        raise DataError(
+            f"the model was trained on images of shape {trained} (C, H, W) but dataset {name!r} gives "
+            f"{shape} here: evaluate it on data like those it was trained on"
+        )
     if model.conditional and tuple(dataset.classes) != tuple(model.classes):
         raise DataError(
-            f"the model is conditional on {len(model.classes)} classes ({', '.join(model.classes)}) but dataset {name!r} has "
+            f"the model is conditional on {len(model.classes)} classes ({', '.join(model.classes)}) but "
+            f"dataset {name!r} has "
             f"{len(dataset.classes)} ({', '.join(dataset.classes) or 'none'}) here: its labels would mean other classes"
         )
 
@@ -264,11 +333,22 @@ def evaluate_file(
         raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")
     model = load(model_path, device=device)
     images, labels = load_split_images(model, split, data_dir, limit, paths)
-    metrics = evaluation_report(model, images, labels, iw_samples=iw_samples, batch_size=model.recipe["train"]["eval_batch_size"], seed=seed)
+    metrics = evaluation_report(
+        model, images, labels, iw_samples=iw_samples, batch_size=model.recipe["train"]["eval_batch_size"], seed=seed
+    )
     return {"model": str(model_path), "split": split, "images": len(images), **metrics}
 
 
-def reconstruct_file(model_path: str | Path, out: str | Path, *, n: int = 16, seed: int = 0, split: str = "test", data_dir: str | os.PathLike | None = None, device: str = "cpu") -> None:
+def reconstruct_file(
+    model_path: str | Path,
+    out: str | Path,
+    *,
+    n: int = 16,
+    seed: int = 0,
+    split: str = "test",
+    data_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
+) -> None:
     """A PNG of `n` images of a split (drawn with `seed`) above their reconstructions by a saved model."""
     from vaezoo.checkpoint import load
     from vaezoo.pictures import save_reconstructions
@@ -279,7 +359,15 @@ def reconstruct_file(model_path: str | Path, out: str | Path, *, n: int = 16, se
 
 
 def interpolate_file(
-    model_path: str | Path, out: str | Path, *, pairs: int = 8, steps: int = 10, seed: int = 0, split: str = "test", data_dir: str | os.PathLike | None = None, device: str = "cpu"
+    model_path: str | Path,
+    out: str | Path,
+    *,
+    pairs: int = 8,
+    steps: int = 10,
+    seed: int = 0,
+    split: str = "test",
+    data_dir: str | os.PathLike | None = None,
+    device: str = "cpu",
 ) -> None:
     """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""
     from vaezoo.checkpoint import load
@@ -288,7 +376,9 @@ def interpolate_file(
     if steps < 2:
         raise VaezooError(f"--steps must be 2 or more, got {steps}")
     if pairs * steps > MAX_GRID_IMAGES:
-        raise VaezooError(f"-n {pairs} rows of --steps {steps} make {pairs * steps} images: at most {MAX_GRID_IMAGES} in one picture")
+        raise VaezooError(
+            f"-n {pairs} rows of --steps {steps} make {pairs * steps} images: at most {MAX_GRID_IMAGES} in one picture"
+        )
     model = load(model_path, device=device)
     require_interpolation(model)  # before the data are read
     images, labels = load_split_images(model, split, data_dir)

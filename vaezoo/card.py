@@ -14,7 +14,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vaezoo.modelfile import ModelHeader, file_sha256, is_conditional, objective_of, parameter_count, read_header, read_model_header, valid_distribution, valid_version
+from vaezoo.modelfile import (
+    ModelHeader,
+    file_sha256,
+    is_conditional,
+    objective_of,
+    parameter_count,
+    read_header,
+    read_model_header,
+    valid_distribution,
+    valid_version,
+)
 
 # vaezoo dataset name -> (Hub dataset id, display name)
 HUB_DATASETS = {
@@ -55,7 +65,8 @@ def to_yaml(value: Any, indent: int = 0) -> str:
                 lines.append(f"{pad}{key}:")
                 lines.append(to_yaml(item, indent + 2))
             else:
-                lines.append(f"{pad}{key}: {_yaml_scalar(item) if not isinstance(item, (Mapping, list)) else '[]' if isinstance(item, list) else '{}'}")
+                empty = "[]" if isinstance(item, list) else "{}"
+                lines.append(f"{pad}{key}: {_yaml_scalar(item) if not isinstance(item, (Mapping, list)) else empty}")
     else:
         for item in value:
             if isinstance(item, Mapping):
@@ -83,7 +94,11 @@ def metric_names(metadata: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
 def test_metrics(metadata: Mapping[str, Any]) -> dict[str, float]:
     """The finite test metrics of the training summary, in `metric_names` order."""
     metrics = metadata.get("training", {}).get("metrics", {})
-    return {key: float(metrics[key]) for key in metric_names(metadata) if isinstance(metrics.get(key), (int, float)) and math.isfinite(metrics[key])}
+    return {
+        key: float(metrics[key])
+        for key in metric_names(metadata)
+        if isinstance(metrics.get(key), (int, float)) and math.isfinite(metrics[key])
+    }
 
 
 def install_lines(components: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -104,7 +119,11 @@ def install_lines(components: Sequence[Mapping[str, Any]]) -> list[str]:
     for distribution, version in sorted(versions.items(), key=lambda item: item[0] != "vaezoo"):
         name = "vaezoo[hub]" if distribution == "vaezoo" else distribution
         lines.append(f"pip install '{name}=={version}'" if version else f"pip install '{name}'")
-    lines += [f"# {json.dumps(name)}: its plugin distribution is unknown or its name is not valid, so there is no install line" for name in invalid]
+    lines += [
+        f"# {json.dumps(name)}: its plugin distribution is unknown or its name is not valid, so there is no "
+        "install line"
+        for name in invalid
+    ]
     return lines
 
 
@@ -126,26 +145,47 @@ def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, 
         matter["datasets"] = [hub_id]
     metrics = test_metrics(metadata)
     if metrics:
-        matter["model-index"] = [{
-            "name": repo_id.split("/")[-1] if repo_id else str(recipe.get("name", "model")),
-            "results": [{
-                "task": {"type": task, "name": task.replace("-", " ").capitalize()},
-                "dataset": {"type": hub_id or dataset_name, "name": display or dataset_name, "split": "test"},
-                "metrics": [{"type": metric_names(metadata)[key][0], "name": metric_names(metadata)[key][1], "value": round(value, 4)} for key, value in metrics.items()],
-            }],
-        }]
+        matter["model-index"] = [
+            {
+                "name": repo_id.split("/")[-1] if repo_id else str(recipe.get("name", "model")),
+                "results": [
+                    {
+                        "task": {"type": task, "name": task.replace("-", " ").capitalize()},
+                        "dataset": {"type": hub_id or dataset_name, "name": display or dataset_name, "split": "test"},
+                        "metrics": [
+                            {
+                                "type": metric_names(metadata)[key][0],
+                                "name": metric_names(metadata)[key][1],
+                                "value": round(value, 4),
+                            }
+                            for key, value in metrics.items()
+                        ],
+                    }
+                ],
+            }
+        ]
     return matter
 
 
 def _component_rows(metadata: Mapping[str, Any]) -> list[str]:
     recipe = metadata["recipe"]
     rows = []
-    records = sorted(metadata["components"], key=lambda r: KIND_ORDER.index(r["kind"]) if r.get("kind") in KIND_ORDER else len(KIND_ORDER))
+    records = sorted(
+        metadata["components"],
+        key=lambda r: KIND_ORDER.index(r["kind"]) if r.get("kind") in KIND_ORDER else len(KIND_ORDER),
+    )
     for record in records:
         kind = record.get("kind", "")
-        settings = {k: v for k, v in recipe.get(kind, {}).items() if k != "name"} if isinstance(recipe.get(kind), Mapping) else {}
+        settings = (
+            {k: v for k, v in recipe.get(kind, {}).items() if k != "name"}
+            if isinstance(recipe.get(kind), Mapping)
+            else {}
+        )
         shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in settings.items()) or "defaults"
-        rows.append(f"| {kind} | `{record.get('name')}` | {record.get('distribution', '?')} {record.get('version', '')} | {shown} |")
+        rows.append(
+            f"| {kind} | `{record.get('name')}` | {record.get('distribution', '?')} "
+            f"{record.get('version', '')} | {shown} |"
+        )
     return rows
 
 
@@ -153,11 +193,17 @@ def _use_lines(metadata: Mapping[str, Any], name: str) -> list[str]:
     """The three lines that load the model and sample it."""
     classes = metadata.get("data", {}).get("classes") or []
     if is_conditional(metadata) and classes:
-        return ["import torch, vaezoo", f'model = vaezoo.load("{name}")', f"images = model.sample(16, torch.arange(16) % {len(classes)})  # (16, C, H, W) in [0, 1], classes in turn"]
+        return [
+            "import torch, vaezoo",
+            f'model = vaezoo.load("{name}")',
+            f"images = model.sample(16, torch.arange(16) % {len(classes)})  # (16, C, H, W) in [0, 1], classes in turn",
+        ]
     return ["import vaezoo", f'model = vaezoo.load("{name}")', "images = model.sample(16)  # (16, C, H, W) in [0, 1]"]
 
 
-def model_card(metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_id: str | None = None, files: set[str] | None = None) -> str:
+def model_card(
+    metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_id: str | None = None, files: set[str] | None = None
+) -> str:
     """README.md for a model file (its bytes, or its header as `read_model_header` read it): front
     matter, then a card a person reads."""
     files = files or {"model.safetensors"}
@@ -177,17 +223,32 @@ def model_card(metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_i
         parameters, sha256 = parameter_count(read_header(data, name)), hashlib.sha256(data).hexdigest()
     lines = ["---", to_yaml(front_matter(metadata, repo_id)), "---", "", f"# {title}", ""]
     lines += [
-        (f"A variational autoencoder of the **{family}** family, trained with vaezoo " if objective == "elbo" else
-         f"An autoencoder of the **{family}** family (it minimises its own {objective} objective, not a variational bound), trained with vaezoo ")
-        + 
-        f"from the recipe **`{recipe.get('name', '?')}`**: {' '.join(recipe.get('summary', '').split()).rstrip('.')}.",
+        (
+            f"A variational autoencoder of the **{family}** family, trained with vaezoo "
+            if objective == "elbo"
+            else (
+                f"An autoencoder of the **{family}** family (it minimises its own {objective} objective, not a "
+                "variational bound), trained with vaezoo "
+            )
+        )
+        + f"from the recipe **`{recipe.get('name', '?')}`**: "
+        f"{' '.join(recipe.get('summary', '').split()).rstrip('.')}.",
         "",
-        f"It models {HUB_DATASETS.get(dataset_name, ('', dataset_name))[1]} images of shape {'×'.join(map(str, shape))} (values in [0, 1])"
+        f"It models {HUB_DATASETS.get(dataset_name, ('', dataset_name))[1]} images of shape "
+        f"{'×'.join(map(str, shape))} (values in [0, 1])"
         + (f" with a latent space of size {recipe['latent_dim']}" if "latent_dim" in recipe else "")
         + f"; {parameters:,} parameters in one `model.safetensors` file (sha256 `{sha256}`). "
         "The file holds its recipe and the plugins that built it, and loading it never unpickles anything.",
         "",
-        *([f"It is class-conditional: it draws the class it is given, by index or name ({', '.join(f'{i} {c}' for i, c in enumerate(classes))}).", ""] if labelled else []),
+        *(
+            [
+                "It is class-conditional: it draws the class it is given, by index or name "
+                f"({', '.join(f'{i} {c}' for i, c in enumerate(classes))}).",
+                "",
+            ]
+            if labelled
+            else []
+        ),
         "| part | name | plugin distribution | settings |",
         "| --- | --- | --- | --- |",
         *_component_rows(metadata),
@@ -210,8 +271,16 @@ def model_card(metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_i
         "",
         "```bash",
         f"vaezoo sample {name} -n 64 --out samples.png",
-        *([f"vaezoo sample {name} -n 16 --label {shlex.quote(classes[0])} --out {shlex.quote(classes[0] + '.png')}   # one class"] if labelled else []),
-        f"vaezoo eval {name}{' --iw-samples 100' if objective == 'elbo' else ''}   # needs the test split of {shlex.quote(dataset_name)}",
+        *(
+            [
+                f"vaezoo sample {name} -n 16 --label {shlex.quote(classes[0])} --out "
+                f"{shlex.quote(classes[0] + '.png')}   # one class"
+            ]
+            if labelled
+            else []
+        ),
+        f"vaezoo eval {name}{' --iw-samples 100' if objective == 'elbo' else ''}   # needs the test split of "
+        f"{shlex.quote(dataset_name)}",
         f"vaezoo inspect {name}",
         "```",
         "",
@@ -220,9 +289,21 @@ def model_card(metadata: Mapping[str, Any], data: bytes | ModelHeader, *, repo_i
     if "samples.png" in files:
         lines += ["## Samples", "", "![Samples from the prior](samples.png)", ""]
     if "recipe.toml" in files:
-        lines += ["## Recipe", "", "The fully resolved recipe is in `recipe.toml`; train it again with:", "", "```bash",
-                  f"vaezoo run recipe.toml --data-dir {shlex.quote('PATH/TO/' + dataset_name)}", "```", ""]
-    lines += [f"Written by vaezoo {metadata.get('version', '?')} with torch {metadata.get('torch_version', '?')}, checkpoint format {metadata.get('format_version', '?')}.", ""]
+        lines += [
+            "## Recipe",
+            "",
+            "The fully resolved recipe is in `recipe.toml`; train it again with:",
+            "",
+            "```bash",
+            f"vaezoo run recipe.toml --data-dir {shlex.quote('PATH/TO/' + dataset_name)}",
+            "```",
+            "",
+        ]
+    lines += [
+        f"Written by vaezoo {metadata.get('version', '?')} with torch {metadata.get('torch_version', '?')}, "
+        f"checkpoint format {metadata.get('format_version', '?')}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -234,17 +315,28 @@ def _training_section(training: Mapping[str, Any], metadata: Mapping[str, Any]) 
     lines = ["## Training", ""]
     lines.append(
         f"{_count(training.get('epochs'), 'epoch')}, {_count(training.get('steps'), 'optimizer step')}"
-        + (f" on {_count(training['train_images'], 'training image')}" if isinstance(training.get("train_images"), int) else "")
+        + (
+            f" on {_count(training['train_images'], 'training image')}"
+            if isinstance(training.get("train_images"), int)
+            else ""
+        )
     )
-    lines[-1] += (f" ({settings.get('optimizer', '?')}, learning rate {settings.get('lr', '?')}, batch size {settings.get('batch_size', '?')}, "
-                  f"{training.get('precision', '?')} on {training.get('device', '?')}).")
+    lines[-1] += (
+        f" ({settings.get('optimizer', '?')}, learning rate {settings.get('lr', '?')}, batch size "
+        f"{settings.get('batch_size', '?')}, "
+        f"{training.get('precision', '?')} on {training.get('device', '?')})."
+    )
     if isinstance(metrics.get("train_loss"), (int, float)):
         lines[-1] += f" Final training loss: {metrics['train_loss']:.2f} nats per image."
     lines.append("")
     values = test_metrics(metadata)
     if values:
         images = training.get("test_images")
-        on = f" ({_count(images, 'test image')}{', a subset (train.test_limit)' if settings.get('test_limit') else ''})" if isinstance(images, int) else ""
+        on = (
+            f" ({_count(images, 'test image')}{', a subset (train.test_limit)' if settings.get('test_limit') else ''})"
+            if isinstance(images, int)
+            else ""
+        )
         lines += [f"Test split, after the last epoch{on}:", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {metric_names(metadata)[key][1]} | {value:.4f} |" for key, value in values.items()]
         lines.append("")
@@ -268,5 +360,7 @@ def card_for(model: str, repo_id: str | None = None) -> str:
     path = Path(model)
     path = path / MODEL_FILE if path.is_dir() else path
     info = read_model_header(path)
-    files = {MODEL_FILE, "recipe.toml"} | ({"samples.png"} if (path.parent / "samples.png").is_file() else set())  # as publish.push_files
+    files = {MODEL_FILE, "recipe.toml"} | (
+        {"samples.png"} if (path.parent / "samples.png").is_file() else set()
+    )  # as publish.push_files
     return model_card(info.metadata, info, repo_id=repo_id, files=files)

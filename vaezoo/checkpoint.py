@@ -14,15 +14,18 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 import vaezoo
+from vaezoo.components import Model
 from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
 from vaezoo.files import write_bytes_atomic
 from vaezoo.hub import local_model_path
-from vaezoo.components import Model
-from vaezoo.modelfile import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
 from vaezoo.model import build_model
+from vaezoo.modelfile import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
 from vaezoo.recipes import COMPONENTS, validate
 
-RECORD_KINDS = {"model": "models", **COMPONENTS}  # a component record's kind -> registry kind, in the order files list them
+RECORD_KINDS = {
+    "model": "models",
+    **COMPONENTS,
+}  # a component record's kind -> registry kind, in the order files list them
 
 
 def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -36,7 +39,15 @@ def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
         if key not in recipe:
             continue
         entry = registry.get(kind, recipe[key]["name"])
-        records.append({"kind": key, "name": entry.name, "plugin": entry.plugin.name, "distribution": entry.plugin.distribution, "version": entry.plugin.version})
+        records.append(
+            {
+                "kind": key,
+                "name": entry.name,
+                "plugin": entry.plugin.name,
+                "distribution": entry.plugin.distribution,
+                "version": entry.plugin.version,
+            }
+        )
     return records
 
 
@@ -60,14 +71,27 @@ def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Ma
         "vaezoo.torch_version": json.dumps(torch.__version__.split("+")[0]),
         "vaezoo.recipe": json.dumps(dict(recipe)),
         "vaezoo.components": json.dumps(component_records(recipe)),
-        "vaezoo.data": json.dumps({"shape": list(model.in_shape), "dtype": "float32", "range": [0.0, 1.0], "source": "uint8 / 255", "classes": list(model.classes), "conditional": bool(model.conditional)}),
+        "vaezoo.data": json.dumps(
+            {
+                "shape": list(model.in_shape),
+                "dtype": "float32",
+                "range": [0.0, 1.0],
+                "source": "uint8 / 255",
+                "classes": list(model.classes),
+                "conditional": bool(model.conditional),
+            }
+        ),
         "vaezoo.training": json.dumps(dict(training or {})),
         "vaezoo.objective": json.dumps({"objective": model.objective, "regularizer": model.regularizer}),
     }
     write_bytes_atomic(path, save_tensors(state_tensors(model), metadata=metadata))
 
 
-def check_plugins(metadata: Mapping[str, Any], path: Path | str, kinds: tuple[str, ...] = ("model", "encoder", "decoder", "prior", "loss")) -> None:
+def check_plugins(
+    metadata: Mapping[str, Any],
+    path: Path | str,
+    kinds: tuple[str, ...] = ("model", "encoder", "decoder", "prior", "loss"),
+) -> None:
     """Each component of `kinds` the file needs must be registered (the dataset only when data are
     read: sampling needs no dataset plugin); name the distribution to install if not (a `pip
     install` line only for a valid distribution name: the file never chooses pip's options)."""
@@ -79,13 +103,22 @@ def check_plugins(metadata: Mapping[str, Any], path: Path | str, kinds: tuple[st
         if kind and record["kind"] not in kinds:
             continue
         if not kind or record.get("name") not in registry.entries[kind]:
-            disabled = f" (or remove {shown(record.get('plugin'))} from VAEZOO_DISABLE_PLUGINS)" if record.get("plugin") in disabled_plugins() else ""
+            disabled = (
+                f" (or remove {shown(record.get('plugin'))} from VAEZOO_DISABLE_PLUGINS)"
+                if record.get("plugin") in disabled_plugins()
+                else ""
+            )
             distribution, version = record.get("distribution"), record.get("version")
             needs = f"{path} needs {record['kind'] if kind else shown(record.get('kind'))} {shown(record.get('name'))}"
             if valid_distribution(distribution):
                 pinned = f" (version {version})" if valid_version(version) else ""
-                raise MissingPlugin(f"{needs} from plugin distribution {distribution!r}{pinned}: `pip install {distribution}`{disabled}")
-            raise MissingPlugin(f"{needs} from plugin {shown(record.get('plugin'))}, whose distribution name {shown(distribution)} is unknown or not valid: install that plugin yourself{disabled}")
+                raise MissingPlugin(
+                    f"{needs} from plugin distribution {distribution!r}{pinned}: `pip install {distribution}`{disabled}"
+                )
+            raise MissingPlugin(
+                f"{needs} from plugin {shown(record.get('plugin'))}, whose distribution name "
+                f"{shown(distribution)} is unknown or not valid: install that plugin yourself{disabled}"
+            )
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
@@ -100,7 +133,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
         raise CheckpointError(f"{path} is truncated or corrupt: {str(error).splitlines()[0]}") from None
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values (the file is damaged, or was saved from a diverged run)")
+            raise CheckpointError(
+                f"{path}: tensor {name} holds NaN or infinite values (the file is damaged, or was saved from "
+                "a diverged run)"
+            )
     shape, classes = metadata["data"]["shape"], metadata["data"].get("classes", [])
     with _building(path):
         recipe = validate(str(metadata["recipe"].get("name", "checkpoint")), metadata["recipe"], need_dataset=False)
@@ -122,9 +158,13 @@ def _building(path: Path) -> Iterator[None]:
     try:
         yield
     except VaezooError as error:
-        raise CheckpointError(f"{path}: its recipe does not build with the installed plugins: {_first_line(error)}") from None
+        raise CheckpointError(
+            f"{path}: its recipe does not build with the installed plugins: {_first_line(error)}"
+        ) from None
     except (KeyError, TypeError, AttributeError, ValueError, RecursionError, OverflowError) as error:
-        raise CheckpointError(f"{path} is damaged: its recipe does not build ({type(error).__name__}: {_first_line(error)})") from None
+        raise CheckpointError(
+            f"{path} is damaged: its recipe does not build ({type(error).__name__}: {_first_line(error)})"
+        ) from None
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -158,11 +198,15 @@ def load_weights(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], pa
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
         which = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
-        raise CheckpointError(f"{path}: its tensors do not match the model its recipe builds ({which}; {len(missing)} missing, {len(extra)} unexpected)")
+        raise CheckpointError(
+            f"{path}: its tensors do not match the model its recipe builds ({which}; {len(missing)} missing, "
+            f"{len(extra)} unexpected)"
+        )
     for name, tensor in tensors.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(tensor.shape)} in the file but {tuple(expected[name].shape)} in the model its recipe builds")
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)} in the file but "
+                f"{tuple(expected[name].shape)} in the model its recipe builds"
+            )
     if copy:
         model.load_state_dict(tensors)
-
-

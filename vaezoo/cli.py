@@ -10,7 +10,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -19,8 +19,8 @@ from rich.table import Table
 from rich.text import Text
 
 import vaezoo
-from vaezoo.kinds import KINDS
 from vaezoo.errors import VaezooError, printable
+from vaezoo.kinds import KINDS
 from vaezoo.recipes import MAX_GRID_IMAGES
 from vaezoo.signals import forget_interrupt, handle_stops, stop_now
 
@@ -60,8 +60,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the versions of vaezoo and torch.")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors (also VAEZOO_DEBUG=1).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the versions of vaezoo and torch.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show Python tracebacks for errors (also VAEZOO_DEBUG=1).")
+    ] = False,
 ) -> None:
     """A plugin-based model zoo for variational autoencoders."""  # --debug is read by main()
 
@@ -99,8 +103,8 @@ def _table(columns: tuple[str, ...], rows: list[tuple[object, ...]], *, header: 
 
 @app.command("list")
 def list_command(
-    kind: Annotated[Optional[str], typer.Argument(help=f"What to list: {KIND_HELP}.")] = None,
-    pattern: Annotated[Optional[str], typer.Argument(help="Glob on the name, e.g. '*resnet*'.")] = None,
+    kind: Annotated[str | None, typer.Argument(help=f"What to list: {KIND_HELP}.")] = None,
+    pattern: Annotated[str | None, typer.Argument(help="Glob on the name, e.g. '*resnet*'.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List recipes and components."""
@@ -115,7 +119,9 @@ def list_command(
     if as_json:
         _print_json(items)
         return
-    table = _table(("kind", "name", "plugin", "summary"), [(i["kind"], i["name"], i["plugin"], i["summary"]) for i in items])
+    table = _table(
+        ("kind", "name", "plugin", "summary"), [(i["kind"], i["name"], i["plugin"], i["summary"]) for i in items]
+    )
     console.print(table if items else "nothing matches")  # _table shows cells as they are
 
 
@@ -127,35 +133,81 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
     rows = []
     for info in get_registry().plugins:
         registers = {kind: sorted(info.registers.get(kind, [])) for kind in KINDS}
-        rows.append({"name": info.name, "distribution": info.distribution, "version": info.version, "status": "failed" if info.error else "ok", "error": info.error, "registers": registers, **registers})
+        rows.append(
+            {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "status": "failed" if info.error else "ok",
+                "error": info.error,
+                "registers": registers,
+                **registers,
+            }
+        )
     if as_json:
         _print_json(rows)
         return
     lines = []
     for row in rows:
         what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items() if names)
-        lines.append((row["name"], row["distribution"], row["version"], Text(printable(f"failed: {row['error']}"), style="red") if row["error"] else what))
+        lines.append(
+            (
+                row["name"],
+                row["distribution"],
+                row["version"],
+                Text(printable(f"failed: {row['error']}"), style="red") if row["error"] else what,
+            )
+        )
     console.print(_table(("plugin", "distribution", "version", "registers"), lines))
 
 
 @app.command("run")
 def run_command(
     recipe: Annotated[str, typer.Argument(help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")],
-    epochs: Annotated[Optional[int], typer.Option(max=MAX_EPOCHS, help="Total number of epochs (with --resume: train up to this epoch).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(max=MAX_BATCH, help="Training batch size.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate.")] = None,
-    latent_dim: Annotated[Optional[int], typer.Option(min=1, max=MAX_LATENT_DIM, help="Size of the latent space.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(max=MAX_EPOCHS, help="Total number of epochs (with --resume: train up to this epoch).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(max=MAX_BATCH, help="Training batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    latent_dim: Annotated[int | None, typer.Option(min=1, max=MAX_LATENT_DIM, help="Size of the latent space.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=0, max=MAX_IMAGES, help="Train on N images drawn at random with a fixed seed.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default runs/<recipe>-<UTC time>).")] = None,
-    seed: Annotated[Optional[int], typer.Option(min=0, max=MAX_SEED, help="Random seed (repeatable runs on CPU).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder from its state.safetensors.")] = None,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log scalars and image grids to OUT/tensorboard (needs the tensorboard extra: pip install 'vaezoo\\[tensorboard]').")] = False,
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compile time reported apart as compile_seconds).")] = False,
-    nproc: Annotated[Optional[int], typer.Option(min=1, max=MAX_PROCESSES, help="Train in N processes on this machine through torchrun (DistributedDataParallel; one per GPU).")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=0, max=MAX_IMAGES, help="Train on N images drawn at random with a fixed seed.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<recipe>-<UTC time>).")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="Random seed (repeatable runs on CPU).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this folder from its state.safetensors.")
+    ] = None,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard",
+            help=(
+                "Also log scalars and image grids to OUT/tensorboard (needs the tensorboard extra: pip install "
+                "'vaezoo\\[tensorboard]')."
+            ),
+        ),
+    ] = False,
+    compile_: Annotated[
+        bool,
+        typer.Option("--compile", help="torch.compile the model (compile time reported apart as compile_seconds)."),
+    ] = False,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_PROCESSES,
+            help="Train in N processes on this machine through torchrun (DistributedDataParallel; one per GPU).",
+        ),
+    ] = None,
 ) -> None:
     """Train a recipe, evaluate on the test split, write the model, metrics and pictures (samples,
     reconstructions, interpolations, loss curve)."""
@@ -169,7 +221,16 @@ def run_command(
 
         extra.append(TensorBoardLogger())  # fails here, before training, if tensorboard is missing
 
-    options = {"train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr, "latent_dim": latent_dim, "train.precision": precision, "train.limit": limit, "train.seed": seed, "train.compile": compile_ or None}
+    options = {
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "latent_dim": latent_dim,
+        "train.precision": precision,
+        "train.limit": limit,
+        "train.seed": seed,
+        "train.compile": compile_ or None,
+    }
     if nproc is not None:
         raise typer.Exit(_run_torchrun(nproc, recipe, set_ or [], options, resume))
     from vaezoo import distributed
@@ -177,7 +238,16 @@ def run_command(
 
     progress = RichProgress(err_console)  # the loop calls callbacks on rank 0 only
     try:
-        result = fit(recipe, sets=set_ or [], options=options, out=out, data_dir=data_dir, device=device, resume=resume, callbacks=[progress, *extra])
+        result = fit(
+            recipe,
+            sets=set_ or [],
+            options=options,
+            out=out,
+            data_dir=data_dir,
+            device=device,
+            resume=resume,
+            callbacks=[progress, *extra],
+        )
     except Interrupted as stopped:
         raise Interrupted(f"{stopped}; resume with: {_resume_command(stopped, data_dir, device)}") from None
     finally:
@@ -185,8 +255,21 @@ def run_command(
     if not distributed.is_main():
         return
     metrics = result.metrics
-    err_console.print(f"[green]done[/green]: {_safe(result.out_dir)}  test loss {metrics.get('test_loss', float('nan')):.2f} nats/image after {metrics.get('epoch', 0)} epochs")
-    for name in ("model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "reconstructions.png", "interpolations.png", "loss.png", "tensorboard", "recipe.toml"):
+    err_console.print(
+        f"[green]done[/green]: {_safe(result.out_dir)}  test loss "
+        f"{metrics.get('test_loss', float('nan')):.2f} nats/image after {metrics.get('epoch', 0)} epochs"
+    )
+    for name in (
+        "model.safetensors",
+        "state.safetensors",
+        "metrics.jsonl",
+        "samples.png",
+        "reconstructions.png",
+        "interpolations.png",
+        "loss.png",
+        "tensorboard",
+        "recipe.toml",
+    ):
         if (result.out_dir / name).exists():
             err_console.print(f"  {_safe(result.out_dir / name)}")
 
@@ -214,13 +297,18 @@ def _check_sets(items: list[str]) -> None:
     """Refuse a --set too long or nested too deeply for the TOML parser, in one line naming it."""
     for item in items:
         if len(item) > MAX_SET_CHARS:
-            raise VaezooError(f"--set {item[:40]!r}... is {len(item):,} characters long: at most {MAX_SET_CHARS:,} are allowed")
+            raise VaezooError(
+                f"--set {item[:40]!r}... is {len(item):,} characters long: at most {MAX_SET_CHARS:,} are allowed"
+            )
         key, _, value = item.partition("=")
         if key.count(".") + 1 + _set_depth(value) > MAX_SET_DEPTH:
-            raise VaezooError(f"--set {item[:40]!r}{'...' if len(item) > 40 else ''} is nested more than {MAX_SET_DEPTH} levels deep (dotted keys, [ and {{)")
+            raise VaezooError(
+                f"--set {item[:40]!r}{'...' if len(item) > 40 else ''} is nested more than {MAX_SET_DEPTH} "
+                f"levels deep (dotted keys, [ and {{)"
+            )
 
 
-def _resume_command(stopped, data_dir: Optional[Path], device: str) -> str:
+def _resume_command(stopped, data_dir: Path | None, device: str) -> str:
     """The command that continues an interrupted run where it stopped."""
     import shlex
 
@@ -237,7 +325,7 @@ def _resume_command(stopped, data_dir: Optional[Path], device: str) -> str:
     return shlex.join(command)
 
 
-def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resume: Optional[Path]) -> int:
+def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resume: Path | None) -> int:
     """`vaezoo run ... --nproc N`: check the recipe here (one clear line for a bad one), then run the
     same command without --nproc under torchrun on this machine; returns torchrun's exit code."""
     import subprocess
@@ -253,7 +341,9 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
     torchrun = subprocess.Popen(command)
     try:
         return torchrun.wait()
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM here: torchrun passes SIGINT on to its workers, which save their state
+    except (
+        KeyboardInterrupt
+    ):  # Ctrl-C or SIGTERM here: torchrun passes SIGINT on to its workers, which save their state
         torchrun.send_signal(signal.SIGINT)
         try:
             torchrun.wait(timeout=120)
@@ -268,9 +358,16 @@ def sample_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of images.")] = 64,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
-    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed: the same seed gives the same picture.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=MAX_SEED, help="Random seed: the same seed gives the same picture.")
+    ] = 0,
     temperature: Annotated[float, typer.Option(min=0.0, max=MAX_TEMPERATURE, help="Scale of the prior samples.")] = 1.0,
-    label: Annotated[Optional[str], typer.Option(help="Class to draw (a name or an index), for conditional models; without it they draw the classes in turn.")] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Class to draw (a name or an index), for conditional models; without it they draw the classes in turn."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Decode N samples of the model into a grid image."""
@@ -291,7 +388,9 @@ def reconstruct_command(
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of test images.")] = 16,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("reconstructions.png"),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test images.")] = 0,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Test images (top rows) above their reconstructions (bottom rows), as a grid image."""
@@ -305,10 +404,14 @@ def reconstruct_command(
 def interpolate_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=1000, help="Number of image pairs (rows).")] = 8,
-    steps: Annotated[int, typer.Option(min=2, max=100, help="Images per row, from one image of the pair to the other.")] = 10,
+    steps: Annotated[
+        int, typer.Option(min=2, max=100, help="Images per row, from one image of the pair to the other.")
+    ] = 10,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("interpolations.png"),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test image pairs.")] = 0,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Decoded straight lines in latent space between pairs of test images (rows = pairs)."""
@@ -321,13 +424,32 @@ def interpolate_command(
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
-    data_dir: Annotated[Optional[Path], typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+    ] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
-    limit: Annotated[Optional[int], typer.Option(min=0, max=MAX_IMAGES, help="Evaluate on N images drawn with a fixed seed (0: all).")] = None,
-    iw_samples: Annotated[int, typer.Option("--iw-samples", min=0, max=MAX_IW_SAMPLES, help="Also estimate the NLL with K importance samples per image (IWAE bound; 0: off).")] = 0,
+    limit: Annotated[
+        int | None, typer.Option(min=0, max=MAX_IMAGES, help="Evaluate on N images drawn with a fixed seed (0: all).")
+    ] = None,
+    iw_samples: Annotated[
+        int,
+        typer.Option(
+            "--iw-samples",
+            min=0,
+            max=MAX_IW_SAMPLES,
+            help="Also estimate the NLL with K importance samples per image (IWAE bound; 0: off).",
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the posterior samples.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    sets: Annotated[Optional[list[str]], typer.Option("--set", metavar="dataset.KEY=PATH", help="A folder the dataset reads (e.g. dataset.path=... for image-folder): a model file never chooses it.")] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="dataset.KEY=PATH",
+            help="A folder the dataset reads (e.g. dataset.path=... for image-folder): a model file never chooses it.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Test-split metrics of a saved model: its objective per image (the negative ELBO in nats for a
@@ -340,9 +462,20 @@ def eval_command(
     for item in sets or []:
         key, value = parse_set(item)
         if len(key) != 2 or key[0] != "dataset":
-            raise VaezooError(f"bad --set {item!r}: eval takes only the dataset's folder keys, e.g. --set dataset.path=PATH")
+            raise VaezooError(
+                f"bad --set {item!r}: eval takes only the dataset's folder keys, e.g. --set dataset.path=PATH"
+            )
         paths[key[1]] = value
-    metrics = evaluate_file(model, data_dir=data_dir, split=split, limit=limit or 0, device=device, iw_samples=iw_samples, seed=seed, paths=paths)
+    metrics = evaluate_file(
+        model,
+        data_dir=data_dir,
+        split=split,
+        limit=limit or 0,
+        device=device,
+        iw_samples=iw_samples,
+        seed=seed,
+        paths=paths,
+    )
     if as_json:
         _print_json(metrics)
         return
@@ -355,7 +488,10 @@ def eval_command(
             rows.append((f"loss ({objective})", value))
         elif key not in ("bits_per_dim_note", "iw_note", "objective", "regularizer"):
             rows.append((key, value))
-    shown = [(key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value)) for key, value in rows]
+    shown = [
+        (key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value))
+        for key, value in rows
+    ]
     console.print(_table(("metric", "value"), shown, header=False))
     for note in ("iw_note", "bits_per_dim_note"):
         if note in metrics:
@@ -379,29 +515,60 @@ def inspect_command(
     console.print(f"[bold]{_safe(info['path'])}[/bold]  sha256 {_safe(info['sha256'])}")
     console.print(_safe(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}"))
     family = info["model"]
-    provider = f" from {family['distribution']} {family.get('version', '')} (plugin {family.get('plugin')!r})" if family.get("distribution") else " (format 1: vaezoo 0.1)"
+    provider = (
+        f" from {family['distribution']} {family.get('version', '')} (plugin {family.get('plugin')!r})"
+        if family.get("distribution")
+        else " (format 1: vaezoo 0.1)"
+    )
     objective = info["objective"]["objective"]
-    console.print(_safe(f"model family {family['name']!r}{provider}; objective: {'negative ELBO' if objective == 'elbo' else objective + ' (not a variational bound)'}"))
-    console.print(_safe(f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data {info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters"))
+    console.print(
+        _safe(
+            f"model family {family['name']!r}{provider}; objective: "
+            f"{'negative ELBO' if objective == 'elbo' else objective + ' (not a variational bound)'}"
+        )
+    )
+    console.print(
+        _safe(
+            f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data "
+            f"{info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters"
+        )
+    )
     if is_conditional({"recipe": recipe, "data": info["data"]}):
-        console.print(_safe(f"class-conditional (sample --label): {', '.join(f'{i} {name}' for i, name in enumerate(info['data'].get('classes', [])))}"))
+        console.print(
+            _safe(
+                "class-conditional (sample --label): "
+                f"{', '.join(f'{i} {name}' for i, name in enumerate(info['data'].get('classes', [])))}"
+            )
+        )
     components = [(r["kind"], r["name"], r["distribution"], r["version"]) for r in info["components"]]
     console.print(_table(("component", "name", "distribution", "version"), components))
     training = info["training"]
     if training:
         tested = f", tested on {training['test_images']} images" if isinstance(training.get("test_images"), int) else ""
-        console.print(_safe(f"trained {training.get('epochs')} epochs, {training.get('steps')} steps ({training.get('precision')} on {training.get('device')}){tested}"))
+        console.print(
+            _safe(
+                f"trained {training.get('epochs')} epochs, {training.get('steps')} steps "
+                f"({training.get('precision')} on {training.get('device')}){tested}"
+            )
+        )
     for key, value in info["metrics"].items():
         console.print(_safe(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"))
 
 
 @app.command("push")
 def push_command(
-    source: Annotated[str, typer.Argument(metavar="RUN_DIR_OR_MODEL", help="A run folder or a model.safetensors file.")],
-    repo_id: Annotated[str, typer.Argument(metavar="ORG/NAME", help="Hugging Face Hub model repository (created if missing).")],
+    source: Annotated[
+        str, typer.Argument(metavar="RUN_DIR_OR_MODEL", help="A run folder or a model.safetensors file.")
+    ],
+    repo_id: Annotated[
+        str, typer.Argument(metavar="ORG/NAME", help="Hugging Face Hub model repository (created if missing).")
+    ],
     private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
-    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing; default main).")] = None,
-    dry_run: Annotated[Optional[str], typer.Option("--dry-run", metavar="DIR", help="Write the files that would be uploaded into DIR instead.")] = None,
+    revision: Annotated[str | None, typer.Option(help="Branch to push to (created if missing; default main).")] = None,
+    dry_run: Annotated[
+        str | None,
+        typer.Option("--dry-run", metavar="DIR", help="Write the files that would be uploaded into DIR instead."),
+    ] = None,
 ) -> None:
     """Publish a model to the Hugging Face Hub: model.safetensors, samples.png, recipe.toml and a
     generated model card (README.md). Needs `pip install 'vaezoo\\[hub]'` and a token (`hf auth login` or HF_TOKEN)."""
@@ -413,13 +580,19 @@ def push_command(
             err_console.print(f"  {_safe(Path(where) / name)}")
         err_console.print(f"wrote what `vaezoo push` would upload to {_safe(where)}")
     else:
-        err_console.print(_safe(f"pushed to {where}; load it with: vaezoo sample hf://{repo_id}" + (f"@{revision}" if revision else "")))
+        err_console.print(
+            _safe(
+                f"pushed to {where}; load it with: vaezoo sample hf://{repo_id}" + (f"@{revision}" if revision else "")
+            )
+        )
 
 
 @app.command("card")
 def card_command(
     model: Annotated[str, typer.Argument(help="A run folder, " + MODEL_HELP[2:])],
-    repo_id: Annotated[Optional[str], typer.Option("--repo", metavar="ORG/NAME", help="Repository name the card's examples load from.")] = None,
+    repo_id: Annotated[
+        str | None, typer.Option("--repo", metavar="ORG/NAME", help="Repository name the card's examples load from.")
+    ] = None,
 ) -> None:
     """Print the model card (README.md) that `vaezoo push` would upload."""
     from vaezoo.card import card_for
@@ -457,11 +630,18 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
         else:  # a bug, not the user's fault: one line unless debugging
             if debug:
                 traceback.print_exc()
-            code, line = 1, f"vaezoo: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)"
+            code, line = (
+                1,
+                f"vaezoo: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+            )
     except BaseException as error:  # sys.exit or a bare BaseException in a plugin's code: vaezoo never raises them
         if debug:
             traceback.print_exc()
-        code, line = 1, f"vaezoo: error: code that vaezoo ran (a plugin's?) raised {type(error).__name__}: {error} (run with --debug for the traceback)"
+        code, line = (
+            1,
+            f"vaezoo: error: code that vaezoo ran (a plugin's?) raised {type(error).__name__}: {error} (run "
+            "with --debug for the traceback)",
+        )
     finally:
         for sig in previous:  # a signal now would only cut the last line short
             signal.signal(sig, signal.SIG_IGN)

@@ -7,8 +7,8 @@ parts of the classic VAE family `vae`, which other families may reuse."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,20 +106,30 @@ class Model(nn.Module):
 
     discrete: bool = False  # True when recon is -log p(x) over the 256 values of each pixel (bits/dim meaningful)
     conditional: bool = False  # True when the model takes class labels y (then y is never None)
-    objective: str = "elbo"  # "elbo": loss at step None is the negative ELBO; any other name is the family's own objective (never reported as an ELBO, a likelihood or bits/dim)
+    # "elbo": loss at step None is the negative ELBO; any other name is the family's own objective (never reported
+    # as an ELBO, a likelihood or bits/dim)
+    objective: str = "elbo"
     regularizer: str = "kl"  # what LossParts.kl holds, and the name it is reported under (e.g. "mmd")
-    applies_kl_weight: bool = False  # True when the family applies its loss component's KL schedule (Loss.kl_weight: beta, warm-up)
-    unused_parameters: tuple[str, ...] = ()  # parameter name prefixes that no training step updates (vaezoo.testing accepts them)
+    applies_kl_weight: bool = (
+        False  # True when the family applies its loss component's KL schedule (Loss.kl_weight: beta, warm-up)
+    )
+    unused_parameters: tuple[
+        str, ...
+    ] = ()  # parameter name prefixes that no training step updates (vaezoo.testing accepts them)
     in_shape: tuple[int, int, int]
     classes: tuple[str, ...] = ()
     recipe: dict[str, Any]  # the resolved recipe, set by vaezoo after construction
 
-    def forward(self, x: Tensor, y: Tensor | None = None, step: int | None = None) -> LossParts:  # pragma: no cover - interface
+    def forward(
+        self, x: Tensor, y: Tensor | None = None, step: int | None = None
+    ) -> LossParts:  # pragma: no cover - interface
         """Per-image values for images `x` in [0, 1]: `loss` is what training minimises at optimizer
         step `step`; with `step=None` it is the true negative ELBO in nats per image (recon + kl)."""
         raise NotImplementedError
 
-    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:  # pragma: no cover - interface
+    def sample(
+        self, n: int, y: Tensor | None = None, temperature: float = 1.0
+    ) -> Tensor:  # pragma: no cover - interface
         """`n` new images `(n, C, H, W)` in [0, 1] (of classes `y` for a conditional model)."""
         raise NotImplementedError
 
@@ -150,18 +160,34 @@ def _family(model: nn.Module) -> str:
 
 
 def _what(value: Any) -> str:
-    return f"a {value.dtype} tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
+    return (
+        f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+        if torch.is_tensor(value)
+        else f"a {type(value).__name__}"
+    )
 
 
 def checked_parts(model: nn.Module, parts: Any, batch: int) -> LossParts:
     """`parts` if it is what `Model.forward` promises (LossParts of `(batch,)` tensors), else a
     PluginError naming the family: a plugin's broken contract is one line, never a traceback."""
     if isinstance(parts, LossParts):
-        bad = next((k for k in ("loss", "recon", "kl") if not (torch.is_tensor(getattr(parts, k)) and tuple(getattr(parts, k).shape) == (batch,))), None)
+        bad = next(
+            (
+                k
+                for k in ("loss", "recon", "kl")
+                if not (torch.is_tensor(getattr(parts, k)) and tuple(getattr(parts, k).shape) == (batch,))
+            ),
+            None,
+        )
         if bad is None:
             return parts
-        raise PluginError(f"model family {_family(model)} broke its contract: forward's {bad} is {_what(getattr(parts, bad))}, expected shape ({batch},)")
-    raise PluginError(f"model family {_family(model)} broke its contract: forward returned {_what(parts)}, expected vaezoo.LossParts")
+        raise PluginError(
+            f"model family {_family(model)} broke its contract: forward's {bad} is "
+            f"{_what(getattr(parts, bad))}, expected shape ({batch},)"
+        )
+    raise PluginError(
+        f"model family {_family(model)} broke its contract: forward returned {_what(parts)}, expected vaezoo.LossParts"
+    )
 
 
 def checked_images(model: nn.Module, method: str, images: Any, n: int) -> Tensor:
@@ -169,7 +195,10 @@ def checked_images(model: nn.Module, method: str, images: Any, n: int) -> Tensor
     tensor), else a PluginError naming the family."""
     if torch.is_tensor(images) and images.dim() == 4 and len(images) == n and images.is_floating_point():
         return images
-    raise PluginError(f"model family {_family(model)} broke its contract: {method} returned {_what(images)}, expected a float tensor ({n}, C, H, W)")
+    raise PluginError(
+        f"model family {_family(model)} broke its contract: {method} returned {_what(images)}, expected a "
+        f"float tensor ({n}, C, H, W)"
+    )
 
 
 class Loss(nn.Module):
@@ -194,7 +223,9 @@ class Loss(nn.Module):
         """Weight of the KL term at a training step (`None`: evaluation, the true ELBO)."""
         return 1.0
 
-    def forward(self, x: Tensor, out: Tensor, mu: Tensor, logvar: Tensor, z: Tensor, prior: Prior, step: int | None = None) -> LossParts:
+    def forward(
+        self, x: Tensor, out: Tensor, mu: Tensor, logvar: Tensor, z: Tensor, prior: Prior, step: int | None = None
+    ) -> LossParts:
         recon = self.nll(x.float(), out.float())
         kl = prior.kl(mu.float(), logvar.float(), z.float())
         weight = self.kl_weight(step)

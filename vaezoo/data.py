@@ -39,7 +39,13 @@ LIMIT_SEED = 1234  # --limit subsets do not depend on --seed
 # A cache file's temporary file, `.NAME.PID.XXXXXXXX.tmp` (`.NAME.XXXXXXXX.tmp` before vaezoo 0.3).
 CACHE_TEMP = re.compile(r"^\..+\.safetensors\.(?:(\d+)\.)?[a-z0-9_]{8}\.tmp$")
 OLD_TEMP_AGE = 3600  # seconds after which a temporary file without a pid counts as abandoned
-_KINDS = ((stat.S_ISREG, "a file"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"))
+_KINDS = (
+    (stat.S_ISREG, "a file"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
 
 
 def _user_cache() -> Path:
@@ -121,7 +127,13 @@ def _read_cache(path: Path, digest: str, dataset: Dataset) -> tuple[Tensor, Tens
                 return None
             shape, labels_shape = file.get_slice("images").get_shape(), file.get_slice("labels").get_shape()
             dtypes = (file.get_slice("images").get_dtype(), file.get_slice("labels").get_dtype())
-            if dtypes != ("U8", "I64") or len(shape) != 4 or tuple(shape[1:]) != tuple(dataset.shape) or labels_shape != shape[:1] or not shape[0]:
+            if (
+                dtypes != ("U8", "I64")
+                or len(shape) != 4
+                or tuple(shape[1:]) != tuple(dataset.shape)
+                or labels_shape != shape[:1]
+                or not shape[0]
+            ):
                 return None
             images, labels = file.get_tensor("images").clone(), file.get_tensor("labels").clone()
     except Exception:  # missing, unreadable or damaged: rebuilt by the caller
@@ -137,15 +149,30 @@ def _labels_fit(dataset: Dataset, labels: Tensor) -> bool:
 def _checked(dataset: Dataset, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """What `dataset.load` returned, as uint8 (N, C, H, W) images and int64 (N,) labels; a DataError otherwise."""
     name = type(dataset).__name__
-    if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.dim() != 4 or tuple(images.shape[1:]) != tuple(dataset.shape):
+    if (
+        not isinstance(images, Tensor)
+        or images.dtype != torch.uint8
+        or images.dim() != 4
+        or tuple(images.shape[1:]) != tuple(dataset.shape)
+    ):
         got = f"{tuple(images.shape)} {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
-        raise DataError(f"dataset {name} returned images {got}, expected uint8 (N, {', '.join(map(str, dataset.shape))})")
-    if not isinstance(labels, Tensor) or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool or labels.shape != images.shape[:1]:
+        raise DataError(
+            f"dataset {name} returned images {got}, expected uint8 (N, {', '.join(map(str, dataset.shape))})"
+        )
+    if (
+        not isinstance(labels, Tensor)
+        or labels.dtype.is_floating_point
+        or labels.dtype.is_complex
+        or labels.dtype == torch.bool
+        or labels.shape != images.shape[:1]
+    ):
         got = f"{tuple(labels.shape)} {labels.dtype}" if isinstance(labels, Tensor) else type(labels).__name__
         raise DataError(f"dataset {name} returned labels {got}, expected {len(images)} integer labels")
     labels = labels.to(torch.int64)
     if not _labels_fit(dataset, labels):
-        raise DataError(f"dataset {name} returned labels outside 0..{len(dataset.classes) - 1} (its {len(dataset.classes)} classes)")
+        raise DataError(
+            f"dataset {name} returned labels outside 0..{len(dataset.classes) - 1} (its {len(dataset.classes)} classes)"
+        )
     return images, labels
 
 
@@ -206,7 +233,11 @@ def remove_dead_temp_files(folder: Path) -> list[str]:
         try:
             if not match or not entry.is_file(follow_symlinks=False):
                 continue
-            dead = not pid_alive(int(match[1])) if match[1] else time.time() - entry.stat(follow_symlinks=False).st_mtime > OLD_TEMP_AGE
+            dead = (
+                not pid_alive(int(match[1]))
+                if match[1]
+                else time.time() - entry.stat(follow_symlinks=False).st_mtime > OLD_TEMP_AGE
+            )
             if dead:
                 os.unlink(entry.path)
                 removed.append(entry.name)
@@ -230,17 +261,28 @@ def to_float(batch: Tensor, memory_format: torch.memory_format = torch.contiguou
 
 
 def shuffled_batches(
-    images: Tensor, labels: Tensor | None, order: Tensor, batch_size: int, start: int = 0, memory_format: torch.memory_format = torch.contiguous_format
+    images: Tensor,
+    labels: Tensor | None,
+    order: Tensor,
+    batch_size: int,
+    start: int = 0,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
     """(float images, labels or None) batches of `images` (on its device) in the order `order`, from
     batch `start` on. Pass `labels=None` when the model does not use them (no gather)."""
     order = order.to(images.device)
     for first in range(start * batch_size, len(order), batch_size):
         index = order[first : first + batch_size]
-        yield to_float(images.index_select(0, index), memory_format), None if labels is None else labels.index_select(0, index)
+        yield (
+            to_float(images.index_select(0, index), memory_format),
+            None if labels is None else labels.index_select(0, index),
+        )
 
 
 def batches(images: Tensor, batch_size: int, labels: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor | None]]:
     """(float images, labels or None) batches in order (evaluation); `images` may live on the host."""
     for first in range(0, len(images), batch_size):
-        yield to_float(images[first : first + batch_size]), None if labels is None else labels[first : first + batch_size]
+        yield (
+            to_float(images[first : first + batch_size]),
+            None if labels is None else labels[first : first + batch_size],
+        )

@@ -34,7 +34,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise VaezooError(f"device {name!r} asked for but CUDA is not available here: use --device cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise VaezooError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise VaezooError(
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
             raise VaezooError("device 'mps' asked for but Apple MPS is not available here: use --device cpu or auto")
@@ -122,7 +124,9 @@ def auto_precision(device: torch.device, timer: StepTimer | None = None, key: st
     return choice
 
 
-def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, device: torch.device, rounds: int = 5) -> StepTimer:
+def time_steps(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, device: torch.device, rounds: int = 5
+) -> StepTimer:
     """A StepTimer for `model` on the batch `x` (forward and backward, the optimizer left out): the
     precisions take turns, after one warm-up step each, and each gets its fastest step (the least
     disturbed by other work on a shared machine). The model's
@@ -149,7 +153,9 @@ def time_steps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, 
     return timer
 
 
-def resolve_precision(name: str, device: torch.device, timer: StepTimer | None = None, key: str | None = None) -> Precision:
+def resolve_precision(
+    name: str, device: torch.device, timer: StepTimer | None = None, key: str | None = None
+) -> Precision:
     """The precision for a `--precision` value on `device`; errors where the device cannot do it.
     `auto` measures with `timer` where one is given (see `auto_precision`)."""
     if name == "auto":

@@ -55,7 +55,9 @@ def world() -> World:
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     try:
-        return World(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+        return World(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        )
     except ValueError:
         raise VaezooError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
 
@@ -77,12 +79,17 @@ def setup(device_name: str = "auto") -> tuple[World, torch.device | None]:
     name = (device_name or "auto").lower()
     use_cuda = torch.cuda.is_available() and (name == "auto" or name.startswith("cuda"))
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VaezooError(f"--device {device_name} asked for but CUDA is not available on this machine: use --device cpu")
+        raise VaezooError(
+            f"--device {device_name} asked for but CUDA is not available on this machine: use --device cpu"
+        )
     if name not in ("auto", "cpu") and not name.startswith("cuda"):
         raise VaezooError(f"distributed training runs on cpu or cuda, not {device_name!r}")
     if use_cuda:
         if job.local_rank >= torch.cuda.device_count():
-            raise VaezooError(f"LOCAL_RANK {job.local_rank} but this machine has {torch.cuda.device_count()} GPU(s): use --nproc-per-node {torch.cuda.device_count()}")
+            raise VaezooError(
+                f"LOCAL_RANK {job.local_rank} but this machine has {torch.cuda.device_count()} GPU(s): use "
+                f"--nproc-per-node {torch.cuda.device_count()}"
+            )
         device = torch.device("cuda", job.local_rank)
         torch.cuda.set_device(device)
     else:
@@ -123,7 +130,11 @@ def check_batch_size(batch_size: int, job: World | None = None) -> int:
     """The per-rank batch size: the global train.batch_size split evenly over the ranks."""
     job = job or world()
     if batch_size % job.world_size:
-        raise RecipeError(f"train.batch_size {batch_size} is the global batch and must be divisible by the {job.world_size} processes: use --batch-size {max(job.world_size, batch_size // job.world_size * job.world_size)}")
+        raise RecipeError(
+            f"train.batch_size {batch_size} is the global batch and must be divisible by the "
+            f"{job.world_size} processes: use --batch-size "
+            f"{max(job.world_size, batch_size // job.world_size * job.world_size)}"
+        )
     return batch_size // job.world_size
 
 
@@ -218,7 +229,17 @@ def barrier() -> None:
 
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
     """The command that runs `vaezoo ARGS` in `nproc` processes on this machine through torchrun."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), "-m", "vaezoo", *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(nproc),
+        "-m",
+        "vaezoo",
+        *args,
+    ]
 
 
 def strip_option(args: Sequence[str], option: str) -> list[str]:

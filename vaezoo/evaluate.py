@@ -36,7 +36,15 @@ def labels_for(model: Model, labels: Tensor | None) -> Tensor | None:
 
 
 @torch.no_grad()
-def evaluate(model: Model, images: Tensor, labels: Tensor | None = None, *, batch_size: int = 500, precision: Precision | None = None, seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    model: Model,
+    images: Tensor,
+    labels: Tensor | None = None,
+    *,
+    batch_size: int = 500,
+    precision: Precision | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Means per image over uint8 `images`: `loss` (the negative ELBO), `recon`, `kl`, each of the
     model's `terms` (under "terms"), and `bits_per_dim` for a discrete model. The model's noise is
     drawn from a generator seeded with `seed`, so results repeat."""
@@ -51,7 +59,12 @@ def evaluate(model: Model, images: Tensor, labels: Tensor | None = None, *, batc
             x = x.to(device, non_blocking=True)
             with _autocast(precision, device):
                 parts = checked_parts(model, model(x, None if y is None else y.to(device), None), len(x))
-            for key, value in (("loss", parts.loss), ("recon", parts.recon), ("kl", parts.kl), *((f"terms.{k}", v) for k, v in parts.terms.items())):
+            for key, value in (
+                ("loss", parts.loss),
+                ("recon", parts.recon),
+                ("kl", parts.kl),
+                *((f"terms.{k}", v) for k, v in parts.terms.items()),
+            ):
                 total = value.detach().double().sum()
                 totals[key] = totals[key] + total if key in totals else total
     model.train(was_training)
@@ -78,7 +91,9 @@ BITS_PER_DIM_NOTE = (
     "bits/dim is not reported: the likelihood of {what} is not over the 256 pixel values "
     "(model.discrete is False), so its nats are not comparable with published bits/dim"
 )
-OBJECTIVE_NOTE = "model family {family!r} minimises its own objective ({objective}), not a negative ELBO: no likelihood or bits/dim"
+OBJECTIVE_NOTE = (
+    "model family {family!r} minimises its own objective ({objective}), not a negative ELBO: no likelihood or bits/dim"
+)
 IW_NOTE = "the importance-weighted NLL is not reported: model family {family!r} has no log_likelihood"
 
 
@@ -88,7 +103,15 @@ def bits_per_dim(model: Model, nats_per_image: float) -> float:
 
 
 @torch.no_grad()
-def importance_weighted_nll(model: Model, images: Tensor, samples: int, labels: Tensor | None = None, *, seed: int = 0, precision: Precision | None = None) -> float:
+def importance_weighted_nll(
+    model: Model,
+    images: Tensor,
+    samples: int,
+    labels: Tensor | None = None,
+    *,
+    seed: int = 0,
+    precision: Precision | None = None,
+) -> float:
     """Mean -log p(x) per image (nats) over uint8 `images` by the model's `log_likelihood` with
     `samples` importance samples each (the IWAE bound for the `vae` family); batches of images are
     sized so that each holds about IW_IMAGES_PER_BATCH image-samples."""
@@ -102,20 +125,26 @@ def importance_weighted_nll(model: Model, images: Tensor, samples: int, labels: 
         torch.manual_seed(seed)
         for x, y in batches(images, max(1, IW_IMAGES_PER_BATCH // samples), labels_for(model, labels)):
             with _autocast(precision, device):
-                log_px = model.log_likelihood(x.to(device, non_blocking=True), None if y is None else y.to(device), k=samples)
+                log_px = model.log_likelihood(
+                    x.to(device, non_blocking=True), None if y is None else y.to(device), k=samples
+                )
             total -= log_px.double().sum()
     model.train(was_training)
     return total.item() / max(1, len(images))
 
 
 @torch.no_grad()
-def reconstruction_error(model: Model, images: Tensor, labels: Tensor | None = None, *, batch_size: int = 500) -> dict[str, float]:
+def reconstruction_error(
+    model: Model, images: Tensor, labels: Tensor | None = None, *, batch_size: int = 500
+) -> dict[str, float]:
     """MSE per pixel and mean per-image PSNR (dB) of `model.reconstruct(x)` against `images` in [0, 1]."""
     device = _device(model)
     squared, psnr = 0.0, 0.0
     for x, y in batches(images, batch_size, labels_for(model, labels)):
         x = x.to(device, non_blocking=True)
-        reconstructed = checked_images(model, "reconstruct", model.reconstruct(x, None if y is None else y.to(device)), len(x))
+        reconstructed = checked_images(
+            model, "reconstruct", model.reconstruct(x, None if y is None else y.to(device)), len(x)
+        )
         per_image = (reconstructed.float() - x).pow(2).flatten(1).mean(1).double()
         squared += per_image.sum().item()
         psnr += (-10 * torch.log10(per_image.clamp(min=1e-10))).sum().item()
@@ -127,7 +156,15 @@ def family_name(model: Model) -> str:
     return str(getattr(model, "recipe", {}).get("model", {}).get("name", type(model).__name__))
 
 
-def evaluation_report(model: Model, images: Tensor, labels: Tensor | None = None, *, iw_samples: int = 0, batch_size: int = 500, seed: int = 0) -> dict[str, Any]:
+def evaluation_report(
+    model: Model,
+    images: Tensor,
+    labels: Tensor | None = None,
+    *,
+    iw_samples: int = 0,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Everything `vaezoo eval` prints: the objective (the negative ELBO for an ELBO family), its parts
     (`recon` and the regularizer: `kl`, or the family's own name) and the model's terms, the
     importance-weighted NLL when `iw_samples` > 0 (None with a note for a family without

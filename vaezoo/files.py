@@ -11,8 +11,14 @@ from pathlib import Path
 
 from vaezoo.errors import VaezooError
 
-_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _umask() -> int:
@@ -32,7 +38,10 @@ def check_writable_target(path: str | os.PathLike) -> None:
         return
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-        raise VaezooError(f"will not write {path}: it is {kind}, and vaezoo writes only regular files (remove it or choose another path)")
+        raise VaezooError(
+            f"will not write {path}: it is {kind}, and vaezoo writes only regular files (remove it or choose "
+            "another path)"
+        )
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

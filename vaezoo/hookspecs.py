@@ -7,7 +7,7 @@ that is imported on first use (keeps `vaezoo list` fast: torch is not imported t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pluggy
 

@@ -26,8 +26,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from types import ModuleType
 
 from vaezoo.errors import VaezooError
@@ -84,8 +84,13 @@ def local_model_path(name: str | os.PathLike) -> Path:
 def check_repo_id(repo_id: str, shown: str | None = None) -> str:
     """`ORG/NAME` as the Hub spells repositories, or a HubError naming the expected form."""
     parts = repo_id.split("/")
-    if len(parts) != 2 or not all(_REPO_PART.fullmatch(part) and ".." not in part and "--" not in part for part in parts):
-        raise HubError(f"bad model name {shown or repo_id!r}: expected ORG/NAME (letters, digits, '-', '_', '.'), e.g. hf://my-org/cifar-vae or hf://my-org/cifar-vae@v1")
+    if len(parts) != 2 or not all(
+        _REPO_PART.fullmatch(part) and ".." not in part and "--" not in part for part in parts
+    ):
+        raise HubError(
+            f"bad model name {shown or repo_id!r}: expected ORG/NAME (letters, digits, '-', '_', '.'), e.g. "
+            "hf://my-org/cifar-vae or hf://my-org/cifar-vae@v1"
+        )
     return repo_id
 
 
@@ -94,14 +99,20 @@ def check_revision(revision: str, shown: str) -> str:
     letter or digit, no '..', at most 200 characters), or a HubError naming `shown`. Strict because
     huggingface_hub makes a cache path of it."""
     if len(revision) > MAX_REVISION or not _REVISION.fullmatch(revision) or ".." in revision or revision.endswith("."):
-        raise HubError(f"bad revision in {shown!r}: give a branch, tag or commit hash (letters, digits, '.', '_', '-', segments joined by single '/', no '..', at most {MAX_REVISION} characters)")
+        raise HubError(
+            f"bad revision in {shown!r}: give a branch, tag or commit hash (letters, digits, '.', '_', '-', "
+            f"segments joined by single '/', no '..', at most {MAX_REVISION} characters)"
+        )
     return revision
 
 
 def parse_hf_name(name: str) -> tuple[str, str | None]:
     """`hf://ORG/NAME[@REVISION]` -> (`ORG/NAME`, revision or None)."""
     if not name.startswith("hf://"):
-        raise HubError(f"bad model name {name!r}: write hf://ORG/NAME (two slashes; on a command line quote it if your shell rewrites it)")
+        raise HubError(
+            f"bad model name {name!r}: write hf://ORG/NAME (two slashes; on a command line quote it if your "
+            "shell rewrites it)"
+        )
     repo_id, at, revision = name[len("hf://") :].partition("@")
     check_repo_id(repo_id, name)
     if at:
@@ -127,7 +138,9 @@ def hf_download(repo_id: str, revision: str | None = None, filename: str = MODEL
     if revision is not None:
         check_revision(revision, name)
     offline = _offline()
-    cache_only = not offline and not _reachable(_endpoint())  # no half-minute of retries against a Hub that is not there
+    cache_only = not offline and not _reachable(
+        _endpoint()
+    )  # no half-minute of retries against a Hub that is not there
     try:
         with quiet_hub_logs():
             if not offline and not cache_only:
@@ -148,15 +161,25 @@ def _hub_answer_is_safe(hub: ModuleType, repo_id: str, revision: str | None, fil
     from huggingface_hub import constants, errors
 
     try:
-        meta = hub.get_hf_file_metadata(hub.hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        meta = hub.get_hf_file_metadata(
+            hub.hf_hub_url(repo_id, filename, revision=revision), timeout=constants.HF_HUB_ETAG_TIMEOUT
+        )
     except Exception as error:
-        if isinstance(error, errors.HfHubHTTPError) or not (isinstance(error, OSError) or type(error).__module__.startswith(("httpx", "httpcore"))):
+        if isinstance(error, errors.HfHubHTTPError) or not (
+            isinstance(error, OSError) or type(error).__module__.startswith(("httpx", "httpcore"))
+        ):
             raise
         return False
     if meta.etag is not None and not _ETAG.fullmatch(meta.etag):
-        raise HubError(f"{name}: {_endpoint()} answered with the ETag {meta.etag[:80]!r}, not a file hash (it would name a file outside the Hugging Face cache): refused, nothing downloaded")
+        raise HubError(
+            f"{name}: {_endpoint()} answered with the ETag {meta.etag[:80]!r}, not a file hash (it would "
+            "name a file outside the Hugging Face cache): refused, nothing downloaded"
+        )
     if meta.commit_hash is not None and not _COMMIT.fullmatch(meta.commit_hash):
-        raise HubError(f"{name}: {_endpoint()} answered with the commit {meta.commit_hash[:80]!r}, not a 40-digit commit hash: refused, nothing downloaded")
+        raise HubError(
+            f"{name}: {_endpoint()} answered with the commit {meta.commit_hash[:80]!r}, not a 40-digit "
+            "commit hash: refused, nothing downloaded"
+        )
     return True
 
 
@@ -166,7 +189,10 @@ def inside_cache(path: Path, cache: Path, shown: str, what: str, *, folder: bool
     resolved = path.resolve()
     if not resolved.is_relative_to(cache.resolve()) or not (resolved.is_dir() if folder else resolved.is_file()):
         kind = "folder" if folder else "regular file"
-        raise HubError(f"refusing to use {path} for {shown}: in {what} it should be a {kind} inside {cache}, but it is a link leading outside it or not a {kind}; delete it and load again")
+        raise HubError(
+            f"refusing to use {path} for {shown}: in {what} it should be a {kind} inside {cache}, but it is "
+            f"a link leading outside it or not a {kind}; delete it and load again"
+        )
     return resolved
 
 
@@ -193,7 +219,9 @@ def _reachable(endpoint: str, timeout: float = 5.0) -> bool:
     """Whether a TCP connection to the Hub's host opens (the cache answers when it does not)."""
     parts = urllib.parse.urlsplit(endpoint)
     try:
-        with socket.create_connection((parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), timeout=timeout):
+        with socket.create_connection(
+            (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)), timeout=timeout
+        ):
             return True
     except (OSError, ValueError):
         return False
@@ -212,17 +240,27 @@ def hub_error(error: Exception, name: str, filename: str = MODEL_FILE) -> HubErr
     login = "log in with `hf auth login` or set HF_TOKEN"
     status = getattr(getattr(error, "response", None), "status_code", None)
     if isinstance(error, errors.GatedRepoError):
-        return HubError(f"{name} is a gated repository: ask for access on {_endpoint()}/{name[5:].split('@')[0]} and {login}")
+        return HubError(
+            f"{name} is a gated repository: ask for access on {_endpoint()}/{name[5:].split('@')[0]} and {login}"
+        )
     if isinstance(error, errors.RepositoryNotFoundError):
-        return HubError(f"{name}: no such repository on {_endpoint()} (or it is private and you are not authorised: {login})")
+        return HubError(
+            f"{name}: no such repository on {_endpoint()} (or it is private and you are not authorised: {login})"
+        )
     if isinstance(error, errors.RevisionNotFoundError):
         return HubError(f"{name}: no such revision (branch, tag or commit) in the repository")
     if isinstance(error, errors.RemoteEntryNotFoundError):
         return HubError(f"{name} has no {filename}: is it a vaezoo model? (vaezoo push uploads one)")
     if isinstance(error, errors.LocalEntryNotFoundError):
         if _offline():
-            return HubError(f"{name} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: download it once online, or unset HF_HUB_OFFLINE")
-        return HubError(f"cannot reach {_endpoint()} to download {name}, and it is not in the Hugging Face cache: check the connection (and HF_ENDPOINT)")
+            return HubError(
+                f"{name} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it: "
+                "download it once online, or unset HF_HUB_OFFLINE"
+            )
+        return HubError(
+            f"cannot reach {_endpoint()} to download {name}, and it is not in the Hugging Face cache: check "
+            "the connection (and HF_ENDPOINT)"
+        )
     if isinstance(error, errors.HfHubHTTPError) and status in (401, 403):
         return HubError(f"{name}: not authorised (HTTP {status}): the token is missing, wrong or lacks access; {login}")
     if isinstance(error, errors.HfHubHTTPError):
@@ -251,9 +289,14 @@ def downloads_dir() -> Path:
     except RuntimeError:  # Path.home() without HOME nor a passwd entry
         folder = None
     home = os.environ.get("HOME")
-    homeless = home is not None and not os.path.isabs(home) and not os.environ.get("XDG_CACHE_HOME")  # HOME="" means "/"
+    homeless = (
+        home is not None and not os.path.isabs(home) and not os.environ.get("XDG_CACHE_HOME")
+    )  # HOME="" means "/"
     if not os.environ.get("VAEZOO_CACHE_DIR") and (folder is None or not folder.is_absolute() or homeless):
-        raise HubError("vaezoo's download cache has no home: HOME is unset or empty (or XDG_CACHE_HOME is relative); set VAEZOO_CACHE_DIR to a writable folder")
+        raise HubError(
+            "vaezoo's download cache has no home: HOME is unset or empty (or XDG_CACHE_HOME is relative); "
+            "set VAEZOO_CACHE_DIR to a writable folder"
+        )
     return folder
 
 
@@ -279,14 +322,18 @@ def _check_url(url: str, shown: str) -> urllib.parse.SplitResult:
     """The parts of `url` when vaezoo may download from it: https://, or http:// from this machine;
     a HubError naming `shown` for anything else or anything malformed."""
     if _URL_FORBIDDEN.search(url) or not url.isascii():
-        raise HubError(f"bad URL {shown!r}: it holds a space, a control character or a non-ASCII character (percent-encode them)")
+        raise HubError(
+            f"bad URL {shown!r}: it holds a space, a control character or a non-ASCII character (percent-encode them)"
+        )
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError as error:
         raise HubError(f"bad URL {shown!r}: {error}") from None
     if not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
-        raise HubError(f"refusing to download {shown}: vaezoo downloads models over https:// only (http:// only from localhost)")
+        raise HubError(
+            f"refusing to download {shown}: vaezoo downloads models over https:// only (http:// only from localhost)"
+        )
     if not parts.hostname or not _valid_host(parts.hostname):
         raise HubError(f"bad URL {shown!r}: no valid host name (labels of at most 63 letters, digits and '-')")
     return parts
@@ -296,7 +343,10 @@ def _limits() -> tuple[float, int]:
     """(deadline of a whole download in seconds, size limit in bytes): VAEZOO_DOWNLOAD_TIMEOUT,
     VAEZOO_DOWNLOAD_LIMIT_MB, each a finite number above 0 (unset or empty: the default)."""
     values = []
-    for key, default in (("VAEZOO_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S), ("VAEZOO_DOWNLOAD_LIMIT_MB", DEFAULT_LIMIT_MB)):
+    for key, default in (
+        ("VAEZOO_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S),
+        ("VAEZOO_DOWNLOAD_LIMIT_MB", DEFAULT_LIMIT_MB),
+    ):
         text = os.environ.get(key) or None
         try:
             value = float(text) if text is not None else default
@@ -319,7 +369,9 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
             target = newurl
         parts = _check_url(target, target)
         if urllib.parse.urlsplit(req.full_url).scheme == "https" and parts.scheme != "https":
-            raise HubError(f"refusing the redirect of {req.full_url} to {target}: vaezoo never follows a redirect from https:// to http://")
+            raise HubError(
+                f"refusing the redirect of {req.full_url} to {target}: vaezoo never follows a redirect from https:// to http://"
+            )
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -468,24 +520,36 @@ def _download(url: str, target: Path, expected: str | None) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(target.parent.parent)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.pid{os.getpid()}-", suffix=".incomplete", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.pid{os.getpid()}-", suffix=".incomplete", dir=target.parent
+        )
     except OSError as error:
-        raise HubError(f"cannot write vaezoo's download cache {target.parent} to download {url}: {error.strerror or error}; set VAEZOO_CACHE_DIR to a writable folder") from None
+        raise HubError(
+            f"cannot write vaezoo's download cache {target.parent} to download {url}: "
+            f"{error.strerror or error}; set VAEZOO_CACHE_DIR to a writable folder"
+        ) from None
     tmp = Path(tmp_name)
     digest, size = hashlib.sha256(), 0
     deadline = _Deadline(timeout)
     opener = urllib.request.build_opener(_SafeRedirects, _TimedHTTP(deadline), _TimedHTTPS(deadline))
     request = urllib.request.Request(url, headers={"User-Agent": "vaezoo", "Accept-Encoding": "identity"})
-    timed_out = HubError(f"download of {url} took longer than VAEZOO_DOWNLOAD_TIMEOUT={timeout:g} s: stopped, nothing kept")
+    timed_out = HubError(
+        f"download of {url} took longer than VAEZOO_DOWNLOAD_TIMEOUT={timeout:g} s: stopped, nothing kept"
+    )
     try:
         with os.fdopen(fd, "wb") as handle, opener.open(request, timeout=min(STALL_S, deadline.left())) as response:
             announced = _content_length(response, url)
             if announced is not None and announced > limit:
-                raise HubError(f"{url} is {announced / 2**20:.1f} MiB, over the download limit of {limit / 2**20:.1f} MiB (VAEZOO_DOWNLOAD_LIMIT_MB)")
+                raise HubError(
+                    f"{url} is {announced / 2**20:.1f} MiB, over the download limit of {limit / 2**20:.1f} "
+                    "MiB (VAEZOO_DOWNLOAD_LIMIT_MB)"
+                )
             while chunk := response.read(CHUNK):
                 size += len(chunk)
                 if size > limit:
-                    raise HubError(f"{url} is over the download limit of {limit / 2**20:.1f} MiB (VAEZOO_DOWNLOAD_LIMIT_MB)")
+                    raise HubError(
+                        f"{url} is over the download limit of {limit / 2**20:.1f} MiB (VAEZOO_DOWNLOAD_LIMIT_MB)"
+                    )
                 digest.update(chunk)
                 handle.write(chunk)
             if deadline.expired:  # a socket shut down by the deadline reads as the end of the body
@@ -495,7 +559,9 @@ def _download(url: str, target: Path, expected: str | None) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         if expected is not None and digest.hexdigest() != expected:
-            raise HashMismatch(f"{url}: its sha256 is {digest.hexdigest()}, not {expected} as the URL says: refused, nothing kept")
+            raise HashMismatch(
+                f"{url}: its sha256 is {digest.hexdigest()}, not {expected} as the URL says: refused, nothing kept"
+            )
         os.replace(tmp, target)
     except urllib.error.HTTPError as error:
         what = {401: "unauthorised", 403: "forbidden", 404: "not found"}.get(error.code, "")

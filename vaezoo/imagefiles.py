@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -54,7 +54,10 @@ def _decode(path: str | os.PathLike, size: Sequence[int], mode: str) -> np.ndarr
         with Image.open(path) as image:
             width, height = image.size
             if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS:
-                return f"a decompression bomb? {width}x{height} pixels; vaezoo decodes 1 to {MAX_IMAGE_PIXELS} pixels (vaezoo.imagefiles.MAX_IMAGE_PIXELS)"
+                return (
+                    f"a decompression bomb? {width}x{height} pixels; vaezoo decodes 1 to {MAX_IMAGE_PIXELS} "
+                    "pixels (vaezoo.imagefiles.MAX_IMAGE_PIXELS)"
+                )
             image.load()
             image = image.convert(mode)
     except Exception as error:  # any failure while PIL parses this file is this file's fault
@@ -71,7 +74,9 @@ def _resize_center_crop(image, size: Sequence[int]):
 
     height, width = size
     scale = max(height / image.height, width / image.width)
-    resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BICUBIC)
+    resized = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BICUBIC
+    )
     left = (resized.width - width) // 2
     top = (resized.height - height) // 2
     return resized.crop((left, top, left + width, top + height))
@@ -105,12 +110,16 @@ def image_files(folder: str | os.PathLike) -> list[str]:
     """Paths (as strings) of the image files directly in `folder`, sorted; a DataError if it cannot be listed."""
     try:
         with os.scandir(folder) as entries:
-            return sorted(e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file())
+            return sorted(
+                e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file()
+            )
     except OSError as error:
         raise DataError(f"cannot list the image folder {folder}: {error.strerror or error}") from None
 
 
-def class_folder_files(folder: Path, classes: Sequence[str] | None = None, *, strict: bool = True) -> tuple[list[str], list[int]]:
+def class_folder_files(
+    folder: Path, classes: Sequence[str] | None = None, *, strict: bool = True
+) -> tuple[list[str], list[int]]:
     """Image paths under `folder/<class>/` and each one's class index (sorted folder names if `classes`
     is not given). `strict=False` skips what is missing or unreadable (for cache keys) instead of raising."""
     try:
@@ -138,7 +147,9 @@ def class_folder_files(folder: Path, classes: Sequence[str] | None = None, *, st
     return paths, labels
 
 
-def read_class_folders(folder: Path, *, classes: Sequence[str] | None = None, size: Sequence[int], mode: str = "RGB") -> tuple[Tensor, Tensor]:
+def read_class_folders(
+    folder: Path, *, classes: Sequence[str] | None = None, size: Sequence[int], mode: str = "RGB"
+) -> tuple[Tensor, Tensor]:
     """Images under `folder/<class>/*`, labelled by the class's index (sorted names if not given)."""
     if not folder.is_dir():
         raise DataError(f"missing image folder {folder}: expected {folder}/<class>/<image files>")

@@ -55,9 +55,15 @@ def build_model(recipe: Mapping[str, Any], in_shape: Sequence[int], classes: Seq
         provided["latent_dim"] = recipe["latent_dim"]
     model = instantiate(target, family, provided, "model")
     if not isinstance(model, Model):
-        raise RecipeError(f"model {family['name']!r} built a {type(model).__name__}, not a vaezoo.Model subclass (its plugin is broken)")
+        raise RecipeError(
+            f"model {family['name']!r} built a {type(model).__name__}, not a vaezoo.Model subclass (its "
+            "plugin is broken)"
+        )
     if getattr(model, "conditional", False) and not classes:
-        raise RecipeError(f"model {family['name']!r} is conditional: it needs a dataset with class labels, and {recipe['dataset']['name']!r} has none")
+        raise RecipeError(
+            f"model {family['name']!r} is conditional: it needs a dataset with class labels, and "
+            f"{recipe['dataset']['name']!r} has none"
+        )
     _check_declarations(model, family["name"], provided.get("loss"), recipe)
     model.in_shape, model.classes = in_shape, tuple(classes)
     return model
@@ -71,11 +77,28 @@ def _check_declarations(model: Model, name: str, loss: Any, recipe: Mapping[str,
     """What a family declares about its objective is usable, and nothing in the recipe is ignored:
     a loss with a KL schedule (beta, warm-up) needs a family that applies it."""
     if not (isinstance(model.objective, str) and REPORT_NAME.fullmatch(model.objective)):
-        raise PluginError(f"model family {name!r} declares objective {model.objective!r}: expected 'elbo' or a short lower-case name")
-    if not (isinstance(model.regularizer, str) and REPORT_NAME.fullmatch(model.regularizer)) or model.regularizer in RESERVED:
-        raise PluginError(f"model family {name!r} declares regularizer {model.regularizer!r}: expected a short lower-case name other than {', '.join(sorted(RESERVED))}")
+        raise PluginError(
+            f"model family {name!r} declares objective {model.objective!r}: expected 'elbo' or a short lower-case name"
+        )
+    if (
+        not (isinstance(model.regularizer, str) and REPORT_NAME.fullmatch(model.regularizer))
+        or model.regularizer in RESERVED
+    ):
+        raise PluginError(
+            f"model family {name!r} declares regularizer {model.regularizer!r}: expected a short lower-case "
+            f"name other than {', '.join(sorted(RESERVED))}"
+        )
     if model.objective == "elbo" and model.regularizer != "kl":
-        raise PluginError(f"model family {name!r}: an ELBO family's regularizer is the KL, not {model.regularizer!r} (declare its own objective)")
-    if loss is not None and not model.applies_kl_weight and any(loss.kl_weight(step) != 1.0 for step in (0, 1, 1000, 10**9)):
-        raise RecipeError(f"model {name!r} does not apply the KL schedule of loss {recipe['loss']['name']!r} (its beta or warm-up would be ignored): use a loss without one, or a family that applies it (vae, cvae)")
-
+        raise PluginError(
+            f"model family {name!r}: an ELBO family's regularizer is the KL, not {model.regularizer!r} "
+            "(declare its own objective)"
+        )
+    if (
+        loss is not None
+        and not model.applies_kl_weight
+        and any(loss.kl_weight(step) != 1.0 for step in (0, 1, 1000, 10**9))
+    ):
+        raise RecipeError(
+            f"model {name!r} does not apply the KL schedule of loss {recipe['loss']['name']!r} (its beta or "
+            "warm-up would be ignored): use a loss without one, or a family that applies it (vae, cvae)"
+        )

@@ -25,8 +25,23 @@ READS_FORMATS = (1, 2)  # format 1: vaezoo 0.1, whose recipes have no model tabl
 MAX_HEADER = 100_000_000  # bytes of JSON header
 REQUIRED_KEYS = ("vaezoo.format_version", "vaezoo.version", "vaezoo.recipe", "vaezoo.components", "vaezoo.data")
 # safetensors dtypes and their bytes per value
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8}
+DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+}
 MAX_RANK = 8  # dimensions of one tensor
 MAX_DIM = 2**40  # size of one dimension (a tensor's bytes must also match its data_offsets)
 MAX_SIDE = 1024  # largest image side a file may declare
@@ -83,8 +98,12 @@ def _header_size(first: bytes, file_size: int, path: Path) -> int:
     it is 8 raw bytes of whatever the file is)."""
     if file_size == 0:
         raise CheckpointError(f"{path} is empty: not a vaezoo model (re-download or re-train it)")
-    if (first[:2] == b"PK" or first[:1] == b"\x80") and first[8:9] != b"{":  # a header size of 128 mod 256 starts with 0x80 too
-        raise CheckpointError(f"{path} looks like a pickled PyTorch file (.pt), not safetensors: vaezoo never unpickles files")
+    if (first[:2] == b"PK" or first[:1] == b"\x80") and first[
+        8:9
+    ] != b"{":  # a header size of 128 mod 256 starts with 0x80 too
+        raise CheckpointError(
+            f"{path} looks like a pickled PyTorch file (.pt), not safetensors: vaezoo never unpickles files"
+        )
     if file_size < 8:
         raise CheckpointError(f"{path} is truncated ({file_size} bytes): not a safetensors file")
     size = int.from_bytes(first[:8], "little")
@@ -102,7 +121,12 @@ def _tensor_problem(info: Any) -> str | None:
         return f"has dtype {shown(dtype)}, not one of {', '.join(DTYPE_BYTES)}"
     if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(_is_int(d, 0, MAX_DIM) for d in shape)):
         return f"has shape {shown(shape)}, not a list of at most {MAX_RANK} sizes from 0 to 2^40"
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o, 0, 2**62) for o in offsets) and offsets[0] <= offsets[1]):
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(_is_int(o, 0, 2**62) for o in offsets)
+        and offsets[0] <= offsets[1]
+    ):
         return f"has data_offsets {shown(offsets)}, not [begin, end] with 0 <= begin <= end"
     if math.prod(shape) * DTYPE_BYTES[dtype] != offsets[1] - offsets[0]:
         return f"has shape {shown(shape)} of {dtype}, which does not match its data_offsets"
@@ -129,9 +153,15 @@ def _parse_header(raw: bytes, data_size: int, path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path} is not a safetensors file or is damaged: tensor {shown(name)} {problem}")
         end = max(end, info["data_offsets"][1])
     if end > data_size:
-        raise CheckpointError(f"{path} is truncated: its header describes {end} bytes of tensors but the file holds {data_size} (re-download or re-train it)")
+        raise CheckpointError(
+            f"{path} is truncated: its header describes {end} bytes of tensors but the file holds "
+            f"{data_size} (re-download or re-train it)"
+        )
     if end < data_size:
-        raise CheckpointError(f"{path} is not a safetensors file or is damaged: {data_size - end} bytes follow the tensors its header describes")
+        raise CheckpointError(
+            f"{path} is not a safetensors file or is damaged: {data_size - end} bytes follow the tensors its "
+            "header describes"
+        )
     return header
 
 
@@ -180,17 +210,24 @@ def decode_metadata(header: Mapping[str, Any], path: Path) -> dict[str, Any]:
     raw = header.get("__metadata__") or {}
     missing = [key for key in REQUIRED_KEYS if key not in raw]
     if missing:
-        raise CheckpointError(f"{path} is a safetensors file without vaezoo metadata ({missing[0]} missing): not a vaezoo model")
+        raise CheckpointError(
+            f"{path} is a safetensors file without vaezoo metadata ({missing[0]} missing): not a vaezoo model"
+        )
     metadata = {}
     for key, value in raw.items():
         if key.startswith("vaezoo."):
             try:
                 metadata[key[len("vaezoo.") :]] = json.loads(value)
             except (TypeError, ValueError, RecursionError):  # also numbers of thousands of digits
-                raise CheckpointError(f"{path}: metadata {shown(key)} is not valid JSON (the file is damaged)") from None
+                raise CheckpointError(
+                    f"{path}: metadata {shown(key)} is not valid JSON (the file is damaged)"
+                ) from None
     version = metadata["format_version"]
     if not (_is_int(version, 0, 10**6) and version in READS_FORMATS):
-        raise CheckpointError(f"{path} uses checkpoint format {shown(version)}, this vaezoo reads {', '.join(map(str, READS_FORMATS))}: upgrade vaezoo")
+        raise CheckpointError(
+            f"{path} uses checkpoint format {shown(version)}, this vaezoo reads "
+            f"{', '.join(map(str, READS_FORMATS))}: upgrade vaezoo"
+        )
     problem = metadata_problem(metadata)
     if problem:
         raise CheckpointError(f"{path} is damaged: metadata {problem} (see docs/checkpoints.md)")
@@ -248,7 +285,10 @@ def _component_problem(components: Any) -> str | None:
     if not (isinstance(components, list) and len(components) <= MAX_COMPONENTS):
         return f"vaezoo.components is not a list of at most {MAX_COMPONENTS} objects"
     for i, record in enumerate(components):
-        if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("kind", "name", "plugin", "distribution", "version"))):
+        if not (
+            isinstance(record, dict)
+            and all(isinstance(record.get(k), str) for k in ("kind", "name", "plugin", "distribution", "version"))
+        ):
             return f"vaezoo.components[{i}] is not a {{kind, name, plugin, distribution, version}} object of strings"
     return None
 
@@ -271,10 +311,18 @@ def _data_problem(data: Any) -> str | None:
     if not isinstance(data, dict):
         return "vaezoo.data is not an object"
     shape = data.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 3 and _is_int(shape[0], 1, MAX_CHANNELS) and all(_is_int(side, 1, MAX_SIDE) for side in shape[1:])
-            and math.prod(shape) <= MAX_VALUES):
-        return (f"vaezoo.data.shape is {shown(shape)}, expected [C, H, W] with 1 <= C <= {MAX_CHANNELS}, sides of 1 to {MAX_SIDE} "
-                f"and C * H * W at most {MAX_VALUES:,} (3 x 1024 x 1024)")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and _is_int(shape[0], 1, MAX_CHANNELS)
+        and all(_is_int(side, 1, MAX_SIDE) for side in shape[1:])
+        and math.prod(shape) <= MAX_VALUES
+    ):
+        return (
+            f"vaezoo.data.shape is {shown(shape)}, expected [C, H, W] with 1 <= C <= {MAX_CHANNELS}, sides "
+            f"of 1 to {MAX_SIDE} "
+            f"and C * H * W at most {MAX_VALUES:,} (3 x 1024 x 1024)"
+        )
     classes = data.get("classes", [])
     if not (isinstance(classes, list) and len(classes) <= 100_000 and all(isinstance(name, str) for name in classes)):
         return "vaezoo.data.classes is not a list of class names"
@@ -308,8 +356,13 @@ def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
     for key in ("version", "torch_version"):
         if not isinstance(metadata.get(key, ""), str):
             return f"vaezoo.{key} is not a string"
-    return (_recipe_problem(metadata.get("recipe")) or _data_problem(metadata.get("data")) or _component_problem(metadata.get("components"))
-            or _training_problem(metadata.get("training", {})) or _objective_problem(metadata.get("objective", {})))
+    return (
+        _recipe_problem(metadata.get("recipe"))
+        or _data_problem(metadata.get("data"))
+        or _component_problem(metadata.get("components"))
+        or _training_problem(metadata.get("training", {}))
+        or _objective_problem(metadata.get("objective", {}))
+    )
 
 
 _OBJECTIVE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -365,7 +418,10 @@ def describe(path: str | Path) -> dict[str, Any]:
         "vaezoo_version": metadata["version"],
         "recipe": metadata["recipe"],
         "format_version": metadata["format_version"],
-        "model": next((r for r in metadata["components"] if r.get("kind") == "model"), {"kind": "model", "name": metadata["recipe"].get("model", {}).get("name", "vae")}),
+        "model": next(
+            (r for r in metadata["components"] if r.get("kind") == "model"),
+            {"kind": "model", "name": metadata["recipe"].get("model", {}).get("name", "vae")},
+        ),
         "components": metadata["components"],
         "data": metadata["data"],
         "tensors": len(tensors),

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.data import to_float
-from vaezoo.files import write_bytes_atomic
-from vaezoo.images import save_grid
 from vaezoo.components import Model
+from vaezoo.data import to_float
 from vaezoo.errors import VaezooError
 from vaezoo.evaluate import family_name, labels_for
+from vaezoo.files import write_bytes_atomic
+from vaezoo.images import save_grid
 
 RECON_COUNT = 16  # test images in the reconstructions.png of a run
 RECON_COLUMNS = 8
@@ -54,7 +54,9 @@ def _model_input(model: Model, images: Tensor, labels: Tensor | None) -> tuple[T
 
 
 @torch.no_grad()
-def reconstructions(model: Model, images: Tensor, labels: Tensor | None = None, columns: int = RECON_COLUMNS) -> tuple[Tensor, int]:
+def reconstructions(
+    model: Model, images: Tensor, labels: Tensor | None = None, columns: int = RECON_COLUMNS
+) -> tuple[Tensor, int]:
     """Uint8 `images` (top rows) above their reconstructions (bottom rows), as (tiles, columns) for
     `save_grid`; each half is filled up to whole rows with white tiles so that the halves line up."""
     x, y = _model_input(model, images, labels)
@@ -66,7 +68,9 @@ def reconstructions(model: Model, images: Tensor, labels: Tensor | None = None, 
 
 
 @torch.no_grad()
-def interpolations(model: Model, images: Tensor, labels: Tensor | None = None, steps: int = INTERP_STEPS) -> tuple[Tensor, int]:
+def interpolations(
+    model: Model, images: Tensor, labels: Tensor | None = None, steps: int = INTERP_STEPS
+) -> tuple[Tensor, int]:
     """Decoded straight lines between the latents (`model.encode`) of image pairs `images[0::2]`,
     `images[1::2]`: one row per pair, `steps` columns (the ends are the two reconstructions). A
     conditional model decodes each row with the label of the pair's first image."""
@@ -101,13 +105,23 @@ def sample_grid(model: Model, n: int) -> tuple[Tensor, int | None]:
     return model.sample(len(y), y), per_class
 
 
-def save_reconstructions(model: Model, images: Tensor, path: str | Path, n: int = RECON_COUNT, seed: int = 0, labels: Tensor | None = None) -> None:
+def save_reconstructions(
+    model: Model, images: Tensor, path: str | Path, n: int = RECON_COUNT, seed: int = 0, labels: Tensor | None = None
+) -> None:
     """reconstructions.png: `n` test images drawn with `seed` above their reconstructions."""
     tiles, columns = reconstructions(model, *pick(images, n, seed, labels))
     save_grid(tiles, path, nrow=columns)
 
 
-def save_interpolations(model: Model, images: Tensor, path: str | Path, pairs: int = INTERP_PAIRS, steps: int = INTERP_STEPS, seed: int = 0, labels: Tensor | None = None) -> None:
+def save_interpolations(
+    model: Model,
+    images: Tensor,
+    path: str | Path,
+    pairs: int = INTERP_PAIRS,
+    steps: int = INTERP_STEPS,
+    seed: int = 0,
+    labels: Tensor | None = None,
+) -> None:
     """interpolations.png: `pairs` rows of `steps` images between two test images drawn with `seed`."""
     tiles, columns = interpolations(model, *pick(images, 2 * pairs, seed, labels), steps)
     save_grid(tiles, path, nrow=columns)
@@ -148,7 +162,9 @@ def save_loss_plot(history: Sequence[Mapping[str, Any]], path: str | Path) -> bo
     return True
 
 
-def write_epoch_pictures(model: Model, test_images: Tensor, test_labels: Tensor | None, history: Sequence[Mapping[str, Any]], out_dir: Path) -> None:
+def write_epoch_pictures(
+    model: Model, test_images: Tensor, test_labels: Tensor | None, history: Sequence[Mapping[str, Any]], out_dir: Path
+) -> None:
     """reconstructions.png, interpolations.png (families with encode/decode) and loss.png of a run, at
     the end of an epoch (the model in eval mode, so normalization statistics are used, not updated)."""
     was_training = model.training

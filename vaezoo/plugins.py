@@ -72,7 +72,8 @@ def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
         if first is not None:  # the same distribution found twice on sys.path is harmless
             if first.distribution != info.distribution:
                 raise PluginError(
-                    f"two plugins are named {info.name!r}: one from {first.distribution} and one from {info.distribution}; "
+                    f"two plugins are named {info.name!r}: one from {first.distribution} and one from "
+                    f"{info.distribution}; "
                     f"uninstall one of them (VAEZOO_DISABLE_PLUGINS={info.name} switches both off)"
                 )
             continue
@@ -116,7 +117,9 @@ def build_registry() -> Registry:
     return registry
 
 
-def _register(registry: Registry, kind: str, info: PluginInfo, name: str, target: object, *, summary: str | None = None) -> None:
+def _register(
+    registry: Registry, kind: str, info: PluginInfo, name: str, target: object, *, summary: str | None = None
+) -> None:
     """The `register` callable a hook receives; once its plugin has failed it registers nothing."""
     if info.error is None:
         registry.add(kind, name, target, info, summary)

@@ -20,7 +20,9 @@ class RichProgress(Callback):
 
     def _new_bar(self, run: Run) -> None:
         epochs = run.recipe["train"]["epochs"]
-        self.task = self.progress.add_task(f"epoch {run.epoch + 1}/{epochs}", total=run.batches_per_epoch, loss=float("nan"), rate=0.0)
+        self.task = self.progress.add_task(
+            f"epoch {run.epoch + 1}/{epochs}", total=run.batches_per_epoch, loss=float("nan"), rate=0.0
+        )
 
     def on_start(self, run: Run) -> None:
         self.progress = Progress(
@@ -41,10 +43,13 @@ class RichProgress(Callback):
         self.progress.update(self.task, completed=batch, loss=loss, rate=images_per_s)
 
     def on_epoch_end(self, run: Run, metrics: dict[str, Any]) -> None:
-        self.progress.update(self.task, completed=run.batches_per_epoch, loss=metrics["train_loss"], rate=metrics["images_per_s"])
+        self.progress.update(
+            self.task, completed=run.batches_per_epoch, loss=metrics["train_loss"], rate=metrics["images_per_s"]
+        )
         extra = f"  bits/dim {metrics['test_bits_per_dim']:.3f}" if "test_bits_per_dim" in metrics else ""
         self.progress.console.print(
-            f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.2f}  test loss {metrics['test_loss']:.2f}{extra}"
+            f"epoch {metrics['epoch']}: train loss {metrics['train_loss']:.2f}  test loss "
+            f"{metrics['test_loss']:.2f}{extra}"
             f"  ({metrics['images_per_s']:.0f} img/s, {metrics['seconds']:.1f} s)"
         )
         if run.epoch < run.recipe["train"]["epochs"]:

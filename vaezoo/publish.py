@@ -12,10 +12,9 @@ from pathlib import Path
 import vaezoo
 from vaezoo.card import model_card
 from vaezoo.files import write_bytes_atomic
-from vaezoo.hub import MODEL_FILE, HubError, first_line, quiet_hub_logs, check_repo_id, check_revision, import_hub
+from vaezoo.hub import MODEL_FILE, HubError, check_repo_id, check_revision, first_line, import_hub, quiet_hub_logs
 from vaezoo.modelfile import read_metadata
 from vaezoo.tomlwrite import dumps as toml_dumps
-
 
 
 def push_files(source: str | os.PathLike, repo_id: str | None = None) -> dict[str, bytes]:
@@ -40,8 +39,17 @@ def push_files(source: str | os.PathLike, repo_id: str | None = None) -> dict[st
 
 def _refuse_unless_regular(path: Path, info: os.stat_result) -> None:
     if not stat.S_ISREG(info.st_mode):
-        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise HubError(f"refusing to push {path}: it is {kind}; vaezoo pushes only regular files of the run folder (copy the file itself there, or remove it)")
+        kind = (
+            "a symbolic link"
+            if stat.S_ISLNK(info.st_mode)
+            else "a folder"
+            if stat.S_ISDIR(info.st_mode)
+            else "not a regular file"
+        )
+        raise HubError(
+            f"refusing to push {path}: it is {kind}; vaezoo pushes only regular files of the run folder "
+            "(copy the file itself there, or remove it)"
+        )
 
 
 def _read_regular(path: Path) -> bytes | None:
@@ -88,7 +96,12 @@ def push(
             api.create_repo(repo_id, private=private, exist_ok=True)
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
-            api.create_commit(repo_id, operations=operations, commit_message=commit_message or _commit_message(files), revision=revision)
+            api.create_commit(
+                repo_id,
+                operations=operations,
+                commit_message=commit_message or _commit_message(files),
+                revision=revision,
+            )
     except Exception as error:
         raise push_error(error, name) from None
     return f"{api.endpoint}/{repo_id}" + (f"/tree/{revision}" if revision else "")
@@ -104,7 +117,10 @@ def push_error(error: Exception, name: str) -> HubError:
 
     status = getattr(getattr(error, "response", None), "status_code", None)
     if status in (401, 403) or isinstance(error, errors.LocalTokenNotFoundError):
-        return HubError(f"not authorised to push to {name}: log in with `hf auth login` or set HF_TOKEN to a token with write access")
+        return HubError(
+            f"not authorised to push to {name}: log in with `hf auth login` or set HF_TOKEN to a token with "
+            "write access"
+        )
     if isinstance(error, errors.HfHubHTTPError):
         return HubError(f"push to {name} failed: the Hub answered HTTP {status}: {first_line(error)}")
     if isinstance(error, errors.OfflineModeIsEnabled):
@@ -112,4 +128,3 @@ def push_error(error: Exception, name: str) -> HubError:
     if isinstance(error, (OSError, ValueError)) or type(error).__module__.startswith(("httpx", "httpcore")):
         return HubError(f"push to {name} failed: {first_line(error)}")
     raise error
-

@@ -36,7 +36,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "channels_last": True,
     "eval_batch_size": 500,
     "sample_count": 64,
-    "group_lr": {},  # learning rates of a family's named optimizers (Model.parameter_groups), e.g. { discriminator = 1e-4 }
+    # learning rates of a family's named optimizers (Model.parameter_groups), e.g. { discriminator = 1e-4 }
+    "group_lr": {},
 }
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -46,7 +47,9 @@ MODEL_ARGS = {"in_shape", "num_classes", "latent_dim", *MODEL_PARTS}
 # A recipe's name becomes a folder name (runs/NAME-TIME/): letters, digits, '.', '_', '+', '-', no separators.
 RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 MAX_LATENT_DIM = 65536  # as a layer's width (plugins/vaezoo_defaults/common.py)
-MAX_GRID_IMAGES = 10_000  # images in one picture (samples.png, sample -n, reconstruct -n, interpolate): 10,000 CIFAR-sized tiles make a 3,400 x 3,400 PNG
+# Images in one picture (samples.png, sample -n, reconstruct -n, interpolate): 10,000 CIFAR-sized tiles make a
+# 3,400 x 3,400 PNG.
+MAX_GRID_IMAGES = 10_000
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -63,7 +66,9 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         if text and all(c.isalnum() or c in "-_./:" for c in text):
             value = text
         else:
-            raise RecipeError(f"bad --set {item!r}: {text!r} is not a TOML value (strings need quotes, lists brackets: [64, 128])") from None
+            raise RecipeError(
+                f"bad --set {item!r}: {text!r} is not a TOML value (strings need quotes, lists brackets: [64, 128])"
+            ) from None
     return path, value
 
 
@@ -80,7 +85,9 @@ def apply_override(recipe: dict[str, Any], path: list[str], value: Any) -> None:
         child = node.get(part)
         if not isinstance(child, dict):
             tables = ", ".join(sorted(key for key, value in node.items() if isinstance(value, dict))) or "none"
-            raise RecipeError(f"cannot set {'.'.join(path)}: {part!r} is not a table in this recipe (its tables here: {tables})")
+            raise RecipeError(
+                f"cannot set {'.'.join(path)}: {part!r} is not a table in this recipe (its tables here: {tables})"
+            )
         node = child
     node[path[-1]] = value
 
@@ -129,7 +136,10 @@ def check_name(name: Any, where: str = "recipe") -> str:
     """A recipe name that is safe as a folder name and to print, or a RecipeError."""
     if not isinstance(name, str) or not RECIPE_NAME.fullmatch(name):
         shown = repr(name)[:80]
-        raise RecipeError(f"{where}: name {shown} is not a recipe name (up to 100 letters, digits, '.', '_', '+' or '-', starting with a letter or digit)")
+        raise RecipeError(
+            f"{where}: name {shown} is not a recipe name (up to 100 letters, digits, '.', '_', '+' or '-', "
+            "starting with a letter or digit)"
+        )
     return name
 
 
@@ -139,12 +149,16 @@ def validate(name: str, table: dict[str, Any], *, need_dataset: bool = True) -> 
     check_name(name)
     unknown = set(table) - TOP_LEVEL
     if unknown:
-        raise RecipeError(f"recipe {name!r}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_LEVEL))}")
+        raise RecipeError(
+            f"recipe {name!r}: unknown key {sorted(unknown)[0]!r}; allowed: {', '.join(sorted(TOP_LEVEL))}"
+        )
     resolved: dict[str, Any] = {"name": name, "summary": str(table.get("summary", ""))}
     if "latent_dim" in table:
         latent_dim = table["latent_dim"]
         if not _is_int(latent_dim) or not 1 <= latent_dim <= MAX_LATENT_DIM:
-            raise RecipeError(f"recipe {name!r}: latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {latent_dim!r}")
+            raise RecipeError(
+                f"recipe {name!r}: latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {latent_dim!r}"
+            )
         resolved["latent_dim"] = latent_dim
     resolved["model"] = _resolve_model(name, table)
     resolved["dataset"] = _resolve_dataset(name, table.get("dataset"), need_dataset)
@@ -158,7 +172,12 @@ def validate(name: str, table: dict[str, Any], *, need_dataset: bool = True) -> 
 def _resolve_dataset(recipe: str, table: Any, needed: bool) -> dict[str, Any]:
     from vaezoo.plugins import get_registry
 
-    if not needed and isinstance(table, dict) and isinstance(table.get("name"), str) and table["name"] not in get_registry().entries["datasets"]:
+    if (
+        not needed
+        and isinstance(table, dict)
+        and isinstance(table.get("name"), str)
+        and table["name"] not in get_registry().entries["datasets"]
+    ):
         return dict(table)
     return resolve_component(recipe, "dataset", "datasets", table)
 
@@ -172,11 +191,16 @@ def _resolve_model(recipe: str, table: dict[str, Any]) -> dict[str, Any]:
     params, var_keyword = component_parameters(get_registry().get("models", resolved["name"]).load())
     for key in (*MODEL_PARTS, "latent_dim"):
         if key in table and key not in params and not var_keyword:
-            raise RecipeError(f"recipe {recipe!r}: model {resolved['name']!r} takes no {key} (remove it from the recipe)")
+            raise RecipeError(
+                f"recipe {recipe!r}: model {resolved['name']!r} takes no {key} (remove it from the recipe)"
+            )
         required = key in params and params[key].default is inspect.Parameter.empty
         if required and key not in table:
             example = "latent_dim = 32" if key == "latent_dim" else f'{key} = {{ name = "..." }}'
-            raise RecipeError(f"recipe {recipe!r}: model {resolved['name']!r} needs {key} ({example}; `vaezoo list {COMPONENTS.get(key, 'recipes')}`)")
+            raise RecipeError(
+                f"recipe {recipe!r}: model {resolved['name']!r} needs {key} ({example}; `vaezoo list "
+                f"{COMPONENTS.get(key, 'recipes')}`)"
+            )
     return resolved
 
 
@@ -189,7 +213,9 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
         raise RecipeError(f"recipe {name!r}: train must be a table")
     unknown = set(train) - set(TRAIN_DEFAULTS)
     if unknown:
-        raise RecipeError(f"recipe {name!r}: unknown key train.{sorted(unknown)[0]}; allowed: {', '.join(TRAIN_DEFAULTS)}")
+        raise RecipeError(
+            f"recipe {name!r}: unknown key train.{sorted(unknown)[0]}; allowed: {', '.join(TRAIN_DEFAULTS)}"
+        )
     resolved = {**TRAIN_DEFAULTS, **train}
     for key, default in TRAIN_DEFAULTS.items():
         resolved[key] = _check_type(f"train.{key}", resolved[key], default)
@@ -264,12 +290,18 @@ def component_parameters(target: Any) -> tuple[dict[str, inspect.Parameter], boo
 def _toml_default(value: Any) -> Any:
     if isinstance(value, tuple):
         value = list(value)
-    if isinstance(value, (bool, int, float, str)) or isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value):
+    if (
+        isinstance(value, (bool, int, float, str))
+        or isinstance(value, list)
+        and all(isinstance(v, (bool, int, float, str)) for v in value)
+    ):
         return value
     return None
 
 
-def resolve_component(recipe: str, key: str, kind: str, table: Any, framework: set[str] = FRAMEWORK_ARGS) -> dict[str, Any]:
+def resolve_component(
+    recipe: str, key: str, kind: str, table: Any, framework: set[str] = FRAMEWORK_ARGS
+) -> dict[str, Any]:
     """A component (or model) table with the constructor's TOML-friendly defaults filled in; every
     key is checked against the constructor (`framework`: the arguments vaezoo passes itself)."""
     from vaezoo.plugins import get_registry
@@ -277,7 +309,7 @@ def resolve_component(recipe: str, key: str, kind: str, table: Any, framework: s
     if isinstance(table, str):
         table = {"name": table}
     if not isinstance(table, dict) or not isinstance(table.get("name"), str):
-        raise RecipeError(f"recipe {recipe!r}: {key} must be a table with a name, e.g. {key} = {{ name = \"...\" }}")
+        raise RecipeError(f'recipe {recipe!r}: {key} must be a table with a name, e.g. {key} = {{ name = "..." }}')
     target = get_registry().get(kind, table["name"]).load()
     params, var_keyword = component_parameters(target)
     resolved = {"name": table["name"]}
@@ -290,9 +322,14 @@ def resolve_component(recipe: str, key: str, kind: str, table: Any, framework: s
         if arg == "name":
             continue
         if arg in framework:
-            raise RecipeError(f"recipe {recipe!r}: {key}.{arg} is set by vaezoo itself (latent_dim and the components go at the top level)")
+            raise RecipeError(
+                f"recipe {recipe!r}: {key}.{arg} is set by vaezoo itself (latent_dim and the components go "
+                "at the top level)"
+            )
         if arg not in params and not var_keyword:
             allowed = ", ".join(a for a in params if a not in framework) or "none"
-            raise RecipeError(f"recipe {recipe!r}: unknown key {key}.{arg} for {key} {table['name']!r} (accepted: {allowed})")
+            raise RecipeError(
+                f"recipe {recipe!r}: unknown key {key}.{arg} for {key} {table['name']!r} (accepted: {allowed})"
+            )
         resolved[arg] = _check_type(f"{key}.{arg}", value, resolved.get(arg))
     return resolved

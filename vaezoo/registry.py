@@ -46,8 +46,10 @@ class Entry:
                 raise
             except BaseException as error:  # a plugin's code (even sys.exit) must not take vaezoo down
                 raise PluginError(
-                    f"plugin {self.plugin.name!r} ({self.plugin.distribution}) registers {KINDS[self.kind]} {self.name!r} as "
-                    f"{self.target!r}, which does not import: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                    f"plugin {self.plugin.name!r} ({self.plugin.distribution}) registers {KINDS[self.kind]} "
+                    f"{self.name!r} as "
+                    f"{self.target!r}, which does not import: {type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''}"
                 ) from None
         return self.target
 
@@ -136,7 +138,10 @@ def registration_problem(kind: str, name: object, target: object, summary: objec
     article = "an" if what[0] in "aeiou" else "a"
     if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable() or name != name.strip():
         shown = repr(name) if isinstance(name, str) else f"of type {type(name).__name__}"
-        return f"{article} {what} with an invalid name {shown[:MAX_NAME + 2]} (a name is 1 to {MAX_NAME} printable characters)"
+        return (
+            f"{article} {what} with an invalid name {shown[: MAX_NAME + 2]} (a name is 1 to {MAX_NAME} printable "
+            "characters)"
+        )
     if summary is not None and not isinstance(summary, str):
         return f"{what} {name!r} with a summary of type {type(summary).__name__} (a summary is a string)"
     if kind == "recipes":

@@ -23,7 +23,15 @@ SAMPLE_SEED = 0  # samples.png of every epoch decodes the same noise
 
 
 def training_summary(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"epochs": run.epoch, "steps": run.step, "precision": run.precision.name, "device": run.device.type, "train_images": len(run.train_images), "test_images": len(run.test_images), "metrics": metrics}
+    return {
+        "epochs": run.epoch,
+        "steps": run.step,
+        "precision": run.precision.name,
+        "device": run.device.type,
+        "train_images": len(run.train_images),
+        "test_images": len(run.test_images),
+        "metrics": metrics,
+    }
 
 
 def write_metrics(run: Run) -> None:
@@ -51,7 +59,9 @@ class RunFiles(Callback):
         if run.state.epoch == 0 or not run.history:
             return False
         metrics_file = run.out_dir / "metrics.jsonl"
-        lines = metrics_file.read_text(encoding="utf-8", errors="replace").splitlines() if metrics_file.is_file() else []
+        lines = (
+            metrics_file.read_text(encoding="utf-8", errors="replace").splitlines() if metrics_file.is_file() else []
+        )
         behind = _saved_epochs(run.out_dir / "model.safetensors") != run.state.epoch and run.state.batch == 0
         metrics_behind = len(lines) != len(run.history)
         if behind:
@@ -75,13 +85,21 @@ class RunFiles(Callback):
 
     @staticmethod
     def _save_state(run: Run, data_rng: Tensor) -> None:
-        save_state(run.out_dir / "state.safetensors", run.model, run.optimizers, run.state.state_dict(), data_rng, run.scaler, run.history)
+        save_state(
+            run.out_dir / "state.safetensors",
+            run.model,
+            run.optimizers,
+            run.state.state_dict(),
+            data_rng,
+            run.scaler,
+            run.history,
+        )
 
 
 def _saved_epochs(path: Any) -> int | None:
     """The epochs recorded in a model file of this run, or None if it is missing or unreadable."""
-    from vaezoo.modelfile import read_metadata
     from vaezoo.errors import VaezooError
+    from vaezoo.modelfile import read_metadata
 
     try:
         return read_metadata(path)[0].get("training", {}).get("epochs")

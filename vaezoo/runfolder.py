@@ -33,7 +33,19 @@ except ImportError:  # not on Windows: the takeover of a stale lock is then not 
 LOCK_NAME = ".vaezoo.lock"
 RUN_FILES = ("model.safetensors", "state.safetensors")
 # train keys a resume may change: they take effect from the next step. Anything else must stay as saved.
-RESUMABLE_CHANGES = {"epochs", "lr", "group_lr", "weight_decay", "grad_clip", "skip_grad_norm", "precision", "compile", "channels_last", "eval_batch_size", "sample_count"}
+RESUMABLE_CHANGES = {
+    "epochs",
+    "lr",
+    "group_lr",
+    "weight_decay",
+    "grad_clip",
+    "skip_grad_norm",
+    "precision",
+    "compile",
+    "channels_last",
+    "eval_batch_size",
+    "sample_count",
+}
 # vaezoo.files.write_bytes_atomic's temporary files: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
 TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 LOCK_DRAFT = re.compile(r"^\.vaezoo\.lock\.(\d+)\.\d+$")
@@ -110,7 +122,12 @@ def _parse_owner(data: bytes) -> dict[str, Any] | None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = {"pid": value}
-    if not isinstance(value, dict) or not isinstance(value.get("pid"), int) or isinstance(value.get("pid"), bool) or value["pid"] <= 0:
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("pid"), int)
+        or isinstance(value.get("pid"), bool)
+        or value["pid"] <= 0
+    ):
         return None
     if "start" in value and not isinstance(value["start"], int):
         return None
@@ -128,7 +145,9 @@ def remove_temp_files(folder: Path) -> list[str]:
         return removed
     for entry in entries:
         lock_draft = LOCK_DRAFT.match(entry.name)  # RunLock.acquire's, left by a writer killed in that instant
-        if (TEMP_FILE.match(entry.name) or (lock_draft and not pid_alive(int(lock_draft[1])))) and entry.is_file(follow_symlinks=False):
+        if (TEMP_FILE.match(entry.name) or (lock_draft and not pid_alive(int(lock_draft[1])))) and entry.is_file(
+            follow_symlinks=False
+        ):
             try:
                 os.unlink(entry.path)
                 removed.append(entry.name)
@@ -156,7 +175,9 @@ class RunLock:
         if folder.exists() and not folder.is_dir():
             raise VaezooError(f"--out {folder} is a file, not a folder: choose another --out")
         self.record = (json.dumps(process_identity()) + "\n").encode()
-        mine = folder / f"{LOCK_NAME}.{os.getpid()}.{threading.get_ident()}"  # written whole first, then linked: a lock is never seen half-written
+        mine = (
+            folder / f"{LOCK_NAME}.{os.getpid()}.{threading.get_ident()}"
+        )  # written whole first, then linked: a lock is never seen half-written
         for _ in range(self.ATTEMPTS):
             self._make_folder()
             try:
@@ -168,14 +189,21 @@ class RunLock:
             except FileNotFoundError:  # the folder was removed meanwhile (a refused run's, see remove_created)
                 continue
             except OSError as error:
-                reason = "read-only or not writable" if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else error.strerror
+                reason = (
+                    "read-only or not writable"
+                    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                    else error.strerror
+                )
                 raise VaezooError(f"cannot write into the run folder {folder}: {reason}") from None
             finally:
                 mine.unlink(missing_ok=True)
             self.held = True
             remove_temp_files(folder)  # ours now: what a killed writer left behind goes
             return self
-        raise VaezooError(f"cannot lock the run folder {folder}: its lock file {self.path} keeps coming back; if no vaezoo run uses the folder, delete it")
+        raise VaezooError(
+            f"cannot lock the run folder {folder}: its lock file {self.path} keeps coming back; if no vaezoo "
+            "run uses the folder, delete it"
+        )
 
     def _make_folder(self) -> None:
         """Create the run folder (and missing parents), remembering which ones were made here."""
@@ -200,12 +228,16 @@ class RunLock:
         except FileNotFoundError:
             return  # gone meanwhile: try again
         except OSError as error:
-            raise VaezooError(f"cannot read the lock file {self.path} of the run folder {self.path.parent}: {error.strerror}; if no vaezoo run uses the folder, delete it") from None
+            raise VaezooError(
+                f"cannot read the lock file {self.path} of the run folder {self.path.parent}: "
+                f"{error.strerror}; if no vaezoo run uses the folder, delete it"
+            ) from None
         with handle:
             owner = _parse_owner(handle.read(4096))
             if owner is not None and identity_alive(owner):
                 raise VaezooError(
-                    f"{self.path.parent} is in use by another vaezoo run (pid {owner['pid']}): wait for it to finish, or choose another --out; "
+                    f"{self.path.parent} is in use by another vaezoo run (pid {owner['pid']}): wait for it "
+                    "to finish, or choose another --out; "
                     f"if no vaezoo run uses the folder, delete its lock file {self.path}"
                 )
             if fcntl is not None:
@@ -249,6 +281,13 @@ def check_resume_changes(saved: dict[str, Any], wanted: dict[str, Any], folder: 
             for name in sorted(set(saved["train"]) | set(wanted["train"])):
                 old, new = saved["train"].get(name), wanted["train"].get(name)
                 if old != new and name not in RESUMABLE_CHANGES:
-                    raise RecipeError(f"cannot change train.{name} when resuming {folder} (it was {old!r}, now {new!r}): only {', '.join(sorted(RESUMABLE_CHANGES))} can change; start a new run for the rest")
+                    raise RecipeError(
+                        f"cannot change train.{name} when resuming {folder} (it was {old!r}, now {new!r}): "
+                        f"only {', '.join(sorted(RESUMABLE_CHANGES))} can change; start a new run for the "
+                        "rest"
+                    )
         elif key != "summary" and saved.get(key) != wanted.get(key):
-            raise RecipeError(f"cannot change {key} when resuming {folder} (it was {saved.get(key)!r}, now {wanted.get(key)!r}): the saved weights are for the saved model; start a new run with --out")
+            raise RecipeError(
+                f"cannot change {key} when resuming {folder} (it was {saved.get(key)!r}, now "
+                f"{wanted.get(key)!r}): the saved weights are for the saved model; start a new run with --out"
+            )

@@ -18,13 +18,17 @@ def parse_label(model: Model, label: str | None) -> int | None:
     if label is None:
         return None
     if not getattr(model, "conditional", False):
-        raise VaezooError("--label needs a conditional model, and this model is not conditional (it samples without classes)")
+        raise VaezooError(
+            "--label needs a conditional model, and this model is not conditional (it samples without classes)"
+        )
     classes = list(model.classes)
     if label in classes:
         return classes.index(label)
     if label.strip().isdigit() and int(label) < len(classes):
         return int(label)
-    raise VaezooError(f"unknown label {label!r}: this model's classes are {', '.join(classes)} (or an index 0-{len(classes) - 1})")
+    raise VaezooError(
+        f"unknown label {label!r}: this model's classes are {', '.join(classes)} (or an index 0-{len(classes) - 1})"
+    )
 
 
 def sample_images(model: Model, n: int, *, seed: int = 0, temperature: float = 1.0, label: int | None = None) -> Tensor:

@@ -16,16 +16,17 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from vaezoo.checkpoint import load_weights, state_tensors
-from vaezoo.modelfile import read_header
 from vaezoo.errors import CheckpointError
 from vaezoo.files import write_bytes_atomic
-
+from vaezoo.modelfile import read_header
 
 Optimizers = Mapping[str, torch.optim.Optimizer]
 MAIN = "model"  # the optimizer of a family with one: saved as vaezoo 0.2 saved it (`optimizer.*`)
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "optimizer.") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _optimizer_tensors(
+    optimizer: torch.optim.Optimizer, prefix: str = "optimizer."
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = optimizer.state_dict()
     tensors, plain = {}, {}
     for index, values in state["state"].items():
@@ -109,7 +110,11 @@ def _damaged(path: Path, what: str) -> CheckpointError:
 
 
 def _check_optimizer_fields(path: Path, field: str, optimizer_plain: Any) -> None:
-    if not (isinstance(optimizer_plain, dict) and isinstance(optimizer_plain.get("param_groups"), list) and isinstance(optimizer_plain.get("plain"), dict)):
+    if not (
+        isinstance(optimizer_plain, dict)
+        and isinstance(optimizer_plain.get("param_groups"), list)
+        and isinstance(optimizer_plain.get("plain"), dict)
+    ):
         raise _damaged(path, f"{field} does not hold param_groups and plain values")
     for key in optimizer_plain["plain"]:
         index, _, name = str(key).partition(".")
@@ -117,20 +122,37 @@ def _check_optimizer_fields(path: Path, field: str, optimizer_plain: Any) -> Non
             raise _damaged(path, f"{field}.plain has a bad key {key!r}")
 
 
-def _check_state_fields(path: Path, counters: Any, optimizers_plain: dict[str, Any], rng_plain: Any, history: Any) -> None:
+def _check_state_fields(
+    path: Path, counters: Any, optimizers_plain: dict[str, Any], rng_plain: Any, history: Any
+) -> None:
     """One schema for the JSON parts of a state file: one error naming the first bad field."""
     if not isinstance(counters, dict):
         raise _damaged(path, "vaezoo.counters is not an object")
     for key, kind in COUNTERS.items():
         value = counters.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or (kind is int and not isinstance(value, int)) or not value >= 0 or value != value or value == float("inf"):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or (kind is int and not isinstance(value, int))
+            or not value >= 0
+            or value != value
+            or value == float("inf")
+        ):
             raise _damaged(path, f"vaezoo.counters.{key} is {value!r}, expected a non-negative {kind.__name__}")
     for field, optimizer_plain in optimizers_plain.items():
         _check_optimizer_fields(path, field, optimizer_plain)
     numpy_state, python_state = (rng_plain.get(k) if isinstance(rng_plain, dict) else None for k in ("numpy", "python"))
-    if not (isinstance(numpy_state, list) and len(numpy_state) == 3 and isinstance(python_state, list) and len(python_state) == 2):
+    if not (
+        isinstance(numpy_state, list)
+        and len(numpy_state) == 3
+        and isinstance(python_state, list)
+        and len(python_state) == 2
+    ):
         raise _damaged(path, "vaezoo.rng does not hold the numpy and python generator states")
-    if not (isinstance(history, list) and all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in history)):
+    if not (
+        isinstance(history, list)
+        and all(isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in history)
+    ):
         raise _damaged(path, "vaezoo.history is not a list of per-epoch metrics")
 
 
@@ -146,7 +168,9 @@ def _check_rng_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
             raise _damaged(path, f"tensor {key} is missing or not a generator state")
 
 
-def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, plain: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str) -> None:
+def _load_optimizer(
+    path: Path, optimizer: torch.optim.Optimizer, plain: dict[str, Any], tensors: dict[str, torch.Tensor], prefix: str
+) -> None:
     """One optimizer's state from its tensors (`INDEX.KEY`, prefix removed) and plain values."""
     per_param: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -160,7 +184,9 @@ def _load_optimizer(path: Path, optimizer: torch.optim.Optimizer, plain: dict[st
     try:
         optimizer.load_state_dict({"state": per_param, "param_groups": plain["param_groups"]})
     except (ValueError, KeyError, TypeError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: the optimizer state does not match this recipe's model ({str(error).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: the optimizer state does not match this recipe's model ({str(error).splitlines()[0]})"
+        ) from None
 
 
 def load_state(
@@ -169,7 +195,9 @@ def load_state(
     """Restore weights, optimizers and RNG states from `path`; returns (counters, data_rng, history)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"cannot resume: {path} does not exist (no epoch finished and no stop was saved: start the run again)")
+        raise CheckpointError(
+            f"cannot resume: {path} does not exist (no epoch finished and no stop was saved: start the run again)"
+        )
     named = _named(optimizers)
     data = path.read_bytes()
     raw = read_header(data, path).get("__metadata__") or {}
@@ -178,7 +206,11 @@ def load_state(
         if _several(named):
             saved = json.loads(raw["vaezoo.optimizers"])
             if not isinstance(saved, dict) or set(saved) != set(named):
-                raise _damaged(path, f"vaezoo.optimizers holds {sorted(saved) if isinstance(saved, dict) else saved!r}, this model's optimizers are {sorted(named)}")
+                raise _damaged(
+                    path,
+                    f"vaezoo.optimizers holds {sorted(saved) if isinstance(saved, dict) else saved!r}, this "
+                    f"model's optimizers are {sorted(named)}",
+                )
             optimizers_plain = {f"vaezoo.optimizers.{name}": saved[name] for name in named}
         else:
             optimizers_plain = {"vaezoo.optimizer": json.loads(raw["vaezoo.optimizer"])}
@@ -198,7 +230,9 @@ def load_state(
     load_weights(model, {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, path)
     for (name, optimizer), plain in zip(named.items(), optimizers_plain.values()):
         prefix = f"optimizers.{name}." if _several(named) else "optimizer."
-        _load_optimizer(path, optimizer, plain, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix)
+        _load_optimizer(
+            path, optimizer, plain, {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, prefix
+        )
     if scaler is not None and scaler.is_enabled() and scaler_state:
         scaler.load_state_dict(scaler_state)
     try:
@@ -207,7 +241,9 @@ def load_state(
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
         pos, has_gauss, gauss = rng_plain["numpy"]
-        np.random.set_state(("MT19937", tensors["rng.numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+        np.random.set_state(
+            ("MT19937", tensors["rng.numpy"].numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss))
+        )
         version, py_gauss = rng_plain["python"]
         random.setstate((int(version), tuple(tensors["rng.python"].tolist()), py_gauss))
     except (ValueError, TypeError, RuntimeError, OverflowError) as error:

@@ -21,7 +21,9 @@ class TensorBoardLogger(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise VaezooError("--tensorboard needs the tensorboard package: pip install 'vaezoo[tensorboard]'") from None
+            raise VaezooError(
+                "--tensorboard needs the tensorboard package: pip install 'vaezoo[tensorboard]'"
+            ) from None
         self._writer_class = SummaryWriter
         self.subdir = subdir
         self.writer: Any = None

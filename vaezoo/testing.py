@@ -23,7 +23,16 @@ from torch import Tensor, nn
 from vaezoo.components import Dataset, Loss, LossParts, Model, Prior
 from vaezoo.recipes import FRAMEWORK_ARGS, MODEL_ARGS
 
-__all__ = ["check_signature", "check_encoder", "check_decoder", "check_prior", "check_loss", "check_dataset", "check_model", "component"]
+__all__ = [
+    "check_signature",
+    "check_encoder",
+    "check_decoder",
+    "check_prior",
+    "check_loss",
+    "check_dataset",
+    "check_model",
+    "component",
+]
 
 _SCALARS = (bool, int, float, str)
 
@@ -45,13 +54,20 @@ def check_signature(factory: Callable[..., Any], framework: set[str] = FRAMEWORK
         assert param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL), (
             f"{name}: takes {param} - recipe keys must be named keyword arguments so unknown keys are detected"
         )
-        assert param.kind is not param.POSITIONAL_ONLY, f"{name}: {param.name} is positional-only; vaezoo passes keywords only"
+        assert param.kind is not param.POSITIONAL_ONLY, (
+            f"{name}: {param.name} is positional-only; vaezoo passes keywords only"
+        )
         if param.name in framework:
             continue
         assert param.default is not param.empty, f"{name}: recipe key {param.name!r} needs a default"
         default = param.default
-        ok = isinstance(default, _SCALARS) or (isinstance(default, (list, tuple)) and all(isinstance(v, _SCALARS) for v in default))
-        assert ok, f"{name}: default of {param.name!r} is {default!r}; use a TOML value (bool, int, float, str or a tuple of those)"
+        ok = isinstance(default, _SCALARS) or (
+            isinstance(default, (list, tuple)) and all(isinstance(v, _SCALARS) for v in default)
+        )
+        assert ok, (
+            f"{name}: default of {param.name!r} is {default!r}; use a TOML value (bool, int, float, str or a "
+            "tuple of those)"
+        )
     return dict(params)
 
 
@@ -59,7 +75,10 @@ def _build(factory: Callable[..., Any], framework: dict[str, Any], kw: dict[str,
     """Build as vaezoo does: the framework arguments the signature accepts, plus the recipe keys."""
     params = check_signature(factory)
     unknown = set(kw) - set(params)
-    assert not unknown, f"{_name(factory)}: no recipe key {sorted(unknown)[0]!r} (accepted: {', '.join(p for p in params if p not in FRAMEWORK_ARGS) or 'none'})"
+    assert not unknown, (
+        f"{_name(factory)}: no recipe key {sorted(unknown)[0]!r} (accepted: "
+        f"{', '.join(p for p in params if p not in FRAMEWORK_ARGS) or 'none'})"
+    )
     return factory(**{k: v for k, v in framework.items() if k in params}, **kw)
 
 
@@ -72,12 +91,16 @@ def _assert_shape(what: str, tensor: Any, shape: Sequence[int]) -> None:
 def _assert_gradients(what: str, module: nn.Module) -> None:
     params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     assert params, f"{what}: has no trainable parameters"
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in params), f"{what}: no gradient reaches its parameters"
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for _, p in params), (
+        f"{what}: no gradient reaches its parameters"
+    )
     for n, p in params:
         assert p.grad is None or torch.isfinite(p.grad).all(), f"{what}: non-finite gradient in {n}"
 
 
-def check_encoder(factory: Callable[..., nn.Module], in_shape: Sequence[int], latent_dim: int, *, batch: int = 2, **kw: Any) -> nn.Module:
+def check_encoder(
+    factory: Callable[..., nn.Module], in_shape: Sequence[int], latent_dim: int, *, batch: int = 2, **kw: Any
+) -> nn.Module:
     """Built with `in_shape`, `latent_dim` and `kw`; `forward(x in [0,1])` gives finite
     `(mu, logvar)`, each `(batch, latent_dim)`, and gradients reach its parameters. Returns the encoder."""
     encoder = _build(factory, {"in_shape": tuple(in_shape), "latent_dim": latent_dim}, kw)
@@ -93,7 +116,15 @@ def check_encoder(factory: Callable[..., nn.Module], in_shape: Sequence[int], la
     return encoder
 
 
-def check_decoder(factory: Callable[..., nn.Module], out_shape: Sequence[int], latent_dim: int, *, in_shape: Sequence[int] | None = None, batch: int = 2, **kw: Any) -> nn.Module:
+def check_decoder(
+    factory: Callable[..., nn.Module],
+    out_shape: Sequence[int],
+    latent_dim: int,
+    *,
+    in_shape: Sequence[int] | None = None,
+    batch: int = 2,
+    **kw: Any,
+) -> nn.Module:
     """Built with `out_shape`, `latent_dim` (and `in_shape`) and `kw`; `forward(z)` gives finite
     `(batch, *out_shape)` and gradients reach its parameters. Returns the decoder."""
     in_shape = tuple(in_shape) if in_shape is not None else tuple(out_shape)
@@ -119,7 +150,15 @@ class _TinyEncoder(nn.Module):
         return mu, logvar
 
 
-def check_prior(factory: Callable[..., Prior], latent_dim: int, *, in_shape: Sequence[int] = (1, 4, 4), encoder: nn.Module | None = None, batch: int = 3, **kw: Any) -> Prior:
+def check_prior(
+    factory: Callable[..., Prior],
+    latent_dim: int,
+    *,
+    in_shape: Sequence[int] = (1, 4, 4),
+    encoder: nn.Module | None = None,
+    batch: int = 3,
+    **kw: Any,
+) -> Prior:
     """Built with `latent_dim`, `in_shape` and `kw`, a `vaezoo.Prior` bound to `encoder` (a tiny one
     if not given): `sample(n)` is `(n, latent_dim)`, `log_prob` and `kl` are finite `(batch,)`, the KL is
     differentiable, and the encoder is not saved in the prior's state dict. Returns the prior."""
@@ -130,7 +169,9 @@ def check_prior(factory: Callable[..., Prior], latent_dim: int, *, in_shape: Seq
     prior.bind(encoder)
     encoder_tensors = {t.data_ptr() for t in encoder.state_dict().values()}
     shared = [k for k, t in prior.state_dict().items() if t.data_ptr() in encoder_tensors]
-    assert not shared, f"{name}: bind() registered the encoder as a submodule ({shared[0]} in state_dict); keep a plain reference"
+    assert not shared, (
+        f"{name}: bind() registered the encoder as a submodule ({shared[0]} in state_dict); keep a plain reference"
+    )
     with torch.no_grad():
         _assert_shape(f"{name}.sample({batch})", prior.sample(batch), (batch, latent_dim))
     mu = torch.randn(batch, latent_dim, requires_grad=True)
@@ -154,7 +195,14 @@ class _StandardNormal(Prior):
         return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
 
 
-def check_loss(loss: Loss | Callable[..., Loss], in_shape: Sequence[int] = (3, 8, 8), *, prior: Prior | None = None, batch: int = 2, **kw: Any) -> Loss:
+def check_loss(
+    loss: Loss | Callable[..., Loss],
+    in_shape: Sequence[int] = (3, 8, 8),
+    *,
+    prior: Prior | None = None,
+    batch: int = 2,
+    **kw: Any,
+) -> Loss:
     """`loss` (an instance, or a class/factory built with `kw`) on images of `in_shape`: decoder outputs
     of `(C * params_per_channel, H, W)` give finite per-image `nll` and `LossParts` of shape `(batch,)`,
     differentiable with respect to the output; `mean_image` is in [0, 1] with the image's shape;
@@ -180,7 +228,9 @@ def check_loss(loss: Loss | Callable[..., Loss], in_shape: Sequence[int] = (3, 8
     for field in ("loss", "recon", "kl"):
         _assert_shape(f"{name} parts.{field}", getattr(parts, field), (batch,))
     parts.loss.sum().backward()
-    assert out.grad is not None and torch.isfinite(out.grad).all() and out.grad.abs().sum() > 0, f"{name}: no finite gradient to the decoder output"
+    assert out.grad is not None and torch.isfinite(out.grad).all() and out.grad.abs().sum() > 0, (
+        f"{name}: no finite gradient to the decoder output"
+    )
     with torch.no_grad():
         image = loss.mean_image(out)
     _assert_shape(f"{name}.mean_image", image, (batch, c, h, w))
@@ -188,7 +238,9 @@ def check_loss(loss: Loss | Callable[..., Loss], in_shape: Sequence[int] = (3, 8
     assert loss.kl_weight(None) == 1.0, f"{name}.kl_weight(None) must be 1.0 (evaluation reports the true ELBO)"
     if loss.discrete:
         total = _total_probability(loss)
-        assert abs(total - 1.0) < 1e-3, f"{name} is discrete but the 256 values of a pixel have total probability {total:.6f}"
+        assert abs(total - 1.0) < 1e-3, (
+            f"{name} is discrete but the 256 values of a pixel have total probability {total:.6f}"
+        )
     return loss
 
 
@@ -200,7 +252,9 @@ def _total_probability(loss: Loss) -> float:
         return float(torch.exp(-loss.nll(x, out)).sum())
 
 
-def check_dataset(factory: Callable[..., Dataset], root: str | Path, *, splits: Sequence[str] = ("train", "test"), **kw: Any) -> Dataset:
+def check_dataset(
+    factory: Callable[..., Dataset], root: str | Path, *, splits: Sequence[str] = ("train", "test"), **kw: Any
+) -> Dataset:
     """Built with `root` and `kw`, a `vaezoo.Dataset` whose `shape` is `(C, H, W)` and whose splits
     load as non-empty uint8 `(N, C, H, W)` images with int64 `(N,)` labels; `cache_key()` is a
     non-empty string. Returns the dataset."""
@@ -208,16 +262,26 @@ def check_dataset(factory: Callable[..., Dataset], root: str | Path, *, splits: 
     name = _name(factory)
     assert isinstance(dataset, Dataset), f"{name}: a dataset must subclass vaezoo.Dataset, got {type(dataset).__name__}"
     shape = tuple(dataset.shape)
-    assert len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape), f"{name}.shape must be (C, H, W) positive ints, got {shape}"
+    assert len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape), (
+        f"{name}.shape must be (C, H, W) positive ints, got {shape}"
+    )
     key = dataset.cache_key()
     assert isinstance(key, str) and key, f"{name}.cache_key() must be a non-empty string"
     for split in splits:
         images, labels = dataset.load(split)
-        assert isinstance(images, Tensor) and images.dtype == torch.uint8, f"{name}.load({split!r}): images must be a uint8 tensor"
-        assert images.ndim == 4 and tuple(images.shape[1:]) == shape, f"{name}.load({split!r}): images {tuple(images.shape)} do not match shape {shape}"
+        assert isinstance(images, Tensor) and images.dtype == torch.uint8, (
+            f"{name}.load({split!r}): images must be a uint8 tensor"
+        )
+        assert images.ndim == 4 and tuple(images.shape[1:]) == shape, (
+            f"{name}.load({split!r}): images {tuple(images.shape)} do not match shape {shape}"
+        )
         assert images.shape[0] > 0, f"{name}.load({split!r}): no images"
-        assert isinstance(labels, Tensor) and labels.dtype == torch.int64, f"{name}.load({split!r}): labels must be an int64 tensor"
-        assert tuple(labels.shape) == (images.shape[0],), f"{name}.load({split!r}): {labels.shape[0]} labels for {images.shape[0]} images"
+        assert isinstance(labels, Tensor) and labels.dtype == torch.int64, (
+            f"{name}.load({split!r}): labels must be an int64 tensor"
+        )
+        assert tuple(labels.shape) == (images.shape[0],), (
+            f"{name}.load({split!r}): {labels.shape[0]} labels for {images.shape[0]} images"
+        )
     return dataset
 
 
@@ -227,8 +291,14 @@ def _assert_images(what: str, images: Any, shape: Sequence[int]) -> None:
 
 
 def check_model(
-    factory: Callable[..., Model], in_shape: Sequence[int] = (3, 32, 32), *, num_classes: int = 0, latent_dim: int | None = None,
-    components: dict[str, Any] | None = None, batch: int = 3, **kw: Any,
+    factory: Callable[..., Model],
+    in_shape: Sequence[int] = (3, 32, 32),
+    *,
+    num_classes: int = 0,
+    latent_dim: int | None = None,
+    components: dict[str, Any] | None = None,
+    batch: int = 3,
+    **kw: Any,
 ) -> Model:
     """A model family built as vaezoo builds it: `in_shape`, `num_classes`, `latent_dim` (if given) and
     the built `components` (encoder, decoder, prior, loss) its constructor names, plus the recipe keys
@@ -243,11 +313,18 @@ def check_model(
     if latent_dim is not None:
         framework["latent_dim"] = latent_dim
     unknown = set(kw) - set(params)
-    assert not unknown, f"{name}: no recipe key {sorted(unknown)[0]!r} (accepted: {', '.join(p for p in params if p not in MODEL_ARGS) or 'none'})"
+    assert not unknown, (
+        f"{name}: no recipe key {sorted(unknown)[0]!r} (accepted: "
+        f"{', '.join(p for p in params if p not in MODEL_ARGS) or 'none'})"
+    )
     not_taken = sorted(set(components or {}) - set(params))
     assert not not_taken, f"{name} takes no {not_taken[0]} (a recipe with that table is refused too)"
-    missing = [p for p, param in params.items() if p in MODEL_ARGS and param.default is param.empty and p not in framework]
-    assert not missing, f"{name}: needs {missing[0]}: pass it (components={{...}} for encoder/decoder/prior/loss, or latent_dim=)"
+    missing = [
+        p for p, param in params.items() if p in MODEL_ARGS and param.default is param.empty and p not in framework
+    ]
+    assert not missing, (
+        f"{name}: needs {missing[0]}: pass it (components={{...}} for encoder/decoder/prior/loss, or latent_dim=)"
+    )
     model = factory(**{k: v for k, v in framework.items() if k in params}, **kw)
     assert isinstance(model, Model), f"{name}: a model family must subclass vaezoo.Model, got {type(model).__name__}"
     model.in_shape, model.classes = tuple(in_shape), tuple(f"class-{i}" for i in range(num_classes))
@@ -272,7 +349,8 @@ def check_model(
         for field in ("loss", "recon", "kl"):
             _assert_shape(f"{name} parts.{field} (step=None)", getattr(parts, field), (batch,))
         assert torch.allclose(parts.loss, parts.recon + parts.kl, rtol=1e-4, atol=1e-3), (
-            f"{name}: at step=None loss must be the negative ELBO, recon + kl (got loss {parts.loss.tolist()}, recon + kl {(parts.recon + parts.kl).tolist()})"
+            f"{name}: at step=None loss must be the negative ELBO, recon + kl (got loss "
+            f"{parts.loss.tolist()}, recon + kl {(parts.recon + parts.kl).tolist()})"
         )
         _assert_images(f"{name}.sample(2)", model.sample(2, None if y is None else y[:2]), (2, *in_shape))
         _assert_images(f"{name}.reconstruct", model.reconstruct(x, y), (batch, *in_shape))
@@ -280,9 +358,13 @@ def check_model(
             _assert_shape(f"{name}.log_likelihood(k=4)", model.log_likelihood(x, y, k=4), (batch,))
             _check_likelihood(name, model, x, y)
         if callable(getattr(model, "encode", None)) or callable(getattr(model, "decode", None)):
-            assert callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)), f"{name}: encode and decode come together"
+            assert callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)), (
+                f"{name}: encode and decode come together"
+            )
             latents = model.encode(x, y)
-            assert isinstance(latents, Tensor) and latents.shape[0] == batch, f"{name}.encode: expected a tensor with {batch} rows"
+            assert isinstance(latents, Tensor) and latents.shape[0] == batch, (
+                f"{name}.encode: expected a tensor with {batch} rows"
+            )
             _assert_images(f"{name}.decode(encode(x))", model.decode(latents, y), (batch, *in_shape))
     return model
 
@@ -303,18 +385,24 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     owner: dict[int, str] = {}
     for group_name, group in groups.items():
         for param in group.params:
-            assert id(param) not in owner, f"{name}: a parameter is in two optimizers ({owner.get(id(param))!r} and {group_name!r})"
+            assert id(param) not in owner, (
+                f"{name}: a parameter is in two optimizers ({owner.get(id(param))!r} and {group_name!r})"
+            )
             owner[id(param)] = group_name
     unused = tuple(model.unused_parameters)
     trainable = {n: p for n, p in named.items() if p.requires_grad and not n.startswith(unused)}
     names = {id(p): n for n, p in trainable.items()}
     left_out = sorted(n for n, p in trainable.items() if id(p) not in owner)
-    assert not left_out, f"{name}: parameter {left_out[0]} is in no optimizer of parameter_groups() (or declare it in unused_parameters)"
+    assert not left_out, (
+        f"{name}: parameter {left_out[0]} is in no optimizer of parameter_groups() (or declare it in unused_parameters)"
+    )
     optimizers = make_optimizers(model, {**TRAIN_DEFAULTS, "lr": 1e-4})
     learned: set[str] = set()
 
     def update(group_name: str, per_image_loss: Tensor) -> None:
-        assert group_name in optimizers, f"{name}: training_step stepped {group_name!r}, not one of its optimizers {sorted(optimizers)}"
+        assert group_name in optimizers, (
+            f"{name}: training_step stepped {group_name!r}, not one of its optimizers {sorted(optimizers)}"
+        )
         _assert_shape(f"{name}: the loss given to update({group_name!r})", per_image_loss, (len(x),))
         optimizer = optimizers[group_name]
         optimizer.zero_grad(set_to_none=True)
@@ -329,9 +417,14 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
 
     for step in range(TRAINING_STEPS):
         parts = model.training_step(x, y, step, update)
-        assert isinstance(parts, LossParts), f"{name}: training_step must return vaezoo.LossParts, got {type(parts).__name__}"
+        assert isinstance(parts, LossParts), (
+            f"{name}: training_step must return vaezoo.LossParts, got {type(parts).__name__}"
+        )
     never = sorted(n for n in trainable if n not in learned)
-    assert not never, f"{name}: parameter {never[0]} never gets a gradient in {TRAINING_STEPS} training steps (multi-process training rejects that; declare it in unused_parameters if intended)"
+    assert not never, (
+        f"{name}: parameter {never[0]} never gets a gradient in {TRAINING_STEPS} training steps "
+        "(multi-process training rejects that; declare it in unused_parameters if intended)"
+    )
     _check_state_round_trip(name, model, optimizers)
 
 
@@ -347,7 +440,13 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "state.safetensors"
-        save_state(path, model, optimizers, {"epoch": 0, "batch": 0, "step": TRAINING_STEPS, "loss_sum": 0.0, "seconds": 0.0}, torch.Generator().get_state())
+        save_state(
+            path,
+            model,
+            optimizers,
+            {"epoch": 0, "batch": 0, "step": TRAINING_STEPS, "loss_sum": 0.0, "seconds": 0.0},
+            torch.Generator().get_state(),
+        )
         twin = copy.deepcopy(model)
         fresh = make_optimizers(twin, {**TRAIN_DEFAULTS, "lr": 1e-4})
         rng = torch.get_rng_state()
@@ -359,7 +458,10 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
             for key, value in values.items():
                 other = theirs["state"].get(index, {}).get(key)
                 same = torch.equal(value, other) if torch.is_tensor(value) else value == other
-                assert same, f"{name}: optimizer {group_name!r} state {index}.{key} does not round-trip through state.safetensors"
+                assert same, (
+                    f"{name}: optimizer {group_name!r} state {index}.{key} does not round-trip through "
+                    "state.safetensors"
+                )
 
 
 LIKELIHOOD_REPEATS = 64
@@ -368,21 +470,34 @@ LIKELIHOOD_REPEATS = 64
 def _check_likelihood(name: str, model: Model, x: Tensor, y: Tensor | None) -> None:
     """`log_likelihood` is the importance-weighted bound of the model's ELBO: with k=1 it averages to
     the ELBO (-loss at step None), and with more samples it is not below it by more than noise."""
-    assert getattr(model, "objective", "elbo") == "elbo", f"{name}: log_likelihood is for ELBO families; objective {model.objective!r} has none"
+    assert getattr(model, "objective", "elbo") == "elbo", (
+        f"{name}: log_likelihood is for ELBO families; objective {model.objective!r} has none"
+    )
     elbo = torch.stack([-model(x, y, step=None).loss.double() for _ in range(LIKELIHOOD_REPEATS)])
     one = torch.stack([model.log_likelihood(x, y, k=1).double() for _ in range(LIKELIHOOD_REPEATS)])
     noise = (elbo.var(0) / LIKELIHOOD_REPEATS + one.var(0) / LIKELIHOOD_REPEATS).sqrt().max().item()
     gap = (one.mean(0) - elbo.mean(0)).abs().max().item()
     assert gap <= 5 * noise + 1e-3 * elbo.abs().mean().item() + 1e-3, (
-        f"{name}: log_likelihood(k=1) averages {one.mean().item():.3f} but the ELBO averages {elbo.mean().item():.3f} (difference {gap:.3f}, noise {noise:.3f}): with one sample it must be the ELBO"
+        f"{name}: log_likelihood(k=1) averages {one.mean().item():.3f} but the ELBO averages "
+        f"{elbo.mean().item():.3f} (difference {gap:.3f}, noise {noise:.3f}): with one sample it must be the "
+        "ELBO"
     )
     many = torch.stack([model.log_likelihood(x, y, k=16).double() for _ in range(LIKELIHOOD_REPEATS // 8)]).mean(0)
     assert (many >= elbo.mean(0) - 5 * noise - 1e-3 * elbo.abs().mean().item() - 1e-3).all(), (
-        f"{name}: log_likelihood(k=16) {many.tolist()} is below the ELBO {elbo.mean(0).tolist()}: an importance-weighted bound is never worse than the ELBO"
+        f"{name}: log_likelihood(k=16) {many.tolist()} is below the ELBO {elbo.mean(0).tolist()}: an "
+        "importance-weighted bound is never worse than the ELBO"
     )
 
 
-def component(kind: str, name: str, *, in_shape: Sequence[int] = (3, 32, 32), latent_dim: int | None = None, loss: Loss | None = None, **kw: Any) -> Any:
+def component(
+    kind: str,
+    name: str,
+    *,
+    in_shape: Sequence[int] = (3, 32, 32),
+    latent_dim: int | None = None,
+    loss: Loss | None = None,
+    **kw: Any,
+) -> Any:
     """A registered component (`kind` one of encoder, decoder, prior, loss, dataset) built by name as a
     recipe builds it: the recipe keys `kw` checked and defaulted, `in_shape` and `latent_dim` passed,
     and for a decoder `out_shape` from `loss.params_per_channel`. For `check_model(components=...)`."""

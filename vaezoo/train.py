@@ -118,7 +118,9 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def make_optimizer(params: Any, train: dict[str, Any], lr: float | None = None, betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Any, train: dict[str, Any], lr: float | None = None, betas: tuple[float, float] | None = None
+) -> torch.optim.Optimizer:
     """The recipe's optimizer over `params` (a module's parameters, or a list) that require grads."""
     params = [p for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.requires_grad]
     lr = train["lr"] if lr is None else lr
@@ -133,8 +135,14 @@ def make_optimizers(model: Model, train: dict[str, Any]) -> dict[str, torch.opti
     groups = model.parameter_groups()
     unknown = sorted(set(train["group_lr"]) - set(groups))
     if unknown:
-        raise RecipeError(f"train.group_lr.{unknown[0]}: model {model.recipe['model']['name']!r} has no optimizer {unknown[0]!r} (its optimizers: {', '.join(groups)})")
-    return {name: make_optimizer(group.params, train, train["group_lr"].get(name), group.betas) for name, group in groups.items()}
+        raise RecipeError(
+            f"train.group_lr.{unknown[0]}: model {model.recipe['model']['name']!r} has no optimizer "
+            f"{unknown[0]!r} (its optimizers: {', '.join(groups)})"
+        )
+    return {
+        name: make_optimizer(group.params, train, train["group_lr"].get(name), group.betas)
+        for name, group in groups.items()
+    }
 
 
 def owns_step(model: Model) -> bool:
@@ -157,7 +165,10 @@ def fast_model(model: Model, device: torch.device, job: distributed.World, setti
     model.to(memory_format=memory_format(model, settings))
     if owns_step(model):
         if settings["compile"]:
-            raise RecipeError(f"train.compile: model {model.recipe['model']['name']!r} has its own training_step, which vaezoo does not compile (remove train.compile)")
+            raise RecipeError(
+                f"train.compile: model {model.recipe['model']['name']!r} has its own training_step, which "
+                "vaezoo does not compile (remove train.compile)"
+            )
         return model
     net = distributed.wrap(model, device, job)
     return torch.compile(net) if settings["compile"] else net
@@ -179,10 +190,15 @@ class Updater:
         run, settings = self.run, self.run.recipe["train"]
         optimizer = run.optimizers.get(name)
         if optimizer is None:
-            raise PluginError(f"model family {run.recipe['model']['name']!r} stepped an optimizer {name!r} it does not declare (its optimizers: {', '.join(run.optimizers)})")
+            raise PluginError(
+                f"model family {run.recipe['model']['name']!r} stepped an optimizer {name!r} it does not "
+                f"declare (its optimizers: {', '.join(run.optimizers)})"
+            )
         params = [p for group in optimizer.param_groups for p in group["params"]]
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(run.device.type, enabled=False):  # backward outside autocast, also when a training_step calls
+        with torch.autocast(
+            run.device.type, enabled=False
+        ):  # backward outside autocast, also when a training_step calls
             run.scaler.scale(distributed.batch_loss(per_image_loss, self.global_batch, self.job)).backward()
         if self.sync_gradients:
             distributed.average_gradients(params)
@@ -217,8 +233,13 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
         raise VaezooError(f"{resume_from} is damaged: its data-order generator state does not restore") from None
     for name, optimizer in run.optimizers.items():  # --lr on resume takes effect (and is what recipe.toml records)
         for group in optimizer.param_groups:
-            group["lr"], group["weight_decay"] = settings["group_lr"].get(name, settings["lr"]), settings["weight_decay"]
-    run.history = history or [row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch]
+            group["lr"], group["weight_decay"] = (
+                settings["group_lr"].get(name, settings["lr"]),
+                settings["weight_decay"],
+            )
+    run.history = history or [
+        row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch
+    ]
 
 
 def _old_history(path: Path) -> list[dict[str, Any]]:
@@ -245,7 +266,9 @@ class Meter:
 
     def start_epoch(self) -> None:
         state = self.run.state
-        self.loss_sum = torch.tensor(state.loss_sum if self.job.is_main else 0.0, dtype=torch.float64, device=self.run.device)
+        self.loss_sum = torch.tensor(
+            state.loss_sum if self.job.is_main else 0.0, dtype=torch.float64, device=self.run.device
+        )
         self.started, self.timed_from, self.first_batch = time.perf_counter(), state.batch, state.batch
 
     def add(self, parts: LossParts) -> None:
@@ -253,7 +276,11 @@ class Meter:
         self.loss_sum += parts.loss.detach().sum()
         if self.compile_seconds is None and self.compiling:  # the first call compiles: timed apart
             self.loss_sum.item()
-            self.compile_seconds, self.started, self.timed_from = time.perf_counter() - self.started, time.perf_counter(), self.run.state.batch
+            self.compile_seconds, self.started, self.timed_from = (
+                time.perf_counter() - self.started,
+                time.perf_counter(),
+                self.run.state.batch,
+            )
 
     def _timed_images(self, seen: int) -> int:
         return seen - self.timed_from * self.run.recipe["train"]["batch_size"]
@@ -267,19 +294,27 @@ class Meter:
     def pause(self) -> None:
         """Keep the epoch's loss sum and seconds in the run's state (a stop mid-epoch saves them)."""
         state = self.run.state
-        state.loss_sum, state.seconds = distributed.all_reduce_sum(self.loss_sum).item(), state.seconds + time.perf_counter() - self.started
+        state.loss_sum, state.seconds = (
+            distributed.all_reduce_sum(self.loss_sum).item(),
+            state.seconds + time.perf_counter() - self.started,
+        )
 
     def end_epoch(self) -> dict[str, Any]:
         """The epoch's train loss, seconds and images per second (and compile_seconds when timed)."""
         elapsed = time.perf_counter() - self.started
         train_loss = _check_finite(self.run, distributed.all_reduce_sum(self.loss_sum).item() / self.images)
-        timing = {"seconds": self.run.state.seconds + elapsed, "images_per_s": self._timed_images(self.images) / max(elapsed, 1e-9)}
+        timing = {
+            "seconds": self.run.state.seconds + elapsed,
+            "images_per_s": self._timed_images(self.images) / max(elapsed, 1e-9),
+        }
         if self.compile_seconds and self.timed_from > self.first_batch:
             timing["compile_seconds"] = self.compile_seconds
         return {"train_loss": train_loss, **timing}
 
 
-def make_step(run: Run, net: torch.nn.Module, update: Updater, images: int) -> Callable[[Tensor, Tensor | None], LossParts]:
+def make_step(
+    run: Run, net: torch.nn.Module, update: Updater, images: int
+) -> Callable[[Tensor, Tensor | None], LossParts]:
     """`step(x, y)`: one training step at `run.state.step` under the run's precision, through the
     family's own training_step, or the one-loss step through `net` (DDP, compile) otherwise."""
     model, state, batch_size = run.model, run.state, run.recipe["train"]["batch_size"]
@@ -289,7 +324,9 @@ def make_step(run: Run, net: torch.nn.Module, update: Updater, images: int) -> C
         update.global_batch = min(batch_size, images - state.batch * batch_size)  # the last batch may be smaller
         with blame(run, "a training step"):
             with run.precision.autocast(run.device):
-                parts = checked_parts(model, net(x, y, state.step) if own_step is None else own_step(x, y, state.step, update), len(x))
+                parts = checked_parts(
+                    model, net(x, y, state.step) if own_step is None else own_step(x, y, state.step, update), len(x)
+                )
             if own_step is None:
                 update("model", parts.loss)
         run.scaler.update()
@@ -320,9 +357,13 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     with StopRequest() as stop:
         while state.epoch < settings["epochs"]:
             epoch_rng = run.data_rng.get_state()
-            order = distributed.shard_order(torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], job)
+            order = distributed.shard_order(
+                torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], job
+            )
             meter.start_epoch()
-            for x, y in shuffled_batches(run.train_images, labels, order, per_rank_batch, state.batch, memory_format(model, settings)):
+            for x, y in shuffled_batches(
+                run.train_images, labels, order, per_rank_batch, state.batch, memory_format(model, settings)
+            ):
                 if _stop_requested(stop, job, state.step, run.device):
                     meter.pause()
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
@@ -351,9 +392,13 @@ def _end_epoch(run: Run, job: distributed.World, training: dict[str, Any]) -> di
     if run.test_labels is not None:
         label_shard = distributed.shard_split(run.test_labels, job)
     with blame(run, "evaluation"):
-        test = evaluate(run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision)
+        test = evaluate(
+            run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision
+        )
     terms = test.pop("terms")
-    test = distributed.reduce_means({**test, **{f"terms.{k}": v for k, v in terms.items()}}, len(test_shard), run.device)
+    test = distributed.reduce_means(
+        {**test, **{f"terms.{k}": v for k, v in terms.items()}}, len(test_shard), run.device
+    )
     _check_finite(run, test["loss"], "the test loss")
     _check_weights(run)
     run.model.train()
@@ -384,22 +429,30 @@ def blame(run: Run, what: str) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        from vaezoo.plugins import get_registry
         from vaezoo.kinds import MODEL_PARTS
+        from vaezoo.plugins import get_registry
 
         family = run.recipe["model"]["name"]
         plugin = get_registry().get("models", family).plugin
         parts = ", ".join(f"{key} {run.recipe[key]['name']!r}" for key in MODEL_PARTS if key in run.recipe)
         raise RunFailed(
-            f"model {family!r} (plugin {plugin.name!r} from {plugin.distribution}{'; ' + parts if parts else ''}) failed in {what}: "
+            f"model {family!r} (plugin {plugin.name!r} from "
+            f"{plugin.distribution}{'; ' + parts if parts else ''}) failed in {what}: "
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         ) from error
 
 
 def _diverged(run: Run, what: str) -> RunFailed:
     """Training diverged: nothing of this epoch is written, the last good checkpoint stays."""
-    kept = f"the last good checkpoint is {run.out_dir / 'model.safetensors'} (epoch {run.epoch})" if run.epoch else "no epoch finished, so there is no checkpoint"
-    return RunFailed(f"training diverged: {what} in epoch {run.epoch + 1}, batch {run.state.batch}; nothing of this epoch was saved and {kept}; try a lower --lr or --precision fp32")
+    kept = (
+        f"the last good checkpoint is {run.out_dir / 'model.safetensors'} (epoch {run.epoch})"
+        if run.epoch
+        else "no epoch finished, so there is no checkpoint"
+    )
+    return RunFailed(
+        f"training diverged: {what} in epoch {run.epoch + 1}, batch {run.state.batch}; nothing of this epoch "
+        f"was saved and {kept}; try a lower --lr or --precision fp32"
+    )
 
 
 def _check_finite(run: Run, value: float, what: str = "the loss") -> float:
@@ -430,4 +483,10 @@ def _interrupt(run: Run, callbacks: Sequence[Callback], epoch_rng: Tensor, signu
     for callback in callbacks:
         callback.on_interrupt(run, epoch_rng)
     name = signal.Signals(signum or signal.SIGTERM).name
-    raise Interrupted(f"stopped by {name} in epoch {run.epoch + 1} after {run.state.batch} batches; state saved in {run.out_dir / 'state.safetensors'}", out_dir=run.out_dir, recipe=run.recipe["name"], epochs=run.recipe["train"]["epochs"])
+    raise Interrupted(
+        f"stopped by {name} in epoch {run.epoch + 1} after {run.state.batch} batches; state saved in "
+        f"{run.out_dir / 'state.safetensors'}",
+        out_dir=run.out_dir,
+        recipe=run.recipe["name"],
+        epochs=run.recipe["train"]["epochs"],
+    )

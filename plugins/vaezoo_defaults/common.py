@@ -4,7 +4,6 @@ networks, and downloads through torchvision with a socket timeout."""
 from __future__ import annotations
 
 import math
-
 import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,7 +43,10 @@ def downsampling_factor(plugin: str, shape: Sequence[int], levels: int) -> int:
     check_int(plugin, "levels (stride-2 levels)", levels, 1, MAX_LEVELS)
     factor = 2**levels
     if shape[1] % factor or shape[2] % factor:
-        raise ValueError(f"{plugin} needs at least one level and H, W divisible by {factor} for {levels} stride-2 levels, got {tuple(shape)}")
+        raise ValueError(
+            f"{plugin} needs at least one level and H, W divisible by {factor} for {levels} stride-2 levels, "
+            f"got {tuple(shape)}"
+        )
     return factor
 
 
@@ -77,7 +79,15 @@ def download(fetch: Callable[[], object], root: Path, hint: str) -> None:
         socket.setdefaulttimeout(previous_timeout)
 
 
-def importance_terms(x: Tensor, mu: Tensor, logvar: Tensor, k: int, prior: Prior, nll: Callable[[Tensor, Tensor], Tensor], decode_batch: int) -> tuple[Tensor, Tensor]:
+def importance_terms(
+    x: Tensor,
+    mu: Tensor,
+    logvar: Tensor,
+    k: int,
+    prior: Prior,
+    nll: Callable[[Tensor, Tensor], Tensor],
+    decode_batch: int,
+) -> tuple[Tensor, Tensor]:
     """k samples per image of the Gaussian posterior (mu, logvar): log p(x|z_j) and
     log q(z_j|x) - log p(z_j), each (B, k). `nll(owner, z)` is -log p(x[owner] | z) for rows of latents
     `z` and the indices `owner` of their images; the B * k latents go to it `decode_batch` at a time."""
@@ -86,7 +96,12 @@ def importance_terms(x: Tensor, mu: Tensor, logvar: Tensor, k: int, prior: Prior
     z = z.flatten(0, 1)  # row i * k + j
     owner = torch.arange(len(x), device=x.device).repeat_interleave(k)
     log_ratio = gaussian_log_prob(z, mu[owner], logvar[owner]) - prior.log_prob(z).float()
-    log_px = -torch.cat([nll(owner[first : first + decode_batch], z[first : first + decode_batch]) for first in range(0, len(z), decode_batch)])
+    log_px = -torch.cat(
+        [
+            nll(owner[first : first + decode_batch], z[first : first + decode_batch])
+            for first in range(0, len(z), decode_batch)
+        ]
+    )
     return log_px.view(len(x), k), log_ratio.view(len(x), k)
 
 

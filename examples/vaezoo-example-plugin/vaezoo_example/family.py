@@ -18,17 +18,32 @@ import vaezoo
 class LaplaceVAE(vaezoo.Model):
     """VAE with a Laplace posterior and a standard Laplace prior (closed-form KL)."""
 
-    def __init__(self, *, in_shape: Sequence[int], latent_dim: int, decoder: nn.Module, loss: vaezoo.Loss, hidden: Sequence[int] = (32, 64, 128)) -> None:
+    def __init__(
+        self,
+        *,
+        in_shape: Sequence[int],
+        latent_dim: int,
+        decoder: nn.Module,
+        loss: vaezoo.Loss,
+        hidden: Sequence[int] = (32, 64, 128),
+    ) -> None:
         super().__init__()
         factor = 2 ** len(hidden)
         if not hidden or in_shape[1] % factor or in_shape[2] % factor:
-            raise ValueError(f"laplace needs at least one width and H, W divisible by {factor}, got hidden={list(hidden)}, in_shape={tuple(in_shape)}")
+            raise ValueError(
+                f"laplace needs at least one width and H, W divisible by {factor}, got "
+                f"hidden={list(hidden)}, in_shape={tuple(in_shape)}"
+            )
         layers: list[nn.Module] = []
         channels = in_shape[0]
         for width in hidden:
             layers += [nn.Conv2d(channels, width, 4, stride=2, padding=1), nn.ReLU()]
             channels = width
-        self.encoder = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * (in_shape[1] // factor) * (in_shape[2] // factor), 2 * latent_dim))
+        self.encoder = nn.Sequential(
+            *layers,
+            nn.Flatten(),
+            nn.Linear(channels * (in_shape[1] // factor) * (in_shape[2] // factor), 2 * latent_dim),
+        )
         self.decoder, self.loss = decoder, loss
         self.latent_dim = latent_dim
         self.discrete = loss.discrete  # bits/dim are meaningful when the likelihood is discrete

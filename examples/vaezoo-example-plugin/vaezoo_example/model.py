@@ -14,14 +14,19 @@ from vaezoo import Decoder, Encoder
 def _factor(shape: Sequence[int], hidden: Sequence[int]) -> int:
     factor = 2 ** len(hidden)
     if not hidden or shape[1] % factor or shape[2] % factor:
-        raise ValueError(f"dcgan needs at least one width and H, W divisible by {factor}, got hidden={list(hidden)}, shape={tuple(shape)}")
+        raise ValueError(
+            f"dcgan needs at least one width and H, W divisible by {factor}, got hidden={list(hidden)}, "
+            f"shape={tuple(shape)}"
+        )
     return factor
 
 
 class DCGANEncoder(Encoder):
     """DCGAN-style stride-2 convolutions with batch norm and LeakyReLU."""
 
-    def __init__(self, *, in_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (64, 128, 256), slope: float = 0.2) -> None:
+    def __init__(
+        self, *, in_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (64, 128, 256), slope: float = 0.2
+    ) -> None:
         super().__init__()
         factor = _factor(in_shape, hidden)
         layers: list[nn.Module] = []
@@ -57,7 +62,11 @@ class DCGANDecoder(Decoder):
         layers: list[nn.Module] = []
         channels = hidden[0]
         for width in hidden[1:]:
-            layers += [nn.ConvTranspose2d(channels, width, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.ConvTranspose2d(channels, width, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             channels = width
         layers.append(nn.ConvTranspose2d(channels, out_shape[0], 4, stride=2, padding=1))  # the likelihood's parameters
         self.net = nn.Sequential(*layers)

@@ -63,14 +63,29 @@ class AdversarialAE(Model):
     unused_parameters = ("encoder.logvar.",)  # the Gaussian encoder's logvar head: the code is its mean
 
     def __init__(
-        self, *, encoder: nn.Module, decoder: nn.Module, prior: Prior, loss: Loss, in_shape: Sequence[int], latent_dim: int,
-        disc_hidden: Sequence[int] = (512, 512), adversarial_weight: float = 1.0,
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: Prior,
+        loss: Loss,
+        in_shape: Sequence[int],
+        latent_dim: int,
+        disc_hidden: Sequence[int] = (512, 512),
+        adversarial_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if not (isinstance(adversarial_weight, (int, float)) and not isinstance(adversarial_weight, bool) and math.isfinite(adversarial_weight) and adversarial_weight >= 0):
+        if not (
+            isinstance(adversarial_weight, (int, float))
+            and not isinstance(adversarial_weight, bool)
+            and math.isfinite(adversarial_weight)
+            and adversarial_weight >= 0
+        ):
             raise ValueError(f"aae needs adversarial_weight: a finite number >= 0, got {adversarial_weight!r}")
         if any(p.requires_grad for p in prior.parameters()):
-            raise ValueError("aae matches its codes to a fixed prior: use a prior without trainable parameters (e.g. normal)")
+            raise ValueError(
+                "aae matches its codes to a fixed prior: use a prior without trainable parameters (e.g. normal)"
+            )
         self.encoder, self.decoder, self.prior, self.loss = encoder, decoder, prior, loss
         self.discriminator = CodeDiscriminator(latent_dim, disc_hidden)
         self.in_shape, self.latent_dim = tuple(in_shape), latent_dim
@@ -80,8 +95,13 @@ class AdversarialAE(Model):
     def parameter_groups(self) -> dict[str, ParamGroup]:
         """The autoencoder (encoder and decoder) and the code discriminator (Adam betas (0.5, 0.999))."""
         unused = tuple(self.unused_parameters)
-        autoencoder = [p for n, p in self.named_parameters() if n.startswith(("encoder.", "decoder.")) and not n.startswith(unused)]
-        return {"autoencoder": ParamGroup(autoencoder), "discriminator": ParamGroup(list(self.discriminator.parameters()), betas=(0.5, 0.999))}
+        autoencoder = [
+            p for n, p in self.named_parameters() if n.startswith(("encoder.", "decoder.")) and not n.startswith(unused)
+        ]
+        return {
+            "autoencoder": ParamGroup(autoencoder),
+            "discriminator": ParamGroup(list(self.discriminator.parameters()), betas=(0.5, 0.999)),
+        }
 
     def code(self, x: Tensor) -> Tensor:
         """z = Enc(x): the deterministic code."""
@@ -118,7 +138,12 @@ class AdversarialAE(Model):
         z = self.code(x)
         recon = self.loss.nll(x.float(), self.decoder(z).float())
         adversarial = self.adversarial(z)
-        return LossParts(recon + adversarial, recon, adversarial, {"discriminator": self.discriminator_loss(z, self.prior.sample(len(x)).to(z.dtype))})
+        return LossParts(
+            recon + adversarial,
+            recon,
+            adversarial,
+            {"discriminator": self.discriminator_loss(z, self.prior.sample(len(x)).to(z.dtype))},
+        )
 
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:

@@ -5,4 +5,11 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_models(register):
-    register("aae", "vaezoo_defaults.aae.model:AdversarialAE", summary="Adversarial autoencoder (Makhzani et al. 2015): a deterministic autoencoder whose codes are matched to the prior by a discriminator")
+    register(
+        "aae",
+        "vaezoo_defaults.aae.model:AdversarialAE",
+        summary=(
+            "Adversarial autoencoder (Makhzani et al. 2015): a deterministic autoencoder whose codes are matched "
+            "to the prior by a discriminator"
+        ),
+    )

@@ -19,7 +19,9 @@ class BetaKL(Loss):
     def __init__(self, *, beta: float = 1.0, warmup_steps: int = 0) -> None:
         super().__init__()
         if beta < 0 or warmup_steps < 0:
-            raise ValueError(f"beta-kl needs beta >= 0 and warmup_steps >= 0, got beta={beta}, warmup_steps={warmup_steps}")
+            raise ValueError(
+                f"beta-kl needs beta >= 0 and warmup_steps >= 0, got beta={beta}, warmup_steps={warmup_steps}"
+            )
         self.beta = float(beta)
         self.warmup_steps = int(warmup_steps)
 

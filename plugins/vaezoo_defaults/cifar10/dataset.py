@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from vaezoo import Dataset
-from vaezoo.errors import DataError
 from vaezoo.data import contents_key
+from vaezoo.errors import DataError
 from vaezoo.imagefiles import class_folder_files, read_class_folders
 from vaezoo_defaults.common import download
 
@@ -47,7 +47,11 @@ class CIFAR10(Dataset):
             files = [path for name in splits for path in class_folder_files(base / name, CLASSES, strict=False)[0]]
         else:
             batches = base / "cifar-10-batches-py"
-            names = ["batches.meta", *([f"data_batch_{i}" for i in range(1, 6)] if "train" in splits else []), *(["test_batch"] if "test" in splits else [])]
+            names = [
+                "batches.meta",
+                *([f"data_batch_{i}" for i in range(1, 6)] if "train" in splits else []),
+                *(["test_batch"] if "test" in splits else []),
+            ]
             files = [batches / name for name in names]
         return f"cifar10:{layout}:{base.resolve()}:{contents_key(files)}"
 
@@ -67,7 +71,8 @@ class CIFAR10(Dataset):
             data = TorchvisionCIFAR10(str(base), train=split == "train", download=False)
         except RuntimeError:
             raise DataError(
-                f"{base / 'cifar-10-batches-py'} is incomplete or not the official CIFAR-10 release (a file is missing or its checksum differs): "
+                f"{base / 'cifar-10-batches-py'} is incomplete or not the official CIFAR-10 release (a file "
+                "is missing or its checksum differs): "
                 f"replace it with the extracted cifar-10-python.tar.gz, or use class folders"
             ) from None
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()

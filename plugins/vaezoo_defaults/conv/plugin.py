@@ -5,9 +5,17 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_encoders(register):
-    register("conv", "vaezoo_defaults.conv.model:ConvEncoder", summary="Stride-2 4x4 convolutions with ReLU, linear heads to mu and logvar")
+    register(
+        "conv",
+        "vaezoo_defaults.conv.model:ConvEncoder",
+        summary="Stride-2 4x4 convolutions with ReLU, linear heads to mu and logvar",
+    )
 
 
 @vaezoo.hookimpl
 def register_decoders(register):
-    register("conv", "vaezoo_defaults.conv.model:ConvDecoder", summary="Linear layer then stride-2 4x4 transposed convolutions (mirror of the conv encoder)")
+    register(
+        "conv",
+        "vaezoo_defaults.conv.model:ConvDecoder",
+        summary="Linear layer then stride-2 4x4 transposed convolutions (mirror of the conv encoder)",
+    )

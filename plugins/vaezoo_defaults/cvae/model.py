@@ -39,18 +39,26 @@ class ConditionalVAE(Model):
     ) -> None:
         super().__init__()
         if num_classes <= 0:
-            raise ValueError(f"cvae is conditional: it needs a dataset with class labels (num_classes > 0), got num_classes={num_classes}")
+            raise ValueError(
+                "cvae is conditional: it needs a dataset with class labels (num_classes > 0), got "
+                f"num_classes={num_classes}"
+            )
         check_int("cvae", "label_channels", label_channels, 1, MAX_WIDTH)
         check_int("cvae", "label_dim", label_dim, 1, MAX_WIDTH)
         if type(prior).bind is not Prior.bind:
-            raise ValueError(f"cvae's encoder takes labels, so it cannot serve a prior that uses the encoder ({type(prior).__name__})")
+            raise ValueError(
+                "cvae's encoder takes labels, so it cannot serve a prior that uses the encoder "
+                f"({type(prior).__name__})"
+            )
         c, h, w = (int(d) for d in in_shape)
         self.in_shape = (c, h, w)
         self.num_classes, self.latent_dim = int(num_classes), int(latent_dim)
         self.prior, self.loss = prior, loss
         self.discrete = bool(getattr(loss, "discrete", False))
         self.encoder_label = nn.Embedding(num_classes, label_channels)
-        self.encoder = ConvEncoder(in_shape=(c + label_channels, h, w), latent_dim=latent_dim, hidden=tuple(encoder_hidden))
+        self.encoder = ConvEncoder(
+            in_shape=(c + label_channels, h, w), latent_dim=latent_dim, hidden=tuple(encoder_hidden)
+        )
         self.decoder_label = nn.Embedding(num_classes, label_dim)
         out_shape = (c * loss.params_per_channel, h, w)
         self.decoder = ConvDecoder(out_shape=out_shape, latent_dim=latent_dim + label_dim, hidden=tuple(decoder_hidden))
@@ -61,7 +69,9 @@ class ConditionalVAE(Model):
         is computed once per class, not once per image, and added: the same numbers, at about the
         cost of the plain encoder."""
         first, c = self.encoder.features[0], x.shape[1]  # the first 4x4 conv, over C + label_channels channels
-        maps = self.encoder_label.weight[:, :, None, None].expand(-1, -1, *x.shape[2:])  # (classes, label_channels, H, W)
+        maps = self.encoder_label.weight[:, :, None, None].expand(
+            -1, -1, *x.shape[2:]
+        )  # (classes, label_channels, H, W)
         per_class = F.conv2d(maps, first.weight[:, c:], None, first.stride, first.padding)
         h = F.conv2d(x, first.weight[:, :c], first.bias, first.stride, first.padding) + per_class[y]
         h = self.encoder.features[1:](h)
@@ -84,6 +94,7 @@ class ConditionalVAE(Model):
         """Importance-weighted estimate of log p(x | y) per image (nats) with k posterior samples; the
         B * k latents are decoded DECODE_BATCH at a time."""
         y = _labels(y)
+
         def nll(owner: Tensor, z: Tensor) -> Tensor:
             return self.loss.nll(x[owner].float(), self.decoder_output(z, y[owner]).float())
 

@@ -5,4 +5,8 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_models(register):
-    register("cvae", "vaezoo_defaults.cvae.model:ConditionalVAE", summary="Class-conditional VAE: the label goes into the encoder and the decoder")
+    register(
+        "cvae",
+        "vaezoo_defaults.cvae.model:ConditionalVAE",
+        summary="Class-conditional VAE: the label goes into the encoder and the decoder",
+    )

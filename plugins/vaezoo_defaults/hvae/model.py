@@ -32,13 +32,20 @@ class Cell(nn.Module):
     """Bottleneck conv cell: 1x1 -> 3x3 -> 3x3 -> 1x1 with GELUs; residual when in == out channels.
     The last convolution of a residual cell starts scaled by `out_scale` (keeps a deep stack stable)."""
 
-    def __init__(self, channels: int, mid: int, out: int | None = None, *, residual: bool = True, out_scale: float = 1.0) -> None:
+    def __init__(
+        self, channels: int, mid: int, out: int | None = None, *, residual: bool = True, out_scale: float = 1.0
+    ) -> None:
         super().__init__()
         out = channels if out is None else out
         self.residual = residual and out == channels
-        self.convs = nn.ModuleList([
-            nn.Conv2d(channels, mid, 1), nn.Conv2d(mid, mid, 3, padding=1), nn.Conv2d(mid, mid, 3, padding=1), nn.Conv2d(mid, out, 1),
-        ])
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(channels, mid, 1),
+                nn.Conv2d(mid, mid, 3, padding=1),
+                nn.Conv2d(mid, mid, 3, padding=1),
+                nn.Conv2d(mid, out, 1),
+            ]
+        )
         with torch.no_grad():
             self.convs[-1].weight.mul_(out_scale)
 
@@ -85,19 +92,34 @@ class HierarchicalVAE(Model):
     level's KL per image counts at least `free_bits` nats per latent channel (latent_dim) of that level."""
 
     def __init__(
-        self, *, loss: Loss, in_shape: Sequence[int], latent_dim: int = 8, levels: Sequence[int] = (4, 8, 16), width: int = 128,
-        blocks: int = 2, kl_warmup_steps: int = 0, free_bits: float = 0.0,
+        self,
+        *,
+        loss: Loss,
+        in_shape: Sequence[int],
+        latent_dim: int = 8,
+        levels: Sequence[int] = (4, 8, 16),
+        width: int = 128,
+        blocks: int = 2,
+        kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
     ) -> None:
         super().__init__()
         channels, height, width_px = (int(d) for d in in_shape)
         if not (isinstance(levels, Sequence) and not isinstance(levels, str) and 1 <= len(levels) <= 11):
-            raise ValueError(f"hvae levels must be a list of 1 to 11 distinct ascending powers of two, got {type(levels).__name__}")
+            raise ValueError(
+                f"hvae levels must be a list of 1 to 11 distinct ascending powers of two, got {type(levels).__name__}"
+            )
         levels = tuple(int(r) for r in levels)
         if height != width_px or height & (height - 1):
             raise ValueError(f"hvae needs square images with a power-of-two side, got {height}x{width_px}")
         if not levels or list(levels) != sorted(set(levels)) or any(r < 1 or r > height or r & (r - 1) for r in levels):
             raise ValueError(f"hvae levels must be distinct ascending powers of two up to {height}, got {levels}")
-        for key, value, low, high in (("width", width, 8, MAX_WIDTH), ("latent_dim", latent_dim, 1, MAX_WIDTH), ("blocks", blocks, 0, MAX_LAYERS), ("kl_warmup_steps", kl_warmup_steps, 0, 2**62)):
+        for key, value, low, high in (
+            ("width", width, 8, MAX_WIDTH),
+            ("latent_dim", latent_dim, 1, MAX_WIDTH),
+            ("blocks", blocks, 0, MAX_LAYERS),
+            ("kl_warmup_steps", kl_warmup_steps, 0, 2**62),
+        ):
             check_int("hvae", key, value, low, high)
         if not free_bits >= 0:
             raise ValueError(f"hvae needs free_bits >= 0, got {free_bits}")
@@ -110,16 +132,28 @@ class HierarchicalVAE(Model):
         n_cells = len(self.resolutions) * (blocks + 1)
         scale = 1 / math.sqrt(max(1, n_cells))
         self.stem = nn.Conv2d(channels, width, 3, padding=1)
-        self.up_cells = nn.ModuleDict({str(r): nn.Sequential(*[Cell(width, mid, out_scale=scale) for _ in range(blocks)]) for r in self.resolutions})
+        self.up_cells = nn.ModuleDict(
+            {
+                str(r): nn.Sequential(*[Cell(width, mid, out_scale=scale) for _ in range(blocks)])
+                for r in self.resolutions
+            }
+        )
         self.start = nn.Parameter(torch.zeros(1, width, levels[0], levels[0]))
-        self.prior_nets = nn.ModuleDict({str(r): Cell(width, mid, 2 * latent_dim + width, residual=False) for r in levels})
+        self.prior_nets = nn.ModuleDict(
+            {str(r): Cell(width, mid, 2 * latent_dim + width, residual=False) for r in levels}
+        )
         self.post_nets = nn.ModuleDict({str(r): Cell(2 * width, mid, 2 * latent_dim, residual=False) for r in levels})
         self.z_proj = nn.ModuleDict({str(r): nn.Conv2d(latent_dim, width, 1) for r in levels})
-        self.down_cells = nn.ModuleDict({str(r): nn.Sequential(*[Cell(width, mid, out_scale=scale) for _ in range(blocks)]) for r in self.resolutions})
+        self.down_cells = nn.ModuleDict(
+            {
+                str(r): nn.Sequential(*[Cell(width, mid, out_scale=scale) for _ in range(blocks)])
+                for r in self.resolutions
+            }
+        )
         self.out = nn.Conv2d(width, channels * loss.params_per_channel, 3, padding=1)
         with torch.no_grad():  # the prior nets' state update and the z projections start small
             for r in levels:
-                self.prior_nets[str(r)].convs[-1].weight[2 * latent_dim:].mul_(scale)
+                self.prior_nets[str(r)].convs[-1].weight[2 * latent_dim :].mul_(scale)
                 self.z_proj[str(r)].weight.mul_(scale)
 
     # the two passes
@@ -137,7 +171,13 @@ class HierarchicalVAE(Model):
         return acts
 
     def top_down(
-        self, n: int, acts: dict[int, Tensor] | None = None, zs: Sequence[Tensor | None] = (), *, temperature: float = 1.0, use_mean: bool = False,
+        self,
+        n: int,
+        acts: dict[int, Tensor] | None = None,
+        zs: Sequence[Tensor | None] = (),
+        *,
+        temperature: float = 1.0,
+        use_mean: bool = False,
     ) -> tuple[Tensor, list[Level]]:
         """The decoder's output (B, C * params_per_channel, H, W) and every level. z_l is `zs[l]` when
         given, else drawn from the posterior when `acts` (bottom-up activations) are given (its mean
@@ -149,7 +189,9 @@ class HierarchicalVAE(Model):
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
             if r in self.levels:
                 i = len(levels)
-                p_mean, p_raw, update = self.prior_nets[str(r)](h).split([self.latent_dim, self.latent_dim, h.shape[1]], dim=1)
+                p_mean, p_raw, update = self.prior_nets[str(r)](h).split(
+                    [self.latent_dim, self.latent_dim, h.shape[1]], dim=1
+                )
                 p_std = _std(p_raw)
                 h = h + update
                 level = Level(z=p_mean, p_mean=p_mean, p_std=p_std)

@@ -5,4 +5,8 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_models(register):
-    register("hvae", "vaezoo_defaults.hvae.model:HierarchicalVAE", summary="Top-down hierarchical VAE (VDVAE style): latent levels at several resolutions, residual cells")
+    register(
+        "hvae",
+        "vaezoo_defaults.hvae.model:HierarchicalVAE",
+        summary="Top-down hierarchical VAE (VDVAE style): latent levels at several resolutions, residual cells",
+    )

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
 from vaezoo.components import LOG_2PI
-from vaezoo_defaults.common import GaussianEncoder, MAX_WIDTH, check_int, check_widths, iw_bound
+from vaezoo_defaults.common import MAX_WIDTH, GaussianEncoder, check_int, check_widths, iw_bound
 
 DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
 MAX_STEPS = 64  # flow steps
@@ -51,11 +51,17 @@ class MADE(nn.Module):
 
     def __init__(self, dim: int, context_dim: int, hidden: Sequence[int], *, reverse: bool = False) -> None:
         super().__init__()
-        degrees_in = torch.arange(dim, 0, -1) if reverse else torch.arange(1, dim + 1)  # position of each input in the ordering
+        degrees_in = (
+            torch.arange(dim, 0, -1) if reverse else torch.arange(1, dim + 1)
+        )  # position of each input in the ordering
         degrees = [degrees_in]
-        for width in hidden:  # a hidden unit of degree k in 0..D-1 sees the inputs of degrees <= k (0: the context only)
+        for (
+            width
+        ) in hidden:  # a hidden unit of degree k in 0..D-1 sees the inputs of degrees <= k (0: the context only)
             degrees.append(torch.arange(width) % dim)
-        self.layers = nn.ModuleList(MaskedLinear(later.unsqueeze(1) >= earlier.unsqueeze(0)) for earlier, later in zip(degrees, degrees[1:]))
+        self.layers = nn.ModuleList(
+            MaskedLinear(later.unsqueeze(1) >= earlier.unsqueeze(0)) for earlier, later in zip(degrees, degrees[1:])
+        )
         self.context = nn.Linear(context_dim, hidden[0])
         out_mask = degrees_in.unsqueeze(1) > degrees[-1].unsqueeze(0)  # strictly earlier inputs only
         self.out = MaskedLinear(torch.cat([out_mask, out_mask]))  # rows: m, then s
@@ -92,8 +98,17 @@ class IAFVAE(Model):
     """A VAE whose posterior is a diagonal Gaussian followed by T IAF steps (see the module)."""
 
     def __init__(
-        self, *, encoder: nn.Module, decoder: nn.Module, prior: Prior, loss: Loss, in_shape: Sequence[int], latent_dim: int,
-        steps: int = 2, context_dim: int = 64, hidden: Sequence[int] = (320, 320),
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: Prior,
+        loss: Loss,
+        in_shape: Sequence[int],
+        latent_dim: int,
+        steps: int = 2,
+        context_dim: int = 64,
+        hidden: Sequence[int] = (320, 320),
     ) -> None:
         super().__init__()
         check_int("iaf-vae", "steps", steps, 0, MAX_STEPS)
@@ -102,11 +117,16 @@ class IAFVAE(Model):
         if len(hidden) < 1:
             raise ValueError("iaf-vae needs hidden: the widths of at least one hidden layer of each MADE")
         if not isinstance(encoder, GaussianEncoder):
-            raise ValueError(f"iaf-vae needs an encoder with features and linear heads (conv, mlp, resnet), got {type(encoder).__name__}")
+            raise ValueError(
+                "iaf-vae needs an encoder with features and linear heads (conv, mlp, resnet), got "
+                f"{type(encoder).__name__}"
+            )
         self.encoder, self.decoder, self.prior, self.loss = encoder, decoder, prior, loss
         self.in_shape = tuple(in_shape)
         self.latent_dim = latent_dim
-        self.context = nn.Linear(encoder.mu.in_features, context_dim)  # h, eq. 10: a third head on the encoder's features
+        self.context = nn.Linear(
+            encoder.mu.in_features, context_dim
+        )  # h, eq. 10: a third head on the encoder's features
         self.flow = IAF(latent_dim, context_dim, list(hidden), steps)
         self.discrete = bool(getattr(loss, "discrete", False))
         prior.bind(encoder)
@@ -141,10 +161,15 @@ class IAFVAE(Model):
         z = z.flatten(0, 1)  # row i * k + j
         owner = torch.arange(len(x), device=x.device).repeat_interleave(k)
         log_ratio = log_q.flatten() - self.prior.log_prob(z).float()
-        log_px = -torch.cat([
-            self.loss.nll(x[owner[first : first + DECODE_BATCH]].float(), self.decoder(z[first : first + DECODE_BATCH]).float())
-            for first in range(0, len(z), DECODE_BATCH)
-        ])
+        log_px = -torch.cat(
+            [
+                self.loss.nll(
+                    x[owner[first : first + DECODE_BATCH]].float(),
+                    self.decoder(z[first : first + DECODE_BATCH]).float(),
+                )
+                for first in range(0, len(z), DECODE_BATCH)
+            ]
+        )
         return iw_bound(log_px.view(len(x), k), log_ratio.view(len(x), k))
 
     @torch.no_grad()

@@ -5,4 +5,10 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_models(register):
-    register("iaf-vae", "vaezoo_defaults.iaf.model:IAFVAE", summary="VAE with an inverse autoregressive flow posterior (Kingma et al. 2016); importance-weighted log-likelihood")
+    register(
+        "iaf-vae",
+        "vaezoo_defaults.iaf.model:IAFVAE",
+        summary=(
+            "VAE with an inverse autoregressive flow posterior (Kingma et al. 2016); importance-weighted log-likelihood"
+        ),
+    )

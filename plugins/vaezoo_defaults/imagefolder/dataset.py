@@ -35,7 +35,9 @@ class ImageFolder(Dataset):
 
     path_keys = ("path",)  # a model file's recipe never points vaezoo at a folder: --data-dir does
 
-    def __init__(self, *, root: Path, path: str = "", size: int = 32, grayscale: bool = False, test_fraction: float = 0.1) -> None:
+    def __init__(
+        self, *, root: Path, path: str = "", size: int = 32, grayscale: bool = False, test_fraction: float = 0.1
+    ) -> None:
         super().__init__(root=root)
         check_int("image-folder", "size", size, 1, MAX_SIZE)
         if not 0.0 <= test_fraction < 1.0:
@@ -56,7 +58,9 @@ class ImageFolder(Dataset):
         """Folder, options and the contents of the files `load(split)` reads (all of them for a random split)."""
         if self._has_split_folders():
             layout = "folders"
-            files = [p for name in ([split] if split in self.splits else self.splits) for p in _scan(self.folder / name)[0]]
+            files = [
+                p for name in ([split] if split in self.splits else self.splits) for p in _scan(self.folder / name)[0]
+            ]
         else:
             layout = f"test_fraction={self.test_fraction}"
             files = _scan(self.folder)[0] if self.folder.is_dir() else []

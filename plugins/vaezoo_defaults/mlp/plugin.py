@@ -5,9 +5,17 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_encoders(register):
-    register("mlp", "vaezoo_defaults.mlp.model:MLPEncoder", summary="Fully connected layers with ReLU on the flattened image, linear heads to mu and logvar")
+    register(
+        "mlp",
+        "vaezoo_defaults.mlp.model:MLPEncoder",
+        summary="Fully connected layers with ReLU on the flattened image, linear heads to mu and logvar",
+    )
 
 
 @vaezoo.hookimpl
 def register_decoders(register):
-    register("mlp", "vaezoo_defaults.mlp.model:MLPDecoder", summary="Fully connected layers with ReLU, reshaped to the image (mirror of the mlp encoder)")
+    register(
+        "mlp",
+        "vaezoo_defaults.mlp.model:MLPDecoder",
+        summary="Fully connected layers with ReLU, reshaped to the image (mirror of the mlp encoder)",
+    )

@@ -42,7 +42,9 @@ def read_idx(path: Path) -> np.ndarray:
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
     expected = 4 + 4 * ndim + int(np.prod(dims))
     if len(data) != expected:
-        raise DataError(f"{path} holds {len(data)} bytes, expected {expected} for shape {dims}: truncated? put a fresh copy there")
+        raise DataError(
+            f"{path} holds {len(data)} bytes, expected {expected} for shape {dims}: truncated? put a fresh copy there"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -73,7 +75,9 @@ class MNIST(Dataset):
         if found is None:
             return super().cache_key()
         stems = [stem for name in ([split] if split in FILES else FILES) for stem in FILES[name]]
-        return f"{self.folder}:{found.resolve()}:{contents_key(_idx_file(found, stem) or found / stem for stem in stems)}"
+        return (
+            f"{self.folder}:{found.resolve()}:{contents_key(_idx_file(found, stem) or found / stem for stem in stems)}"
+        )
 
     def load(self, split: str) -> tuple[Tensor, Tensor]:
         if split not in FILES:
@@ -87,12 +91,19 @@ class MNIST(Dataset):
 
     def _download(self) -> Path:
         names = ", ".join(f"{stem}.gz" for stems in FILES.values() for stem in stems)
-        hint = f"{self.folder} not found: put {names} in {self.root / self.folder / 'raw'}, or point --data-dir / VAEZOO_DATA_DIR at them"
+        hint = (
+            f"{self.folder} not found: put {names} in {self.root / self.folder / 'raw'}, or point --data-dir / "
+            "VAEZOO_DATA_DIR at them"
+        )
         if not self.download:
             raise DataError(hint)
         import torchvision.datasets
 
-        download(lambda: getattr(torchvision.datasets, self.folder)(str(self.root), train=True, download=True), self.root, hint)
+        download(
+            lambda: getattr(torchvision.datasets, self.folder)(str(self.root), train=True, download=True),
+            self.root,
+            hint,
+        )
         found = self._find()
         if found is None:
             raise DataError(hint)

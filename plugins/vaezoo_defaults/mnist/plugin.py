@@ -5,5 +5,13 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_datasets(register):
-    register("mnist", "vaezoo_defaults.mnist.dataset:MNIST", summary="MNIST handwritten digits, 28x28 grayscale, 60,000 train / 10,000 test images")
-    register("fashion-mnist", "vaezoo_defaults.mnist.dataset:FashionMNIST", summary="Fashion-MNIST clothing, 28x28 grayscale, 60,000 train / 10,000 test images")
+    register(
+        "mnist",
+        "vaezoo_defaults.mnist.dataset:MNIST",
+        summary="MNIST handwritten digits, 28x28 grayscale, 60,000 train / 10,000 test images",
+    )
+    register(
+        "fashion-mnist",
+        "vaezoo_defaults.mnist.dataset:FashionMNIST",
+        summary="Fashion-MNIST clothing, 28x28 grayscale, 60,000 train / 10,000 test images",
+    )

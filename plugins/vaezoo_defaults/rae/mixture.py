@@ -99,8 +99,14 @@ class OnlineGaussianMixture(nn.Module):
         if not bool(self.ready):
             self._start(z)
         resp = torch.softmax(self.component_log_prob(z), dim=1)  # E step, (N, K)
-        n, s0, s1, s2 = sum_over_ranks([torch.tensor([float(len(z))], dtype=z.dtype, device=z.device),
-                                        resp.sum(0), resp.t() @ z, torch.einsum("nk,ni,nj->kij", resp, z, z)])
+        n, s0, s1, s2 = sum_over_ranks(
+            [
+                torch.tensor([float(len(z))], dtype=z.dtype, device=z.device),
+                resp.sum(0),
+                resp.t() @ z,
+                torch.einsum("nk,ni,nj->kij", resp, z, z),
+            ]
+        )
         rate = 1.0 - self.decay
         for buffer, batch in ((self.s0, s0), (self.s1, s1), (self.s2, s2)):
             buffer.copy_(((1 - rate) * buffer.double() + rate * batch / n).float())
@@ -108,11 +114,15 @@ class OnlineGaussianMixture(nn.Module):
     def _start(self, z: Tensor) -> None:
         """Components around the codes of the first (global) batch: its covariance, means at its mean
         plus fixed standard-normal offsets in its covariance's shape, equal weights."""
-        n, total, outer = sum_over_ranks([torch.tensor([float(len(z))], dtype=z.dtype, device=z.device), z.sum(0), z.t() @ z])
+        n, total, outer = sum_over_ranks(
+            [torch.tensor([float(len(z))], dtype=z.dtype, device=z.device), z.sum(0), z.t() @ z]
+        )
         mean = total / n
         cov = outer / n - torch.outer(mean, mean) + JITTER * torch.eye(self.dim, dtype=z.dtype, device=z.device)
         chol = torch.linalg.cholesky_ex(0.5 * (cov + cov.t()))[0]
-        offsets = torch.randn(self.components, self.dim, generator=torch.Generator().manual_seed(INIT_SEED), dtype=z.dtype).to(z.device)
+        offsets = torch.randn(
+            self.components, self.dim, generator=torch.Generator().manual_seed(INIT_SEED), dtype=z.dtype
+        ).to(z.device)
         means = mean + offsets @ chol.t()
         k = self.components
         self.s0.fill_(1.0 / k)

@@ -46,15 +46,27 @@ class RAE(Model):
     unused_parameters = ("encoder.logvar",)  # the Gaussian encoder's variance head: the encoder is deterministic
 
     def __init__(
-        self, *, encoder: nn.Module, decoder: nn.Module, loss: Loss, in_shape: Sequence[int], latent_dim: int,
-        latent_weight: float = 1.0, decoder_l2: float = 1e-2, mixture_components: int = 10, mixture_decay: float = 0.99,
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        loss: Loss,
+        in_shape: Sequence[int],
+        latent_dim: int,
+        latent_weight: float = 1.0,
+        decoder_l2: float = 1e-2,
+        mixture_components: int = 10,
+        mixture_decay: float = 0.99,
     ) -> None:
         super().__init__()
         check_int("rae", "latent_dim", latent_dim, 1, MAX_LATENT)
         check_int("rae", "mixture_components", mixture_components, 1, MAX_COMPONENTS)
         if not (isinstance(mixture_decay, (int, float)) and 0.0 <= mixture_decay < 1.0):
             raise ValueError(f"rae needs mixture_decay from 0 to below 1, got {mixture_decay!r}")
-        self.latent_weight, self.decoder_l2 = _check_weight("latent_weight", latent_weight), _check_weight("decoder_l2", decoder_l2)
+        self.latent_weight, self.decoder_l2 = (
+            _check_weight("latent_weight", latent_weight),
+            _check_weight("decoder_l2", decoder_l2),
+        )
         self.encoder, self.decoder, self.loss = encoder, decoder, loss
         self.in_shape = tuple(in_shape)
         self.latent_dim = latent_dim

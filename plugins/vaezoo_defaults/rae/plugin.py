@@ -5,4 +5,11 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_models(register):
-    register("rae", "vaezoo_defaults.rae.model:RAE", summary="Regularized autoencoder (Ghosh et al. 2020): deterministic, with a latent and decoder penalty, sampled from an ex-post Gaussian mixture fitted to its codes")
+    register(
+        "rae",
+        "vaezoo_defaults.rae.model:RAE",
+        summary=(
+            "Regularized autoencoder (Ghosh et al. 2020): deterministic, with a latent and decoder penalty, "
+            "sampled from an ex-post Gaussian mixture fitted to its codes"
+        ),
+    )

@@ -22,8 +22,12 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -39,7 +43,9 @@ def _check_levels(shape: Sequence[int], hidden: Sequence[int], blocks: int) -> i
 class ResNetEncoder(GaussianEncoder):
     """Residual blocks with GroupNorm and SiLU, stride-2 downsampling, linear heads to mu and logvar."""
 
-    def __init__(self, *, in_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (64, 128, 256), blocks: int = 2) -> None:
+    def __init__(
+        self, *, in_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (64, 128, 256), blocks: int = 2
+    ) -> None:
         check_widths("resnet", hidden)
         factor = _check_levels(in_shape, hidden, blocks)
         layers: list[nn.Module] = [nn.Conv2d(in_shape[0], hidden[0], 3, padding=1)]
@@ -56,7 +62,9 @@ class ResNetEncoder(GaussianEncoder):
 class ResNetDecoder(Decoder):
     """Linear layer, residual blocks and stride-2 transposed convolutions (mirror of the resnet encoder)."""
 
-    def __init__(self, *, out_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (256, 128, 64), blocks: int = 2) -> None:
+    def __init__(
+        self, *, out_shape: Sequence[int], latent_dim: int, hidden: Sequence[int] = (256, 128, 64), blocks: int = 2
+    ) -> None:
         check_widths("resnet", hidden)
         super().__init__()
         factor = _check_levels(out_shape, hidden, blocks)

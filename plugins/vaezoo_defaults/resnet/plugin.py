@@ -5,9 +5,17 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_encoders(register):
-    register("resnet", "vaezoo_defaults.resnet.model:ResNetEncoder", summary="Residual blocks with GroupNorm and SiLU, stride-2 downsampling, linear heads to mu and logvar")
+    register(
+        "resnet",
+        "vaezoo_defaults.resnet.model:ResNetEncoder",
+        summary="Residual blocks with GroupNorm and SiLU, stride-2 downsampling, linear heads to mu and logvar",
+    )
 
 
 @vaezoo.hookimpl
 def register_decoders(register):
-    register("resnet", "vaezoo_defaults.resnet.model:ResNetDecoder", summary="Linear layer, residual blocks and stride-2 transposed convolutions (mirror of the resnet encoder)")
+    register(
+        "resnet",
+        "vaezoo_defaults.resnet.model:ResNetDecoder",
+        summary="Linear layer, residual blocks and stride-2 transposed convolutions (mirror of the resnet encoder)",
+    )

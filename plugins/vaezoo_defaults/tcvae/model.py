@@ -65,7 +65,9 @@ def log_importance_weights(batch: int, dataset_size: int, device: torch.device |
     return weights.log().float()
 
 
-def decompose(z: Tensor, mu: Tensor, logvar: Tensor, log_pz: Tensor, dataset_size: int, estimator: str = "mss") -> dict[str, Tensor]:
+def decompose(
+    z: Tensor, mu: Tensor, logvar: Tensor, log_pz: Tensor, dataset_size: int, estimator: str = "mss"
+) -> dict[str, Tensor]:
     """Per-image estimates (each (B,)) of the KL decomposition for posterior samples `z` of the batch
     with Gaussian posteriors (mu, logvar): "mi", "tc", "dwkl", and the log densities they come from
     ("log_qzx" = log q(z_i|x_i), "log_qz", "log_prod_qz"); `log_pz` is log p(z_i)."""
@@ -83,7 +85,9 @@ def decompose(z: Tensor, mu: Tensor, logvar: Tensor, log_pz: Tensor, dataset_siz
     for first in range(0, batch, ROW_CHUNK):
         rows = slice(first, first + ROW_CHUNK)
         # log q(z_ij | x_k) for the rows' samples i against every image k: (rows, B, D)
-        pair = -0.5 * (LOG_2PI + logvar.unsqueeze(0) + (z[rows].unsqueeze(1) - mu.unsqueeze(0)).pow(2) * inv_var.unsqueeze(0))
+        pair = -0.5 * (
+            LOG_2PI + logvar.unsqueeze(0) + (z[rows].unsqueeze(1) - mu.unsqueeze(0)).pow(2) * inv_var.unsqueeze(0)
+        )
         weight = log_w[rows].unsqueeze(2)
         log_qz.append(torch.logsumexp(pair.sum(2) + log_w[rows], dim=1))
         log_prod_qz.append(torch.logsumexp(pair + weight, dim=1).sum(1))
@@ -91,8 +95,12 @@ def decompose(z: Tensor, mu: Tensor, logvar: Tensor, log_pz: Tensor, dataset_siz
     log_qzx = gaussian_log_prob(z, mu, logvar)
     log_pz = log_pz.float()
     return {
-        "mi": log_qzx - qz, "tc": qz - prod_qz, "dwkl": prod_qz - log_pz,
-        "log_qzx": log_qzx, "log_qz": qz, "log_prod_qz": prod_qz,
+        "mi": log_qzx - qz,
+        "tc": qz - prod_qz,
+        "dwkl": prod_qz - log_pz,
+        "log_qzx": log_qzx,
+        "log_qz": qz,
+        "log_prod_qz": prod_qz,
     }
 
 
@@ -100,14 +108,29 @@ class BetaTCVAE(Model):
     """A Gaussian-latent VAE trained on recon + alpha * MI + beta * TC + gamma * DWKL (see the module)."""
 
     def __init__(
-        self, *, encoder: nn.Module, decoder: nn.Module, prior: Prior, loss: Loss, in_shape: Sequence[int], latent_dim: int,
-        alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, dataset_size: int = 50000, estimator: str = "mss",
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: Prior,
+        loss: Loss,
+        in_shape: Sequence[int],
+        latent_dim: int,
+        alpha: float = 1.0,
+        beta: float = 6.0,
+        gamma: float = 1.0,
+        dataset_size: int = 50000,
+        estimator: str = "mss",
     ) -> None:
         super().__init__()
         for key, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < math.inf):
                 raise ValueError(f"beta-tcvae needs {key} a finite number >= 0, got {value!r}")
-        if isinstance(dataset_size, bool) or not isinstance(dataset_size, int) or not 1 <= dataset_size <= MAX_DATASET_SIZE:
+        if (
+            isinstance(dataset_size, bool)
+            or not isinstance(dataset_size, int)
+            or not 1 <= dataset_size <= MAX_DATASET_SIZE
+        ):
             raise ValueError(f"beta-tcvae needs dataset_size from 1 to {MAX_DATASET_SIZE}, got {dataset_size!r}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"beta-tcvae estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
@@ -136,6 +159,7 @@ class BetaTCVAE(Model):
     @torch.no_grad()
     def log_likelihood(self, x: Tensor, y: Tensor | None = None, k: int = 100) -> Tensor:
         """Importance-weighted estimate of log p(x) per image (nats) with k posterior samples."""
+
         def nll(owner: Tensor, z: Tensor) -> Tensor:
             return self.loss.nll(x[owner].float(), self.decoder(z).float())
 

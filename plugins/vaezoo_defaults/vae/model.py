@@ -21,13 +21,24 @@ class VAE(Model):
     applies_kl_weight = True  # the loss component's beta / warm-up (not with iw_samples > 1: refused)
 
     def __init__(
-        self, *, encoder: nn.Module, decoder: nn.Module, prior: Prior, loss: Loss, in_shape: Sequence[int], latent_dim: int, iw_samples: int = 1
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: Prior,
+        loss: Loss,
+        in_shape: Sequence[int],
+        latent_dim: int,
+        iw_samples: int = 1,
     ) -> None:
         super().__init__()
         if iw_samples < 1:
             raise ValueError(f"vae needs iw_samples >= 1, got {iw_samples}")
         if iw_samples > 1 and any(loss.kl_weight(step) != 1.0 for step in (0, 1, 1000, 10**9)):
-            raise ValueError("vae with iw_samples > 1 trains on the importance-weighted bound, which has no KL weight: use a loss without beta or warm-up")
+            raise ValueError(
+                "vae with iw_samples > 1 trains on the importance-weighted bound, which has no KL weight: "
+                "use a loss without beta or warm-up"
+            )
         self.encoder, self.decoder, self.prior, self.loss = encoder, decoder, prior, loss
         self.in_shape = tuple(in_shape)
         self.latent_dim = latent_dim
@@ -46,6 +57,7 @@ class VAE(Model):
 
     def _importance_terms(self, x: Tensor, mu: Tensor, logvar: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """log p(x|z_j) and log q(z_j|x) - log p(z_j) for k posterior samples per image, each (B, k)."""
+
         def nll(owner: Tensor, z: Tensor) -> Tensor:
             return self.loss.nll(x[owner].float(), self.decoder(z).float())
 

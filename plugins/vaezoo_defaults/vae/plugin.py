@@ -5,4 +5,8 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_models(register):
-    register("vae", "vaezoo_defaults.vae.model:VAE", summary="Classic VAE: encoder, decoder, prior and loss components; optional IWAE training (iw_samples)")
+    register(
+        "vae",
+        "vaezoo_defaults.vae.model:VAE",
+        summary="Classic VAE: encoder, decoder, prior and loss components; optional IWAE training (iw_samples)",
+    )

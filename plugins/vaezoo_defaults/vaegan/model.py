@@ -84,11 +84,22 @@ class VAEGAN(Model):
     regularizer = "kl"  # LossParts.kl is L_prior = KL(q(z|x) || p(z))
 
     def __init__(
-        self, *, encoder: nn.Module, decoder: nn.Module, prior: Prior, loss: Loss, in_shape: Sequence[int], latent_dim: int,
-        disc_hidden: Sequence[int] = (32, 64, 128), gamma: float = 1.0, gan_loss: str = "non-saturating",
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: Prior,
+        loss: Loss,
+        in_shape: Sequence[int],
+        latent_dim: int,
+        disc_hidden: Sequence[int] = (32, 64, 128),
+        gamma: float = 1.0,
+        gan_loss: str = "non-saturating",
     ) -> None:
         super().__init__()
-        if not (isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and math.isfinite(gamma) and gamma >= 0):
+        if not (
+            isinstance(gamma, (int, float)) and not isinstance(gamma, bool) and math.isfinite(gamma) and gamma >= 0
+        ):
             raise ValueError(f"vae-gan needs gamma: a finite number >= 0, got {gamma!r}")
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"vae-gan gan_loss must be one of {', '.join(GAN_LOSSES)}, got {gan_loss!r}")
@@ -141,7 +152,9 @@ class VAEGAN(Model):
             real_features = self.discriminator.features(x)
         out = self.decoder(z)
         recon = self.loss.nll(x.float(), out.float()).detach()
-        llike = feature_nll(real_features.float(), self.discriminator.features(self.loss.mean_image(out).clamp(0, 1)).float())
+        llike = feature_nll(
+            real_features.float(), self.discriminator.features(self.loss.mean_image(out).clamp(0, 1)).float()
+        )
         kl = self.prior.kl(mu.float(), logvar.float(), z.float())
         update("encoder", kl + llike)
 
@@ -151,7 +164,12 @@ class VAEGAN(Model):
         llike_dec = feature_nll(real_features.float(), features[: len(x)].float())
         update("decoder", self.gamma * llike_dec + g_loss)
         kl = kl.detach()
-        return LossParts(recon + kl, recon, kl, {"feature_recon": llike.detach(), "gan_discriminator": d_loss.detach(), "gan_generator": g_loss.detach()})
+        return LossParts(
+            recon + kl,
+            recon,
+            kl,
+            {"feature_recon": llike.detach(), "gan_discriminator": d_loss.detach(), "gan_generator": g_loss.detach()},
+        )
 
     def forward(self, x: Tensor, y: Tensor | None = None, step: int | None = None) -> LossParts:
         """recon = -log p(x | Dec(z)) in pixels and kl = L_prior (one posterior sample); terms: L_llike,

@@ -5,4 +5,11 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_models(register):
-    register("vae-gan", "vaezoo_defaults.vaegan.model:VAEGAN", summary="VAE-GAN (Larsen et al. 2016): a VAE whose reconstruction is measured in a discriminator's feature space, trained against that discriminator")
+    register(
+        "vae-gan",
+        "vaezoo_defaults.vaegan.model:VAEGAN",
+        summary=(
+            "VAE-GAN (Larsen et al. 2016): a VAE whose reconstruction is measured in a discriminator's feature "
+            "space, trained against that discriminator"
+        ),
+    )

@@ -26,12 +26,17 @@ class EMACodebook(nn.Module):
     `unused` (training steps since each code was last assigned). Codes start out dead, so the first
     training step sets those the first batch does not use to encoder outputs of that batch."""
 
-    def __init__(self, *, codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5, restart_after: int = 10) -> None:
+    def __init__(
+        self, *, codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5, restart_after: int = 10
+    ) -> None:
         super().__init__()
         if codes < 2 or dim < 1:
             raise ValueError(f"the codebook needs codes >= 2 and dim >= 1, got {codes} and {dim}")
         if not 0.0 <= decay < 1.0 or eps <= 0 or restart_after < 1:
-            raise ValueError(f"the codebook needs 0 <= decay < 1, eps > 0 and restart_after >= 1, got {decay}, {eps}, {restart_after}")
+            raise ValueError(
+                f"the codebook needs 0 <= decay < 1, eps > 0 and restart_after >= 1, got {decay}, {eps}, "
+                f"{restart_after}"
+            )
         self.codes, self.dim, self.decay, self.eps, self.restart_after = codes, dim, decay, eps, restart_after
         embedding = torch.randn(codes, dim)
         self.register_buffer("embedding", embedding)
@@ -47,7 +52,9 @@ class EMACodebook(nn.Module):
 
     def counts(self, index: Tensor) -> Tensor:
         """How often each code occurs in `index`, `(codes,)` float."""
-        return torch.zeros(self.codes, device=index.device).index_add_(0, index, torch.ones(index.shape[0], device=index.device))
+        return torch.zeros(self.codes, device=index.device).index_add_(
+            0, index, torch.ones(index.shape[0], device=index.device)
+        )
 
     @torch.no_grad()
     def update(self, flat: Tensor, index: Tensor, counts: Tensor | None = None) -> None:
@@ -57,11 +64,16 @@ class EMACodebook(nn.Module):
         counts and sums are those of the global batch (DDP then gives every rank rank 0's buffers).
         `counts`: `self.counts(index)` when the caller has it already."""
         flat = flat.detach().float()
-        counts, sums = sum_over_ranks(self.counts(index) if counts is None else counts, torch.zeros_like(self.embed_sum).index_add_(0, index, flat))
+        counts, sums = sum_over_ranks(
+            self.counts(index) if counts is None else counts,
+            torch.zeros_like(self.embed_sum).index_add_(0, index, flat),
+        )
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (total + self.codes * self.eps) * total  # Laplace smoothing: no code divides by ~0
+        smoothed = (
+            (self.cluster_size + self.eps) / (total + self.codes * self.eps) * total
+        )  # Laplace smoothing: no code divides by ~0
         self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(1))
 
         self.unused.copy_(torch.where(counts > 0, torch.zeros_like(self.unused), self.unused + 1))

@@ -32,7 +32,9 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         inner = max(1, channels // 2)
-        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, inner, 3, padding=1), nn.ReLU(), nn.Conv2d(inner, channels, 1))
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, inner, 3, padding=1), nn.ReLU(), nn.Conv2d(inner, channels, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
@@ -95,26 +97,39 @@ class VQVAE(Model):
         super().__init__()
         if code_prior not in CODE_PRIORS:
             raise ValueError(f"vqvae code_prior must be one of {', '.join(CODE_PRIORS)}, got {code_prior!r}")
-        for key, value, low, high in (("hidden", hidden, 1, MAX_WIDTH), ("res_blocks", res_blocks, 0, MAX_LAYERS), ("latent_dim", latent_dim, 1, MAX_WIDTH),
-                                      ("codebook_size", codebook_size, 2, MAX_WIDTH), ("prior_channels", prior_channels, 1, MAX_WIDTH), ("prior_layers", prior_layers, 1, MAX_LAYERS)):
+        for key, value, low, high in (
+            ("hidden", hidden, 1, MAX_WIDTH),
+            ("res_blocks", res_blocks, 0, MAX_LAYERS),
+            ("latent_dim", latent_dim, 1, MAX_WIDTH),
+            ("codebook_size", codebook_size, 2, MAX_WIDTH),
+            ("prior_channels", prior_channels, 1, MAX_WIDTH),
+            ("prior_layers", prior_layers, 1, MAX_LAYERS),
+        ):
             check_int("vqvae", key, value, low, high)
         if not commitment >= 0:
             raise ValueError(f"vqvae needs commitment >= 0, got {commitment}")
         factor = downsampling_factor("vqvae", in_shape, levels)
         grid = (in_shape[1] // factor) * (in_shape[2] // factor)
         if code_prior == "pixelcnn" and grid > MAX_PIXELCNN_GRID:
-            raise ValueError(f"vqvae's pixelcnn code prior samples one of the {grid} code positions at a time: at most {MAX_PIXELCNN_GRID} (32 x 32) positions, "
-                             f"so use more levels or code_prior = \"uniform\" for {in_shape[1]} x {in_shape[2]} images")
+            raise ValueError(
+                f"vqvae's pixelcnn code prior samples one of the {grid} code positions at a time: at most "
+                f"{MAX_PIXELCNN_GRID} (32 x 32) positions, "
+                f'so use more levels or code_prior = "uniform" for {in_shape[1]} x {in_shape[2]} images'
+            )
         self.in_shape = tuple(in_shape)
         self.grid = (in_shape[1] // factor, in_shape[2] // factor)
         self.latent_dim, self.commitment = latent_dim, float(commitment)
         self.loss = loss
         self.discrete = bool(getattr(loss, "discrete", False))
         self.encoder = make_encoder(in_shape[0], hidden, levels, res_blocks, latent_dim)
-        self.codebook = EMACodebook(codes=codebook_size, dim=latent_dim, decay=ema_decay, eps=ema_eps, restart_after=restart_after)
+        self.codebook = EMACodebook(
+            codes=codebook_size, dim=latent_dim, decay=ema_decay, eps=ema_eps, restart_after=restart_after
+        )
         self.decoder = make_decoder(latent_dim, hidden, levels, res_blocks, in_shape[0] * loss.params_per_channel)
         if code_prior == "pixelcnn":
-            self.prior: nn.Module = PixelCNNCodePrior(codes=codebook_size, grid=self.grid, channels=prior_channels, layers=prior_layers)
+            self.prior: nn.Module = PixelCNNCodePrior(
+                codes=codebook_size, grid=self.grid, channels=prior_channels, layers=prior_layers
+            )
         else:
             self.prior = UniformCodePrior(codes=codebook_size, grid=self.grid)
 
@@ -169,4 +184,3 @@ class VQVAE(Model):
     @torch.no_grad()
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         return self.loss.mean_image(self.decoder(z)).clamp(0, 1)
-

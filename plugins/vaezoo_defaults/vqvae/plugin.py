@@ -5,4 +5,8 @@ import vaezoo
 
 @vaezoo.hookimpl
 def register_models(register):
-    register("vqvae", "vaezoo_defaults.vqvae.model:VQVAE", summary="VQ-VAE: a codebook of discrete latents, straight-through gradients, a prior over the codes")
+    register(
+        "vqvae",
+        "vaezoo_defaults.vqvae.model:VQVAE",
+        summary="VQ-VAE: a codebook of discrete latents, straight-through gradients, a prior over the codes",
+    )

@@ -39,7 +39,17 @@ class WAE(Model):
     regularizer = "mmd"
     unused_parameters = ("encoder.logvar",)  # the Gaussian encoder's variance head: the encoder is deterministic
 
-    def __init__(self, *, encoder: nn.Module, decoder: nn.Module, prior: Prior, loss: Loss, in_shape: Sequence[int], latent_dim: int, mmd_weight: float = 100.0) -> None:
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        prior: Prior,
+        loss: Loss,
+        in_shape: Sequence[int],
+        latent_dim: int,
+        mmd_weight: float = 100.0,
+    ) -> None:
         super().__init__()
         if not (isinstance(mmd_weight, (int, float)) and not isinstance(mmd_weight, bool) and 0 <= mmd_weight <= 1e9):
             raise ValueError(f"wae needs mmd_weight from 0 to 1e9, got {mmd_weight!r}")
