@@ -19,10 +19,10 @@ import torch
 
 from vaezoo.api import make_dataset
 from vaezoo.data import limit_subset, load_split
-from vaezoo.devices import resolve_device, resolve_precision
-from vaezoo.model import build_model
-from vaezoo.recipes import resolve_recipe
-from vaezoo.train import Run, train
+from vaezoo.recipes.build import build_model
+from vaezoo.recipes.resolve import resolve_recipe
+from vaezoo.trainer.devices import resolve_device, resolve_precision
+from vaezoo.trainer.loop import Run, train
 
 # recipe -> --set items that size it for a CPU (the recipes' own text in docs/recipes.md)
 FAMILIES = {

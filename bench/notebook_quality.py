@@ -15,7 +15,7 @@ from train_speed import NotebookDataset, NotebookVAE, notebook_loss
 
 from vaezoo.api import make_dataset
 from vaezoo.data import load_split
-from vaezoo.recipes import resolve_recipe
+from vaezoo.recipes.resolve import resolve_recipe
 
 
 @torch.no_grad()

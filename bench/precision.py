@@ -32,8 +32,8 @@ def run_one(config: str, args: argparse.Namespace) -> dict:
 
     from vaezoo.api import make_dataset
     from vaezoo.data import limit_subset, load_split
-    from vaezoo.devices import resolve_device, resolve_precision
-    from vaezoo.recipes import resolve_recipe
+    from vaezoo.recipes.resolve import resolve_recipe
+    from vaezoo.trainer.devices import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
     recipe = resolve_recipe("cifar-vae")

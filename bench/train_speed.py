@@ -23,10 +23,10 @@ from torch import nn
 import vaezoo
 from vaezoo.api import make_dataset
 from vaezoo.data import limit_subset, load_split
-from vaezoo.devices import resolve_device, resolve_precision
-from vaezoo.model import build_model
-from vaezoo.recipes import resolve_recipe
-from vaezoo.train import Run, train
+from vaezoo.recipes.build import build_model
+from vaezoo.recipes.resolve import resolve_recipe
+from vaezoo.trainer.devices import resolve_device, resolve_precision
+from vaezoo.trainer.loop import Run, train
 
 
 class NotebookVAE(nn.Module):

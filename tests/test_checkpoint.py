@@ -19,7 +19,7 @@ from tinydata import call_main, error_lines, fit_tiny, tiny_cifar  # noqa: F401 
 
 import vaezoo
 from vaezoo.errors import CheckpointError
-from vaezoo.modelfile import describe
+from vaezoo.files.model_header import describe
 
 KEYS = (
     "vaezoo.format_version",
@@ -131,7 +131,7 @@ def test_sample_is_byte_identical_for_one_seed(trained, tmp_path, capsys):
 
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(trained, tmp_path, monkeypatch, failing):
-    import vaezoo.files
+    import vaezoo.files.atomic
 
     path = tmp_path / "model.safetensors"
     path.write_bytes((trained.out_dir / "model.safetensors").read_bytes())
@@ -140,7 +140,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(trained, tmp_
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(vaezoo.files.os, failing, broken)
+    monkeypatch.setattr(vaezoo.files.atomic.os, failing, broken)
     with pytest.raises(OSError, match="No space left"):
         vaezoo.save(trained.model, path, trained.model.recipe, {"epochs": 99})
     monkeypatch.undo()
@@ -149,7 +149,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(trained, tmp_
 
 
 def test_a_write_interrupted_by_ctrl_c_keeps_the_old_file(tmp_path, monkeypatch):
-    from vaezoo.files import write_bytes_atomic
+    from vaezoo.files.atomic import write_bytes_atomic
 
     path = tmp_path / "metrics.jsonl"
     path.write_text("old\n")
@@ -169,7 +169,7 @@ def test_a_write_interrupted_by_ctrl_c_keeps_the_old_file(tmp_path, monkeypatch)
             self.handle.write(data[:3])
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("vaezoo.files.os.fdopen", lambda fd, mode: Interrupting(real_fdopen(fd, mode)))
+    monkeypatch.setattr("vaezoo.files.atomic.os.fdopen", lambda fd, mode: Interrupting(real_fdopen(fd, mode)))
     with pytest.raises(KeyboardInterrupt):
         write_bytes_atomic(path, b"new content\n")
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]

@@ -12,7 +12,7 @@ from conftest import run_cli
 from tinydata import TINY_ARGS, call_main, error_lines, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
-from vaezoo.recipes import resolve_recipe
+from vaezoo.recipes.resolve import resolve_recipe
 
 WIDTHS = ["--set", "encoder.hidden=[8,16,32]", "--set", "decoder.hidden=[32,16,8]"]
 

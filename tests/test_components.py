@@ -52,8 +52,8 @@ def test_conv_needs_sizes_divisible_by_8(size):
 
 
 def test_conv_bad_size_is_a_recipe_error_when_built():
-    from vaezoo.model import build_model
-    from vaezoo.recipes import resolve_recipe
+    from vaezoo.recipes.build import build_model
+    from vaezoo.recipes.resolve import resolve_recipe
 
     with pytest.raises(RecipeError, match="divisible by 8"):
         build_model(resolve_recipe("cifar-vae"), (3, 28, 28))

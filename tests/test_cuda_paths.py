@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from vaezoo.devices import resolve_device, resolve_precision
-from vaezoo.model import build_model
-from vaezoo.recipes import resolve_recipe
-from vaezoo.train import LOG_EVERY, Run, train
+from vaezoo.recipes.build import build_model
+from vaezoo.recipes.resolve import resolve_recipe
+from vaezoo.trainer.devices import resolve_device, resolve_precision
+from vaezoo.trainer.loop import LOG_EVERY, Run, train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

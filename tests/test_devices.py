@@ -8,8 +8,8 @@ import pytest
 import torch
 from tinydata import tiny_cifar  # noqa: F401  (fixture)
 
-from vaezoo import devices
 from vaezoo.errors import VaezooError
+from vaezoo.trainer import devices
 
 
 def test_auto_on_cpu_follows_native_bf16(monkeypatch):

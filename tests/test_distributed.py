@@ -14,7 +14,7 @@ from conftest import run_cli
 from safetensors.torch import load_file
 
 import vaezoo
-from vaezoo import distributed
+from vaezoo.trainer import distributed
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
 

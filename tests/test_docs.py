@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vaezoo import hookspecs
+from vaezoo.plugins import hookspecs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 REGISTRY = Path(__file__).resolve().parents[1] / "registry.toml"

@@ -16,7 +16,7 @@ import vaezoo
 from vaezoo.api import evaluate_file, load_split_images
 from vaezoo.data import to_float
 from vaezoo.errors import VaezooError
-from vaezoo.evaluate import evaluate, evaluation_report, importance_weighted_nll
+from vaezoo.trainer.evaluate import evaluate, evaluation_report, importance_weighted_nll
 
 TINY = ["--set", "encoder.hidden=[8,16,32]", "--set", "decoder.hidden=[32,16,8]", "--set", "latent_dim=8"]
 
@@ -115,7 +115,7 @@ def test_iw_matches_a_naive_computation_and_chunking_does_not_matter(
 
     model = vaezoo.load(trained)
     images, k = test_images[:4], 12
-    monkeypatch.setattr(vaezoo.evaluate, "IW_IMAGES_PER_BATCH", k)  # one image per batch
+    monkeypatch.setattr(vaezoo.trainer.evaluate, "IW_IMAGES_PER_BATCH", k)  # one image per batch
     monkeypatch.setattr(vae_family, "DECODE_BATCH", 5)  # 3 decode chunks
     chunked = importance_weighted_nll(model, images, k)
     monkeypatch.setattr(vae_family, "DECODE_BATCH", k)  # 1 chunk
@@ -158,7 +158,7 @@ def test_reconstruction_error_averages_over_every_batch() -> None:
     import torch
 
     from vaezoo.components import Model
-    from vaezoo.evaluate import reconstruction_error
+    from vaezoo.trainer.evaluate import reconstruction_error
 
     class Black(Model):
         def __init__(self) -> None:

@@ -18,7 +18,7 @@ from tinydata import TINY_SETS, error_lines
 
 import vaezoo
 from vaezoo.errors import RecipeError
-from vaezoo.evaluate import evaluation_report
+from vaezoo.trainer.evaluate import evaluation_report
 
 FIXTURES = REPO / "tests" / "fixtures"
 FORMAT1 = FIXTURES / "vaezoo-0.1-cifar-vae-tiny.safetensors"
@@ -233,8 +233,8 @@ def test_train_runs_on_its_own_with_callbacks_and_a_resumable_state(cifar: Path,
     TrainState round-trips through state_dict()."""
     from vaezoo.api import make_dataset
     from vaezoo.data import limit_subset, load_split
-    from vaezoo.devices import resolve_precision
-    from vaezoo.train import Callback, Run, TrainState, train
+    from vaezoo.trainer.devices import resolve_precision
+    from vaezoo.trainer.loop import Callback, Run, TrainState, train
 
     recipe = vaezoo.resolve_recipe("cifar-vae", TINY_SETS, {"train.epochs": 2})
     dataset = make_dataset(recipe, cifar)

@@ -14,14 +14,14 @@ from conftest import run_cli
 from PIL import Image
 
 import vaezoo
-from vaezoo.evaluate import evaluate
 from vaezoo.testing import check_model
+from vaezoo.trainer.evaluate import evaluate
 from vaezoo_defaults.bce.loss import BCEKL
 from vaezoo_defaults.conv.model import ConvDecoder, ConvEncoder
 from vaezoo_defaults.cvae.model import ConditionalVAE
 from vaezoo_defaults.normal.prior import NormalPrior
 
-TILE, PAD = 32, 2  # CIFAR-10 tiles, vaezoo.images.grid padding
+TILE, PAD = 32, 2  # CIFAR-10 tiles, vaezoo.files.png.grid padding
 TINY = ["model.encoder_hidden=[8,16,16]", "model.decoder_hidden=[16,16,8]", "latent_dim=8"]
 SAMPLES_PER_CLASS = 2
 

@@ -206,8 +206,8 @@ def test_resume_never_writes_into_another_runs_folder(cifar: Path, straight: Pat
 
 
 def test_resume_with_a_new_learning_rate_trains_at_it(cifar: Path, tmp_path: Path) -> None:
-    from vaezoo.state import load_state
-    from vaezoo.train import make_optimizer
+    from vaezoo.files.train_state import load_state
+    from vaezoo.trainer.loop import make_optimizer
 
     out = tmp_path / "run"
     fit_like_cli(cifar, **{"train.epochs": 1, "out": out})
@@ -441,7 +441,7 @@ def test_a_file_with_a_huge_latent_size_is_refused_without_taking_its_memory(sma
 def test_non_finite_weights_are_refused(small_model: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from vaezoo.modelfile import read_header
+    from vaezoo.files.model_header import read_header
 
     data = small_model.read_bytes()
     metadata = read_header(data, small_model)["__metadata__"]
@@ -477,7 +477,7 @@ def test_a_model_file_never_chooses_the_folder_vaezoo_reads(small_model: Path, c
 def test_damaged_states_are_one_line_and_never_train(cifar: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from vaezoo.modelfile import read_header
+    from vaezoo.files.model_header import read_header
 
     out = tmp_path / "run"
     fit_like_cli(cifar, **{"train.epochs": 1, "out": out})

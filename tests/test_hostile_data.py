@@ -23,7 +23,7 @@ from tinydata import TINY_ARGS, error_lines, write_class_folders
 
 from vaezoo.data import contents_key, load_split
 from vaezoo.errors import DataError
-from vaezoo.imagefiles import MAX_IMAGE_PIXELS, read_images
+from vaezoo.files.image_folders import MAX_IMAGE_PIXELS, read_images
 from vaezoo_defaults.cifar10.dataset import CIFAR10
 from vaezoo_defaults.imagefolder.dataset import ImageFolder
 from vaezoo_defaults.mnist.dataset import MNIST

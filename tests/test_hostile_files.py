@@ -111,9 +111,9 @@ def test_every_writer_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
     """files.write_bytes_atomic is the one writer (models, states, caches, recipe.toml, metrics, pictures)."""
     import torch
 
-    from vaezoo.files import write_bytes_atomic, write_text_atomic
-    from vaezoo.images import save_grid
-    from vaezoo.pictures import save_loss_plot
+    from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
+    from vaezoo.files.pictures import save_loss_plot
+    from vaezoo.files.png import save_grid
 
     outside = tmp_path / "outside.txt"
     outside.write_text("keep me")
@@ -468,7 +468,7 @@ def test_a_file_never_chooses_the_pip_line(small_model: Path, tmp_path: Path, di
 
 
 def test_a_valid_distribution_with_a_hostile_version_is_not_pinned(small_model: Path, tmp_path: Path) -> None:
-    from vaezoo.card import install_lines
+    from vaezoo.sharing.card import install_lines
 
     lines = install_lines(
         [

@@ -35,8 +35,8 @@ from test_sharing import (  # noqa: F401 - fixtures
     run_dir,
 )
 
-from vaezoo.hub import HubError, local_model_path, parse_hf_name
-from vaezoo.publish import push_files
+from vaezoo.sharing.hub import HubError, local_model_path, parse_hf_name
+from vaezoo.sharing.publish import push_files
 
 SECRET = b"\x10\x27\x00\x00\x00\x00\x00\x00top secret, never shown"  # a header length of 10000 if read as safetensors
 

@@ -20,7 +20,7 @@ from conftest import REPO, run_cli
 from tinydata import TINY_ARGS, TINY_SETS, error_lines
 
 from vaezoo.errors import printable
-from vaezoo.registry import registration_problem
+from vaezoo.plugins.registry import registration_problem
 
 ESC = "\x1b"
 NASTY = "\x1b]0;pwned\x07 \x1b[2J \x9b31m \r\b"  # retitle the terminal, clear it, C1 CSI, CR, backspace
@@ -438,7 +438,7 @@ sys.addaudithook(_before_handler)
 @pytest.mark.parametrize("how", ["python -m vaezoo", "console script"])
 def test_the_stop_handler_comes_before_any_other_import(tmp_path: Path, how: str) -> None:
     """What is imported before the SIGTERM handler is installed: vaezoo's empty `__init__`,
-    vaezoo.signals and what the interpreter itself loads (pluggy, typing, typer, rich, torch: after)."""
+    vaezoo.trainer.signals and what the interpreter itself loads (pluggy, typing, typer, rich, torch: after)."""
     if how == "console script" and not CONSOLE_SCRIPT.exists():
         pytest.skip("the console script is not installed beside this Python")
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
@@ -454,7 +454,8 @@ def test_the_stop_handler_comes_before_any_other_import(tmp_path: Path, how: str
     imported = log.read_text().split()
     assert "vaezoo" in imported, imported
     ours = imported[imported.index("vaezoo") :]  # from vaezoo's first line on
-    assert set(ours) <= {"vaezoo", "vaezoo.__main__", "vaezoo.signals", "signal", "collections.abc"}, ours
+    allowed = {"vaezoo", "vaezoo.__main__", "vaezoo.trainer", "vaezoo.trainer.signals", "signal", "collections.abc"}
+    assert set(ours) <= allowed, ours
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP here")

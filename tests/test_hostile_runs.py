@@ -21,7 +21,7 @@ from tinydata import TINY_ARGS, TINY_SETS, error_lines, tiny_cifar  # noqa: F401
 
 import vaezoo
 from vaezoo.errors import VaezooError
-from vaezoo.runfolder import LOCK_NAME, RunLock, boot_id, process_identity, process_start
+from vaezoo.files.run_folder import LOCK_NAME, RunLock, boot_id, process_identity, process_start
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
 
@@ -115,16 +115,16 @@ def _race(folders: list[str], barrier, results) -> None:
     check-then-unlink of vaezoo 0.2 every round then had several winners)."""
     import random
 
-    import vaezoo.runfolder
+    import vaezoo.files.run_folder
 
-    judge = vaezoo.runfolder.identity_alive
+    judge = vaezoo.files.run_folder.identity_alive
 
     def slow_judge(owner: dict) -> bool:
         alive = judge(owner)
         time.sleep(random.random() * 0.002)
         return alive
 
-    vaezoo.runfolder.identity_alive = slow_judge
+    vaezoo.files.run_folder.identity_alive = slow_judge
     for folder in folders:
         barrier.wait()
         try:
@@ -142,7 +142,7 @@ def test_takers_racing_for_a_stale_lock_have_exactly_one_winner(
     rounds, takers = 50, 4
     record = {"pid": dead_pid()} if stale == "dead pid" else {**process_identity(sleeper.pid), "start": 1}
     folders = [str(plant_lock(tmp_path / f"round{i}", record).parent) for i in range(rounds)]
-    context = multiprocessing.get_context("fork")  # the takers only use vaezoo.runfolder
+    context = multiprocessing.get_context("fork")  # the takers only use vaezoo.files.run_folder
     barrier, results = context.Barrier(takers), context.Queue()
     processes = [context.Process(target=_race, args=(folders, barrier, results)) for _ in range(takers)]
     for process in processes:

@@ -7,8 +7,8 @@ import tomllib
 import pytest
 
 from vaezoo.errors import RecipeError, UnknownName
-from vaezoo.recipes import parse_set, resolve_recipe
-from vaezoo.tomlwrite import dumps
+from vaezoo.recipes.resolve import parse_set, resolve_recipe
+from vaezoo.recipes.toml_writer import dumps
 
 
 def test_precedence_options_over_set_over_recipe_over_defaults():

@@ -15,7 +15,7 @@ from conftest import REPO, run_cli
 
 import vaezoo
 from vaezoo.errors import PluginError, UnknownName
-from vaezoo.registry import PluginInfo, Registry
+from vaezoo.plugins.registry import PluginInfo, Registry
 
 DEFAULTS = {
     "conv": "vaezoo_defaults.conv.plugin",

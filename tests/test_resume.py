@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from tinydata import TINY_ARGS, call_main, error_lines, fit_tiny, tiny_cifar  # noqa: F401  (fixture)
 
-import vaezoo.train
+import vaezoo.trainer.loop
 from vaezoo.errors import Interrupted, RunFailed
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
@@ -59,7 +59,7 @@ def test_one_epoch_then_resume_equals_two_epochs(tiny_cifar, straight, tmp_path)
 def interrupt_at(epoch: int, batch: int, signum: int = signal.SIGINT):
     """A callback that signals this process after `batch` batches of epoch `epoch` (1-based)."""
 
-    class Interrupt(vaezoo.train.Callback):
+    class Interrupt(vaezoo.trainer.loop.Callback):
         def on_step(self, run, done, loss, images_per_s):
             if run.epoch + 1 == epoch and done == batch:
                 os.kill(os.getpid(), signum)
@@ -69,7 +69,7 @@ def interrupt_at(epoch: int, batch: int, signum: int = signal.SIGINT):
 
 @pytest.mark.parametrize(("epoch", "batch"), [(2, 3)])
 def test_resume_after_an_interrupt_in_the_middle_of_an_epoch(tiny_cifar, straight, tmp_path, monkeypatch, epoch, batch):
-    monkeypatch.setattr(vaezoo.train, "LOG_EVERY", 1)
+    monkeypatch.setattr(vaezoo.trainer.loop, "LOG_EVERY", 1)
     out = tmp_path / "run"
     with pytest.raises(Interrupted, match=rf"epoch {epoch} after {batch} batches; state saved in {out}") as stopped:
         fit_tiny(tiny_cifar, out, epochs=2, callbacks=[interrupt_at(epoch, batch)])
@@ -86,8 +86,8 @@ def test_resume_after_an_interrupt_in_the_middle_of_an_epoch(tiny_cifar, straigh
 
 
 def test_sigterm_saves_the_state_and_exits_130(tiny_cifar, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(vaezoo.train, "LOG_EVERY", 1)
-    from vaezoo.progress import RichProgress
+    monkeypatch.setattr(vaezoo.trainer.loop, "LOG_EVERY", 1)
+    from vaezoo.trainer.progress import RichProgress
 
     monkeypatch.setattr(
         RichProgress, "on_step", interrupt_at(1, 2, signal.SIGTERM).on_step
@@ -187,7 +187,7 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_model(tin
         value = real_nll(self, x, out)
         return value * float("nan") if state["epochs_done"] >= 1 else value
 
-    class Watch(vaezoo.train.Callback):
+    class Watch(vaezoo.trainer.loop.Callback):
         def on_epoch_end(self, run, metrics):
             state["epochs_done"] = run.epoch
             state["model"] = (run.out_dir / "model.safetensors").read_bytes()

@@ -545,7 +545,7 @@ def front_matter(card: str) -> dict:
 
 
 def test_dry_run_writes_what_would_be_uploaded(published: dict[str, bytes], run_dir: Path) -> None:
-    from vaezoo.modelfile import read_metadata
+    from vaezoo.files.model_header import read_metadata
 
     assert sorted(published) == ["README.md", "model.safetensors", "recipe.toml", "samples.png"]
     for name in ("model.safetensors", "recipe.toml", "samples.png"):
@@ -573,7 +573,7 @@ def test_dry_run_writes_what_would_be_uploaded(published: dict[str, bytes], run_
 
 
 def test_install_lines_name_each_plugin_distribution() -> None:
-    from vaezoo.card import install_lines
+    from vaezoo.sharing.card import install_lines
 
     components = [
         {"kind": "model", "name": "laplace", "distribution": "vaezoo-example-plugin", "version": "0.2.0"},
@@ -626,8 +626,8 @@ def test_push_python_api_dry_run(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_card_of_a_conditional_family_samples_with_labels(run_dir: Path) -> None:
-    from vaezoo.card import model_card
-    from vaezoo.modelfile import read_metadata
+    from vaezoo.files.model_header import read_metadata
+    from vaezoo.sharing.card import model_card
 
     metadata, data = read_metadata(run_dir / MODEL)
     assert metadata["data"]["conditional"] is False

@@ -32,7 +32,7 @@ def test_cheap_commands_do_not_import_torch(argv: list[str]) -> None:
 
 def test_building_the_list_does_not_import_torch() -> None:
     code = (
-        "import sys, vaezoo.cli\nfrom vaezoo.plugins import list_components\nassert "
+        "import sys, vaezoo.cli\nfrom vaezoo.plugins.manager import list_components\nassert "
         "list_components()\nprint('torch' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -45,7 +45,7 @@ MODEL = Path(__file__).parent / "fixtures" / "vaezoo-0.1-cifar-vae-tiny.safetens
 
 @pytest.mark.parametrize("command", ["inspect", "card"])
 def test_reading_a_model_file_does_not_import_torch(command: str) -> None:
-    """inspect, card (and push) read the header's JSON only (vaezoo.modelfile)."""
+    """inspect, card (and push) read the header's JSON only (vaezoo.files.model_header)."""
     done = subprocess.run(
         [sys.executable, "-c", CHECK.format(argv=[command, str(MODEL)])], capture_output=True, text=True, timeout=120
     )

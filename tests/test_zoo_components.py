@@ -331,9 +331,9 @@ def test_image_folder_on_a_cifar10_subset(tmp_path):
     [("resnet", "vamp", "dlogistic-kl"), ("mlp", "mog", "gaussian-kl"), ("mlp", "vamp", "beta-kl")],
 )
 def test_recipes_build_train_and_reload(tmp_path, net, prior, loss):
-    pytest.importorskip("vaezoo.model")
-    checkpoint = pytest.importorskip("vaezoo.checkpoint")
-    from vaezoo.model import build_model
+    pytest.importorskip("vaezoo.recipes.build")
+    checkpoint = pytest.importorskip("vaezoo.files.model_file")
+    from vaezoo.recipes.build import build_model
 
     extra = {"blocks": 1} if net == "resnet" else {}
     recipe = vaezoo.resolve_recipe(

@@ -74,7 +74,7 @@ def call_main(*args: str, env: dict[str, str] | None = None) -> int:
     """Run `vaezoo ARGS` through `vaezoo.cli.main` in this process and return its exit code; read
     the output with pytest's `capsys.readouterr()`."""
     from vaezoo.cli import main
-    from vaezoo.plugins import reset_registry
+    from vaezoo.plugins.manager import reset_registry
 
     old = {key: os.environ.get(key) for key in (env or {})}
     os.environ.update(env or {})

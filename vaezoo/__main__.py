@@ -5,9 +5,9 @@ imports nothing), so that they exit 130 with one line at any moment, as Ctrl-C d
 import signal
 import sys
 
-from vaezoo.signals import forget_interrupt, handle_stops, stop_now
+from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now
 
-handle_stops(stop_now)  # first thing: `signal` and `sys` are loaded already, vaezoo.signals is tiny
+handle_stops(stop_now)  # first thing: `signal` and `sys` are loaded already, vaezoo.trainer.signals is tiny
 
 
 def run() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from vaezoo.errors import RecipeError, RunFailed, VaezooError
-from vaezoo.files import write_bytes_atomic, write_text_atomic
-from vaezoo.recipes import MAX_GRID_IMAGES, resolve_recipe
-from vaezoo.tomlwrite import dumps as toml_dumps
+from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
+from vaezoo.recipes.resolve import MAX_GRID_IMAGES, resolve_recipe
+from vaezoo.recipes.toml_writer import dumps as toml_dumps
 
 
 @dataclass
@@ -36,8 +36,8 @@ def make_dataset(
     dropped: a file never chooses what vaezoo reads; `paths` gives them explicitly (`eval --set
     dataset.path=...`), and may hold nothing else."""
     from vaezoo.data import check_data_folder, checked_data_root
-    from vaezoo.model import instantiate
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
+    from vaezoo.recipes.build import instantiate
 
     target = get_registry().get("datasets", recipe["dataset"]["name"]).load()
     table = recipe["dataset"]
@@ -61,7 +61,7 @@ def make_dataset(
 def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None):
     """An untrained model (a `vaezoo.Model`) for a recipe name, recipe file or table (overrides as in
     `resolve_recipe`)."""
-    from vaezoo.model import build_model
+    from vaezoo.recipes.build import build_model
 
     resolved = resolve_recipe(recipe, sets, options)
     dataset = make_dataset(resolved)
@@ -108,9 +108,9 @@ def fit(
     """Train a recipe and write model.safetensors, state.safetensors, metrics.jsonl, samples.png, the
     pictures and recipe.toml into `out` (default runs/<recipe>-<UTC time>/). `resume` continues a run
     folder. Nothing in a folder changes before the run is accepted, and one run at a time writes a
-    folder (vaezoo.runfolder). Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state."""
-    from vaezoo import distributed
-    from vaezoo.runfolder import RunLock, check_resume_changes, holds_run
+    folder (vaezoo.files.run_folder). Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state."""
+    from vaezoo.files.run_folder import RunLock, check_resume_changes, holds_run
+    from vaezoo.trainer import distributed
 
     job, rank_device = distributed.setup(device)  # under torchrun: join the job (see docs/distributed.md)
     sets = list(sets)
@@ -181,12 +181,12 @@ def _fit_locked(
     before anything is written), then write recipe.toml and train."""
     import torch
 
-    from vaezoo import distributed
     from vaezoo.data import limit_subset, load_split
-    from vaezoo.devices import resolve_device, resolve_precision
-    from vaezoo.model import build_model
-    from vaezoo.runfiles import RunFiles
-    from vaezoo.train import Run, blame, prepare, train
+    from vaezoo.recipes.build import build_model
+    from vaezoo.trainer import distributed
+    from vaezoo.trainer.devices import resolve_device, resolve_precision
+    from vaezoo.trainer.epoch_files import RunFiles
+    from vaezoo.trainer.loop import Run, blame, prepare, train
 
     torch_device = rank_device or resolve_device(device)
     precision = resolve_precision(resolved["train"]["precision"], torch_device)
@@ -251,13 +251,13 @@ def _measured_precision(
     model: Any, images: Any, labels: Any, recipe: dict[str, Any], device: Any, world_size: int
 ) -> Any:
     """`--precision auto` for this model: fp32 or the device's reduced precision, whichever a short
-    timed probe of a training step on a real batch finds faster (vaezoo.devices.auto_precision)."""
+    timed probe of a training step on a real batch finds faster (vaezoo.trainer.devices.auto_precision)."""
     import hashlib
     import json
 
     from vaezoo.data import to_float
-    from vaezoo.devices import resolve_precision, time_steps
-    from vaezoo.train import memory_format
+    from vaezoo.trainer.devices import resolve_precision, time_steps
+    from vaezoo.trainer.loop import memory_format
 
     settings = recipe["train"]
     layout = memory_format(model, settings)
@@ -281,8 +281,8 @@ def load_split_images(
 ):
     """Uint8 images and int64 labels of a split of a loaded model's dataset (`limit` > 0: that many,
     drawn with a fixed seed; `paths`: the dataset's folder keys, see `make_dataset`)."""
-    from vaezoo.checkpoint import check_plugins
     from vaezoo.data import limit_subset, load_split
+    from vaezoo.files.model_file import check_plugins
 
     if getattr(model, "metadata", None):  # the dataset plugin is needed now (loading did not need it)
         check_plugins(model.metadata, "the model", kinds=("dataset",))
@@ -326,8 +326,8 @@ def evaluate_file(
 ) -> dict[str, Any]:
     """Metrics of a saved model on a split of its recipe's dataset (see `evaluate.evaluation_report`;
     `iw_samples` > 0 adds the importance-weighted NLL; `paths`: the dataset's folder keys)."""
-    from vaezoo.checkpoint import load
-    from vaezoo.evaluate import evaluation_report
+    from vaezoo.files.model_file import load
+    from vaezoo.trainer.evaluate import evaluation_report
 
     if iw_samples < 0:
         raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")
@@ -350,8 +350,8 @@ def reconstruct_file(
     device: str = "cpu",
 ) -> None:
     """A PNG of `n` images of a split (drawn with `seed`) above their reconstructions by a saved model."""
-    from vaezoo.checkpoint import load
-    from vaezoo.pictures import save_reconstructions
+    from vaezoo.files.model_file import load
+    from vaezoo.files.pictures import save_reconstructions
 
     model = load(model_path, device=device)
     images, labels = load_split_images(model, split, data_dir)
@@ -370,8 +370,8 @@ def interpolate_file(
     device: str = "cpu",
 ) -> None:
     """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""
-    from vaezoo.checkpoint import load
-    from vaezoo.pictures import require_interpolation, save_interpolations
+    from vaezoo.files.model_file import load
+    from vaezoo.files.pictures import require_interpolation, save_interpolations
 
     if steps < 2:
         raise VaezooError(f"--steps must be 2 or more, got {steps}")

@@ -20,9 +20,9 @@ from rich.text import Text
 
 import vaezoo
 from vaezoo.errors import VaezooError, printable
-from vaezoo.kinds import KINDS
-from vaezoo.recipes import MAX_GRID_IMAGES
-from vaezoo.signals import forget_interrupt, handle_stops, stop_now
+from vaezoo.plugins.kinds import KINDS
+from vaezoo.recipes.resolve import MAX_GRID_IMAGES
+from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now
 
 app = typer.Typer(
     name="vaezoo",
@@ -37,7 +37,7 @@ err_console = Console(stderr=True, emoji=False)
 
 # bounds of numeric options, so that an absurd value is one line naming its option, not a crash deep inside
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer; recipes keep seeds below 2**63
-MAX_LATENT_DIM = 65_536  # as vaezoo.recipes.MAX_LATENT_DIM
+MAX_LATENT_DIM = 65_536  # as vaezoo.recipes.resolve.MAX_LATENT_DIM
 MAX_EPOCHS = 1_000_000
 MAX_BATCH = 1_000_000
 MAX_IMAGES = 1_000_000_000  # --limit: more than any data set holds means "all of them"
@@ -108,7 +108,7 @@ def list_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List recipes and components."""
-    from vaezoo.plugins import list_components
+    from vaezoo.plugins.manager import list_components
 
     if kind is not None and kind not in KINDS:
         if pattern is None and any(ch in kind for ch in "*?["):
@@ -128,7 +128,7 @@ def list_command(
 @app.command("plugins")
 def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """List loaded plugins: name, distribution, version, what each registers."""
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
 
     rows = []
     for info in get_registry().plugins:
@@ -213,11 +213,11 @@ def run_command(
     reconstructions, interpolations, loss curve)."""
     _check_sets(set_ or [])
     from vaezoo.api import fit
-    from vaezoo.progress import RichProgress
+    from vaezoo.trainer.progress import RichProgress
 
     extra = []
     if tensorboard:
-        from vaezoo.tensorboard_log import TensorBoardLogger
+        from vaezoo.trainer.tensorboard_log import TensorBoardLogger
 
         extra.append(TensorBoardLogger())  # fails here, before training, if tensorboard is missing
 
@@ -233,8 +233,8 @@ def run_command(
     }
     if nproc is not None:
         raise typer.Exit(_run_torchrun(nproc, recipe, set_ or [], options, resume))
-    from vaezoo import distributed
     from vaezoo.errors import Interrupted
+    from vaezoo.trainer import distributed
 
     progress = RichProgress(err_console)  # the loop calls callbacks on rank 0 only
     try:
@@ -312,7 +312,7 @@ def _resume_command(stopped, data_dir: Path | None, device: str) -> str:
     """The command that continues an interrupted run where it stopped."""
     import shlex
 
-    from vaezoo import distributed
+    from vaezoo.trainer import distributed
 
     command = ["vaezoo", "run", stopped.recipe, "--resume", str(stopped.out_dir), "--epochs", str(stopped.epochs)]
     if data_dir:
@@ -330,8 +330,8 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
     same command without --nproc under torchrun on this machine; returns torchrun's exit code."""
     import subprocess
 
-    from vaezoo import distributed
-    from vaezoo.recipes import resolve_recipe
+    from vaezoo.recipes.resolve import resolve_recipe
+    from vaezoo.trainer import distributed
 
     if resume is None:
         resolved = resolve_recipe(recipe, sets, options)
@@ -371,9 +371,9 @@ def sample_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
     """Decode N samples of the model into a grid image."""
-    from vaezoo.checkpoint import load
-    from vaezoo.images import save_grid
-    from vaezoo.sample import parse_label, sample_images
+    from vaezoo.files.model_file import load
+    from vaezoo.files.png import save_grid
+    from vaezoo.files.sampling import parse_label, sample_images
 
     loaded = load(model, device=device)
     index = parse_label(loaded, label)
@@ -456,7 +456,7 @@ def eval_command(
     VAE) and its parts, the importance-weighted NLL (--iw-samples), bits/dim (discrete likelihoods
     only), MSE and PSNR."""
     from vaezoo.api import evaluate_file
-    from vaezoo.recipes import parse_set
+    from vaezoo.recipes.resolve import parse_set
 
     paths = {}
     for item in sets or []:
@@ -504,7 +504,7 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What a checkpoint holds: recipe, components and their plugins, shapes, metrics, sha256."""
-    from vaezoo.modelfile import describe, is_conditional
+    from vaezoo.files.model_header import describe, is_conditional
 
     info = describe(model)
     if as_json:
@@ -572,7 +572,7 @@ def push_command(
 ) -> None:
     """Publish a model to the Hugging Face Hub: model.safetensors, samples.png, recipe.toml and a
     generated model card (README.md). Needs `pip install 'vaezoo\\[hub]'` and a token (`hf auth login` or HF_TOKEN)."""
-    from vaezoo.publish import push
+    from vaezoo.sharing.publish import push
 
     where = push(source, repo_id, private=private, revision=revision, dry_run=dry_run)
     if dry_run is not None:
@@ -595,7 +595,7 @@ def card_command(
     ] = None,
 ) -> None:
     """Print the model card (README.md) that `vaezoo push` would upload."""
-    from vaezoo.card import card_for
+    from vaezoo.sharing.card import card_for
 
     sys.stdout.write(printable(card_for(model, repo_id), lines=True))  # a file's text: no terminal controls
 
@@ -656,7 +656,7 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     for sig, handler in previous.items() if restore_signals else ():
         signal.signal(sig, handler)
     code = code if isinstance(code, int) else 0
-    distributed = sys.modules.get("vaezoo.distributed")  # imported only by commands that use torch
+    distributed = sys.modules.get("vaezoo.trainer.distributed")  # imported only by commands that use torch
     if distributed is not None and distributed.created_group():  # a torchrun worker: see its exit_worker
         distributed.exit_worker(code)
     sys.exit(code)

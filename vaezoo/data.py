@@ -32,8 +32,8 @@ from torch import Tensor
 
 from vaezoo.components import Dataset
 from vaezoo.errors import DataError, VaezooError
-from vaezoo.files import check_writable_target
-from vaezoo.runfolder import pid_alive
+from vaezoo.files.atomic import check_writable_target
+from vaezoo.files.run_folder import pid_alive
 
 LIMIT_SEED = 1234  # --limit subsets do not depend on --seed
 # A cache file's temporary file, `.NAME.PID.XXXXXXXX.tmp` (`.NAME.XXXXXXXX.tmp` before vaezoo 0.3).
@@ -198,7 +198,7 @@ def load_split(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
 def _write_cache(path: Path, data: bytes) -> None:
     """Replace the cache file `path` in one step, through a temporary file named with this process's pid,
     after removing the temporary files that dead writers left in the cache folder. As
-    vaezoo.files.write_bytes_atomic (whose temporary names carry no pid), a target that is not a
+    vaezoo.files.atomic.write_bytes_atomic (whose temporary names carry no pid), a target that is not a
     regular file is refused."""
     check_writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)

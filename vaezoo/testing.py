@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from vaezoo.components import Dataset, Loss, LossParts, Model, Prior
-from vaezoo.recipes import FRAMEWORK_ARGS, MODEL_ARGS
+from vaezoo.recipes.resolve import FRAMEWORK_ARGS, MODEL_ARGS
 
 __all__ = [
     "check_signature",
@@ -377,8 +377,8 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     exactly one), `training_step` for TRAINING_STEPS steps; every parameter gets a finite, non-zero
     gradient in some update (unless `unused_parameters` names it); the optimizers' state round-trips
     through state.safetensors."""
-    from vaezoo.recipes import TRAIN_DEFAULTS
-    from vaezoo.train import make_optimizers
+    from vaezoo.recipes.resolve import TRAIN_DEFAULTS
+    from vaezoo.trainer.loop import make_optimizers
 
     named = dict(model.named_parameters())
     groups = model.parameter_groups()
@@ -434,9 +434,9 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
     import copy
     import tempfile
 
-    from vaezoo.recipes import TRAIN_DEFAULTS
-    from vaezoo.state import load_state, save_state
-    from vaezoo.train import make_optimizers
+    from vaezoo.files.train_state import load_state, save_state
+    from vaezoo.recipes.resolve import TRAIN_DEFAULTS
+    from vaezoo.trainer.loop import make_optimizers
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "state.safetensors"
@@ -501,9 +501,9 @@ def component(
     """A registered component (`kind` one of encoder, decoder, prior, loss, dataset) built by name as a
     recipe builds it: the recipe keys `kw` checked and defaulted, `in_shape` and `latent_dim` passed,
     and for a decoder `out_shape` from `loss.params_per_channel`. For `check_model(components=...)`."""
-    from vaezoo.model import instantiate
-    from vaezoo.plugins import get_registry
-    from vaezoo.recipes import COMPONENTS, resolve_component
+    from vaezoo.plugins.manager import get_registry
+    from vaezoo.recipes.build import instantiate
+    from vaezoo.recipes.resolve import COMPONENTS, resolve_component
 
     assert kind in COMPONENTS, f"unknown component kind {kind!r}: use one of {', '.join(COMPONENTS)}"
     table = resolve_component("test", kind, COMPONENTS[kind], {"name": name, **kw})

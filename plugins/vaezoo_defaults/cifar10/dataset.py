@@ -12,7 +12,7 @@ from torch import Tensor
 from vaezoo import Dataset
 from vaezoo.data import contents_key
 from vaezoo.errors import DataError
-from vaezoo.imagefiles import class_folder_files, read_class_folders
+from vaezoo.files.image_folders import class_folder_files, read_class_folders
 from vaezoo_defaults.common import download
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

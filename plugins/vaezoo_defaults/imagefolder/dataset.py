@@ -15,11 +15,11 @@ from torch import Tensor
 from vaezoo import Dataset
 from vaezoo.data import contents_key
 from vaezoo.errors import DataError
-from vaezoo.imagefiles import IMAGE_SUFFIXES, read_images
+from vaezoo.files.image_folders import IMAGE_SUFFIXES, read_images
 from vaezoo_defaults.common import check_int
 
 SPLIT_SEED = 0
-MAX_SIZE = 1024  # pixels of a side, as vaezoo.modelfile.MAX_SIDE
+MAX_SIZE = 1024  # pixels of a side, as vaezoo.files.model_header.MAX_SIDE
 
 
 def _scan(folder: Path) -> tuple[list[Path], list[int]]:

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo import distributed
 from vaezoo.components import LossParts, Model, checked_parts
 from vaezoo.data import shuffled_batches
-from vaezoo.devices import Precision
 from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
-from vaezoo.evaluate import evaluate
-from vaezoo.signals import handle_stops
+from vaezoo.trainer import distributed
+from vaezoo.trainer.devices import Precision
+from vaezoo.trainer.evaluate import evaluate
+from vaezoo.trainer.signals import handle_stops
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
 
@@ -216,7 +216,7 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     """Optimizer, gradient scaler (a no-op unless fp16), data-order generator and RNGs of a run: new,
     or restored from a state.safetensors (with its metrics history; the recipe's learning rate and
     weight decay take effect)."""
-    from vaezoo.state import load_state
+    from vaezoo.files.train_state import load_state
 
     settings = run.recipe["train"]
     run.optimizers = make_optimizers(run.model, settings)
@@ -429,8 +429,8 @@ def blame(run: Run, what: str) -> Iterator[None]:
     try:
         yield
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        from vaezoo.kinds import MODEL_PARTS
-        from vaezoo.plugins import get_registry
+        from vaezoo.plugins.kinds import MODEL_PARTS
+        from vaezoo.plugins.manager import get_registry
 
         family = run.recipe["model"]["name"]
         plugin = get_registry().get("models", family).plugin

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pluggy
 
-from vaezoo.kinds import KINDS
+from vaezoo.plugins.kinds import KINDS
 
 hookspec = pluggy.HookspecMarker("vaezoo")
 

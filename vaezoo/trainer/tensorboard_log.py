@@ -7,7 +7,7 @@ from numbers import Real
 from typing import Any
 
 from vaezoo.errors import VaezooError
-from vaezoo.train import Callback, Run
+from vaezoo.trainer.loop import Callback, Run
 
 PICTURES = ("samples", "reconstructions", "interpolations")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from vaezoo.errors import RecipeError
-from vaezoo.kinds import COMPONENT_KINDS, KINDS, MODEL_PARTS
+from vaezoo.plugins.kinds import COMPONENT_KINDS, KINDS, MODEL_PARTS
 
 COMPONENTS = {KINDS[kind]: kind for kind in COMPONENT_KINDS}  # recipe key -> registry kind
 DEFAULT_MODEL = "vae"  # the family of a recipe without a `model` table (every vaezoo 0.1 recipe)
@@ -105,7 +105,7 @@ def find_recipe(name_or_path: str | Path) -> tuple[str, dict[str, Any]]:
         except RecursionError:
             raise RecipeError(f"recipe file {path} is nested too deeply to be a recipe") from None
         return check_name(table.get("name", path.stem), f"recipe file {path}"), table
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
 
     entry = get_registry().get("recipes", str(name_or_path))
     return entry.name, copy.deepcopy(entry.load())
@@ -170,7 +170,7 @@ def validate(name: str, table: dict[str, Any], *, need_dataset: bool = True) -> 
 
 
 def _resolve_dataset(recipe: str, table: Any, needed: bool) -> dict[str, Any]:
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
 
     if (
         not needed
@@ -186,7 +186,7 @@ def _resolve_model(recipe: str, table: dict[str, Any]) -> dict[str, Any]:
     """The `model` table with the family's defaults; checks that the recipe gives the family exactly
     the components (and latent_dim) its constructor takes."""
     resolved = resolve_component(recipe, "model", "models", table.get("model", {"name": DEFAULT_MODEL}), MODEL_ARGS)
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
 
     params, var_keyword = component_parameters(get_registry().get("models", resolved["name"]).load())
     for key in (*MODEL_PARTS, "latent_dim"):
@@ -304,7 +304,7 @@ def resolve_component(
 ) -> dict[str, Any]:
     """A component (or model) table with the constructor's TOML-friendly defaults filled in; every
     key is checked against the constructor (`framework`: the arguments vaezoo passes itself)."""
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
 
     if isinstance(table, str):
         table = {"name": table}

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from vaezoo.train import Callback, Run
+from vaezoo.trainer.loop import Callback, Run
 
 
 class RichProgress(Callback):

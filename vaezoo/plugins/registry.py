@@ -10,7 +10,7 @@ from importlib import import_module
 from typing import Any
 
 from vaezoo.errors import BadRegistration, DuplicateName, PluginError, UnknownName
-from vaezoo.kinds import KINDS
+from vaezoo.plugins.kinds import KINDS
 
 MAX_NAME = 100  # characters in a registered name
 

@@ -1,6 +1,6 @@
 """Publishing a run on the Hugging Face Hub: `push` uploads a run folder's model, samples.png and
 recipe.toml with a generated model card (README.md), or writes them into a folder (`dry_run`). Only
-regular files of the run folder are read. Reading models by name stays in vaezoo.hub. See
+regular files of the run folder are read. Reading models by name stays in vaezoo.sharing.hub. See
 docs/sharing.md."""
 
 from __future__ import annotations
@@ -10,11 +10,19 @@ import stat
 from pathlib import Path
 
 import vaezoo
-from vaezoo.card import model_card
-from vaezoo.files import write_bytes_atomic
-from vaezoo.hub import MODEL_FILE, HubError, check_repo_id, check_revision, first_line, import_hub, quiet_hub_logs
-from vaezoo.modelfile import read_metadata
-from vaezoo.tomlwrite import dumps as toml_dumps
+from vaezoo.files.atomic import write_bytes_atomic
+from vaezoo.files.model_header import read_metadata
+from vaezoo.recipes.toml_writer import dumps as toml_dumps
+from vaezoo.sharing.card import model_card
+from vaezoo.sharing.hub import (
+    MODEL_FILE,
+    HubError,
+    check_repo_id,
+    check_revision,
+    first_line,
+    import_hub,
+    quiet_hub_logs,
+)
 
 
 def push_files(source: str | os.PathLike, repo_id: str | None = None) -> dict[str, bytes]:

@@ -3,7 +3,7 @@
 `local_model_path` is the one door: it turns `hf://ORG/NAME[@REVISION]` (through `huggingface_hub`:
 its cache, offline mode and token) and `https://...[#sha256=HEX]` (a bounded, streamed download into
 vaezoo's cache, hash checked before use) into a local file, and leaves paths alone. Publishing
-(`push`) is vaezoo.publish. `huggingface_hub` is the optional extra `vaezoo[hub]`, imported only here
+(`push`) is vaezoo.sharing.publish. `huggingface_hub` is the optional extra `vaezoo[hub]`, imported only here
 and only when a hub name or `push` is used. See docs/sharing.md.
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from vaezoo.files import write_bytes_atomic
+from vaezoo.files.atomic import write_bytes_atomic
 
 
 def grid(images: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:

@@ -1,6 +1,6 @@
 """The files of a run folder, written by a training callback. At each epoch end, in this order:
 state.safetensors (the commit: weights, optimizer, position, metrics history), model.safetensors,
-metrics.jsonl (rewritten from the history), samples.png and the pictures of vaezoo.pictures. On an
+metrics.jsonl (rewritten from the history), samples.png and the pictures of vaezoo.files.pictures. On an
 interrupt, the mid-epoch state.safetensors. A crash between two of these writes loses nothing that a
 resume does not rebuild (docs/reliability.md)."""
 
@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.checkpoint import save as save_model
-from vaezoo.files import write_text_atomic
-from vaezoo.images import save_grid
-from vaezoo.pictures import sample_grid, write_epoch_pictures
-from vaezoo.state import save_state
-from vaezoo.train import Callback, Run
+from vaezoo.files.atomic import write_text_atomic
+from vaezoo.files.model_file import save as save_model
+from vaezoo.files.pictures import sample_grid, write_epoch_pictures
+from vaezoo.files.png import save_grid
+from vaezoo.files.train_state import save_state
+from vaezoo.trainer.loop import Callback, Run
 
 SAMPLE_SEED = 0  # samples.png of every epoch decodes the same noise
 
@@ -99,7 +99,7 @@ class RunFiles(Callback):
 def _saved_epochs(path: Any) -> int | None:
     """The epochs recorded in a model file of this run, or None if it is missing or unreadable."""
     from vaezoo.errors import VaezooError
-    from vaezoo.modelfile import read_metadata
+    from vaezoo.files.model_header import read_metadata
 
     try:
         return read_metadata(path)[0].get("training", {}).get("epochs")

@@ -11,7 +11,7 @@ still in place removes it; then all race on the exclusive create again and exact
 What a crash can cost is in docs/reliability.md: state.safetensors is the commit (it holds the weights,
 the optimizer, the position and the metrics history); model.safetensors and metrics.jsonl are written
 after it and rebuilt from it on resume. The lock's holder removes the temporary files that a killed
-writer left in the folder (`.NAME.XXXXXXXX.tmp`, see vaezoo.files)."""
+writer left in the folder (`.NAME.XXXXXXXX.tmp`, see vaezoo.files.atomic)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ RESUMABLE_CHANGES = {
     "eval_batch_size",
     "sample_count",
 }
-# vaezoo.files.write_bytes_atomic's temporary files: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+# vaezoo.files.atomic.write_bytes_atomic's temporary files: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
 TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 LOCK_DRAFT = re.compile(r"^\.vaezoo\.lock\.(\d+)\.\d+$")
 

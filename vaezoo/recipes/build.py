@@ -9,7 +9,7 @@ from typing import Any
 
 from vaezoo.components import Model
 from vaezoo.errors import PluginError, RecipeError
-from vaezoo.recipes import COMPONENTS, component_parameters
+from vaezoo.recipes.resolve import COMPONENTS, component_parameters
 
 
 def instantiate(target: Any, table: Mapping[str, Any], provided: Mapping[str, Any], what: str) -> Any:
@@ -26,7 +26,7 @@ def instantiate(target: Any, table: Mapping[str, Any], provided: Mapping[str, An
 def build_components(recipe: Mapping[str, Any], in_shape: tuple[int, ...]) -> dict[str, Any]:
     """The recipe's encoder, decoder, prior and loss (those it has): the loss first, because the
     decoder's `out_shape` is `(C * loss.params_per_channel, H, W)`."""
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
 
     registry = get_registry()
     shapes: dict[str, Any] = {"in_shape": in_shape}
@@ -45,7 +45,7 @@ def build_components(recipe: Mapping[str, Any], in_shape: tuple[int, ...]) -> di
 
 def build_model(recipe: Mapping[str, Any], in_shape: Sequence[int], classes: Sequence[str] = ()) -> Model:
     """The model a resolved recipe describes, for images of shape `in_shape` labelled by `classes`."""
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
 
     in_shape = tuple(int(d) for d in in_shape)
     family = recipe["model"]

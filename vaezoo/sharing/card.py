@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vaezoo.modelfile import (
+from vaezoo.files.model_header import (
     ModelHeader,
     file_sha256,
     is_conditional,
@@ -350,7 +350,7 @@ def _count(value: Any, noun: str) -> str:
 def card_for(model: str, repo_id: str | None = None) -> str:
     """The card of a model file, run folder or remote name: what `vaezoo push` would upload as README.md
     (read from the file's header; its tensors are only hashed, a megabyte at a time)."""
-    from vaezoo.hub import MODEL_FILE, is_remote, parse_hf_name
+    from vaezoo.sharing.hub import MODEL_FILE, is_remote, parse_hf_name
 
     if is_remote(model):
         if repo_id is None and str(model).startswith("hf://"):

@@ -56,7 +56,7 @@ def _decode(path: str | os.PathLike, size: Sequence[int], mode: str) -> np.ndarr
             if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS:
                 return (
                     f"a decompression bomb? {width}x{height} pixels; vaezoo decodes 1 to {MAX_IMAGE_PIXELS} "
-                    "pixels (vaezoo.imagefiles.MAX_IMAGE_PIXELS)"
+                    "pixels (vaezoo.files.image_folders.MAX_IMAGE_PIXELS)"
                 )
             image.load()
             image = image.convert(mode)

@@ -14,7 +14,7 @@ import torch
 
 from vaezoo.components import checked_parts
 from vaezoo.errors import VaezooError
-from vaezoo.files import write_text_atomic
+from vaezoo.files.atomic import write_text_atomic
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pluggy
 
-from vaezoo import hookspecs
 from vaezoo.errors import BadRegistration, DuplicateName, PluginError, UnknownName, printable
-from vaezoo.kinds import KINDS
-from vaezoo.registry import PluginInfo, Registry
+from vaezoo.plugins import hookspecs
+from vaezoo.plugins.kinds import KINDS
+from vaezoo.plugins.registry import PluginInfo, Registry
 
 GROUP = "vaezoo"
 

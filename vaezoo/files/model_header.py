@@ -1,5 +1,5 @@
 """Reading a model file's header and `vaezoo.*` metadata without torch (for `inspect`, `card` and
-`push`, and as the first step of `vaezoo.checkpoint.load`). The format: docs/checkpoints.md.
+`push`, and as the first step of `vaezoo.files.model_file.load`). The format: docs/checkpoints.md.
 
 Everything here treats a file as hostile: the header is read alone (at most MAX_HEADER bytes, the
 tensors are never read for `inspect` or `card`), each tensor entry and each metadata field is checked
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vaezoo.errors import CheckpointError
-from vaezoo.hub import local_model_path
+from vaezoo.sharing.hub import local_model_path
 
 FORMAT_VERSION = 2
 READS_FORMATS = (1, 2)  # format 1: vaezoo 0.1, whose recipes have no model table (family `vae`)

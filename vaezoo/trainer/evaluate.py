@@ -12,7 +12,7 @@ from torch import Tensor
 
 from vaezoo.components import Model, checked_images, checked_parts
 from vaezoo.data import batches
-from vaezoo.devices import Precision
+from vaezoo.trainer.devices import Precision
 
 IW_IMAGES_PER_BATCH = 500  # images x samples evaluated at once by the importance-weighted NLL
 

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from vaezoo.checkpoint import load_weights, state_tensors
 from vaezoo.errors import CheckpointError
-from vaezoo.files import write_bytes_atomic
-from vaezoo.modelfile import read_header
+from vaezoo.files.atomic import write_bytes_atomic
+from vaezoo.files.model_file import load_weights, state_tensors
+from vaezoo.files.model_header import read_header
 
 Optimizers = Mapping[str, torch.optim.Optimizer]
 MAIN = "model"  # the optimizer of a family with one: saved as vaezoo 0.2 saved it (`optimizer.*`)

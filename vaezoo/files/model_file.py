@@ -16,11 +16,11 @@ from safetensors.torch import save as save_tensors
 import vaezoo
 from vaezoo.components import Model
 from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
-from vaezoo.files import write_bytes_atomic
-from vaezoo.hub import local_model_path
-from vaezoo.model import build_model
-from vaezoo.modelfile import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
-from vaezoo.recipes import COMPONENTS, validate
+from vaezoo.files.atomic import write_bytes_atomic
+from vaezoo.files.model_header import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
+from vaezoo.recipes.build import build_model
+from vaezoo.recipes.resolve import COMPONENTS, validate
+from vaezoo.sharing.hub import local_model_path
 
 RECORD_KINDS = {
     "model": "models",
@@ -31,7 +31,7 @@ RECORD_KINDS = {
 def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
     """For the model family and each component of a recipe: kind, name and the plugin distribution
     that provides it."""
-    from vaezoo.plugins import get_registry
+    from vaezoo.plugins.manager import get_registry
 
     registry = get_registry()
     records = []
@@ -95,7 +95,7 @@ def check_plugins(
     """Each component of `kinds` the file needs must be registered (the dataset only when data are
     read: sampling needs no dataset plugin); name the distribution to install if not (a `pip
     install` line only for a valid distribution name: the file never chooses pip's options)."""
-    from vaezoo.plugins import disabled_plugins, get_registry
+    from vaezoo.plugins.manager import disabled_plugins, get_registry
 
     registry = get_registry()
     for record in metadata["components"]:
@@ -147,7 +147,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     load_weights(model, tensors, path)
     model.recipe = recipe
     model.metadata = metadata
-    from vaezoo.devices import resolve_device
+    from vaezoo.trainer.devices import resolve_device
 
     return model.to(resolve_device(str(device))).eval()
 

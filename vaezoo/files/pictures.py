@@ -17,9 +17,9 @@ from torch import Tensor
 from vaezoo.components import Model
 from vaezoo.data import to_float
 from vaezoo.errors import VaezooError
-from vaezoo.evaluate import family_name, labels_for
-from vaezoo.files import write_bytes_atomic
-from vaezoo.images import save_grid
+from vaezoo.files.atomic import write_bytes_atomic
+from vaezoo.files.png import save_grid
+from vaezoo.trainer.evaluate import family_name, labels_for
 
 RECON_COUNT = 16  # test images in the reconstructions.png of a run
 RECON_COLUMNS = 8

@@ -1,0 +1,1 @@
+"""Sharing on the Hugging Face Hub: model names, downloads, pushing a run, model cards."""

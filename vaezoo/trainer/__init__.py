@@ -1,0 +1,1 @@
+"""Training: the loop, evaluation, devices and precision, torchrun, signals, progress and the epoch's files."""
