@@ -112,7 +112,7 @@ def fit(
     from vaezoo.files.run_folder import RunLock, check_resume_changes, holds_run
     from vaezoo.trainer import distributed
 
-    job, rank_device = distributed.setup(device)  # under torchrun: join the job (see docs/distributed.md)
+    world, rank_device = distributed.setup(device)  # under torchrun: join the world (see docs/distributed.md)
     sets = list(sets)
     resume_dir = Path(resume) if resume is not None else None
     if resume_dir is not None:
@@ -131,7 +131,7 @@ def fit(
     out_dir = Path(out) if out is not None else resume_dir or Path("runs") / f"{resolved['name']}-{stamp}"
     out_dir = distributed.broadcast_object(out_dir)  # rank 0's time stamp
     same_folder = resume_dir is not None and out_dir.resolve() == resume_dir.resolve()
-    lock = RunLock(out_dir) if job.is_main else None  # only rank 0 writes files
+    lock = RunLock(out_dir) if world.is_main else None  # only rank 0 writes files
     if lock is not None:
         lock.acquire()
     try:  # checked under the lock: a run that finished a moment ago counts
@@ -142,7 +142,7 @@ def fit(
                 else "choose an empty --out for the continued run"
             )
             raise VaezooError(f"{out_dir} already holds a run: {hint}, or choose another --out")
-        return _fit_locked(resolved, out_dir, data_dir, device, job, rank_device, resume_dir, callbacks)
+        return _fit_locked(resolved, out_dir, data_dir, device, world, rank_device, resume_dir, callbacks)
     except BaseException:
         if lock is not None:  # refused (or stopped) before anything was written: the folders it made go again
             lock.release()
@@ -172,7 +172,7 @@ def _fit_locked(
     out_dir: Path,
     data_dir: Any,
     device: str,
-    job: Any,
+    world: Any,
     rank_device: Any,
     resume_dir: Path | None,
     callbacks: Sequence[Any],
@@ -217,14 +217,14 @@ def _fit_locked(
     if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
         with blame(run, "a training step (the precision probe)"):
             run.precision = distributed.broadcast_object(
-                _measured_precision(model, train_images, train_labels, resolved, torch_device, job.world_size)
+                _measured_precision(model, train_images, train_labels, resolved, torch_device, world.world_size)
             )
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
     if (
         run.state.epoch >= settings["epochs"]
     ):  # a crash after the last state's commit: only its outputs are left to write
         if (
-            job.is_main
+            world.is_main
             and resume_dir is not None
             and resume_dir.resolve() == out_dir.resolve()
             and RunFiles().catch_up(run)
@@ -235,8 +235,8 @@ def _fit_locked(
             f"{run.state.epoch} to train further"
         )
     recipe_file = out_dir / "recipe.toml"
-    previous = recipe_file.read_bytes() if job.is_main and recipe_file.is_file() else None
-    if job.is_main:  # accepted: now the folder changes
+    previous = recipe_file.read_bytes() if world.is_main and recipe_file.is_file() else None
+    if world.is_main:  # accepted: now the folder changes
         write_text_atomic(recipe_file, toml_dumps(resolved))
     try:
         metrics = train(run, [RunFiles(), *callbacks])

@@ -319,9 +319,9 @@ def _resume_command(stopped, data_dir: Path | None, device: str) -> str:
         command += ["--data-dir", str(data_dir)]
     if device != "auto":
         command += ["--device", device]
-    job = distributed.world()
-    if job.enabled:
-        command += ["--nproc", str(job.world_size)]
+    world = distributed.current_world()
+    if world.enabled:
+        command += ["--nproc", str(world.world_size)]
     return shlex.join(command)
 
 

@@ -32,7 +32,7 @@ from vaezoo.errors import RecipeError, VaezooError
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in the job: rank among world_size processes, local_rank on its machine."""
+    """This process's place in the world: rank among world_size processes, local_rank on its machine."""
 
     rank: int = 0
     world_size: int = 1
@@ -50,8 +50,8 @@ class World:
 _created_group = False  # whether vaezoo created the process group (and so destroys it)
 
 
-def world() -> World:
-    """The job as torchrun describes it in the environment (a single process without it)."""
+def current_world() -> World:
+    """The world as torchrun describes it in the environment (a single process without it)."""
     if dist.is_available() and dist.is_initialized():
         return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     try:
@@ -64,16 +64,16 @@ def world() -> World:
 
 def is_main() -> bool:
     """True on rank 0, and in a single process: the one that writes files and prints progress."""
-    return world().is_main
+    return current_world().is_main
 
 
 def setup(device_name: str = "auto") -> tuple[World, torch.device | None]:
     """Join the process group if torchrun started this process; returns the world and the device
     this rank must use (None when not distributed: the caller resolves `device_name` as usual)."""
     global _created_group
-    job = world()
-    if not job.enabled:
-        return job, None
+    world = current_world()
+    if not world.enabled:
+        return world, None
     if not dist.is_available():
         raise VaezooError("this torch build has no torch.distributed: run without torchrun")
     name = (device_name or "auto").lower()
@@ -85,12 +85,12 @@ def setup(device_name: str = "auto") -> tuple[World, torch.device | None]:
     if name not in ("auto", "cpu") and not name.startswith("cuda"):
         raise VaezooError(f"distributed training runs on cpu or cuda, not {device_name!r}")
     if use_cuda:
-        if job.local_rank >= torch.cuda.device_count():
+        if world.local_rank >= torch.cuda.device_count():
             raise VaezooError(
-                f"LOCAL_RANK {job.local_rank} but this machine has {torch.cuda.device_count()} GPU(s): use "
+                f"LOCAL_RANK {world.local_rank} but this machine has {torch.cuda.device_count()} GPU(s): use "
                 f"--nproc-per-node {torch.cuda.device_count()}"
             )
-        device = torch.device("cuda", job.local_rank)
+        device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
@@ -98,7 +98,7 @@ def setup(device_name: str = "auto") -> tuple[World, torch.device | None]:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         _created_group = True
         atexit.register(teardown)
-    return world(), device
+    return current_world(), device
 
 
 def teardown() -> None:
@@ -110,7 +110,7 @@ def teardown() -> None:
 
 
 def exit_worker(code: int) -> NoReturn:
-    """End a process that joined a job vaezoo set up: leave the group, flush, and exit without the
+    """End a process that joined a world vaezoo set up: leave the group, flush, and exit without the
     interpreter's finalization. DistributedDataParallel's reducer keeps the gloo backend (and its
     worker threads) alive past destroy_process_group; a worker thread that frees the last reference to
     a finished collective's tensors during finalization needs the GIL that is going away and aborts the
@@ -122,42 +122,42 @@ def exit_worker(code: int) -> NoReturn:
 
 
 def created_group() -> bool:
-    """Whether this process joined a job through `setup` (and so ends through `exit_worker`)."""
+    """Whether this process joined a world through `setup` (and so ends through `exit_worker`)."""
     return _created_group
 
 
-def check_batch_size(batch_size: int, job: World | None = None) -> int:
+def check_batch_size(batch_size: int, world: World | None = None) -> int:
     """The per-rank batch size: the global train.batch_size split evenly over the ranks."""
-    job = job or world()
-    if batch_size % job.world_size:
+    world = world or current_world()
+    if batch_size % world.world_size:
         raise RecipeError(
             f"train.batch_size {batch_size} is the global batch and must be divisible by the "
-            f"{job.world_size} processes: use --batch-size "
-            f"{max(job.world_size, batch_size // job.world_size * job.world_size)}"
+            f"{world.world_size} processes: use --batch-size "
+            f"{max(world.world_size, batch_size // world.world_size * world.world_size)}"
         )
-    return batch_size // job.world_size
+    return batch_size // world.world_size
 
 
-def shard(indices: torch.Tensor, job: World) -> torch.Tensor:
+def shard(indices: torch.Tensor, world: World) -> torch.Tensor:
     """This rank's part of one global batch of indices (near-equal contiguous parts)."""
-    if not job.enabled:
+    if not world.enabled:
         return indices
-    return torch.tensor_split(indices, job.world_size)[job.rank]
+    return torch.tensor_split(indices, world.world_size)[world.rank]
 
 
-def batch_loss(per_image: torch.Tensor, global_batch: int, job: World) -> torch.Tensor:
+def batch_loss(per_image: torch.Tensor, global_batch: int, world: World) -> torch.Tensor:
     """The scalar to backpropagate for a rank's per-image losses: their mean in a single process.
     DDP averages gradients over ranks, so each rank's sum is scaled by world_size / global_batch,
     which gives exactly the gradient of the global batch mean (`global_batch`: images in this step
     over all ranks; the last batch of an epoch may be smaller)."""
-    if not job.enabled:
+    if not world.enabled:
         return per_image.mean()
-    return per_image.sum() * (job.world_size / global_batch)
+    return per_image.sum() * (world.world_size / global_batch)
 
 
-def wrap(model: torch.nn.Module, device: torch.device, job: World) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, device: torch.device, world: World) -> torch.nn.Module:
     """The model in DistributedDataParallel (the model itself when not distributed)."""
-    if not job.enabled:
+    if not world.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
@@ -256,22 +256,22 @@ def strip_option(args: Sequence[str], option: str) -> list[str]:
     return out
 
 
-def images_per_epoch(n_train: int, batch_size: int, job: World) -> int:
+def images_per_epoch(n_train: int, batch_size: int, world: World) -> int:
     """Training images used per epoch: all of them, except that a last global batch smaller than the
     number of ranks is dropped (every rank needs a non-empty shard, or the ranks fall out of step)."""
     rest = n_train % batch_size
-    return n_train - rest if job.enabled and 0 < rest < job.world_size else n_train
+    return n_train - rest if world.enabled and 0 < rest < world.world_size else n_train
 
 
-def shard_order(order: torch.Tensor, batch_size: int, job: World) -> torch.Tensor:
+def shard_order(order: torch.Tensor, batch_size: int, world: World) -> torch.Tensor:
     """This rank's indices for the epoch: its shard of every global batch of `order`, one after the
     other, so that batches of batch_size / world_size of the result are the shards in turn."""
-    if not job.enabled:
+    if not world.enabled:
         return order
-    order = order[: images_per_epoch(len(order), batch_size, job)]
-    return torch.cat([shard(order[first : first + batch_size], job) for first in range(0, len(order), batch_size)])
+    order = order[: images_per_epoch(len(order), batch_size, world)]
+    return torch.cat([shard(order[first : first + batch_size], world) for first in range(0, len(order), batch_size)])
 
 
-def shard_split(images: torch.Tensor, job: World) -> torch.Tensor:
+def shard_split(images: torch.Tensor, world: World) -> torch.Tensor:
     """This rank's contiguous part of an evaluation split."""
-    return shard(images, job)
+    return shard(images, world)

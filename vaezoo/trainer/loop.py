@@ -157,7 +157,9 @@ def memory_format(model: torch.nn.Module, settings: dict[str, Any]) -> torch.mem
     return torch.channels_last if settings["channels_last"] and convolutional else torch.contiguous_format
 
 
-def fast_model(model: Model, device: torch.device, job: distributed.World, settings: dict[str, Any]) -> torch.nn.Module:
+def training_net(
+    model: Model, device: torch.device, world: distributed.World, settings: dict[str, Any]
+) -> torch.nn.Module:
     """What the one-loss step calls: the model in its memory format, in DistributedDataParallel under
     torchrun, compiled with train.compile (the first call compiles; the loop reports that time as
     compile_seconds). A family with its own training_step gets its model as it is (its updates
@@ -170,7 +172,7 @@ def fast_model(model: Model, device: torch.device, job: distributed.World, setti
                 "vaezoo does not compile (remove train.compile)"
             )
         return model
-    net = distributed.wrap(model, device, job)
+    net = distributed.wrap(model, device, world)
     return torch.compile(net) if settings["compile"] else net
 
 
@@ -181,9 +183,9 @@ class Updater:
     own training_step (DDP does it for the one-loss step), clipping at train.grad_clip, skipping at
     train.skip_grad_norm, the optimizer's step."""
 
-    def __init__(self, run: Run, job: distributed.World) -> None:
-        self.run, self.job = run, job
-        self.sync_gradients = job.enabled and owns_step(run.model)
+    def __init__(self, run: Run, world: distributed.World) -> None:
+        self.run, self.world = run, world
+        self.sync_gradients = world.enabled and owns_step(run.model)
         self.global_batch = 0  # images in this step over all ranks: set by the loop
 
     def __call__(self, name: str, per_image_loss: Tensor) -> None:
@@ -199,7 +201,7 @@ class Updater:
         with torch.autocast(
             run.device.type, enabled=False
         ):  # backward outside autocast, also when a training_step calls
-            run.scaler.scale(distributed.batch_loss(per_image_loss, self.global_batch, self.job)).backward()
+            run.scaler.scale(distributed.batch_loss(per_image_loss, self.global_batch, self.world)).backward()
         if self.sync_gradients:
             distributed.average_gradients(params)
         clip, skip = settings["grad_clip"], settings["skip_grad_norm"]
@@ -260,14 +262,14 @@ class Meter:
     """The epoch's bookkeeping beside the steps: the loss sum (on the device, read every LOG_EVERY
     steps), the images per second, and the first call of a compiled model timed apart."""
 
-    def __init__(self, run: Run, job: distributed.World, images: int, compiling: bool) -> None:
-        self.run, self.job, self.images, self.compiling = run, job, images, compiling
+    def __init__(self, run: Run, world: distributed.World, images: int, compiling: bool) -> None:
+        self.run, self.world, self.images, self.compiling = run, world, images, compiling
         self.compile_seconds: float | None = None
 
     def start_epoch(self) -> None:
         state = self.run.state
         self.loss_sum = torch.tensor(
-            state.loss_sum if self.job.is_main else 0.0, dtype=torch.float64, device=self.run.device
+            state.loss_sum if self.world.is_main else 0.0, dtype=torch.float64, device=self.run.device
         )
         self.started, self.timed_from, self.first_batch = time.perf_counter(), state.batch, state.batch
 
@@ -288,7 +290,7 @@ class Meter:
     def progress(self) -> tuple[float, float]:
         """Mean loss per image so far in the epoch (rank 0's shard) and images per second."""
         seen = min(self.run.state.batch * self.run.recipe["train"]["batch_size"], self.images)
-        mean = _check_finite(self.run, self.loss_sum.item() * self.job.world_size / seen)
+        mean = _check_finite(self.run, self.loss_sum.item() * self.world.world_size / seen)
         return mean, self._timed_images(seen) / max(time.perf_counter() - self.started, 1e-9)
 
     def pause(self) -> None:
@@ -339,17 +341,17 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train `run.model` up to the recipe's epochs (prepared here unless `prepare` was called);
     returns the last epoch's metrics."""
     model, settings, state = run.model, run.recipe["train"], run.state
-    job = distributed.world()  # rank and world size under torchrun; a single process otherwise
-    per_rank_batch = distributed.check_batch_size(settings["batch_size"], job)
+    world = distributed.current_world()  # rank and world size under torchrun; a single process otherwise
+    per_rank_batch = distributed.check_batch_size(settings["batch_size"], world)
     if not run.optimizers:
         prepare(run)
-    if job.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
-        torch.manual_seed(settings["seed"] + (job.rank << 32) + state.step)
-    images = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], job)
-    step = make_step(run, fast_model(model, run.device, job, settings), Updater(run, job), images)
-    meter = Meter(run, job, images, settings["compile"])
+    if world.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
+        torch.manual_seed(settings["seed"] + (world.rank << 32) + state.step)
+    images = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], world)
+    step = make_step(run, training_net(model, run.device, world, settings), Updater(run, world), images)
+    meter = Meter(run, world, images, settings["compile"])
     labels = run.train_labels if model.conditional else None  # gathered per batch only when used
-    callbacks = callbacks if job.is_main else ()  # only rank 0 prints and writes
+    callbacks = callbacks if world.is_main else ()  # only rank 0 prints and writes
     metrics: dict[str, Any] = run.history[-1] if run.history else {}
     model.train()
     for callback in callbacks:
@@ -358,13 +360,13 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         while state.epoch < settings["epochs"]:
             epoch_rng = run.data_rng.get_state()
             order = distributed.shard_order(
-                torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], job
+                torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], world
             )
             meter.start_epoch()
             for x, y in shuffled_batches(
                 run.train_images, labels, order, per_rank_batch, state.batch, memory_format(model, settings)
             ):
-                if _stop_requested(stop, job, state.step, run.device):
+                if _stop_requested(stop, world, state.step, run.device):
                     meter.pause()
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
                 parts = step(x, y)
@@ -373,24 +375,24 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                 if state.step % LOG_EVERY == 0:
                     for callback in callbacks:
                         callback.on_step(run, state.batch, *meter.progress())
-            metrics = _end_epoch(run, job, meter.end_epoch())
+            metrics = _end_epoch(run, world, meter.end_epoch())
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
-        if not job.enabled and stop.signal is not None and state.epoch < settings["epochs"]:
+        if not world.enabled and stop.signal is not None and state.epoch < settings["epochs"]:
             _interrupt(run, callbacks, run.data_rng.get_state(), stop.signal)
     for callback in callbacks:
         callback.on_end(run)
     return metrics
 
 
-def _end_epoch(run: Run, job: distributed.World, training: dict[str, Any]) -> dict[str, Any]:
+def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> dict[str, Any]:
     """Evaluate on the test split, close the epoch in `run.state` and return its metrics
     (`training`: the Meter's train_loss, seconds, images_per_s and compile_seconds)."""
     settings, state = run.recipe["train"], run.state
     eval_started = time.perf_counter()
-    test_shard, label_shard = distributed.shard_split(run.test_images, job), None
+    test_shard, label_shard = distributed.shard_split(run.test_images, world), None
     if run.test_labels is not None:
-        label_shard = distributed.shard_split(run.test_labels, job)
+        label_shard = distributed.shard_split(run.test_labels, world)
     with blame(run, "evaluation"):
         test = evaluate(
             run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision
@@ -469,10 +471,10 @@ def _check_weights(run: Run) -> None:
             raise _diverged(run, f"the weights became non-finite ({name})")
 
 
-def _stop_requested(stop: StopRequest, job: distributed.World, step: int, device: torch.device) -> bool:
+def _stop_requested(stop: StopRequest, world: distributed.World, step: int, device: torch.device) -> bool:
     """Whether to stop before this step. Under torchrun all ranks must stop at the same step, so
     they agree (one small all-reduce) every LOG_EVERY steps instead of each checking its own flag."""
-    if not job.enabled:
+    if not world.enabled:
         return stop.signal is not None
     return step % LOG_EVERY == 0 and distributed.any_rank(stop.signal is not None, device)
 

@@ -22,7 +22,7 @@ def stop_now(signum: int, frame: object) -> None:
 def handle_stops(handler: Callable | int = stop_now) -> dict[int, object]:
     """Install `handler` for each stop signal and return the handlers it replaced. A signal that
     vaezoo's parent set to be ignored stays ignored: `nohup vaezoo run ...` keeps running when its
-    terminal closes, and a background job of a script is not stopped by Ctrl-C."""
+    terminal closes, and a background world of a script is not stopped by Ctrl-C."""
     previous = {}
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:
