@@ -110,12 +110,15 @@ class Model(nn.Module):
     # as an ELBO, a likelihood or bits/dim)
     objective: str = "elbo"
     regularizer: str = "kl"  # what LossParts.kl holds, and the name it is reported under (e.g. "mmd")
-    applies_kl_weight: bool = (
-        False  # True when the family applies its loss component's KL schedule (Loss.kl_weight: beta, warm-up)
-    )
-    unused_parameters: tuple[
-        str, ...
-    ] = ()  # parameter name prefixes that no training step updates (vaezoo.testing accepts them)
+    # True when the family applies its loss component's KL schedule (Loss.kl_weight: beta, warm-up)
+    applies_kl_weight: bool = False
+    # parameter name prefixes that no training step updates (vaezoo.testing accepts them)
+    unused_parameters: tuple[str, ...] = ()
+    # True when the default training step may be captured as one CUDA graph and replayed: forward(x, y, step)
+    # in training never reads a value back to the host (no .item(), bool(tensor), data-dependent shapes or
+    # Python branches on tensor values), keeps no Python-side counters, and depends on `step` only through
+    # its loss's KL weight (vaezoo runs a warm-up eagerly until the weight settles). docs/plugins.md
+    cuda_graph: bool = False
     in_shape: tuple[int, int, int]
     classes: tuple[str, ...] = ()
     recipe: dict[str, Any]  # the resolved recipe, set by vaezoo after construction
