@@ -136,3 +136,14 @@ def test_bce_kl_under_bf16_autocast():
 def test_bce_kl_mean_image_is_in_unit_range():
     image = BCEKL().mean_image(torch.tensor([-1000.0, 0.0, 1000.0]))
     assert image.tolist() == [0.0, 0.5, 1.0]
+
+
+def test_loss_image_is_the_mean_image_clamped_to_unit_range():
+    class Overshoot(vaezoo.Loss):
+        def mean_image(self, out):
+            return out * 2
+
+    out = torch.tensor([-1.0, 0.25, 0.375, 3.0])
+    assert Overshoot().image(out).tolist() == [0.0, 0.5, 0.75, 1.0]
+    logits = torch.randn(2, 3, 4, 4) * 5
+    assert torch.equal(BCEKL().image(logits), BCEKL().mean_image(logits).clamp(0, 1))

@@ -205,7 +205,7 @@ def checked_images(model: nn.Module, method: str, images: Any, n: int) -> Tensor
 
 
 class Loss(nn.Module):
-    """Likelihood p(x|z) + KL. Subclasses give `nll` and `mean_image`.
+    """Likelihood p(x|z) + KL. Subclasses give `nll` and `mean_image`; `image` is what families decode to.
 
     `params_per_channel` is how many decoder outputs the likelihood needs per image channel;
     `discrete` is True when `nll` is a proper likelihood over the 256 pixel values, so bits per
@@ -221,6 +221,11 @@ class Loss(nn.Module):
     def mean_image(self, out: Tensor) -> Tensor:  # pragma: no cover - interface
         """The decoder output as an image in [0, 1] (for pictures)."""
         raise NotImplementedError
+
+    def image(self, out: Tensor) -> Tensor:
+        """The image a family decodes `out` to: `mean_image(out)` clamped to [0, 1] (rounding aside,
+        the mean is in [0, 1] already)."""
+        return self.mean_image(out).clamp(0, 1)
 
     def kl_weight(self, step: int | None) -> float:
         """Weight of the KL term at a training step (`None`: evaluation, the true ELBO)."""

@@ -122,7 +122,7 @@ class ConditionalVAE(Model):
     @torch.no_grad()
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """Images in [0, 1] (the likelihood's mean) for latents `z` of classes `y`."""
-        return self.loss.mean_image(self.decoder_output(z, _labels(y))).clamp(0, 1)
+        return self.loss.image(self.decoder_output(z, _labels(y)))
 
 
 def _labels(y: Tensor | None) -> Tensor:

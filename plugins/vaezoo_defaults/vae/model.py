@@ -89,4 +89,4 @@ class VAE(Model):
 
     @torch.no_grad()
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.loss.mean_image(self.decoder(z)).clamp(0, 1)
+        return self.loss.image(self.decoder(z))

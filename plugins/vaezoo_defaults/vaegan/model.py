@@ -124,7 +124,7 @@ class VAEGAN(Model):
 
     def images(self, z: Tensor) -> Tensor:
         """Dec(z) as images in [0, 1] (what the discriminator sees)."""
-        return self.loss.mean_image(self.decoder(z)).clamp(0, 1)
+        return self.loss.image(self.decoder(z))
 
     def discriminator_loss(self, x: Tensor, x_rec: Tensor, x_prior: Tensor) -> Tensor:
         """-L_GAN per image: -log Dis(x) - log(1 - Dis(x~)) - log(1 - Dis(x_p))."""
@@ -152,9 +152,7 @@ class VAEGAN(Model):
             real_features = self.discriminator.features(x)
         out = self.decoder(z)
         recon = self.loss.nll(x.float(), out.float()).detach()
-        llike = feature_nll(
-            real_features.float(), self.discriminator.features(self.loss.mean_image(out).clamp(0, 1)).float()
-        )
+        llike = feature_nll(real_features.float(), self.discriminator.features(self.loss.image(out)).float())
         kl = self.prior.kl(mu.float(), logvar.float(), z.float())
         update("encoder", kl + llike)
 
@@ -178,7 +176,7 @@ class VAEGAN(Model):
         out = self.decoder(z)
         recon = self.loss.nll(x.float(), out.float())
         kl = self.prior.kl(mu.float(), logvar.float(), z.float())
-        x_rec = self.loss.mean_image(out).clamp(0, 1)
+        x_rec = self.loss.image(out)
         x_prior = self.images(self.prior.sample(len(x)).to(z.dtype))
         features, logits = self.discriminator(torch.cat([x, x_rec, x_prior]))
         features, logits = features.float().view(3, len(x), -1), logits.float().view(3, -1)
