@@ -19,6 +19,7 @@ DOWNLOAD_TIMEOUT_S = 20  # seconds without an answer before a download gives up
 MAX_WIDTH = 65536  # channels or units of one layer
 MAX_LAYERS = 64  # entries of a `hidden` list, and residual blocks or layers of one stack
 MAX_LEVELS = 10  # stride-2 levels: 2**10 = 1024, the largest image side a model file may declare
+DECODE_BATCH = 500  # latents decoded at once by a log_likelihood (bounds its memory)
 
 
 def check_int(plugin: str, key: str, value: object, low: int, high: int) -> int:

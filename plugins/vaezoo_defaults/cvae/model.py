@@ -12,10 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo_defaults.common import MAX_WIDTH, check_int, importance_terms, iw_bound
+from vaezoo_defaults.common import DECODE_BATCH, MAX_WIDTH, check_int, importance_terms, iw_bound
 from vaezoo_defaults.conv.model import ConvDecoder, ConvEncoder
-
-DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
 
 
 class ConditionalVAE(Model):

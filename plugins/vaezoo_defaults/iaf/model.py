@@ -27,9 +27,8 @@ from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
 from vaezoo.components import LOG_2PI
-from vaezoo_defaults.common import MAX_WIDTH, GaussianEncoder, check_int, check_widths, iw_bound
+from vaezoo_defaults.common import DECODE_BATCH, MAX_WIDTH, GaussianEncoder, check_int, check_widths, iw_bound
 
-DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
 MAX_STEPS = 64  # flow steps
 S_BIAS = 1.0  # initial bias of s_t: sigma_t starts at sigmoid(1) ~ 0.73 (the paper: "+1 or +2")
 

@@ -42,10 +42,9 @@ from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
 from vaezoo.components import LOG_2PI, gaussian_log_prob
-from vaezoo_defaults.common import importance_terms, iw_bound
+from vaezoo_defaults.common import DECODE_BATCH, importance_terms, iw_bound
 
 ESTIMATORS = ("mss", "mws")
-DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
 ROW_CHUNK = 256  # images i whose B x B x D pairwise densities are held at once (bounds memory)
 MAX_DATASET_SIZE = 10**12
 

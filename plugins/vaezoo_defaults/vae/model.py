@@ -10,9 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo_defaults.common import importance_terms, iw_bound
-
-DECODE_BATCH = 500  # latents decoded at once by log_likelihood (bounds its memory)
+from vaezoo_defaults.common import DECODE_BATCH, importance_terms, iw_bound
 
 
 class VAE(Model):
