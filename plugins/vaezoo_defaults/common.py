@@ -1,5 +1,6 @@
-"""Pieces the default plugins share: the Gaussian encoder head, the resolution check of stride-2
-networks, and downloads through torchvision with a socket timeout."""
+"""Pieces the default plugins share: bounds on recipe keys, the Gaussian encoder head, the resolution
+check of stride-2 networks, the importance-weighted bound, and downloads through torchvision with a
+socket timeout."""
 
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def downsampling_factor(plugin: str, shape: Sequence[int], levels: int) -> int:
             f"got {tuple(shape)}"
         )
     return factor
+
+
+def is_discrete(loss: object) -> bool:
+    """Whether `loss` is a likelihood over the 256 values of each pixel (its `discrete`; False for a loss
+    that does not say): what a family built on it sets as `Model.discrete`, so that bits/dim are reported."""
+    return bool(getattr(loss, "discrete", False))
 
 
 class GaussianEncoder(Encoder):

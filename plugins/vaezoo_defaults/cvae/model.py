@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo_defaults.common import DECODE_BATCH, MAX_WIDTH, check_int, importance_terms, iw_bound
+from vaezoo_defaults.common import DECODE_BATCH, MAX_WIDTH, check_int, importance_terms, is_discrete, iw_bound
 from vaezoo_defaults.conv.model import ConvDecoder, ConvEncoder
 
 
@@ -52,7 +52,7 @@ class ConditionalVAE(Model):
         self.in_shape = (c, h, w)
         self.num_classes, self.latent_dim = int(num_classes), int(latent_dim)
         self.prior, self.loss = prior, loss
-        self.discrete = bool(getattr(loss, "discrete", False))
+        self.discrete = is_discrete(loss)
         self.encoder_label = nn.Embedding(num_classes, label_channels)
         self.encoder = ConvEncoder(
             in_shape=(c + label_channels, h, w), latent_dim=latent_dim, hidden=tuple(encoder_hidden)

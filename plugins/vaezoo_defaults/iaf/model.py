@@ -27,7 +27,15 @@ from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
 from vaezoo.components import LOG_2PI
-from vaezoo_defaults.common import DECODE_BATCH, MAX_WIDTH, GaussianEncoder, check_int, check_widths, iw_bound
+from vaezoo_defaults.common import (
+    DECODE_BATCH,
+    MAX_WIDTH,
+    GaussianEncoder,
+    check_int,
+    check_widths,
+    is_discrete,
+    iw_bound,
+)
 
 MAX_STEPS = 64  # flow steps
 S_BIAS = 1.0  # initial bias of s_t: sigma_t starts at sigmoid(1) ~ 0.73 (the paper: "+1 or +2")
@@ -127,7 +135,7 @@ class IAFVAE(Model):
             encoder.mu.in_features, context_dim
         )  # h, eq. 10: a third head on the encoder's features
         self.flow = IAF(latent_dim, context_dim, list(hidden), steps)
-        self.discrete = bool(getattr(loss, "discrete", False))
+        self.discrete = is_discrete(loss)
         prior.bind(encoder)
 
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

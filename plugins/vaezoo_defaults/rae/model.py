@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model
 from vaezoo.components import Update
-from vaezoo_defaults.common import check_int
+from vaezoo_defaults.common import check_int, is_discrete
 from vaezoo_defaults.rae.mixture import OnlineGaussianMixture
 
 MAX_LATENT = 512  # latent_dim bound: the mixture keeps a (latent_dim x latent_dim) covariance per component
@@ -70,7 +70,7 @@ class RAE(Model):
         self.encoder, self.decoder, self.loss = encoder, decoder, loss
         self.in_shape = tuple(in_shape)
         self.latent_dim = latent_dim
-        self.discrete = bool(getattr(loss, "discrete", False))
+        self.discrete = is_discrete(loss)
         self.mixture = OnlineGaussianMixture(components=mixture_components, dim=latent_dim, decay=float(mixture_decay))
 
     def decoder_norm(self) -> Tensor:

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
 from vaezoo.components import LOG_2PI, gaussian_log_prob
-from vaezoo_defaults.common import DECODE_BATCH, importance_terms, iw_bound
+from vaezoo_defaults.common import DECODE_BATCH, importance_terms, is_discrete, iw_bound
 
 ESTIMATORS = ("mss", "mws")
 ROW_CHUNK = 256  # images i whose B x B x D pairwise densities are held at once (bounds memory)
@@ -138,7 +138,7 @@ class BetaTCVAE(Model):
         self.latent_dim = latent_dim
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.dataset_size, self.estimator = int(dataset_size), estimator
-        self.discrete = bool(getattr(loss, "discrete", False))
+        self.discrete = is_discrete(loss)
         prior.bind(encoder)
 
     def forward(self, x: Tensor, y: Tensor | None = None, step: int | None = None) -> LossParts:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo_defaults.common import DECODE_BATCH, importance_terms, iw_bound
+from vaezoo_defaults.common import DECODE_BATCH, importance_terms, is_discrete, iw_bound
 
 
 class VAE(Model):
@@ -41,7 +41,7 @@ class VAE(Model):
         self.in_shape = tuple(in_shape)
         self.latent_dim = latent_dim
         self.iw_samples = int(iw_samples)
-        self.discrete = bool(getattr(loss, "discrete", False))
+        self.discrete = is_discrete(loss)
         prior.bind(encoder)
 
     def forward(self, x: Tensor, y: Tensor | None = None, step: int | None = None) -> LossParts:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from vaezoo import Loss, LossParts, Model, Prior
 from vaezoo.components import Update
+from vaezoo_defaults.common import is_discrete
 from vaezoo_defaults.wae.mmd import gather_rows, mmd_imq
 
 
@@ -58,7 +59,7 @@ class WAE(Model):
         self.latent_dim = latent_dim
         self.mmd_weight = float(mmd_weight)
         self.kernel_c = 2.0 * latent_dim * 1.0  # C = 2 d_z sigma_z^2 for the N(0, I) prior
-        self.discrete = bool(getattr(loss, "discrete", False))
+        self.discrete = is_discrete(loss)
         prior.bind(encoder)
 
     def _parts(self, x: Tensor, z: Tensor, codes: Tensor, prior_samples: Tensor) -> LossParts:
