@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Model, Prior
+from vaezoo import Loss, LossParts, Prior
 from vaezoo.components import ParamGroup
-from vaezoo_defaults.common import check_widths
+from vaezoo_defaults.common import EncoderDecoderFamily, check_widths
 
 
 class CodeDiscriminator(nn.Module):
@@ -53,7 +53,7 @@ class CodeDiscriminator(nn.Module):
         return self.net(z).squeeze(1)
 
 
-class AdversarialAE(Model):
+class AdversarialAE(EncoderDecoderFamily):
     """Adversarial autoencoder: the recipe's encoder (its mean as a deterministic code), decoder and
     pixel likelihood `loss`, a fixed prior p(z) to match, and a code discriminator of widths
     `disc_hidden`; the encoder's generator loss is weighted by `adversarial_weight` in training."""
@@ -144,21 +144,3 @@ class AdversarialAE(Model):
             adversarial,
             {"discriminator": self.discriminator_loss(z, self.prior.sample(len(x)).to(z.dtype))},
         )
-
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """`n` images Dec(z), z ~ p(z) scaled by `temperature`."""
-        return self.decode(self.prior.sample(n) * temperature)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The codes Enc(x)."""
-        return self.code(x)
-
-    @torch.no_grad()
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.loss.image(self.decoder(z))

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Model, Prior
+from vaezoo import Loss, LossParts, Prior
 from vaezoo.components import LOG_2PI
 from vaezoo_defaults.common import (
     DECODE_BATCH,
     MAX_WIDTH,
+    EncoderDecoderFamily,
     GaussianEncoder,
     check_int,
     check_widths,
@@ -101,7 +102,7 @@ class IAF(nn.Module):
         return z, log_det
 
 
-class IAFVAE(Model):
+class IAFVAE(EncoderDecoderFamily):
     """A VAE whose posterior is a diagonal Gaussian followed by T IAF steps (see the module)."""
 
     def __init__(
@@ -180,21 +181,7 @@ class IAFVAE(Model):
         return iw_bound(log_px.view(len(x), k), log_ratio.view(len(x), k))
 
     @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """`n` images decoded from prior samples (latents scaled by `temperature`)."""
-        return self.decode(self.prior.sample(n) * temperature)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images decoded from `encode(x)`."""
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The flow applied to the Gaussian mean (eps = 0): a deterministic latent of each image."""
         mu, _, h = self.posterior(x)
         return self.flow(mu.float(), h.float())[0]
-
-    @torch.no_grad()
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.loss.image(self.decoder(z))

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Model
+from vaezoo import Loss, LossParts
 from vaezoo.components import Update
-from vaezoo_defaults.common import check_int, is_discrete
+from vaezoo_defaults.common import EncoderDecoderFamily, check_int, is_discrete
 from vaezoo_defaults.rae.mixture import OnlineGaussianMixture
 
 MAX_LATENT = 512  # latent_dim bound: the mixture keeps a (latent_dim x latent_dim) covariance per component
@@ -37,7 +37,7 @@ def _check_weight(key: str, value: object) -> float:
     return float(value)
 
 
-class RAE(Model):
+class RAE(EncoderDecoderFamily):
     """RAE-L2: deterministic encoder (the encoder component's mean head) and decoder, reconstruction +
     beta ||z||^2 / 2 + lambda ||theta_decoder||^2, sampled from an online-EM Gaussian mixture."""
 
@@ -103,16 +103,3 @@ class RAE(Model):
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """`n` images decoded from codes drawn from the fitted mixture (its spread scaled by `temperature`)."""
         return self.decode(self.mixture.sample(n, temperature).to(self.mixture.s1.device))
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The codes E(x)."""
-        return self.encoder(x)[0]
-
-    @torch.no_grad()
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.loss.image(self.decoder(z))

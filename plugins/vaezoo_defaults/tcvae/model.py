@@ -40,9 +40,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Model, Prior
+from vaezoo import Loss, LossParts, Prior
 from vaezoo.components import LOG_2PI, gaussian_log_prob
-from vaezoo_defaults.common import DECODE_BATCH, importance_terms, is_discrete, iw_bound
+from vaezoo_defaults.common import DECODE_BATCH, EncoderDecoderFamily, importance_terms, is_discrete, iw_bound
 
 ESTIMATORS = ("mss", "mws")
 ROW_CHUNK = 256  # images i whose B x B x D pairwise densities are held at once (bounds memory)
@@ -103,7 +103,7 @@ def decompose(
     }
 
 
-class BetaTCVAE(Model):
+class BetaTCVAE(EncoderDecoderFamily):
     """A Gaussian-latent VAE trained on recon + alpha * MI + beta * TC + gamma * DWKL (see the module)."""
 
     def __init__(
@@ -163,22 +163,3 @@ class BetaTCVAE(Model):
             return self.loss.nll(x[owner].float(), self.decoder(z).float())
 
         return iw_bound(*importance_terms(x, *self.encoder(x), k, self.prior, nll, DECODE_BATCH))
-
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """`n` images decoded from prior samples (latents scaled by `temperature`)."""
-        return self.decode(self.prior.sample(n) * temperature)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images decoded from the posterior means of `x`."""
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The posterior means of `x`."""
-        return self.encoder(x)[0]
-
-    @torch.no_grad()
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.loss.image(self.decoder(z))

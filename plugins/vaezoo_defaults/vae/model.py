@@ -9,11 +9,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Model, Prior
-from vaezoo_defaults.common import DECODE_BATCH, importance_terms, is_discrete, iw_bound
+from vaezoo import Loss, LossParts, Prior
+from vaezoo_defaults.common import DECODE_BATCH, EncoderDecoderFamily, importance_terms, is_discrete, iw_bound
 
 
-class VAE(Model):
+class VAE(EncoderDecoderFamily):
     """Classic VAE: encoder, decoder, prior and loss components; optional IWAE training (iw_samples)."""
 
     applies_kl_weight = True  # the loss component's beta / warm-up (not with iw_samples > 1: refused)
@@ -69,22 +69,3 @@ class VAE(Model):
     def log_likelihood(self, x: Tensor, y: Tensor | None = None, k: int = 100) -> Tensor:
         """Importance-weighted estimate of log p(x) per image (nats) with k posterior samples."""
         return iw_bound(*self._importance_terms(x, *self.encoder(x), k))
-
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """`n` images in [0, 1] decoded from prior samples (latents scaled by `temperature`)."""
-        return self.decode(self.prior.sample(n) * temperature)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images decoded from the posterior means of `x`."""
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The posterior means of `x`."""
-        return self.encoder(x)[0]
-
-    @torch.no_grad()
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.loss.image(self.decoder(z))

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Model, Prior
+from vaezoo import Loss, LossParts, Prior
 from vaezoo.components import ParamGroup
-from vaezoo_defaults.common import check_widths, downsampling_factor
+from vaezoo_defaults.common import EncoderDecoderFamily, check_widths, downsampling_factor
 
 GAN_LOSSES = ("non-saturating", "minimax")
 LOG_2PI = math.log(2 * math.pi)
@@ -75,7 +75,7 @@ def feature_nll(real: Tensor, fake: Tensor) -> Tensor:
     return 0.5 * ((real - fake).pow(2) + LOG_2PI).flatten(1).sum(1)
 
 
-class VAEGAN(Model):
+class VAEGAN(EncoderDecoderFamily):
     """VAE-GAN: the recipe's Gaussian encoder, decoder, prior and pixel likelihood `loss` (used for the
     images the decoder makes and for the evaluation's recon), and a conv discriminator of widths
     `disc_hidden`; the decoder weighs L_llike by `gamma` against the GAN loss."""
@@ -186,22 +186,3 @@ class VAEGAN(Model):
             "gan_generator": self.generator_loss(logits[1:]),
         }
         return LossParts(recon + kl, recon, kl, terms)
-
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """`n` images Dec(z_p), z_p ~ p(z) scaled by `temperature`."""
-        return self.decode(self.prior.sample(n) * temperature)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images decoded from the posterior means of `x`."""
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The posterior means of `x`."""
-        return self.encoder(x)[0]
-
-    @torch.no_grad()
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.images(z)

@@ -23,16 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Model, Prior
+from vaezoo import Loss, LossParts, Prior
 from vaezoo.components import Update
-from vaezoo_defaults.common import is_discrete
+from vaezoo_defaults.common import EncoderDecoderFamily, is_discrete
 from vaezoo_defaults.wae.mmd import gather_rows, mmd_imq
 
 
-class WAE(Model):
+class WAE(EncoderDecoderFamily):
     """WAE-MMD: deterministic encoder (the encoder component's mean), decoder, the loss component's
     reconstruction as the cost, lambda (`mmd_weight`) times the IMQ-kernel MMD to the prior."""
 
@@ -81,21 +80,3 @@ class WAE(Model):
         parts = self._parts(x, z, gather_rows(z), gather_rows(self.prior.sample(len(z)).detach()))
         update("model", parts.loss)
         return parts
-
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """`n` images decoded from prior samples (scaled by `temperature`)."""
-        return self.decode(self.prior.sample(n) * temperature)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The codes E(x)."""
-        return self.encoder(x)[0]
-
-    @torch.no_grad()
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        return self.loss.image(self.decoder(z))
