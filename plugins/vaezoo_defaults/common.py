@@ -137,13 +137,18 @@ def importance_terms(
     z = z.flatten(0, 1)  # row i * k + j
     owner = torch.arange(len(x), device=x.device).repeat_interleave(k)
     log_ratio = gaussian_log_prob(z, mu[owner], logvar[owner]) - prior.log_prob(z).float()
-    log_px = -torch.cat(
+    return decoded_log_px(nll, owner, z, decode_batch).view(len(x), k), log_ratio.view(len(x), k)
+
+
+def decoded_log_px(nll: Callable[[Tensor, Tensor], Tensor], owner: Tensor, z: Tensor, decode_batch: int) -> Tensor:
+    """log p(x[owner[i]] | z[i]) for each row i of latents `z` (`nll(owner, z)` as in `importance_terms`),
+    decoding `decode_batch` rows at a time."""
+    return -torch.cat(
         [
             nll(owner[first : first + decode_batch], z[first : first + decode_batch])
             for first in range(0, len(z), decode_batch)
         ]
     )
-    return log_px.view(len(x), k), log_ratio.view(len(x), k)
 
 
 def iw_bound(log_px: Tensor, log_ratio: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ from vaezoo_defaults.common import (
     GaussianEncoder,
     check_int,
     check_widths,
+    decoded_log_px,
     is_discrete,
     iw_bound,
 )
@@ -169,15 +170,11 @@ class IAFVAE(EncoderDecoderFamily):
         z = z.flatten(0, 1)  # row i * k + j
         owner = torch.arange(len(x), device=x.device).repeat_interleave(k)
         log_ratio = log_q.flatten() - self.prior.log_prob(z).float()
-        log_px = -torch.cat(
-            [
-                self.loss.nll(
-                    x[owner[first : first + DECODE_BATCH]].float(),
-                    self.decoder(z[first : first + DECODE_BATCH]).float(),
-                )
-                for first in range(0, len(z), DECODE_BATCH)
-            ]
-        )
+
+        def nll(owner: Tensor, z: Tensor) -> Tensor:
+            return self.loss.nll(x[owner].float(), self.decoder(z).float())
+
+        log_px = decoded_log_px(nll, owner, z, DECODE_BATCH)
         return iw_bound(log_px.view(len(x), k), log_ratio.view(len(x), k))
 
     @torch.no_grad()
