@@ -260,25 +260,6 @@ def to_float(batch: Tensor, memory_format: torch.memory_format = torch.contiguou
     return batch.to(dtype=torch.float32, memory_format=memory_format).div_(255)
 
 
-def shuffled_batches(
-    images: Tensor,
-    labels: Tensor | None,
-    order: Tensor,
-    batch_size: int,
-    start: int = 0,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """(float images, labels or None) batches of `images` (on its device) in the order `order`, from
-    batch `start` on. Pass `labels=None` when the model does not use them (no gather)."""
-    order = order.to(images.device)
-    for first in range(start * batch_size, len(order), batch_size):
-        index = order[first : first + batch_size]
-        yield (
-            to_float(images.index_select(0, index), memory_format),
-            None if labels is None else labels.index_select(0, index),
-        )
-
-
 def batches(images: Tensor, batch_size: int, labels: Tensor | None = None) -> Iterator[tuple[Tensor, Tensor | None]]:
     """(float images, labels or None) batches in order (evaluation); `images` may live on the host."""
     for first in range(0, len(images), batch_size):

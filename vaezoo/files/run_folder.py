@@ -42,6 +42,7 @@ RESUMABLE_CHANGES = {
     "skip_grad_norm",
     "precision",
     "compile",
+    "cuda_graph",
     "channels_last",
     "eval_batch_size",
     "sample_count",

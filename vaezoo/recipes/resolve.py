@@ -33,6 +33,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "test_limit": 0,
     "precision": "auto",
     "compile": False,
+    "cuda_graph": True,  # on CUDA, replay the training step from a CUDA graph where the run allows it
     "channels_last": True,
     "eval_batch_size": 500,
     "sample_count": 64,

@@ -53,10 +53,12 @@ class Precision:
     dtype: torch.dtype | None
     scale_grads: bool = False
 
-    def autocast(self, device: torch.device):
+    def autocast(self, device: torch.device, cache: bool = True):
+        """Autocast to this precision on `device` (`cache=False` inside a CUDA graph capture, which
+        must not keep autocast's cast weights between steps)."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.dtype)
+        return torch.autocast(device_type=device.type, dtype=self.dtype, cache_enabled=cache)
 
 
 @cache

@@ -19,11 +19,12 @@ import torch
 from torch import Tensor
 
 from vaezoo.components import LossParts, Model, checked_parts
-from vaezoo.data import shuffled_batches
+from vaezoo.data import to_float
 from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
 from vaezoo.trainer import distributed
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.evaluate import evaluate
+from vaezoo.trainer.graph_step import GraphStep, graph_blocker
 from vaezoo.trainer.signals import handle_stops
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
@@ -68,6 +69,7 @@ class Run:
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)  # by name (Model.parameter_groups)
     scaler: Any = None
     data_rng: torch.Generator | None = None
+    step_mode: str = "eager"  # "CUDA graph", or "eager" and why (graph_step.graph_blocker), set by train()
 
     @property
     def epoch(self) -> int:
@@ -119,18 +121,24 @@ class StopRequest:
 
 
 def make_optimizer(
-    params: Any, train: dict[str, Any], lr: float | None = None, betas: tuple[float, float] | None = None
+    params: Any,
+    train: dict[str, Any],
+    lr: float | None = None,
+    betas: tuple[float, float] | None = None,
+    capturable: bool = False,
 ) -> torch.optim.Optimizer:
-    """The recipe's optimizer over `params` (a module's parameters, or a list) that require grads."""
+    """The recipe's optimizer over `params` (a module's parameters, or a list) that require grads
+    (`capturable`: Adam's step count on the device, for a CUDA graph)."""
     params = [p for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.requires_grad]
     lr = train["lr"] if lr is None else lr
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=train["weight_decay"])
     cls = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, weight_decay=train["weight_decay"], **({"betas": betas} if betas else {}))
+    extra = ({"betas": betas} if betas else {}) | ({"capturable": True} if capturable else {})
+    return cls(params, lr=lr, weight_decay=train["weight_decay"], **extra)
 
 
-def make_optimizers(model: Model, train: dict[str, Any]) -> dict[str, torch.optim.Optimizer]:
+def make_optimizers(model: Model, train: dict[str, Any], capturable: bool = False) -> dict[str, torch.optim.Optimizer]:
     """One optimizer per `model.parameter_groups()`, each at `train.group_lr.NAME` or `train.lr`."""
     groups = model.parameter_groups()
     unknown = sorted(set(train["group_lr"]) - set(groups))
@@ -140,7 +148,7 @@ def make_optimizers(model: Model, train: dict[str, Any]) -> dict[str, torch.opti
             f"{unknown[0]!r} (its optimizers: {', '.join(groups)})"
         )
     return {
-        name: make_optimizer(group.params, train, train["group_lr"].get(name), group.betas)
+        name: make_optimizer(group.params, train, train["group_lr"].get(name), group.betas, capturable)
         for name, group in groups.items()
     }
 
@@ -221,7 +229,10 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     from vaezoo.files.train_state import load_state
 
     settings = run.recipe["train"]
-    run.optimizers = make_optimizers(run.model, settings)
+    capturable = (
+        run.device.type == "cuda" and graph_blocker(run, distributed.current_world(), owns_step(run.model)) is None
+    )
+    run.optimizers = make_optimizers(run.model, settings, capturable)
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision.scale_grads)
     run.data_rng = torch.Generator().manual_seed(settings["seed"])
     if resume_from is None:
@@ -315,17 +326,22 @@ class Meter:
 
 
 def make_step(
-    run: Run, net: torch.nn.Module, update: Updater, images: int
-) -> Callable[[Tensor, Tensor | None], LossParts]:
-    """`step(x, y)`: one training step at `run.state.step` under the run's precision, through the
-    family's own training_step, or the one-loss step through `net` (DDP, compile) otherwise."""
-    model, state, batch_size = run.model, run.state, run.recipe["train"]["batch_size"]
+    run: Run, net: torch.nn.Module, update: Updater, images: int, world: distributed.World
+) -> Callable[[Tensor], LossParts]:
+    """`step(index)`: one training step at `run.state.step` on the training images at `index`, under the
+    run's precision, through the family's own training_step, or the one-loss step through `net` (DDP,
+    compile) otherwise; replayed from a CUDA graph where the run allows it (`run.step_mode` says)."""
+    model, state, settings = run.model, run.state, run.recipe["train"]
     own_step = model.training_step if owns_step(model) else None
+    layout, labels = memory_format(model, settings), run.train_labels if model.conditional else None
+    blocker = graph_blocker(run, world, own_step is not None)
 
-    def step(x: Tensor, y: Tensor | None) -> LossParts:
-        update.global_batch = min(batch_size, images - state.batch * batch_size)  # the last batch may be smaller
+    def step(index: Tensor) -> LossParts:
+        x = to_float(run.train_images.index_select(0, index), layout)
+        y = None if labels is None else labels.index_select(0, index)
+        update.global_batch = min(settings["batch_size"], images - state.batch * settings["batch_size"])
         with blame(run, "a training step"):
-            with run.precision.autocast(run.device):
+            with run.precision.autocast(run.device, cache=blocker is not None):  # no weight cache in a graph
                 parts = checked_parts(
                     model, net(x, y, state.step) if own_step is None else own_step(x, y, state.step, update), len(x)
                 )
@@ -334,7 +350,28 @@ def make_step(
         run.scaler.update()
         return parts
 
-    return step
+    run.step_mode = "CUDA graph" if blocker is None else f"eager ({blocker})"
+    if blocker is not None:
+        return step
+    return GraphStep(run, step, distributed.check_batch_size(settings["batch_size"], world), kl_settled(run))
+
+
+def kl_settled(run: Run) -> Callable[[], bool]:
+    """Whether the loss's KL weight has reached the value it keeps to the end of the run (a warm-up has
+    ended): until then a step depends on the step count and is not captured. Assumes the schedule, once
+    at its final weight, stays there (a warm-up does)."""
+    loss = getattr(run.model, "loss", None)
+    if not (run.model.applies_kl_weight and callable(getattr(loss, "kl_weight", None))):
+        return lambda: True
+    final = loss.kl_weight(run.recipe["train"]["epochs"] * run.batches_per_epoch)
+    settled = False
+
+    def check() -> bool:
+        nonlocal settled
+        settled = settled or loss.kl_weight(run.state.step) == final
+        return settled
+
+    return check
 
 
 def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
@@ -348,9 +385,8 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     if world.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
         torch.manual_seed(settings["seed"] + (world.rank << 32) + state.step)
     images = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], world)
-    step = make_step(run, training_net(model, run.device, world, settings), Updater(run, world), images)
-    meter = Meter(run, world, images, settings["compile"])
-    labels = run.train_labels if model.conditional else None  # gathered per batch only when used
+    step = make_step(run, training_net(model, run.device, world, settings), Updater(run, world), images, world)
+    meter = Meter(run, world, images, settings["compile"] or run.step_mode == "CUDA graph")
     callbacks = callbacks if world.is_main else ()  # only rank 0 prints and writes
     metrics: dict[str, Any] = run.history[-1] if run.history else {}
     model.train()
@@ -363,13 +399,11 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                 torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], world
             )
             meter.start_epoch()
-            for x, y in shuffled_batches(
-                run.train_images, labels, order, per_rank_batch, state.batch, memory_format(model, settings)
-            ):
+            for index in order.to(run.device).split(per_rank_batch)[state.batch :]:
                 if _stop_requested(stop, world, state.step, run.device):
                     meter.pause()
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
-                parts = step(x, y)
+                parts = step(index)
                 state.step, state.batch = state.step + 1, state.batch + 1
                 meter.add(parts)
                 if state.step % LOG_EVERY == 0:

@@ -35,6 +35,8 @@ class RichProgress(Callback):
             TimeRemainingColumn(),
             console=self.console,
         )
+        if run.device.type == "cuda":  # whether the step replays a CUDA graph, or why not
+            self.console.print(f"training step: {run.step_mode}", markup=False, highlight=False)
         self.progress.start()
         if run.epoch < run.recipe["train"]["epochs"]:
             self._new_bar(run)

@@ -1,0 +1,158 @@
+"""The training step replayed from a CUDA graph (vaezoo/trainer/graph_step.py).
+
+On the CPU these tests run the graph step's own logic without a graph (`GraphStep(capture=False)`: the
+static index buffer, the warm-up steps and the putting back of weights, optimizer state and random
+generators, eager last batches, a KL warm-up left eager until it settles) and require the very same
+numbers as the eager loop, bit for bit. The tests that capture a real graph need CUDA and are skipped
+without it (these machines have none)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tinydata import fit_tiny
+
+from vaezoo.errors import RecipeError
+from vaezoo.recipes.resolve import resolve_recipe
+from vaezoo.trainer import loop
+from vaezoo.trainer.devices import Precision
+from vaezoo.trainer.distributed import World
+from vaezoo.trainer.graph_step import GraphStep, graph_blocker
+
+REAL = {"limit": 200, "test_limit": 100}  # 200 images in batches of 16: 12 full batches and one of 8
+
+
+class Recording(GraphStep):
+    """A GraphStep without a graph that notes at which steps it recorded."""
+
+    recorded_at: list[int] = []
+
+    def _record(self, index: torch.Tensor) -> None:
+        Recording.recorded_at.append(self.run.state.step)
+        super()._record(index)
+
+
+def emulate_graphs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From here on every run takes the graph step (as if on CUDA), which runs its static steps without a
+    graph; returns the list of steps at which it recorded."""
+    Recording.recorded_at = []
+    monkeypatch.setattr(loop, "graph_blocker", lambda run, world, own_step: None)
+    monkeypatch.setattr(loop, "GraphStep", functools.partial(Recording, capture=False))
+    return Recording.recorded_at
+
+
+def _same_run(eager: Path, graphed: Path) -> None:
+    for name in ("model.safetensors", "state.safetensors"):
+        a, b = load_file(eager / name), load_file(graphed / name)
+        assert a.keys() == b.keys()
+        different = [key for key in a if not torch.equal(a[key], b[key])]
+        assert not different, f"{name}: {different[:5]}"
+
+
+def test_the_graph_steps_take_the_same_steps_as_the_eager_loop(
+    cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eager = fit_tiny(cifar, tmp_path / "eager", 2, **REAL)
+    recorded_at = emulate_graphs(monkeypatch)
+    graphed = fit_tiny(cifar, tmp_path / "graph", 2, **REAL)
+    assert recorded_at == [0]  # recorded once, at the first full batch; the last batch of 8 ran eagerly
+    assert graphed.metrics["train_loss"] == eager.metrics["train_loss"]
+    assert graphed.metrics["test_loss"] == eager.metrics["test_loss"]
+    _same_run(tmp_path / "eager", tmp_path / "graph")
+
+
+def test_a_kl_warm_up_stays_eager_until_its_weight_settles(
+    cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warm_up = ['loss={name="beta-kl", beta=1.0, warmup_steps=17}']
+    eager = fit_tiny(cifar, tmp_path / "eager", 2, sets=warm_up, **REAL)
+    recorded_at = emulate_graphs(monkeypatch)
+    graphed = fit_tiny(cifar, tmp_path / "graph", 2, sets=warm_up, **REAL)
+    assert recorded_at == [17]  # the first full batch at the settled weight
+    assert graphed.metrics["train_loss"] == eager.metrics["train_loss"]
+    _same_run(tmp_path / "eager", tmp_path / "graph")
+
+
+def test_a_resumed_graph_run_continues_exactly(cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    emulate_graphs(monkeypatch)
+    whole = fit_tiny(cifar, tmp_path / "whole", 2, **REAL)
+    fit_tiny(cifar, tmp_path / "parts", 1, **REAL)
+    resumed = fit_tiny(cifar, tmp_path / "parts", 2, resume=tmp_path / "parts", **REAL)
+    assert resumed.metrics["train_loss"] == whole.metrics["train_loss"]
+    _same_run(tmp_path / "whole", tmp_path / "parts")
+
+
+def _blocker(**change) -> str | None:
+    settings = {"cuda_graph": True, "compile": False, "skip_grad_norm": 0.0, **change.pop("train", {})}
+    run = SimpleNamespace(
+        recipe={"train": settings, "model": {"name": "fam"}},
+        device=torch.device(change.pop("device", "cuda")),
+        model=SimpleNamespace(cuda_graph=change.pop("cuda_graph", True)),
+        precision=change.pop("precision", Precision("bf16", torch.bfloat16)),
+    )
+    return graph_blocker(run, change.pop("world", World()), change.pop("own_step", False))
+
+
+def test_what_keeps_a_run_eager_is_named() -> None:
+    assert _blocker() is None
+    assert _blocker(device="cpu") == "the device is cpu, not CUDA"
+    assert _blocker(train={"cuda_graph": False}) == "train.cuda_graph is false"
+    assert _blocker(cuda_graph=False) == "model family 'fam' does not declare cuda_graph = True"
+    assert _blocker(own_step=True) == "model family 'fam' has its own training_step"
+    assert "torchrun" in _blocker(world=World(0, 2, 0))
+    assert "gradient scaler" in _blocker(precision=Precision("fp16", torch.float16, scale_grads=True))
+    assert "train.compile" in _blocker(train={"compile": True})
+    assert "train.skip_grad_norm" in _blocker(train={"skip_grad_norm": 100.0})
+
+
+def test_train_cuda_graph_is_a_boolean_setting() -> None:
+    assert resolve_recipe("cifar-vae")["train"]["cuda_graph"] is True
+    assert resolve_recipe("cifar-vae", ["train.cuda_graph=false"])["train"]["cuda_graph"] is False
+    with pytest.raises(RecipeError, match="train.cuda_graph"):
+        resolve_recipe("cifar-vae", ["train.cuda_graph='yes'"])
+
+
+# ---- on a CUDA GPU ----------------------------------------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _fit_cuda(cifar: Path, out: Path, epochs: int, graph: bool, resume: Path | None = None):
+    from tinydata import TINY_SETS
+
+    import vaezoo
+
+    options = {"train.epochs": epochs, "train.precision": "fp32", **{f"train.{k}": v for k, v in REAL.items()}}
+    return vaezoo.fit(
+        "cifar-vae",
+        sets=[*TINY_SETS, f"train.cuda_graph={str(graph).lower()}"],
+        options=options,
+        out=out,
+        data_dir=cifar,
+        device="cuda",
+        resume=resume,
+    )
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_on_cuda_the_captured_step_matches_the_eager_step(cifar: Path, tmp_path: Path) -> None:
+    eager = _fit_cuda(cifar, tmp_path / "eager", 2, graph=False)
+    graphed = _fit_cuda(cifar, tmp_path / "graph", 2, graph=True)
+    assert graphed.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], rel=1e-4)
+    assert graphed.metrics["test_loss"] == pytest.approx(eager.metrics["test_loss"], rel=1e-4)
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_on_cuda_a_resumed_captured_run_continues_exactly(cifar: Path, tmp_path: Path) -> None:
+    whole = _fit_cuda(cifar, tmp_path / "whole", 2, graph=True)
+    _fit_cuda(cifar, tmp_path / "parts", 1, graph=True)
+    resumed = _fit_cuda(cifar, tmp_path / "parts", 2, graph=True, resume=tmp_path / "parts")
+    assert resumed.metrics["train_loss"] == whole.metrics["train_loss"]
+    _same_run(tmp_path / "whole", tmp_path / "parts")
