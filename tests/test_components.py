@@ -147,3 +147,38 @@ def test_loss_image_is_the_mean_image_clamped_to_unit_range():
     assert Overshoot().image(out).tolist() == [0.0, 0.5, 0.75, 1.0]
     logits = torch.randn(2, 3, 4, 4) * 5
     assert torch.equal(BCEKL().image(logits), BCEKL().mean_image(logits).clamp(0, 1))
+
+
+def test_implements_tells_which_optional_capabilities_a_family_defines():
+    from vaezoo.components import implements
+    from vaezoo_defaults.rae.model import RAE
+    from vaezoo_defaults.vae.model import VAE
+
+    class Bare(vaezoo.Model):
+        pass
+
+    class Interpolates(Bare):
+        def encode(self, x, y=None):
+            return x
+
+        def decode(self, z, y=None):
+            return z
+
+    class Assigned(Bare):
+        def __init__(self):
+            super().__init__()
+            self.log_likelihood = lambda x, y=None, k=100: x.sum()
+
+    optional = ("log_likelihood", "encode", "decode", "training_step")
+    assert not any(implements(Bare(), name) for name in optional)
+    assert [implements(Interpolates(), name) for name in optional] == [False, True, True, False]
+    assert implements(Assigned(), "log_likelihood")
+    assert all(implements(VAE, name) for name in optional[:3])  # through vaezoo_defaults' EncoderDecoderFamily
+    assert implements(RAE, "encode") and not implements(RAE, "log_likelihood")
+    with pytest.raises(NotImplementedError, match="does not define encode"):
+        Bare().encode(torch.zeros(1))
+
+
+def test_what_vaezoo_sets_on_a_model_has_defaults_on_a_model_built_by_hand():
+    model = vaezoo.Model()
+    assert dict(model.recipe) == {} and dict(model.metadata) == {} and model.classes == ()

@@ -284,7 +284,7 @@ def load_split_images(
     from vaezoo.data import limit_subset, load_split
     from vaezoo.files.model_file import check_plugins
 
-    if getattr(model, "metadata", None):  # the dataset plugin is needed now (loading did not need it)
+    if model.metadata:  # the dataset plugin is needed now (loading did not need it)
         check_plugins(model.metadata, "the model", kinds=("dataset",))
     dataset = make_dataset(model.recipe, data_dir, from_file=True, paths=paths)
     name = model.recipe["dataset"]["name"]

@@ -7,9 +7,10 @@ parts of the classic VAE family `vae`, which other families may reuse."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from vaezoo.errors import PluginError
 
 LOG_2PI = math.log(2 * math.pi)
+_EMPTY: Mapping[str, Any] = MappingProxyType({})  # the default of Model's mappings that vaezoo sets (read-only)
 
 
 class Encoder(nn.Module):
@@ -93,12 +95,13 @@ class Model(nn.Module):
     Built with keyword arguments only: `in_shape=(C, H, W)`, `num_classes` (0 without labels),
     `latent_dim` when the recipe has one, the keys of the recipe's `model` table, and each of
     `encoder`, `decoder`, `prior`, `loss` that the recipe has a table for and the constructor names
-    (built from the registry). After construction vaezoo sets `in_shape` and `classes` (the
-    dataset's class names) on the model.
+    (built from the registry). After construction vaezoo sets `in_shape`, `classes` (the dataset's
+    class names) and `recipe` on the model, and `vaezoo.load` sets `metadata`.
 
     Optional capabilities, used when a family defines them (do not define them to say "not
     supported"): `log_likelihood(x, y=None, k=100) -> (B,)` importance-weighted log p(x) in nats;
     `encode(x, y=None) -> latents` and `decode(z, y=None) -> images in [0, 1]` for interpolations.
+    vaezoo asks `implements(model, name)`; the defaults here only raise NotImplementedError.
 
     Training: by default one optimizer ("model") minimises `forward(x, y, step).loss`. A family that
     needs more (a GAN's discriminator) names its optimizers in `parameter_groups` and overrides
@@ -119,9 +122,12 @@ class Model(nn.Module):
     # Python branches on tensor values), keeps no Python-side counters, and depends on `step` only through
     # its loss's KL weight (vaezoo runs a warm-up eagerly until the weight settles). docs/plugins.md
     cuda_graph: bool = False
-    in_shape: tuple[int, int, int]
-    classes: tuple[str, ...] = ()
-    recipe: dict[str, Any]  # the resolved recipe, set by vaezoo after construction
+
+    # set by vaezoo after construction, not by the family (a model built by hand keeps these defaults)
+    in_shape: tuple[int, int, int]  # (C, H, W) of its images
+    classes: tuple[str, ...] = ()  # the dataset's class names
+    recipe: Mapping[str, Any] = _EMPTY  # the resolved recipe it was built from
+    metadata: Mapping[str, Any] = _EMPTY  # a loaded model's file header, the vaezoo.* keys parsed (vaezoo.load)
 
     def forward(
         self, x: Tensor, y: Tensor | None = None, step: int | None = None
@@ -154,10 +160,39 @@ class Model(nn.Module):
         update("model", parts.loss)
         return parts
 
+    # optional capabilities: a family defines those it has (vaezoo checks with `implements`)
+    def log_likelihood(self, x: Tensor, y: Tensor | None = None, k: int = 100) -> Tensor:
+        """`(B,)` importance-weighted estimate of log p(x) in nats with `k` samples per image (`eval
+        --iw-samples`); an ELBO family's only."""
+        raise NotImplementedError(_not_defined(self, "log_likelihood"))
+
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Latents of `x` for interpolations: any tensor whose first dimension is the batch (defined with
+        `decode`)."""
+        raise NotImplementedError(_not_defined(self, "encode"))
+
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images in [0, 1] for latents `z` shaped as `encode` gives them (defined with `encode`)."""
+        raise NotImplementedError(_not_defined(self, "decode"))
+
+
+def _not_defined(model: Model, method: str) -> str:
+    if method in model._modules:
+        return f"model family {_family(model)} has a submodule {method!r}, hidden by vaezoo.Model's {method}: rename it"
+    return f"model family {_family(model)} does not define {method} (check with vaezoo.components.implements)"
+
+
+def implements(model: nn.Module | type, method: str) -> bool:
+    """Whether `model` (or a family's class) defines `method` itself rather than inheriting `Model`'s
+    default: an optional capability (log_likelihood, encode, decode) or its own training_step."""
+    found = getattr(model, method, None)
+    return callable(found) and getattr(found, "__func__", found) is not getattr(Model, method, None)
+
 
 def _family(model: nn.Module) -> str:
-    recipe = getattr(model, "recipe", None)
-    name = recipe.get("model", {}).get("name") if isinstance(recipe, dict) else None
+    recipe = model.recipe if isinstance(model, Model) else _EMPTY
+    table = recipe.get("model") if isinstance(recipe, Mapping) else None  # an error message must not fail
+    name = table.get("name") if isinstance(table, Mapping) else None
     where = f"{type(model).__module__}.{type(model).__qualname__}"
     return f"{name!r} ({where})" if name else where
 

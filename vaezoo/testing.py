@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vaezoo.components import Dataset, Loss, LossParts, Model, Prior
+from vaezoo.components import Dataset, Loss, LossParts, Model, Prior, implements
 from vaezoo.recipes.resolve import FRAMEWORK_ARGS, MODEL_ARGS
 
 __all__ = [
@@ -354,11 +354,11 @@ def check_model(
         )
         _assert_images(f"{name}.sample(2)", model.sample(2, None if y is None else y[:2]), (2, *in_shape))
         _assert_images(f"{name}.reconstruct", model.reconstruct(x, y), (batch, *in_shape))
-        if callable(getattr(model, "log_likelihood", None)):
+        if implements(model, "log_likelihood"):
             _assert_shape(f"{name}.log_likelihood(k=4)", model.log_likelihood(x, y, k=4), (batch,))
             _check_likelihood(name, model, x, y)
-        if callable(getattr(model, "encode", None)) or callable(getattr(model, "decode", None)):
-            assert callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None)), (
+        if implements(model, "encode") or implements(model, "decode"):
+            assert implements(model, "encode") and implements(model, "decode"), (
                 f"{name}: encode and decode come together"
             )
             latents = model.encode(x, y)
@@ -470,7 +470,7 @@ LIKELIHOOD_REPEATS = 64
 def _check_likelihood(name: str, model: Model, x: Tensor, y: Tensor | None) -> None:
     """`log_likelihood` is the importance-weighted bound of the model's ELBO: with k=1 it averages to
     the ELBO (-loss at step None), and with more samples it is not below it by more than noise."""
-    assert getattr(model, "objective", "elbo") == "elbo", (
+    assert model.objective == "elbo", (
         f"{name}: log_likelihood is for ELBO families; objective {model.objective!r} has none"
     )
     elbo = torch.stack([-model(x, y, step=None).loss.double() for _ in range(LIKELIHOOD_REPEATS)])

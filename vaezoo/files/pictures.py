@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import Model
+from vaezoo.components import Model, implements
 from vaezoo.data import to_float
 from vaezoo.errors import VaezooError
 from vaezoo.files.atomic import write_bytes_atomic
@@ -38,7 +38,7 @@ def pick(images: Tensor, n: int, seed: int = 0, labels: Tensor | None = None) ->
 
 def can_interpolate(model: Model) -> bool:
     """Whether the family has latents to walk between: `encode` and `decode`."""
-    return callable(getattr(model, "encode", None)) and callable(getattr(model, "decode", None))
+    return implements(model, "encode") and implements(model, "decode")
 
 
 def require_interpolation(model: Model) -> None:
@@ -87,7 +87,7 @@ def interpolations(
 def sample_labels(model: Model, n: int, label: int | None = None) -> Tensor | None:
     """The labels `model.sample` takes: None for an unconditional model, `label` for all `n`, or
     else the classes in turn (0, 1, ..., 0, 1, ...)."""
-    if not getattr(model, "conditional", False):
+    if not model.conditional:
         return None
     device = next(model.parameters()).device
     if label is not None:
@@ -98,7 +98,7 @@ def sample_labels(model: Model, n: int, label: int | None = None) -> Tensor | No
 def sample_grid(model: Model, n: int) -> tuple[Tensor, int | None]:
     """samples.png of a run: `n` prior samples (8 a row), or for a conditional model one row per
     class, n / classes samples each."""
-    if not getattr(model, "conditional", False):
+    if not model.conditional:
         return model.sample(n), None
     per_class = max(1, n // len(model.classes))
     y = torch.arange(len(model.classes), device=next(model.parameters()).device).repeat_interleave(per_class)

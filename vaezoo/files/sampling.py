@@ -17,7 +17,7 @@ def parse_label(model: Model, label: str | None) -> int | None:
     not conditional or a label it does not know."""
     if label is None:
         return None
-    if not getattr(model, "conditional", False):
+    if not model.conditional:
         raise VaezooError(
             "--label needs a conditional model, and this model is not conditional (it samples without classes)"
         )

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import Model, checked_images, checked_parts
+from vaezoo.components import Model, checked_images, checked_parts, implements
 from vaezoo.data import batches
 from vaezoo.trainer.devices import Precision
 
@@ -28,7 +28,7 @@ def _device(model: Model) -> torch.device:
 
 def labels_for(model: Model, labels: Tensor | None) -> Tensor | None:
     """The labels a model takes: all of them for a conditional model, none otherwise."""
-    if not getattr(model, "conditional", False):
+    if not model.conditional:
         return None
     if labels is None:
         raise ValueError("a conditional model needs the labels of its images")
@@ -79,12 +79,12 @@ def evaluate(
 
 def is_elbo(model: Model) -> bool:
     """Whether the model's loss at evaluation is a negative ELBO (else the family's own objective)."""
-    return getattr(model, "objective", "elbo") == "elbo"
+    return model.objective == "elbo"
 
 
 def reports_bits(model: Model) -> bool:
     """bits/dim are meaningful for a discrete likelihood's negative ELBO only."""
-    return bool(getattr(model, "discrete", False)) and is_elbo(model)
+    return bool(model.discrete) and is_elbo(model)
 
 
 BITS_PER_DIM_NOTE = (
@@ -153,7 +153,7 @@ def reconstruction_error(
 
 
 def family_name(model: Model) -> str:
-    return str(getattr(model, "recipe", {}).get("model", {}).get("name", type(model).__name__))
+    return str(model.recipe.get("model", {}).get("name", type(model).__name__))
 
 
 def evaluation_report(
@@ -170,14 +170,14 @@ def evaluation_report(
     importance-weighted NLL when `iw_samples` > 0 (None with a note for a family without
     `log_likelihood`), bits/dim of each (None, with a note, unless the model is discrete) and
     reconstruction error."""
-    regularizer = getattr(model, "regularizer", "kl")
-    report: dict[str, Any] = {"objective": getattr(model, "objective", "elbo"), "regularizer": regularizer}
+    regularizer = model.regularizer
+    report: dict[str, Any] = {"objective": model.objective, "regularizer": regularizer}
     for key, value in evaluate(model, images, labels, batch_size=batch_size, seed=seed).items():
         report[regularizer if key == "kl" else key] = value  # a family that is not an ELBO has no KL
     discrete = reports_bits(model)
     if iw_samples:
         report["iw_samples"] = iw_samples
-        if callable(getattr(model, "log_likelihood", None)):
+        if implements(model, "log_likelihood"):
             report["iw_nll"] = importance_weighted_nll(model, images, iw_samples, labels, seed=seed)
         else:
             report["iw_nll"] = None
@@ -188,7 +188,7 @@ def evaluation_report(
     if not is_elbo(model):
         report["bits_per_dim_note"] = OBJECTIVE_NOTE.format(family=family_name(model), objective=report["objective"])
     elif not discrete:
-        recipe = getattr(model, "recipe", {})
+        recipe = model.recipe
         what = f"loss {recipe['loss']['name']!r}" if "loss" in recipe else f"model {family_name(model)!r}"
         report["bits_per_dim_note"] = BITS_PER_DIM_NOTE.format(what=what)
     report.update(reconstruction_error(model, images, labels, batch_size=batch_size))
