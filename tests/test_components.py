@@ -182,3 +182,19 @@ def test_implements_tells_which_optional_capabilities_a_family_defines():
 def test_what_vaezoo_sets_on_a_model_has_defaults_on_a_model_built_by_hand():
     model = vaezoo.Model()
     assert dict(model.recipe) == {} and dict(model.metadata) == {} and model.classes == ()
+
+
+def test_build_model_records_its_recipe_and_the_registry_entries_it_used():
+    from vaezoo.files.model_file import component_records
+    from vaezoo.recipes.build import build_model
+
+    recipe = vaezoo.resolve_recipe("cifar-vae", ["encoder.hidden=[4,8,8]", "decoder.hidden=[8,8,4]", "latent_dim=2"])
+    model = build_model(recipe, (3, 32, 32), ("a", "b"))
+    registry = vaezoo.get_registry()
+    assert model.recipe is recipe and model.classes == ("a", "b")
+    kinds = {"model": "models", "encoder": "encoders", "decoder": "decoders", "prior": "priors", "loss": "losses"}
+    names = {"model": "vae", **{key: recipe[key]["name"] for key in kinds if key != "model"}}
+    assert model.registry_entries == {key: registry.get(kind, names[key]) for key, kind in kinds.items()}
+    records = component_records(recipe, model.registry_entries)
+    assert [r["kind"] for r in records] == ["model", "dataset", "encoder", "decoder", "prior", "loss"]
+    assert records == component_records(recipe, {})  # a model built by hand: the registry names them alike

@@ -65,9 +65,7 @@ def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), opti
 
     resolved = resolve_recipe(recipe, sets, options)
     dataset = make_dataset(resolved)
-    model = build_model(resolved, dataset.shape, dataset.classes)
-    model.recipe = resolved
-    return model
+    return build_model(resolved, dataset.shape, dataset.classes)
 
 
 def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -198,7 +196,6 @@ def _fit_locked(
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     with _naming_saved_recipe(resume_dir):
         model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
-    model.recipe = resolved
     labels = (
         {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)}
         if model.conditional

@@ -11,12 +11,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from vaezoo.errors import PluginError
+
+if TYPE_CHECKING:
+    from vaezoo.plugins.registry import Entry
 
 LOG_2PI = math.log(2 * math.pi)
 _EMPTY: Mapping[str, Any] = MappingProxyType({})  # the default of Model's mappings that vaezoo sets (read-only)
@@ -96,7 +99,7 @@ class Model(nn.Module):
     `latent_dim` when the recipe has one, the keys of the recipe's `model` table, and each of
     `encoder`, `decoder`, `prior`, `loss` that the recipe has a table for and the constructor names
     (built from the registry). After construction vaezoo sets `in_shape`, `classes` (the dataset's
-    class names) and `recipe` on the model, and `vaezoo.load` sets `metadata`.
+    class names), `recipe` and `registry_entries` on the model, and `vaezoo.load` sets `metadata`.
 
     Optional capabilities, used when a family defines them (do not define them to say "not
     supported"): `log_likelihood(x, y=None, k=100) -> (B,)` importance-weighted log p(x) in nats;
@@ -126,7 +129,10 @@ class Model(nn.Module):
     # set by vaezoo after construction, not by the family (a model built by hand keeps these defaults)
     in_shape: tuple[int, int, int]  # (C, H, W) of its images
     classes: tuple[str, ...] = ()  # the dataset's class names
-    recipe: Mapping[str, Any] = _EMPTY  # the resolved recipe it was built from
+    recipe: Mapping[str, Any] = _EMPTY  # the resolved recipe it was built from (build_model)
+    # the registry entries build_model used, by recipe key: "model" (the family), and each of "encoder",
+    # "decoder", "prior", "loss" the recipe has (what model files record, and errors name)
+    registry_entries: Mapping[str, Entry] = _EMPTY
     metadata: Mapping[str, Any] = _EMPTY  # a loaded model's file header, the vaezoo.* keys parsed (vaezoo.load)
 
     def forward(

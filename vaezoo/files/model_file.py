@@ -7,7 +7,7 @@ import contextlib
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load as load_tensors
@@ -22,23 +22,29 @@ from vaezoo.recipes.build import build_model
 from vaezoo.recipes.resolve import COMPONENTS, validate
 from vaezoo.sharing.hub import local_model_path
 
+if TYPE_CHECKING:
+    from vaezoo.plugins.registry import Entry
+
 RECORD_KINDS = {
     "model": "models",
     **COMPONENTS,
 }  # a component record's kind -> registry kind, in the order files list them
 
 
-def component_records(recipe: Mapping[str, Any]) -> list[dict[str, str]]:
+def component_records(recipe: Mapping[str, Any], built: Mapping[str, Entry]) -> list[dict[str, str]]:
     """For the model family and each component of a recipe: kind, name and the plugin distribution
-    that provides it."""
+    that provides it. The registry entries the model was `built` from (`Model.registry_entries`) serve;
+    the registry is asked only for the others: the dataset (`build_model` does not build it), or all
+    of them for a model built by hand."""
     from vaezoo.plugins.manager import get_registry
 
-    registry = get_registry()
     records = []
     for key, kind in RECORD_KINDS.items():
         if key not in recipe:
             continue
-        entry = registry.get(kind, recipe[key]["name"])
+        entry = built.get(key)
+        if entry is None or entry.name != recipe[key]["name"]:
+            entry = get_registry().get(kind, recipe[key]["name"])
         records.append(
             {
                 "kind": key,
@@ -70,7 +76,7 @@ def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Ma
         "vaezoo.version": json.dumps(vaezoo.__version__),
         "vaezoo.torch_version": json.dumps(torch.__version__.split("+")[0]),
         "vaezoo.recipe": json.dumps(dict(recipe)),
-        "vaezoo.components": json.dumps(component_records(recipe)),
+        "vaezoo.components": json.dumps(component_records(recipe, model.registry_entries)),
         "vaezoo.data": json.dumps(
             {
                 "shape": list(model.in_shape),
@@ -123,7 +129,7 @@ def check_plugins(
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     """Rebuild the model saved in `path` (a path, `hf://ORG/NAME[@REV]` or URL) on `device`.
-    `model.recipe` and `model.metadata` tell what it is."""
+    `model.recipe` (set by `build_model`) and `model.metadata` tell what it is."""
     path = local_model_path(path)
     metadata, data = read_metadata(path)
     check_plugins(metadata, path)
@@ -145,7 +151,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     with _building(path):
         model = build_model(recipe, shape, classes)
     load_weights(model, tensors, path)
-    model.recipe = recipe
     model.metadata = metadata
     from vaezoo.trainer.devices import resolve_device
 

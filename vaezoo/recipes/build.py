@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaezoo.components import Model
 from vaezoo.errors import PluginError, RecipeError
+from vaezoo.plugins.kinds import MODEL_PARTS
 from vaezoo.recipes.resolve import COMPONENTS, component_parameters
+
+if TYPE_CHECKING:
+    from vaezoo.plugins.registry import Entry
 
 
 def instantiate(target: Any, table: Mapping[str, Any], provided: Mapping[str, Any], what: str) -> Any:
@@ -23,12 +27,24 @@ def instantiate(target: Any, table: Mapping[str, Any], provided: Mapping[str, An
         raise RecipeError(f"cannot build {what} {table['name']!r}: {error}") from error
 
 
-def build_components(recipe: Mapping[str, Any], in_shape: tuple[int, ...]) -> dict[str, Any]:
-    """The recipe's encoder, decoder, prior and loss (those it has): the loss first, because the
-    decoder's `out_shape` is `(C * loss.params_per_channel, H, W)`."""
+def registry_entries(recipe: Mapping[str, Any]) -> dict[str, Entry]:
+    """The registry entries of what `build_model` builds from a recipe, by recipe key: "model" (the
+    family) and each of the model parts (encoder, decoder, prior, loss) the recipe has."""
     from vaezoo.plugins.manager import get_registry
 
     registry = get_registry()
+    entries = {"model": registry.get("models", recipe["model"]["name"])}
+    for key in MODEL_PARTS:
+        if key in recipe:
+            entries[key] = registry.get(COMPONENTS[key], recipe[key]["name"])
+    return entries
+
+
+def build_components(
+    recipe: Mapping[str, Any], in_shape: tuple[int, ...], entries: Mapping[str, Entry]
+) -> dict[str, Any]:
+    """The recipe's encoder, decoder, prior and loss (those it has) from their registry `entries`: the
+    loss first, because the decoder's `out_shape` is `(C * loss.params_per_channel, H, W)`."""
     shapes: dict[str, Any] = {"in_shape": in_shape}
     if "latent_dim" in recipe:
         shapes["latent_dim"] = recipe["latent_dim"]
@@ -39,18 +55,23 @@ def build_components(recipe: Mapping[str, Any], in_shape: tuple[int, ...]) -> di
         if key == "decoder":
             k = getattr(parts.get("loss"), "params_per_channel", 1)
             shapes = {**shapes, "out_shape": (in_shape[0] * k, *in_shape[1:])}
-        parts[key] = instantiate(registry.get(COMPONENTS[key], recipe[key]["name"]).load(), recipe[key], shapes, key)
+        parts[key] = instantiate(entries[key].load(), recipe[key], shapes, key)
     return parts
 
 
 def build_model(recipe: Mapping[str, Any], in_shape: Sequence[int], classes: Sequence[str] = ()) -> Model:
-    """The model a resolved recipe describes, for images of shape `in_shape` labelled by `classes`."""
-    from vaezoo.plugins.manager import get_registry
-
+    """The model a resolved recipe describes, for images of shape `in_shape` labelled by `classes`;
+    it holds that recipe (`model.recipe`) and the registry entries it was built from
+    (`model.registry_entries`)."""
     in_shape = tuple(int(d) for d in in_shape)
     family = recipe["model"]
-    target = get_registry().get("models", family["name"]).load()
-    provided: dict[str, Any] = {"in_shape": in_shape, "num_classes": len(classes), **build_components(recipe, in_shape)}
+    entries = registry_entries(recipe)
+    target = entries["model"].load()  # the family's plugin imports before any component is built
+    provided: dict[str, Any] = {
+        "in_shape": in_shape,
+        "num_classes": len(classes),
+        **build_components(recipe, in_shape, entries),
+    }
     if "latent_dim" in recipe:
         provided["latent_dim"] = recipe["latent_dim"]
     model = instantiate(target, family, provided, "model")
@@ -59,13 +80,14 @@ def build_model(recipe: Mapping[str, Any], in_shape: Sequence[int], classes: Seq
             f"model {family['name']!r} built a {type(model).__name__}, not a vaezoo.Model subclass (its "
             "plugin is broken)"
         )
-    if getattr(model, "conditional", False) and not classes:
+    if model.conditional and not classes:
         raise RecipeError(
             f"model {family['name']!r} is conditional: it needs a dataset with class labels, and "
             f"{recipe['dataset']['name']!r} has none"
         )
     _check_declarations(model, family["name"], provided.get("loss"), recipe)
     model.in_shape, model.classes = in_shape, tuple(classes)
+    model.recipe, model.registry_entries = recipe, entries
     return model
 
 

@@ -466,10 +466,9 @@ def blame(run: Run, what: str) -> Iterator[None]:
         yield
     except (RuntimeError, ValueError, TypeError, IndexError) as error:
         from vaezoo.plugins.kinds import MODEL_PARTS
-        from vaezoo.plugins.manager import get_registry
 
         family = run.recipe["model"]["name"]
-        plugin = get_registry().get("models", family).plugin
+        plugin = run.model.registry_entries["model"].plugin  # recorded by build_model
         parts = ", ".join(f"{key} {run.recipe[key]['name']!r}" for key in MODEL_PARTS if key in run.recipe)
         raise RunFailed(
             f"model {family!r} (plugin {plugin.name!r} from "
