@@ -67,25 +67,108 @@ def notebook_loss(recon, x, mu, logvar):
     return bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
 
 
-def plain_loop(images: torch.Tensor, epochs: int, batch_size: int, precision, device) -> float:
-    """Images/s of a hand-written loop over the same uint8 tensor, converted per batch."""
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timers start and stop on a drained queue)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def cifar_vae_network(device) -> nn.Module:
+    """vaezoo's cifar-vae network itself (the `vae` family with the `conv` encoder and decoder of
+    plugins/vaezoo_defaults/conv), built from the recipe; `vae_objective` trains it by hand."""
     torch.manual_seed(0)
-    model = NotebookVAE().to(device)
+    return build_model(resolve_recipe("cifar-vae"), (3, 32, 32)).to(device)
+
+
+def vae_objective(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The cifar-vae objective written out by hand over the network's encoder and decoder: BCE (from
+    logits, in float32) + KL, summed over pixels, averaged over the batch, as vaezoo trains it."""
+    mu, logvar = model.encoder(x)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    out = model.decoder(z)
+    mu, logvar = mu.float(), logvar.float()
+    bce = F.binary_cross_entropy_with_logits(out.float(), x, reduction="sum")
+    return (bce - 0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())) / len(x)
+
+
+def plain_loop(
+    images: torch.Tensor, epochs: int, batch_size: int, precision, device, network: str = "notebook"
+) -> float:
+    """Images/s of a hand-written loop over the same uint8 tensor, converted per batch. `network`:
+    "notebook" (NotebookVAE and the notebook's loss) or "vaezoo" (`cifar_vae_network`, `vae_objective`)."""
+    torch.manual_seed(0)
+    if network == "notebook":
+        model = NotebookVAE().to(device)
+
+        def objective(x: torch.Tensor) -> torch.Tensor:
+            with precision.autocast(device):
+                recon, mu, logvar = model(x)
+            return notebook_loss(recon.float(), x, mu.float(), logvar.float())
+    else:
+        model = cifar_vae_network(device)
+
+        def objective(x: torch.Tensor) -> torch.Tensor:
+            with precision.autocast(device):
+                return vae_objective(model, x)
+
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     images = images.to(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
         order = torch.randperm(len(images), device=device)
         for i in range(0, len(images), batch_size):
-            x = images[order[i : i + batch_size]].float().div_(255)
-            with precision.autocast(device):
-                recon, mu, logvar = model(x)
-            loss = notebook_loss(recon.float(), x, mu.float(), logvar.float())
+            loss = objective(images[order[i : i + batch_size]].float().div_(255))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     loss.item()
     return epochs * len(images) / (time.perf_counter() - start)
+
+
+def graphed_loop(images: torch.Tensor, epochs: int, batch_size: int, precision, device, warmup_steps: int = 3) -> float:
+    """Images/s of the plain loop of `cifar_vae_network` with the WHOLE step (forward, backward,
+    Adam(capturable=True)) captured as one CUDA graph and replayed, as PyTorch's CUDA graphs notes show
+    it for a whole network: warm-up steps on a side stream, zero_grad(set_to_none=True), capture under
+    torch.cuda.graph, then per batch `static_input.copy_(batch)` and `graph.replay()`. Autocast runs
+    inside the capture without its weight cache. Full batches only (the graph has one shape)."""
+    if device.type != "cuda":
+        raise RuntimeError(f"needs CUDA (torch.cuda.CUDAGraph), not {device.type}")
+    model = cifar_vae_network(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+    images = images.to(device)
+    static_input = images[:batch_size].clone()  # uint8: becomes float inside the graph
+    loss_sum = torch.zeros((), device=device)
+
+    def step() -> None:
+        x = static_input.float().div_(255)
+        with torch.autocast("cuda", dtype=precision.dtype, enabled=precision.dtype is not None, cache_enabled=False):
+            loss = vae_objective(model, x)
+        loss.backward()
+        optimizer.step()
+        loss_sum.add_(loss.detach())
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup_steps):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+    batches = len(images) // batch_size
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), device=device)
+        for i in range(batches):
+            static_input.copy_(images.index_select(0, order[i * batch_size : (i + 1) * batch_size]))
+            graph.replay()
+    loss_sum.item()
+    return epochs * batches * batch_size / (time.perf_counter() - start)
 
 
 class NotebookDataset(torch.utils.data.Dataset):
@@ -108,10 +191,17 @@ class NotebookDataset(torch.utils.data.Dataset):
 
 def notebook_recipe(images: torch.Tensor, epochs: int, batch_size: int, device) -> float:
     """Images/s of the notebook: Dataset + ToTensor + DataLoader(shuffle=True), fp32."""
+    return notebook_loop(NotebookDataset(images), epochs, batch_size, device)
+
+
+def notebook_loop(dataset, epochs: int, batch_size: int, device) -> float:
+    """Images/s of the notebook's loop over a torchvision-style `dataset` of (image tensor, label)
+    items: DataLoader(shuffle=True), NotebookVAE, the notebook's loss, fp32."""
     torch.manual_seed(0)
     model = NotebookVAE().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = torch.utils.data.DataLoader(NotebookDataset(images), batch_size=batch_size, shuffle=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    sync(device)
     start = time.perf_counter()
     for _ in range(epochs):
         for x, _ in loader:
@@ -122,7 +212,7 @@ def notebook_recipe(images: torch.Tensor, epochs: int, batch_size: int, device) 
             loss.backward()
             optimizer.step()
     loss.item()
-    return epochs * len(images) / (time.perf_counter() - start)
+    return epochs * len(dataset) / (time.perf_counter() - start)
 
 
 def vaezoo_run(
