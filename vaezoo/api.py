@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,17 +182,19 @@ def _fit_locked(
     from vaezoo.data import limit_subset, load_split
     from vaezoo.recipes.build import build_model
     from vaezoo.trainer import distributed
-    from vaezoo.trainer.devices import resolve_device, resolve_precision
+    from vaezoo.trainer.devices import resolve_device, resolve_precision, start_cuda
     from vaezoo.trainer.epoch_files import RunFiles
     from vaezoo.trainer.loop import Run, blame, prepare, train
 
     torch_device = rank_device or resolve_device(device)
-    precision = resolve_precision(resolved["train"]["precision"], torch_device)
+    start_cuda(torch_device)  # CUDA's start-up overlaps the data loading
+    precision = None if torch_device.type == "cuda" else resolve_precision(resolved["train"]["precision"], torch_device)
     with _naming_saved_recipe(resume_dir):
         dataset = make_dataset(resolved, data_dir)
     settings = resolved["train"]
     train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
     test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
+    precision = precision or resolve_precision(settings["precision"], torch_device)
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     with _naming_saved_recipe(resume_dir):
         model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
@@ -235,11 +237,17 @@ def _fit_locked(
     previous = recipe_file.read_bytes() if world.is_main and recipe_file.is_file() else None
     if world.is_main:  # accepted: now the folder changes
         write_text_atomic(recipe_file, toml_dumps(resolved))
+    files = RunFiles()
     try:
-        metrics = train(run, [RunFiles(), *callbacks])
+        metrics = train(run, [files, *callbacks])
     except RunFailed:  # diverged: the folder keeps the recipe of its last good state (a resume reads it)
+        files.close()
         if previous is not None:
             write_bytes_atomic(recipe_file, previous)
+        raise
+    except BaseException:
+        with suppress(Exception):  # the files of the last epoch are written before the lock goes
+            files.close()
         raise
     return FitResult(out_dir, metrics, model)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,19 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise VaezooError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+def start_cuda(device: torch.device) -> None:
+    """Make CUDA's context and cuBLAS's handle on `device` in a background thread (about a second on
+    a large GPU), so that they overlap whatever the caller does next (loading the data). Errors are
+    left to the caller's first use of the device, which reports them."""
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            torch.ones(2, 2, device=device).matmul(torch.ones(2, 2, device=device))
+
+    if device.type == "cuda":
+        threading.Thread(target=start, name="vaezoo-cuda-start", daemon=True).start()
 
 
 @dataclass(frozen=True)
