@@ -21,6 +21,7 @@ class ConditionalVAE(Model):
 
     conditional = True
     applies_kl_weight = True  # the loss component's beta / warm-up
+    cuda_graph = True  # its training forward reads nothing back to the host: the step may be a CUDA graph
 
     def __init__(
         self,

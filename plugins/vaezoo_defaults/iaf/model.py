@@ -106,6 +106,8 @@ class IAF(nn.Module):
 class IAFVAE(EncoderDecoderFamily):
     """A VAE whose posterior is a diagonal Gaussian followed by T IAF steps (see the module)."""
 
+    cuda_graph = True  # its training forward reads nothing back to the host: the step may be a CUDA graph
+
     def __init__(
         self,
         *,

@@ -106,6 +106,8 @@ def decompose(
 class BetaTCVAE(EncoderDecoderFamily):
     """A Gaussian-latent VAE trained on recon + alpha * MI + beta * TC + gamma * DWKL (see the module)."""
 
+    cuda_graph = True  # its training forward reads nothing back to the host: the step may be a CUDA graph
+
     def __init__(
         self,
         *,

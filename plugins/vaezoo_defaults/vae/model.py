@@ -17,6 +17,7 @@ class VAE(EncoderDecoderFamily):
     """Classic VAE: encoder, decoder, prior and loss components; optional IWAE training (iw_samples)."""
 
     applies_kl_weight = True  # the loss component's beta / warm-up (not with iw_samples > 1: refused)
+    cuda_graph = True  # its training forward reads nothing back to the host: the step may be a CUDA graph
 
     def __init__(
         self,
