@@ -17,8 +17,10 @@ import torch
 from safetensors.torch import load_file
 from tinydata import fit_tiny
 
+from vaezoo import LossParts, Model
 from vaezoo.errors import RecipeError
 from vaezoo.recipes.resolve import resolve_recipe
+from vaezoo.testing import check_graph_safe
 from vaezoo.trainer import loop
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.distributed import World
@@ -156,3 +158,30 @@ def test_on_cuda_a_resumed_captured_run_continues_exactly(cifar: Path, tmp_path:
     resumed = _fit_cuda(cifar, tmp_path / "parts", 2, graph=True, resume=tmp_path / "parts")
     assert resumed.metrics["train_loss"] == whole.metrics["train_loss"]
     _same_run(tmp_path / "whole", tmp_path / "parts")
+
+
+class _Reads(Model):
+    """A family that declares cuda_graph = True but reads a value back to the host in training."""
+
+    cuda_graph = True
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.w = how, torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor, y=None, step=None) -> LossParts:
+        per_image = (x.flatten(1) * self.w).sum(1)
+        if self.how == "item" and per_image.mean().item() > 0:
+            per_image = per_image * 1.0
+        if self.how == "if" and per_image.mean() > 0:
+            per_image = per_image * 1.0
+        if self.how == "mask":
+            per_image = per_image + per_image[per_image > 0].sum()
+        return LossParts(per_image, per_image, per_image * 0)
+
+
+@pytest.mark.parametrize(("how", "read"), [("item", "item"), ("if", "__bool__"), ("mask", "boolean mask")])
+def test_a_family_that_reads_on_the_host_fails_its_cuda_graph_declaration(how: str, read: str) -> None:
+    with pytest.raises(AssertionError, match=f"_Reads declares cuda_graph = True .*{read}"):
+        check_graph_safe(_Reads(how), torch.rand(2, 3, 4, 4))
+    check_graph_safe(_Reads("none"), torch.rand(2, 3, 4, 4))  # the same family without the read passes

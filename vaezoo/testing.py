@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from vaezoo.components import Dataset, Loss, LossParts, Model, Prior, implements
 from vaezoo.recipes.resolve import FRAMEWORK_ARGS, MODEL_ARGS
@@ -31,6 +32,7 @@ __all__ = [
     "check_loss",
     "check_dataset",
     "check_model",
+    "check_graph_safe",
     "component",
 ]
 
@@ -304,7 +306,8 @@ def check_model(
     the built `components` (encoder, decoder, prior, loss) its constructor names, plus the recipe keys
     `kw`. Checks: a `vaezoo.Model`; `forward(x, y, step=0)` gives per-image `LossParts` of shape
     `(batch,)` (terms too) whose loss is finite and trains its parameters; at `step=None`
-    `loss == recon + kl`; `sample` and `reconstruct` give images in [0, 1]; and the optional
+    `loss == recon + kl`; `sample` and `reconstruct` give images in [0, 1]; a family that declares
+    `cuda_graph = True` reads nothing back to the host in training (`check_graph_safe`); and the optional
     capabilities it has (`log_likelihood`: finite `(batch,)`; `encode` / `decode`: decodes latents to
     images). A conditional model is given labels. Returns the model (in eval mode)."""
     name = _name(factory)
@@ -342,6 +345,8 @@ def check_model(
     for key, value in parts.terms.items():
         _assert_shape(f"{name} parts.terms[{key!r}]", value, (batch,))
     _check_training(name, model, x, y)
+    if model.cuda_graph:
+        check_graph_safe(model, x, y)
 
     model.eval()
     with torch.no_grad():
@@ -367,6 +372,61 @@ def check_model(
             )
             _assert_images(f"{name}.decode(encode(x))", model.decode(latents, y), (batch, *in_shape))
     return model
+
+
+# Tensor operations that wait for the device to hand a value, or a shape, to the host: a CUDA graph cannot
+# hold them (the capture fails, or bakes in the value it saw).
+HOST_READS = {
+    Tensor.item,
+    Tensor.tolist,
+    Tensor.numpy,
+    Tensor.__bool__,
+    Tensor.__int__,
+    Tensor.__float__,
+    Tensor.__index__,
+    Tensor.nonzero,
+    torch.nonzero,
+    torch.argwhere,
+    Tensor.masked_select,
+    torch.masked_select,
+    Tensor.unique,
+    torch.unique,
+}
+
+
+class HostReads(TorchFunctionMode):
+    """Raises AssertionError on a tensor operation of `HOST_READS`, a one-argument `torch.where`, or
+    indexing by a boolean mask (a shape that depends on the data)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        index = args[1] if func is Tensor.__getitem__ else ()
+        mask_index = any(
+            torch.is_tensor(i) and i.dtype == torch.bool for i in (index if isinstance(index, tuple) else (index,))
+        )
+        if func in HOST_READS or mask_index or (func is torch.where and len(args) + len(kwargs) == 1):
+            what = "indexing by a boolean mask" if mask_index else getattr(func, "__name__", str(func))
+            raise AssertionError(
+                f"{self.name} declares cuda_graph = True but its training step reads a value back to the host "
+                f"({what}): a CUDA graph cannot hold it (remove the read, or declare cuda_graph = False)"
+            )
+        return func(*args, **kwargs)
+
+
+def check_graph_safe(model: Model, x: Tensor, y: Tensor | None = None) -> None:
+    """One training forward and backward of `model` (at step 0 and at a late step) that read no value
+    back to the host, as a family declaring `cuda_graph = True` promises: no `.item()`, `bool(tensor)`,
+    `if tensor:`, `.tolist()`, `nonzero`, boolean-mask indexing and the like (`HOST_READS`)."""
+    name = type(model).__name__
+    model.train()
+    for step in (0, 10**6):
+        with HostReads(name):
+            model(x, y, step).loss.sum().backward()
+    model.zero_grad(set_to_none=True)
 
 
 TRAINING_STEPS = 2  # a family may step its optimizers in turns: each parameter must learn within these
