@@ -89,8 +89,36 @@ def test_a_resumed_graph_run_continues_exactly(cifar: Path, tmp_path: Path, monk
     _same_run(tmp_path / "whole", tmp_path / "parts")
 
 
+def test_skipped_updates_decided_on_the_device_are_the_host_s(
+    cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.skip_grad_norm in a graph: Adam's fused kernel skips where the norm says so, without a host
+    read; the same updates are skipped as by the eager loop's host check, and the run trains alike."""
+    skip = ["train.skip_grad_norm=100"]  # gradient norms here run from about 30 to 190
+    host = fit_tiny(cifar, tmp_path / "host", 2, sets=skip, **REAL)
+    prepare = loop.prepare
+
+    def device_skips(run: loop.Run, resume_from: Path | None = None) -> None:  # what prepare does on CUDA
+        prepare(run, resume_from)
+        run.optimizers = loop.make_optimizers(run.model, run.recipe["train"], fused=True)
+        run.skips_on_device = torch.zeros(())
+
+    monkeypatch.setattr(loop, "prepare", device_skips)
+    emulate_graphs(monkeypatch)
+    device = fit_tiny(cifar, tmp_path / "device", 2, sets=skip, **REAL)
+    assert 0 < host.metrics["skipped_updates"] < host.metrics["step"]
+    assert device.metrics["skipped_updates"] == host.metrics["skipped_updates"]
+    assert device.metrics["train_loss"] == pytest.approx(host.metrics["train_loss"], rel=1e-4)  # fused vs foreach
+
+
 def _blocker(**change) -> str | None:
-    settings = {"cuda_graph": True, "compile": False, "skip_grad_norm": 0.0, **change.pop("train", {})}
+    settings = {
+        "cuda_graph": True,
+        "compile": False,
+        "skip_grad_norm": 0.0,
+        "optimizer": "adam",
+        **change.pop("train", {}),
+    }
     run = SimpleNamespace(
         recipe={"train": settings, "model": {"name": "fam"}},
         device=torch.device(change.pop("device", "cuda")),
@@ -109,7 +137,8 @@ def test_what_keeps_a_run_eager_is_named() -> None:
     assert "torchrun" in _blocker(world=World(0, 2, 0))
     assert "gradient scaler" in _blocker(precision=Precision("fp16", torch.float16, scale_grads=True))
     assert "train.compile" in _blocker(train={"compile": True})
-    assert "train.skip_grad_norm" in _blocker(train={"skip_grad_norm": 100.0})
+    assert _blocker(train={"skip_grad_norm": 100.0}) is None  # adam skips on the device
+    assert "train.skip_grad_norm with sgd" in _blocker(train={"skip_grad_norm": 100.0, "optimizer": "sgd"})
 
 
 def test_train_cuda_graph_is_a_boolean_setting() -> None:

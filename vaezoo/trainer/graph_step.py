@@ -4,11 +4,12 @@ not arithmetic; replaying a graph removes the launches (and the Python) from the
 
 Captured: the default one-loss step of a model family that declares `cuda_graph = True` (its training forward
 never reads a value back to the host and depends on `step` only through its loss's KL weight), on CUDA, in
-one process, without the fp16 gradient scaler, train.compile or train.skip_grad_norm (`graph_blocker` names
+one process, without the fp16 gradient scaler or train.compile (`graph_blocker` names
 what keeps a run eager, and the run's output says it). A KL warm-up runs eagerly until its weight stops
 changing, and the last, smaller batch of an epoch runs eagerly too; the rest replays the graph. The
 reparameterisation noise comes from the CUDA generator, which graph replays advance like eager steps; Adam
-runs with `capturable=True` (its step count on the device); autocast runs without its weight cache.
+runs with `capturable=True` (its step count on the device), or fused when train.skip_grad_norm decides on
+the device whether to skip an update; autocast runs without its weight cache.
 
 Before the capture, a few warm-up steps run on a side stream (lazy optimizer state, library workspaces); the
 weights, buffers, optimizer state and random generators are then put back as they were, so that a captured
@@ -51,8 +52,8 @@ def graph_blocker(run: Run, world: World, own_step: bool) -> str | None:
         return "fp16 steps through the gradient scaler"
     if settings["compile"]:
         return "train.compile is on (torch.compile runs the step)"
-    if settings["skip_grad_norm"] > 0:
-        return "train.skip_grad_norm reads the gradient norm on the host each step"
+    if settings["skip_grad_norm"] > 0 and settings["optimizer"] == "sgd":
+        return "train.skip_grad_norm with sgd reads the gradient norm on the host (adam skips on the device)"
     return None
 
 
@@ -73,6 +74,8 @@ class _Snapshot:
             for name, optimizer in run.optimizers.items()
         }
         self.cpu_rng = torch.get_rng_state()
+        self.skipped = run.state.skipped
+        self.skips_on_device = None if run.skips_on_device is None else run.skips_on_device.clone()
         self.cuda_rng = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
 
     @torch.no_grad()
@@ -89,6 +92,9 @@ class _Snapshot:
                         if torch.is_tensor(value):
                             value.copy_(before[key]) if key in before else value.zero_()
         torch.set_rng_state(self.cpu_rng)
+        run.state.skipped = self.skipped
+        if self.skips_on_device is not None:
+            run.skips_on_device.copy_(self.skips_on_device)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, run.device)
 

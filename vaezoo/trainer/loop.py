@@ -70,6 +70,7 @@ class Run:
     scaler: Any = None
     data_rng: torch.Generator | None = None
     step_mode: str = "eager"  # "CUDA graph", or "eager" and why (graph_step.graph_blocker), set by train()
+    skips_on_device: Tensor | None = None  # updates skipped since last counted, when the device decides skips
 
     @property
     def epoch(self) -> int:
@@ -126,19 +127,24 @@ def make_optimizer(
     lr: float | None = None,
     betas: tuple[float, float] | None = None,
     capturable: bool = False,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """The recipe's optimizer over `params` (a module's parameters, or a list) that require grads
-    (`capturable`: Adam's step count on the device, for a CUDA graph)."""
+    (`capturable`: Adam's step count on the device, for a CUDA graph; `fused`: Adam's fused kernel, which
+    can also skip an update on the device)."""
     params = [p for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.requires_grad]
     lr = train["lr"] if lr is None else lr
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=train["weight_decay"])
     cls = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
-    extra = ({"betas": betas} if betas else {}) | ({"capturable": True} if capturable else {})
+    device_step = {"fused": True} if fused else {"capturable": True} if capturable else {}
+    extra = ({"betas": betas} if betas else {}) | device_step
     return cls(params, lr=lr, weight_decay=train["weight_decay"], **extra)
 
 
-def make_optimizers(model: Model, train: dict[str, Any], capturable: bool = False) -> dict[str, torch.optim.Optimizer]:
+def make_optimizers(
+    model: Model, train: dict[str, Any], capturable: bool = False, fused: bool = False
+) -> dict[str, torch.optim.Optimizer]:
     """One optimizer per `model.parameter_groups()`, each at `train.group_lr.NAME` or `train.lr`."""
     groups = model.parameter_groups()
     unknown = sorted(set(train["group_lr"]) - set(groups))
@@ -148,7 +154,7 @@ def make_optimizers(model: Model, train: dict[str, Any], capturable: bool = Fals
             f"{unknown[0]!r} (its optimizers: {', '.join(groups)})"
         )
     return {
-        name: make_optimizer(group.params, train, train["group_lr"].get(name), group.betas, capturable)
+        name: make_optimizer(group.params, train, train["group_lr"].get(name), group.betas, capturable, fused)
         for name, group in groups.items()
     }
 
@@ -216,7 +222,13 @@ class Updater:
         if clip > 0 or skip > 0:
             run.scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-            if skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
+            if skip > 0 and run.skips_on_device is not None:  # decided on the device: no host sync (CUDA graph)
+                skipped = (~(norm < skip)).float()  # a non-finite norm is skipped too
+                # Adam's fused kernel reads found_inf as it does from torch's GradScaler: where it is 1 the
+                # parameters, moments and step count stay as they were
+                optimizer.found_inf = skipped
+                run.skips_on_device += skipped
+            elif skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
                 run.state.skipped += 1
                 optimizer.zero_grad(set_to_none=True)
         run.scaler.step(optimizer)
@@ -232,7 +244,9 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     capturable = (
         run.device.type == "cuda" and graph_blocker(run, distributed.current_world(), owns_step(run.model)) is None
     )
-    run.optimizers = make_optimizers(run.model, settings, capturable)
+    fused = capturable and settings["skip_grad_norm"] > 0  # the skip decided on the device (Updater)
+    run.optimizers = make_optimizers(run.model, settings, capturable, fused)
+    run.skips_on_device = torch.zeros((), device=run.device) if fused else None
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision.scale_grads)
     run.data_rng = torch.Generator().manual_seed(settings["seed"])
     if resume_from is None:
@@ -409,6 +423,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                 if state.step % LOG_EVERY == 0:
                     for callback in callbacks:
                         callback.on_step(run, state.batch, *meter.progress())
+            _count_skips(run)
             metrics = _end_epoch(run, world, meter.end_epoch())
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
@@ -512,8 +527,16 @@ def _stop_requested(stop: StopRequest, world: distributed.World, step: int, devi
     return step % LOG_EVERY == 0 and distributed.any_rank(stop.signal is not None, device)
 
 
+def _count_skips(run: Run) -> None:
+    """Add the updates skipped on the device to `run.state.skipped` (one read, at an epoch's end or a stop)."""
+    if run.skips_on_device is not None:
+        run.state.skipped += int(run.skips_on_device.item())
+        run.skips_on_device.zero_()
+
+
 def _interrupt(run: Run, callbacks: Sequence[Callback], epoch_rng: Tensor, signum: int | None) -> None:
     """Save the state mid-epoch (never non-finite weights) and stop with Interrupted."""
+    _count_skips(run)
     _check_weights(run)
     for callback in callbacks:
         callback.on_interrupt(run, epoch_rng)
