@@ -1,14 +1,21 @@
 """The `vqvae` family: the model contract, a short run on real CIFAR-10, and the numbers the architecture
 defines (uniform-prior KL, straight-through gradients, EMA codebook updates, dead-code restarts, codes
-that are codebook rows, a causal PixelCNN prior)."""
+that are codebook rows and the nearest ones under autocast too, a causal PixelCNN prior); its training
+step fits in a CUDA graph (no host reads, no Python state, no step dependence). `graph_unsafe_reads`, the
+CPU check of that, is shared with the other families' tests."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
+import traceback
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 import vaezoo
 from vaezoo.testing import check_model
@@ -26,6 +33,75 @@ def small_model(**kw) -> VQVAE:
 
 def images(n: int = 4) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(1)).float() / 255
+
+
+# What a CUDA graph cannot hold: a tensor's value read back to the host (a sync, and a value frozen into the
+# graph), or a tensor whose shape depends on values.
+HOST_READS = frozenset(
+    {
+        "item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "__complex__",
+        "__contains__", "__repr__", "__format__", "equal", "allclose",
+        "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "histc",
+    }
+)  # fmt: skip
+
+
+def _holds_mask(index) -> bool:
+    if isinstance(index, (tuple, list)):
+        return any(_holds_mask(i) for i in index)
+    return torch.is_tensor(index) and index.dtype in (torch.bool, torch.uint8)
+
+
+class HostReads(TorchFunctionMode):
+    """Records every torch call in its scope that reads a tensor's value back to the host (`.item()`,
+    `bool(t)`, `if t:`, `int(t)`, `.tolist()`, `.cpu()`, `torch.equal`...) or gives a shape that depends on
+    values (`nonzero`, `unique`, `masked_select`, `t[mask]`, `torch.where(mask)`, `bincount`,
+    `repeat_interleave` by a tensor), with the file and line that made it. Every torch function and tensor
+    method goes through a TorchFunctionMode, so this is the CPU counterpart of
+    `torch.cuda.set_sync_debug_mode("error")`, and stricter (a read on a CPU tensor counts too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", repr(func))
+        if (
+            name in HOST_READS
+            or (name in ("__getitem__", "__setitem__", "index_put", "index_put_") and _holds_mask(args[1:2]))
+            or (name == "where" and len(args) + len(kwargs) == 1)
+            or (name == "repeat_interleave" and torch.is_tensor(kwargs.get("repeats", args[1:2] or None)))
+        ):
+            caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
+            self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}")
+        return func(*args, **kwargs)
+
+
+def python_values(model: torch.nn.Module) -> dict:
+    """The plain Python values held by the modules of `model` (a replayed graph never updates them)."""
+    return {
+        (name, key): value
+        for name, module in model.named_modules()
+        for key, value in vars(module).items()
+        if isinstance(value, (bool, int, float, str, tuple))
+    }
+
+
+def graph_unsafe_reads(model: torch.nn.Module, x: torch.Tensor, y=None, step: int = 1) -> list[str]:
+    """What keeps `model`'s default training step (forward at `step`, backward of the mean loss) out of a
+    CUDA graph, on the CPU: host reads and value-dependent shapes (HostReads), Python values of its modules
+    that the step changed (counters), and draws from Python's or NumPy's random generators. Empty: none."""
+    values, py_random, np_random = python_values(model), random.getstate(), np.random.get_state()[1].copy()
+    with HostReads() as watch:
+        model(x, y, step).loss.mean().backward()
+    changed = sorted(f"{name}.{key}" for (name, key), v in python_values(model).items() if values.get((name, key)) != v)
+    return (
+        watch.reads
+        + [f"changed the Python value {name}" for name in changed]
+        + ["drew from Python's random"] * (random.getstate() != py_random)
+        + ["drew from NumPy's random"] * (not np.array_equal(np.random.get_state()[1], np_random))
+    )
 
 
 def flat_encoder_outputs(model: VQVAE, x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +124,22 @@ def test_uniform_prior_kl_is_positions_times_log_k():
         recon = model.loss.nll(x, model.decoder(z_q))
     assert torch.allclose(parts.kl, torch.full((4,), 64 * math.log(32)))
     assert torch.allclose(parts.recon, recon) and torch.allclose(parts.loss, parts.recon + parts.kl)
+
+
+def test_relative_commitment_is_the_commitment_over_the_encoder_outputs_size():
+    """`commitment` grows with the scale of the encoder outputs (and of the codes, which follow them);
+    `relative_commitment` does not: both scaled by 3, the first is 9 times larger, the second the same."""
+    model = small_model().eval()
+    x = images()
+    with torch.no_grad():
+        before = model(x).terms
+        size = model.encoder(2 * x - 1).pow(2).flatten(1).sum(1)
+        last = model.encoder[-1]
+        last.weight.mul_(3), last.bias.mul_(3), model.codebook.embedding.mul_(3)
+        after = model(x).terms
+    assert torch.allclose(before["relative_commitment"], before["commitment"] / size)
+    assert torch.allclose(after["commitment"], 9 * before["commitment"], rtol=1e-4)
+    assert torch.allclose(after["relative_commitment"], before["relative_commitment"], rtol=1e-4)
 
 
 def test_quantised_vectors_are_the_nearest_codebook_rows():
@@ -156,6 +248,78 @@ def test_fit_on_cifar(cifar, tmp_path):
     assert metrics["test_loss"] == pytest.approx(metrics["test_recon"] + metrics["test_kl"])
     terms = metrics["test_terms"]
     assert 1.0 <= terms["perplexity"] <= terms["codes_used"] <= 32 and math.isfinite(terms["commitment"])
+    assert 0 < terms["relative_commitment"] < 1
     loaded = vaezoo.load(tmp_path / "model.safetensors", device="cpu")  # the codebook buffers travel with the weights
     assert torch.equal(loaded.codebook.embedding, result.model.codebook.embedding.cpu())
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "interpolations.png").is_file()
+
+
+class _Syncs(torch.nn.Module):
+    """A toy family whose training forward does one host read of the kind `how` names."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.layer, self.calls = how, torch.nn.Linear(4, 4), 0
+
+    def forward(self, x, y=None, step=None):
+        out = self.layer(x)
+        if self.how == "item":
+            out = out * out.mean().item()
+        elif self.how == "if":
+            out = out * 2 if out.sum() > 0 else out
+        elif self.how == "mask":
+            out = out[out > 0].sum() + out
+        elif self.how == "nonzero":
+            out = out + torch.nonzero(out).shape[0]
+        elif self.how == "counter":
+            self.calls += 1
+        elif self.how == "random":
+            out = out * random.random()
+        return vaezoo.LossParts(out.sum(1), out.sum(1), out.sum(1))
+
+
+@pytest.mark.parametrize("how", ["item", "if", "mask", "nonzero", "counter", "random"])
+def test_the_graph_check_catches_each_kind_of_host_read(how):
+    assert graph_unsafe_reads(_Syncs(how), torch.randn(3, 4))
+    assert graph_unsafe_reads(_Syncs("none"), torch.randn(3, 4)) == []
+
+
+@pytest.mark.parametrize("code_prior", ["pixelcnn", "uniform"])
+def test_training_step_fits_in_a_cuda_graph(code_prior):
+    """No host read in the training forward and backward (codebook update, dead-code restarts, prior and
+    likelihood included), no Python state, and no dependence on the step number: the family declares it."""
+    model = small_model(code_prior=code_prior).train()
+    assert model.cuda_graph
+    x = images(8)
+    assert graph_unsafe_reads(model, x, step=0) == []  # the first step restarts every unused code
+    model.codebook.unused[:4] = model.codebook.restart_after - 1  # and this one some of them
+    assert graph_unsafe_reads(model, x, step=1) == []
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run(step):
+        model.load_state_dict(state)
+        torch.manual_seed(3)
+        loss = model(x, step=step).loss
+        return loss, {k: v.clone() for k, v in model.state_dict().items()}
+
+    (early, early_state), (late, late_state) = run(2), run(10**6)
+    assert torch.equal(early, late) and all(torch.equal(early_state[k], late_state[k]) for k in state)
+
+
+def test_nearest_codes_are_exact_under_bf16_autocast():
+    """Codes close together far from the origin: in bf16 their distances round alike, so a search through
+    bf16 picks codes that are not the nearest; the codebook searches in float32 whatever the autocast."""
+    torch.manual_seed(0)
+    book = small_model().codebook
+    book.embedding.copy_(10 + 0.05 * torch.randn(32, 8))
+    flat = 10 + 0.05 * torch.randn(512, 8)
+    distances = torch.cdist(flat.double(), book.embedding.double()).pow(2)
+
+    def excess(index):  # how much farther the chosen codes are than the nearest ones (squared distance)
+        return (distances.gather(1, index.unsqueeze(1)).squeeze(1) - distances.min(1).values).max().item()
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        found = book.nearest(flat)
+        through_bf16 = (-2 * flat @ book.embedding.t() + book.embedding.pow(2).sum(1)).argmin(1)
+    assert excess(through_bf16) > 1e-2  # what the check would catch
+    assert excess(found) < 1e-4 and excess(book.nearest(flat)) < 1e-4

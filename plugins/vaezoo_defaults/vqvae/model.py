@@ -74,7 +74,13 @@ def make_decoder(dim: int, hidden: int, levels: int, res_blocks: int, out_channe
 class VQVAE(Model):
     """VQ-VAE: conv encoder -> nearest of `codebook_size` codes of `latent_dim` values at each of
     (H / 2**levels) x (W / 2**levels) positions -> conv decoder -> the recipe's likelihood `loss`;
-    EMA codebook with dead-code restarts; a uniform or PixelCNN prior over the codes (`code_prior`)."""
+    EMA codebook with dead-code restarts; a uniform or PixelCNN prior over the codes (`code_prior`).
+
+    The training step may be captured as a CUDA graph: the forward (quantisation, the codebook's EMA and
+    restart step, the prior's and the likelihood's NLL, the terms) never reads a value back to the host,
+    keeps no Python state and is the same at every training step."""
+
+    cuda_graph = True
 
     def __init__(
         self,
@@ -151,6 +157,7 @@ class VQVAE(Model):
         recon = self.loss.nll(x.float(), self.decoder(z_st).float())
         kl = -self.prior.log_prob(codes)  # codes carry no gradient: the prior fits on its own
         commitment = (z_e.float() - z_q).pow(2).flatten(1).sum(1)
+        size = z_e.detach().float().pow(2).flatten(1).sum(1)
         counts = self.codebook.counts(codes.flatten())
         probs = counts / counts.sum()
         entropy = -(probs * torch.log(probs.clamp(min=1e-12))).sum()
@@ -159,6 +166,10 @@ class VQVAE(Model):
             "perplexity": entropy.exp().expand(batch),
             "codes_used": (counts > 0).sum().float().expand(batch),
             "commitment": commitment.detach(),
+            # the same relative to the encoder outputs' size: their scale drifts up in training and the codes
+            # follow it, so the commitment grows with the scale squared; this tells a coarser quantisation
+            # from that growth (docs/results.md, "The growing commitment term")
+            "relative_commitment": commitment.detach() / size.clamp(min=1e-12),
         }
         if step is None or not self.training:
             return LossParts(recon + kl, recon, kl, terms)
