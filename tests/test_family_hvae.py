@@ -1,6 +1,7 @@
 """The hierarchical VAE family `hvae`: the Model contract, a short training run of `cifar-hvae` on real
 CIFAR-10 (per-level KL terms, bits/dim, importance-weighted NLL against the ELBO), the top-down prior
-structure and the training-only KL warm-up and free bits."""
+structure, the training-only KL warm-up and free bits, and a training step that fits in a CUDA graph
+(no host reads; declared only without the warm-up, the family's own step-dependent schedule)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 
 import pytest
 import torch
+from test_family_vqvae import graph_unsafe_reads
 
 import vaezoo
 from vaezoo.api import load_split_images
@@ -113,3 +115,29 @@ def test_warmup_and_free_bits_act_only_in_training():
     trained = plain(x, step=3).loss
     torch.manual_seed(5)
     assert torch.allclose(trained, plain(x, step=None).loss)  # neither configured: training loss is the ELBO
+
+
+@pytest.mark.parametrize("keys", [{}, {"kl_warmup_steps": 10, "free_bits": 2.0}])
+def test_training_forward_has_no_host_reads(keys):
+    """Forward and backward of a training step (posterior noise, per-level KLs, free bits, warm-up weight,
+    the discretized logistic likelihood): no host read, no Python state changed, no Python random."""
+    model = tiny_model(**keys).train()
+    x = torch.rand(4, 3, 32, 32)
+    assert graph_unsafe_reads(model, x, step=0) == [] and graph_unsafe_reads(model, x, step=5) == []
+
+
+def test_cuda_graph_only_without_the_warm_up():
+    """vaezoo captures the step once the loss component's KL weight has settled; hvae's warm-up is its own,
+    so a graph captured in it would replay its first weight: the family declares cuda_graph only when its
+    training loss is the same at every step (no warm-up), and then it is."""
+    x = torch.rand(3, 3, 32, 32)
+
+    def loss(model, step):
+        torch.manual_seed(5)
+        with torch.no_grad():
+            return model(x, step=step).loss
+
+    plain, warming = tiny_model(free_bits=1.0), tiny_model(kl_warmup_steps=10)
+    assert plain.cuda_graph and not warming.cuda_graph and not HierarchicalVAE.cuda_graph
+    assert torch.equal(loss(plain, 0), loss(plain, 10**6))
+    assert not torch.equal(loss(warming, 0), loss(warming, 9)) and torch.equal(loss(warming, 9), loss(warming, 10**6))
