@@ -42,7 +42,7 @@ def graph_blocker(run: Run, world: World, own_step: bool) -> str | None:
         return f"the device is {run.device.type}, not CUDA"
     if not settings["cuda_graph"]:
         return "train.cuda_graph is false"
-    if not getattr(run.model, "cuda_graph", False):
+    if not run.model.cuda_graph:
         return f"model family {family!r} does not declare cuda_graph = True"
     if own_step:
         return f"model family {family!r} has its own training_step"

@@ -483,11 +483,11 @@ def blame(run: Run, what: str) -> Iterator[None]:
         from vaezoo.plugins.kinds import MODEL_PARTS
 
         family = run.recipe["model"]["name"]
-        plugin = run.model.registry_entries["model"].plugin  # recorded by build_model
+        entry = run.model.registry_entries.get("model")  # recorded by build_model; none for a model built by hand
+        source = f"plugin {entry.plugin.name!r} from {entry.plugin.distribution}" if entry else "built by hand"
         parts = ", ".join(f"{key} {run.recipe[key]['name']!r}" for key in MODEL_PARTS if key in run.recipe)
         raise RunFailed(
-            f"model {family!r} (plugin {plugin.name!r} from "
-            f"{plugin.distribution}{'; ' + parts if parts else ''}) failed in {what}: "
+            f"model {family!r} ({source}{'; ' + parts if parts else ''}) failed in {what}: "
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         ) from error
 
