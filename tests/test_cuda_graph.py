@@ -209,7 +209,7 @@ class _Reads(Model):
         return LossParts(per_image, per_image, per_image * 0)
 
 
-@pytest.mark.parametrize(("how", "read"), [("item", "item"), ("if", "__bool__"), ("mask", "boolean mask")])
+@pytest.mark.parametrize(("how", "read"), [("item", "item at"), ("if", "__bool__ at"), ("mask", "__getitem__ at")])
 def test_a_family_that_reads_on_the_host_fails_its_cuda_graph_declaration(how: str, read: str) -> None:
     with pytest.raises(AssertionError, match=f"_Reads declares cuda_graph = True .*{read}"):
         check_graph_safe(_Reads(how), torch.rand(2, 3, 4, 4))

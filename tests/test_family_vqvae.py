@@ -1,24 +1,20 @@
 """The `vqvae` family: the model contract, a short run on real CIFAR-10, and the numbers the architecture
 defines (uniform-prior KL, straight-through gradients, EMA codebook updates, dead-code restarts, codes
 that are codebook rows and the nearest ones under autocast too, a causal PixelCNN prior); its training
-step fits in a CUDA graph (no host reads, no Python state, no step dependence). `graph_unsafe_reads`, the
-CPU check of that, is shared with the other families' tests."""
+step fits in a CUDA graph (no host reads, no Python state, no step dependence: vaezoo.testing's
+`graph_unsafe_reads`)."""
 
 from __future__ import annotations
 
 import json
 import math
 import random
-import traceback
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import vaezoo
-from vaezoo.testing import check_model
+from vaezoo.testing import check_model, graph_unsafe_reads
 from vaezoo_defaults.dlogistic.loss import DiscretizedLogisticKL
 from vaezoo_defaults.vqvae.model import VQVAE
 from vaezoo_defaults.vqvae.prior import PixelCNNCodePrior
@@ -33,75 +29,6 @@ def small_model(**kw) -> VQVAE:
 
 def images(n: int = 4) -> torch.Tensor:
     return torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(1)).float() / 255
-
-
-# What a CUDA graph cannot hold: a tensor's value read back to the host (a sync, and a value frozen into the
-# graph), or a tensor whose shape depends on values.
-HOST_READS = frozenset(
-    {
-        "item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "__complex__",
-        "__contains__", "__repr__", "__format__", "equal", "allclose",
-        "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "histc",
-    }
-)  # fmt: skip
-
-
-def _holds_mask(index) -> bool:
-    if isinstance(index, (tuple, list)):
-        return any(_holds_mask(i) for i in index)
-    return torch.is_tensor(index) and index.dtype in (torch.bool, torch.uint8)
-
-
-class HostReads(TorchFunctionMode):
-    """Records every torch call in its scope that reads a tensor's value back to the host (`.item()`,
-    `bool(t)`, `if t:`, `int(t)`, `.tolist()`, `.cpu()`, `torch.equal`...) or gives a shape that depends on
-    values (`nonzero`, `unique`, `masked_select`, `t[mask]`, `torch.where(mask)`, `bincount`,
-    `repeat_interleave` by a tensor), with the file and line that made it. Every torch function and tensor
-    method goes through a TorchFunctionMode, so this is the CPU counterpart of
-    `torch.cuda.set_sync_debug_mode("error")`, and stricter (a read on a CPU tensor counts too)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.reads: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", repr(func))
-        if (
-            name in HOST_READS
-            or (name in ("__getitem__", "__setitem__", "index_put", "index_put_") and _holds_mask(args[1:2]))
-            or (name == "where" and len(args) + len(kwargs) == 1)
-            or (name == "repeat_interleave" and torch.is_tensor(kwargs.get("repeats", args[1:2] or None)))
-        ):
-            caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
-            self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}")
-        return func(*args, **kwargs)
-
-
-def python_values(model: torch.nn.Module) -> dict:
-    """The plain Python values held by the modules of `model` (a replayed graph never updates them)."""
-    return {
-        (name, key): value
-        for name, module in model.named_modules()
-        for key, value in vars(module).items()
-        if isinstance(value, (bool, int, float, str, tuple))
-    }
-
-
-def graph_unsafe_reads(model: torch.nn.Module, x: torch.Tensor, y=None, step: int = 1) -> list[str]:
-    """What keeps `model`'s default training step (forward at `step`, backward of the mean loss) out of a
-    CUDA graph, on the CPU: host reads and value-dependent shapes (HostReads), Python values of its modules
-    that the step changed (counters), and draws from Python's or NumPy's random generators. Empty: none."""
-    values, py_random, np_random = python_values(model), random.getstate(), np.random.get_state()[1].copy()
-    with HostReads() as watch:
-        model(x, y, step).loss.mean().backward()
-    changed = sorted(f"{name}.{key}" for (name, key), v in python_values(model).items() if values.get((name, key)) != v)
-    return (
-        watch.reads
-        + [f"changed the Python value {name}" for name in changed]
-        + ["drew from Python's random"] * (random.getstate() != py_random)
-        + ["drew from NumPy's random"] * (not np.array_equal(np.random.get_state()[1], np_random))
-    )
 
 
 def flat_encoder_outputs(model: VQVAE, x: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import random
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -33,6 +36,7 @@ __all__ = [
     "check_dataset",
     "check_model",
     "check_graph_safe",
+    "graph_unsafe_reads",
     "component",
 ]
 
@@ -374,58 +378,87 @@ def check_model(
     return model
 
 
-# Tensor operations that wait for the device to hand a value, or a shape, to the host: a CUDA graph cannot
-# hold them (the capture fails, or bakes in the value it saw).
-HOST_READS = {
-    Tensor.item,
-    Tensor.tolist,
-    Tensor.numpy,
-    Tensor.__bool__,
-    Tensor.__int__,
-    Tensor.__float__,
-    Tensor.__index__,
-    Tensor.nonzero,
-    torch.nonzero,
-    torch.argwhere,
-    Tensor.masked_select,
-    torch.masked_select,
-    Tensor.unique,
-    torch.unique,
-}
+# What a CUDA graph cannot hold: a tensor's value read back to the host (a sync, and a value frozen into the
+# graph), or a tensor whose shape depends on values.
+HOST_READS = frozenset(
+    {
+        "item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "__complex__",
+        "__contains__", "__repr__", "__format__", "equal", "allclose",
+        "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "histc",
+    }
+)  # fmt: skip
+
+
+def _holds_mask(index: Any) -> bool:
+    if isinstance(index, (tuple, list)):
+        return any(_holds_mask(i) for i in index)
+    return torch.is_tensor(index) and index.dtype in (torch.bool, torch.uint8)
 
 
 class HostReads(TorchFunctionMode):
-    """Raises AssertionError on a tensor operation of `HOST_READS`, a one-argument `torch.where`, or
-    indexing by a boolean mask (a shape that depends on the data)."""
+    """Records every torch call in its scope that reads a tensor's value back to the host (`.item()`,
+    `bool(t)`, `if t:`, `int(t)`, `.tolist()`, `.cpu()`, `torch.equal`...) or gives a shape that depends on
+    values (`nonzero`, `unique`, `masked_select`, `t[mask]`, `torch.where(mask)`, `bincount`,
+    `repeat_interleave` by a tensor), with the file and line that made it: the CPU counterpart of
+    `torch.cuda.set_sync_debug_mode("error")`, and stricter (a read of a CPU tensor counts too)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.name = name
+        self.reads: list[str] = []
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        index = args[1] if func is Tensor.__getitem__ else ()
-        mask_index = any(
-            torch.is_tensor(i) and i.dtype == torch.bool for i in (index if isinstance(index, tuple) else (index,))
-        )
-        if func in HOST_READS or mask_index or (func is torch.where and len(args) + len(kwargs) == 1):
-            what = "indexing by a boolean mask" if mask_index else getattr(func, "__name__", str(func))
-            raise AssertionError(
-                f"{self.name} declares cuda_graph = True but its training step reads a value back to the host "
-                f"({what}): a CUDA graph cannot hold it (remove the read, or declare cuda_graph = False)"
-            )
+        name = getattr(func, "__name__", repr(func))
+        if (
+            name in HOST_READS
+            or (name in ("__getitem__", "__setitem__", "index_put", "index_put_") and _holds_mask(args[1:2]))
+            or (name == "where" and len(args) + len(kwargs) == 1)
+            or (name == "repeat_interleave" and torch.is_tensor(kwargs.get("repeats", args[1:2] or None)))
+        ):
+            caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
+            self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}")
         return func(*args, **kwargs)
 
 
+def _python_values(model: nn.Module) -> dict[tuple[str, str], Any]:
+    """The plain Python values held by the modules of `model` (a replayed graph never updates them)."""
+    return {
+        (name, key): value
+        for name, module in model.named_modules()
+        for key, value in vars(module).items()
+        if isinstance(value, (bool, int, float, str, tuple))
+    }
+
+
+def graph_unsafe_reads(model: Model, x: Tensor, y: Tensor | None = None, step: int = 1) -> list[str]:
+    """What keeps `model`'s default training step (forward at `step`, backward of the mean loss) out of a
+    CUDA graph, found on the CPU: host reads and value-dependent shapes (`HostReads`), Python values of its
+    modules that the step changed (counters), and draws from Python's or NumPy's random generators."""
+    values, py_random, np_random = _python_values(model), random.getstate(), np.random.get_state()[1].copy()
+    with HostReads() as watch:
+        model(x, y, step).loss.mean().backward()
+    changed = sorted(
+        f"{name}.{key}" for (name, key), v in _python_values(model).items() if values.get((name, key)) != v
+    )
+    return (
+        watch.reads
+        + [f"changed the Python value {name}" for name in changed]
+        + ["drew from Python's random"] * (random.getstate() != py_random)
+        + ["drew from NumPy's random"] * (not np.array_equal(np.random.get_state()[1], np_random))
+    )
+
+
 def check_graph_safe(model: Model, x: Tensor, y: Tensor | None = None) -> None:
-    """One training forward and backward of `model` (at step 0 and at a late step) that read no value
-    back to the host, as a family declaring `cuda_graph = True` promises: no `.item()`, `bool(tensor)`,
-    `if tensor:`, `.tolist()`, `nonzero`, boolean-mask indexing and the like (`HOST_READS`)."""
+    """A family that declares `cuda_graph = True` keeps its promise (`graph_unsafe_reads` finds nothing at
+    step 0 and at a late step): its training step can be captured as a CUDA graph and replayed."""
     name = type(model).__name__
     model.train()
     for step in (0, 10**6):
-        with HostReads(name):
-            model(x, y, step).loss.sum().backward()
+        reads = graph_unsafe_reads(model, x, y, step)
+        assert not reads, (
+            f"{name} declares cuda_graph = True but its training step at step {step} does what a CUDA graph "
+            f"cannot replay: {'; '.join(reads[:5])} (remove it, or declare cuda_graph = False)"
+        )
     model.zero_grad(set_to_none=True)
 
 

@@ -371,18 +371,22 @@ def make_step(
 
 
 def kl_settled(run: Run) -> Callable[[], bool]:
-    """Whether the loss's KL weight has reached the value it keeps to the end of the run (a warm-up has
-    ended): until then a step depends on the step count and is not captured. Assumes the schedule, once
-    at its final weight, stays there (a warm-up does)."""
+    """Whether the KL weights of the step have reached the values they keep to the end of the run (the
+    loss component's `kl_weight(step)` where the family applies it, and the family's own `kl_weight(step)`
+    if it has one): until then a step depends on the step count and is not captured. Assumes a schedule,
+    once at its final weight, stays there (a warm-up does)."""
     loss = getattr(run.model, "loss", None)
-    if not (run.model.applies_kl_weight and callable(getattr(loss, "kl_weight", None))):
-        return lambda: True
-    final = loss.kl_weight(run.recipe["train"]["epochs"] * run.batches_per_epoch)
+    schedules = [getattr(run.model, "kl_weight", None)]
+    if run.model.applies_kl_weight:
+        schedules.append(getattr(loss, "kl_weight", None))
+    schedules = [schedule for schedule in schedules if callable(schedule)]
+    last = run.recipe["train"]["epochs"] * run.batches_per_epoch
+    final = [schedule(last) for schedule in schedules]
     settled = False
 
     def check() -> bool:
         nonlocal settled
-        settled = settled or loss.kl_weight(run.state.step) == final
+        settled = settled or [schedule(run.state.step) for schedule in schedules] == final
         return settled
 
     return check

@@ -91,11 +91,11 @@ class HierarchicalVAE(Model):
     Training only (`step` not None): the KL is weighted by min(1, (step + 1) / kl_warmup_steps) and each
     level's KL per image counts at least `free_bits` nats per latent channel (latent_dim) of that level.
 
-    The training forward never reads a value back to the host and keeps no Python state, but its KL
-    warm-up is the family's own schedule (`kl_weight`), which vaezoo's CUDA-graph step does not wait for
-    (it waits for the loss component's `kl_weight` only): a graph captured during the warm-up would replay
-    its first weight for the whole run. So a model declares `cuda_graph` only without a warm-up
-    (`kl_warmup_steps = 0`), when its training step is the same at every step."""
+    The training forward never reads a value back to the host and keeps no Python state; its KL warm-up
+    is the family's own `kl_weight(step)`, which vaezoo's CUDA-graph step waits for (the warm-up steps run
+    eagerly, the graph is captured once the weight is 1), so it declares `cuda_graph`."""
+
+    cuda_graph = True
 
     def __init__(
         self,
@@ -132,7 +132,6 @@ class HierarchicalVAE(Model):
         self.loss, self.in_shape, self.levels = loss, (channels, height, width_px), levels
         self.latent_dim, self.kl_warmup_steps, self.free_bits = int(latent_dim), int(kl_warmup_steps), float(free_bits)
         self.discrete = bool(getattr(loss, "discrete", False))
-        self.cuda_graph = self.kl_warmup_steps == 0  # see the class docstring
         mid = max(4, width // 4)
         # resolutions from the image down to the top level, each with its cells
         self.resolutions = [height >> i for i in range(int(math.log2(height // levels[0])) + 1)]
