@@ -206,10 +206,15 @@ class _Reads(Model):
             per_image = per_image * 1.0
         if self.how == "mask":
             per_image = per_image + per_image[per_image > 0].sum()
+        if self.how == "step" and step is not None:
+            per_image = per_image * (1 + step % 2)  # a schedule of its own, not through kl_weight
         return LossParts(per_image, per_image, per_image * 0)
 
 
-@pytest.mark.parametrize(("how", "read"), [("item", "item at"), ("if", "__bool__ at"), ("mask", "__getitem__ at")])
+@pytest.mark.parametrize(
+    ("how", "read"),
+    [("item", "item at"), ("if", "__bool__ at"), ("mask", "__getitem__ at"), ("step", "changes with the step count")],
+)
 def test_a_family_that_reads_on_the_host_fails_its_cuda_graph_declaration(how: str, read: str) -> None:
     with pytest.raises(AssertionError, match=f"_Reads declares cuda_graph = True .*{read}"):
         check_graph_safe(_Reads(how), torch.rand(2, 3, 4, 4))

@@ -215,7 +215,7 @@ def check_loss(
     `kl_weight(None)` is 1. A `discrete` loss must give probabilities over the 256 values of a pixel
     that sum to 1. Returns the loss."""
     if not isinstance(loss, Loss):
-        loss = _build(loss, {}, kw)
+        loss = _build(loss, {"in_shape": tuple(in_shape)}, kw)  # in_shape if its constructor asks, as vaezoo does
     name = type(loss).__name__
     assert isinstance(loss, Loss), f"{name}: a loss must subclass vaezoo.Loss"
     k = loss.params_per_channel
@@ -449,8 +449,10 @@ def graph_unsafe_reads(model: Model, x: Tensor, y: Tensor | None = None, step: i
 
 
 def check_graph_safe(model: Model, x: Tensor, y: Tensor | None = None) -> None:
-    """A family that declares `cuda_graph = True` keeps its promise (`graph_unsafe_reads` finds nothing at
-    step 0 and at a late step): its training step can be captured as a CUDA graph and replayed."""
+    """A family that declares `cuda_graph = True` keeps its promise: `graph_unsafe_reads` finds nothing at
+    step 0 and at a late step, and two late steps (KL weights settled) give the same loss from the same
+    random draws, so the step depends on the step count only through its KL weights. Then its training
+    step can be captured as a CUDA graph and replayed."""
     name = type(model).__name__
     model.train()
     for step in (0, 10**6):
@@ -459,6 +461,19 @@ def check_graph_safe(model: Model, x: Tensor, y: Tensor | None = None) -> None:
             f"{name} declares cuda_graph = True but its training step at step {step} does what a CUDA graph "
             f"cannot replay: {'; '.join(reads[:5])} (remove it, or declare cuda_graph = False)"
         )
+    saved = {key: value.clone() for key, value in model.state_dict().items()}
+    losses = []
+    for step in (10**6, 10**6 + 1):
+        model.load_state_dict(saved)  # buffers a training forward updates (EMA codebooks) as they were
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(0)
+            losses.append(model(x, y, step).loss)
+    model.load_state_dict(saved)
+    assert torch.equal(losses[0], losses[1]), (
+        f"{name} declares cuda_graph = True but its training loss changes with the step count beyond its KL "
+        "weights (a replayed graph would keep the step it was captured at): take the schedule from "
+        "kl_weight(step), or declare cuda_graph = False"
+    )
     model.zero_grad(set_to_none=True)
 
 
