@@ -1,6 +1,6 @@
 """Pictures of a model: samples, reconstructions, latent interpolations (families with `encode` and
-`decode`) and the loss curve. `vaezoo run` writes them at every epoch end; `vaezoo sample` /
-`reconstruct` / `interpolate` on a saved model."""
+`decode`) and the loss curve. `vaezoo run` writes them at every epoch end (vaezoo.trainer.epoch_files);
+`vaezoo sample` / `reconstruct` / `interpolate` on a saved model."""
 
 from __future__ import annotations
 
@@ -160,19 +160,3 @@ def save_loss_plot(history: Sequence[Mapping[str, Any]], path: str | Path) -> bo
     figure.savefig(buffer, format="png")
     write_bytes_atomic(path, buffer.getvalue())
     return True
-
-
-def write_epoch_pictures(
-    model: Model, test_images: Tensor, test_labels: Tensor | None, history: Sequence[Mapping[str, Any]], out_dir: Path
-) -> None:
-    """reconstructions.png, interpolations.png (families with encode/decode) and loss.png of a run, at
-    the end of an epoch (the model in eval mode, so normalization statistics are used, not updated)."""
-    was_training = model.training
-    model.eval()
-    try:
-        save_reconstructions(model, test_images, out_dir / "reconstructions.png", labels=test_labels)
-        if can_interpolate(model):
-            save_interpolations(model, test_images, out_dir / "interpolations.png", labels=test_labels)
-    finally:
-        model.train(was_training)
-    save_loss_plot(history, out_dir / "loss.png")
