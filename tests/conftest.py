@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,26 @@ def cifar() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def small_run(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real run folder, trained once for the session for the tests that read it (and copy it
+    to change it): cifar-vae with tiny widths, one epoch on 64 CIFAR-10 images."""
+    from tinydata import TINY_SETS
+
+    import vaezoo
+
+    out = tmp_path_factory.mktemp("small") / "run"
+    options = {"train.limit": 64, "train.test_limit": 32, "train.epochs": 1}
+    vaezoo.fit("cifar-vae", sets=TINY_SETS, options=options, out=out, data_dir=cifar, device="cpu")
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_model(small_run: Path) -> Path:
+    """model.safetensors of `small_run`."""
+    return small_run / "model.safetensors"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _shared_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests share one data cache (decoding CIFAR-10 once), unless VAEZOO_CACHE_DIR is set."""
@@ -44,3 +66,83 @@ def run_cli(
     return subprocess.run(
         [sys.executable, "-m", "vaezoo", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
     )
+
+
+# Runs `vaezoo ARGS` for each job of a JSON list, one after the other in this one process: in the job's
+# folder with its environment variables added, the registry reloaded (plugins load again, and warn
+# again); the job's file descriptors 1 and 2 go to files of its own, and its exit code to a third.
+BATCH = """
+import json, os, sys
+from vaezoo.cli import main
+from vaezoo.plugins.manager import reset_registry
+
+home, environ = os.getcwd(), dict(os.environ)
+for job in json.load(open(sys.argv[1])):
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(job["stdout"], "wb") as out, open(job["stderr"], "wb") as err:
+        os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
+        for key, value in job["env"].items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+        os.chdir(job["cwd"] or home)
+        try:
+            reset_registry()
+            main(job["args"])
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+            os.close(saved[0]), os.close(saved[1])
+            os.environ.clear(), os.environ.update(environ), os.chdir(home)
+    with open(job["code"], "w") as out:
+        out.write(str(code))
+"""
+
+
+class Command:
+    """One command of `run_cli_batch`: `vaezoo ARGS`, with environment variables `env` added (None:
+    removed), in `cwd`."""
+
+    def __init__(self, *args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None) -> None:
+        self.args, self.env, self.cwd = list(args), dict(env or {}), cwd
+
+
+def run_cli_batch(
+    commands: list[list[str] | Command], tmp_path: Path, env: dict[str, str | None] | None = None, timeout: float = 600
+) -> list[subprocess.CompletedProcess]:
+    """`vaezoo ARGS` for each of `commands` (lists of ARGS, or `Command`s), one after the other in ONE
+    fresh Python process, whose start-up (torch's import above all) costs seconds: for many commands
+    whose output and exit code are what is checked, not what a process imported or how it ends.
+    Returns one completed process per command, as `run_cli` does (`env`: added, or removed where None,
+    for every command)."""
+    folder = Path(tempfile.mkdtemp(prefix="batch-", dir=tmp_path))
+    commands = [c if isinstance(c, Command) else Command(*c) for c in commands]
+    jobs = [
+        {
+            "args": command.args,
+            "env": command.env,
+            "cwd": str(command.cwd) if command.cwd else None,
+            **{part: str(folder / f"{index}.{part}") for part in ("stdout", "stderr", "code")},
+        }
+        for index, command in enumerate(commands)
+    ]
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    done = subprocess.run(
+        [sys.executable, "-c", BATCH, str(folder / "jobs.json")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
+        timeout=timeout,
+    )
+    assert done.returncode == 0 and all(Path(job["code"]).exists() for job in jobs), done.stderr[-3000:]
+    return [
+        subprocess.CompletedProcess(
+            job["args"],
+            int(Path(job["code"]).read_text()),
+            Path(job["stdout"]).read_text(),
+            Path(job["stderr"]).read_text(),
+        )
+        for job in jobs
+    ]

@@ -3,17 +3,13 @@ the same global batch, on a tiny conv model and a few hundred real CIFAR-10 imag
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import run_cli
-from safetensors.torch import load_file
+from familyrun import Family, on_two_ranks, ranks_match_one_process
 
-import vaezoo
 from vaezoo.trainer import distributed
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
@@ -44,89 +40,23 @@ SGD = ["--set", 'train.optimizer="sgd"', "--lr", "1e-5"]
 
 # Each rank draws the reparameterisation noise from its own generator, so a 2-process run cannot draw
 # the same numbers as one process (nor should it: that would correlate the ranks). To compare the
-# arithmetic, this runner switches the noise off (z = mu) in every process it starts.
-RUNNER = """
-import sys, torch
+# arithmetic, this patch switches the noise off (z = mu) in every process of the comparison.
+PATCH = """
+import torch
 torch.randn_like = lambda t, **kw: torch.zeros_like(t, **kw)
-from vaezoo.cli import main
-main(sys.argv[1:])
 """
 
 
-def _outputs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
-
-
-def test_ddp_matches_single_process(cifar: Path, tmp_path: Path) -> None:
-    """Two ranks with 32 images each per step end within 1e-4 of one process with 64 per step (SGD).
+def test_ddp_matches_single_process_and_nproc_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
+    """`vaezoo run --nproc 2` starts torchrun, whose two ranks with 32 images each per step end within
+    1e-4 of one process with 64 per step (SGD), and rank 0 alone writes the run's files and prints.
     Not bit-identical: each rank sums its own shard and gloo then adds the two gradients, a different
     order of float additions than one batched sum (about 1e-7 relative per step). Plain SGD keeps them
     that small; Adam would turn the noise on near-zero gradients into whole steps of size lr."""
-    runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER)
-    env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [sys.executable, str(runner), "run", "cifar-vae", *TINY, *SGD, "--out", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    _, two, _, _ = ranks_match_one_process(
+        Family("cifar-vae", TINY_SETS), cifar, tmp_path, [*TINY, *SGD], PATCH, TINY_SETS, seed=3
     )
-    assert single.returncode == 0, single.stderr
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(runner),
-            "run",
-            "cifar-vae",
-            *TINY,
-            *SGD,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr  # whole: the root cause of a failed rank is near the top
-    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
-    assert one.keys() == two.keys()
-    diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    assert diff < 1e-4, f"max abs weight difference {diff}"
-    torch.manual_seed(3)  # the initial weights of both runs: training moved them far more than that
-    initial = vaezoo.build("cifar-vae", sets=TINY_SETS).state_dict()
-    assert max((one[k] - initial[k]).abs().max().item() for k in one) > 100 * diff
     assert all(t.dtype == torch.float32 for t in two.values())
-    assert _outputs(tmp_path / "two") == _outputs(tmp_path / "one")  # one set of files, written by rank 0
-    assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 1
-    assert ddp.stderr.count("done:") == 1  # only rank 0 prints
-
-
-def test_nproc_starts_torchrun_and_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = run_cli(
-        "run",
-        "cifar-vae",
-        *TINY,
-        "--out",
-        str(out),
-        "--nproc",
-        "2",
-        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "torch.distributed.run" in result.stderr
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= set(
-        _outputs(out)
-    )
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_nproc_rejects_a_batch_that_does_not_split() -> None:
@@ -189,15 +119,6 @@ dist.destroy_process_group()
 def test_vqvae_codebook_learns_from_the_global_batch(tmp_path: Path) -> None:
     """Two ranks each holding half a batch update the codebook exactly as one process with all of it:
     the moving-average counts and sums are summed over ranks (DDP alone would keep rank 0's half)."""
-    runner = tmp_path / "codebook.py"
-    runner.write_text(CODEBOOK_RUNNER)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    stdout = on_two_ranks(tmp_path, CODEBOOK_RUNNER)
     for rank in (0, 1):
-        assert f"rank {rank} same_as_whole_batch=True own_half_differs=True" in result.stdout, result.stdout
+        assert f"rank {rank} same_as_whole_batch=True own_half_differs=True" in stdout, stdout

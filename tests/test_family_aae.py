@@ -5,39 +5,26 @@ sample, eval, bit-exact resume, --nproc 2, and two ranks matching one process on
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
-from safetensors.torch import load_file
-from tinydata import TINY_SETS, call_main
+from familyrun import Family, grads, metrics, ranks_match_one_process, record_updates, set_args, tiny_components
+from tinydata import TINY_SETS
 
-import vaezoo
 from vaezoo import Prior
-from vaezoo.testing import check_model, component
+from vaezoo.testing import check_model
 from vaezoo_defaults.aae.model import AdversarialAE
 
 LATENT = 4
 
 
-def components() -> dict:
-    return {
-        "encoder": component("encoder", "conv", latent_dim=LATENT, hidden=[4, 8, 8]),
-        "decoder": component("decoder", "conv", latent_dim=LATENT, hidden=[8, 8, 4]),
-        "prior": component("prior", "normal", latent_dim=LATENT),
-        "loss": component("loss", "bce-kl"),
-    }
-
-
 def small_model(**keys) -> AdversarialAE:
     torch.manual_seed(0)
-    return AdversarialAE(in_shape=(3, 32, 32), latent_dim=LATENT, **{"disc_hidden": [8, 8], **keys}, **components())
+    return AdversarialAE(
+        in_shape=(3, 32, 32), latent_dim=LATENT, **{"disc_hidden": [8, 8], **keys}, **tiny_components(LATENT)
+    )
 
 
 def images(n: int = 5) -> torch.Tensor:
@@ -45,7 +32,7 @@ def images(n: int = 5) -> torch.Tensor:
 
 
 def test_contract():
-    model = check_model(AdversarialAE, latent_dim=LATENT, components=components(), disc_hidden=[8])
+    model = check_model(AdversarialAE, latent_dim=LATENT, components=tiny_components(LATENT), disc_hidden=[8])
     assert model.objective == "aae" and model.regularizer == "adversarial"
     assert not any(
         n.startswith("encoder.logvar")
@@ -82,31 +69,14 @@ def test_an_undecided_discriminator_gives_log_2_per_code():
     assert torch.allclose(parts.terms["discriminator"], torch.full((5,), 2 * math.log(2)))
 
 
-def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    return [
-        g if g is not None else torch.zeros_like(p)
-        for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True), params)
-    ]
-
-
 def test_each_phase_learns_its_own_loss():
     """One training step, recorded and not applied: the discriminator's gradient is that of
     -log D(z') - log(1 - D(Enc(x))) (codes held fixed), the autoencoder's that of the BCE plus
     adversarial_weight * -log D(Enc(x)); written here from the paper's definitions."""
     weight = 2.5
     model = small_model(adversarial_weight=weight).train()
-    groups = {name: group.params for name, group in model.parameter_groups().items()}
     x = images()
-    seen: dict[str, list[torch.Tensor]] = {}
-
-    def update(name: str, per_image_loss: torch.Tensor) -> None:
-        for p in groups[name]:
-            p.grad = None
-        per_image_loss.mean().backward()
-        seen[name] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in groups[name]]
-
-    torch.manual_seed(3)
-    model.training_step(x, None, 0, update)
+    groups, seen = record_updates(model, x, seed=3)
     assert list(seen) == ["discriminator", "autoencoder"]
 
     torch.manual_seed(3)
@@ -144,71 +114,37 @@ def test_rejects_bad_keys_and_a_learned_prior():
         small_model(disc_hidden=[8, 0])
     with pytest.raises(ValueError, match="fixed prior"):
         AdversarialAE(
-            in_shape=(3, 32, 32), latent_dim=LATENT, **{**components(), "prior": LearnedPrior(latent_dim=LATENT)}
+            in_shape=(3, 32, 32),
+            latent_dim=LATENT,
+            **{**tiny_components(LATENT), "prior": LearnedPrior(latent_dim=LATENT)},
         )
 
 
 # End to end on real CIFAR-10 (tiny widths).
-SETS = [*TINY_SETS, "model.disc_hidden=[8]", "train.test_limit=32"]
-ARGS = ["--limit", "64", "--device", "cpu", "--seed", "1", *(a for s in SETS for a in ("--set", s))]
+FAMILY = Family("cifar-aae", [*TINY_SETS, "model.disc_hidden=[8]", "train.test_limit=32"])
 
 
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def straight(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("aae") / "run"
-    assert (
-        call_main("run", "cifar-aae", "--epochs", "2", *ARGS, "--out", str(out), env={"VAEZOO_DATA_DIR": str(cifar)})
-        == 0
-    )
-    return out
+straight = FAMILY.straight_fixture()
 
 
 def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
     last = metrics(straight)[-1]
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_adversarial"])
     assert "test_kl" not in last and "test_bits_per_dim" not in last and set(last["test_terms"]) == {"discriminator"}
-    assert call_main("sample", str(straight / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
-    assert (tmp_path / "s.png").is_file() and (straight / "samples.png").is_file()
-    capsys.readouterr()
-    assert (
-        call_main(
-            "eval",
-            str(straight / "model.safetensors"),
-            "--limit",
-            "32",
-            "--device",
-            "cpu",
-            "--json",
-            env={"VAEZOO_DATA_DIR": str(cifar)},
-        )
-        == 0
-    )
-    text = capsys.readouterr().out
+    text = FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys)
     assert "adversarial" in text and "discriminator" in text
 
 
 def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> None:
-    out, env = tmp_path / "run", {"VAEZOO_DATA_DIR": str(cifar)}
-    assert call_main("run", "cifar-aae", "--epochs", "1", *ARGS, "--out", str(out), env=env) == 0
-    assert call_main("run", "cifar-aae", "--resume", str(out), "--epochs", "2", "--device", "cpu", env=env) == 0
-    left, right = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
-    assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-    assert [m["train_loss"] for m in metrics(out)] == [m["train_loss"] for m in metrics(straight)]
-    assert [m["test_terms"] for m in metrics(out)] == [m["test_terms"] for m in metrics(straight)]
+    FAMILY.assert_resume_is_bit_exact(cifar, straight, tmp_path, "test_terms")
 
 
 # Each rank draws its own prior samples, so two ranks cannot draw one process's numbers; to compare the
-# arithmetic, this runner makes every Gaussian draw zero in every process it starts.
-RUNNER = """
-import sys, torch
+# arithmetic, every Gaussian draw is zero in every process of the comparison.
+PATCH = """
+import torch
 torch.randn = lambda *size, **kw: torch.zeros(*size, **{k: v for k, v in kw.items() if k != "generator"})
 torch.randn_like = lambda t, **kw: torch.zeros_like(t, **kw)
-from vaezoo.cli import main
-main(sys.argv[1:])
 """
 DDP_SETS = [
     "encoder.hidden=[8,16]",
@@ -219,76 +155,16 @@ DDP_SETS = [
     "train.sample_count=4",
 ]
 DDP = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "64",
-    "--limit",
-    "250",
-    "--device",
-    "cpu",
-    "--seed",
-    "3",
-    "--set",
-    'train.optimizer="sgd"',
-    "--lr",
-    "1e-5",
-    *(a for s in DDP_SETS for a in ("--set", s)),
+    *("--epochs", "1", "--batch-size", "64", "--limit", "250", "--device", "cpu", "--seed", "3"),
+    *("--set", 'train.optimizer="sgd"', "--lr", "1e-5", *set_args(DDP_SETS)),
 ]
 
 
 @pytest.mark.slow
 def test_two_ranks_match_one_process_and_write_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
-    """`--nproc 2` runs; and two ranks with 32 images each per step end within 1e-4 of one process
-    with 64 (plain SGD, as tests/test_distributed.py): the family's two updates average their
-    gradients over ranks."""
-    env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    nproc = run_cli(
-        "run", "cifar-aae", "--epochs", "1", *ARGS, "--out", str(tmp_path / "cli"), "--nproc", "2", env=env, timeout=300
-    )
-    assert nproc.returncode == 0, nproc.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
-        p.name for p in (tmp_path / "cli").iterdir()
-    }
-    assert len(metrics(tmp_path / "cli")) == 1 and nproc.stderr.count("done:") == 1
-
-    runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER)
-    single = subprocess.run(
-        [sys.executable, str(runner), "run", "cifar-aae", *DDP, "--out", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(runner),
-            "run",
-            "cifar-aae",
-            *DDP,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
-    assert one.keys() == two.keys()
-    diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    assert diff < 1e-4, f"max abs weight difference {diff}"
-    torch.manual_seed(3)  # the initial weights of both runs: training moved both players far more than that
-    initial = vaezoo.build("cifar-aae", sets=DDP_SETS).state_dict()
-    for player in ("encoder.", "decoder.", "discriminator."):
+    """`--nproc 2` runs and writes one set of files; and two ranks with 32 images each per step end
+    within 1e-4 of one process with 64 (plain SGD, as tests/test_distributed.py): the family's two
+    updates average their gradients over ranks."""
+    one, _, initial, diff = ranks_match_one_process(FAMILY, cifar, tmp_path, DDP, PATCH, DDP_SETS, seed=3)
+    for player in ("encoder.", "decoder.", "discriminator."):  # training moved each player far more than that
         assert max((one[k] - initial[k]).abs().max().item() for k in one if k.startswith(player)) > 100 * diff, player
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_cli_batch
+from familyrun import Family
 from PIL import Image
 
 import vaezoo
@@ -86,29 +87,27 @@ def test_needs_classes() -> None:
         ConditionalVAE(in_shape=(3, 32, 32), num_classes=0, latent_dim=4, **parts(4))
 
 
+# A few training steps of cifar-cvae (tiny widths) on 300 real CIFAR-10 images.
+FAMILY = Family(
+    "cifar-cvae",
+    [*TINY, "train.test_limit=100", "train.batch_size=50", f"train.sample_count={10 * SAMPLES_PER_CLASS}"],
+    limit=300,
+)
+
+
 @pytest.fixture(scope="module")
-def run(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> vaezoo.api.FitResult:
-    """A few training steps of cifar-cvae (tiny widths) on 300 real CIFAR-10 images."""
-    options = {
-        "train.epochs": 1,
-        "train.limit": 300,
-        "train.test_limit": 100,
-        "train.batch_size": 50,
-        "train.sample_count": 10 * SAMPLES_PER_CLASS,
-    }
-    return vaezoo.fit(
-        "cifar-cvae", sets=TINY, options=options, data_dir=cifar, device="cpu", out=tmp_path_factory.mktemp("cvae-run")
-    )
+def run(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return FAMILY.run(cifar, tmp_path_factory.mktemp("cvae-run"), 1)
 
 
-def test_run_pictures(run) -> None:
-    assert png_size(run.out_dir / "samples.png") == grid_size(10, SAMPLES_PER_CLASS)  # one row per class
-    assert png_size(run.out_dir / "reconstructions.png") == grid_size(4, 8)
-    assert png_size(run.out_dir / "interpolations.png") == grid_size(8, 10)
+def test_run_pictures(run: Path) -> None:
+    assert png_size(run / "samples.png") == grid_size(10, SAMPLES_PER_CLASS)  # one row per class
+    assert png_size(run / "reconstructions.png") == grid_size(4, 8)
+    assert png_size(run / "interpolations.png") == grid_size(8, 10)
 
 
-def test_labels_reach_the_model(run, cifar: Path) -> None:
-    model = run.model.eval()
+def test_labels_reach_the_model(run: Path, cifar: Path) -> None:
+    model = vaezoo.load(run / "model.safetensors")
     images, labels = vaezoo.api.load_split_images(model, "test", cifar, limit=100)
     wrong = (labels + 1) % 10
     true_loss, wrong_loss = (evaluate(model, images, y, seed=0)["loss"] for y in (labels, wrong))
@@ -122,49 +121,54 @@ def test_labels_reach_the_model(run, cifar: Path) -> None:
     assert (draw(3) - draw(5)).abs().max() > 1e-3, "the same noise gives the same images for two labels"
 
 
-def test_sample_label_by_name_or_index(run, tmp_path: Path) -> None:
-    model = str(run.out_dir / "model.safetensors")
-    by_name, by_index = tmp_path / "cat.png", tmp_path / "3.png"
-    for label, out in (("cat", by_name), ("3", by_index)):
-        result = run_cli("sample", model, "--label", label, "-n", "16", "--out", str(out))
+UNKNOWN_LABELS = ["dragon", "10"]
+
+
+@pytest.fixture(scope="module")
+def labelled_samples(run: Path, small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`vaezoo sample --label L` of the run's model for L = cat, 3 and each of UNKNOWN_LABELS, and of an
+    unconditional model (conftest's small cifar-vae) for cat: one fresh process. Label -> (picture, result)."""
+    root = tmp_path_factory.mktemp("labels")
+    model = str(run / "model.safetensors")
+    jobs = {label: (model, root / f"{label}.png") for label in ("cat", "3", *UNKNOWN_LABELS)}
+    jobs["unconditional"] = (str(small_model), root / "unconditional.png")
+    commands = [
+        ["sample", path, "--label", "cat" if label == "unconditional" else label, "-n", "16", "--out", str(out)]
+        for label, (path, out) in jobs.items()
+    ]
+    return {label: (out, result) for (label, (_, out)), result in zip(jobs.items(), run_cli_batch(commands, root))}
+
+
+def test_sample_label_by_name_or_index(labelled_samples: dict) -> None:
+    (by_name, named), (by_index, indexed) = labelled_samples["cat"], labelled_samples["3"]
+    for result in (named, indexed):
         assert result.returncode == 0, result.stderr
-    assert "class 'cat'" in result.stderr
+    assert "class 'cat'" in indexed.stderr
     assert png_size(by_name) == grid_size(4, 4)
     assert torch.equal(png_pixels(by_name), png_pixels(by_index))
 
 
-@pytest.mark.parametrize("label", ["dragon", "10"])
-def test_unknown_label(run, label: str, tmp_path: Path) -> None:
-    result = run_cli(
-        "sample", str(run.out_dir / "model.safetensors"), "--label", label, "--out", str(tmp_path / "x.png")
-    )
+@pytest.mark.parametrize("label", UNKNOWN_LABELS)
+def test_unknown_label(labelled_samples: dict, label: str) -> None:
+    out, result = labelled_samples[label]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert f"unknown label {label!r}" in lines[0] and "cat" in lines[0]
+    assert not out.exists()
 
 
-def test_label_on_an_unconditional_model(cifar: Path, tmp_path: Path) -> None:
-    sets = ["encoder.hidden=[4,8,8]", "decoder.hidden=[8,8,4]", "latent_dim=4"]
-    plain = vaezoo.fit(
-        "cifar-vae",
-        sets=sets,
-        options={"train.epochs": 1, "train.limit": 50, "train.test_limit": 20, "train.sample_count": 4},
-        data_dir=cifar,
-        device="cpu",
-        out=tmp_path / "vae",
-    )
-    result = run_cli(
-        "sample", str(plain.out_dir / "model.safetensors"), "--label", "cat", "--out", str(tmp_path / "x.png")
-    )
+def test_label_on_an_unconditional_model(labelled_samples: dict) -> None:
+    out, result = labelled_samples["unconditional"]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "not conditional" in lines[0]
+    assert not out.exists()
 
 
 def test_importance_weighted_nll_is_below_the_elbo(run, cifar: Path) -> None:
     result = run_cli(
         "eval",
-        str(run.out_dir / "model.safetensors"),
+        str(run / "model.safetensors"),
         "--data-dir",
         str(cifar),
         "--limit",

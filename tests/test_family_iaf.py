@@ -7,38 +7,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from tinydata import TINY_SETS, call_main
+from familyrun import Family, metrics, ranks_match_one_process, set_args, tiny_components
+from tinydata import TINY_SETS
 from torch.autograd.functional import jacobian
 
-import vaezoo
 from vaezoo.components import LOG_2PI
-from vaezoo.testing import check_model, component
+from vaezoo.testing import check_model
 from vaezoo_defaults.iaf.model import IAFVAE, MADE
 
 LATENT = 4
 SMALL = {"steps": 3, "context_dim": 6, "hidden": [24, 24]}
 
 
-def components(latent: int = LATENT) -> dict:
-    return {
-        "encoder": component("encoder", "conv", latent_dim=latent, hidden=[4, 8, 8]),
-        "decoder": component("decoder", "conv", latent_dim=latent, hidden=[8, 8, 4]),
-        "prior": component("prior", "normal", latent_dim=latent),
-        "loss": component("loss", "bce-kl"),
-    }
-
-
 def small_model(latent: int = LATENT, **keys) -> IAFVAE:
     torch.manual_seed(0)
-    model = IAFVAE(in_shape=(3, 32, 32), latent_dim=latent, **components(latent), **{**SMALL, **keys})
+    model = IAFVAE(in_shape=(3, 32, 32), latent_dim=latent, **tiny_components(latent), **{**SMALL, **keys})
     with torch.no_grad():  # move the flow away from its near-identity start
         for p in model.flow.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -50,7 +37,7 @@ def images(n: int) -> torch.Tensor:
 
 
 def test_contract():
-    model = check_model(IAFVAE, latent_dim=LATENT, components=components(), **SMALL)
+    model = check_model(IAFVAE, latent_dim=LATENT, components=tiny_components(LATENT), **SMALL)
     assert model.objective == "elbo" and model.regularizer == "kl" and not model.applies_kl_weight
 
 
@@ -134,134 +121,45 @@ def test_rejects_bad_keys():
         with pytest.raises(ValueError):
             small_model(**keys)
     with pytest.raises(ValueError, match="encoder"):
-        IAFVAE(in_shape=(3, 32, 32), latent_dim=4, **{**components(), "encoder": torch.nn.Identity()})
+        IAFVAE(in_shape=(3, 32, 32), latent_dim=4, **{**tiny_components(LATENT), "encoder": torch.nn.Identity()})
 
 
 # ---- real CIFAR-10, tiny widths ----
 
 SETS = [*TINY_SETS, "train.test_limit=32", "model.hidden=[16,16]", "model.context_dim=8"]
+FAMILY = Family("cifar-iaf-vae", SETS)
 
 
-def fit(cifar: Path, out: Path | None, epochs: int, resume: Path | None = None):
-    options = {"train.epochs": epochs, "train.limit": 64, "train.seed": 1}
-    return vaezoo.fit("cifar-iaf-vae", sets=SETS, options=options, data_dir=cifar, device="cpu", out=out, resume=resume)
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def straight(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("iaf") / "run"
-    fit(cifar, out, 2)
-    return out
+straight = FAMILY.straight_fixture()
 
 
 def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
     last = metrics(straight)[-1]
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_kl"])
-    assert (straight / "samples.png").is_file()
-    assert call_main("sample", str(straight / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
-    assert (tmp_path / "s.png").is_file()
-    capsys.readouterr()
-    code = call_main(
-        "eval",
-        str(straight / "model.safetensors"),
-        "--limit",
-        "32",
-        "--device",
-        "cpu",
-        "--json",
-        "--iw-samples",
-        "8",
-        env={"VAEZOO_DATA_DIR": str(cifar)},
-    )
-    out = capsys.readouterr().out
-    assert code == 0
-    report = json.loads(out)
+    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys, "--iw-samples", "8"))
     assert math.isfinite(report["loss"]) and "nll" in json.dumps(report), report
 
 
 def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    fit(cifar, out, 1)
-    fit(cifar, None, 2, resume=out)
-    left, right = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
-    assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-    assert [m["train_loss"] for m in metrics(out)] == [m["train_loss"] for m in metrics(straight)]
+    FAMILY.assert_resume_is_bit_exact(cifar, straight, tmp_path)
 
 
 # As tests/test_distributed.py: each rank draws its own noise, so the comparison switches it off (eps = 0).
-RUNNER = """
-import sys, torch
+PATCH = """
+import torch
 torch.randn_like = lambda t, **kw: torch.zeros_like(t, **kw)
-from vaezoo.cli import main
-main(sys.argv[1:])
 """
+DDP = [
+    *("--epochs", "1", "--batch-size", "64", "--limit", "128", "--device", "cpu", "--seed", "3"),
+    *("--precision", "fp32", *set_args([s for s in SETS if not s.startswith("train.batch_size")])),
+    *("--set", 'train.optimizer="sgd"', "--lr", "1e-5"),
+]
 
 
 @pytest.mark.slow
 def test_nproc_2_matches_one_process(cifar: Path, tmp_path: Path) -> None:
     """Two ranks with 32 images each per step end within 1e-4 of one process with 64 per step (SGD,
     tiny lr, as test_ddp_matches_single_process), and write one set of files."""
-    runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER)
-    env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    args = [
-        "run",
-        "cifar-iaf-vae",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-        "--limit",
-        "128",
-        "--device",
-        "cpu",
-        "--seed",
-        "3",
-        "--precision",
-        "fp32",
-        *(a for s in SETS if not s.startswith("train.batch_size") for a in ("--set", s)),
-        "--set",
-        'train.optimizer="sgd"',
-        "--lr",
-        "1e-5",
-    ]
-    single = subprocess.run(
-        [sys.executable, str(runner), *args, "--out", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    ranks_match_one_process(
+        FAMILY, cifar, tmp_path, DDP, PATCH, [s for s in SETS if not s.startswith("train.")], seed=3
     )
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(runner),
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr
-    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
-    assert one.keys() == two.keys()
-    diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    assert diff < 1e-4, f"max abs weight difference {diff}"
-    torch.manual_seed(3)
-    initial = vaezoo.build("cifar-iaf-vae", sets=[s for s in SETS if not s.startswith("train.")]).state_dict()
-    assert max((one[k] - initial[k]).abs().max().item() for k in one) > 100 * diff
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
-    assert len(metrics(tmp_path / "two")) == 1 and ddp.stderr.count("done:") == 1

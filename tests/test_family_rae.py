@@ -7,18 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from familyrun import Family, metrics, on_two_ranks, tiny_components
 from safetensors.torch import load_file
-from tinydata import TINY_SETS, call_main
+from tinydata import TINY_SETS
 
-import vaezoo
-from vaezoo.testing import check_model, component
+from vaezoo.testing import check_model
 from vaezoo_defaults.rae.mixture import OnlineGaussianMixture
 from vaezoo_defaults.rae.model import RAE
 
@@ -26,12 +23,7 @@ DIM = 4
 
 
 def components() -> dict:
-    loss = component("loss", "bce-kl")
-    return {
-        "encoder": component("encoder", "conv", latent_dim=DIM, hidden=[4, 8, 8]),
-        "decoder": component("decoder", "conv", latent_dim=DIM, hidden=[8, 8, 4], loss=loss),
-        "loss": loss,
-    }
+    return tiny_components(DIM, prior=False, decoder_loss=True)
 
 
 def test_contract():
@@ -141,95 +133,36 @@ dist.destroy_process_group()
 @pytest.mark.slow
 def test_mixture_learns_from_the_global_batch(tmp_path):
     """Two ranks with 19 and 18 of 37 codes per step fit the mixture one process fits on all 37."""
-    runner = tmp_path / "mixture.py"
-    runner.write_text(MIXTURE_RUNNER)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    stdout = on_two_ranks(tmp_path, MIXTURE_RUNNER)
     for rank in (0, 1):
-        assert f"rank {rank} same_as_whole_batch=True own_half_differs=True" in result.stdout, result.stdout
+        assert f"rank {rank} same_as_whole_batch=True own_half_differs=True" in stdout, stdout
 
 
-TINY = [
-    "--limit",
-    "64",
-    "--set",
-    "train.test_limit=32",
-    "--device",
-    "cpu",
-    "--seed",
-    "1",
-    *(a for s in TINY_SETS for a in ("--set", s)),
-]
+# ---- real CIFAR-10, tiny widths ----
+
+FAMILY = Family("cifar-rae", [*TINY_SETS, "train.test_limit=32"])
 
 
-def test_run_sample_eval_on_cifar(cifar, tmp_path, capsys):
-    out = tmp_path / "run"
-    env = {"VAEZOO_DATA_DIR": str(cifar)}
-    assert call_main("run", "cifar-rae", "--epochs", "1", *TINY, "--out", str(out), env=env) == 0
-    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert "test_regularization" in metrics and "test_kl" not in metrics and "test_bits_per_dim" not in metrics
-    assert metrics["test_loss"] == pytest.approx(metrics["test_recon"] + metrics["test_regularization"])
-    assert math.isfinite(metrics["test_terms"]["mixture_nll"])
-    saved = load_file(out / "model.safetensors")
+straight = FAMILY.straight_fixture()
+
+
+def test_run_sample_eval_on_cifar(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
+    last = metrics(straight)[-1]
+    assert "test_regularization" in last and "test_kl" not in last and "test_bits_per_dim" not in last
+    assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_regularization"])
+    assert math.isfinite(last["test_terms"]["mixture_nll"])
+    saved = load_file(straight / "model.safetensors")
     assert saved["mixture.ready"].item() == 1  # the fitted mixture travels with the weights
-    assert call_main("sample", str(out / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
-    assert (tmp_path / "s.png").is_file()
-    capsys.readouterr()
-    assert call_main("eval", str(out / "model.safetensors"), "--limit", "32", "--json", "--device", "cpu", env=env) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys))
     assert report["objective"] == "rae" and report["regularizer"] == "regularization" and math.isfinite(report["loss"])
 
 
-def test_resume_is_bit_exact(cifar, tmp_path):
-    def fit(out, epochs, resume=None):
-        return vaezoo.fit(
-            "cifar-rae",
-            sets=["train.test_limit=32", *TINY_SETS],
-            options={"train.epochs": epochs, "train.limit": 64, "train.seed": 1},
-            data_dir=cifar,
-            device="cpu",
-            out=out if resume is None else None,
-            resume=resume,
-        )
-
-    fit(tmp_path / "straight", 2)
-    fit(tmp_path / "resumed", 1)
-    fit(None, 2, resume=tmp_path / "resumed")
-    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
-    assert a.keys() == b.keys() and {"mixture.s0", "mixture.s2"} <= a.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    losses = [
-        [json.loads(line)["train_loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        for d in ("straight", "resumed")
-    ]
-    assert losses[0] == losses[1] and len(losses[0]) == 2
+def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> None:
+    assert {"mixture.s0", "mixture.s2"} <= load_file(straight / "model.safetensors").keys()
+    FAMILY.assert_resume_is_bit_exact(cifar, straight, tmp_path)
 
 
 @pytest.mark.slow
-def test_nproc_2_writes_one_set_of_files(cifar, tmp_path):
-    out = tmp_path / "run"
-    result = run_cli(
-        "run",
-        "cifar-rae",
-        "--epochs",
-        "1",
-        *TINY,
-        "--out",
-        str(out),
-        "--nproc",
-        "2",
-        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
-        p.name for p in out.iterdir()
-    }
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
-    assert load_file(out / "model.safetensors")["mixture.ready"].item() == 1
+def test_nproc_2_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
+    FAMILY.nproc(cifar, tmp_path / "run")
+    assert load_file(tmp_path / "run" / "model.safetensors")["mixture.ready"].item() == 1

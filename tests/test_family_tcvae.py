@@ -11,30 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
-from safetensors.torch import load_file
-from tinydata import TINY_SETS, call_main
+from familyrun import Family, metrics, tiny_components
+from tinydata import TINY_SETS
 
-import vaezoo
 from vaezoo.components import gaussian_log_prob
-from vaezoo.testing import check_model, component
+from vaezoo.testing import check_model
 from vaezoo_defaults.tcvae.model import BetaTCVAE, decompose, log_importance_weights
 
 LATENT = 4
 
 
-def components() -> dict:
-    return {
-        "encoder": component("encoder", "conv", latent_dim=LATENT, hidden=[4, 8, 8]),
-        "decoder": component("decoder", "conv", latent_dim=LATENT, hidden=[8, 8, 4]),
-        "prior": component("prior", "normal", latent_dim=LATENT),
-        "loss": component("loss", "bce-kl"),
-    }
-
-
 def small_model(**keys) -> BetaTCVAE:
     torch.manual_seed(0)
-    return BetaTCVAE(in_shape=(3, 32, 32), latent_dim=LATENT, **components(), **keys)
+    return BetaTCVAE(in_shape=(3, 32, 32), latent_dim=LATENT, **tiny_components(LATENT), **keys)
 
 
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
@@ -73,7 +62,7 @@ def brute_force(z, mu, logvar):
 
 
 def test_contract():  # the estimator does not change the contract (mws: the tests below); check_model takes ~25 s
-    model = check_model(BetaTCVAE, latent_dim=LATENT, components=components(), dataset_size=1000)
+    model = check_model(BetaTCVAE, latent_dim=LATENT, components=tiny_components(LATENT), dataset_size=1000)
     assert model.objective == "elbo" and model.regularizer == "kl" and not model.applies_kl_weight
 
 
@@ -191,25 +180,10 @@ def test_rejects_bad_keys():
 
 # ---- real CIFAR-10, tiny widths ----
 
-SETS = [*TINY_SETS, "train.test_limit=32", "model.dataset_size=64"]
+FAMILY = Family("cifar-beta-tcvae", [*TINY_SETS, "train.test_limit=32", "model.dataset_size=64"])
 
 
-def fit(cifar: Path, out: Path | None, epochs: int, resume: Path | None = None):
-    options = {"train.epochs": epochs, "train.limit": 64, "train.seed": 1}
-    return vaezoo.fit(
-        "cifar-beta-tcvae", sets=SETS, options=options, data_dir=cifar, device="cpu", out=out, resume=resume
-    )
-
-
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def straight(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tcvae") / "run"
-    fit(cifar, out, 2)
-    return out
+straight = FAMILY.straight_fixture()
 
 
 def test_run_sample_and_eval_report_the_decomposition(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
@@ -218,66 +192,16 @@ def test_run_sample_and_eval_report_the_decomposition(cifar: Path, straight: Pat
     assert set(last["test_terms"]) == {"mi", "tc", "dwkl"} and all(
         math.isfinite(v) for v in last["test_terms"].values()
     )
-    assert (straight / "samples.png").is_file()
-    assert call_main("sample", str(straight / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
-    assert (tmp_path / "s.png").is_file()
-    capsys.readouterr()
-    code = call_main(
-        "eval",
-        str(straight / "model.safetensors"),
-        "--limit",
-        "32",
-        "--device",
-        "cpu",
-        "--json",
-        "--iw-samples",
-        "4",
-        env={"VAEZOO_DATA_DIR": str(cifar)},
-    )
-    report = json.loads(capsys.readouterr().out)
-    assert code == 0
+    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys, "--iw-samples", "4"))
     text = json.dumps(report)
     assert '"tc"' in text and '"mi"' in text and '"dwkl"' in text, report
 
 
 def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    fit(cifar, out, 1)
-    fit(cifar, None, 2, resume=out)
-    left, right = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
-    assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-    assert [m["train_loss"] for m in metrics(out)] == [m["train_loss"] for m in metrics(straight)]
-    assert [m["test_terms"] for m in metrics(out)] == [m["test_terms"] for m in metrics(straight)]
+    FAMILY.assert_resume_is_bit_exact(cifar, straight, tmp_path, "test_terms")
 
 
 @pytest.mark.slow
 def test_nproc_2_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
-    out = tmp_path / "two"
-    args = [
-        "--epochs",
-        "1",
-        "--limit",
-        "64",
-        "--device",
-        "cpu",
-        "--seed",
-        "3",
-        *(a for s in SETS for a in ("--set", s)),
-    ]
-    result = run_cli(
-        "run",
-        "cifar-beta-tcvae",
-        *args,
-        "--out",
-        str(out),
-        "--nproc",
-        "2",
-        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
-        p.name for p in out.iterdir()
-    }
-    rows = metrics(out)
-    assert len(rows) == 1 and set(rows[0]["test_terms"]) == {"mi", "tc", "dwkl"}
+    (row,) = FAMILY.nproc(cifar, tmp_path / "two")
+    assert set(row["test_terms"]) == {"mi", "tc", "dwkl"}

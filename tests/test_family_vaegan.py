@@ -6,35 +6,24 @@ contract, and runs on real CIFAR-10 (train, sample, eval with the GAN terms, bit
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
-from safetensors.torch import load_file
-from tinydata import TINY_SETS, call_main
+from familyrun import Family, grads, metrics, record_updates, tiny_components
+from tinydata import TINY_SETS
 
-from vaezoo.testing import check_model, component
+from vaezoo.testing import check_model
 from vaezoo_defaults.vaegan.model import VAEGAN, feature_nll
 
 LATENT = 4
 DISC = [4, 8]
 
 
-def components() -> dict:
-    return {
-        "encoder": component("encoder", "conv", latent_dim=LATENT, hidden=[4, 8, 8]),
-        "decoder": component("decoder", "conv", latent_dim=LATENT, hidden=[8, 8, 4]),
-        "prior": component("prior", "normal", latent_dim=LATENT),
-        "loss": component("loss", "bce-kl"),
-    }
-
-
 def small_model(**keys) -> VAEGAN:
     torch.manual_seed(0)
-    return VAEGAN(in_shape=(3, 32, 32), latent_dim=LATENT, **{"disc_hidden": DISC, **keys}, **components())
+    return VAEGAN(in_shape=(3, 32, 32), latent_dim=LATENT, **{"disc_hidden": DISC, **keys}, **tiny_components(LATENT))
 
 
 def images(n: int = 5) -> torch.Tensor:
@@ -43,7 +32,9 @@ def images(n: int = 5) -> torch.Tensor:
 
 @pytest.mark.parametrize("gan_loss", ["non-saturating", "minimax"])
 def test_contract(gan_loss):
-    model = check_model(VAEGAN, latent_dim=LATENT, components=components(), disc_hidden=DISC, gan_loss=gan_loss)
+    model = check_model(
+        VAEGAN, latent_dim=LATENT, components=tiny_components(LATENT), disc_hidden=DISC, gan_loss=gan_loss
+    )
     assert model.objective == "vae-gan" and model.regularizer == "kl"
 
 
@@ -84,13 +75,6 @@ def test_evaluation_parts_recomputed_by_hand():
     assert torch.allclose(parts.terms["gan_generator"], -torch.log(p_rec) - torch.log(p_prior), rtol=1e-4)
 
 
-def grads(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-    return [
-        g if g is not None else torch.zeros_like(p)
-        for g, p in zip(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True), params)
-    ]
-
-
 @pytest.mark.parametrize("gan_loss", ["non-saturating", "minimax"])
 def test_each_player_learns_its_own_loss_of_algorithm_1(gan_loss):
     """One training step, its updates recorded and not applied: the discriminator's gradient is that
@@ -98,18 +82,8 @@ def test_each_player_learns_its_own_loss_of_algorithm_1(gan_loss):
     gamma * L_llike minus its part of L_GAN; written here from the paper's equations."""
     gamma = 0.3
     model = small_model(gamma=gamma, gan_loss=gan_loss).train()
-    groups = {name: group.params for name, group in model.parameter_groups().items()}
     x = images()
-    seen: dict[str, list[torch.Tensor]] = {}
-
-    def update(name: str, per_image_loss: torch.Tensor) -> None:
-        for p in groups[name]:
-            p.grad = None
-        per_image_loss.mean().backward()
-        seen[name] = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in groups[name]]
-
-    torch.manual_seed(3)
-    model.training_step(x, None, 0, update)
+    groups, seen = record_updates(model, x, seed=3)
     assert list(seen) == ["discriminator", "encoder", "decoder"]
 
     torch.manual_seed(3)
@@ -151,82 +125,28 @@ def test_rejects_bad_keys():
 
 
 # End to end on real CIFAR-10 (tiny widths).
-SETS = [*TINY_SETS, "model.disc_hidden=[4,8]", "train.test_limit=32"]
-ARGS = ["--limit", "64", "--device", "cpu", "--seed", "1", *(a for s in SETS for a in ("--set", s))]
+FAMILY = Family("cifar-vae-gan", [*TINY_SETS, "model.disc_hidden=[4,8]", "train.test_limit=32"])
+GAN_TERMS = {"feature_recon", "gan_discriminator", "gan_generator"}
 
 
-def metrics(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def straight(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("vaegan") / "run"
-    assert (
-        call_main(
-            "run", "cifar-vae-gan", "--epochs", "2", *ARGS, "--out", str(out), env={"VAEZOO_DATA_DIR": str(cifar)}
-        )
-        == 0
-    )
-    return out
+straight = FAMILY.straight_fixture()
 
 
 def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
     last = metrics(straight)[-1]
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_kl"])
-    assert set(last["test_terms"]) == {"feature_recon", "gan_discriminator", "gan_generator"}
+    assert set(last["test_terms"]) == GAN_TERMS
     assert all(math.isfinite(v) for v in last["test_terms"].values()) and "test_bits_per_dim" not in last
-    assert call_main("sample", str(straight / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
-    assert (tmp_path / "s.png").is_file() and (straight / "samples.png").is_file()
-    capsys.readouterr()
-    assert (
-        call_main(
-            "eval",
-            str(straight / "model.safetensors"),
-            "--limit",
-            "32",
-            "--device",
-            "cpu",
-            "--json",
-            env={"VAEZOO_DATA_DIR": str(cifar)},
-        )
-        == 0
-    )
-    text = capsys.readouterr().out
+    text = FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys)
     assert "gan_discriminator" in text and "vae-gan" in text and 'bits_per_dim": 0' not in text
 
 
 def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> None:
     """Three optimizers' state and the GAN's noise carry over: 1 + 1 epochs is 2 epochs, bit for bit."""
-    out, env = tmp_path / "run", {"VAEZOO_DATA_DIR": str(cifar)}
-    assert call_main("run", "cifar-vae-gan", "--epochs", "1", *ARGS, "--out", str(out), env=env) == 0
-    assert call_main("run", "cifar-vae-gan", "--resume", str(out), "--epochs", "2", "--device", "cpu", env=env) == 0
-    left, right = load_file(straight / "model.safetensors"), load_file(out / "model.safetensors")
-    assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-    assert [m["train_loss"] for m in metrics(out)] == [m["train_loss"] for m in metrics(straight)]
-    assert [m["test_terms"] for m in metrics(out)] == [m["test_terms"] for m in metrics(straight)]
+    FAMILY.assert_resume_is_bit_exact(cifar, straight, tmp_path, "test_terms")
 
 
 @pytest.mark.slow
 def test_nproc_2_writes_one_set_of_files(cifar: Path, tmp_path: Path) -> None:
-    out = tmp_path / "two"
-    result = run_cli(
-        "run",
-        "cifar-vae-gan",
-        "--epochs",
-        "1",
-        *ARGS,
-        "--out",
-        str(out),
-        "--nproc",
-        "2",
-        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
-        p.name for p in out.iterdir()
-    }
-    rows = metrics(out)
-    assert len(rows) == 1 and set(rows[0]["test_terms"]) == {"feature_recon", "gan_discriminator", "gan_generator"}
-    assert result.stderr.count("done:") == 1
+    (row,) = FAMILY.nproc(cifar, tmp_path / "two")
+    assert set(row["test_terms"]) == GAN_TERMS

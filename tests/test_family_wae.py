@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
-from safetensors.torch import load_file
-from tinydata import TINY_SETS, call_main
+from familyrun import Family, metrics, on_two_ranks, ranks_match_one_process, set_args, tiny_components
+from tinydata import TINY_SETS
 
-import vaezoo
-from vaezoo.testing import check_model, component
+from vaezoo.testing import check_model
 from vaezoo_defaults.wae.mmd import mmd_imq
 from vaezoo_defaults.wae.model import WAE
 
@@ -26,13 +22,7 @@ DIM = 4
 
 
 def components() -> dict:
-    loss = component("loss", "bce-kl")
-    return {
-        "encoder": component("encoder", "conv", latent_dim=DIM, hidden=[4, 8, 8]),
-        "decoder": component("decoder", "conv", latent_dim=DIM, hidden=[8, 8, 4], loss=loss),
-        "prior": component("prior", "normal", latent_dim=DIM),
-        "loss": loss,
-    }
+    return tiny_components(DIM, decoder_loss=True)
 
 
 def test_contract():
@@ -132,11 +122,11 @@ own_mmd, own = grad(half_x, half_p, False)
 dist.init_process_group("gloo")
 mmd, g = grad(half_x, half_p, True)
 g = g.clone(); dist.all_reduce(g); g /= 2  # vaezoo's gradient averaging over the ranks
-print((
+print(
     f"rank {rank} value_same={torch.allclose(mmd, whole_mmd, atol=1e-6)} "
     f"grad_same={torch.allclose(g, whole, atol=1e-6)} "
+    f"own_half_differs={not torch.allclose(own_mmd, whole_mmd, atol=1e-3)}"
 )
-      f"own_half_differs={not torch.allclose(own_mmd, whole_mmd, atol=1e-3)}")
 dist.destroy_process_group()
 """
 
@@ -145,81 +135,37 @@ dist.destroy_process_group()
 def test_gathered_mmd_and_its_gradient_are_those_of_the_whole_batch(tmp_path):
     """Two ranks with 19 and 18 of 37 codes: the gathered MMD and the rank-averaged gradient equal one
     process's with all 37 (a rank's own half alone gives another estimate)."""
-    runner = tmp_path / "gather.py"
-    runner.write_text(GATHER_RUNNER)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(runner)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    stdout = on_two_ranks(tmp_path, GATHER_RUNNER)
     for rank in (0, 1):
-        assert f"rank {rank} value_same=True grad_same=True own_half_differs=True" in result.stdout, result.stdout
+        assert f"rank {rank} value_same=True grad_same=True own_half_differs=True" in stdout, stdout
 
 
-TINY = [
-    "--limit",
-    "64",
-    "--set",
-    "train.test_limit=32",
-    "--device",
-    "cpu",
-    "--seed",
-    "1",
-    *(a for s in TINY_SETS for a in ("--set", s)),
-]
+# ---- real CIFAR-10, tiny widths ----
+
+FAMILY = Family("cifar-wae", [*TINY_SETS, "train.test_limit=32"])
 
 
-def test_run_sample_eval_on_cifar(cifar, tmp_path, capsys):
-    out = tmp_path / "run"
-    env = {"VAEZOO_DATA_DIR": str(cifar)}
-    assert call_main("run", "cifar-wae", "--epochs", "1", *TINY, "--out", str(out), env=env) == 0
-    metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    assert (
-        {"test_mmd", "test_recon", "test_loss"} <= set(metrics)
-        and "test_kl" not in metrics
-        and "test_bits_per_dim" not in metrics
-    )
-    assert metrics["test_loss"] == pytest.approx(metrics["test_recon"] + metrics["test_mmd"])
-    assert call_main("sample", str(out / "model.safetensors"), "-n", "4", "--out", str(tmp_path / "s.png")) == 0
-    assert (tmp_path / "s.png").is_file()
-    capsys.readouterr()
-    assert call_main("eval", str(out / "model.safetensors"), "--limit", "32", "--json", "--device", "cpu", env=env) == 0
-    report = json.loads(capsys.readouterr().out)
+straight = FAMILY.straight_fixture()
+
+
+def test_run_sample_eval_on_cifar(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
+    last = metrics(straight)[-1]
+    assert {"test_mmd", "test_recon", "test_loss"} <= set(last)
+    assert "test_kl" not in last and "test_bits_per_dim" not in last
+    assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_mmd"])
+    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys))
     assert report["objective"] == "wae-mmd" and report["regularizer"] == "mmd" and math.isfinite(report["loss"])
 
 
-def test_resume_is_bit_exact(cifar, tmp_path):
-    def fit(out, epochs, resume=None):
-        return vaezoo.fit(
-            "cifar-wae",
-            sets=["train.test_limit=32", *TINY_SETS],
-            options={"train.epochs": epochs, "train.limit": 64, "train.seed": 1},
-            data_dir=cifar,
-            device="cpu",
-            out=out if resume is None else None,
-            resume=resume,
-        )
-
-    fit(tmp_path / "straight", 2)
-    fit(tmp_path / "resumed", 1)
-    fit(None, 2, resume=tmp_path / "resumed")
-    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    losses = [
-        [json.loads(line)["train_loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        for d in ("straight", "resumed")
-    ]
-    assert losses[0] == losses[1] and len(losses[0]) == 2
+def test_resume_is_bit_exact(cifar: Path, straight: Path, tmp_path: Path) -> None:
+    FAMILY.assert_resume_is_bit_exact(cifar, straight, tmp_path)
 
 
 # The prior samples come from each rank's own generator, so a 2-process run cannot draw the numbers one
-# process draws. This runner makes the N(0, I) samples of every step one fixed draw of the global batch,
+# process draws. This patch makes the N(0, I) samples of every step one fixed draw of the global batch,
 # each rank taking its shard: gathered, they are exactly the single process's samples.
-MATCH_RUNNER = """
-import os, sys, torch
+PATCH = """
+import os, torch
 from vaezoo_defaults.normal.prior import NormalPrior
 calls = [0]
 def sample(self, n):
@@ -228,107 +174,20 @@ def sample(self, n):
     draw = torch.randn(n * world, self.latent_dim, generator=torch.Generator().manual_seed(calls[0]))
     return draw.tensor_split(world)[rank]
 NormalPrior.sample = sample
-from vaezoo.cli import main
-main(sys.argv[1:])
 """
+MATCH_SETS = ["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8"]
 MATCH = [
-    "--epochs",
-    "1",
-    "--batch-size",
-    "64",
-    "--precision",
-    "fp32",
-    "--limit",
-    "256",
-    "--device",
-    "cpu",
-    "--seed",
-    "3",
-    "--set",
-    'train.optimizer="sgd"',
-    "--lr",
-    "1e-5",
-    *(
-        a
-        for s in [
-            "encoder.hidden=[8,16]",
-            "decoder.hidden=[16,8]",
-            "latent_dim=8",
-            "train.test_limit=100",
-            "train.sample_count=4",
-        ]
-        for a in ("--set", s)
-    ),
+    *("--epochs", "1", "--batch-size", "64", "--precision", "fp32", "--limit", "256", "--device", "cpu"),
+    *("--seed", "3", "--set", 'train.optimizer="sgd"', "--lr", "1e-5"),
+    *set_args([*MATCH_SETS, "train.test_limit=100", "train.sample_count=4"]),
 ]
 
 
 @pytest.mark.slow
-def test_two_ranks_match_one_process_on_the_whole_batch(cifar, tmp_path):
-    """2 ranks x 32 images per step end within 1e-4 of one process with 64 (plain SGD, as in
-    test_distributed): the MMD is the global batch's because the codes are gathered over ranks."""
-    runner = tmp_path / "runner.py"
-    runner.write_text(MATCH_RUNNER)
-    env = {**os.environ, "VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"}
-    single = subprocess.run(
-        [sys.executable, str(runner), "run", "cifar-wae", *MATCH, "--out", str(tmp_path / "one")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            str(runner),
-            "run",
-            "cifar-wae",
-            *MATCH,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
-    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
-    diff = max((one[k] - two[k]).abs().max().item() for k in one)
-    torch.manual_seed(3)
-    initial = vaezoo.build(
-        "cifar-wae", sets=["encoder.hidden=[8,16]", "decoder.hidden=[16,8]", "latent_dim=8"]
-    ).state_dict()
-    moved = max((one[k] - initial[k]).abs().max().item() for k in one)
-    assert diff < 1e-4 and moved > 100 * diff, (diff, moved)
-    train = [json.loads((tmp_path / d / "metrics.jsonl").read_text())["train_loss"] for d in ("one", "two")]
+def test_two_ranks_match_one_process_on_the_whole_batch_and_write_one_set_of_files(cifar, tmp_path):
+    """`--nproc 2` writes one set of files; and 2 ranks x 32 images per step end within 1e-4 of one
+    process with 64 (plain SGD, as in test_distributed): the MMD is the global batch's because the codes
+    are gathered over ranks."""
+    ranks_match_one_process(FAMILY, cifar, tmp_path, MATCH, PATCH, MATCH_SETS, seed=3)
+    train = [metrics(tmp_path / d)[0]["train_loss"] for d in ("one", "two")]
     assert train[0] == pytest.approx(train[1], rel=1e-5)
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
-
-
-@pytest.mark.slow
-def test_nproc_2_writes_one_set_of_files(cifar, tmp_path):
-    out = tmp_path / "run"
-    result = run_cli(
-        "run",
-        "cifar-wae",
-        "--epochs",
-        "1",
-        *TINY,
-        "--out",
-        str(out),
-        "--nproc",
-        "2",
-        env={"VAEZOO_DATA_DIR": str(cifar), "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"} <= {
-        p.name for p in out.iterdir()
-    }
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
