@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_cli_batch
 from safetensors.torch import load_file
 from tinydata import TINY_ARGS, TINY_SETS, error_lines
 
@@ -109,28 +109,62 @@ def assert_same_run(out: Path, straight: Path) -> None:
 
 
 # recipe.toml is commit 1; epoch 1 commits state (2), model (3), metrics (4), pictures (5-8); epoch 2 from 9 on
-@pytest.mark.parametrize(("kill_at", "when"), [(1, "after"), (2, "before"), (2, "after"), (4, "after"), (9, "after")])
-def test_sigkill_at_every_commit_point_resumes_to_the_same_run(
-    cifar: Path, straight: Path, tmp_path: Path, kill_at: int, when: str
-) -> None:
-    out = tmp_path / "run"
-    killer = tmp_path / "killer.py"
+KILL_POINTS = [(1, "after"), (2, "before"), (2, "after"), (4, "after"), (9, "after")]
+
+
+@pytest.fixture(scope="module")
+def killed_and_continued(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple, tuple]:
+    """(kill_at, when) -> (run folder, the killed run, [the commands that finished the run]): each run
+    killed in its own process; then, in one fresh process, each folder resumed, or (killed before the
+    first commit of a state) a resume refused and a new run into the folder (its lock is stale)."""
+    root = tmp_path_factory.mktemp("killed")
+    killer = root / "killer.py"
     killer.write_text(KILLER)
-    env = {**os.environ, "KILL_AT": str(kill_at), "KILL_WHEN": when}
-    killed = subprocess.run(
-        [sys.executable, str(killer), "run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    killed, commands = {}, []
+    for index, (kill_at, when) in enumerate(KILL_POINTS):
+        out = root / str(index) / "run"
+        killed[kill_at, when] = (
+            out,
+            subprocess.run(
+                [
+                    sys.executable,
+                    str(killer),
+                    "run",
+                    "cifar-vae",
+                    *TWO_EPOCHS,
+                    "--data-dir",
+                    str(cifar),
+                    "--out",
+                    str(out),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "KILL_AT": str(kill_at), "KILL_WHEN": when},
+                timeout=300,
+            ),
+        )
+        resume = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out)]
+        new = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)]
+        commands.append([resume] if (out / "state.safetensors").exists() else [resume, new])
+    results = iter(run_cli_batch([c for steps in commands for c in steps], root))
+    return {
+        point: (out, died, [next(results) for _ in steps])
+        for (point, (out, died)), steps in zip(killed.items(), commands)
+    }
+
+
+@pytest.mark.parametrize(("kill_at", "when"), KILL_POINTS)
+def test_sigkill_at_every_commit_point_resumes_to_the_same_run(
+    killed_and_continued: dict, straight: Path, kill_at: int, when: str
+) -> None:
+    out, killed, (*refused, again) = killed_and_continued[kill_at, when]
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    if (out / "state.safetensors").exists():  # something to resume
-        again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
-    else:  # killed before the first commit of a state: the folder takes a new run (its lock is stale)
-        resumed = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
+    if refused:  # killed before the first commit of a state: nothing to resume, a new run
+        (resumed,) = refused
+        assert "--resume" in resumed.args and "--out" in again.args
         assert "no state.safetensors" in one_line(resumed) or "no recipe.toml" in resumed.stderr
-        again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out))
+    else:
+        assert "--resume" in again.args
     assert again.returncode == 0, again.stderr[-2000:]
     assert_same_run(out, straight)
     assert not (out / ".vaezoo.lock").exists()
@@ -174,10 +208,9 @@ def test_a_refused_resume_changes_nothing_and_the_run_still_resumes(
         with pytest.raises(VaezooError, match=message):
             fit_like_cli(cifar, change.pop("sets", ()), resume=out, **change)
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before, change
-    one_line(
-        run_cli("run", "cifar-vae", *TWO_EPOCHS, "--epochs", "1", "--data-dir", str(cifar), "--resume", str(out))
-    )  # and through the CLI
-    again = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out))
+    resume = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out)]
+    refused, again = run_cli_batch([[*resume, "--epochs", "1"], resume], tmp_path)  # one fresh process
+    one_line(refused)  # and through the CLI
     assert again.returncode == 0, again.stderr[-2000:]
     assert_same_run(out, straight)
 
@@ -337,20 +370,6 @@ def test_a_burst_of_ctrl_c_is_one_line(cifar: Path, tmp_path: Path) -> None:
 # ---- a model file's contents --------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def small_model(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("small") / "run"
-    vaezoo.fit(
-        "cifar-vae",
-        sets=TINY_SETS,
-        options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1},
-        out=out,
-        data_dir=cifar,
-        device="cpu",
-    )
-    return out / "model.safetensors"
-
-
 class Raw(str):
     """A metadata value written as it is, not JSON-encoded (for JSON no encoder would write)."""
 
@@ -413,14 +432,16 @@ def test_a_damaged_or_hostile_model_file_is_one_clear_error_before_anything_is_b
     assert str(bad) in str(refused.value) and "\n" not in str(refused.value)
 
 
-@pytest.mark.parametrize("case", ["huge latent_dim", "deep nesting"])
-def test_the_cli_refuses_them_in_one_line_exit_2(small_model: Path, tmp_path: Path, case: str) -> None:
-    bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE[case])
-    for command in (
-        ["sample", str(bad), "--out", str(tmp_path / "s.png")],
-        ["eval", str(bad), "--limit", "8", "--json"],
-    ):
-        one_line(run_cli(*command))
+def test_the_cli_refuses_them_in_one_line_exit_2(small_model: Path, tmp_path: Path) -> None:
+    commands = []
+    for case in ("huge latent_dim", "deep nesting"):
+        bad = rewrite(small_model, tmp_path / f"{case}.safetensors", HOSTILE[case])
+        commands += [
+            ["sample", str(bad), "--out", str(tmp_path / "s.png")],
+            ["eval", str(bad), "--limit", "8", "--json"],
+        ]
+    for command, result in zip(commands, run_cli_batch(commands, tmp_path)):  # one fresh process
+        assert command[1] in one_line(result), command
     assert not (tmp_path / "s.png").exists()
 
 
@@ -511,47 +532,46 @@ def test_damaged_states_are_one_line_and_never_train(cifar: Path, tmp_path: Path
 # ---- everything else ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("args", "expected"),
-    [
-        (["--set", "encoder.hidden=[0,64,128]"], "hidden widths from 1"),
-        (["--set", "train.weight_decay=-1"], "weight_decay must not be negative"),
-        (["--seed", "123456789012345678901"], "seed"),
-        (["--set", "train.skip_grad_norm=-2"], "skip_grad_norm must not be negative"),
-        (["--set", "model.iw_samples=0"], "iw_samples >= 1"),
-        (["--set", "model.name=no-such-family"], "unknown model 'no-such-family'"),
-    ],
-)
-def test_bad_values_are_one_line_exit_2(cifar: Path, tmp_path: Path, args: list[str], expected: str) -> None:
-    result = run_cli(
-        "run",
-        "cifar-vae",
-        "--epochs",
-        "1",
-        "--limit",
-        "16",
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(cifar),
-        "--out",
-        str(tmp_path / "run"),
-        *args,
-    )
+BAD_VALUES = [
+    (["--set", "encoder.hidden=[0,64,128]"], "hidden widths from 1"),
+    (["--set", "train.weight_decay=-1"], "weight_decay must not be negative"),
+    (["--seed", "123456789012345678901"], "seed"),
+    (["--set", "train.skip_grad_norm=-2"], "skip_grad_norm must not be negative"),
+    (["--set", "model.iw_samples=0"], "iw_samples >= 1"),
+    (["--set", "model.name=no-such-family"], "unknown model 'no-such-family'"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_value_runs(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
+    """(run folder, `vaezoo run` result) for each of BAD_VALUES, the runs in one fresh process."""
+    root = tmp_path_factory.mktemp("bad-values")
+    base = ["run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", "--data-dir", str(cifar)]
+    outs = [root / str(index) / "run" for index in range(len(BAD_VALUES))]
+    commands = [[*base, "--out", str(out), *args] for out, (args, _) in zip(outs, BAD_VALUES)]
+    return list(zip(outs, run_cli_batch(commands, root)))
+
+
+@pytest.mark.parametrize("index", range(len(BAD_VALUES)), ids=[expected for _, expected in BAD_VALUES])
+def test_bad_values_are_one_line_exit_2(bad_value_runs: list, index: int) -> None:
+    args, expected = BAD_VALUES[index]
+    out, result = bad_value_runs[index]
+    assert result.args[-len(args) :] == args
     assert expected in one_line(result)
-    assert not (tmp_path / "run" / "recipe.toml").exists()
+    assert not (out / "recipe.toml").exists()
 
 
 def test_out_that_cannot_be_a_run_folder(cifar: Path, tmp_path: Path) -> None:
     afile = tmp_path / "a-file"
     afile.write_text("not a folder")
-    assert "is a file" in one_line(
-        run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(afile))
-    )
+    into = [
+        ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", out]
+        for out in (str(afile), "/proc/vaezoo-run")
+    ]
+    into_file, into_proc = run_cli_batch(into, tmp_path)  # one fresh process
+    assert "is a file" in one_line(into_file)
     assert afile.read_text() == "not a folder"
-    assert "cannot" in one_line(
-        run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", "/proc/vaezoo-run")
-    )
+    assert "cannot" in one_line(into_proc)
 
 
 def test_eval_and_sample_bounds(small_model: Path, tmp_path: Path) -> None:

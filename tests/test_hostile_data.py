@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import Command, run_cli, run_cli_batch
 from safetensors import safe_open
 from safetensors.torch import save
 from tinydata import TINY_ARGS, error_lines, write_class_folders
@@ -474,46 +474,67 @@ CLI_CASES = [  # each kind once, both datasets (a fresh process costs seconds)
 ]
 
 
-@pytest.mark.parametrize(("name", "recipe"), CLI_CASES)
-def test_cli_bad_image_exit_2_one_line_naming_the_file(tmp_path, name, recipe):
-    root = write_class_folders(tmp_path / "data", train_per_class=1, test_per_class=1)
+def bad_image_run(folder: Path, name: str, recipe: str) -> tuple[Path, list[str], dict[str, str]]:
+    """Class folders in `folder` with the bad image `name` in them, and the `vaezoo run RECIPE` arguments
+    and environment that train on them: the image, the arguments and the environment."""
+    root = write_class_folders(folder / "data", train_per_class=1, test_per_class=1)
     bad = root / "train" / "horse" / name
-    prefix: list[str] = []
     if name == "unreadable.png":
         shutil.copy(root / "train" / "horse" / "0000.png", bad)
         bad.chmod(0)
-        if os.access(bad, os.R_OK):  # root reads anything unless its capabilities are dropped
-            prefix = _drop_dac()
-            if prefix is None:
-                pytest.skip("running as root without setpriv: chmod 000 does not stop root reading the file")
     else:
         bad.write_bytes(BAD_FILES[name][0]())
-    args = [
-        "run",
-        recipe,
-        "--data-dir",
-        str(root),
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path / "run"),
-        *TINY_ARGS,
-    ]
-    env = {**os.environ, "VAEZOO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    env.pop("VAEZOO_DEBUG", None)
-    if prefix:
-        result = subprocess.run(
-            [*prefix, sys.executable, "-m", "vaezoo", *args], capture_output=True, text=True, env=env, timeout=600
-        )
-    else:
-        result = run_cli(*args, env=env)
+    args = ["run", recipe, "--data-dir", str(root), "--epochs", "1", "--device", "cpu", "--out", str(folder / "run")]
+    return bad, [*args, *TINY_ARGS], {"VAEZOO_CACHE_DIR": str(folder / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def bad_image_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple]:
+    """CLI_CASES item -> (its folder, the bad image, the run on it) or, for an unreadable image that root
+    can read without setpriv, a reason to skip. The runs that need no setpriv are one fresh process."""
+    root = tmp_path_factory.mktemp("bad-images")
+    cases, batch = {}, []
+    for index, (name, recipe) in enumerate(CLI_CASES):
+        folder = root / str(index)
+        bad, args, env = bad_image_run(folder, name, recipe)
+        prefix: list[str] = []
+        if name == "unreadable.png" and os.access(
+            bad, os.R_OK
+        ):  # root reads anything unless its capabilities are dropped
+            prefix = _drop_dac()  # are dropped
+            if prefix is None:
+                cases[name, recipe] = "running as root without setpriv: chmod 000 does not stop root reading the file"
+                continue
+        if prefix:
+            result = subprocess.run(
+                [*prefix, sys.executable, "-m", "vaezoo", *args],
+                capture_output=True,
+                text=True,
+                env={k: v for k, v in {**os.environ, **env}.items() if k != "VAEZOO_DEBUG"},
+                timeout=600,
+            )
+            cases[name, recipe] = (folder, bad, result)
+        else:
+            cases[name, recipe] = (folder, bad)
+            batch.append(((name, recipe), Command(*args, env=env)))
+    results = run_cli_batch([command for _, command in batch], root, env={"VAEZOO_DEBUG": None, "OMP_NUM_THREADS": "1"})
+    for (case, _), result in zip(batch, results):
+        cases[case] = (*cases[case], result)
+    return cases
+
+
+@pytest.mark.parametrize(("name", "recipe"), CLI_CASES)
+def test_cli_bad_image_exit_2_one_line_naming_the_file(bad_image_runs: dict, name: str, recipe: str) -> None:
+    case = bad_image_runs[name, recipe]
+    if isinstance(case, str):
+        pytest.skip(case)
+    folder, bad, result = case
+    assert recipe in result.args and str(bad.parents[2]) in result.args
     lines = error_lines(result.stderr)
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert len(lines) == 1 and lines[0].startswith("vaezoo: error: ") and str(bad) in lines[0], result.stderr
     assert "internal error" not in lines[0] and "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert not (folder / "run" / "model.safetensors").exists()
 
 
 def test_cli_run_after_adding_images_does_not_use_the_old_cache(tmp_path, monkeypatch):

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-from test_hostile import Raw, _set, one_line, rewrite, small_model  # noqa: F401 (small_model is a fixture)
+from conftest import run_cli, run_cli_batch
+from test_hostile import Raw, _set, one_line, rewrite
 
 import vaezoo
 from vaezoo.errors import CheckpointError, VaezooError
@@ -236,10 +236,14 @@ def test_a_huge_sparse_file_is_never_read_whole(small_model: Path, tmp_path: Pat
 
 
 def test_image_shapes_a_file_may_claim_are_bounded(small_model: Path, tmp_path: Path) -> None:
-    for shape in ([3, 4096, 4096], [3, 2048, 8], [64, 1024, 1024], [4, 1024, 1024]):
-        bad = rewrite(small_model, tmp_path / "bad.safetensors", _set(["vaezoo.data", "shape"], shape))
-        for command in (["inspect", str(bad)], ["sample", str(bad), "-n", "1", "--out", str(tmp_path / "s.png")]):
-            assert "vaezoo.data.shape" in one_line(run_cli(*command)), (shape, command)
+    shapes = ([3, 4096, 4096], [3, 2048, 8], [64, 1024, 1024], [4, 1024, 1024])
+    commands = []
+    for index, shape in enumerate(shapes):
+        bad = rewrite(small_model, tmp_path / f"bad{index}.safetensors", _set(["vaezoo.data", "shape"], shape))
+        commands += [["inspect", str(bad)], ["sample", str(bad), "-n", "1", "--out", str(tmp_path / "s.png")]]
+    for command, result in zip(commands, run_cli_batch(commands, tmp_path)):  # one fresh process
+        assert "vaezoo.data.shape" in one_line(result), command
+    assert not (tmp_path / "s.png").exists()
 
 
 @pytest.fixture(scope="module")
@@ -390,22 +394,39 @@ METADATA = {
 }
 
 
+@pytest.fixture(scope="module")
+def read_by_every_reader(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """METADATA case -> (its file, its folder, [inspect, inspect --json, card, push --dry-run, sample] of
+    the file), the commands of all the cases run in one fresh process."""
+    root = tmp_path_factory.mktemp("metadata")
+    cases, commands = {}, []
+    for index, case in enumerate(sorted(METADATA)):
+        folder = root / str(index)
+        folder.mkdir()
+        bad = rewrite(small_model, folder / "bad.safetensors", METADATA[case][0])
+        readers = [
+            ["inspect", str(bad)],
+            ["inspect", str(bad), "--json"],
+            ["card", str(bad)],
+            ["push", str(bad), "my-org/x", "--dry-run", str(folder / "up")],
+            ["sample", str(bad), "--out", str(folder / "s.png")],
+        ]
+        cases[case] = (bad, folder, len(commands), len(commands) + len(readers))
+        commands += readers
+    results = run_cli_batch(commands, root)
+    return {case: (bad, folder, results[start:end]) for case, (bad, folder, start, end) in cases.items()}
+
+
 @pytest.mark.parametrize("case", sorted(METADATA))
-def test_metadata_of_the_wrong_type_is_one_line_for_every_reader(small_model: Path, tmp_path: Path, case: str) -> None:
-    change, expected = METADATA[case]
-    bad = rewrite(small_model, tmp_path / "bad.safetensors", change)
-    for command in (
-        ["inspect", str(bad)],
-        ["inspect", str(bad), "--json"],
-        ["card", str(bad)],
-        ["push", str(bad), "my-org/x", "--dry-run", str(tmp_path / "up")],
-        ["sample", str(bad), "--out", str(tmp_path / "s.png")],
-    ):
-        result = run_cli(*command)
+def test_metadata_of_the_wrong_type_is_one_line_for_every_reader(read_by_every_reader: dict, case: str) -> None:
+    _, expected = METADATA[case]
+    bad, folder, results = read_by_every_reader[case]
+    assert [result.args[0] for result in results] == ["inspect", "inspect", "card", "push", "sample"]
+    for result in results:
         line = one_line(result)
-        assert str(bad) in line and expected in line, (command, line)
+        assert str(bad) in line and expected in line, (result.args, line)
         assert "\x1b" not in result.stderr and "\r" not in result.stderr and "\x9b" not in result.stderr
-    assert not (tmp_path / "up").exists() and not (tmp_path / "s.png").exists()
+    assert not (folder / "up").exists() and not (folder / "s.png").exists()
 
 
 MARKUP = "[/bold] [link=https://evil.example]click[/link] [red]"
@@ -445,22 +466,41 @@ EVIL_DISTRIBUTIONS = [
 ]
 
 
-@pytest.mark.parametrize("distribution", EVIL_DISTRIBUTIONS)
-def test_a_file_never_chooses_the_pip_line(small_model: Path, tmp_path: Path, distribution: str) -> None:
+def fancy_encoder(distribution: str, version: str):
+    """A metadata change: the encoder is 'fancy', of `distribution` at `version`."""
+
     def change(metadata):
         for record in metadata["vaezoo.components"]:
             if record["kind"] == "encoder":
-                record.update(
-                    name="fancy", distribution=distribution, version="1.0 --index-url https://evil.example/simple"
-                )
+                record.update(name="fancy", distribution=distribution, version=version)
 
-    bad = rewrite(small_model, tmp_path / "bad.safetensors", change)
-    line = one_line(run_cli("sample", str(bad), "--out", str(tmp_path / "s.png")))
+    return change
+
+
+@pytest.fixture(scope="module")
+def sampled_and_carded(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """EVIL_DISTRIBUTIONS item -> (its folder, `sample` of its file, `card` of it), one fresh process for all."""
+    root = tmp_path_factory.mktemp("pip")
+    folders, commands = [], []
+    for index, distribution in enumerate(EVIL_DISTRIBUTIONS):
+        folders.append(root / str(index))
+        folders[-1].mkdir()
+        change = fancy_encoder(distribution, "1.0 --index-url https://evil.example/simple")
+        bad = rewrite(small_model, folders[-1] / "bad.safetensors", change)
+        commands += [["sample", str(bad), "--out", str(folders[-1] / "s.png")], ["card", str(bad)]]
+    results = run_cli_batch(commands, root)
+    return {d: (folders[i], results[2 * i], results[2 * i + 1]) for i, d in enumerate(EVIL_DISTRIBUTIONS)}
+
+
+@pytest.mark.parametrize("distribution", EVIL_DISTRIBUTIONS)
+def test_a_file_never_chooses_the_pip_line(sampled_and_carded: dict, distribution: str) -> None:
+    folder, sampled, card = sampled_and_carded[distribution]
+    line = one_line(sampled)
+    assert not (folder / "s.png").exists()
     if "\n" in distribution:
         assert "vaezoo.components[2].distribution holds a control character" in line
         return
     assert "needs encoder 'fancy'" in line and "pip install" not in line and "not valid" in line
-    card = run_cli("card", str(bad))
     assert card.returncode == 0, card.stderr[-2000:]
     installs = [row for row in card.stdout.splitlines() if row.startswith("pip install")]
     assert installs == [f"pip install 'vaezoo[hub]=={vaezoo.__version__}'"]
@@ -487,13 +527,7 @@ def test_a_valid_distribution_with_a_hostile_version_is_not_pinned(small_model: 
         == "pip install 'vaezoo-fancy==2.1.0rc1'"
     )
 
-    def change(metadata):
-        for record in metadata["vaezoo.components"]:
-            if record["kind"] == "encoder":
-                record.update(
-                    name="fancy", distribution="vaezoo-fancy", version="1.0 --index-url https://evil.example/simple"
-                )
-
+    change = fancy_encoder("vaezoo-fancy", "1.0 --index-url https://evil.example/simple")
     bad = rewrite(small_model, tmp_path / "bad.safetensors", change)
     line = one_line(run_cli("sample", str(bad), "--out", str(tmp_path / "s.png")))
     assert line.endswith("`pip install vaezoo-fancy`") and "evil" not in line

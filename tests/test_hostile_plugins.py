@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
-from tinydata import TINY_ARGS, TINY_SETS, error_lines
+from conftest import REPO, run_cli, run_cli_batch
+from tinydata import TINY_ARGS, error_lines
 
 from vaezoo.errors import printable
 from vaezoo.plugins.registry import registration_problem
@@ -151,28 +151,25 @@ def test_a_run_works_beside_broken_plugins(cifar: Path, tmp_path: Path, hostile_
     assert_no_controls(result)
 
 
-@pytest.mark.parametrize("encoder", ["exit-enc", "base-enc"])
-def test_a_component_that_exits_or_raises_a_base_exception_is_one_line(
-    cifar: Path, tmp_path: Path, hostile_path: dict[str, str], encoder: str
-) -> None:
-    result = run_cli(
-        "run",
-        "cifar-vae",
-        "--epochs",
-        "1",
-        "--limit",
-        "16",
-        "--device",
-        "cpu",
-        *TINY_ARGS,
-        "--set",
-        f"encoder.name={encoder}",
-        "--data-dir",
-        str(cifar),
-        "--out",
-        str(tmp_path / "run"),
-        env=hostile_path,
-    )
+EXITING_ENCODERS = ["exit-enc", "base-enc"]
+
+
+@pytest.fixture(scope="module")
+def exiting_runs(cifar: Path, hostile_path: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """EXITING_ENCODERS item -> a run with that encoder: the runs in one fresh process."""
+    root = tmp_path_factory.mktemp("exiting")
+    base = ["run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", *TINY_ARGS]
+    commands = [
+        [*base, "--set", f"encoder.name={encoder}", "--data-dir", str(cifar), "--out", str(root / encoder / "run")]
+        for encoder in EXITING_ENCODERS
+    ]
+    return dict(zip(EXITING_ENCODERS, run_cli_batch(commands, root, env=hostile_path)))
+
+
+@pytest.mark.parametrize("encoder", EXITING_ENCODERS)
+def test_a_component_that_exits_or_raises_a_base_exception_is_one_line(exiting_runs: dict, encoder: str) -> None:
+    result = exiting_runs[encoder]
+    assert f"encoder.name={encoder}" in result.args
     lines = [line for line in error_lines(result.stderr) if not line.startswith("vaezoo: warning:")]
     assert result.returncode in (1, 2) and len(lines) == 1 and "Traceback" not in result.stderr, (
         result.returncode,
@@ -238,22 +235,6 @@ def test_a_plugins_markup_and_controls_are_shown_as_text(hostile_path: dict[str,
     assert_no_controls(plugins)
 
 
-@pytest.fixture(scope="module")
-def small_model(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import vaezoo
-
-    out = tmp_path_factory.mktemp("small") / "run"
-    vaezoo.fit(
-        "cifar-vae",
-        sets=TINY_SETS,
-        options={"train.limit": 64, "train.test_limit": 32, "train.epochs": 1},
-        out=out,
-        data_dir=cifar,
-        device="cpu",
-    )
-    return out / "model.safetensors"
-
-
 def hostile_copy(small_model: Path, target: Path, text: str) -> Path:
     """The model file with `text` in the recipe's name and summary, each component's name and plugin,
     the training device and a metrics key (strings in string fields, so the schema's types hold)."""
@@ -291,14 +272,15 @@ def test_markup_in_a_model_file_is_shown_as_text(small_model: Path, tmp_path: Pa
 def test_control_characters_in_a_model_file_never_reach_the_terminal(small_model: Path, tmp_path: Path) -> None:
     """The file's schema may refuse them (one line, exit 2) or vaezoo shows them escaped (exit 0)."""
     model = hostile_copy(small_model, tmp_path / "nasty.safetensors", NASTY + MARKUP)
-    for command in (
+    commands = [
         ["inspect"],
         ["inspect", "--json"],
         ["card"],
         ["sample", "--out", str(tmp_path / "s.png")],
         ["eval", "--limit", "8", "--device", "cpu"],
-    ):
-        result = run_cli(*command[:1], str(model), *command[1:])
+    ]
+    results = run_cli_batch([[c[0], str(model), *c[1:]] for c in commands], tmp_path)  # one fresh process
+    for command, result in zip(commands, results, strict=True):
         assert_no_controls(result)
         assert result.returncode in (0, 2), (command, result.stderr[-2000:])
         if result.returncode == 2:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import Command, run_cli, run_cli_batch
 from tinydata import TINY_ARGS, TINY_SETS, error_lines, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
@@ -294,23 +294,35 @@ def done_run(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def refused_runs(cifar: Path, done_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """REFUSED case -> (its folder, the run into a new folder, the run into an empty one): one process."""
+    root = tmp_path_factory.mktemp("refused")
+    folders, commands = {}, []
+    for index, (case, (args, _)) in enumerate(REFUSED.items()):
+        folder = folders[case] = root / str(index)
+        folder.mkdir()
+        os.mkfifo(folder / "fifo")
+        (folder / "empty").mkdir()
+        args = [arg.format(fifo=folder / "fifo", cifar=cifar, done=done_run) for arg in args]
+        commands += [
+            ["run", "cifar-vae", *QUICK, *args, "--out", str(folder / "new" / "deeper" / "run")],
+            ["run", "cifar-vae", *QUICK, *args, "--out", str(folder / "empty")],
+        ]
+    results = run_cli_batch(commands, root)
+    return {case: (folders[case], *results[2 * i : 2 * i + 2]) for i, case in enumerate(REFUSED)}
+
+
 @pytest.mark.parametrize("case", REFUSED)
 def test_a_refused_run_removes_the_folders_it_created_and_leaves_an_existing_one_empty(
-    cifar: Path, done_run: Path, tmp_path: Path, case: str
+    refused_runs: dict, case: str
 ) -> None:
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    args, message = REFUSED[case]
-    args = [arg.format(fifo=fifo, cifar=cifar, done=done_run) for arg in args]
-    new = tmp_path / "new" / "deeper" / "run"
-    refused = run_cli("run", "cifar-vae", *QUICK, *args, "--out", str(new))
-    assert message in one_line(refused)
-    assert not (tmp_path / "new").exists()
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    refused = run_cli("run", "cifar-vae", *QUICK, *args, "--out", str(empty))
-    assert message in one_line(refused)
-    assert empty.is_dir() and list(empty.iterdir()) == []
+    folder, into_new, into_empty = refused_runs[case]
+    _, message = REFUSED[case]
+    assert message in one_line(into_new)
+    assert not (folder / "new").exists()
+    assert message in one_line(into_empty)
+    assert (folder / "empty").is_dir() and list((folder / "empty").iterdir()) == []
 
 
 def test_a_refused_run_keeps_a_folder_that_another_file_appeared_in(cifar: Path, tmp_path: Path) -> None:
@@ -336,30 +348,46 @@ DAMAGED_RECIPES = {
 }
 
 
-@pytest.mark.parametrize("case", DAMAGED_RECIPES)
-def test_a_damaged_recipe_toml_on_resume_is_one_line_naming_it(
-    done_run: Path, cifar: Path, tmp_path: Path, case: str
-) -> None:
+def contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def damaged_resumes(done_run: Path, cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """DAMAGED_RECIPES case -> (a copy of the run with the damaged recipe.toml, its files before, the
+    resume of it): the resumes of all the cases in one fresh process."""
     import shutil
 
-    out = shutil.copytree(done_run, tmp_path / "run")
-    recipe = out / "recipe.toml"
-    damaged = DAMAGED_RECIPES[case](recipe.read_text())
-    recipe.write_bytes(damaged.encode("latin-1") if case == "not UTF-8" else damaged.encode())
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    refused = run_cli(
-        "run", "cifar-vae", "--epochs", "2", "--device", "cpu", "--data-dir", str(cifar), "--resume", str(out)
-    )
-    assert f"{recipe} is damaged" in one_line(refused)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    root = tmp_path_factory.mktemp("damaged")
+    runs, commands = {}, []
+    for index, (case, damage) in enumerate(DAMAGED_RECIPES.items()):
+        out = shutil.copytree(done_run, root / str(index) / "run")
+        damaged = damage((out / "recipe.toml").read_text())
+        (out / "recipe.toml").write_bytes(damaged.encode("latin-1") if case == "not UTF-8" else damaged.encode())
+        runs[case] = (out, contents(out))
+        commands.append(
+            ["run", "cifar-vae", "--epochs", "2", "--device", "cpu", "--data-dir", str(cifar), "--resume", str(out)]
+        )
+    return {case: (*runs[case], result) for case, result in zip(DAMAGED_RECIPES, run_cli_batch(commands, root))}
+
+
+@pytest.mark.parametrize("case", DAMAGED_RECIPES)
+def test_a_damaged_recipe_toml_on_resume_is_one_line_naming_it(damaged_resumes: dict, case: str) -> None:
+    out, before, refused = damaged_resumes[case]
+    assert f"{out / 'recipe.toml'} is damaged" in one_line(refused)
+    assert contents(out) == before
 
 
 # ---- classes 8 / 9: data folders that are not folders, eval on other data -------------------------
 
 
-@pytest.mark.parametrize("kind", ["FIFO", "file", "symlink to itself", "symlink loop of two", "below a file"])
-def test_a_data_dir_that_is_not_a_folder_is_one_line_naming_it(tmp_path: Path, kind: str) -> None:
-    path = tmp_path / "data"
+NOT_FOLDERS = ["FIFO", "file", "symlink to itself", "symlink loop of two", "below a file"]
+DATA_RECIPES = ("cifar-vae", "folder-vae", "mnist-vae")
+
+
+def not_a_folder(folder: Path, kind: str) -> Path:
+    """A --data-dir in `folder` that is not a folder."""
+    path = folder / "data"
     if kind == "FIFO":
         os.mkfifo(path)
     elif kind == "file":
@@ -368,21 +396,44 @@ def test_a_data_dir_that_is_not_a_folder_is_one_line_naming_it(tmp_path: Path, k
         path.symlink_to("data")
     elif kind == "symlink loop of two":
         path.symlink_to("other")
-        (tmp_path / "other").symlink_to("data")
+        (folder / "other").symlink_to("data")
     else:
-        (tmp_path / "file").write_text("x")
-        path = tmp_path / "file" / "data"
+        (folder / "file").write_text("x")
+        path = folder / "file" / "data"
+    return path
+
+
+@pytest.fixture(scope="module")
+def not_folder_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """NOT_FOLDERS kind -> (its folder, its data path, a run of each of DATA_RECIPES with it as --data-dir,
+    a cifar-vae run with it as VAEZOO_DATA_DIR): the runs of all the kinds in one fresh process."""
+    root = tmp_path_factory.mktemp("not-folders")
+    kinds, commands = {}, []
+    for index, kind in enumerate(NOT_FOLDERS):
+        folder = root / str(index)
+        folder.mkdir()
+        path = kinds[kind] = not_a_folder(folder, kind)
+        out = str(folder / "run")
+        commands += [Command("run", recipe, *QUICK, "--data-dir", str(path), "--out", out) for recipe in DATA_RECIPES]
+        commands.append(Command("run", "cifar-vae", *QUICK, "--out", out, env={"VAEZOO_DATA_DIR": str(path)}))
+    results = run_cli_batch(commands, root)
+    n = len(DATA_RECIPES) + 1
+    return {kind: (root / str(i), kinds[kind], results[i * n : (i + 1) * n]) for i, kind in enumerate(NOT_FOLDERS)}
+
+
+@pytest.mark.parametrize("kind", NOT_FOLDERS)
+def test_a_data_dir_that_is_not_a_folder_is_one_line_naming_it(not_folder_runs: dict, kind: str) -> None:
+    folder, path, (*refused, from_env) = not_folder_runs[kind]
     expected = {
         "FIFO": "is a FIFO, not a folder",
         "file": "is a file, not a folder",
         "below a file": "cannot be read (Not a directory)",
     }.get(kind, "is a symbolic link loop")
-    for recipe in ("cifar-vae", "folder-vae", "mnist-vae"):
-        refused = run_cli("run", recipe, *QUICK, "--data-dir", str(path), "--out", str(tmp_path / "run"))
-        assert one_line(refused) == f"vaezoo: error: --data-dir {path} {expected}: point it at a folder of data", recipe
-        assert not (tmp_path / "run").exists()
-    from_env = run_cli("run", "cifar-vae", *QUICK, "--out", str(tmp_path / "run"), env={"VAEZOO_DATA_DIR": str(path)})
+    for recipe, result in zip(DATA_RECIPES, refused, strict=True):
+        assert result.args[1] == recipe
+        assert one_line(result) == f"vaezoo: error: --data-dir {path} {expected}: point it at a folder of data", recipe
     assert one_line(from_env) == f"vaezoo: error: VAEZOO_DATA_DIR {path} {expected}: point it at a folder of data"
+    assert not (folder / "run").exists()
 
 
 def test_an_image_folder_path_that_is_not_a_folder_is_one_line_naming_it(tmp_path: Path) -> None:
@@ -434,23 +485,24 @@ def folder_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_eval_of_a_model_on_images_of_another_shape_is_refused(folder_model: tuple[Path, Path], tmp_path: Path) -> None:
     model, images64 = folder_model
-    same = run_cli(
-        "eval", str(model), "--data-dir", str(images64), "--device", "cpu", "--json"
-    )  # image-folder resizes to its size: fine
-    assert same.returncode == 0 and json.loads(same.stdout)["images"] == 2, same.stderr[-2000:]
-    for change, shape in (
+    changes = (
         (lambda m: m["vaezoo.recipe"]["dataset"].update(size=16), (3, 16, 16)),
         (lambda m: m["vaezoo.recipe"]["dataset"].update(grayscale=True), (1, 32, 32)),
-    ):
-        other = rewrite(model, tmp_path / "other.safetensors", change)
+    )
+    commands = [["eval", str(model), "--data-dir", str(images64), "--device", "cpu", "--json"]]
+    for index, (change, _) in enumerate(changes):
+        other = rewrite(model, tmp_path / f"other{index}.safetensors", change)
         for command in (["eval"], ["reconstruct", "--out", str(tmp_path / "r.png")]):
-            refused = run_cli(*command, str(other), "--data-dir", str(images64), "--device", "cpu")
-            assert one_line(refused) == (
-                "vaezoo: error: the model was trained on images of shape (3, 32, 32) (C, H, W) but dataset "
-                f"'image-folder' gives {shape} here: "
-                "evaluate it on data like those it was trained on"
-            )
-        assert not (tmp_path / "r.png").exists()
+            commands.append([*command, str(other), "--data-dir", str(images64), "--device", "cpu"])
+    same, *refused = run_cli_batch(commands, tmp_path)  # one fresh process
+    assert same.returncode == 0 and json.loads(same.stdout)["images"] == 2, same.stderr[-2000:]  # resized: fine
+    for result, (_, shape) in zip(refused, [changes[0]] * 2 + [changes[1]] * 2, strict=True):
+        assert one_line(result) == (
+            "vaezoo: error: the model was trained on images of shape (3, 32, 32) (C, H, W) but dataset "
+            f"'image-folder' gives {shape} here: "
+            "evaluate it on data like those it was trained on"
+        ), result.args
+    assert not (tmp_path / "r.png").exists()
 
 
 def test_eval_of_a_conditional_model_on_other_classes_is_refused(cifar: Path, tmp_path: Path) -> None:
@@ -478,20 +530,14 @@ def test_eval_of_a_conditional_model_on_other_classes_is_refused(cifar: Path, tm
         tmp_path / "other.safetensors",
         lambda m: m["vaezoo.data"].update(classes=renamed),
     )
-    refused = run_cli("eval", str(other), "--data-dir", str(cifar), "--limit", "16", "--device", "cpu")
+    evals = [
+        ["eval", str(model), "--data-dir", str(cifar), "--limit", "16", "--device", "cpu"]
+        for model in (other, tmp_path / "run" / "model.safetensors")
+    ]
+    refused, fine = run_cli_batch(evals, tmp_path)  # one fresh process
     assert one_line(refused) == (
         f"vaezoo: error: the model is conditional on 10 classes ({', '.join(renamed)}) but dataset 'cifar10' has 10 "
         "(airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck) here: its labels would mean "
         "other classes"
-    )
-    fine = run_cli(
-        "eval",
-        str(tmp_path / "run" / "model.safetensors"),
-        "--data-dir",
-        str(cifar),
-        "--limit",
-        "16",
-        "--device",
-        "cpu",
     )
     assert fine.returncode == 0, fine.stderr[-2000:]

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-from test_hostile import TWO_EPOCHS, _set, one_line, rewrite, small_model  # noqa: F401 (a fixture)
+from conftest import Command, run_cli, run_cli_batch
+from test_hostile import TWO_EPOCHS, _set, one_line, rewrite
 from tinydata import TINY_ARGS, error_lines, tiny_cifar  # noqa: F401 (a fixture)
 
 ONE_STEP = [
@@ -59,79 +59,93 @@ def test_a_last_step_that_diverges_never_overwrites_the_good_model(cifar: Path, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]  # the good state still resumes
 
 
-@pytest.mark.parametrize("lr", ["inf", "nan", "-1"])
-def test_a_learning_rate_that_is_not_a_positive_number_is_refused(cifar: Path, tmp_path: Path, lr: str) -> None:
-    assert "train.lr" in one_line(
-        run_cli(
-            "run",
-            "cifar-vae",
-            "--epochs",
-            "1",
-            *ONE_STEP,
-            "--lr",
-            lr,
-            "--data-dir",
-            str(cifar),
-            "--out",
-            str(tmp_path / "run"),
+LEARNING_RATES = ["inf", "nan", "-1"]
+SIZES = [
+    (["train.sample_count=10001"], "train.sample_count must be at most 10000"),
+    (["latent_dim=1000000000000"], "latent_dim must be an integer from 1 to 65536"),
+]
+
+
+@pytest.fixture(scope="module")
+def refused_settings(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """A run with each of LEARNING_RATES (key: the rate) and SIZES (key: its first --set) -> (its run
+    folder, the run's result): the runs in one fresh process."""
+    root = tmp_path_factory.mktemp("settings")
+    changes = {lr: ["--lr", lr] for lr in LEARNING_RATES}
+    changes.update({sets[0]: [arg for item in sets for arg in ("--set", item)] for sets, _ in SIZES})
+    outs = {key: root / str(index) / "run" for index, key in enumerate(changes)}
+    commands = [
+        ["run", "cifar-vae", "--epochs", "1", *ONE_STEP, *args, "--data-dir", str(cifar), "--out", str(outs[key])]
+        for key, args in changes.items()
+    ]
+    return {key: (outs[key], result) for key, result in zip(changes, run_cli_batch(commands, root))}
+
+
+@pytest.mark.parametrize("lr", LEARNING_RATES)
+def test_a_learning_rate_that_is_not_a_positive_number_is_refused(refused_settings: dict, lr: str) -> None:
+    out, result = refused_settings[lr]
+    assert "train.lr" in one_line(result)
+    assert not (out / "recipe.toml").exists()
+
+
+RECIPE_NAMES = [
+    "/tmp/vaezoo-escape",
+    "../../escape",
+    "a/b",
+    "evil\x1b]0;pwned\x07",
+    "two\nlines",
+    ".hidden",
+    "x" * 101,
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_recipe_runs(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """RECIPE_NAMES item -> (its folder, its recipe file, `vaezoo run RECIPE-FILE` run in FOLDER/work, no
+    --out): the runs in one fresh process."""
+    root = tmp_path_factory.mktemp("recipe-names")
+    runs, commands = {}, []
+    for index, name in enumerate(RECIPE_NAMES):
+        folder = root / str(index)
+        (folder / "work").mkdir(parents=True)
+        recipe = folder / "hostile.toml"
+        escaped = (
+            name.replace("\\", "\\\\")
+            .replace("\n", "\\n")
+            .replace("\x1b", "\\u001b")
+            .replace("\x07", "\\u0007")
+            .replace('"', '\\"')
         )
-    )
-    assert not (tmp_path / "run" / "recipe.toml").exists()
+        recipe.write_text(
+            f'name = "{escaped}"\ndataset = {{ name = "cifar10" }}\nencoder = {{ name = "conv" }}\n'
+            'decoder = { name = "conv" }\nprior = { name = "normal" }\nloss = { name = "bce-kl" }\nlatent_dim = 4\n'
+        )
+        runs[name] = folder, recipe
+        commands.append(
+            Command("run", str(recipe), "--epochs", "1", *ONE_STEP, "--data-dir", str(cifar), cwd=folder / "work")
+        )
+    return {name: (*runs[name], result) for name, result in zip(RECIPE_NAMES, run_cli_batch(commands, root))}
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["/tmp/vaezoo-escape", "../../escape", "a/b", "evil\x1b]0;pwned\x07", "two\nlines", ".hidden", "x" * 101, ""],
-)
-def test_a_recipe_file_never_chooses_where_a_run_is_written(cifar: Path, tmp_path: Path, name: str) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    recipe = tmp_path / "hostile.toml"
-    escaped = (
-        name.replace("\\", "\\\\")
-        .replace("\n", "\\n")
-        .replace("\x1b", "\\u001b")
-        .replace("\x07", "\\u0007")
-        .replace('"', '\\"')
-    )
-    recipe.write_text(
-        f'name = "{escaped}"\ndataset = {{ name = "cifar10" }}\nencoder = {{ name = "conv" }}\n'
-        'decoder = { name = "conv" }\nprior = { name = "normal" }\nloss = { name = "bce-kl" }\nlatent_dim = 4\n'
-    )
-    result = run_cli("run", str(recipe), "--epochs", "1", *ONE_STEP, "--data-dir", str(cifar), cwd=work)
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_a_recipe_file_never_chooses_where_a_run_is_written(hostile_recipe_runs: dict, name: str) -> None:
+    folder, recipe, result = hostile_recipe_runs[name]
     line = one_line(result)
     assert "is not a recipe name" in line and str(recipe) in line
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
     assert (
-        list(work.iterdir()) == []
+        list((folder / "work").iterdir()) == []
         and not Path("/tmp/vaezoo-escape").exists()
-        and not (tmp_path.parent / "escape").exists()
+        and not (folder.parent / "escape").exists()
     )
 
 
-@pytest.mark.parametrize(
-    ("sets", "expected"),
-    [
-        (["train.sample_count=10001"], "train.sample_count must be at most 10000"),
-        (["latent_dim=1000000000000"], "latent_dim must be an integer from 1 to 65536"),
-    ],
-)
-def test_sizes_a_recipe_sets_are_bounded(cifar: Path, tmp_path: Path, sets: list[str], expected: str) -> None:
-    args = [arg for item in sets for arg in ("--set", item)]
-    assert expected in one_line(
-        run_cli(
-            "run",
-            "cifar-vae",
-            "--epochs",
-            "1",
-            *ONE_STEP,
-            *args,
-            "--data-dir",
-            str(cifar),
-            "--out",
-            str(tmp_path / "run"),
-        )
-    )
+@pytest.mark.parametrize(("sets", "expected"), SIZES)
+def test_sizes_a_recipe_sets_are_bounded(refused_settings: dict, sets: list[str], expected: str) -> None:
+    out, result = refused_settings[sets[0]]
+    assert expected in one_line(result)
+    assert not (out / "recipe.toml").exists()
 
 
 def test_a_closed_terminal_sighup_saves_the_state_like_sigterm(cifar: Path, tmp_path: Path) -> None:
@@ -266,32 +280,47 @@ def test_a_family_whose_forward_returns_the_wrong_type_is_one_line(
     assert "model family 'liar' (liar_plugin.Liar) broke its contract: forward returned a torch.float32 tensor" in line
 
 
-@pytest.mark.parametrize(("lie", "command"), [("sample", "sample"), ("reconstruct", "eval")])
-def test_a_family_whose_pictures_are_the_wrong_type_is_one_line(
-    cifar: Path, tmp_path: Path, liar_path: dict[str, str], lie: str, command: str
-) -> None:
-    out = tmp_path / "run"
+PICTURE_LIES = [("sample", "sample"), ("reconstruct", "eval")]
+
+
+@pytest.fixture(scope="module")
+def lying_pictures(
+    cifar: Path, liar_path: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple]:
+    """A liar that tells no lie, trained; its model file made to lie in each of PICTURE_LIES -> (the
+    folder, the command reading it): the commands in one fresh process."""
+    root = tmp_path_factory.mktemp("lying")
     result = run_cli(
         "run",
-        str(liar_recipe(tmp_path, "nothing")),
+        str(liar_recipe(root, "nothing")),
         *LIAR_RUN,
         "--data-dir",
         str(cifar),
         "--out",
-        str(out),
+        str(root / "run"),
         env=liar_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    lying = rewrite(
-        out / "model.safetensors", tmp_path / "lying.safetensors", _set(["vaezoo.recipe", "model", "lie"], lie)
-    )
-    args = (
-        ["-n", "2", "--out", str(tmp_path / "s.png")]
-        if command == "sample"
-        else ["--limit", "16", "--data-dir", str(cifar)]
-    )
-    line = one_line(run_cli(command, str(lying), *args, env=liar_path))
+    commands = []
+    for lie, command in PICTURE_LIES:
+        model = root / "run" / "model.safetensors"
+        lying = rewrite(model, root / f"{lie}.safetensors", _set(["vaezoo.recipe", "model", "lie"], lie))
+        args = (
+            ["-n", "2", "--out", str(root / "s.png")]
+            if command == "sample"
+            else ["--limit", "16", "--data-dir", str(cifar)]
+        )
+        commands.append([command, str(lying), *args])
+    return {lie: (root, result) for (lie, _), result in zip(PICTURE_LIES, run_cli_batch(commands, root, env=liar_path))}
+
+
+@pytest.mark.parametrize(("lie", "command"), PICTURE_LIES)
+def test_a_family_whose_pictures_are_the_wrong_type_is_one_line(lying_pictures: dict, lie: str, command: str) -> None:
+    root, result = lying_pictures[lie]
+    assert result.args[0] == command
+    line = one_line(result)
     assert f"model family 'liar' (liar_plugin.Liar) broke its contract: {lie} returned" in line
+    assert not (root / "s.png").exists()
 
 
 def test_a_recipe_file_nested_too_deeply_is_one_line(cifar: Path, tmp_path: Path) -> None:
@@ -321,23 +350,29 @@ def test_a_family_that_is_not_an_elbo_is_never_called_one(
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert "test_penalty" in metrics and "test_kl" not in metrics and "test_bits_per_dim" not in metrics
     model = str(out / "model.safetensors")
-    report = json.loads(
-        run_cli(
-            "eval", model, "--iw-samples", "2", "--data-dir", str(cifar), "--limit", "16", "--json", env=liar_path
-        ).stdout
+    wide = {"COLUMNS": "250"}
+    evaluated, tabled, inspected, carded = run_cli_batch(  # one fresh process
+        [
+            ["eval", model, "--iw-samples", "2", "--data-dir", str(cifar), "--limit", "16", "--json"],
+            Command("eval", model, "--data-dir", str(cifar), "--limit", "16", env=wide),
+            Command("inspect", model, env=wide),
+            ["card", model],
+        ],
+        tmp_path,
+        env=liar_path,
     )
+    report = json.loads(evaluated.stdout)
     assert report["objective"] == "honest" and "penalty" in report and "kl" not in report
     assert (
         report["bits_per_dim"] is None
         and report["iw_nll"] is None
         and "not a negative ELBO" in report["bits_per_dim_note"]
     )
-    wide = {**liar_path, "COLUMNS": "250"}
-    table = " ".join(run_cli("eval", model, "--data-dir", str(cifar), "--limit", "16", env=wide).stdout.split())
+    table = " ".join(tabled.stdout.split())
     assert "loss (honest objective)" in table and "ELBO" not in table.replace("not a negative ELBO", "")
-    inspected = " ".join(run_cli("inspect", model, env=wide).stdout.split())
+    inspected = " ".join(inspected.stdout.split())
     assert "objective: honest (not a variational bound)" in inspected and "tested on 16 images" in inspected
-    card = run_cli("card", model, env=liar_path).stdout
+    card = carded.stdout
     for word in (
         "neg-elbo",
         "ELBO",
@@ -388,19 +423,29 @@ def test_eval_is_told_the_folder_of_a_path_key_explicitly(tiny_cifar: Path, tmp_
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
     model = str(out / "model.safetensors")
-    report = run_cli(
-        "eval", model, "--set", f"dataset.path={tiny_cifar}", "--data-dir", str(tmp_path / "empty"), "--json"
+    report, other_key, not_dataset = run_cli_batch(  # one fresh process
+        [
+            ["eval", model, "--set", f"dataset.path={tiny_cifar}", "--data-dir", str(tmp_path / "empty"), "--json"],
+            ["eval", model, "--set", "dataset.size=64", "--set", f"dataset.path={tiny_cifar}"],
+            ["eval", model, "--set", "train.lr=1"],
+        ],
+        tmp_path,
     )
     assert report.returncode == 0 and json.loads(report.stdout)["images"] == 20, report.stderr[-2000:]
-    assert "only the dataset's folder keys" in one_line(
-        run_cli("eval", model, "--set", "dataset.size=64", "--set", f"dataset.path={tiny_cifar}")
-    )
-    assert "eval takes only the dataset's folder keys" in one_line(run_cli("eval", model, "--set", "train.lr=1"))
+    assert "only the dataset's folder keys" in one_line(other_key)
+    assert "eval takes only the dataset's folder keys" in one_line(not_dataset)
 
 
 def test_sample_needs_no_dataset_plugin_and_eval_names_it(small_model: Path, tmp_path: Path) -> None:
     without = {"VAEZOO_DISABLE_PLUGINS": "cifar10"}
-    sampled = run_cli("sample", str(small_model), "-n", "4", "--out", str(tmp_path / "s.png"), env=without)
+    sampled, evaluated = run_cli_batch(  # one fresh process
+        [
+            ["sample", str(small_model), "-n", "4", "--out", str(tmp_path / "s.png")],
+            ["eval", str(small_model), "--limit", "8"],
+        ],
+        tmp_path,
+        env=without,
+    )
     assert sampled.returncode == 0 and (tmp_path / "s.png").is_file(), sampled.stderr[-2000:]
-    line = one_line(run_cli("eval", str(small_model), "--limit", "8", env=without))
+    line = one_line(evaluated)
     assert "needs dataset 'cifar10'" in line and "VAEZOO_DISABLE_PLUGINS" in line

@@ -1,8 +1,9 @@
 """Smoke test over every registered recipe (registry.toml and plugins alike), parametrized from the
 registry when the tests are collected: a new recipe is covered without writing a test.
 
-Each recipe trains for one epoch with tiny widths on a few hundred real images through the CLI (a fresh
-process), writes a checkpoint, and `vaezoo sample` reloads it in another fresh process. A recipe whose
+Each recipe trains for one epoch with tiny widths on a few hundred real images through the CLI (in a fresh
+process that trains every recipe in turn), writes a checkpoint, and `vaezoo sample` reloads it in another
+fresh process (that samples from every recipe's checkpoint). A recipe whose
 data is not on this machine (MNIST here: no network) is skipped with the reason, except that with
 VAEZOO_REQUIRE_DATA=1 (CI) the data CI provides must be there."""
 
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import cifar_dir, run_cli_batch
 
 import vaezoo
 from vaezoo.errors import DataError
@@ -78,52 +79,84 @@ def missing_data(name: str, sets: list[str]) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_recipe_trains_saves_and_samples(name, request, tmp_path):
+def run_args(name: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str] | None, str | None]:
+    """The tiny `vaezoo run` arguments of recipe `name` (no --out), or why its data cannot be loaded here."""
     recipe = vaezoo.resolve_recipe(name)
     dataset = recipe["dataset"]["name"]
     sets = tiny_overrides(recipe)
     args = []
     if dataset == "cifar10":
-        args += ["--data-dir", str(request.getfixturevalue("cifar"))]
+        path = cifar_dir()
+        if path is None:
+            return None, "CIFAR-10 copy not found: set VAEZOO_DATA_DIR to ../shared/data/cifar10-images"
+        args += ["--data-dir", str(path)]
     elif dataset == "image-folder" and not recipe["dataset"].get("path"):
-        sets.append(f"dataset.path={json.dumps(str(write_image_folder(tmp_path / 'images')))}")
+        images = write_image_folder(tmp_path_factory.mktemp(f"{name}-images") / "images")
+        sets.append(f"dataset.path={json.dumps(str(images))}")
     else:
         reason = missing_data(name, sets)
         if reason is not None:
-            if dataset in PROVIDED_IN_CI and os.environ.get("VAEZOO_REQUIRE_DATA") == "1":
-                pytest.fail(f"VAEZOO_REQUIRE_DATA=1 but the data of {name} is missing: {reason}")
-            pytest.skip(f"data for {name} ({dataset}) not on this machine: {reason}")
-
-    out = tmp_path / "run"
-    result = run_cli(
-        "run",
-        name,
-        "--epochs",
-        "1",
-        "--limit",
-        "200",
-        "--batch-size",
-        "50",
-        "--latent-dim",
-        "4",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--set",
-        "train.test_limit=100",
-        "--set",
-        "train.sample_count=16",
+            return None, f"data for {name} ({dataset}) not on this machine: {reason}"
+    return [
+        *("--epochs", "1", "--limit", "200", "--batch-size", "50", "--latent-dim", "4", "--device", "cpu"),
+        *("--set", "train.test_limit=100", "--set", "train.sample_count=16"),
         *[item for s in sets for item in ("--set", s)],
         *args,
+    ], None
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """Recipe name -> (run folder, `vaezoo run`, picture, `vaezoo sample`) or (None, why not). The runs
+    are one process, which runs each recipe in turn (a process starts in seconds: torch's import); the
+    samples are another, fresh one, which reloads each recipe's model file."""
+    root = tmp_path_factory.mktemp("smoke")
+    planned, skipped = {}, {}
+    for name in RECIPES:
+        args, reason = run_args(name, tmp_path_factory)
+        if args is None:
+            skipped[name] = (None, reason)
+        else:
+            planned[name] = args
+    runs = run_cli_batch(
+        [["run", name, *args, "--out", str(root / name / "run")] for name, args in planned.items()], root
     )
+    samples = run_cli_batch(
+        [
+            [
+                "sample",
+                str(root / name / "run" / "model.safetensors"),
+                "-n",
+                "8",
+                "--out",
+                str(root / name / "sampled.png"),
+            ]
+            for name in planned
+        ],
+        root,
+    )
+    return {
+        **skipped,
+        **{
+            name: (root / name / "run", run, root / name / "sampled.png", sample)
+            for name, run, sample in zip(planned, runs, samples)
+        },
+    }
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_trains_saves_and_samples(name, smoke):
+    out, *rest = smoke[name]
+    if out is None:
+        (reason,) = rest
+        dataset = vaezoo.resolve_recipe(name)["dataset"]["name"]
+        if dataset in PROVIDED_IN_CI and os.environ.get("VAEZOO_REQUIRE_DATA") == "1":
+            pytest.fail(f"VAEZOO_REQUIRE_DATA=1 but the data of {name} is missing: {reason}")
+        pytest.skip(reason)
+    result, picture, sampled = rest
     assert result.returncode == 0, f"vaezoo run {name} failed:\n{result.stderr[-3000:]}"
     assert (out / "model.safetensors").is_file() and (out / "samples.png").is_file()
     metrics = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert metrics["epoch"] == 1 and math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["test_loss"])
-
-    picture = tmp_path / "sampled.png"
-    result = run_cli("sample", str(out / "model.safetensors"), "-n", "8", "--out", str(picture))
-    assert result.returncode == 0, f"vaezoo sample of a {name} checkpoint failed:\n{result.stderr[-3000:]}"
+    assert sampled.returncode == 0, f"vaezoo sample of a {name} checkpoint failed:\n{sampled.stderr[-3000:]}"
     assert picture.stat().st_size > 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from tinydata import TINY_SETS, call_main, error_lines
+from tinydata import call_main, error_lines
 
 import vaezoo
 
@@ -263,14 +263,9 @@ class _FileHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def run_dir(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small real model: cifar-vae with tiny widths, one epoch on 64 CIFAR-10 images."""
-    import vaezoo
-
-    out = tmp_path_factory.mktemp("sharing") / "run"
-    options = {"train.limit": 64, "train.test_limit": 32, "train.epochs": 1}
-    vaezoo.fit("cifar-vae", sets=TINY_SETS, options=options, out=out, data_dir=cifar, device="cpu")
-    return out
+def run_dir(small_run: Path) -> Path:
+    """A small real model (conftest's `small_run`: cifar-vae with tiny widths, one epoch on 64 images)."""
+    return small_run
 
 
 @pytest.fixture(scope="module")
