@@ -146,3 +146,73 @@ def run_cli_batch(
         )
         for job in jobs
     ]
+
+
+# Runs `vaezoo ARGS` for each job of a JSON list in a child forked from this process, which imported
+# vaezoo, torch and the torch._dynamo that the optimizers import (seconds) once for all of them. The child
+# adds the job's environment variables, runs its `prelude` (a test's patch: one that kills the process at
+# a file commit, say) and `vaezoo ARGS`, its file descriptors 1 and 2 going to files of its own; its exit
+# status is written as subprocess gives it (-N: ended by signal N).
+FORKED = """
+import json, os, sys
+import torch, torch._dynamo
+from vaezoo.cli import main
+
+for job in json.load(open(sys.argv[1])):
+    sys.stdout.flush(), sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            with open(job["stdout"], "wb") as out, open(job["stderr"], "wb") as err:
+                os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
+            for key, value in job["env"].items():
+                os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            exec(job["prelude"], {"__name__": "__prelude__"})
+            main(job["args"])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+        except BaseException:
+            import traceback
+            traceback.print_exc()
+            code = 70
+        finally:
+            sys.stdout.flush(), sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    with open(job["code"], "w") as out:
+        out.write(str(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)))
+"""
+
+
+def run_cli_forked(
+    commands: list[Command], tmp_path: Path, prelude: str = "", timeout: float = 600
+) -> list[subprocess.CompletedProcess]:
+    """`vaezoo ARGS` for each of `commands` in a process of its own, each forked from one fresh Python
+    process that imported vaezoo and torch once (for runs that must end as processes end: killed, say),
+    after `prelude` (Python source run first in each). Returns one completed process per command, as
+    `run_cli` does (a negative return code: killed by that signal)."""
+    folder = Path(tempfile.mkdtemp(prefix="forked-", dir=tmp_path))
+    jobs = [
+        {
+            "args": command.args,
+            "env": command.env,
+            "prelude": prelude,
+            **{part: str(folder / f"{index}.{part}") for part in ("stdout", "stderr", "code")},
+        }
+        for index, command in enumerate(commands)
+    ]
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED, str(folder / "jobs.json")], capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0 and all(Path(job["code"]).exists() for job in jobs), done.stderr[-3000:]
+    return [
+        subprocess.CompletedProcess(
+            job["args"],
+            int(Path(job["code"]).read_text()),
+            Path(job["stdout"]).read_text(),
+            Path(job["stderr"]).read_text(),
+        )
+        for job in jobs
+    ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_cli_batch
 from torch import distributions as D
 
 import vaezoo
@@ -51,20 +51,20 @@ def test_images(cifar: Path, trained: Path) -> torch.Tensor:
     return load_split_images(vaezoo.load(trained), "test", cifar, limit=64)[0]
 
 
-def test_eval_json_in_a_fresh_process(trained: Path, cifar: Path) -> None:
-    result = run_cli(
-        "eval",
-        str(trained),
-        "--data-dir",
-        str(cifar),
-        "--limit",
-        "96",
-        "--iw-samples",
-        "20",
-        "--device",
-        "cpu",
-        "--json",
-    )
+@pytest.fixture(scope="module")
+def evaluated(trained: Path, cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> list:
+    """`vaezoo eval --json` (96 images, 20 importance samples) and `vaezoo eval` (the table) of the
+    model, in one fresh process."""
+    data = ["--data-dir", str(cifar), "--device", "cpu"]
+    commands = [
+        ["eval", str(trained), *data, "--limit", "96", "--iw-samples", "20", "--json"],
+        ["eval", str(trained), *data, "--limit", "32"],
+    ]
+    return run_cli_batch(commands, tmp_path_factory.mktemp("evaluated"))
+
+
+def test_eval_json_in_a_fresh_process(evaluated: list) -> None:
+    result, _ = evaluated
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert metrics["images"] == 96 and metrics["split"] == "test" and metrics["iw_samples"] == 20
@@ -78,8 +78,8 @@ def test_eval_json_in_a_fresh_process(trained: Path, cifar: Path) -> None:
     assert metrics["psnr_db"] >= 10 * math.log10(1 / metrics["recon_mse"]) - 1e-9
 
 
-def test_eval_table_and_errors(trained: Path, cifar: Path) -> None:
-    result = run_cli("eval", str(trained), "--data-dir", str(cifar), "--limit", "32", "--device", "cpu")
+def test_eval_table_and_errors(trained: Path, cifar: Path, evaluated: list) -> None:
+    _, result = evaluated
     assert result.returncode == 0, result.stderr
     assert (
         "loss" in result.stdout

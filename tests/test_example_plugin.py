@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import Command, run_cli, run_cli_batch
 
 import vaezoo
 
@@ -84,14 +84,19 @@ def checkpoint(cifar, tmp_path_factory):
 
 
 def test_checkpoint_needs_the_plugin_and_names_its_distribution(checkpoint, tmp_path):
-    picture = tmp_path / "samples.png"
-    result = run_cli("sample", str(checkpoint), "-n", "4", "--out", str(picture), env=DISABLED)
-    assert result.returncode == 2, result.stderr
-    message = result.stderr.strip()
+    refused, picture = tmp_path / "refused.png", tmp_path / "samples.png"
+    disabled, enabled = run_cli_batch(  # one fresh process
+        [
+            Command("sample", str(checkpoint), "-n", "4", "--out", str(refused), env=DISABLED),
+            Command("sample", str(checkpoint), "-n", "4", "--out", str(picture), env=ENABLED),  # re-enabled
+        ],
+        tmp_path,
+    )
+    assert disabled.returncode == 2, disabled.stderr
+    message = disabled.stderr.strip()
     assert "\n" not in message and "Traceback" not in message
     assert "dcgan" in message and f"pip install {DISTRIBUTION}" in message
-    assert not picture.exists()
+    assert not refused.exists()
 
-    result = run_cli("sample", str(checkpoint), "-n", "4", "--out", str(picture), env=ENABLED)  # re-enabled
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert enabled.returncode == 0, enabled.stderr[-3000:]
     assert picture.stat().st_size > 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, Command, run_cli, run_cli_batch
 from PIL import Image
 from tinydata import TINY_SETS, error_lines
 
@@ -26,31 +26,32 @@ EXPECTED = json.loads((FIXTURES / "vaezoo-0.1-cifar-vae-tiny.json").read_text())
 HAS_EXAMPLE = any(info.name == "example" for info in vaezoo.get_registry().plugins)
 
 
-def test_a_vaezoo_01_file_samples_and_evaluates_to_the_numbers_it_had(cifar: Path, tmp_path: Path) -> None:
-    result = run_cli(
-        "eval",
-        str(FORMAT1),
-        "--data-dir",
-        str(cifar),
-        "--limit",
-        str(EXPECTED["eval_limit"]),
-        "--iw-samples",
-        str(EXPECTED["iw_samples"]),
-        "--json",
-        "--device",
-        "cpu",
-    )
+@pytest.fixture(scope="module")
+def format1_read(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """The vaezoo 0.1 file through `eval`, `sample`, `inspect` and `sample --label cat`, in one fresh
+    process: the folder of the pictures and the four results."""
+    root = tmp_path_factory.mktemp("format1")
+    commands = [
+        ["eval", str(FORMAT1), "--data-dir", str(cifar), "--limit", str(EXPECTED["eval_limit"])]
+        + ["--iw-samples", str(EXPECTED["iw_samples"]), "--json", "--device", "cpu"],
+        ["sample", str(FORMAT1), "-n", str(EXPECTED["sample_n"]), "--out", str(root / "samples.png")],
+        ["inspect", str(FORMAT1), "--json"],
+        ["sample", str(FORMAT1), "--label", "cat", "--out", str(root / "labelled.png")],
+    ]
+    return root, run_cli_batch(commands, root)
+
+
+def test_a_vaezoo_01_file_samples_and_evaluates_to_the_numbers_it_had(format1_read: tuple) -> None:
+    folder, (result, sampled, inspected, _) = format1_read
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     for key in ("loss", "recon", "kl", "iw_nll"):
         assert report[key] == pytest.approx(EXPECTED[key if key == "iw_nll" else f"eval_{key}"], rel=1e-6), key
-    picture = tmp_path / "samples.png"
-    result = run_cli("sample", str(FORMAT1), "-n", str(EXPECTED["sample_n"]), "--out", str(picture))
-    assert result.returncode == 0, result.stderr
-    now = np.asarray(Image.open(picture), dtype=np.int16)
+    assert sampled.returncode == 0, sampled.stderr
+    now = np.asarray(Image.open(folder / "samples.png"), dtype=np.int16)
     then = np.asarray(Image.open(FIXTURES / "vaezoo-0.1-cifar-vae-tiny-samples.png"), dtype=np.int16)
     assert now.shape == then.shape and np.abs(now - then).max() <= 1  # the same images (rounding aside)
-    info = json.loads(run_cli("inspect", str(FORMAT1), "--json").stdout)
+    info = json.loads(inspected.stdout)
     assert info["format_version"] == 1 and info["model"]["name"] == "vae"
 
 
@@ -147,17 +148,22 @@ def test_a_third_party_family_trains_samples_evaluates_and_is_named_by_inspect(c
     assert {"model.safetensors", "samples.png", "reconstructions.png", "interpolations.png", "metrics.jsonl"} <= {
         p.name for p in out.iterdir()
     }
-    report = json.loads(
-        run_cli("eval", str(model), "--data-dir", str(cifar), "--limit", "32", "--iw-samples", "8", "--json").stdout
+    evaluated, inspected, gone = run_cli_batch(  # one fresh process
+        [
+            ["eval", str(model), "--data-dir", str(cifar), "--limit", "32", "--iw-samples", "8", "--json"],
+            ["inspect", str(model), "--json"],
+            Command("sample", str(model), "--out", str(tmp_path / "s.png"), env={"VAEZOO_DISABLE_PLUGINS": "example"}),
+        ],
+        tmp_path,
     )
+    report = json.loads(evaluated.stdout)
     assert math.isfinite(report["loss"]) and report["loss"] == pytest.approx(report["recon"] + report["kl"], rel=1e-6)
     assert report["kl"] > 0 and report["iw_nll"] <= report["loss"] + 1.0
-    info = json.loads(run_cli("inspect", str(model), "--json").stdout)
+    info = json.loads(inspected.stdout)
     assert info["model"]["name"] == "laplace" and info["model"]["distribution"] == "vaezoo-example-plugin"
     assert ("decoder", "conv") in {(c["kind"], c["name"]) for c in info["components"]} and "encoder" not in info[
         "recipe"
     ]
-    gone = run_cli("sample", str(model), "--out", str(tmp_path / "s.png"), env={"VAEZOO_DISABLE_PLUGINS": "example"})
     assert gone.returncode == 2 and len(error_lines(gone.stderr)) == 1
     assert "'laplace'" in gone.stderr and "pip install vaezoo-example-plugin" in gone.stderr
 
@@ -195,10 +201,10 @@ def test_the_vae_family_needs_its_components_and_a_latent_size() -> None:
     assert vaezoo.resolve_recipe(table, ["model.iw_samples=5"])["model"] == {"name": "vae", "iw_samples": 5}
 
 
-def test_sample_label_on_a_model_that_is_not_conditional_is_one_line_exit_2(tmp_path: Path) -> None:
-    result = run_cli("sample", str(FORMAT1), "--label", "cat", "--out", str(tmp_path / "s.png"))
+def test_sample_label_on_a_model_that_is_not_conditional_is_one_line_exit_2(format1_read: tuple) -> None:
+    folder, (*_, result) = format1_read
     assert result.returncode == 2 and len(error_lines(result.stderr)) == 1 and "not conditional" in result.stderr
-    assert not (tmp_path / "s.png").exists()
+    assert not (folder / "labelled.png").exists()
 
 
 class _NoLikelihood(vaezoo.Model):

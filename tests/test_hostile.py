@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, run_cli_batch
+from conftest import Command, run_cli, run_cli_batch, run_cli_forked
 from safetensors.torch import load_file
 from tinydata import TINY_ARGS, TINY_SETS, error_lines
 
@@ -57,7 +57,7 @@ def fit_like_cli(cifar: Path, sets: tuple[str, ...] = (), **options):
 # Kills its own process with SIGKILL just before or just after the Nth file commit (os.replace) of
 # the run: every write of vaezoo is a temporary file renamed into place, so these are its crash points.
 KILLER = """
-import os, signal, sys
+import os, signal
 n, when = int(os.environ["KILL_AT"]), os.environ["KILL_WHEN"]
 replace, count = os.replace, [0]
 def dying_replace(src, dst, *args, **kwargs):
@@ -68,8 +68,6 @@ def dying_replace(src, dst, *args, **kwargs):
     if count[0] == n and when == "after":
         os.kill(os.getpid(), signal.SIGKILL)
 os.replace = dying_replace
-from vaezoo.cli import main
-main(sys.argv[1:])
 """
 
 
@@ -115,34 +113,21 @@ KILL_POINTS = [(1, "after"), (2, "before"), (2, "after"), (4, "after"), (9, "aft
 @pytest.fixture(scope="module")
 def killed_and_continued(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple, tuple]:
     """(kill_at, when) -> (run folder, the killed run, [the commands that finished the run]): each run
-    killed in its own process; then, in one fresh process, each folder resumed, or (killed before the
-    first commit of a state) a resume refused and a new run into the folder (its lock is stale)."""
+    killed in a process of its own (forked from one that imported vaezoo and torch once); then, in one
+    fresh process, each folder resumed, or (killed before the first commit of a state) a resume refused
+    and a new run into the folder (its lock is stale)."""
     root = tmp_path_factory.mktemp("killed")
-    killer = root / "killer.py"
-    killer.write_text(KILLER)
-    killed, commands = {}, []
-    for index, (kill_at, when) in enumerate(KILL_POINTS):
-        out = root / str(index) / "run"
-        killed[kill_at, when] = (
-            out,
-            subprocess.run(
-                [
-                    sys.executable,
-                    str(killer),
-                    "run",
-                    "cifar-vae",
-                    *TWO_EPOCHS,
-                    "--data-dir",
-                    str(cifar),
-                    "--out",
-                    str(out),
-                ],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "KILL_AT": str(kill_at), "KILL_WHEN": when},
-                timeout=300,
-            ),
+    outs = [root / str(index) / "run" for index in range(len(KILL_POINTS))]
+    runs = [
+        Command(
+            *("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)),
+            env={"KILL_AT": str(kill_at), "KILL_WHEN": when},
         )
+        for out, (kill_at, when) in zip(outs, KILL_POINTS)
+    ]
+    killed, commands = {}, []
+    for point, out, died in zip(KILL_POINTS, outs, run_cli_forked(runs, root, prelude=KILLER)):
+        killed[point] = out, died
         resume = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out)]
         new = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)]
         commands.append([resume] if (out / "state.safetensors").exists() else [resume, new])

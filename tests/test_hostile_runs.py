@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Command, run_cli, run_cli_batch
+from conftest import Command, run_cli, run_cli_batch, run_cli_forked
 from tinydata import TINY_ARGS, TINY_SETS, error_lines, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
@@ -174,7 +174,7 @@ def test_takers_racing_for_a_stale_lock_have_exactly_one_winner(
 # Kills its own process with SIGKILL just before the os.replace whose target is named KILL_NAME (or,
 # with KILL_DIR, the first one into that folder): the temporary file is then whole and left behind.
 KILLER = """
-import os, signal, sys
+import os, signal
 name, folder = os.environ.get("KILL_NAME"), os.environ.get("KILL_DIR")
 replace = os.replace
 def dying_replace(src, dst, *args, **kwargs):
@@ -182,89 +182,95 @@ def dying_replace(src, dst, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     replace(src, dst, *args, **kwargs)
 os.replace = dying_replace
-from vaezoo.cli import main
-
-main(sys.argv[1:])
 """
-
-
-def killed_run(tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
-    killer = tmp_path / "killer.py"
-    killer.write_text(KILLER)
-    killed = subprocess.run(
-        [sys.executable, str(killer), *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=300
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+MINE = {"notes.tmp": b"a", ".notes.tmp": b"b", ".keep": b"c", ".model.safetensors.tmp": b"d", "data.txt": b"e"}
+# in the data cache: a live writer's (this process), an older vaezoo's (no pid) fresh and old, and not the cache's
+OTHERS = {
+    f".cifar10-test-0.safetensors.{os.getpid()}.abcd1234.tmp": True,
+    ".cifar10-test-1.safetensors.abcd1234.tmp": True,
+    ".cifar10-test-2.safetensors.wxyz5678.tmp": False,
+    "notes.tmp": True,
+    ".cifar10-train-x.safetensors.tmp": True,  # not the pattern (no random part)
+}
 
 
 def temp_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
 
+@pytest.fixture(scope="module")
+def killed_runs(cifar: Path, tiny_cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Runs killed just before a file commit, each in a process of its own (forked from one that imported
+    vaezoo and torch once), and then the run that finishes in each one's folder, these in one fresh
+    process: model.safetensors and samples.png (killed in epoch 1 of 2; then the user's MINE files added
+    and the run resumed), recipe.toml (then a new run into the folder) and cache (killed writing the data
+    cache, OTHERS added to the cache, the run again). Case -> {"out": the folder, "killed": the killed run,
+    "left": the names in the folder after it, "finished": the run after it}."""
+    root = tmp_path_factory.mktemp("killed")
+    cases: dict[str, dict] = {}
+    for target in ("model.safetensors", "samples.png"):
+        out = root / target / "run"
+        run = ["run", "cifar-vae", *QUICK, "--epochs", "2", "--data-dir", str(cifar)]
+        kill = Command(*run, "--out", str(out), env={"KILL_NAME": target})
+        cases[target] = {"out": out, "kill": kill, "finish": Command(*run, "--resume", str(out))}
+    out = root / "recipe" / "run"
+    run = ["run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out)]
+    cases["recipe.toml"] = {
+        "out": out,
+        "kill": Command(*run, env={"KILL_NAME": "recipe.toml"}),
+        "finish": Command(*run),
+    }
+    cache = root / "cache" / "cache"
+    run = ["run", "cifar-vae", *QUICK, "--data-dir", str(tiny_cifar), "--out", str(root / "cache" / "run")]
+    kill = Command(*run, env={"VAEZOO_CACHE_DIR": str(cache), "KILL_DIR": str(cache)})  # the first cache file
+    cases["cache"] = {"out": cache, "kill": kill, "finish": Command(*run, env={"VAEZOO_CACHE_DIR": str(cache)})}
+
+    for case, killed in zip(cases.values(), run_cli_forked([c["kill"] for c in cases.values()], root, KILLER)):
+        case["killed"], case["left"] = killed, sorted(p.name for p in case["out"].iterdir())
+    for target in ("model.safetensors", "samples.png"):
+        for name, data in MINE.items():
+            (cases[target]["out"] / name).write_bytes(data)
+    for name in OTHERS:
+        (cache / name).write_bytes(b"x")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(cache / ".cifar10-test-2.safetensors.wxyz5678.tmp", (hours_ago, hours_ago))
+    for case, finished in zip(cases.values(), run_cli_batch([c["finish"] for c in cases.values()], root)):
+        case["finished"] = finished
+    return cases
+
+
 @pytest.mark.parametrize("target", ["model.safetensors", "samples.png"])
-def test_a_resume_removes_the_temporary_files_of_a_killed_run_and_nothing_else(
-    cifar: Path, tmp_path: Path, target: str
-) -> None:
-    out = tmp_path / "run"
-    killed_run(
-        tmp_path,
-        ["run", "cifar-vae", *QUICK, "--epochs", "2", "--data-dir", str(cifar), "--out", str(out)],
-        {"KILL_NAME": target},
-    )
-    (left,) = temp_files(out)
-    assert left.startswith(f".{target}.") and (out / "state.safetensors").is_file() and (out / LOCK_NAME).is_file()
-    mine = {
-        "notes.tmp": b"a",
-        ".notes.tmp": b"b",
-        ".keep": b"c",
-        ".model.safetensors.tmp": b"d",
-        "data.txt": b"e",
-    }  # not vaezoo's names
-    for name, data in mine.items():
-        (out / name).write_bytes(data)
-    resumed = run_cli("run", "cifar-vae", *QUICK, "--epochs", "2", "--data-dir", str(cifar), "--resume", str(out))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert temp_files(out) == sorted(name for name in mine if name.endswith(".tmp")) and not (out / left).exists()
-    assert all((out / name).read_bytes() == data for name, data in mine.items())
+def test_a_resume_removes_the_temporary_files_of_a_killed_run_and_nothing_else(killed_runs: dict, target: str) -> None:
+    case = killed_runs[target]
+    out, resumed = case["out"], case["finished"]
+    assert case["killed"].returncode == -signal.SIGKILL, case["killed"].stderr[-2000:]
+    (left,) = [name for name in case["left"] if name.endswith(".tmp")]
+    assert left.startswith(f".{target}.") and {"state.safetensors", LOCK_NAME} <= set(case["left"])
+    assert "--resume" in resumed.args and resumed.returncode == 0, resumed.stderr[-2000:]
+    assert temp_files(out) == sorted(name for name in MINE if name.endswith(".tmp")) and not (out / left).exists()
+    assert all((out / name).read_bytes() == data for name, data in MINE.items())
     assert not (out / LOCK_NAME).exists()
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_a_new_run_into_a_killed_runs_folder_removes_its_temporary_files(cifar: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    killed_run(
-        tmp_path,
-        ["run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out)],
-        {"KILL_NAME": "recipe.toml"},
-    )
-    assert [p.name for p in out.iterdir() if p.name != LOCK_NAME][0].startswith(".recipe.toml.")
-    again = run_cli("run", "cifar-vae", *QUICK, "--data-dir", str(cifar), "--out", str(out))
+def test_a_new_run_into_a_killed_runs_folder_removes_its_temporary_files(killed_runs: dict) -> None:
+    case = killed_runs["recipe.toml"]
+    assert case["killed"].returncode == -signal.SIGKILL, case["killed"].stderr[-2000:]
+    assert [name for name in case["left"] if name != LOCK_NAME][0].startswith(".recipe.toml.")
+    again = case["finished"]
     assert again.returncode == 0, again.stderr[-2000:]
-    assert temp_files(out) == []
+    assert temp_files(case["out"]) == []
 
 
-def test_the_data_cache_removes_temporary_files_of_dead_writers_only(tiny_cifar: Path, tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
-    env = {"VAEZOO_CACHE_DIR": str(cache)}
-    args = ["run", "cifar-vae", *QUICK, "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "run")]
-    killed_run(tmp_path, args, {**env, "KILL_DIR": str(cache)})  # killed with the first cache file written, not renamed
-    (dead,) = temp_files(cache)
+def test_the_data_cache_removes_temporary_files_of_dead_writers_only(killed_runs: dict) -> None:
+    case = killed_runs["cache"]
+    assert case["killed"].returncode == -signal.SIGKILL, case["killed"].stderr[-2000:]
+    (dead,) = [name for name in case["left"] if name.endswith(".tmp")]  # the first cache file, not renamed
     assert dead.startswith(".cifar10-train-") and f".safetensors.{os.getpid()}." not in dead
-    others = {  # a live writer's (this process), an older vaezoo's (no pid) fresh and old, and not the cache's
-        f".cifar10-test-0.safetensors.{os.getpid()}.abcd1234.tmp": True,
-        ".cifar10-test-1.safetensors.abcd1234.tmp": True,
-        ".cifar10-test-2.safetensors.wxyz5678.tmp": False,
-        "notes.tmp": True,
-        ".cifar10-train-x.safetensors.tmp": True,  # not the pattern (no random part)
-    }
-    for name in others:
-        (cache / name).write_bytes(b"x")
-    hours_ago = time.time() - 2 * 3600
-    os.utime(cache / ".cifar10-test-2.safetensors.wxyz5678.tmp", (hours_ago, hours_ago))
-    again = run_cli(*args, env=env)
+    again = case["finished"]
     assert again.returncode == 0, again.stderr[-2000:]
-    assert temp_files(cache) == sorted(name for name, kept in others.items() if kept)
-    assert sorted(p.name.split("-")[1] for p in cache.glob("*.safetensors")) == [
+    assert temp_files(case["out"]) == sorted(name for name, kept in OTHERS.items() if kept)
+    assert sorted(p.name.split("-")[1] for p in case["out"].glob("*.safetensors")) == [
         "test",
         "train",
     ]  # the two splits, written whole

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_cli_batch
 from PIL import Image
 
 from vaezoo.api import interpolate_file, reconstruct_file
@@ -83,28 +83,20 @@ def test_reconstruct_command(run_dir: Path, cifar: Path, tmp_path: Path) -> None
 
 def test_interpolate_and_sample_commands(run_dir: Path, cifar: Path, tmp_path: Path) -> None:
     model = run_dir / "model.safetensors"
-    lines = tmp_path / "lines.png"
-    result = run_cli(
-        "interpolate",
-        str(model),
-        "-n",
-        "3",
-        "--steps",
-        "6",
-        "--seed",
-        "1",
-        "--out",
-        str(lines),
-        "--data-dir",
-        str(cifar),
+    lines, samples = tmp_path / "lines.png", tmp_path / "samples.png"
+    interpolated, sampled = run_cli_batch(  # one fresh process
+        [
+            ["interpolate", str(model), "-n", "3", "--steps", "6", "--seed", "1", "--out", str(lines)]
+            + ["--data-dir", str(cifar)],
+            ["sample", str(model), "-n", "6", "--seed", "2", "--temperature", "0.5", "--out", str(samples)],
+        ],
+        tmp_path,
     )
-    assert result.returncode == 0, result.stderr
+    assert interpolated.returncode == 0, interpolated.stderr
     assert png_size(lines) == grid_size(3, 6)
     with pytest.raises(VaezooError, match="--steps"):
         interpolate_file(model, lines, steps=1, data_dir=cifar)
-    samples = tmp_path / "samples.png"
-    result = run_cli("sample", str(model), "-n", "6", "--seed", "2", "--temperature", "0.5", "--out", str(samples))
-    assert result.returncode == 0, result.stderr
+    assert sampled.returncode == 0, sampled.stderr
     assert png_size(samples) == grid_size(2, 3)
 
 
