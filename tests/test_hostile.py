@@ -319,6 +319,38 @@ def test_a_signal_inside_a_string_exec_still_exits_130(tmp_path: Path) -> None:
     assert error_lines(result.stderr) == ["vaezoo: interrupted"]
 
 
+# A SIGTERM whose KeyboardInterrupt Python wraps in another error: inside a descriptor's `__set_name__`
+# it becomes a RuntimeError, as it did once in CI while torch's imports made a class.
+SIGNAL_IN_SET_NAME = """
+import os, signal
+import vaezoo.api
+from vaezoo.cli import main
+
+
+class Stop:
+    def __set_name__(self, owner, name):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10000):  # the handler runs between bytecodes, still inside __set_name__
+            pass
+
+
+def fit(*args, **kwargs):
+    class Holder:
+        stop = Stop()
+
+vaezoo.api.fit = fit
+main(["run", "cifar-vae"])
+"""
+
+
+def test_a_signal_wrapped_in_another_error_still_exits_130(tmp_path: Path) -> None:
+    script = tmp_path / "signal_in_set_name.py"
+    script.write_text(SIGNAL_IN_SET_NAME)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130, result.stderr[-2000:]
+    assert error_lines(result.stderr) == ["vaezoo: interrupted"]
+
+
 def test_a_burst_of_ctrl_c_is_one_line(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = subprocess.Popen(

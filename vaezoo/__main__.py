@@ -5,7 +5,7 @@ imports nothing), so that they exit 130 with one line at any moment, as Ctrl-C d
 import signal
 import sys
 
-from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now
+from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now, stop_received
 
 handle_stops(stop_now)  # first thing: `signal` and `sys` are loaded already, vaezoo.trainer.signals is tiny
 
@@ -14,7 +14,9 @@ def run() -> None:
     """The console script: the CLI's main() with the stop signals handled from the first instant."""
     try:
         from vaezoo.cli import main
-    except KeyboardInterrupt:
+    except BaseException:
+        if not stop_received():  # a broken install: Python's own report
+            raise
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         forget_interrupt()
         print("vaezoo: interrupted", flush=True, file=sys.stderr)

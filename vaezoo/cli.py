@@ -22,7 +22,7 @@ import vaezoo
 from vaezoo.errors import VaezooError, printable
 from vaezoo.plugins.kinds import KINDS
 from vaezoo.recipes.resolve import MAX_GRID_IMAGES
-from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now
+from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now, stop_received
 
 app = typer.Typer(
     name="vaezoo",
@@ -645,6 +645,8 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     finally:
         for sig in previous:  # a signal now would only cut the last line short
             signal.signal(sig, signal.SIG_IGN)
+    if code != 130 and stop_received():  # the interrupt surfaced wrapped in another error
+        code, line = 130, "vaezoo: interrupted"
     if code == 130:
         forget_interrupt()
         line = line or "vaezoo: interrupted"  # typer turns a KeyboardInterrupt into a silent 130

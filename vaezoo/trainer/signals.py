@@ -11,12 +11,23 @@ from collections.abc import Callable
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
+_received: list[int] = []
+
+
 def stop_now(signum: int, frame: object) -> None:
     """Stop now, once: the signals that follow in a burst are ignored while vaezoo prints its one line
     and exits 130."""
+    _received.append(signum)
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def stop_received() -> bool:
+    """Whether a stop signal came. Python wraps the KeyboardInterrupt that `stop_now` raises when it
+    lands inside some machinery (a class body's `__set_name__` during torch's imports becomes a
+    RuntimeError), so the exit code goes by this rather than by the exception that surfaced."""
+    return bool(_received)
 
 
 def handle_stops(handler: Callable | int = stop_now) -> dict[int, object]:
