@@ -153,12 +153,14 @@ def test_train_cuda_graph_is_a_boolean_setting() -> None:
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _fit_cuda(cifar: Path, out: Path, epochs: int, graph: bool, resume: Path | None = None):
+def _fit_cuda(
+    cifar: Path, out: Path, epochs: int, graph: bool, resume: Path | None = None, precision: str = "fp32"
+):
     from tinydata import TINY_SETS
 
     import vaezoo
 
-    options = {"train.epochs": epochs, "train.precision": "fp32", **{f"train.{k}": v for k, v in REAL.items()}}
+    options = {"train.epochs": epochs, "train.precision": precision, **{f"train.{k}": v for k, v in REAL.items()}}
     return vaezoo.fit(
         "cifar-vae",
         sets=[*TINY_SETS, f"train.cuda_graph={str(graph).lower()}"],
@@ -187,6 +189,27 @@ def test_on_cuda_a_resumed_captured_run_continues_exactly(cifar: Path, tmp_path:
     resumed = _fit_cuda(cifar, tmp_path / "parts", 2, graph=True, resume=tmp_path / "parts")
     assert resumed.metrics["train_loss"] == whole.metrics["train_loss"]
     _same_run(tmp_path / "whole", tmp_path / "parts")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_on_cuda_the_precision_probe_times_captured_steps_and_changes_nothing(
+    cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from vaezoo.trainer import devices
+
+    timed: list[bool] = []
+    real = devices._replay
+    monkeypatch.setattr(devices, "_replay", lambda *args: timed.append(True) or real(*args))
+    monkeypatch.setenv("VAEZOO_CACHE_DIR", str(tmp_path / "cache"))
+    auto = _fit_cuda(cifar, tmp_path / "auto", 1, graph=True, precision="auto")
+    assert timed == [True, True]  # fp32 and bf16 each timed as a graph (fp16 would stay eager)
+    (chosen,) = json.loads((tmp_path / "cache" / "precision.json").read_text()).values()
+    explicit = _fit_cuda(cifar, tmp_path / "explicit", 1, graph=True, precision=chosen)
+    assert auto.metrics["test_loss"] == explicit.metrics["test_loss"]
+    _same_run(tmp_path / "auto", tmp_path / "explicit")
 
 
 class _Reads(Model):

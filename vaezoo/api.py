@@ -215,9 +215,7 @@ def _fit_locked(
     )
     if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
         with blame(run, "a training step (the precision probe)"):
-            run.precision = distributed.broadcast_object(
-                _measured_precision(model, train_images, train_labels, resolved, torch_device, world.world_size)
-            )
+            run.precision = distributed.broadcast_object(_measured_precision(run, train_images, train_labels, world))
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
     if (
         run.state.epoch >= settings["epochs"]
@@ -252,29 +250,35 @@ def _fit_locked(
     return FitResult(out_dir, metrics, model)
 
 
-def _measured_precision(
-    model: Any, images: Any, labels: Any, recipe: dict[str, Any], device: Any, world_size: int
-) -> Any:
-    """`--precision auto` for this model: fp32 or the device's reduced precision, whichever a short
-    timed probe of a training step on a real batch finds faster (vaezoo.trainer.devices.auto_precision)."""
+def _measured_precision(run: Any, images: Any, labels: Any, world: Any) -> Any:
+    """`--precision auto` for this run's model: fp32 or the device's reduced precision, whichever a short
+    timed probe of a training step on a real batch finds faster (vaezoo.trainer.devices.auto_precision),
+    each timed as a CUDA graph where the run would capture its step at that precision."""
     import hashlib
     import json
 
     from vaezoo.data import to_float
     from vaezoo.trainer.devices import resolve_precision, time_steps
-    from vaezoo.trainer.loop import memory_format
+    from vaezoo.trainer.graph_step import graph_blocker
+    from vaezoo.trainer.loop import memory_format, owns_step
 
+    model, recipe, device = run.model, run.recipe, run.device
     settings = recipe["train"]
     layout = memory_format(model, settings)
     model.to(memory_format=layout)
-    n = max(1, min(settings["batch_size"] // world_size, len(images)))
+    n = max(1, min(settings["batch_size"] // world.world_size, len(images)))
     x = to_float(images[:n].to(device), layout)
     y = labels[:n].to(device) if model.conditional else None
     shape = {key: value for key, value in recipe.items() if key not in ("name", "summary", "train")}
+    graph = [settings["cuda_graph"], settings["compile"]] if device.type == "cuda" else []
     key = hashlib.sha256(
-        json.dumps([shape, settings["batch_size"], settings["channels_last"]], sort_keys=True).encode()
+        json.dumps([shape, settings["batch_size"], settings["channels_last"], *graph], sort_keys=True).encode()
     ).hexdigest()[:16]
-    return resolve_precision("auto", device, time_steps(model, x, y, device), key)
+
+    def captured(precision: Any) -> bool:
+        return graph_blocker(run, world, owns_step(model), precision) is None
+
+    return resolve_precision("auto", device, time_steps(model, x, y, device, captured=captured), key)
 
 
 def load_split_images(

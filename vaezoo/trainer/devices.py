@@ -141,23 +141,37 @@ def auto_precision(device: torch.device, timer: StepTimer | None = None, key: st
 
 
 def time_steps(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, device: torch.device, rounds: int = 5
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    device: torch.device,
+    rounds: int = 5,
+    captured: Callable[[Precision], bool] = lambda precision: False,
 ) -> StepTimer:
     """A StepTimer for `model` on the batch `x` (forward and backward, the optimizer left out): the
     precisions take turns, after one warm-up step each, and each gets its fastest step (the least
-    disturbed by other work on a shared machine). The model's
-    weights, buffers, gradients and the random generators are as before."""
+    disturbed by other work on a shared machine). A precision for which `captured` says the run's step
+    would be a CUDA graph is timed as one (replays of a captured forward and backward): a graph removes
+    the launch overhead that an eager probe would charge to it. The model's weights, buffers, gradients
+    and the random generators are as before."""
+
+    def step(precision: Precision, cache: bool = True) -> None:
+        with precision.autocast(device, cache=cache):
+            loss = checked_parts(model, model(x, y, 0), len(x)).loss.float().sum()
+        loss.backward()
 
     def timer(precisions: list[Precision]) -> list[float]:
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         times: list[list[float]] = [[] for _ in precisions]
+        graphs: list[torch.cuda.CUDAGraph] = []  # alive until the timing ends
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            steps = [
+                _replay(model, step, p, device, graphs) if captured(p) else (lambda p=p: step(p)) for p in precisions
+            ]
             for round_ in range(rounds + 1):
-                for index, precision in enumerate(precisions):
+                for index, run_step in enumerate(steps):
                     started = time.perf_counter()
-                    with precision.autocast(device):
-                        loss = checked_parts(model, model(x, y, 0), len(x)).loss.float().sum()
-                    loss.backward()
+                    run_step()
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     if round_:  # the first round warms up
@@ -167,6 +181,34 @@ def time_steps(
         return [min(t) for t in times]
 
     return timer
+
+
+def _replay(
+    model: torch.nn.Module,
+    step: Callable[..., None],
+    precision: Precision,
+    device: torch.device,
+    graphs: list[torch.cuda.CUDAGraph],
+) -> Callable[[], None]:
+    """`step` under `precision` captured as a CUDA graph (after warm-up steps on a side stream, as the
+    trainer's graph step does) and returned as its replay; the eager step where the capture fails (the
+    run then trains eagerly too)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(precision, cache=False)
+    torch.cuda.current_stream(device).wait_stream(side)
+    model.zero_grad(set_to_none=True)  # the graph's gradients live in its own memory
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            step(precision, cache=False)
+    except RuntimeError:
+        model.zero_grad(set_to_none=True)
+        return lambda: step(precision)
+    graphs.append(graph)
+    return graph.replay
 
 
 def resolve_precision(

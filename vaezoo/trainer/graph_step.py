@@ -29,14 +29,16 @@ from vaezoo.components import LossParts
 from vaezoo.errors import RunFailed, printable
 
 if TYPE_CHECKING:
+    from vaezoo.trainer.devices import Precision
     from vaezoo.trainer.distributed import World
     from vaezoo.trainer.loop import Run
 
 WARMUP_STEPS = 3
 
 
-def graph_blocker(run: Run, world: World, own_step: bool) -> str | None:
-    """Why this run's step cannot be captured as a CUDA graph, or None when it can."""
+def graph_blocker(run: Run, world: World, own_step: bool, precision: Precision | None = None) -> str | None:
+    """Why this run's step cannot be captured as a CUDA graph (at `precision`, the run's by default), or
+    None when it can."""
     settings, family = run.recipe["train"], run.recipe["model"]["name"]
     if run.device.type != "cuda":
         return f"the device is {run.device.type}, not CUDA"
@@ -48,7 +50,7 @@ def graph_blocker(run: Run, world: World, own_step: bool) -> str | None:
         return f"model family {family!r} has its own training_step"
     if world.enabled:
         return "training runs under torchrun (DistributedDataParallel)"
-    if run.precision.scale_grads:
+    if (precision or run.precision).scale_grads:
         return "fp16 steps through the gradient scaler"
     if settings["compile"]:
         return "train.compile is on (torch.compile runs the step)"
