@@ -153,9 +153,7 @@ def test_train_cuda_graph_is_a_boolean_setting() -> None:
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _fit_cuda(
-    cifar: Path, out: Path, epochs: int, graph: bool, resume: Path | None = None, precision: str = "fp32"
-):
+def _fit_cuda(cifar: Path, out: Path, epochs: int, graph: bool, resume: Path | None = None, precision: str = "fp32"):
     from tinydata import TINY_SETS
 
     import vaezoo

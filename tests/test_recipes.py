@@ -96,6 +96,11 @@ def test_unknown_keys_and_bad_values_are_errors(item, match):
         resolve_recipe("cifar-vae", [item])
 
 
+def test_setting_a_component_a_recipe_lacks_names_the_family():
+    with pytest.raises(RecipeError, match="this recipe has no prior \\(its model family 'hvae' is built without one"):
+        resolve_recipe("cifar-hvae", ["prior.name=normal"])
+
+
 def test_unknown_top_level_key_in_a_table_is_an_error():
     table = {**resolve_recipe("cifar-vae"), "epochs": 3}
     with pytest.raises(RecipeError, match="unknown key 'epochs'"):

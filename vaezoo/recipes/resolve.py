@@ -86,6 +86,12 @@ def apply_override(recipe: dict[str, Any], path: list[str], value: Any) -> None:
         child = node.get(part)
         if not isinstance(child, dict):
             tables = ", ".join(sorted(key for key, value in node.items() if isinstance(value, dict))) or "none"
+            if node is recipe and part in MODEL_PARTS and child is None:
+                family = recipe.get("model", {}).get("name", DEFAULT_MODEL)
+                raise RecipeError(
+                    f"cannot set {'.'.join(path)}: this recipe has no {part} (its model family {family!r} is built "
+                    f"without one here); its tables: {tables}"
+                )
             raise RecipeError(
                 f"cannot set {'.'.join(path)}: {part!r} is not a table in this recipe (its tables here: {tables})"
             )
