@@ -59,6 +59,23 @@ def test_a_last_step_that_diverges_never_overwrites_the_good_model(cifar: Path, 
     assert resumed.returncode == 0, resumed.stderr[-2000:]  # the good state still resumes
 
 
+def test_non_finite_weights_or_buffers_are_named_and_refused() -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from vaezoo.errors import RunFailed
+    from vaezoo.trainer.loop import _check_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    run = SimpleNamespace(model=model, out_dir=Path("run"), epoch=1, state=SimpleNamespace(batch=3))
+    _check_weights(run)  # finite: nothing to say
+    with torch.no_grad():
+        model[1].running_var[1] = float("inf")  # a buffer, not a parameter
+    with pytest.raises(RunFailed, match=r"weights became non-finite \(1.running_var\) in epoch 2, batch 3"):
+        _check_weights(run)
+
+
 LEARNING_RATES = ["inf", "nan", "-1"]
 SIZES = [
     (["train.sample_count=10001"], "train.sample_count must be at most 10000"),

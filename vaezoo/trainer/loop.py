@@ -518,9 +518,11 @@ def _check_finite(run: Run, value: float, what: str = "the loss") -> float:
 def _check_weights(run: Run) -> None:
     """Refuse to save non-finite weights: a last step that diverges must not overwrite the last good
     model or state (its loss was computed before the update, so only the weights show it)."""
-    for name, tensor in run.model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise _diverged(run, f"the weights became non-finite ({name})")
+    tensors = {name: t for name, t in run.model.state_dict().items() if t.is_floating_point() and t.numel()}
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors.values()]).all()):
+        return  # one read of the device, not one per tensor
+    name = next(name for name, t in tensors.items() if not bool(torch.isfinite(t).all()))
+    raise _diverged(run, f"the weights became non-finite ({name})")
 
 
 def _stop_requested(stop: StopRequest, world: distributed.World, step: int, device: torch.device) -> bool:
