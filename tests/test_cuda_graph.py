@@ -96,19 +96,39 @@ def test_skipped_updates_decided_on_the_device_are_the_host_s(
     read; the same updates are skipped as by the eager loop's host check, and the run trains alike."""
     skip = ["train.skip_grad_norm=100"]  # gradient norms here run from about 30 to 190
     host = fit_tiny(cifar, tmp_path / "host", 2, sets=skip, **REAL)
-    prepare = loop.prepare
-
-    def device_skips(run: loop.Run, resume_from: Path | None = None) -> None:  # what prepare does on CUDA
-        prepare(run, resume_from)
-        run.optimizers = loop.make_optimizers(run.model, run.recipe["train"], fused=True)
-        run.skips_on_device = torch.zeros(())
-
-    monkeypatch.setattr(loop, "prepare", device_skips)
+    monkeypatch.setattr(loop, "optimizer_flags", lambda run: (True, True))  # what prepare chooses on CUDA
     emulate_graphs(monkeypatch)
     device = fit_tiny(cifar, tmp_path / "device", 2, sets=skip, **REAL)
     assert 0 < host.metrics["skipped_updates"] < host.metrics["step"]
     assert device.metrics["skipped_updates"] == host.metrics["skipped_updates"]
     assert device.metrics["train_loss"] == pytest.approx(host.metrics["train_loss"], rel=1e-4)  # fused vs foreach
+
+
+def test_a_resume_keeps_its_own_optimizer_flags(cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch restores a saved optimizer's flags with its state: a run resumed where its step is captured
+    and skips on the device (fused + capturable Adam) from a state saved eagerly, and back, takes this
+    run's flags, with Adam's step counts where they want them (a saved plain Adam made the device skip
+    fail: found_inf given to a non-fused Adam)."""
+    skip = ["train.skip_grad_norm=100"]
+    prepared: list[dict] = []
+    prepare = loop.prepare
+
+    def recording(run: loop.Run, resume_from: Path | None = None) -> None:
+        prepare(run, resume_from)
+        (group,) = run.optimizers["model"].param_groups
+        steps = {state["step"].device.type for state in run.optimizers["model"].state.values()}
+        prepared.append({"capturable": group["capturable"], "fused": bool(group["fused"]), "steps": steps})
+
+    monkeypatch.setattr(loop, "prepare", recording)
+    fit_tiny(cifar, tmp_path / "run", 1, sets=skip, **REAL)
+    with monkeypatch.context() as on_cuda:
+        on_cuda.setattr(loop, "optimizer_flags", lambda run: (True, True))
+        emulate_graphs(on_cuda)
+        device = fit_tiny(cifar, tmp_path / "run", 2, sets=skip, resume=tmp_path / "run", **REAL)
+    plain = fit_tiny(cifar, tmp_path / "run", 3, sets=skip, resume=tmp_path / "run", **REAL)
+    assert prepared[1] == {"capturable": True, "fused": True, "steps": {"cpu"}}  # the parameters' device
+    assert prepared[2] == {"capturable": False, "fused": False, "steps": {"cpu"}}
+    assert device.metrics["step"] == 26 and plain.metrics["step"] == 39
 
 
 def _blocker(**change) -> str | None:
@@ -153,6 +173,14 @@ def test_train_cuda_graph_is_a_boolean_setting() -> None:
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+@pytest.fixture
+def deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's deterministic algorithms: two CUDA runs compared bit for bit must not differ by the order of
+    atomic additions in a convolution's backward pass."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+
 def _fit_cuda(cifar: Path, out: Path, epochs: int, graph: bool, resume: Path | None = None, precision: str = "fp32"):
     from tinydata import TINY_SETS
 
@@ -181,6 +209,7 @@ def test_on_cuda_the_captured_step_matches_the_eager_step(cifar: Path, tmp_path:
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.usefixtures("deterministic")
 def test_on_cuda_a_resumed_captured_run_continues_exactly(cifar: Path, tmp_path: Path) -> None:
     whole = _fit_cuda(cifar, tmp_path / "whole", 2, graph=True)
     _fit_cuda(cifar, tmp_path / "parts", 1, graph=True)
@@ -191,6 +220,7 @@ def test_on_cuda_a_resumed_captured_run_continues_exactly(cifar: Path, tmp_path:
 
 @pytest.mark.cuda
 @needs_cuda
+@pytest.mark.usefixtures("deterministic")
 def test_on_cuda_the_precision_probe_times_captured_steps_and_changes_nothing(
     cifar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -210,6 +240,21 @@ def test_on_cuda_the_precision_probe_times_captured_steps_and_changes_nothing(
     _same_run(tmp_path / "auto", tmp_path / "explicit")
 
 
+@pytest.mark.cuda
+@needs_cuda
+def test_on_cuda_a_step_that_waits_for_the_host_is_refused_before_any_capture() -> None:
+    from vaezoo.trainer import graph_step
+
+    cuda, x = torch.device("cuda"), torch.ones(4, device="cuda")
+    with pytest.raises(graph_step.CaptureFailed, match="the step waits for the host"):
+        graph_step.capture_step(lambda: (x * 2).sum().item(), cuda, lambda: None)
+    assert graph_step._failed_captures == []  # refused in the warm-up: CUDA's allocator never saw a capture
+    graph, total = graph_step.capture_step(lambda: (x * 2).sum(), cuda, lambda: None)
+    x.fill_(3.0)
+    graph.replay()
+    assert total.item() == 24.0
+
+
 class _Reads(Model):
     """A family that declares cuda_graph = True but reads a value back to the host in training."""
 
@@ -227,6 +272,8 @@ class _Reads(Model):
             per_image = per_image * 1.0
         if self.how == "mask":
             per_image = per_image + per_image[per_image > 0].sum()
+        if self.how == "copy":
+            per_image = per_image + per_image.new_tensor(2.0)  # a blocking copy from the host on CUDA
         if self.how == "step" and step is not None:
             per_image = per_image * (1 + step % 2)  # a schedule of its own, not through kl_weight
         return LossParts(per_image, per_image, per_image * 0)
@@ -234,7 +281,13 @@ class _Reads(Model):
 
 @pytest.mark.parametrize(
     ("how", "read"),
-    [("item", "item at"), ("if", "__bool__ at"), ("mask", "__getitem__ at"), ("step", "changes with the step count")],
+    [
+        ("item", "item at"),
+        ("if", "__bool__ at"),
+        ("mask", "__getitem__ at"),
+        ("copy", "new_tensor at"),
+        ("step", "changes with the step count"),
+    ],
 )
 def test_a_family_that_reads_on_the_host_fails_its_cuda_graph_declaration(how: str, read: str) -> None:
     with pytest.raises(AssertionError, match=f"_Reads declares cuda_graph = True .*{read}"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -175,18 +175,36 @@ def _fit_locked(
     resume_dir: Path | None,
     callbacks: Sequence[Any],
 ) -> FitResult:
-    """fit() once the run folder is ours: build and prepare the run (a refused resume stops here,
-    before anything is written), then write recipe.toml and train."""
+    """fit() once the run folder is ours: on the run's device (CUDA's current device for the run, so
+    that streams and graphs are made on `cuda:N` too), build and prepare the run (a refused resume stops
+    here, before anything is written), then write recipe.toml and train."""
+    import torch
+
+    from vaezoo.trainer.devices import resolve_device
+
+    torch_device = rank_device or resolve_device(device)
+    with torch.cuda.device(torch_device) if torch_device.type == "cuda" else nullcontext():
+        return _fit_on(torch_device, resolved, out_dir, data_dir, world, resume_dir, callbacks)
+
+
+def _fit_on(
+    torch_device: Any,
+    resolved: dict[str, Any],
+    out_dir: Path,
+    data_dir: Any,
+    world: Any,
+    resume_dir: Path | None,
+    callbacks: Sequence[Any],
+) -> FitResult:
     import torch
 
     from vaezoo.data import limit_subset, load_split
     from vaezoo.recipes.build import build_model
     from vaezoo.trainer import distributed
-    from vaezoo.trainer.devices import resolve_device, resolve_precision, start_cuda
+    from vaezoo.trainer.devices import resolve_precision, start_cuda
     from vaezoo.trainer.epoch_files import RunFiles
     from vaezoo.trainer.loop import Run, blame, prepare, train
 
-    torch_device = rank_device or resolve_device(device)
     start_cuda(torch_device)  # CUDA's start-up overlaps the data loading
     precision = None if torch_device.type == "cuda" else resolve_precision(resolved["train"]["precision"], torch_device)
     with _naming_saved_recipe(resume_dir):

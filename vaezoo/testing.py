@@ -379,12 +379,14 @@ def check_model(
 
 
 # What a CUDA graph cannot hold: a tensor's value read back to the host (a sync, and a value frozen into the
-# graph), or a tensor whose shape depends on values.
+# graph), a tensor whose shape depends on values, or a tensor made from host data (a blocking copy to the
+# device: `torch.tensor(x, device=...)`, `t.new_tensor(x)`; `t.new_full(shape, x)` fills on the device).
 HOST_READS = frozenset(
     {
         "item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "__complex__",
         "__contains__", "__repr__", "__format__", "equal", "allclose",
         "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "histc",
+        "tensor", "as_tensor", "new_tensor",
     }
 )  # fmt: skip
 
@@ -399,7 +401,8 @@ class HostReads(TorchFunctionMode):
     """Records every torch call in its scope that reads a tensor's value back to the host (`.item()`,
     `bool(t)`, `if t:`, `int(t)`, `.tolist()`, `.cpu()`, `torch.equal`...) or gives a shape that depends on
     values (`nonzero`, `unique`, `masked_select`, `t[mask]`, `torch.where(mask)`, `bincount`,
-    `repeat_interleave` by a tensor), with the file and line that made it: the CPU counterpart of
+    `repeat_interleave` by a tensor) or makes a tensor from host data (`torch.tensor`, `new_tensor`), with
+    the file and line that made it: the CPU counterpart of
     `torch.cuda.set_sync_debug_mode("error")`, and stricter (a read of a CPU tensor counts too)."""
 
     def __init__(self) -> None:

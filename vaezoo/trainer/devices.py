@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -163,7 +164,7 @@ def time_steps(
     def timer(precisions: list[Precision]) -> list[float]:
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         times: list[list[float]] = [[] for _ in precisions]
-        graphs: list[torch.cuda.CUDAGraph] = []  # alive until the timing ends
+        graphs: list[Any] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             steps = [
                 _replay(model, step, p, device, graphs) if captured(p) else (lambda p=p: step(p)) for p in precisions
@@ -188,26 +189,18 @@ def _replay(
     step: Callable[..., None],
     precision: Precision,
     device: torch.device,
-    graphs: list[torch.cuda.CUDAGraph],
+    graphs: list[Any],
 ) -> Callable[[], None]:
-    """`step` under `precision` captured as a CUDA graph (after warm-up steps on a side stream, as the
-    trainer's graph step does) and returned as its replay; the eager step where the capture fails (the
-    run then trains eagerly too)."""
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(precision, cache=False)
-    torch.cuda.current_stream(device).wait_stream(side)
-    model.zero_grad(set_to_none=True)  # the graph's gradients live in its own memory
-    graph = torch.cuda.CUDAGraph()
+    """`step` under `precision` captured as a CUDA graph as the trainer captures it, returned as its
+    replay; the eager step where it cannot be captured (the run then trains eagerly too)."""
+    from vaezoo.trainer.graph_step import CaptureFailed, capture_step
+
     try:
-        with torch.cuda.graph(graph):
-            step(precision, cache=False)
-    except RuntimeError:
+        graph, _ = capture_step(lambda: step(precision, cache=False), device, lambda: model.zero_grad(set_to_none=True))
+    except CaptureFailed:
         model.zero_grad(set_to_none=True)
         return lambda: step(precision)
-    graphs.append(graph)
+    graphs.append(graph)  # alive until the timing ends
     return graph.replay
 
 

@@ -17,10 +17,9 @@ run takes the same steps as an eager one."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
     from vaezoo.trainer.loop import Run
 
 WARMUP_STEPS = 3
+T = TypeVar("T")
 
 
 def graph_blocker(run: Run, world: World, own_step: bool, precision: Precision | None = None) -> str | None:
@@ -101,11 +101,67 @@ class _Snapshot:
             torch.cuda.set_rng_state(self.cuda_rng, run.device)
 
 
+class CaptureFailed(Exception):
+    """The step cannot be captured as a CUDA graph (the message says why); train it eagerly."""
+
+
+def _first_cause(error: BaseException) -> BaseException:
+    """The error that started a chain (a capture that fails raises from inside the failure of its body)."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _why(error: BaseException) -> str:
+    cause = _first_cause(error)
+    return f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:200]}"
+
+
+_failed_captures: list[str] = []  # why captures failed in this process
+
+
+def capture_step(step: Callable[[], T], device: torch.device, before_capture: Callable[[], None]) -> tuple[Any, T]:
+    """`step` captured as a CUDA graph on `device`: returns the graph and what the captured call returned
+    (tensors that each replay overwrites). First WARMUP_STEPS calls on a side stream (lazy optimizer state,
+    library workspaces), the last of them with CUDA's synchronisation check on: a step that waits for the
+    host (`.item()`, a copy from host memory) is refused there, before a capture that would fail and leave
+    CUDA's allocator in a capture; then `before_capture()` and the capture, on a stream of its own that is
+    left again whatever happens. Raises CaptureFailed naming why."""
+    if _failed_captures:  # CUDA's allocator may still count that capture as running: no second try
+        raise CaptureFailed(f"an earlier capture in this process failed ({_failed_captures[0]})")
+    current = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(current)
+    debug_mode = torch.cuda.get_sync_debug_mode()
+    try:
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS - 1):
+                step()  # an error here is the step's own: the eager step raises it too
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                step()
+            except (RuntimeError, RunFailed) as error:
+                raise CaptureFailed(f"the step waits for the host ({_why(error)})") from None
+    finally:
+        torch.cuda.set_sync_debug_mode(debug_mode)
+        current.wait_stream(side)
+    before_capture()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream(device)
+    try:
+        with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+            out = step()
+    except (RuntimeError, RunFailed) as error:
+        _failed_captures.append(_why(error))
+        raise CaptureFailed(f"capturing the step failed: {_failed_captures[-1]}") from None
+    return graph, out
+
+
 class GraphStep:
     """`step(index)`: the eager step `eager(index)` for the batch of images at `index`, replayed from a CUDA
     graph for batches of `batch_size` once `settled()` says the step no longer changes with the step count.
-    The first such call warms up and captures (timed apart by the loop, like a compile). `capture=False`
-    runs the same static-buffer steps without a graph (tests check it against eager steps on the CPU)."""
+    The call that warms up and captures sets `just_recorded` (the loop times it apart, like a compile).
+    `capture=False` runs the same static-buffer steps without a graph (tests check it against eager steps
+    on the CPU)."""
 
     def __init__(
         self,
@@ -121,12 +177,15 @@ class GraphStep:
         self.parts: LossParts | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed: str | None = None
+        self.just_recorded = False
 
     def __call__(self, index: Tensor) -> LossParts:
+        self.just_recorded = False
         if len(index) != self.batch_size or self.failed is not None or not self.settled():
             return self.eager(index)
         if self.index is None:
             self._record(index)
+            self.just_recorded = True
             if self.failed is not None:
                 return self.eager(index)
         self.index.copy_(index)
@@ -136,36 +195,23 @@ class GraphStep:
         return self.parts
 
     def _record(self, index: Tensor) -> None:
-        """Warm up on a side stream, capture one step into the graph, and put everything back."""
+        """Warm up, capture one step into the graph, and put everything back as it was."""
         snapshot = _Snapshot(self.run)
         self.index = index.clone()
+
+        def zero_grads() -> None:
+            for optimizer in self.run.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+
         try:
-            with self._side_stream():
+            if not self.capture:
                 for _ in range(WARMUP_STEPS):
                     self.eager(self.index)
-            if self.capture:
-                self.graph = torch.cuda.CUDAGraph()
-                for optimizer in self.run.optimizers.values():
-                    optimizer.zero_grad(set_to_none=True)
-                try:
-                    with torch.cuda.graph(self.graph):
-                        self.parts = self.eager(self.index)
-                except (RuntimeError, RunFailed) as error:  # a host read the graph cannot hold: train eagerly
-                    cause = error.__cause__ or error
-                    self.graph, self.parts = None, None
-                    first_line = (str(cause).splitlines() or [""])[0][:200]
-                    self.failed = f"capturing the step failed: {type(cause).__name__}: {first_line}"
-                    print(printable(f"vaezoo: warning: {self.failed}; training eagerly"), file=sys.stderr)
+                return
+            self.graph, self.parts = capture_step(lambda: self.eager(self.index), self.run.device, zero_grads)
+        except CaptureFailed as failed:
+            self.graph, self.parts, self.failed = None, None, str(failed)
+            self.run.step_mode = f"eager ({self.failed})"
+            print(printable(f"vaezoo: warning: {self.failed}; training eagerly"), file=sys.stderr)
         finally:
             snapshot.restore()
-
-    @contextlib.contextmanager
-    def _side_stream(self) -> Iterator[None]:
-        if not self.capture:
-            yield
-            return
-        side = torch.cuda.Stream(self.run.device)
-        side.wait_stream(torch.cuda.current_stream(self.run.device))
-        with torch.cuda.stream(side):
-            yield
-        torch.cuda.current_stream(self.run.device).wait_stream(side)

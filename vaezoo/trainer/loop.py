@@ -137,7 +137,8 @@ def make_optimizer(
     if train["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=train["weight_decay"])
     cls = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
-    device_step = {"fused": True} if fused else {"capturable": True} if capturable else {}
+    # fused Adam must be capturable too to be captured in a graph (torch refuses the capture otherwise)
+    device_step = {"fused": True, "capturable": True} if fused else {"capturable": True} if capturable else {}
     extra = ({"betas": betas} if betas else {}) | device_step
     return cls(params, lr=lr, weight_decay=train["weight_decay"], **extra)
 
@@ -234,6 +235,14 @@ class Updater:
         run.scaler.step(optimizer)
 
 
+def optimizer_flags(run: Run) -> tuple[bool, bool]:
+    """(capturable, fused) for the run's Adam: capturable when its step will be a CUDA graph, and fused
+    too when train.skip_grad_norm is on (the skip is then decided on the device: Updater)."""
+    world = distributed.current_world()
+    capturable = run.device.type == "cuda" and graph_blocker(run, world, owns_step(run.model)) is None
+    return capturable, capturable and run.recipe["train"]["skip_grad_norm"] > 0
+
+
 def prepare(run: Run, resume_from: Path | None = None) -> None:
     """Optimizer, gradient scaler (a no-op unless fp16), data-order generator and RNGs of a run: new,
     or restored from a state.safetensors (with its metrics history; the recipe's learning rate and
@@ -241,10 +250,7 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     from vaezoo.files.train_state import load_state
 
     settings = run.recipe["train"]
-    capturable = (
-        run.device.type == "cuda" and graph_blocker(run, distributed.current_world(), owns_step(run.model)) is None
-    )
-    fused = capturable and settings["skip_grad_norm"] > 0  # the skip decided on the device (Updater)
+    capturable, fused = optimizer_flags(run)
     run.optimizers = make_optimizers(run.model, settings, capturable, fused)
     run.skips_on_device = torch.zeros((), device=run.device) if fused else None
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision.scale_grads)
@@ -252,7 +258,11 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     if resume_from is None:
         torch.manual_seed(settings["seed"])
         return
+    own = {name: [_device_flags(group) for group in opt.param_groups] for name, opt in run.optimizers.items()}
     counters, saved_rng, history = load_state(resume_from, run.model, run.optimizers, run.scaler)
+    for name, optimizer in run.optimizers.items():  # torch restores the saved run's flags: keep this run's
+        for group, flags in zip(optimizer.param_groups, own[name]):
+            _set_device_flags(optimizer, group, flags)
     run.state.load_state_dict(counters)
     try:
         run.data_rng.set_state(saved_rng)
@@ -267,6 +277,25 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     run.history = history or [
         row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch
     ]
+
+
+DEVICE_FLAGS = ("capturable", "fused", "foreach")
+
+
+def _device_flags(group: dict[str, Any]) -> dict[str, Any]:
+    return {key: group[key] for key in DEVICE_FLAGS if key in group}
+
+
+def _set_device_flags(optimizer: torch.optim.Optimizer, group: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Give a loaded param group this run's device flags (a state saved on another device, eagerly, or
+    with another skip setting has other ones), with Adam's step counts where those flags want them:
+    on the parameter's device for a capturable or fused Adam, on the CPU otherwise."""
+    group.update(flags)
+    on_device = bool(group.get("capturable") or group.get("fused"))
+    for p in group["params"]:
+        step = optimizer.state.get(p, {}).get("step")
+        if torch.is_tensor(step):
+            optimizer.state[p]["step"] = step.to(p.device if on_device else "cpu", torch.float32)
 
 
 def _old_history(path: Path) -> list[dict[str, Any]]:
@@ -285,7 +314,8 @@ def _old_history(path: Path) -> list[dict[str, Any]]:
 
 class Meter:
     """The epoch's bookkeeping beside the steps: the loss sum (on the device, read every LOG_EVERY
-    steps), the images per second, and the first call of a compiled model timed apart."""
+    steps), the images per second, and the first call of a compiled model (or the capture of a CUDA
+    graph) timed apart."""
 
     def __init__(self, run: Run, world: distributed.World, images: int, compiling: bool) -> None:
         self.run, self.world, self.images, self.compiling = run, world, images, compiling
@@ -298,10 +328,11 @@ class Meter:
         )
         self.started, self.timed_from, self.first_batch = time.perf_counter(), state.batch, state.batch
 
-    def add(self, parts: LossParts) -> None:
-        """Count a step (its batch is done)."""
+    def add(self, parts: LossParts, slow: bool = False) -> None:
+        """Count a step (its batch is done). The first step of a compiled model, and a `slow` one (it
+        captured a CUDA graph), are timed apart with the steps before them in the epoch."""
         self.loss_sum += parts.loss.detach().sum()
-        if self.compile_seconds is None and self.compiling:  # the first call compiles: timed apart
+        if slow or (self.compile_seconds is None and self.compiling):
             self.loss_sum.item()
             self.compile_seconds, self.started, self.timed_from = (
                 time.perf_counter() - self.started,
@@ -404,7 +435,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         torch.manual_seed(settings["seed"] + (world.rank << 32) + state.step)
     images = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], world)
     step = make_step(run, training_net(model, run.device, world, settings), Updater(run, world), images, world)
-    meter = Meter(run, world, images, settings["compile"] or run.step_mode == "CUDA graph")
+    meter = Meter(run, world, images, settings["compile"])
     callbacks = callbacks if world.is_main else ()  # only rank 0 prints and writes
     metrics: dict[str, Any] = run.history[-1] if run.history else {}
     model.train()
@@ -423,7 +454,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
                 parts = step(index)
                 state.step, state.batch = state.step + 1, state.batch + 1
-                meter.add(parts)
+                meter.add(parts, slow=getattr(step, "just_recorded", False))  # a GraphStep that captured
                 if state.step % LOG_EVERY == 0:
                     for callback in callbacks:
                         callback.on_step(run, state.batch, *meter.progress())

@@ -32,7 +32,7 @@ class GaussianKL(Loss):
     def _split(self, out: Tensor) -> tuple[Tensor, Tensor]:
         out = out.float()
         if not self.learn_variance:
-            return out, out.new_tensor(math.log(self.sigma))
+            return out, out.new_full((), math.log(self.sigma))  # a fill on the device, no copy from the host
         mean, log_sigma = out.unflatten(1, (2, -1)).unbind(1)
         return mean, log_sigma.clamp(min=MIN_LOG_SIGMA)
 
