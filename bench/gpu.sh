@@ -7,7 +7,7 @@
 #   bash bench/gpu.sh --data-dir PATH [--out bench/results-gpu.md]          # on the GPU machine
 #   bash bench/gpu.sh --device cpu --quick --data-dir PATH                  # dry run with tiny sizes
 #
-# Options: --device cuda|cuda:N|cpu, --quick, --rounds N, --budget-s S (default 480: no part starts after it),
+# Options: --device cuda|cuda:N|cpu, --quick, --rounds N, --budget-s S (default 420: no part starts after it; the table so far is in --out after each part),
 # --out FILE, --keep-runs. The table goes to stdout, progress to stderr. Each part runs in its own process
 # with a timeout (bench/gpu_parts.py has the sizes and the time of each part); runs go to a temporary folder.
 # Python: $PYTHON if set, else the repository's .venv, else python3 (torch and vaezoo installed there).

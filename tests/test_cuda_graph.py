@@ -9,6 +9,7 @@ without it (these machines have none)."""
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -48,6 +49,15 @@ def emulate_graphs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return Recording.recorded_at
 
 
+def _epochs(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _captured(run: Path) -> bool:
+    """Whether the run captured its step (the epoch of the capture times it apart as compile_seconds)."""
+    return any("compile_seconds" in epoch for epoch in _epochs(run))
+
+
 def _same_run(eager: Path, graphed: Path) -> None:
     for name in ("model.safetensors", "state.safetensors"):
         a, b = load_file(eager / name), load_file(graphed / name)
@@ -63,6 +73,9 @@ def test_the_graph_steps_take_the_same_steps_as_the_eager_loop(
     recorded_at = emulate_graphs(monkeypatch)
     graphed = fit_tiny(cifar, tmp_path / "graph", 2, **REAL)
     assert recorded_at == [0]  # recorded once, at the first full batch; the last batch of 8 ran eagerly
+    first = _epochs(tmp_path / "graph")[0]
+    assert 0 < first["compile_seconds"] <= first["seconds"]  # the capture's step is timed apart, inside the epoch
+    assert not _captured(tmp_path / "eager") and "compile_seconds" not in _epochs(tmp_path / "graph")[1]
     assert graphed.metrics["train_loss"] == eager.metrics["train_loss"]
     assert graphed.metrics["test_loss"] == eager.metrics["test_loss"]
     _same_run(tmp_path / "eager", tmp_path / "graph")
@@ -161,6 +174,13 @@ def test_what_keeps_a_run_eager_is_named() -> None:
     assert "train.skip_grad_norm with sgd" in _blocker(train={"skip_grad_norm": 100.0, "optimizer": "sgd"})
 
 
+def test_cuda_launch_blocking_keeps_the_step_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")
+    assert "CUDA_LAUNCH_BLOCKING" in _blocker()
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "0")
+    assert _blocker() is None
+
+
 def test_train_cuda_graph_is_a_boolean_setting() -> None:
     assert resolve_recipe("cifar-vae")["train"]["cuda_graph"] is True
     assert resolve_recipe("cifar-vae", ["train.cuda_graph=false"])["train"]["cuda_graph"] is False
@@ -203,6 +223,7 @@ def _fit_cuda(cifar: Path, out: Path, epochs: int, graph: bool, resume: Path | N
 def test_on_cuda_the_captured_step_matches_the_eager_step(cifar: Path, tmp_path: Path) -> None:
     eager = _fit_cuda(cifar, tmp_path / "eager", 2, graph=False)
     graphed = _fit_cuda(cifar, tmp_path / "graph", 2, graph=True)
+    assert _captured(tmp_path / "graph") and not _captured(tmp_path / "eager")
     assert graphed.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], rel=1e-4)
     assert graphed.metrics["test_loss"] == pytest.approx(eager.metrics["test_loss"], rel=1e-4)
 
@@ -213,6 +234,7 @@ def test_on_cuda_the_captured_step_matches_the_eager_step(cifar: Path, tmp_path:
 def test_on_cuda_a_resumed_captured_run_continues_exactly(cifar: Path, tmp_path: Path) -> None:
     whole = _fit_cuda(cifar, tmp_path / "whole", 2, graph=True)
     _fit_cuda(cifar, tmp_path / "parts", 1, graph=True)
+    assert _captured(tmp_path / "whole") and _captured(tmp_path / "parts")
     resumed = _fit_cuda(cifar, tmp_path / "parts", 2, graph=True, resume=tmp_path / "parts")
     assert resumed.metrics["train_loss"] == whole.metrics["train_loss"]
     _same_run(tmp_path / "whole", tmp_path / "parts")
@@ -236,6 +258,7 @@ def test_on_cuda_the_precision_probe_times_captured_steps_and_changes_nothing(
     assert timed == [True, True]  # fp32 and bf16 each timed as a graph (fp16 would stay eager)
     (chosen,) = json.loads((tmp_path / "cache" / "precision.json").read_text()).values()
     explicit = _fit_cuda(cifar, tmp_path / "explicit", 1, graph=True, precision=chosen)
+    assert _captured(tmp_path / "auto") and _captured(tmp_path / "explicit")
     assert auto.metrics["test_loss"] == explicit.metrics["test_loss"]
     _same_run(tmp_path / "auto", tmp_path / "explicit")
 
@@ -248,7 +271,7 @@ def test_on_cuda_a_step_that_waits_for_the_host_is_refused_before_any_capture() 
     cuda, x = torch.device("cuda"), torch.ones(4, device="cuda")
     with pytest.raises(graph_step.CaptureFailed, match="the step waits for the host"):
         graph_step.capture_step(lambda: (x * 2).sum().item(), cuda, lambda: None)
-    assert graph_step._failed_captures == []  # refused in the warm-up: CUDA's allocator never saw a capture
+    # refused in the warm-up (CaptureFailed, not the RunFailed of a failed capture): capturing goes on
     graph, total = graph_step.capture_step(lambda: (x * 2).sum(), cuda, lambda: None)
     x.fill_(3.0)
     graph.replay()

@@ -175,16 +175,11 @@ def _fit_locked(
     resume_dir: Path | None,
     callbacks: Sequence[Any],
 ) -> FitResult:
-    """fit() once the run folder is ours: on the run's device (CUDA's current device for the run, so
-    that streams and graphs are made on `cuda:N` too), build and prepare the run (a refused resume stops
-    here, before anything is written), then write recipe.toml and train."""
-    import torch
-
+    """fit() once the run folder is ours: build and prepare the run (a refused resume stops here, before
+    anything is written), then write recipe.toml and train."""
     from vaezoo.trainer.devices import resolve_device
 
-    torch_device = rank_device or resolve_device(device)
-    with torch.cuda.device(torch_device) if torch_device.type == "cuda" else nullcontext():
-        return _fit_on(torch_device, resolved, out_dir, data_dir, world, resume_dir, callbacks)
+    return _fit_on(rank_device or resolve_device(device), resolved, out_dir, data_dir, world, resume_dir, callbacks)
 
 
 def _fit_on(
@@ -200,10 +195,8 @@ def _fit_on(
 
     from vaezoo.data import limit_subset, load_split
     from vaezoo.recipes.build import build_model
-    from vaezoo.trainer import distributed
     from vaezoo.trainer.devices import resolve_precision, start_cuda
-    from vaezoo.trainer.epoch_files import RunFiles
-    from vaezoo.trainer.loop import Run, blame, prepare, train
+    from vaezoo.trainer.loop import Run
 
     start_cuda(torch_device)  # CUDA's start-up overlaps the data loading
     precision = None if torch_device.type == "cuda" else resolve_precision(resolved["train"]["precision"], torch_device)
@@ -231,9 +224,21 @@ def _fit_on(
         precision,
         **labels,
     )
+    # CUDA's current device is the run's from here (its streams and graphs on `cuda:N` too), once CUDA
+    # has started in the background
+    with torch.cuda.device(torch_device) if torch_device.type == "cuda" else nullcontext():
+        return _prepare_and_train(run, world, resume_dir, callbacks)
+
+
+def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks: Sequence[Any]) -> FitResult:
+    from vaezoo.trainer import distributed
+    from vaezoo.trainer.epoch_files import RunFiles
+    from vaezoo.trainer.loop import blame, prepare, train
+
+    model, settings, out_dir, resolved = run.model, run.recipe["train"], run.out_dir, run.recipe
     if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
         with blame(run, "a training step (the precision probe)"):
-            run.precision = distributed.broadcast_object(_measured_precision(run, train_images, train_labels, world))
+            run.precision = distributed.broadcast_object(_measured_precision(run, world))
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
     if (
         run.state.epoch >= settings["epochs"]
@@ -268,7 +273,7 @@ def _fit_on(
     return FitResult(out_dir, metrics, model)
 
 
-def _measured_precision(run: Any, images: Any, labels: Any, world: Any) -> Any:
+def _measured_precision(run: Any, world: Any) -> Any:
     """`--precision auto` for this run's model: fp32 or the device's reduced precision, whichever a short
     timed probe of a training step on a real batch finds faster (vaezoo.trainer.devices.auto_precision),
     each timed as a CUDA graph where the run would capture its step at that precision."""
@@ -284,9 +289,9 @@ def _measured_precision(run: Any, images: Any, labels: Any, world: Any) -> Any:
     settings = recipe["train"]
     layout = memory_format(model, settings)
     model.to(memory_format=layout)
-    n = max(1, min(settings["batch_size"] // world.world_size, len(images)))
-    x = to_float(images[:n].to(device), layout)
-    y = labels[:n].to(device) if model.conditional else None
+    n = max(1, min(settings["batch_size"] // world.world_size, len(run.train_images)))
+    x = to_float(run.train_images[:n], layout)
+    y = run.train_labels[:n] if model.conditional else None
     shape = {key: value for key, value in recipe.items() if key not in ("name", "summary", "train")}
     graph = [settings["cuda_graph"], settings["compile"]] if device.type == "cuda" else []
     key = hashlib.sha256(

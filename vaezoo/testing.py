@@ -379,16 +379,27 @@ def check_model(
 
 
 # What a CUDA graph cannot hold: a tensor's value read back to the host (a sync, and a value frozen into the
-# graph), a tensor whose shape depends on values, or a tensor made from host data (a blocking copy to the
-# device: `torch.tensor(x, device=...)`, `t.new_tensor(x)`; `t.new_full(shape, x)` fills on the device).
+# graph), a tensor whose shape depends on values, or a tensor made from host data (`_from_host`: a blocking
+# copy to the device; `t.new_full(shape, x)` fills on the device instead).
 HOST_READS = frozenset(
     {
         "item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "__complex__",
         "__contains__", "__repr__", "__format__", "equal", "allclose",
         "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount", "histc",
-        "tensor", "as_tensor", "new_tensor",
     }
 )  # fmt: skip
+
+
+def _from_host(name: str, args: tuple, kwargs: dict) -> bool:
+    """A tensor made from host data for the model's device: `t.new_tensor(data)`, or `torch.tensor(data,
+    device=...)` / `torch.as_tensor(data, device=...)` (without a device it stays on the CPU, a scalar a
+    graph holds; from a tensor it is no host data)."""
+    if name == "new_tensor":
+        return not torch.is_tensor(args[1] if len(args) > 1 else kwargs.get("data"))
+    if name in ("tensor", "as_tensor"):
+        data = args[0] if args else kwargs.get("data")
+        return kwargs.get("device") is not None and not torch.is_tensor(data)
+    return False
 
 
 def _holds_mask(index: Any) -> bool:
@@ -417,6 +428,7 @@ class HostReads(TorchFunctionMode):
             or (name in ("__getitem__", "__setitem__", "index_put", "index_put_") and _holds_mask(args[1:2]))
             or (name == "where" and len(args) + len(kwargs) == 1)
             or (name == "repeat_interleave" and torch.is_tensor(kwargs.get("repeats", args[1:2] or None)))
+            or _from_host(name, args, kwargs)
         ):
             caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
             self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}")

@@ -153,8 +153,9 @@ def time_steps(
     precisions take turns, after one warm-up step each, and each gets its fastest step (the least
     disturbed by other work on a shared machine). A precision for which `captured` says the run's step
     would be a CUDA graph is timed as one (replays of a captured forward and backward): a graph removes
-    the launch overhead that an eager probe would charge to it. The model's weights, buffers, gradients
-    and the random generators are as before."""
+    the launch overhead that an eager probe would charge to it (where one precision's step is refused,
+    all are timed eagerly). The model's weights, buffers, gradients and the random generators are as
+    before."""
 
     def step(precision: Precision, cache: bool = True) -> None:
         with precision.autocast(device, cache=cache):
@@ -166,9 +167,10 @@ def time_steps(
         times: list[list[float]] = [[] for _ in precisions]
         graphs: list[Any] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            steps = [
-                _replay(model, step, p, device, graphs) if captured(p) else (lambda p=p: step(p)) for p in precisions
-            ]
+            replays = [_replay(model, step, p, device, graphs) if captured(p) else None for p in precisions]
+            if None in replays:  # where one precision cannot be captured, all are timed eagerly, alike
+                replays = [None] * len(precisions)
+            steps = [replay or (lambda p=p: step(p)) for replay, p in zip(replays, precisions)]
             for round_ in range(rounds + 1):
                 for index, run_step in enumerate(steps):
                     started = time.perf_counter()
@@ -190,16 +192,16 @@ def _replay(
     precision: Precision,
     device: torch.device,
     graphs: list[Any],
-) -> Callable[[], None]:
+) -> Callable[[], None] | None:
     """`step` under `precision` captured as a CUDA graph as the trainer captures it, returned as its
-    replay; the eager step where it cannot be captured (the run then trains eagerly too)."""
+    replay; None where the step is refused (the run then trains eagerly too)."""
     from vaezoo.trainer.graph_step import CaptureFailed, capture_step
 
     try:
         graph, _ = capture_step(lambda: step(precision, cache=False), device, lambda: model.zero_grad(set_to_none=True))
     except CaptureFailed:
         model.zero_grad(set_to_none=True)
-        return lambda: step(precision)
+        return None
     graphs.append(graph)  # alive until the timing ends
     return graph.replay
 

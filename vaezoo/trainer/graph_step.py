@@ -17,8 +17,11 @@ run takes the same steps as an eager one."""
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -54,6 +57,8 @@ def graph_blocker(run: Run, world: World, own_step: bool, precision: Precision |
         return "fp16 steps through the gradient scaler"
     if settings["compile"]:
         return "train.compile is on (torch.compile runs the step)"
+    if os.environ.get("CUDA_LAUNCH_BLOCKING", "0") not in ("", "0"):
+        return "CUDA_LAUNCH_BLOCKING is set (every launch waits for the GPU, which a capture cannot hold)"
     if settings["skip_grad_norm"] > 0 and settings["optimizer"] == "sgd":
         return "train.skip_grad_norm with sgd reads the gradient norm on the host (adam skips on the device)"
     return None
@@ -113,11 +118,11 @@ def _first_cause(error: BaseException) -> BaseException:
 
 
 def _why(error: BaseException) -> str:
+    """The first cause of `error`, in one line, with the line of code outside torch that raised it."""
     cause = _first_cause(error)
-    return f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:200]}"
-
-
-_failed_captures: list[str] = []  # why captures failed in this process
+    frames = [f for f in traceback.extract_tb(cause.__traceback__) if f"{os.sep}torch{os.sep}" not in f.filename]
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:200]}{where}"
 
 
 def capture_step(step: Callable[[], T], device: torch.device, before_capture: Callable[[], None]) -> tuple[Any, T]:
@@ -126,9 +131,10 @@ def capture_step(step: Callable[[], T], device: torch.device, before_capture: Ca
     library workspaces), the last of them with CUDA's synchronisation check on: a step that waits for the
     host (`.item()`, a copy from host memory) is refused there, before a capture that would fail and leave
     CUDA's allocator in a capture; then `before_capture()` and the capture, on a stream of its own that is
-    left again whatever happens. Raises CaptureFailed naming why."""
-    if _failed_captures:  # CUDA's allocator may still count that capture as running: no second try
-        raise CaptureFailed(f"an earlier capture in this process failed ({_failed_captures[0]})")
+    left again whatever happens. Raises CaptureFailed naming why the step was refused; a capture that fails
+    after that is RunFailed: CUDA's allocator and random generator may still count it as running, so
+    nothing more should run in the process. The synchronisation check holds for the whole process while the
+    last warm-up runs: one run per process warms up at a time."""
     current = torch.cuda.current_stream(device)
     side = torch.cuda.Stream(device)
     side.wait_stream(current)
@@ -151,15 +157,17 @@ def capture_step(step: Callable[[], T], device: torch.device, before_capture: Ca
         with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
             out = step()
     except (RuntimeError, RunFailed) as error:
-        _failed_captures.append(_why(error))
-        raise CaptureFailed(f"capturing the step failed: {_failed_captures[-1]}") from None
+        raise RunFailed(
+            f"capturing the training step as a CUDA graph failed ({_why(error)}); CUDA's state after a failed "
+            "capture cannot be trusted, so the run stops here: run it again with --set train.cuda_graph=false"
+        ) from None
     return graph, out
 
 
 class GraphStep:
     """`step(index)`: the eager step `eager(index)` for the batch of images at `index`, replayed from a CUDA
     graph for batches of `batch_size` once `settled()` says the step no longer changes with the step count.
-    The call that warms up and captures sets `just_recorded` (the loop times it apart, like a compile).
+    The call that warms up and captures a graph sets `just_recorded` (the loop times it apart, like a compile).
     `capture=False` runs the same static-buffer steps without a graph (tests check it against eager steps
     on the CPU)."""
 
@@ -185,9 +193,9 @@ class GraphStep:
             return self.eager(index)
         if self.index is None:
             self._record(index)
-            self.just_recorded = True
             if self.failed is not None:
                 return self.eager(index)
+            self.just_recorded = True
         self.index.copy_(index)
         if self.graph is None:
             return self.eager(self.index)
@@ -204,14 +212,13 @@ class GraphStep:
                 optimizer.zero_grad(set_to_none=True)
 
         try:
-            if not self.capture:
+            if self.capture:
+                self.graph, self.parts = capture_step(lambda: self.eager(self.index), self.run.device, zero_grads)
+            else:
                 for _ in range(WARMUP_STEPS):
                     self.eager(self.index)
-                return
-            self.graph, self.parts = capture_step(lambda: self.eager(self.index), self.run.device, zero_grads)
         except CaptureFailed as failed:
             self.graph, self.parts, self.failed = None, None, str(failed)
             self.run.step_mode = f"eager ({self.failed})"
             print(printable(f"vaezoo: warning: {self.failed}; training eagerly"), file=sys.stderr)
-        finally:
-            snapshot.restore()
+        snapshot.restore()  # not after another error: the run stops and saves nothing of this epoch

@@ -10,6 +10,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from vaezoo.trainer.graph_step import GraphStep, graph_blocker
 from vaezoo.trainer.signals import handle_stops
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
+CAPTURABLE_RUN_EAGERLY = "This instance was constructed with capturable=True"  # torch's warning, by design here
 
 
 @dataclass
@@ -232,7 +234,9 @@ class Updater:
             elif skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
                 run.state.skipped += 1
                 optimizer.zero_grad(set_to_none=True)
-        run.scaler.step(optimizer)
+        with warnings.catch_warnings():  # a capturable Adam's KL warm-up, warm-up and last batches run eagerly
+            warnings.filterwarnings("ignore", message=CAPTURABLE_RUN_EAGERLY)
+            run.scaler.step(optimizer)
 
 
 def optimizer_flags(run: Run) -> tuple[bool, bool]:
@@ -314,8 +318,9 @@ def _old_history(path: Path) -> list[dict[str, Any]]:
 
 class Meter:
     """The epoch's bookkeeping beside the steps: the loss sum (on the device, read every LOG_EVERY
-    steps), the images per second, and the first call of a compiled model (or the capture of a CUDA
-    graph) timed apart."""
+    steps), the epoch's seconds, and its images per second, counted after the first call of a compiled
+    model or the capture of a CUDA graph (those steps, and the ones before them in the epoch, are timed
+    apart as compile_seconds)."""
 
     def __init__(self, run: Run, world: distributed.World, images: int, compiling: bool) -> None:
         self.run, self.world, self.images, self.compiling = run, world, images, compiling
@@ -326,28 +331,30 @@ class Meter:
         self.loss_sum = torch.tensor(
             state.loss_sum if self.world.is_main else 0.0, dtype=torch.float64, device=self.run.device
         )
-        self.started, self.timed_from, self.first_batch = time.perf_counter(), state.batch, state.batch
+        self.started = self.rate_from = time.perf_counter()
+        self.timed_from = self.first_batch = state.batch
+        self.slow_in_epoch = False
 
     def add(self, parts: LossParts, slow: bool = False) -> None:
-        """Count a step (its batch is done). The first step of a compiled model, and a `slow` one (it
-        captured a CUDA graph), are timed apart with the steps before them in the epoch."""
+        """Count a step (its batch is done); `slow`: it captured a CUDA graph."""
         self.loss_sum += parts.loss.detach().sum()
         if slow or (self.compile_seconds is None and self.compiling):
-            self.loss_sum.item()
-            self.compile_seconds, self.started, self.timed_from = (
-                time.perf_counter() - self.started,
-                time.perf_counter(),
-                self.run.state.batch,
-            )
+            self.loss_sum.item()  # wait for the step
+            self.rate_from, self.timed_from = time.perf_counter(), self.run.state.batch
+            self.compile_seconds, self.slow_in_epoch = self.rate_from - self.started, True
 
-    def _timed_images(self, seen: int) -> int:
-        return seen - self.timed_from * self.run.recipe["train"]["batch_size"]
+    def _rate(self, seen: int) -> float:
+        """Images per second since the slow step (over the whole epoch when no step came after it)."""
+        timed = seen - self.timed_from * self.run.recipe["train"]["batch_size"]
+        since = self.rate_from if timed > 0 else self.started
+        timed = timed if timed > 0 else seen - self.first_batch * self.run.recipe["train"]["batch_size"]
+        return timed / max(time.perf_counter() - since, 1e-9)
 
     def progress(self) -> tuple[float, float]:
         """Mean loss per image so far in the epoch (rank 0's shard) and images per second."""
         seen = min(self.run.state.batch * self.run.recipe["train"]["batch_size"], self.images)
         mean = _check_finite(self.run, self.loss_sum.item() * self.world.world_size / seen)
-        return mean, self._timed_images(seen) / max(time.perf_counter() - self.started, 1e-9)
+        return mean, self._rate(seen)
 
     def pause(self) -> None:
         """Keep the epoch's loss sum and seconds in the run's state (a stop mid-epoch saves them)."""
@@ -359,13 +366,12 @@ class Meter:
 
     def end_epoch(self) -> dict[str, Any]:
         """The epoch's train loss, seconds and images per second (and compile_seconds when timed)."""
-        elapsed = time.perf_counter() - self.started
         train_loss = _check_finite(self.run, distributed.all_reduce_sum(self.loss_sum).item() / self.images)
         timing = {
-            "seconds": self.run.state.seconds + elapsed,
-            "images_per_s": self._timed_images(self.images) / max(elapsed, 1e-9),
+            "seconds": self.run.state.seconds + time.perf_counter() - self.started,
+            "images_per_s": self._rate(self.images),
         }
-        if self.compile_seconds and self.timed_from > self.first_batch:
+        if self.slow_in_epoch:
             timing["compile_seconds"] = self.compile_seconds
         return {"train_loss": train_loss, **timing}
 
