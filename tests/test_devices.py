@@ -92,3 +92,31 @@ def _trained_precision(run_dir):
 
     with safe_open(str(run_dir / "model.safetensors"), "pt") as handle:
         return json.loads(handle.metadata()["vaezoo.training"])["precision"]
+
+
+def _small_vae():
+    from vaezoo.recipes.build import build_model
+    from vaezoo.recipes.resolve import resolve_recipe
+
+    torch.manual_seed(0)
+    return build_model(resolve_recipe("cifar-vae", ["encoder.hidden=[8]", "decoder.hidden=[8]"]), (3, 32, 32))
+
+
+@pytest.mark.parametrize(("refused", "timed_as_graphs"), [(set(), {"fp32", "bf16"}), ({"bf16"}, set())])
+def test_the_probe_times_graphs_only_where_every_precision_is_captured(monkeypatch, refused, timed_as_graphs):
+    """Captured precisions are timed by replays; where one is refused, all are timed eagerly, alike."""
+    model, x = _small_vae(), torch.rand(4, 3, 32, 32)
+    replayed: list[str] = []
+
+    def fake_replay(model, step, precision, device, graphs):  # what capture_step gives on CUDA
+        if precision.name in refused:
+            return None
+        return lambda: replayed.append(precision.name) or step(precision, cache=False)
+
+    monkeypatch.setattr(devices, "_replay", fake_replay)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    precisions = [devices.resolve_precision(name, torch.device("cpu")) for name in ("fp32", "bf16")]
+    seconds = devices.time_steps(model, x, None, torch.device("cpu"), rounds=2, captured=lambda p: True)(precisions)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert set(replayed) == timed_as_graphs
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
