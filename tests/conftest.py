@@ -128,12 +128,22 @@ def run_cli_batch(
         }
         for index, command in enumerate(commands)
     ]
+    return _run_jobs(
+        BATCH, jobs, folder, timeout, {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    )
+
+
+def _run_jobs(
+    script: str, jobs: list[dict], folder: Path, timeout: float, env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess]:
+    """Run `script` (BATCH or FORKED) on `jobs` in one fresh Python process; each job's output and exit
+    code, read back from its files, as one completed process."""
     (folder / "jobs.json").write_text(json.dumps(jobs))
     done = subprocess.run(
-        [sys.executable, "-c", BATCH, str(folder / "jobs.json")],
+        [sys.executable, "-c", script, str(folder / "jobs.json")],
         capture_output=True,
         text=True,
-        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
+        env=env,
         timeout=timeout,
     )
     assert done.returncode == 0 and all(Path(job["code"]).exists() for job in jobs), done.stderr[-3000:]
@@ -202,17 +212,4 @@ def run_cli_forked(
         }
         for index, command in enumerate(commands)
     ]
-    (folder / "jobs.json").write_text(json.dumps(jobs))
-    done = subprocess.run(
-        [sys.executable, "-c", FORKED, str(folder / "jobs.json")], capture_output=True, text=True, timeout=timeout
-    )
-    assert done.returncode == 0 and all(Path(job["code"]).exists() for job in jobs), done.stderr[-3000:]
-    return [
-        subprocess.CompletedProcess(
-            job["args"],
-            int(Path(job["code"]).read_text()),
-            Path(job["stdout"]).read_text(),
-            Path(job["stderr"]).read_text(),
-        )
-        for job in jobs
-    ]
+    return _run_jobs(FORKED, jobs, folder, timeout)
