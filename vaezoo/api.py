@@ -109,6 +109,7 @@ def fit(
     folder (vaezoo.files.run_folder). Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state."""
     from vaezoo.files.run_folder import RunLock, check_resume_changes, holds_run
     from vaezoo.trainer import distributed
+    from vaezoo.trainer.devices import resolve_device
 
     world, rank_device = distributed.setup(device)  # under torchrun: join the world (see docs/distributed.md)
     sets = list(sets)
@@ -140,7 +141,7 @@ def fit(
                 else "choose an empty --out for the continued run"
             )
             raise VaezooError(f"{out_dir} already holds a run: {hint}, or choose another --out")
-        return _fit_locked(resolved, out_dir, data_dir, device, world, rank_device, resume_dir, callbacks)
+        return _fit_on(rank_device or resolve_device(device), resolved, out_dir, data_dir, world, resume_dir, callbacks)
     except BaseException:
         if lock is not None:  # refused (or stopped) before anything was written: the folders it made go again
             lock.release()
@@ -165,23 +166,6 @@ def _naming_saved_recipe(resume_dir: Path | None) -> Iterator[None]:
         ) from None
 
 
-def _fit_locked(
-    resolved: dict[str, Any],
-    out_dir: Path,
-    data_dir: Any,
-    device: str,
-    world: Any,
-    rank_device: Any,
-    resume_dir: Path | None,
-    callbacks: Sequence[Any],
-) -> FitResult:
-    """fit() once the run folder is ours: build and prepare the run (a refused resume stops here, before
-    anything is written), then write recipe.toml and train."""
-    from vaezoo.trainer.devices import resolve_device
-
-    return _fit_on(rank_device or resolve_device(device), resolved, out_dir, data_dir, world, resume_dir, callbacks)
-
-
 def _fit_on(
     torch_device: Any,
     resolved: dict[str, Any],
@@ -191,6 +175,8 @@ def _fit_on(
     resume_dir: Path | None,
     callbacks: Sequence[Any],
 ) -> FitResult:
+    """fit() once the run folder is ours: build and prepare the run (a refused resume stops here, before
+    anything is written), then write recipe.toml and train."""
     import torch
 
     from vaezoo.data import limit_subset, load_split
