@@ -351,6 +351,24 @@ def test_a_signal_wrapped_in_another_error_still_exits_130(tmp_path: Path) -> No
     assert error_lines(result.stderr) == ["vaezoo: interrupted"]
 
 
+def test_output_to_a_closed_pipe_blames_no_plugin(small_model: Path) -> None:
+    """`vaezoo inspect MODEL | head -1`: the reader went away; click exits 1, and vaezoo says nothing more
+    (it said a plugin had called sys.exit)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "vaezoo", "inspect", str(small_model)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1 and error_lines(result.stderr) == [], result.stderr[-2000:]
+
+
 def test_a_burst_of_ctrl_c_is_one_line(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     process = subprocess.Popen(

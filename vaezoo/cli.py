@@ -637,11 +637,14 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     except BaseException as error:  # sys.exit or a bare BaseException in a plugin's code: vaezoo never raises them
         if debug:
             traceback.print_exc()
-        code, line = (
-            1,
-            f"vaezoo: error: code that vaezoo ran (a plugin's?) raised {type(error).__name__}: {error} (run "
-            "with --debug for the traceback)",
-        )
+        if isinstance(error, SystemExit) and isinstance(error.__context__, BrokenPipeError):
+            code, line = 1, None  # click's exit when the reader of the output went away (`| head`): nothing to say
+        else:
+            code, line = (
+                1,
+                f"vaezoo: error: code that vaezoo ran (a plugin's?) raised {type(error).__name__}: {error} (run "
+                "with --debug for the traceback)",
+            )
     finally:
         for sig in previous:  # a signal now would only cut the last line short
             signal.signal(sig, signal.SIG_IGN)
