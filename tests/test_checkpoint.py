@@ -287,9 +287,16 @@ def test_component_of_a_plugin_that_is_not_installed(trained, tmp_path, capsys):
     assert len(lines) == 1 and "pip install vaezoo-fancy" in lines[0]
     # inspect still tells what the file needs, without the plugin
     assert call_main("inspect", str(path), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
     assert {"kind": "encoder", "name": "fancy", "distribution": "vaezoo-fancy", "version": "2.1"}.items() <= next(
-        c for c in json.loads(capsys.readouterr().out)["components"] if c["kind"] == "encoder"
+        c for c in info["components"] if c["kind"] == "encoder"
     ).items()
+    assert info["missing_distributions"] == ["vaezoo-fancy"]
+    assert call_main("inspect", str(path)) == 0  # and says so on a line of its own
+    said = " ".join(capsys.readouterr().out.split())  # as one line: the terminal wraps it
+    assert "not installed here: vaezoo-fancy (sample and load need it: pip install vaezoo-fancy)" in said
+    assert call_main("inspect", str(trained.out_dir / "model.safetensors"), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["missing_distributions"] == []
 
 
 def test_disabled_plugin_is_named_with_its_distribution(trained, tmp_path, capsys):

@@ -504,9 +504,22 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What a checkpoint holds: recipe, components and their plugins, shapes, metrics, sha256."""
-    from vaezoo.files.model_header import describe, is_conditional
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from vaezoo.files.model_header import describe, is_conditional, valid_distribution
+
+    def installed(name: str) -> bool:
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            return False
+        return True
 
     info = describe(model)
+    # inspect reads any file without importing a plugin (nor torch): the distributions it names that are
+    # not installed here, which sample and load would ask for
+    named = {r.get("distribution") for r in info["components"]}
+    info["missing_distributions"] = sorted(name for name in named if valid_distribution(name) and not installed(name))
     if as_json:
         _print_json(info)
         return
@@ -542,6 +555,8 @@ def inspect_command(
         )
     components = [(r["kind"], r["name"], r["distribution"], r["version"]) for r in info["components"]]
     console.print(_table(("component", "name", "distribution", "version"), components))
+    for name in info["missing_distributions"]:
+        console.print(_safe(f"not installed here: {name} (sample and load need it: pip install {name})"))
     training = info["training"]
     if training:
         tested = f", tested on {training['test_images']} images" if isinstance(training.get("test_images"), int) else ""
