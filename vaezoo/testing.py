@@ -431,7 +431,13 @@ class HostReads(TorchFunctionMode):
             or _from_host(name, args, kwargs)
         ):
             caller = next(f for f in reversed(traceback.extract_stack()[:-1]) if "/torch/" not in f.filename)
-            self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}")
+            why = (
+                " (a tensor made from host data: a copy to the device at every step; use a Python number, "
+                "t.new_full(...), or a buffer made in __init__)"
+                if _from_host(name, args, kwargs)
+                else ""
+            )
+            self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}{why}")
         return func(*args, **kwargs)
 
 
