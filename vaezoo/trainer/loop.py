@@ -234,6 +234,9 @@ class Updater:
             elif skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
                 run.state.skipped += 1
                 optimizer.zero_grad(set_to_none=True)
+        if not optimizer.defaults.get("capturable"):
+            run.scaler.step(optimizer)
+            return
         with warnings.catch_warnings():  # a capturable Adam's KL warm-up, warm-up and last batches run eagerly
             warnings.filterwarnings("ignore", message=CAPTURABLE_RUN_EAGERLY)
             run.scaler.step(optimizer)
