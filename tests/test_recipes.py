@@ -134,3 +134,33 @@ def test_recipe_file_errors(tmp_path):
     bad.write_text("name = [", encoding="utf-8")
     with pytest.raises(RecipeError, match="not valid TOML"):
         resolve_recipe(bad)
+
+
+def test_show_prints_every_recipe_as_toml_that_resolves_to_itself(tmp_path):
+    """`vaezoo show RECIPE` is the recipe a run would write as recipe.toml: read back as a recipe file,
+    it resolves to exactly the same recipe (every registered recipe, and one with --set applied)."""
+    from conftest import run_cli_batch
+
+    from vaezoo.api import show_recipe
+    from vaezoo.plugins.manager import get_registry
+
+    for entry in get_registry().list("recipes"):
+        shown = show_recipe(entry.name)
+        assert resolve_recipe(tomllib.loads(shown)) == resolve_recipe(entry.name), entry.name
+    shown, refused = run_cli_batch(
+        [
+            ["show", "cifar-vae", "--set", "train.epochs=3", "--set", "encoder.hidden=[8,16]"],
+            ["show", "cifar-vae", "--set", "nope=1"],
+        ],
+        tmp_path,
+    )
+    assert shown.returncode == 0, shown.stderr
+    table = tomllib.loads(shown.stdout)
+    assert table["train"]["epochs"] == 3 and table["encoder"]["hidden"] == [8, 16]
+    saved = tmp_path / "mine.toml"
+    saved.write_text(shown.stdout.replace('name = "cifar-vae"', 'name = "mine"', 1))
+    assert resolve_recipe(saved) == {
+        **resolve_recipe("cifar-vae", ["train.epochs=3", "encoder.hidden=[8,16]"]),
+        "name": "mine",
+    }
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "unknown recipe key 'nope'" in refused.stderr

@@ -68,6 +68,12 @@ def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), opti
     return build_model(resolved, dataset.shape, dataset.classes)
 
 
+def show_recipe(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = ()) -> str:
+    """The fully resolved recipe (overrides applied, defaults filled in) as TOML that `vaezoo run
+    FILE.toml` accepts: what a run would write as its recipe.toml."""
+    return toml_dumps(resolve_recipe(recipe, sets))
+
+
 def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The saved run's recipe.toml as read and as resolved; every problem with it is one error naming
     the file."""

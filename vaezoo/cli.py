@@ -161,6 +161,20 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
     console.print(_table(("plugin", "distribution", "version", "registers"), lines))
 
 
+@app.command("show")
+def show_command(
+    recipe: Annotated[str, typer.Argument(help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")],
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")
+    ] = None,
+) -> None:
+    """Print the fully resolved recipe as TOML that `vaezoo run FILE.toml` accepts."""
+    from vaezoo.api import show_recipe
+
+    _check_sets(sets or [])
+    sys.stdout.write(show_recipe(recipe, sets or []))
+
+
 @app.command("run")
 def run_command(
     recipe: Annotated[str, typer.Argument(help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")],
