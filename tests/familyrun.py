@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from tinydata import call_main
 
 import vaezoo
+from vaezoo.files.pictures import can_interpolate
 from vaezoo.testing import component
 
 RUN_FILES = {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"}
@@ -132,6 +133,10 @@ class Family:
         assert (run / "samples.png").is_file()
         assert call_main("sample", model, "-n", "4", "--out", str(tmp_path / "s.png")) == 0
         assert (tmp_path / "s.png").is_file()
+        if can_interpolate(vaezoo.load(model)):  # a family with codes: the ex-post gmm sampler works on it
+            gmm = ("sample", model, "-n", "4", "--sampler", "gmm", "--out", str(tmp_path / "gmm.png"))
+            assert call_main(*gmm, "--data-dir", str(cifar)) == 0
+            assert (tmp_path / "gmm.png").read_bytes() != (tmp_path / "s.png").read_bytes()
         capsys.readouterr()
         code = call_main("eval", model, "--limit", "32", "--device", "cpu", "--json", *eval_args, env=_data(cifar))
         text = capsys.readouterr().out

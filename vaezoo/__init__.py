@@ -28,6 +28,7 @@ _LAZY = {
     "Loss": "vaezoo.components",
     "LossParts": "vaezoo.components",
     "Dataset": "vaezoo.components",
+    "Sampler": "vaezoo.components",
     "VaezooError": "vaezoo.errors",
 }
 

@@ -383,17 +383,61 @@ def sample_command(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+    sampler: Annotated[
+        str,
+        typer.Option(
+            help="Where the codes come from: prior (the model's own), or a sampler fitted to the training codes "
+            "(gmm; fitted on first use, which reads the training split)."
+        ),
+    ] = "prior",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder, to fit a sampler on first use (default: VAEZOO_DATA_DIR).")
+    ] = None,
 ) -> None:
     """Decode N samples of the model into a grid image."""
     from vaezoo.files.model_file import load
     from vaezoo.files.png import save_grid
     from vaezoo.files.sampling import parse_label, sample_images
+    from vaezoo.samplers import PRIOR, fitted_codes
 
     loaded = load(model, device=device)
     index = parse_label(loaded, label)
-    save_grid(sample_images(loaded, n, seed=seed, temperature=temperature, label=index), out)
+    codes = None
+    if sampler != PRIOR:
+        codes = fitted_codes(
+            model, loaded, sampler, data_dir=data_dir, notice=lambda line: err_console.print(_safe(line))
+        )
+    save_grid(sample_images(loaded, n, seed=seed, temperature=temperature, label=index, codes=codes), out)
     what = f" of class {loaded.classes[index]!r}" if index is not None else ""
-    err_console.print(f"wrote {n} samples{_safe(what)} to {_safe(out)}")
+    how = f" (codes from the fitted {sampler} sampler)" if sampler != PRIOR else ""
+    err_console.print(f"wrote {n} samples{_safe(what)}{_safe(how)} to {_safe(out)}")
+
+
+@app.command("fit-sampler")
+def fit_sampler_command(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    sampler: Annotated[str, typer.Argument(help="Sampler to fit (`vaezoo list samplers`), e.g. gmm.")],
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="KEY=VALUE key of the sampler, TOML value (repeatable).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=0, max=MAX_IMAGES, help="Fit on N training images drawn with a fixed seed (0: all).")
+    ] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+) -> None:
+    """Fit a sampler to the training split's codes of a model; it is written beside the model file."""
+    from vaezoo.samplers import fit_sampler
+
+    _check_sets(sets or [])
+    fitted = fit_sampler(model, sampler, sets=sets or [], data_dir=data_dir, limit=limit, device=device)
+    fit = fitted["mean_log_likelihood"]
+    how = f", mean log-likelihood {fit:.2f} nats per code" if fit is not None else ""
+    err_console.print(
+        f"fitted {_safe(sampler)} to {fitted['fitted_on']['images']} training codes{how}: wrote {_safe(fitted['path'])}"
+    )
 
 
 @app.command("reconstruct")

@@ -300,3 +300,24 @@ class Dataset:
     def cache_key(self) -> str:
         """What identifies this dataset's decoded images in the cache (path and options)."""
         return f"{type(self).__module__}.{type(self).__qualname__}:{self.root.resolve()}"
+
+
+class Sampler(nn.Module):
+    """A density over a trained model's codes, fitted after training (`vaezoo fit-sampler`, or
+    `vaezoo sample --sampler NAME` on first use) and decoded by the model: the ex-post density
+    estimation of Ghosh et al. (2020). Built with `dim` (the size of one flattened code) and the
+    keys of `--set sampler.KEY=VALUE`; its state is its registered buffers (and parameters), which
+    vaezoo stores in the sampler file beside the model."""
+
+    def __init__(self, *, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def fit(self, codes: Tensor) -> None:  # pragma: no cover - interface
+        """Fit to `codes`, `(N, dim)` float64 on the CPU: the training split's codes (`Model.encode`)."""
+        raise NotImplementedError
+
+    def sample(self, n: int, temperature: float = 1.0) -> Tensor:  # pragma: no cover - interface
+        """`(n, dim)` codes (any float dtype), drawn with torch's global generator so that vaezoo's
+        `--seed` decides them; `temperature` scales their spread."""
+        raise NotImplementedError

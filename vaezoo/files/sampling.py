@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -31,9 +33,19 @@ def parse_label(model: Model, label: str | None) -> int | None:
     )
 
 
-def sample_images(model: Model, n: int, *, seed: int = 0, temperature: float = 1.0, label: int | None = None) -> Tensor:
+def sample_images(
+    model: Model,
+    n: int,
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    label: int | None = None,
+    codes: Callable[[int, float], Tensor] | None = None,
+) -> Tensor:
     """`n` images in [0, 1] on the CPU; the same seed gives the same images on the same machine. A
-    conditional model draws class `label`, or the classes in turn without one."""
+    conditional model draws class `label`, or the classes in turn without one. `codes(count,
+    temperature)`, when given, draws the codes that `model.decode` turns into images (a fitted
+    sampler) in place of the model's own `sample`."""
     device = next(model.parameters()).device
     y = sample_labels(model, n, label)
     images = []
@@ -41,6 +53,11 @@ def sample_images(model: Model, n: int, *, seed: int = 0, temperature: float = 1
         torch.manual_seed(seed)
         for first in range(0, n, SAMPLE_BATCH):
             count = min(SAMPLE_BATCH, n - first)
-            drawn = model.sample(count, None if y is None else y[first : first + count], temperature)
+            labels = None if y is None else y[first : first + count]
+            drawn = (
+                model.sample(count, labels, temperature)
+                if codes is None
+                else model.decode(codes(count, temperature), labels)
+            )
             images.append(checked_images(model, "sample", drawn, count).cpu())
     return torch.cat(images)

@@ -53,6 +53,13 @@ def register_models(register: Register) -> None:
 
 
 @hookspec
+def register_samplers(register: Register) -> None:
+    """Register samplers: `vaezoo.Sampler` subclasses built with `dim` and the keys of `--set
+    sampler.KEY=VALUE`, fitted on a trained model's codes and sampled in their place (`vaezoo sample
+    --sampler NAME`)."""
+
+
+@hookspec
 def register_recipes(register: Register) -> None:
     """Register recipes: `register("name", {...recipe table...})`, the same tables as registry.toml."""
 

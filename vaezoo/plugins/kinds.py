@@ -10,6 +10,7 @@ KINDS = {
     "priors": "prior",
     "losses": "loss",
     "datasets": "dataset",
+    "samplers": "sampler",
 }
 COMPONENT_KINDS = ("datasets", "encoders", "decoders", "priors", "losses")  # a recipe's component tables
 MODEL_PARTS = ("encoder", "decoder", "prior", "loss")  # the components a model family may take

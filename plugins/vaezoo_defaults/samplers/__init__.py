@@ -1,0 +1,1 @@
+"""Samplers fitted after training: densities over a trained model's codes."""
