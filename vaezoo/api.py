@@ -65,7 +65,38 @@ def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), opti
 
     resolved = resolve_recipe(recipe, sets, options)
     dataset = make_dataset(resolved)
-    return build_model(resolved, dataset.shape, dataset.classes)
+    return build_model(resolved, dataset.shape, dataset.classes, read_model_files(resolved))
+
+
+def read_model_files(recipe: Mapping[str, Any], saved: Path | None = None) -> dict[str, Any]:
+    """The model files a recipe's family is built on (`Model.model_files`), each read once: key -> the
+    loaded model and the record its model file keeps. `saved`: a resumed run's model.safetensors,
+    whose records serve (the state holds the weights) when they name the same source."""
+    from vaezoo.files.model_file import load, rebuild
+    from vaezoo.files.model_header import file_sha256, read_model_header
+    from vaezoo.plugins.manager import get_registry
+    from vaezoo.recipes.build import Dependency, model_file_keys
+    from vaezoo.sharing.hub import local_model_path
+
+    family = recipe["model"]
+    keys = model_file_keys(get_registry().get("models", family["name"]).load(), family["name"])
+    records = read_model_header(saved).metadata.get("dependencies", {}) if keys and saved and saved.is_file() else {}
+    read = {}
+    for key in keys:
+        source = family.get(key)
+        if not isinstance(source, str) or not source.strip():
+            raise RecipeError(
+                f"recipe {recipe['name']!r}: model.{key} names no model file: give one with --set model.{key}=PATH "
+                "(a model.safetensors, hf://ORG/NAME or https://...#sha256=HEX)"
+            )
+        record = records.get(key)
+        if record is not None and record["source"] == source:
+            read[key] = Dependency(rebuild(record["metadata"], saved), record)
+            continue
+        path = local_model_path(source)
+        model = load(path)
+        read[key] = Dependency(model, {"source": source, "sha256": file_sha256(path), "metadata": dict(model.metadata)})
+    return read
 
 
 def show_recipe(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = ()) -> str:
@@ -200,7 +231,8 @@ def _fit_on(
     precision = precision or resolve_precision(settings["precision"], torch_device)
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     with _naming_saved_recipe(resume_dir):
-        model = build_model(resolved, dataset.shape, dataset.classes).to(torch_device)
+        built_on = read_model_files(resolved, resume_dir / "model.safetensors" if resume_dir else None)
+        model = build_model(resolved, dataset.shape, dataset.classes, built_on).to(torch_device)
     labels = (
         {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)}
         if model.conditional

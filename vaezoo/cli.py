@@ -613,6 +613,14 @@ def inspect_command(
         )
     components = [(r["kind"], r["name"], r["distribution"], r["version"]) for r in info["components"]]
     console.print(_table(("component", "name", "distribution", "version"), components))
+    for key, built_on in info["dependencies"].items():
+        console.print(
+            _safe(
+                f"built on model.{key} = {built_on['source']!r} (recipe {built_on['recipe']!r}, family "
+                f"{built_on['model']!r}, sha256 {built_on['sha256'][:16]}...): held in this file, which loads "
+                "without it"
+            )
+        )
     for name in info["missing_distributions"]:
         console.print(_safe(f"not installed here: {name} (sample and load need it: pip install {name})"))
     training = info["training"]

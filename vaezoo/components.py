@@ -125,6 +125,12 @@ class Model(nn.Module):
     # Python branches on tensor values), keeps no Python-side counters, and depends on `step` only through
     # its loss's KL weight (vaezoo runs a warm-up eagerly until the weight settles). docs/plugins.md
     cuda_graph: bool = False
+    # keys of the recipe's model table that name another model file (a path, hf://ORG/NAME[@REV] or
+    # https://...#sha256=HEX) that this family is built on: vaezoo reads each file once, when training starts,
+    # and passes the loaded vaezoo.Model to the constructor under that key; the family keeps what it needs of it as
+    # submodules (saved in its own file), and loading its file rebuilds that model from the metadata recorded in it,
+    # never reading the other file again. docs/plugins.md, "A family built on another model file"
+    model_files: tuple[str, ...] = ()
 
     # set by vaezoo after construction, not by the family (a model built by hand keeps these defaults)
     in_shape: tuple[int, int, int]  # (C, H, W) of its images
@@ -134,6 +140,9 @@ class Model(nn.Module):
     # "decoder", "prior", "loss" the recipe has (what model files record, and errors name)
     registry_entries: Mapping[str, Entry] = _EMPTY
     metadata: Mapping[str, Any] = _EMPTY  # a loaded model's file header, the vaezoo.* keys parsed (vaezoo.load)
+    # for each of model_files: {"source": what the recipe named, "sha256": of that file, "metadata": its vaezoo.*
+    # metadata}; saved in this model's file as vaezoo.dependencies (build_model sets it)
+    dependencies: Mapping[str, Any] = _EMPTY
 
     def forward(
         self, x: Tensor, y: Tensor | None = None, step: int | None = None

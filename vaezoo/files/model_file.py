@@ -18,7 +18,7 @@ from vaezoo.components import Model
 from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
 from vaezoo.files.atomic import write_bytes_atomic
 from vaezoo.files.model_header import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
-from vaezoo.recipes.build import build_model
+from vaezoo.recipes.build import Dependency, build_model
 from vaezoo.recipes.resolve import COMPONENTS, validate
 from vaezoo.sharing.hub import local_model_path
 
@@ -90,6 +90,8 @@ def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Ma
         "vaezoo.training": json.dumps(dict(training or {})),
         "vaezoo.objective": json.dumps({"objective": model.objective, "regularizer": model.regularizer}),
     }
+    if model.dependencies:
+        metadata["vaezoo.dependencies"] = json.dumps(dict(model.dependencies))
     write_bytes_atomic(path, save_tensors(state_tensors(model), metadata=metadata))
 
 
@@ -143,15 +145,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
                 f"{path}: tensor {name} holds NaN or infinite values (the file is damaged, or was saved from "
                 "a diverged run)"
             )
-    shape, classes = metadata["data"]["shape"], metadata["data"].get("classes", [])
     with _building(path):
-        recipe = validate(str(metadata["recipe"].get("name", "checkpoint")), metadata["recipe"], need_dataset=False)
-        on_meta = build_on_meta(recipe, shape, classes)
+        on_meta = build_on_meta(metadata, path)
     check_sizes(on_meta, tensors, path)  # before any memory is taken
     with _building(path):
-        model = build_model(recipe, shape, classes)
+        model = rebuild(metadata, path)
     load_weights(model, tensors, path)
-    model.metadata = metadata
     from vaezoo.trainer.devices import resolve_device
 
     return model.to(resolve_device(str(device))).eval()
@@ -178,11 +177,25 @@ def _first_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def build_on_meta(recipe: Mapping[str, Any], shape: Any, classes: Any) -> Model | None:
+def rebuild(metadata: Mapping[str, Any], path: Path) -> Model:
+    """The untrained model that checked metadata describe, with the models it is built on
+    (`vaezoo.dependencies`) rebuilt from the metadata recorded for them: their weights are in the file."""
+    dependencies = {}
+    for key, record in metadata.get("dependencies", {}).items():
+        check_plugins(record["metadata"], f"{path} (the model file it is built on, {key})")
+        dependencies[key] = Dependency(rebuild(record["metadata"], path), record)
+    recipe = validate(str(metadata["recipe"].get("name", "checkpoint")), metadata["recipe"], need_dataset=False)
+    data = metadata["data"]
+    model = build_model(recipe, data["shape"], data.get("classes", []), dependencies)
+    model.metadata = metadata
+    return model
+
+
+def build_on_meta(metadata: Mapping[str, Any], path: Path) -> Model | None:
     """The model on torch's meta device: shapes without memory (None if a plugin cannot build there)."""
     try:
         with torch.device("meta"):
-            return build_model(recipe, shape, classes)
+            return rebuild(metadata, path)
     except VaezooError:
         raise
     except Exception:  # e.g. a constructor that reads tensor values: then only the real build can tell

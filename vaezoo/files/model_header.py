@@ -346,11 +346,12 @@ def _training_problem(training: Any) -> str | None:
     return None
 
 
-def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
+def metadata_problem(metadata: Mapping[str, Any], depth: int = 0) -> str | None:
     """The first field of decoded `vaezoo.*` metadata that breaks the format (docs/checkpoints.md),
     as "vaezoo.KEY: what is wrong", or None. Every field a reader uses is checked here, once: its
-    type, its bounds, and that no text anywhere holds a control character (ESC, CR, ...)."""
-    place = _control_text(dict(metadata))
+    type, its bounds, and that no text anywhere holds a control character (ESC, CR, ...). `depth`:
+    how deep in `vaezoo.dependencies` these metadata are."""
+    place = _control_text(dict(metadata)) if depth == 0 else None  # the outermost call checks the nested ones
     if place is not None:
         return f"vaezoo.{_clip(place)} holds a control character (ESC, CR, a newline, ...)"
     for key in ("version", "torch_version"):
@@ -362,7 +363,36 @@ def metadata_problem(metadata: Mapping[str, Any]) -> str | None:
         or _component_problem(metadata.get("components"))
         or _training_problem(metadata.get("training", {}))
         or _objective_problem(metadata.get("objective", {}))
+        or _dependencies_problem(metadata.get("dependencies", {}), depth)
     )
+
+
+MAX_DEPENDENCY_DEPTH = 4  # a model built on a model built on ...: levels one file may describe
+MAX_SOURCE = 2048  # characters of a dependency's source (a path, hf:// name or URL)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _dependencies_problem(dependencies: Any, depth: int) -> str | None:
+    """`vaezoo.dependencies`: for each model file the family was built on (`Model.model_files`), what
+    the recipe named (`source`), its `sha256` and its own vaezoo.* `metadata` (checked the same way)."""
+    if not (isinstance(dependencies, dict) and len(dependencies) <= 8):
+        return "vaezoo.dependencies is not an object of at most 8 model files"
+    if dependencies and depth >= MAX_DEPENDENCY_DEPTH:
+        return f"vaezoo.dependencies nests more than {MAX_DEPENDENCY_DEPTH} model files deep"
+    for key, record in dependencies.items():
+        where = f"vaezoo.dependencies.{_clip(key)}"
+        if not key.isidentifier():
+            return f"{where} is not a recipe key"
+        if not (isinstance(record, dict) and isinstance(record.get("metadata"), dict)):
+            return f"{where} is not a {{source, sha256, metadata}} object"
+        if not (isinstance(record.get("source"), str) and len(record["source"]) <= MAX_SOURCE):
+            return f"{where}.source is not a path or name of at most {MAX_SOURCE} characters"
+        if not (isinstance(record.get("sha256"), str) and _SHA256.fullmatch(record["sha256"])):
+            return f"{where}.sha256 is not a sha256"
+        problem = metadata_problem(record["metadata"], depth + 1)
+        if problem:
+            return f"{where}.metadata: {problem}"
+    return None
 
 
 _OBJECTIVE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
@@ -430,4 +460,13 @@ def describe(path: str | Path) -> dict[str, Any]:
         "training": training,
         "objective": dict(zip(("objective", "regularizer"), objective_of(metadata))),
         "metrics": training.get("metrics", {}),
+        "dependencies": {
+            key: {
+                "source": record["source"],
+                "sha256": record["sha256"],
+                "recipe": record["metadata"]["recipe"].get("name"),
+                "model": record["metadata"]["recipe"].get("model", {}).get("name", "vae"),
+            }
+            for key, record in metadata.get("dependencies", {}).items()
+        },
     }

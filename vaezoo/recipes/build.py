@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vaezoo.components import Model
@@ -59,14 +60,46 @@ def build_components(
     return parts
 
 
-def build_model(recipe: Mapping[str, Any], in_shape: Sequence[int], classes: Sequence[str] = ()) -> Model:
+MAX_MODEL_FILES = 8  # model files one family may be built on
+
+
+def model_file_keys(family: Any, name: str) -> tuple[str, ...]:
+    """The keys of a family's model table that name another model file (`Model.model_files`), checked."""
+    keys = getattr(family, "model_files", ())
+    if not (
+        isinstance(keys, tuple)
+        and len(keys) <= MAX_MODEL_FILES
+        and all(isinstance(key, str) and key.isidentifier() and key != "name" for key in keys)
+    ):
+        raise PluginError(
+            f"model family {name!r} declares model_files {keys!r}: expected a tuple of at most {MAX_MODEL_FILES} "
+            "constructor argument names"
+        )
+    return keys
+
+
+def build_model(
+    recipe: Mapping[str, Any],
+    in_shape: Sequence[int],
+    classes: Sequence[str] = (),
+    dependencies: Mapping[str, Dependency] | None = None,
+) -> Model:
     """The model a resolved recipe describes, for images of shape `in_shape` labelled by `classes`;
     it holds that recipe (`model.recipe`) and the registry entries it was built from
-    (`model.registry_entries`)."""
+    (`model.registry_entries`). A family built on other model files (`Model.model_files`) gets them
+    from `dependencies`: key -> the loaded model and the record of its file (`model.dependencies`)."""
     in_shape = tuple(int(d) for d in in_shape)
     family = recipe["model"]
     entries = registry_entries(recipe)
     target = entries["model"].load()  # the family's plugin imports before any component is built
+    keys = model_file_keys(target, family["name"])
+    missing = [key for key in keys if key not in (dependencies or {})]
+    if missing:
+        raise RecipeError(
+            f"model {family['name']!r} is built on the model file named by model.{missing[0]}, which was not read "
+            "(vaezoo.fit, vaezoo.build and vaezoo.load read it)"
+        )
+    family = {key: value for key, value in family.items() if key not in keys}
     provided: dict[str, Any] = {
         "in_shape": in_shape,
         "num_classes": len(classes),
@@ -74,6 +107,7 @@ def build_model(recipe: Mapping[str, Any], in_shape: Sequence[int], classes: Seq
     }
     if "latent_dim" in recipe:
         provided["latent_dim"] = recipe["latent_dim"]
+    provided.update({key: dependencies[key].model for key in keys})
     model = instantiate(target, family, provided, "model")
     if not isinstance(model, Model):
         raise RecipeError(
@@ -88,7 +122,18 @@ def build_model(recipe: Mapping[str, Any], in_shape: Sequence[int], classes: Seq
     _check_declarations(model, family["name"], provided.get("loss"), recipe)
     model.in_shape, model.classes = in_shape, tuple(classes)
     model.recipe, model.registry_entries = recipe, entries
+    if keys:
+        model.dependencies = {key: dependencies[key].record for key in keys}
     return model
+
+
+@dataclass
+class Dependency:
+    """A model file a family is built on: the loaded model, and the record saved with the family's
+    model (`source`: what the recipe named, `sha256` of the file, `metadata`: its vaezoo.* metadata)."""
+
+    model: Model
+    record: dict[str, Any]
 
 
 REPORT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")

@@ -176,11 +176,30 @@ class VQVAE(Model):
         self.codebook.update(z_e.permute(0, 2, 3, 1).reshape(-1, self.latent_dim), codes.flatten(), counts)
         return LossParts(recon + kl + self.commitment * commitment, recon, kl, terms)
 
+    # the code API: what a second stage (a prior fitted over the codes, e.g. vqvae-pixelcnn) reads
+    @property
+    def codebook_vectors(self) -> Tensor:
+        """The codebook, `(codebook_size, latent_dim)` float32: row k is code k."""
+        return self.codebook.embedding
+
+    @torch.no_grad()
+    def code_indices(self, x: Tensor) -> Tensor:
+        """`(B, h, w)` int64: the index of the code chosen at each position of the code grid of images `x`."""
+        return self.quantize(x)[1]
+
+    @torch.no_grad()
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        """Images in [0, 1] decoded from `(B, h, w)` code indices."""
+        return self.decode(self.codebook.embedding[indices].permute(0, 3, 1, 2))
+
+    def code_nll(self, x: Tensor, indices: Tensor) -> Tensor:
+        """`(B,)` -log p(x | codes) in nats: the likelihood of images `x` given their code indices."""
+        return self.loss.nll(x.float(), self.decoder(self.codebook.embedding[indices].permute(0, 3, 1, 2)).float())
+
     @torch.no_grad()
     def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
         """`n` images decoded from code grids drawn from the prior (its logits divided by `temperature`)."""
-        codes = self.prior.sample(n, self.codebook.embedding.device, temperature)
-        return self.decode(self.codebook.embedding[codes].permute(0, 3, 1, 2))
+        return self.decode_indices(self.prior.sample(n, self.codebook.embedding.device, temperature))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:

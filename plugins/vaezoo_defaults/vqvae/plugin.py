@@ -10,3 +10,8 @@ def register_models(register):
         "vaezoo_defaults.vqvae.model:VQVAE",
         summary="VQ-VAE: a codebook of discrete latents, straight-through gradients, a prior over the codes",
     )
+    register(
+        "vqvae-pixelcnn",
+        "vaezoo_defaults.vqvae.two_stage:VQPixelCNN",
+        summary="Two-stage VQ-VAE: a gated PixelCNN prior trained over the codes of a frozen vqvae model file",
+    )
