@@ -29,6 +29,7 @@ _LAZY = {
     "LossParts": "vaezoo.components",
     "Dataset": "vaezoo.components",
     "Sampler": "vaezoo.components",
+    "LRSchedule": "vaezoo.components",
     "VaezooError": "vaezoo.errors",
 }
 

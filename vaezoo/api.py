@@ -22,6 +22,7 @@ class FitResult:
     out_dir: Path
     metrics: dict[str, Any]
     model: Any
+    stopped_early: str | None = None  # why train.early_stop_patience ended the run before its epochs
 
 
 def make_dataset(
@@ -216,7 +217,7 @@ def _fit_on(
     anything is written), then write recipe.toml and train."""
     import torch
 
-    from vaezoo.data import limit_subset, load_split
+    from vaezoo.data import hold_out, limit_subset, load_split
     from vaezoo.recipes.build import build_model
     from vaezoo.trainer.devices import resolve_precision, start_cuda
     from vaezoo.trainer.loop import Run
@@ -227,6 +228,12 @@ def _fit_on(
         dataset = make_dataset(resolved, data_dir)
     settings = resolved["train"]
     train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
+    validation = {}
+    if settings["val_fraction"] > 0:  # held out of the (limited) training split, by train.seed
+        (train_images, train_labels), (val_images, val_labels) = hold_out(
+            train_images, train_labels, settings["val_fraction"], settings["seed"]
+        )
+        validation = {"val_images": val_images.to(torch_device), "val_labels": val_labels.to(torch_device)}
     test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
     precision = precision or resolve_precision(settings["precision"], torch_device)
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
@@ -238,6 +245,8 @@ def _fit_on(
         if model.conditional
         else {}
     )
+    if validation and not model.conditional:
+        validation.pop("val_labels")
     run = Run(
         model,
         resolved,
@@ -247,6 +256,7 @@ def _fit_on(
         torch_device,
         precision,
         **labels,
+        **validation,
     )
     # CUDA's current device is the run's from here (its streams and graphs on `cuda:N` too), once CUDA
     # has started in the background
@@ -294,7 +304,7 @@ def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks:
         with suppress(Exception):  # the files of the last epoch are written before the lock goes
             files.close()
         raise
-    return FitResult(out_dir, metrics, model)
+    return FitResult(out_dir, metrics, model, run.stopped_early)
 
 
 def _measured_precision(run: Any, world: Any) -> Any:

@@ -269,12 +269,16 @@ def run_command(
     if not distributed.is_main():
         return
     metrics = result.metrics
+    if result.stopped_early:
+        err_console.print(_safe(result.stopped_early))
+    epochs = metrics.get("epoch", 0)
     err_console.print(
         f"[green]done[/green]: {_safe(result.out_dir)}  test loss "
-        f"{metrics.get('test_loss', float('nan')):.2f} nats/image after {metrics.get('epoch', 0)} epochs"
+        f"{metrics.get('test_loss', float('nan')):.2f} nats/image after {epochs} epoch{'' if epochs == 1 else 's'}"
     )
     for name in (
         "model.safetensors",
+        "best.safetensors",
         "state.safetensors",
         "metrics.jsonl",
         "samples.png",

@@ -7,7 +7,7 @@ parts of the classic VAE family `vae`, which other families may reuse."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -330,3 +330,31 @@ class Sampler(nn.Module):
         """`(n, dim)` codes (any float dtype), drawn with torch's global generator so that vaezoo's
         `--seed` decides them; `temperature` scales their spread."""
         raise NotImplementedError
+
+
+class LRSchedule:
+    """A learning-rate schedule (`train.lr_schedule = { name = "...", ... }`): `factor(step, history)`
+    multiplies each optimizer's learning rate (`train.lr`, or `train.group_lr.NAME`) at optimizer step
+    `step` (counted from 0 over the whole run); `history` holds the metrics of the epochs finished so
+    far (the lines of metrics.jsonl), for schedules that follow a metric. Built with `total_steps`,
+    `steps_per_epoch` and the table's keys. It keeps no state of its own: the same step and history
+    give the same factor, so a resumed run follows it exactly."""
+
+    def __init__(self, *, total_steps: int, steps_per_epoch: int, warmup_steps: int = 0) -> None:
+        if not (isinstance(warmup_steps, int) and 0 <= warmup_steps <= 10**9):
+            raise ValueError(f"warmup_steps must be a whole number from 0 to 10**9, got {warmup_steps!r}")
+        self.total_steps, self.steps_per_epoch, self.warmup_steps = total_steps, steps_per_epoch, warmup_steps
+
+    def factor(self, step: int, history: Sequence[Mapping[str, Any]] = ()) -> float:
+        """The warm-up (linear from 1 / warmup_steps to 1 over the first warmup_steps steps) times `decay`."""
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return warm * self.decay(step, history)
+
+    def decay(self, step: int, history: Sequence[Mapping[str, Any]]) -> float:
+        """The schedule after its warm-up: 1.0 here (a constant learning rate)."""
+        return 1.0
+
+    @property
+    def constant(self) -> bool:
+        """Whether the factor is 1 at every step (then a CUDA graph may capture the step)."""
+        return self.warmup_steps == 0 and type(self).decay is LRSchedule.decay

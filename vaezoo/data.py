@@ -255,6 +255,23 @@ def limit_subset(images: Tensor, labels: Tensor, limit: int) -> tuple[Tensor, Te
     return images[index], labels[index]
 
 
+def hold_out(
+    images: Tensor, labels: Tensor, fraction: float, seed: int
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """(train, validation): `fraction` of the images (at least one) drawn at random by `seed` as a
+    validation split, the rest for training, each in its original order."""
+    from vaezoo.errors import DataError
+
+    count = max(1, round(len(images) * fraction))
+    if count >= len(images):
+        raise DataError(
+            f"train.val_fraction {fraction} of {len(images)} training images leaves none to train on: hold out less"
+        )
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:count].sort().values, order[count:].sort().values
+    return (images[kept], labels[kept]), (images[held], labels[held])
+
+
 def to_float(batch: Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
     """uint8 images -> float32 in [0, 1] (in one copy, laid out in `memory_format`)."""
     return batch.to(dtype=torch.float32, memory_format=memory_format).div_(255)

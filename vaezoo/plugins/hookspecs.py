@@ -60,6 +60,13 @@ def register_samplers(register: Register) -> None:
 
 
 @hookspec
+def register_schedules(register: Register) -> None:
+    """Register learning-rate schedules: `vaezoo.LRSchedule` subclasses built with `total_steps`,
+    `steps_per_epoch` and the keys of `train.lr_schedule`, whose `factor(step, history)` multiplies the
+    learning rate at each optimizer step."""
+
+
+@hookspec
 def register_recipes(register: Register) -> None:
     """Register recipes: `register("name", {...recipe table...})`, the same tables as registry.toml."""
 

@@ -11,6 +11,7 @@ KINDS = {
     "losses": "loss",
     "datasets": "dataset",
     "samplers": "sampler",
+    "schedules": "schedule",
 }
 COMPONENT_KINDS = ("datasets", "encoders", "decoders", "priors", "losses")  # a recipe's component tables
 MODEL_PARTS = ("encoder", "decoder", "prior", "loss")  # the components a model family may take

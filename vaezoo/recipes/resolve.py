@@ -39,7 +39,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "sample_count": 64,
     # learning rates of a family's named optimizers (Model.parameter_groups), e.g. { discriminator = 1e-4 }
     "group_lr": {},
+    # the learning-rate schedule (a `schedules` plugin and its keys), e.g. { name = "cosine", warmup_steps = 500 }
+    "lr_schedule": {"name": "constant"},
+    "val_fraction": 0.0,  # > 0: hold out this fraction of the training split (drawn by train.seed) for val_loss
+    "early_stop_patience": 0,  # > 0: stop when val_loss has not improved for this many epochs
 }
+MAX_VAL_FRACTION = 0.9
+SCHEDULE_ARGS = {"total_steps", "steps_per_epoch"}  # what vaezoo passes a schedule itself
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Arguments the framework passes itself: a recipe cannot set them per component or model family.
@@ -224,6 +230,8 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
             f"recipe {name!r}: unknown key train.{sorted(unknown)[0]}; allowed: {', '.join(TRAIN_DEFAULTS)}"
         )
     resolved = {**TRAIN_DEFAULTS, **train}
+    if isinstance(resolved["lr_schedule"], str):  # lr_schedule = "cosine"
+        resolved["lr_schedule"] = {"name": resolved["lr_schedule"]}
     for key, default in TRAIN_DEFAULTS.items():
         resolved[key] = _check_type(f"train.{key}", resolved[key], default)
     for key in ("epochs", "batch_size", "eval_batch_size"):
@@ -248,6 +256,17 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
         raise RecipeError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {resolved['optimizer']!r}")
     if resolved["precision"] not in PRECISIONS:
         raise RecipeError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {resolved['precision']!r}")
+    if not 0 <= resolved["val_fraction"] <= MAX_VAL_FRACTION:
+        raise RecipeError(f"train.val_fraction must be from 0 to {MAX_VAL_FRACTION}, got {resolved['val_fraction']}")
+    if resolved["early_stop_patience"] < 0:
+        raise RecipeError(f"train.early_stop_patience must not be negative, got {resolved['early_stop_patience']}")
+    if resolved["early_stop_patience"] and not resolved["val_fraction"]:
+        raise RecipeError(
+            "train.early_stop_patience watches val_loss: hold out a validation split with train.val_fraction (e.g. 0.1)"
+        )
+    resolved["lr_schedule"] = resolve_component(
+        name, "train.lr_schedule", "schedules", resolved["lr_schedule"], SCHEDULE_ARGS
+    )
     return resolved
 
 

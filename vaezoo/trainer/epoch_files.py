@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.files.atomic import write_text_atomic
+from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
 from vaezoo.files.model_file import save as save_model
 from vaezoo.files.pictures import (
     INTERP_PAIRS,
@@ -121,12 +121,24 @@ class RunFiles(Callback):
         )
         behind = _saved_epochs(run.out_dir / "model.safetensors") != run.state.epoch and run.state.batch == 0
         metrics_behind = len(lines) != len(run.history)
-        if behind:
-            self.writer.submit(_write_outputs(run, run.history[-1]))
+        last = run.history[-1]
+        best_behind = (
+            run.state.batch == 0
+            and is_best(run, last)
+            and _saved_epochs(run.out_dir / "best.safetensors") != run.state.epoch
+        )
+        if behind or best_behind:
+            self.writer.submit(_write_outputs(run, last))
             self.writer.wait()
         elif metrics_behind:
             write_metrics(run)
-        return behind or metrics_behind
+        return behind or metrics_behind or best_behind
+
+
+def is_best(run: Run, metrics: dict[str, Any]) -> bool:
+    """Whether `metrics` (an epoch of `run.history`) has the lowest val_loss of the run so far."""
+    losses = [row["val_loss"] for row in run.history if isinstance(row.get("val_loss"), int | float)]
+    return isinstance(metrics.get("val_loss"), int | float) and metrics["val_loss"] <= min(losses)
 
 
 def _save_state(run: Run, data_rng: Tensor) -> None:
@@ -147,6 +159,8 @@ def _write_outputs(run: Run, metrics: dict[str, Any]) -> list[Write]:
     updated)."""
     out, model = run.out_dir, run.model
     save_model(model, out / "model.safetensors", run.recipe, training_summary(run, metrics))
+    if is_best(run, metrics):  # the epoch with the lowest validation loss so far
+        write_bytes_atomic(out / "best.safetensors", (out / "model.safetensors").read_bytes())
     write_metrics(run)
     history = [dict(row) for row in run.history]
     was_training = model.training

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import LossParts, Model, checked_parts
+from vaezoo.components import LossParts, LRSchedule, Model, checked_parts
 from vaezoo.data import to_float
 from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
 from vaezoo.trainer import distributed
@@ -73,6 +73,11 @@ class Run:
     data_rng: torch.Generator | None = None
     step_mode: str = "eager"  # "CUDA graph", or "eager" and why (graph_step.graph_blocker), set by train()
     skips_on_device: Tensor | None = None  # updates skipped since last counted, when the device decides skips
+    val_images: Tensor | None = None  # held out of the training split by train.val_fraction
+    val_labels: Tensor | None = None
+    schedule: LRSchedule | None = None  # train.lr_schedule, built by prepare()
+    lr_factor: float | None = None  # the schedule's factor at the last step (None: not applied yet)
+    stopped_early: str | None = None  # why train.early_stop_patience ended the run before its epochs
 
     @property
     def epoch(self) -> int:
@@ -257,6 +262,7 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     from vaezoo.files.train_state import load_state
 
     settings = run.recipe["train"]
+    run.schedule = make_schedule(run)
     capturable, fused = optimizer_flags(run)
     run.optimizers = make_optimizers(run.model, settings, capturable, fused)
     run.skips_on_device = torch.zeros((), device=run.device) if fused else None
@@ -284,6 +290,60 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     run.history = history or [
         row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch
     ]
+
+
+def make_schedule(run: Run) -> LRSchedule:
+    """The run's learning-rate schedule (`train.lr_schedule`), over the whole run's optimizer steps."""
+    from vaezoo.plugins.manager import get_registry
+    from vaezoo.recipes.build import instantiate
+
+    table = run.recipe["train"]["lr_schedule"]
+    steps = {
+        "total_steps": run.recipe["train"]["epochs"] * run.batches_per_epoch,
+        "steps_per_epoch": run.batches_per_epoch,
+    }
+    schedule = instantiate(get_registry().get("schedules", table["name"]).load(), table, steps, "train.lr_schedule")
+    if not isinstance(schedule, LRSchedule):
+        raise PluginError(f"schedule {table['name']!r} does not build a vaezoo.LRSchedule")
+    return schedule
+
+
+def apply_schedule(run: Run) -> None:
+    """Set every optimizer's learning rate to its base (train.lr, train.group_lr.NAME) times the
+    schedule's factor at this step (only when the factor changes)."""
+    settings = run.recipe["train"]
+    try:
+        factor = float(run.schedule.factor(run.state.step, run.history))
+    except Exception as error:  # a plugin's schedule
+        raise PluginError(
+            f"schedule {settings['lr_schedule']['name']!r} failed: {type(error).__name__}: {error}"
+        ) from error
+    if not (math.isfinite(factor) and factor >= 0):
+        raise PluginError(
+            f"schedule {settings['lr_schedule']['name']!r} gave the factor {factor} at step {run.state.step}"
+        )
+    if factor == run.lr_factor:
+        return
+    run.lr_factor = factor
+    for name, optimizer in run.optimizers.items():
+        for group in optimizer.param_groups:
+            group["lr"] = settings["group_lr"].get(name, settings["lr"]) * factor
+
+
+def early_stop(run: Run) -> str | None:
+    """Why the run stops here (train.early_stop_patience epochs without a lower val_loss), or None."""
+    patience = run.recipe["train"]["early_stop_patience"]
+    losses = [row.get("val_loss", math.inf) for row in run.history]
+    if not patience or not losses:
+        return None
+    best = min(range(len(losses)), key=losses.__getitem__)
+    if len(losses) - 1 - best < patience:
+        return None
+    return (
+        f"stopped early after epoch {len(losses)}: val_loss has not improved for {patience} "
+        f"epoch{'' if patience == 1 else 's'} "
+        f"(best {losses[best]:.4f} at epoch {run.history[best].get('epoch', best + 1)}: best.safetensors)"
+    )
 
 
 DEVICE_FLAGS = ("capturable", "fused", "foreach")
@@ -450,8 +510,9 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     model.train()
     for callback in callbacks:
         callback.on_start(run)
+    run.stopped_early = early_stop(run)  # a resumed run that had stopped early stays stopped
     with StopRequest() as stop:
-        while state.epoch < settings["epochs"]:
+        while state.epoch < settings["epochs"] and run.stopped_early is None:
             epoch_rng = run.data_rng.get_state()
             order = distributed.shard_order(
                 torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], world
@@ -461,6 +522,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
                 if _stop_requested(stop, world, state.step, run.device):
                     meter.pause()
                     _interrupt(run, callbacks, epoch_rng, stop.signal)
+                apply_schedule(run)
                 parts = step(index)
                 state.step, state.batch = state.step + 1, state.batch + 1
                 meter.add(parts, slow=getattr(step, "just_recorded", False))  # a GraphStep that captured
@@ -471,6 +533,7 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
             metrics = _end_epoch(run, world, meter.end_epoch())
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
+            run.stopped_early = early_stop(run)
         if not world.enabled and stop.signal is not None and state.epoch < settings["epochs"]:
             _interrupt(run, callbacks, run.data_rng.get_state(), stop.signal)
     for callback in callbacks:
@@ -495,6 +558,16 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
         {**test, **{f"terms.{k}": v for k, v in terms.items()}}, len(test_shard), run.device
     )
     _check_finite(run, test["loss"], "the test loss")
+    validation = {}
+    if run.val_images is not None:
+        val_labels = None if run.val_labels is None else distributed.shard_split(run.val_labels, world)
+        val_shard = distributed.shard_split(run.val_images, world)
+        with blame(run, "evaluation"):
+            val = evaluate(
+                run.model, val_shard, val_labels, batch_size=settings["eval_batch_size"], precision=run.precision
+            )
+        validation["val_loss"] = distributed.reduce_means({"loss": val["loss"]}, len(val_shard), run.device)["loss"]
+        _check_finite(run, validation["val_loss"], "the validation loss")
     _check_weights(run)
     run.model.train()
     state.epoch, state.batch, state.loss_sum, state.seconds = state.epoch + 1, 0, 0.0, 0.0
@@ -502,12 +575,14 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
         "epoch": state.epoch,
         "step": state.step,
         "train_loss": training["train_loss"],
+        **validation,
         "test_loss": test["loss"],
         "test_recon": test["recon"],
         f"test_{run.model.regularizer}": test["kl"],  # test_kl for an ELBO family
         **({"test_bits_per_dim": test["bits_per_dim"]} if "bits_per_dim" in test else {}),
         **({"test_terms": {k: test[f"terms.{k}"] for k in terms}} if terms else {}),
         **({"skipped_updates": state.skipped} if settings["skip_grad_norm"] > 0 else {}),
+        "lr": settings["lr"] * (run.lr_factor if run.lr_factor is not None else 1.0),
         "seconds": training["seconds"],
         "images_per_s": training["images_per_s"],
         "eval_seconds": time.perf_counter() - eval_started,

@@ -1,0 +1,1 @@
+"""Learning-rate schedules: constant, cosine, step and plateau, each with a linear warm-up."""
