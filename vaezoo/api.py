@@ -31,15 +31,20 @@ def make_dataset(
     from_file: bool = False,
     paths: Mapping[str, str] | None = None,
 ):
-    """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. For a
-    recipe read from a model file (`from_file`), the dataset's path keys (`Dataset.path_keys`) are
-    dropped: a file never chooses what vaezoo reads; `paths` gives them explicitly (`eval --set
-    dataset.path=...`), and may hold nothing else."""
-    from vaezoo.data import check_data_folder, checked_data_root
+    """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. The
+    dataset's path keys (`Dataset.path_keys`) name files or folders; a relative one is taken relative
+    to that data root, never the current folder. For a recipe read from a model file (`from_file`), the
+    path keys are dropped: a file never chooses what vaezoo reads; `paths` gives them explicitly (`eval
+    --set dataset.path=...`), and may hold nothing else. The dataset's declared shape must be a
+    `(C, H, W)` that a model file can hold (`vaezoo.files.model_header.shape_problem`)."""
+    from vaezoo.data import checked_data_root, path_key_value
+    from vaezoo.errors import PluginError
+    from vaezoo.files.model_header import shape_problem
     from vaezoo.plugins.manager import get_registry
     from vaezoo.recipes.build import instantiate
 
-    target = get_registry().get("datasets", recipe["dataset"]["name"]).load()
+    name = recipe["dataset"]["name"]
+    target = get_registry().get("datasets", name).load()
     table = recipe["dataset"]
     path_keys = getattr(target, "path_keys", ())
     if from_file:
@@ -48,14 +53,19 @@ def make_dataset(
         if key not in path_keys or not isinstance(value, str):
             allowed = ", ".join(f"dataset.{k}" for k in path_keys) or "none"
             raise RecipeError(
-                f"--set dataset.{key}: only the dataset's folder keys can be set here (dataset "
-                f"{recipe['dataset']['name']!r}: {allowed}), as a string"
+                f"--set dataset.{key}: only the dataset's folder keys can be set here (dataset {name!r}: "
+                f"{allowed}), as a string"
             )
         table = {**table, key: value}
-    for key in path_keys:  # a folder the recipe names: an existing file, FIFO or symlink loop is one line
+    root = checked_data_root(data_dir)
+    for key in path_keys:  # relative to the data root; an existing FIFO or symlink loop is one line
         if isinstance(table.get(key), str) and table[key]:
-            check_data_folder(Path(table[key]).expanduser(), f"dataset.{key}")
-    return instantiate(target, table, {"root": checked_data_root(data_dir)}, "dataset")
+            table = {**table, key: str(path_key_value(root, table[key], f"dataset.{key}"))}
+    dataset = instantiate(target, table, {"root": root}, "dataset")
+    problem = shape_problem(dataset.shape)
+    if problem is not None:
+        raise PluginError(f"dataset {name!r} declares shape {problem}")
+    return dataset
 
 
 def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None):
