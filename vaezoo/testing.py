@@ -328,7 +328,7 @@ def _assert_images(what: str, images: Any, shape: Sequence[int]) -> None:
 
 
 def check_model(
-    factory: Callable[..., Model],
+    factory: Callable[..., Model] | str,
     in_shape: Sequence[int] = (3, 32, 32),
     *,
     num_classes: int = 0,
@@ -344,7 +344,12 @@ def check_model(
     `loss == recon + kl`; `sample` and `reconstruct` give images in [0, 1]; a family that declares
     `cuda_graph = True` reads nothing back to the host in training (`check_graph_safe`); and the optional
     capabilities it has (`log_likelihood`: finite `(batch,)`; `encode` / `decode`: decodes latents to
-    images). A conditional model is given labels. Returns the model (in eval mode)."""
+    images). A conditional model is given labels. `factory` may be a registered family's name (the
+    zoo's "vae", say) to check it with your components. Returns the model (in eval mode)."""
+    if isinstance(factory, str):
+        from vaezoo.plugins.manager import get_registry
+
+        factory = get_registry().get("models", factory).load()
     name = _name(factory)
     params = check_signature(factory, MODEL_ARGS)
     framework: dict[str, Any] = {"in_shape": tuple(in_shape), "num_classes": num_classes, **(components or {})}
