@@ -190,6 +190,7 @@ def _fit_on(
     import torch
 
     from vaezoo.data import limit_subset, load_split
+    from vaezoo.files.model_file import build_on_meta
     from vaezoo.recipes.build import build_model
     from vaezoo.trainer.devices import resolve_precision, start_cuda
     from vaezoo.trainer.loop import Run
@@ -198,6 +199,7 @@ def _fit_on(
     precision = None if torch_device.type == "cuda" else resolve_precision(resolved["train"]["precision"], torch_device)
     with _naming_saved_recipe(resume_dir):
         dataset = make_dataset(resolved, data_dir)
+        build_on_meta(resolved, dataset.shape, dataset.classes)  # a shape the family cannot take: before any data
     settings = resolved["train"]
     train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
     test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
