@@ -442,12 +442,23 @@ def test_a_data_dir_that_is_not_a_folder_is_one_line_naming_it(not_folder_runs: 
     assert not (folder / "run").exists()
 
 
-def test_an_image_folder_path_that_is_not_a_folder_is_one_line_naming_it(tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    refused = run_cli("run", "folder-vae", *QUICK, "--set", f"dataset.path='{fifo}'", "--out", str(tmp_path / "run"))
-    assert (
-        one_line(refused) == f"vaezoo: error: dataset.path {fifo} is a FIFO, not a folder: point it at a folder of data"
+def test_an_image_folder_path_that_is_not_a_file_or_folder_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A path key may name a file or a folder (issue 24), never a FIFO; a relative one is in the data root."""
+    os.mkfifo(tmp_path / "fifo")
+    refused = run_cli(
+        "run",
+        "folder-vae",
+        *QUICK,
+        "--set",
+        "dataset.path=fifo",
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert one_line(refused) == (
+        f"vaezoo: error: dataset.path {tmp_path / 'fifo'} is a FIFO, not a file or folder: point it at a file or "
+        "folder of data"
     )
 
 

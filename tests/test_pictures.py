@@ -155,3 +155,24 @@ def test_tensorboard_missing_fails_before_training(tmp_path: Path, cifar: Path) 
     assert "pip install 'vaezoo[tensorboard]'" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_grid_shows_any_channel_count_and_stretches_1d_strips() -> None:
+    """Issue 24: 1 channel is gray and 3 are RGB; any other count is one gray picture per channel side by
+    side (a white column between two); a tile less than 8 pixels high (a 1-D signal) is stretched."""
+    import torch
+
+    from vaezoo.files.png import grid
+
+    images = torch.rand(4, 4, 9, 7)
+    picture = grid(images, nrow=4)
+    assert tuple(picture.shape) == (PAD + 9 + PAD, PAD + 4 * (4 * 8 - 1 + PAD), 3)
+    first = picture[PAD : PAD + 9, PAD : PAD + 31].float() / 255
+    for channel in range(4):  # gray: R == G == B, the channel's values
+        tile = first[:, channel * 8 : channel * 8 + 7]
+        assert torch.equal(tile[..., 0], tile[..., 2])
+        assert torch.allclose(tile[..., 0], images[0, channel], atol=1 / 255)
+    assert (first[:, 7::8] == 1).all()  # the white columns between channels
+    strips = grid(torch.rand(3, 2, 1, 16), nrow=3)
+    assert tuple(strips.shape) == (PAD + 8 + PAD, PAD + 3 * (2 * 17 - 1 + PAD), 3)
+    assert tuple(grid(torch.rand(2, 3, 8, 8), nrow=2).shape) == (PAD + 8 + PAD, PAD + 2 * (8 + PAD), 3)

@@ -27,6 +27,7 @@ _LAZY = {
     "Prior": "vaezoo.components",
     "Loss": "vaezoo.components",
     "LossParts": "vaezoo.components",
+    "EncoderDecoderFamily": "vaezoo.components",
     "Dataset": "vaezoo.components",
     "Sampler": "vaezoo.components",
     "LRSchedule": "vaezoo.components",

@@ -32,15 +32,20 @@ def make_dataset(
     from_file: bool = False,
     paths: Mapping[str, str] | None = None,
 ):
-    """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. For a
-    recipe read from a model file (`from_file`), the dataset's path keys (`Dataset.path_keys`) are
-    dropped: a file never chooses what vaezoo reads; `paths` gives them explicitly (`eval --set
-    dataset.path=...`), and may hold nothing else."""
-    from vaezoo.data import check_data_folder, checked_data_root
+    """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. The
+    dataset's path keys (`Dataset.path_keys`) name files or folders; a relative one is taken relative
+    to that data root, never the current folder. For a recipe read from a model file (`from_file`), the
+    path keys are dropped: a file never chooses what vaezoo reads; `paths` gives them explicitly (`eval
+    --set dataset.path=...`), and may hold nothing else. The dataset's declared shape must be a
+    `(C, H, W)` that a model file can hold (`vaezoo.files.model_header.shape_problem`)."""
+    from vaezoo.data import checked_data_root, path_key_value
+    from vaezoo.errors import PluginError
+    from vaezoo.files.model_header import shape_problem
     from vaezoo.plugins.manager import get_registry
     from vaezoo.recipes.build import instantiate
 
-    target = get_registry().get("datasets", recipe["dataset"]["name"]).load()
+    name = recipe["dataset"]["name"]
+    target = get_registry().get("datasets", name).load()
     table = recipe["dataset"]
     path_keys = getattr(target, "path_keys", ())
     if from_file:
@@ -49,14 +54,19 @@ def make_dataset(
         if key not in path_keys or not isinstance(value, str):
             allowed = ", ".join(f"dataset.{k}" for k in path_keys) or "none"
             raise RecipeError(
-                f"--set dataset.{key}: only the dataset's folder keys can be set here (dataset "
-                f"{recipe['dataset']['name']!r}: {allowed}), as a string"
+                f"--set dataset.{key}: only the dataset's folder keys can be set here (dataset {name!r}: "
+                f"{allowed}), as a string"
             )
         table = {**table, key: value}
-    for key in path_keys:  # a folder the recipe names: an existing file, FIFO or symlink loop is one line
+    root = checked_data_root(data_dir)
+    for key in path_keys:  # relative to the data root; an existing FIFO or symlink loop is one line
         if isinstance(table.get(key), str) and table[key]:
-            check_data_folder(Path(table[key]).expanduser(), f"dataset.{key}")
-    return instantiate(target, table, {"root": checked_data_root(data_dir)}, "dataset")
+            table = {**table, key: str(path_key_value(root, table[key], f"dataset.{key}"))}
+    dataset = instantiate(target, table, {"root": root}, "dataset")
+    problem = shape_problem(dataset.shape)
+    if problem is not None:
+        raise PluginError(f"dataset {name!r} declares shape {problem}")
+    return dataset
 
 
 def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None):
@@ -218,6 +228,7 @@ def _fit_on(
     import torch
 
     from vaezoo.data import hold_out, limit_subset, load_split
+    from vaezoo.files.model_file import build_on_meta
     from vaezoo.recipes.build import build_model
     from vaezoo.trainer.devices import resolve_precision, start_cuda
     from vaezoo.trainer.loop import Run
@@ -226,6 +237,9 @@ def _fit_on(
     precision = None if torch_device.type == "cuda" else resolve_precision(resolved["train"]["precision"], torch_device)
     with _naming_saved_recipe(resume_dir):
         dataset = make_dataset(resolved, data_dir)
+        built_on = read_model_files(resolved, resume_dir / "model.safetensors" if resume_dir else None)
+        # a shape the family cannot take: one line before any data is read
+        build_on_meta(lambda: build_model(resolved, dataset.shape, dataset.classes, built_on))
     settings = resolved["train"]
     train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
     validation = {}
@@ -238,7 +252,6 @@ def _fit_on(
     precision = precision or resolve_precision(settings["precision"], torch_device)
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     with _naming_saved_recipe(resume_dir):
-        built_on = read_model_files(resolved, resume_dir / "model.safetensors" if resume_dir else None)
         model = build_model(resolved, dataset.shape, dataset.classes, built_on).to(torch_device)
     labels = (
         {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)}

@@ -290,6 +290,42 @@ class Loss(nn.Module):
         return LossParts(recon + kl if weight == 1.0 else recon + weight * kl, recon, kl)
 
 
+class EncoderDecoderFamily(Model):
+    """A base for families built on the recipe's encoder, decoder, prior and loss: a subclass's
+    constructor takes them and sets them as those attributes (calling `prior.bind(encoder)`), and its
+    `forward` gives the LossParts; the rest is inherited. The latent
+    of an image is the encoder's first output (the posterior mean, or a deterministic code): the family
+    samples by decoding prior draws scaled by the temperature, reconstructs by decoding `encode(x)`, and
+    decodes through the loss's `image`. Override what a family does otherwise (the zoo's `iaf-vae`
+    encodes through its flow, `rae` samples from its mixture). Seven of the zoo's families subclass it;
+    docs/plugins.md has an example."""
+
+    encoder: nn.Module
+    decoder: nn.Module
+    prior: Prior
+    loss: Loss
+
+    @torch.no_grad()
+    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+        """`n` images in [0, 1] decoded from prior samples (latents scaled by `temperature`)."""
+        return self.decode(self.prior.sample(n) * temperature)
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images decoded from `encode(x)`."""
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The encoder's first output: the posterior means of `x` (a deterministic encoder's codes)."""
+        return self.encoder(x)[0]
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """Images in [0, 1] for latents `z`: the loss's image of the decoder's output."""
+        return self.loss.image(self.decoder(z))
+
+
 class Dataset:
     """Built with `root` (a folder, maybe empty or missing) and recipe keys. `shape` is `(C, H, W)`;
     `load(split)` returns `(images, labels)`: uint8 `(N, C, H, W)` and int64 `(N,)`; `classes` names

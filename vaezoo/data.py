@@ -59,19 +59,30 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser() if chosen else _user_cache() / "data"
 
 
-def check_data_folder(path: Path, what: str) -> None:
-    """A DataError naming `what` if `path` exists but is not a folder (a file, a FIFO...) or cannot be
-    looked up (a symbolic link loop). A missing folder passes: a dataset may download into it."""
+def check_data_folder(path: Path, what: str, *, files: bool = False) -> None:
+    """A DataError naming `what` if `path` exists but is not a folder (`files`: a folder or a regular
+    file) or cannot be looked up (a symbolic link loop). A missing path passes: a dataset may download
+    into it, or say where to put its files."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return
     except OSError as error:
         reason = "is a symbolic link loop" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
-        raise DataError(f"{what} {path} {reason}: point it at a folder of data") from None
-    if not stat.S_ISDIR(mode):
+        raise DataError(f"{what} {path} {reason}: point it at a {'file or ' if files else ''}folder of data") from None
+    if not (stat.S_ISDIR(mode) or (files and stat.S_ISREG(mode))):
         kind = next((name for test, name in _KINDS if test(mode)), "not a folder")
-        raise DataError(f"{what} {path} is {kind}, not a folder: point it at a folder of data")
+        wanted = "file or folder" if files else "folder"
+        raise DataError(f"{what} {path} is {kind}, not a {wanted}: point it at a {wanted} of data")
+
+
+def path_key_value(root: Path, value: str, what: str) -> Path:
+    """A dataset's path key (`Dataset.path_keys`) as the path it names: `~` expanded, and a relative path
+    taken relative to the data root `root` (never the current folder); a FIFO, socket, device or symbolic
+    link loop there is a DataError naming `what`."""
+    path = root / Path(value).expanduser()
+    check_data_folder(path, what, files=True)
+    return path
 
 
 def checked_data_root(data_dir: str | os.PathLike | None = None) -> Path:

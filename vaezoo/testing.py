@@ -167,7 +167,9 @@ def check_prior(
 ) -> Prior:
     """Built with `latent_dim`, `in_shape` and `kw`, a `vaezoo.Prior` bound to `encoder` (a tiny one
     if not given): `sample(n)` is `(n, latent_dim)`, `log_prob` and `kl` are finite `(batch,)`, the KL is
-    differentiable, and the encoder is not saved in the prior's state dict. Returns the prior."""
+    differentiable, every trainable parameter of a learnable prior gets a finite gradient through `kl`
+    and through `log_prob` (the families train it through one or the other), and the encoder is not
+    saved in the prior's state dict. Returns the prior."""
     prior = _build(factory, {"latent_dim": latent_dim, "in_shape": tuple(in_shape)}, kw)
     name = _name(factory)
     assert isinstance(prior, Prior), f"{name}: a prior must subclass vaezoo.Prior, got {type(prior).__name__}"
@@ -186,9 +188,29 @@ def check_prior(
     _assert_shape(f"{name}.log_prob", prior.log_prob(z), (batch,))
     kl = prior.kl(mu, logvar, z)
     _assert_shape(f"{name}.kl", kl, (batch,))
+    prior.zero_grad(set_to_none=True)
     kl.sum().backward()
     assert mu.grad is not None and torch.isfinite(mu.grad).all(), f"{name}.kl: no finite gradient to the posterior mean"
+    _assert_each_parameter_learns(f"{name}.kl", prior)
+    if any(param.requires_grad for param in prior.parameters()):
+        prior.zero_grad(set_to_none=True)
+        log_prob = prior.log_prob(z.detach()).sum()
+        if log_prob.requires_grad:
+            log_prob.backward()
+        _assert_each_parameter_learns(f"{name}.log_prob", prior)
+    prior.zero_grad(set_to_none=True)
     return prior
+
+
+def _assert_each_parameter_learns(what: str, module: nn.Module) -> None:
+    """Every trainable parameter of `module` got a finite gradient (the last backward pass reached it)."""
+    for param_name, param in module.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None, (
+                f"{what}: no gradient reaches the parameter {param_name!r}, so training never changes it (use it "
+                "in log_prob and kl without detaching it, or register it as a buffer if it is not meant to learn)"
+            )
+            assert torch.isfinite(param.grad).all(), f"{what}: non-finite gradient in {param_name}"
 
 
 class _StandardNormal(Prior):
@@ -261,16 +283,24 @@ def _total_probability(loss: Loss) -> float:
 def check_dataset(
     factory: Callable[..., Dataset], root: str | Path, *, splits: Sequence[str] = ("train", "test"), **kw: Any
 ) -> Dataset:
-    """Built with `root` and `kw`, a `vaezoo.Dataset` whose `shape` is `(C, H, W)` and whose splits
-    load as non-empty uint8 `(N, C, H, W)` images with int64 `(N,)` labels; `cache_key()` is a
-    non-empty string. Returns the dataset."""
-    dataset = _build(factory, {"root": Path(root)}, kw)
+    """Built with `root` and `kw` as vaezoo builds it (a path key, `Dataset.path_keys`, relative to
+    `root`), a `vaezoo.Dataset` whose `shape` is a `(C, H, W)` a model file can hold (any C; a 1-D
+    signal is `(C, 1, L)`) and whose splits load as non-empty uint8 `(N, C, H, W)` images with int64
+    `(N,)` labels that vaezoo can draw as pictures; `cache_key()` is a non-empty string. Returns the
+    dataset."""
+    from vaezoo.data import path_key_value, to_float
+    from vaezoo.files.model_header import shape_problem
+    from vaezoo.files.png import grid
+
     name = _name(factory)
+    for key in getattr(factory, "path_keys", ()):
+        if isinstance(kw.get(key), str) and kw[key]:
+            kw = {**kw, key: str(path_key_value(Path(root), kw[key], f"dataset.{key}"))}
+    dataset = _build(factory, {"root": Path(root)}, kw)
     assert isinstance(dataset, Dataset), f"{name}: a dataset must subclass vaezoo.Dataset, got {type(dataset).__name__}"
+    problem = shape_problem(dataset.shape)
+    assert problem is None, f"{name}.shape: {problem}"
     shape = tuple(dataset.shape)
-    assert len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape), (
-        f"{name}.shape must be (C, H, W) positive ints, got {shape}"
-    )
     key = dataset.cache_key()
     assert isinstance(key, str) and key, f"{name}.cache_key() must be a non-empty string"
     for split in splits:
@@ -288,6 +318,7 @@ def check_dataset(
         assert tuple(labels.shape) == (images.shape[0],), (
             f"{name}.load({split!r}): {labels.shape[0]} labels for {images.shape[0]} images"
         )
+        grid(to_float(images[:4]))  # what samples.png and reconstructions.png do with such images
     return dataset
 
 
@@ -297,7 +328,7 @@ def _assert_images(what: str, images: Any, shape: Sequence[int]) -> None:
 
 
 def check_model(
-    factory: Callable[..., Model],
+    factory: Callable[..., Model] | str,
     in_shape: Sequence[int] = (3, 32, 32),
     *,
     num_classes: int = 0,
@@ -313,7 +344,12 @@ def check_model(
     `loss == recon + kl`; `sample` and `reconstruct` give images in [0, 1]; a family that declares
     `cuda_graph = True` reads nothing back to the host in training (`check_graph_safe`); and the optional
     capabilities it has (`log_likelihood`: finite `(batch,)`; `encode` / `decode`: decodes latents to
-    images). A conditional model is given labels. Returns the model (in eval mode)."""
+    images). A conditional model is given labels. `factory` may be a registered family's name (the
+    zoo's "vae", say) to check it with your components. Returns the model (in eval mode)."""
+    if isinstance(factory, str):
+        from vaezoo.plugins.manager import get_registry
+
+        factory = get_registry().get("models", factory).load()
     name = _name(factory)
     params = check_signature(factory, MODEL_ARGS)
     framework: dict[str, Any] = {"in_shape": tuple(in_shape), "num_classes": num_classes, **(components or {})}

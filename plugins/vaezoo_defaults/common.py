@@ -1,6 +1,6 @@
 """Pieces the default plugins share: bounds on recipe keys, the Gaussian encoder head, the resolution
 check of stride-2 networks, the importance-weighted bound, and downloads through torchvision with a
-socket timeout."""
+socket timeout. (The base of most built-in families is public API: `vaezoo.EncoderDecoderFamily`.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vaezoo import Encoder, Loss, Model, Prior
+from vaezoo import Encoder, Prior
 from vaezoo.components import gaussian_log_prob
 from vaezoo.errors import DataError
 
@@ -70,39 +70,6 @@ class GaussianEncoder(Encoder):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.features(x)
         return self.mu(h), self.logvar(h)
-
-
-class EncoderDecoderFamily(Model):
-    """A family built on the recipe's encoder, decoder, prior and loss (set as those attributes) whose
-    latent of an image is the encoder's first output, the posterior mean or a deterministic code: it
-    samples by decoding prior draws, reconstructs by decoding `encode(x)`, and decodes through the
-    loss's `image`. A family overrides what it does otherwise (`iaf-vae` encodes through its flow,
-    `rae` samples from its mixture)."""
-
-    encoder: nn.Module
-    decoder: nn.Module
-    prior: Prior
-    loss: Loss
-
-    @torch.no_grad()
-    def sample(self, n: int, y: Tensor | None = None, temperature: float = 1.0) -> Tensor:
-        """`n` images in [0, 1] decoded from prior samples (latents scaled by `temperature`)."""
-        return self.decode(self.prior.sample(n) * temperature)
-
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images decoded from `encode(x)`."""
-        return self.decode(self.encode(x))
-
-    @torch.no_grad()
-    def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """The encoder's first output: the posterior means of `x` (a deterministic encoder's codes)."""
-        return self.encoder(x)[0]
-
-    @torch.no_grad()
-    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """Images in [0, 1] for latents `z`: the loss's image of the decoder's output."""
-        return self.loss.image(self.decoder(z))
 
 
 def download(fetch: Callable[[], object], root: Path, hint: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +146,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
                 "a diverged run)"
             )
     with _building(path):
-        on_meta = build_on_meta(metadata, path)
+        on_meta = build_on_meta(lambda: rebuild(metadata, path))
     check_sizes(on_meta, tensors, path)  # before any memory is taken
     with _building(path):
         model = rebuild(metadata, path)
@@ -191,11 +191,12 @@ def rebuild(metadata: Mapping[str, Any], path: Path) -> Model:
     return model
 
 
-def build_on_meta(metadata: Mapping[str, Any], path: Path) -> Model | None:
-    """The model on torch's meta device: shapes without memory (None if a plugin cannot build there)."""
+def build_on_meta(build: Callable[[], Model]) -> Model | None:
+    """The model `build()` makes, made on torch's meta device: shapes without memory (None if a plugin
+    cannot build there; a VaezooError, e.g. a shape the family cannot take, is raised)."""
     try:
         with torch.device("meta"):
-            return rebuild(metadata, path)
+            return build()
     except VaezooError:
         raise
     except Exception:  # e.g. a constructor that reads tensor values: then only the real build can tell

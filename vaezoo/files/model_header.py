@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import os
 import re
 from collections.abc import Mapping
@@ -307,22 +308,45 @@ def _recipe_problem(recipe: Any) -> str | None:
     return None
 
 
-def _data_problem(data: Any) -> str | None:
-    if not isinstance(data, dict):
-        return "vaezoo.data is not an object"
-    shape = data.get("shape")
-    if not (
-        isinstance(shape, list)
+SHAPE_LIMITS = (
+    f"1 <= C <= {MAX_CHANNELS}, sides of 1 to {MAX_SIDE} and C * H * W at most {MAX_VALUES:,} (3 x 1024 x 1024)"
+)
+
+
+def fits_model_file(shape: Any) -> bool:
+    """Whether `shape` is a `(C, H, W)` of whole numbers that a model file may declare (SHAPE_LIMITS)."""
+    return (
+        isinstance(shape, (list, tuple))
         and len(shape) == 3
         and _is_int(shape[0], 1, MAX_CHANNELS)
         and all(_is_int(side, 1, MAX_SIDE) for side in shape[1:])
         and math.prod(shape) <= MAX_VALUES
-    ):
+    )
+
+
+def shape_problem(shape: Any) -> str | None:
+    """What is wrong with a dataset's declared `shape`, or None when it is a `(C, H, W)` of whole
+    numbers that a model file can hold. A 1-D signal of C channels and length L is `(C, 1, L)`."""
+    try:
+        sides = tuple(operator.index(side) for side in shape)
+    except TypeError:
+        return f"{shape!r} is not a tuple of whole numbers (C, H, W)"
+    if len(sides) == 2:
         return (
-            f"vaezoo.data.shape is {shown(shape)}, expected [C, H, W] with 1 <= C <= {MAX_CHANNELS}, sides "
-            f"of 1 to {MAX_SIDE} "
-            f"and C * H * W at most {MAX_VALUES:,} (3 x 1024 x 1024)"
+            f"{sides}, two sides: declare a 1-D signal of C channels and length L as (C, 1, L), here "
+            f"{(sides[0], 1, sides[1])}"
         )
+    if not fits_model_file(sides):
+        return f"{sides} is not a (C, H, W) with {SHAPE_LIMITS}"
+    return None
+
+
+def _data_problem(data: Any) -> str | None:
+    if not isinstance(data, dict):
+        return "vaezoo.data is not an object"
+    shape = data.get("shape")
+    if not (isinstance(shape, list) and fits_model_file(shape)):
+        return f"vaezoo.data.shape is {shown(shape)}, expected [C, H, W] with {SHAPE_LIMITS}"
     classes = data.get("classes", [])
     if not (isinstance(classes, list) and len(classes) <= 100_000 and all(isinstance(name, str) for name in classes)):
         return "vaezoo.data.classes is not a list of class names"

@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Prior
+from vaezoo import EncoderDecoderFamily, Loss, LossParts, Prior
 from vaezoo.components import ParamGroup
-from vaezoo_defaults.common import EncoderDecoderFamily, check_widths
+from vaezoo_defaults.common import check_widths
 
 
 class CodeDiscriminator(nn.Module):

@@ -25,12 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Prior
+from vaezoo import EncoderDecoderFamily, Loss, LossParts, Prior
 from vaezoo.components import LOG_2PI
 from vaezoo_defaults.common import (
     DECODE_BATCH,
     MAX_WIDTH,
-    EncoderDecoderFamily,
     GaussianEncoder,
     check_int,
     check_widths,

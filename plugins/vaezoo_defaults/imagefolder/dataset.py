@@ -42,7 +42,7 @@ class ImageFolder(Dataset):
         check_int("image-folder", "size", size, 1, MAX_SIZE)
         if not 0.0 <= test_fraction < 1.0:
             raise ValueError(f"image-folder needs 0 <= test_fraction < 1, got {test_fraction}")
-        self.folder = Path(path).expanduser() if path else self.root
+        self.folder = self.root / Path(path).expanduser() if path else self.root  # relative: to the data root
         self.size = int(size)
         self.grayscale = bool(grayscale)
         self.test_fraction = float(test_fraction)

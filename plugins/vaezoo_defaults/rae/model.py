@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts
+from vaezoo import EncoderDecoderFamily, Loss, LossParts
 from vaezoo.components import Update
-from vaezoo_defaults.common import EncoderDecoderFamily, check_int, is_discrete
+from vaezoo_defaults.common import check_int, is_discrete
 from vaezoo_defaults.rae.mixture import OnlineGaussianMixture
 
 MAX_LATENT = 512  # latent_dim bound: the mixture keeps a (latent_dim x latent_dim) covariance per component

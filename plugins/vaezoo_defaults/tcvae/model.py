@@ -40,9 +40,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Prior
+from vaezoo import EncoderDecoderFamily, Loss, LossParts, Prior
 from vaezoo.components import LOG_2PI, gaussian_log_prob
-from vaezoo_defaults.common import DECODE_BATCH, EncoderDecoderFamily, importance_terms, is_discrete, iw_bound
+from vaezoo_defaults.common import DECODE_BATCH, importance_terms, is_discrete, iw_bound
 
 ESTIMATORS = ("mss", "mws")
 ROW_CHUNK = 256  # images i whose B x B x D pairwise densities are held at once (bounds memory)

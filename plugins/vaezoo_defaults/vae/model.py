@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Prior
-from vaezoo_defaults.common import DECODE_BATCH, EncoderDecoderFamily, importance_terms, is_discrete, iw_bound
+from vaezoo import EncoderDecoderFamily, Loss, LossParts, Prior
+from vaezoo_defaults.common import DECODE_BATCH, importance_terms, is_discrete, iw_bound
 
 
 class VAE(EncoderDecoderFamily):

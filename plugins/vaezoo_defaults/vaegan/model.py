@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Prior
+from vaezoo import EncoderDecoderFamily, Loss, LossParts, Prior
 from vaezoo.components import ParamGroup
-from vaezoo_defaults.common import EncoderDecoderFamily, check_widths, downsampling_factor
+from vaezoo_defaults.common import check_widths, downsampling_factor
 
 GAN_LOSSES = ("non-saturating", "minimax")
 LOG_2PI = math.log(2 * math.pi)

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from vaezoo import Loss, LossParts, Prior
+from vaezoo import EncoderDecoderFamily, Loss, LossParts, Prior
 from vaezoo.components import Update
-from vaezoo_defaults.common import EncoderDecoderFamily, is_discrete
+from vaezoo_defaults.common import is_discrete
 from vaezoo_defaults.wae.mmd import gather_rows, mmd_imq
 
 
