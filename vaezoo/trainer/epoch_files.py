@@ -9,6 +9,7 @@ nothing that a resume does not rebuild (docs/reliability.md)."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -136,9 +137,13 @@ class RunFiles(Callback):
 
 
 def is_best(run: Run, metrics: dict[str, Any]) -> bool:
-    """Whether `metrics` (an epoch of `run.history`) has the lowest val_loss of the run so far."""
-    losses = [row["val_loss"] for row in run.history if isinstance(row.get("val_loss"), int | float)]
-    return isinstance(metrics.get("val_loss"), int | float) and metrics["val_loss"] <= min(losses)
+    """Whether `metrics` (an epoch of `run.history`) has a lower val_loss than every epoch before it."""
+    earlier = [
+        row["val_loss"]
+        for row in run.history
+        if isinstance(row.get("val_loss"), int | float) and row.get("epoch", 0) < metrics.get("epoch", 0)
+    ]
+    return isinstance(metrics.get("val_loss"), int | float) and metrics["val_loss"] < min(earlier, default=math.inf)
 
 
 def _save_state(run: Run, data_rng: Tensor) -> None:
