@@ -206,17 +206,15 @@ class Registry:
         return entry.name if len(self.entries[entry.kind].get(entry.name, [])) <= 1 else entry.qualified_name
 
     def list(self, kind: str | None = None, pattern: str | None = None) -> list[Entry]:
-        """Entries of one kind (or all), optionally filtered by a glob on the short or qualified name."""
+        """Entries of one kind (or all), optionally filtered by a glob on the name (on the qualified name
+        for a glob with a `:`, e.g. `vaezoo-iaf:*`)."""
         kinds = [kind] if kind else list(KINDS)
         found = []
         for k in kinds:
             for name in sorted(self.entries[k]):
                 for entry in sorted(self.entries[k][name], key=lambda e: canonical(e.plugin.distribution)):
-                    if (
-                        pattern is None
-                        or fnmatch.fnmatchcase(name, pattern)
-                        or fnmatch.fnmatchcase(entry.qualified_name, pattern)
-                    ):
+                    shown = entry.qualified_name if ":" in (pattern or "") else name
+                    if pattern is None or fnmatch.fnmatchcase(shown, pattern):
                         found.append(entry)
         return found
 
