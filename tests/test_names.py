@@ -108,6 +108,10 @@ def clash(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "cifar-vae": ["run", "cifar-vae", *TINY_ARGS, *SMALL, "--out", str(tmp / "vae")],
         "cifar-iaf-vae": ["run", "cifar-iaf-vae", *TINY_ARGS, *IAF_SMALL, *SMALL, "--out", str(tmp / "zoo-iaf")],
         "clash-iaf": ["run", "clash-iaf", *SMALL, "--out", str(tmp / "clash")],
+        # as vaezoo 0.2 wrote it, before the zoo had an iaf-vae: the file's recipe says "iaf-vae"
+        "clash-iaf alone": Command(
+            "run", "clash-iaf", *SMALL, "--out", str(tmp / "alone"), env={"VAEZOO_DISABLE_PLUGINS": "vaezoo:iaf-vae"}
+        ),
         "ambiguous": ["run", str(tmp / "ambiguous.toml"), *SMALL, "--out", str(tmp / "ambiguous")],
         # in a recipe file (no distribution registers it) --set is a short name like any other
         "ambiguous set": ["run", str(tmp / "qualified.toml"), "--set", "model.name=iaf-vae", "--out", str(tmp / "no")],
@@ -209,16 +213,20 @@ def test_a_qualified_plugin_name_switches_off_one_of_two(clash: dict) -> None:
 def test_a_file_whose_distribution_is_missing_names_it_first(clash: dict, cifar: Path, tmp_path: Path) -> None:
     tmp = clash["tmp"]
     clash_model, zoo_model = tmp / "clash" / "model.safetensors", tmp / "zoo-iaf" / "model.safetensors"
-    assert clash_model.is_file() and zoo_model.is_file(), clash["clash-iaf"].stderr[-3000:]
-    sample, evaluate, zoo = run_cli_batch(  # vaezoo-clash is not installed in this process
+    alone = tmp / "alone" / "model.safetensors"
+    assert clash_model.is_file() and zoo_model.is_file() and alone.is_file(), clash["clash-iaf alone"].stderr[-3000:]
+    with safe_open(alone, "pt") as handle:
+        assert json.loads(handle.metadata()["vaezoo.recipe"])["model"]["name"] == "iaf-vae"  # the zoo has one too
+    sample, evaluate, sample_alone, zoo = run_cli_batch(  # vaezoo-clash is not installed in this process
         [
             ["sample", str(clash_model), "-n", "4", "--out", str(tmp_path / "s.png")],
             ["eval", str(clash_model), "--data-dir", str(cifar)],
+            ["sample", str(alone), "-n", "4", "--out", str(tmp_path / "s.png")],
             ["sample", str(zoo_model), "-n", "4", "--out", str(tmp_path / "z.png")],
         ],
         tmp_path,
     )
-    for result in (sample, evaluate):
+    for result in (sample, evaluate, sample_alone):
         assert result.returncode == 2, result.stderr[-3000:]
         (line,) = error_lines(result.stderr)
         assert f"needs model 'iaf-vae' from plugin distribution '{DISTRIBUTION}' (version 0.1)" in line
