@@ -145,6 +145,16 @@ def clash(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
             env={"VAEZOO_DISABLE_PLUGINS": f"{DISTRIBUTION}:wae"},
         ),
     }
+    commands["resume qualified"] = [  # last: it adds an epoch to the clash run
+        "run",
+        f"{DISTRIBUTION}:clash-iaf",
+        "--resume",
+        str(tmp / "clash"),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+    ]
     results = run_cli_batch(list(commands.values()), tmp, env=env)
     return {"tmp": tmp, **dict(zip(commands, results))}
 
@@ -172,6 +182,9 @@ def test_each_recipe_uses_its_own_distributions_family(clash: dict) -> None:
     assert records(tmp / "clash" / "model.safetensors")["model"] == f"{DISTRIBUTION}:iaf-vae"
     # the resolved recipe names the family so that it is the same one without the recipe's context
     assert f'name = "{DISTRIBUTION}:iaf-vae"' in (tmp / "clash" / "recipe.toml").read_text(encoding="utf-8")
+    resumed = clash["resume qualified"]  # a recipe's qualified name resumes its run
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [json.loads(line)["epoch"] for line in (tmp / "clash" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_an_ambiguous_short_name_is_one_line_listing_the_qualified_names(clash: dict) -> None:

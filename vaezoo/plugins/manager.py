@@ -111,7 +111,7 @@ def build_registry() -> Registry:
     by_name = {info.qualified_name: info for info in registry.plugins}
     for kind in KINDS:
         caller = getattr(manager.hook, hookspecs.HOOKS[kind])
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order (pluggy calls them last first)
             info = by_name[impl.plugin_name]
             if info.error:
                 continue
