@@ -184,11 +184,24 @@ def test_ctrl_c_while_a_plugin_imports_still_interrupts(tmp_path: Path) -> None:
     assert result.returncode == 130 and error_lines(result.stderr) == ["vaezoo: interrupted"], result.stderr[-2000:]
 
 
-def test_two_plugins_with_one_name_still_stop_with_one_line(tmp_path: Path) -> None:
-    env = install(tmp_path / "site", {"h_twin": hook("register_encoders", "register('conv', 'x:Y')")})
-    result = run_cli("list", env=env)
-    assert result.returncode == 2 and len(error_lines(result.stderr)) == 1, result.stderr
-    assert "encoder 'conv' is registered twice" in result.stderr and "'h_twin' (hostile-plugins)" in result.stderr
+def test_one_name_of_two_distributions_loads_and_one_distribution_twice_fails_its_second(tmp_path: Path) -> None:
+    env = install(
+        tmp_path / "site",
+        {
+            "h_twin": hook("register_encoders", "register('conv', 'x:Y')"),  # the zoo has `conv`: side by side
+            "h_once": hook("register_priors", "register('twice', 'x:Y')"),
+            "h_twice": hook("register_priors", "register('twice', 'x:Z')"),
+        },
+    )
+    result = run_cli("list", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    (line,) = error_lines(result.stderr)
+    assert "plugin 'h_twice' (hostile-plugins) failed" in line
+    assert "prior 'twice' is registered twice by distribution hostile-plugins: by plugin 'h_once'" in line
+    items = json.loads(result.stdout)
+    conv = {item["qualified_name"] for item in items if item["kind"] == "encoder" and item["name"] == "conv"}
+    assert conv == {"vaezoo:conv", "hostile-plugins:conv"}
+    assert [item["plugin"] for item in items if item["name"] == "twice"] == ["h_once"]
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, Command, run_cli, run_cli_batch
 
 import vaezoo
-from vaezoo.errors import PluginError, UnknownName
+from vaezoo.errors import AmbiguousName, DuplicateName, UnknownName
 from vaezoo.plugins.registry import PluginInfo, Registry
 
 DEFAULTS = {
@@ -113,6 +113,7 @@ def test_third_party_plugin_is_found_like_the_defaults(tmp_path):
     assert items == [
         {
             "name": "fake-enc",
+            "qualified_name": "fake-plugin:fake-enc",
             "kind": "encoder",
             "summary": "A fake encoder",
             "plugin": "fake",
@@ -139,30 +140,37 @@ def test_plugin_that_fails_to_import_is_reported_and_the_rest_work(tmp_path):
     assert plain.returncode == 0 and "failed" in plain.stdout
 
 
-def test_two_plugins_registering_one_name_is_one_clear_error(tmp_path):
+def test_two_distributions_registering_one_name_both_list_by_qualified_name(tmp_path):
     env = fake_site(
         tmp_path, GOOD.replace('"fake-enc", "fake_plugin_mod:Nothing"', '"conv", "fake_plugin_mod:Nothing"')
     )
-    process = run_cli("list", "encoders", env=env)
-    assert process.returncode == 2
-    line = _one_line(process.stderr)
-    assert (
-        "'conv' is registered twice" in line
-        and "plugin 'conv' (vaezoo)" in line
-        and "plugin 'fake' (fake-plugin)" in line
-    )
-    assert "VAEZOO_DISABLE_PLUGINS" in line
-    # switching one of them off resolves it
+    listed, plain = run_cli_batch([["list", "encoders", "--json"], ["list", "encoders"]], tmp_path, env=env)
+    conv = [item for item in _json(listed) if item["name"] == "conv"]
+    assert [(item["qualified_name"], item["plugin"]) for item in conv] == [
+        ("fake-plugin:conv", "fake"),
+        ("vaezoo:conv", "conv"),
+    ]
+    assert plain.returncode == 0 and "fake-plugin:conv" in plain.stdout and "vaezoo:conv" in plain.stdout
+    # switching one of them off leaves the other, listed by its short name again
     items = _json(run_cli("list", "encoders", "--json", env={**env, "VAEZOO_DISABLE_PLUGINS": "fake"}))
     assert [item["plugin"] for item in items if item["name"] == "conv"] == ["conv"]
 
 
-def test_two_distributions_with_one_plugin_name_is_one_clear_error(tmp_path):
+def test_two_distributions_with_one_plugin_name_both_load_and_one_can_be_switched_off(tmp_path):
     env = fake_site(tmp_path, GOOD, plugin="conv")
-    process = run_cli("list", "encoders", env=env)
-    assert process.returncode == 2
-    line = _one_line(process.stderr)
-    assert "two plugins are named 'conv'" in line and "vaezoo" in line and "fake-plugin" in line
+    both, one, none = run_cli_batch(
+        [
+            ["plugins", "--json"],
+            Command("plugins", "--json", env={"VAEZOO_DISABLE_PLUGINS": "fake-plugin:conv"}),
+            Command("plugins", "--json", env={"VAEZOO_DISABLE_PLUGINS": "conv"}),
+        ],
+        tmp_path,
+        env=env,
+    )
+    named_conv = [(row["qualified_name"], row["status"]) for row in _json(both) if row["name"] == "conv"]
+    assert named_conv == [("fake-plugin:conv", "ok"), ("vaezoo:conv", "ok")]
+    assert [row["qualified_name"] for row in _json(one) if row["name"] == "conv"] == ["vaezoo:conv"]
+    assert [row for row in _json(none) if row["name"] == "conv"] == []
 
 
 def test_disable_plugins_hides_third_party_and_default_plugins(tmp_path):
@@ -204,16 +212,27 @@ def test_list_cli_json_and_pattern_without_kind():
     assert process.returncode == 2 and "unknown kind 'widgets'" in _one_line(process.stderr)
 
 
-def test_registry_duplicate_and_unknown_names():
+def test_registry_keeps_one_name_of_two_distributions_and_refuses_one_distribution_twice():
     registry = Registry()
-    first, second = PluginInfo("one", "dist-one", "1.0"), PluginInfo("two", "dist-two", "2.0")
+    first, second = PluginInfo("one", "dist-one", "1.0"), PluginInfo("two", "dist_Two", "2.0")
+    twin = PluginInfo("twin", "dist-one", "1.0")
     registry.add("encoders", "enc", object, first)
     registry.add("decoders", "enc", object, second)  # one name in two kinds is fine
+    registry.add("encoders", "enc", dict, second)  # and in two distributions
     with pytest.raises(
-        PluginError,
-        match=r"encoder 'enc' is registered twice: by plugin 'one' \(dist-one\) and by plugin 'two' \(dist-two\)",
+        AmbiguousName, match=r"encoder 'enc' is ambiguous: .*dist-one:enc \(plugin 'one'\), dist_Two:enc"
     ):
-        registry.add("encoders", "enc", object, second)
+        registry.get("encoders", "enc")
+    assert registry.get("encoders", "dist-two:enc").target is dict  # distributions compare as pip compares them
+    assert registry.get("encoders", "enc", source="dist-one").target is object  # the recipe's own distribution
+    assert registry.get("decoders", "enc").plugin is second
+    assert [registry.spelling(e) for e in registry.list("encoders")] == ["dist-one:enc", "dist_Two:enc"]
+    with pytest.raises(DuplicateName, match=r"encoder 'enc' is registered twice by distribution dist-one"):
+        registry.add("encoders", "enc", object, twin)
     with pytest.raises(UnknownName, match="did you mean enc"):
         registry.get("encoders", "enk")
-    assert first.registers == {"encoders": ["enc"]} and second.registers == {"decoders": ["enc"]}
+    with pytest.raises(
+        UnknownName, match="no plugin of distribution 'dist-three' is installed.*pip install dist-three"
+    ):
+        registry.get("encoders", "dist-three:enc")
+    assert first.registers == {"encoders": ["enc"]} and second.registers == {"decoders": ["enc"], "encoders": ["enc"]}

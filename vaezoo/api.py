@@ -13,6 +13,7 @@ from typing import Any
 
 from vaezoo.errors import RecipeError, RunFailed, VaezooError
 from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
+from vaezoo.plugins.registry import split_name
 from vaezoo.recipes.resolve import MAX_GRID_IMAGES, resolve_recipe
 from vaezoo.recipes.toml_writer import dumps as toml_dumps
 
@@ -128,7 +129,7 @@ def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str,
         raise VaezooError(f"cannot resume from {resume}: {path} is damaged ({error})") from None
     if not isinstance(table.get("name"), str):
         raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: it names no recipe (name = ...)")
-    if name not in (table.get("name"), str(path)):
+    if split_name(name)[1] not in (table.get("name"), str(path)):  # `vaezoo run DIST:RECIPE --resume DIR` too
         raise RecipeError(
             f"{resume} is a run of recipe {table.get('name')!r}, not {name!r}: use `vaezoo run "
             f"{table.get('name')} --resume {resume}`"

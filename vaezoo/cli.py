@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 import traceback
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -101,6 +103,12 @@ def _table(columns: tuple[str, ...], rows: list[tuple[object, ...]], *, header: 
     return table
 
 
+def _clashes(names: Iterable[object]) -> set[object]:
+    """The names that occur more than once: shown by their qualified names (`DISTRIBUTION:NAME`)."""
+    counts = Counter(names)
+    return {name for name, count in counts.items() if count > 1}
+
+
 @app.command("list")
 def list_command(
     kind: Annotated[str | None, typer.Argument(help=f"What to list: {KIND_HELP}.")] = None,
@@ -119,9 +127,12 @@ def list_command(
     if as_json:
         _print_json(items)
         return
-    table = _table(
-        ("kind", "name", "plugin", "summary"), [(i["kind"], i["name"], i["plugin"], i["summary"]) for i in items]
-    )
+    clash = _clashes((i["kind"], i["name"]) for i in items)
+    rows = [
+        (i["kind"], i["qualified_name"] if (i["kind"], i["name"]) in clash else i["name"], i["plugin"], i["summary"])
+        for i in items
+    ]
+    table = _table(("kind", "name", "plugin", "summary"), rows)
     console.print(table if items else "nothing matches")  # _table shows cells as they are
 
 
@@ -136,6 +147,7 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
         rows.append(
             {
                 "name": info.name,
+                "qualified_name": info.qualified_name,
                 "distribution": info.distribution,
                 "version": info.version,
                 "status": "failed" if info.error else "ok",
@@ -148,11 +160,12 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
         _print_json(rows)
         return
     lines = []
+    clash = _clashes(row["name"] for row in rows)
     for row in rows:
         what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items() if names)
         lines.append(
             (
-                row["name"],
+                row["qualified_name"] if row["name"] in clash else row["name"],
                 row["distribution"],
                 row["version"],
                 Text(printable(f"failed: {row['error']}"), style="red") if row["error"] else what,

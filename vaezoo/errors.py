@@ -33,6 +33,10 @@ class UnknownName(VaezooError):
     """A recipe or component name that no plugin registers."""
 
 
+class AmbiguousName(UnknownName):
+    """A short name that plugins of several distributions register, used where no rule picks one."""
+
+
 class RecipeError(VaezooError):
     """A recipe or an override that does not validate."""
 
@@ -42,7 +46,7 @@ class PluginError(VaezooError):
 
 
 class DuplicateName(PluginError):
-    """Two plugins register one name in one kind."""
+    """One distribution registers one name twice in one kind (its second registration fails)."""
 
 
 class BadRegistration(PluginError):

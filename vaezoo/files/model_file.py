@@ -99,34 +99,67 @@ def check_plugins(
     metadata: Mapping[str, Any],
     path: Path | str,
     kinds: tuple[str, ...] = ("model", "encoder", "decoder", "prior", "loss"),
-) -> None:
-    """Each component of `kinds` the file needs must be registered (the dataset only when data are
-    read: sampling needs no dataset plugin); name the distribution to install if not (a `pip
-    install` line only for a valid distribution name: the file never chooses pip's options)."""
-    from vaezoo.plugins.manager import disabled_plugins, get_registry
+) -> dict[str, Entry]:
+    """The registry entries the file's component records name, by recipe key: each record's name from
+    the distribution it records (files of vaezoo 0.1 to 0.3 record `vaezoo` for the zoo's own), never
+    another distribution's entry of that name. Each component of `kinds` must be there (the dataset only
+    when data are read: sampling needs no dataset plugin); if one is not, a MissingPlugin names the
+    distribution to install (a `pip install` line only for a valid distribution name: the file never
+    chooses pip's options). A record whose distribution is no valid name is looked up by its name."""
+    from vaezoo.plugins.manager import disabled_by, disabled_plugins, get_registry
 
     registry = get_registry()
+    found: dict[str, Entry] = {}
     for record in metadata["components"]:
         kind = RECORD_KINDS.get(record.get("kind"), "")
-        if kind and record["kind"] not in kinds:
+        if kind and record["kind"] not in kinds and record["kind"] != "dataset":
             continue
-        if not kind or record.get("name") not in registry.entries[kind]:
-            disabled = (
-                f" (or remove {shown(record.get('plugin'))} from VAEZOO_DISABLE_PLUGINS)"
-                if record.get("plugin") in disabled_plugins()
-                else ""
-            )
-            distribution, version = record.get("distribution"), record.get("version")
-            needs = f"{path} needs {record['kind'] if kind else shown(record.get('kind'))} {shown(record.get('name'))}"
-            if valid_distribution(distribution):
-                pinned = f" (version {version})" if valid_version(version) else ""
-                raise MissingPlugin(
-                    f"{needs} from plugin distribution {distribution!r}{pinned}: `pip install {distribution}`{disabled}"
-                )
+        distribution, version, name = record.get("distribution"), record.get("version"), record.get("name")
+        qualified = f"{distribution}:{name}" if valid_distribution(distribution) else str(name)
+        entries = registry.find(kind, qualified) if kind else []
+        if entries:  # several only for a record without a valid distribution: the recipe's names decide
+            if len(entries) == 1:
+                found[record["kind"]] = entries[0]
+            continue
+        if kind and record["kind"] not in kinds:
+            continue  # the dataset, not needed now
+        plugin = record.get("plugin")
+        item = disabled_by(plugin, str(distribution), disabled_plugins()) if isinstance(plugin, str) else None
+        disabled = f" (or remove {shown(item)} from VAEZOO_DISABLE_PLUGINS)" if item else ""
+        needs = f"{path} needs {record['kind'] if kind else shown(record.get('kind'))} {shown(name)}"
+        if valid_distribution(distribution):
+            pinned = f" (version {version})" if valid_version(version) else ""
             raise MissingPlugin(
-                f"{needs} from plugin {shown(record.get('plugin'))}, whose distribution name "
-                f"{shown(distribution)} is unknown or not valid: install that plugin yourself{disabled}"
+                f"{needs} from plugin distribution {distribution!r}{pinned}: `pip install {distribution}`{disabled}"
             )
+        raise MissingPlugin(
+            f"{needs} from plugin {shown(plugin)}, whose distribution name "
+            f"{shown(distribution)} is unknown or not valid: install that plugin yourself{disabled}"
+        )
+    return found
+
+
+def recipe_with_provenance(metadata: Mapping[str, Any], entries: Mapping[str, Entry]) -> dict[str, Any]:
+    """A file's recipe whose component names name the `entries` its records chose (`check_plugins`),
+    spelled as `Registry.spelling` does, and a component whose distribution is not here (the dataset:
+    sampling needs none) by its qualified name: another distribution's entry of a name is never used."""
+    from vaezoo.plugins.manager import get_registry
+    from vaezoo.plugins.registry import split_name
+
+    registry = get_registry()
+    table = dict(metadata["recipe"])
+    for record in metadata["components"]:
+        key, distribution = record.get("kind"), record.get("distribution")
+        part = table.get(key)
+        if not (isinstance(part, dict) and isinstance(part.get("name"), str)):
+            continue
+        if split_name(part["name"])[1] != record.get("name"):
+            continue  # a record of another name (a damaged file): the recipe's name is looked up as it is
+        if key in entries:
+            table[key] = {**part, "name": registry.spelling(entries[key])}
+        elif valid_distribution(distribution):
+            table[key] = {**part, "name": f"{distribution}:{record['name']}"}
+    return table
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
@@ -134,7 +167,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     `model.recipe` (set by `build_model`) and `model.metadata` tell what it is."""
     path = local_model_path(path)
     metadata, data = read_metadata(path)
-    check_plugins(metadata, path)
+    check_plugins(metadata, path)  # before anything is built: a missing distribution is named first
     try:
         tensors = load_tensors(data)
     except Exception as error:
@@ -177,14 +210,16 @@ def _first_line(error: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def rebuild(metadata: Mapping[str, Any], path: Path) -> Model:
-    """The untrained model that checked metadata describe, with the models it is built on
-    (`vaezoo.dependencies`) rebuilt from the metadata recorded for them: their weights are in the file."""
-    dependencies = {}
-    for key, record in metadata.get("dependencies", {}).items():
-        check_plugins(record["metadata"], f"{path} (the model file it is built on, {key})")
-        dependencies[key] = Dependency(rebuild(record["metadata"], path), record)
-    recipe = validate(str(metadata["recipe"].get("name", "checkpoint")), metadata["recipe"], need_dataset=False)
+def rebuild(metadata: Mapping[str, Any], path: Path | str) -> Model:
+    """The untrained model that checked metadata describe, from the distributions they record, with the
+    models it is built on (`vaezoo.dependencies`) rebuilt from the metadata recorded for them: their
+    weights are in the file."""
+    dependencies = {
+        key: Dependency(rebuild(record["metadata"], f"{path} (the model file it is built on, {key})"), record)
+        for key, record in metadata.get("dependencies", {}).items()
+    }
+    table = recipe_with_provenance(metadata, check_plugins(metadata, path))
+    recipe = validate(str(table.get("name", "checkpoint")), table, need_dataset=False)
     data = metadata["data"]
     model = build_model(recipe, data["shape"], data.get("classes", []), dependencies)
     model.metadata = metadata

@@ -1,5 +1,7 @@
 """Plugin manager: finds plugins through the `vaezoo` entry-point group (defaults included), honours
-VAEZOO_DISABLE_PLUGINS, records plugins that fail, and fills the registry once per process."""
+VAEZOO_DISABLE_PLUGINS, records plugins that fail, and fills the registry once per process. Plugins are
+known to pluggy by their qualified name `DISTRIBUTION:PLUGIN`: two distributions may both declare a
+plugin `wae`, and both load."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from typing import Any
 
 import pluggy
 
-from vaezoo.errors import BadRegistration, DuplicateName, PluginError, UnknownName, printable
+from vaezoo.errors import BadRegistration, DuplicateName, UnknownName, printable
 from vaezoo.plugins import hookspecs
 from vaezoo.plugins.kinds import KINDS
-from vaezoo.plugins.registry import PluginInfo, Registry
+from vaezoo.plugins.registry import PluginInfo, Registry, canonical, split_name
 
 GROUP = "vaezoo"
 
@@ -22,8 +24,19 @@ _registry: Registry | None = None
 
 
 def disabled_plugins() -> set[str]:
-    """Plugin names listed in VAEZOO_DISABLE_PLUGINS (comma-separated)."""
+    """Plugin names listed in VAEZOO_DISABLE_PLUGINS (comma-separated): a short name switches off every
+    plugin of that name, a qualified `DISTRIBUTION:PLUGIN` only that distribution's."""
     return {name.strip() for name in os.environ.get("VAEZOO_DISABLE_PLUGINS", "").split(",") if name.strip()}
+
+
+def disabled_by(plugin: str, distribution: str, disabled: set[str]) -> str | None:
+    """The item of `disabled` (see `disabled_plugins`) that switches off plugin `plugin` of
+    `distribution`, or None."""
+    for item in sorted(disabled):
+        item_distribution, name = split_name(item)
+        if name == plugin and (item_distribution is None or canonical(item_distribution) == canonical(distribution)):
+            return item
+    return None
 
 
 def _info(entry_point: EntryPoint, dists: dict[object, tuple[str, str]]) -> PluginInfo:
@@ -58,38 +71,35 @@ def _fail(info: PluginInfo, error: str, registry: Registry | None = None) -> Non
     print(printable(f"vaezoo: warning: plugin {info.name!r} ({info.distribution}) {how}: {error}"), file=sys.stderr)
 
 
-def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
-    """Import every enabled entry point; one that fails is recorded and warned about, never fatal."""
+def _load_plugins(manager: pluggy.PluginManager, registry: Registry) -> None:
+    """Import every enabled entry point into `registry.plugins` (the disabled ones go to
+    `registry.disabled`); one that fails is recorded and warned about, never fatal."""
     disabled = disabled_plugins()
-    infos: list[PluginInfo] = []
-    seen: dict[str, PluginInfo] = {}
     dists: dict[object, tuple[str, str]] = {}
-    for entry_point in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
-        if entry_point.name in disabled:
+    found = sorted(
+        ((_info(entry_point, dists), entry_point) for entry_point in entry_points(group=GROUP)),
+        key=lambda pair: (pair[0].name, canonical(pair[0].distribution)),
+    )
+    seen: set[str] = set()
+    for info, entry_point in found:
+        key = f"{canonical(info.distribution)}:{info.name}"
+        if key in seen:  # the same distribution found twice on sys.path: the first one is the one imported
             continue
-        info = _info(entry_point, dists)
-        first = seen.get(entry_point.name)
-        if first is not None:  # the same distribution found twice on sys.path is harmless
-            if first.distribution != info.distribution:
-                raise PluginError(
-                    f"two plugins are named {info.name!r}: one from {first.distribution} and one from "
-                    f"{info.distribution}; "
-                    f"uninstall one of them (VAEZOO_DISABLE_PLUGINS={info.name} switches both off)"
-                )
+        seen.add(key)
+        if disabled_by(info.name, info.distribution, disabled):
+            registry.disabled.append(info)
             continue
-        seen[entry_point.name] = info
         try:
-            manager.register(entry_point.load(), name=entry_point.name)
+            manager.register(entry_point.load(), name=info.qualified_name)
             manager.check_pending()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: still stops vaezoo
             raise
         except BaseException as error:  # a broken plugin (even one calling sys.exit) must not take the others down
-            plugin = manager.get_plugin(entry_point.name)
+            plugin = manager.get_plugin(info.qualified_name)
             if plugin is not None:
                 manager.unregister(plugin)
             _fail(info, _why(error))
-        infos.append(info)
-    return infos
+        registry.plugins.append(info)
 
 
 def build_registry() -> Registry:
@@ -97,20 +107,20 @@ def build_registry() -> Registry:
     manager = pluggy.PluginManager(GROUP)
     manager.add_hookspecs(hookspecs)
     registry = Registry()
-    registry.plugins = _load_plugins(manager)
-    by_name = {info.name: info for info in registry.plugins}
+    _load_plugins(manager, registry)
+    by_name = {info.qualified_name: info for info in registry.plugins}
     for kind in KINDS:
         caller = getattr(manager.hook, hookspecs.HOOKS[kind])
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order (pluggy calls them last first)
             info = by_name[impl.plugin_name]
             if info.error:
                 continue
             register = partial(_register, registry, kind, info)
             try:
                 impl.function(register=register)
-            except (KeyboardInterrupt, DuplicateName):  # an interrupt, or two plugins with one name: stop
+            except KeyboardInterrupt:
                 raise
-            except BadRegistration as error:
+            except (BadRegistration, DuplicateName) as error:
                 _fail(info, f"{hookspecs.HOOKS[kind]} {str(error).removeprefix(f'plugin {info.name!r} ')}", registry)
             except BaseException as error:  # SystemExit and other BaseExceptions too: isolate the plugin
                 _fail(info, f"{hookspecs.HOOKS[kind]} raised {_why(error)}", registry)

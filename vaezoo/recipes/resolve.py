@@ -1,7 +1,9 @@
 """Recipes: a registered table (or a .toml file) plus overrides -> a resolved, validated recipe.
 
 Precedence: command-line options > `--set KEY=VALUE` > recipe > component defaults. Every key is
-checked: an unknown one is an error, never silently ignored."""
+checked: an unknown one is an error, never silently ignored. Names are short (`conv`) or qualified
+(`vaezoo:conv`); a registered recipe's short names mean its own distribution's components first, and the
+resolved recipe spells each one so that it names the same component without that context."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from typing import Any
 
 from vaezoo.errors import RecipeError
 from vaezoo.plugins.kinds import COMPONENT_KINDS, KINDS, MODEL_PARTS
+from vaezoo.plugins.registry import ZOO
 
 COMPONENTS = {KINDS[kind]: kind for kind in COMPONENT_KINDS}  # recipe key -> registry kind
-DEFAULT_MODEL = "vae"  # the family of a recipe without a `model` table (every vaezoo 0.1 recipe)
+DEFAULT_MODEL = f"{ZOO}:vae"  # the family of a recipe without a `model` table (every vaezoo 0.1 recipe)
 TOP_LEVEL = {"name", "summary", "latent_dim", "model", "train", *COMPONENTS}
 TRAIN_DEFAULTS: dict[str, Any] = {
     "epochs": 15,
@@ -105,8 +108,9 @@ def apply_override(recipe: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def find_recipe(name_or_path: str | Path) -> tuple[str, dict[str, Any]]:
-    """A registered recipe by name, or a recipe file (a `.toml` holding one recipe)."""
+def find_recipe(name_or_path: str | Path) -> tuple[str, dict[str, Any], str | None]:
+    """A registered recipe by name (short or `DISTRIBUTION:NAME`), or a recipe file (a `.toml` holding
+    one recipe): its name, its table and the distribution that registers it (None for a file)."""
     path = Path(name_or_path)
     if path.suffix == ".toml":
         if not path.is_file():
@@ -117,11 +121,11 @@ def find_recipe(name_or_path: str | Path) -> tuple[str, dict[str, Any]]:
             raise RecipeError(f"recipe file {path} is not valid TOML: {error}") from None
         except RecursionError:
             raise RecipeError(f"recipe file {path} is nested too deeply to be a recipe") from None
-        return check_name(table.get("name", path.stem), f"recipe file {path}"), table
+        return check_name(table.get("name", path.stem), f"recipe file {path}"), table, None
     from vaezoo.plugins.manager import get_registry
 
     entry = get_registry().get("recipes", str(name_or_path))
-    return entry.name, copy.deepcopy(entry.load())
+    return entry.name, copy.deepcopy(entry.load()), entry.plugin.distribution
 
 
 def resolve_recipe(
@@ -133,16 +137,17 @@ def resolve_recipe(
 
     `sets` are `KEY=VALUE` strings; `options` are dotted keys from command-line options (None values
     are dropped, so an option that was not given changes nothing)."""
+    source = None
     if isinstance(recipe, Mapping):
         name, table = str(recipe.get("name", "custom")), copy.deepcopy(dict(recipe))
     else:
-        name, table = find_recipe(recipe)
+        name, table, source = find_recipe(recipe)
     for item in sets:
         apply_override(table, *parse_set(item))
     for key, value in (options or {}).items():
         if value is not None:
             apply_override(table, key.split("."), value)
-    return validate(name, table)
+    return validate(name, table, source=source)
 
 
 def check_name(name: Any, where: str = "recipe") -> str:
@@ -156,9 +161,12 @@ def check_name(name: Any, where: str = "recipe") -> str:
     return name
 
 
-def validate(name: str, table: dict[str, Any], *, need_dataset: bool = True) -> dict[str, Any]:
+def validate(
+    name: str, table: dict[str, Any], *, need_dataset: bool = True, source: str | None = None
+) -> dict[str, Any]:
     """The resolved recipe (see `resolve_recipe`). `need_dataset=False` (a model file being loaded:
-    sampling needs no data) keeps a dataset table whose plugin is not installed as it is."""
+    sampling needs no data) keeps a dataset table whose plugin is not installed as it is. `source`:
+    the distribution whose components the recipe's short names mean first (the one that registers it)."""
     check_name(name)
     unknown = set(table) - TOP_LEVEL
     if unknown:
@@ -173,32 +181,33 @@ def validate(name: str, table: dict[str, Any], *, need_dataset: bool = True) -> 
                 f"recipe {name!r}: latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {latent_dim!r}"
             )
         resolved["latent_dim"] = latent_dim
-    resolved["model"] = _resolve_model(name, table)
-    resolved["dataset"] = _resolve_dataset(name, table.get("dataset"), need_dataset)
+    resolved["model"] = _resolve_model(name, table, source)
+    resolved["dataset"] = _resolve_dataset(name, table.get("dataset"), need_dataset, source)
     for key in MODEL_PARTS:
         if key in table:
-            resolved[key] = resolve_component(name, key, COMPONENTS[key], table[key])
+            resolved[key] = resolve_component(name, key, COMPONENTS[key], table[key], source=source)
     resolved["train"] = _resolve_train(name, table.get("train", {}))
     return resolved
 
 
-def _resolve_dataset(recipe: str, table: Any, needed: bool) -> dict[str, Any]:
+def _resolve_dataset(recipe: str, table: Any, needed: bool, source: str | None) -> dict[str, Any]:
     from vaezoo.plugins.manager import get_registry
 
     if (
         not needed
         and isinstance(table, dict)
         and isinstance(table.get("name"), str)
-        and table["name"] not in get_registry().entries["datasets"]
+        and not get_registry().find("datasets", table["name"])
     ):
         return dict(table)
-    return resolve_component(recipe, "dataset", "datasets", table)
+    return resolve_component(recipe, "dataset", "datasets", table, source=source)
 
 
-def _resolve_model(recipe: str, table: dict[str, Any]) -> dict[str, Any]:
+def _resolve_model(recipe: str, table: dict[str, Any], source: str | None) -> dict[str, Any]:
     """The `model` table with the family's defaults; checks that the recipe gives the family exactly
     the components (and latent_dim) its constructor takes."""
-    resolved = resolve_component(recipe, "model", "models", table.get("model", {"name": DEFAULT_MODEL}), MODEL_ARGS)
+    model = table.get("model", {"name": DEFAULT_MODEL})
+    resolved = resolve_component(recipe, "model", "models", model, MODEL_ARGS, source=source)
     from vaezoo.plugins.manager import get_registry
 
     params, var_keyword = component_parameters(get_registry().get("models", resolved["name"]).load())
@@ -326,19 +335,23 @@ def _toml_default(value: Any) -> Any:
 
 
 def resolve_component(
-    recipe: str, key: str, kind: str, table: Any, framework: set[str] = FRAMEWORK_ARGS
+    recipe: str, key: str, kind: str, table: Any, framework: set[str] = FRAMEWORK_ARGS, *, source: str | None = None
 ) -> dict[str, Any]:
     """A component (or model) table with the constructor's TOML-friendly defaults filled in; every
-    key is checked against the constructor (`framework`: the arguments vaezoo passes itself)."""
+    key is checked against the constructor (`framework`: the arguments vaezoo passes itself). Its
+    name is spelled as `Registry.spelling` does: qualified where another distribution has the name
+    (`source`: the distribution whose entry a short name means first)."""
     from vaezoo.plugins.manager import get_registry
 
     if isinstance(table, str):
         table = {"name": table}
     if not isinstance(table, dict) or not isinstance(table.get("name"), str):
         raise RecipeError(f'recipe {recipe!r}: {key} must be a table with a name, e.g. {key} = {{ name = "..." }}')
-    target = get_registry().get(kind, table["name"]).load()
+    registry = get_registry()
+    entry = registry.get(kind, table["name"], source)
+    target = entry.load()
     params, var_keyword = component_parameters(target)
-    resolved = {"name": table["name"]}
+    resolved = {"name": registry.spelling(entry)}
     for arg, param in params.items():
         if arg not in framework and param.default is not inspect.Parameter.empty:
             default = _toml_default(param.default)
@@ -355,7 +368,8 @@ def resolve_component(
         if arg not in params and not var_keyword:
             allowed = ", ".join(a for a in params if a not in framework) or "none"
             raise RecipeError(
-                f"recipe {recipe!r}: unknown key {key}.{arg} for {key} {table['name']!r} (accepted: {allowed})"
+                f"recipe {recipe!r}: unknown key {key}.{arg} for {key} {table['name']!r} of "
+                f"{entry.plugin.distribution} (accepted: {allowed})"
             )
         resolved[arg] = _check_type(f"{key}.{arg}", value, resolved.get(arg))
     return resolved
