@@ -21,7 +21,8 @@ from torch import Tensor
 
 from vaezoo.components import LossParts, Model, checked_parts
 from vaezoo.data import to_float
-from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
+from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError, printable
+from vaezoo.plugins.registry import MAX_NAME
 from vaezoo.trainer import distributed
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.evaluate import evaluate
@@ -148,8 +149,16 @@ def make_optimizer(
 def make_optimizers(
     model: Model, train: dict[str, Any], capturable: bool = False, fused: bool = False
 ) -> dict[str, torch.optim.Optimizer]:
-    """One optimizer per `model.parameter_groups()`, each at `train.group_lr.NAME` or `train.lr`."""
+    """One optimizer per `model.parameter_groups()`, each at `train.group_lr.NAME` or `train.lr` (a
+    name is 1 to 100 printable characters: state.safetensors stores it in its tensors' names)."""
     groups = model.parameter_groups()
+    family = model.recipe.get("model", {}).get("name", type(model).__name__)
+    for name in groups:
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable():
+            raise PluginError(
+                f"model family {family!r} declares an optimizer named {printable(repr(name))[: MAX_NAME + 2]} in "
+                f"parameter_groups: a name is 1 to {MAX_NAME} printable characters"
+            )
     unknown = sorted(set(train["group_lr"]) - set(groups))
     if unknown:
         raise RecipeError(
@@ -266,7 +275,9 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
         torch.manual_seed(settings["seed"])
         return
     own = {name: [_device_flags(group) for group in opt.param_groups] for name, opt in run.optimizers.items()}
-    counters, saved_rng, history = load_state(resume_from, run.model, run.optimizers, run.scaler)
+    counters, saved_rng, history = load_state(
+        resume_from, run.model, run.optimizers, run.scaler, batches=run.batches_per_epoch
+    )
     for name, optimizer in run.optimizers.items():  # torch restores the saved run's flags: keep this run's
         for group, flags in zip(optimizer.param_groups, own[name]):
             _set_device_flags(optimizer, group, flags)
