@@ -20,7 +20,6 @@ from vaezoo.errors import CheckpointError
 from vaezoo.files.atomic import write_bytes_atomic
 from vaezoo.files.model_file import load_weights, state_tensors
 from vaezoo.files.model_header import read_header, shown
-from vaezoo.trainer.loop import DEVICE_FLAGS  # a resume gives the optimizers this run's
 
 Optimizers = Mapping[str, torch.optim.Optimizer]
 MAIN = "model"  # the optimizer of a family with one: saved as vaezoo 0.2 saved it (`optimizer.*`)
@@ -109,6 +108,7 @@ def save_state(
 
 COUNTERS = {"epoch": int, "batch": int, "step": int, "loss_sum": float, "seconds": float}
 OPTIONAL_COUNTERS = {"skipped": int}  # absent in states of vaezoo 0.2
+DEVICE_FLAGS = ("capturable", "fused", "foreach")  # set by the device and step mode: a resume keeps this run's
 SET_ON_RESUME = ("lr", "weight_decay")  # a resume gives the optimizers the recipe's (vaezoo.trainer.loop.prepare)
 NON_NEGATIVE_STATE = ("step", "exp_avg_sq", "max_exp_avg_sq")  # Adam's step count and second moments
 SCALER_NUMBERS = ("scale", "growth_factor", "backoff_factor", "growth_interval")
@@ -395,7 +395,8 @@ def _check_model_tensors(path: Path, model: torch.nn.Module, tensors: dict[str, 
 
 
 def _check_identity(path: Path, raw: Mapping[str, str], model: torch.nn.Module) -> None:
-    """A state records the recipe and family of its run (since vaezoo 0.3.1): they must be this run's."""
+    """A state records the recipe and family of its run (not those of vaezoo 0.3.0 and older): they must be
+    this run's."""
     if "vaezoo.run" not in raw:
         return
     try:

@@ -274,13 +274,10 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     if resume_from is None:
         torch.manual_seed(settings["seed"])
         return
-    own = {name: [_device_flags(group) for group in opt.param_groups] for name, opt in run.optimizers.items()}
+    # checked against this run first; the optimizers keep this run's device flags (load_state)
     counters, saved_rng, history = load_state(
         resume_from, run.model, run.optimizers, run.scaler, batches=run.batches_per_epoch
     )
-    for name, optimizer in run.optimizers.items():  # torch restores the saved run's flags: keep this run's
-        for group, flags in zip(optimizer.param_groups, own[name]):
-            _set_device_flags(optimizer, group, flags)
     run.state.load_state_dict(counters)
     try:
         run.data_rng.set_state(saved_rng)
@@ -295,25 +292,6 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     run.history = history or [
         row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch
     ]
-
-
-DEVICE_FLAGS = ("capturable", "fused", "foreach")
-
-
-def _device_flags(group: dict[str, Any]) -> dict[str, Any]:
-    return {key: group[key] for key in DEVICE_FLAGS if key in group}
-
-
-def _set_device_flags(optimizer: torch.optim.Optimizer, group: dict[str, Any], flags: dict[str, Any]) -> None:
-    """Give a loaded param group this run's device flags (a state saved on another device, eagerly, or
-    with another skip setting has other ones), with Adam's step counts where those flags want them:
-    on the parameter's device for a capturable or fused Adam, on the CPU otherwise."""
-    group.update(flags)
-    on_device = bool(group.get("capturable") or group.get("fused"))
-    for p in group["params"]:
-        step = optimizer.state.get(p, {}).get("step")
-        if torch.is_tensor(step):
-            optimizer.state[p]["step"] = step.to(p.device if on_device else "cpu", torch.float32)
 
 
 def _old_history(path: Path) -> list[dict[str, Any]]:
