@@ -123,7 +123,7 @@ CASES: dict[str, tuple[str, Callable[[Tensors, Metadata], None] | None, str]] = 
     "amsgrad": ("vae", groups_edit("amsgrad", True), "param_groups[0].amsgrad is true"),
     "a learning rate of 0": ("vae", groups_edit("lr", 0), "param_groups[0].lr is 0, not a valid lr"),
     "batch 999": ("vae", counters_edit("batch", 999), "vaezoo.counters.batch is 999, but an epoch of this run has 4"),
-    "NaN in the history": ("vae", nan_in_history, "vaezoo.history of epoch 1 has a non-finite train_loss"),
+    "NaN in the history": ("vae", nan_in_history, "vaezoo.history of epoch 1 has a non-finite 'train_loss'"),
     "an extra tensor": (
         "vae",
         tensor_edit(lambda t: t.update({"extra.x": torch.zeros(2)})),

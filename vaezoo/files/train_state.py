@@ -94,9 +94,10 @@ def save_state(
         optimizer_meta["vaezoo.optimizer"] = json.dumps(optimizer_plain)
     rng_tensors, rng_plain = _rng_state(data_rng)
     tensors.update(rng_tensors)
+    identity = _identity(model)
     metadata = {
         "format": "pt",
-        **({"vaezoo.run": json.dumps(_identity(model))} if _identity(model) else {}),
+        **({"vaezoo.run": json.dumps(identity)} if identity else {}),
         "vaezoo.counters": json.dumps(counters),
         **optimizer_meta,
         "vaezoo.rng": json.dumps(rng_plain),
@@ -125,6 +126,11 @@ def _damaged(path: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{path} is damaged: {what} (resume from another copy, or start a new run)")
 
 
+def _is_index(text: str) -> bool:
+    """Whether `text` is a parameter index as vaezoo writes it (ASCII digits)."""
+    return text.isascii() and text.isdigit()
+
+
 def _check_optimizer_fields(path: Path, field: str, optimizer_plain: Any) -> None:
     if not (
         isinstance(optimizer_plain, dict)
@@ -137,7 +143,7 @@ def _check_optimizer_fields(path: Path, field: str, optimizer_plain: Any) -> Non
         raise _damaged(path, f"{field}.stepped is not a list of parameter indices")
     for key in optimizer_plain["plain"]:
         index, _, name = str(key).partition(".")
-        if not index.isdigit() or not name:
+        if not _is_index(index) or not name:
             raise _damaged(path, f"{field}.plain has a bad key {key!r}")
 
 
@@ -200,7 +206,7 @@ def _check_state_fields(
     for row in history:
         bad = next((key for key, value in _numbers(row) if not _finite_number(value)), None)
         if bad is not None:
-            raise _damaged(path, f"vaezoo.history of epoch {row['epoch']} has a non-finite {bad}")
+            raise _damaged(path, f"vaezoo.history of epoch {row['epoch']} has a non-finite {shown(bad)}")
     if scaler_state is not None and not (
         isinstance(scaler_state, dict)
         and all(_finite_number(scaler_state.get(key)) and scaler_state[key] > 0 for key in SCALER_NUMBERS)
@@ -337,10 +343,8 @@ def _checked_optimizer(
         raise _damaged(path, f"{label} has a state for parameter {stray[0]}, this run's has {len(params)} parameters")
     stepped = saved.get("stepped")  # absent in states of vaezoo 0.3.0 and older
     if stepped is not None and stepped != sorted(per_param):
-        missing = sorted(set(stepped) - set(per_param)) if isinstance(stepped, list) else []
-        what = (
-            f"the state of parameter {missing[0]} is missing" if missing else "vaezoo records other stepped parameters"
-        )
+        missing = sorted(set(stepped) - set(per_param))
+        what = f"the state of parameter {missing[0]} is missing" if missing else "it has states of unstepped parameters"
         raise _damaged(path, f"{label}: {what}")
     layouts = _layouts(optimizer)
     for index, values in sorted(per_param.items()):
@@ -376,7 +380,7 @@ def _sorted_tensors(
         parts = rest.rsplit(".", 2) if several else [MAIN, *rest.split(".", 1)]
         if head == ("optimizers" if several else "optimizer") and len(parts) == 3 and parts[0] in named:
             name, index, state_key = parts
-            if index.isdigit() and state_key:
+            if _is_index(index) and state_key:
                 optimizers[name][int(index), state_key] = tensor
                 continue
         raise _damaged(path, f"it holds a tensor {shown(key)} that is no part of this run's state")
