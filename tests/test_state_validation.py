@@ -234,6 +234,7 @@ def test_optimizer_names_with_dots_round_trip(resumes: dict) -> None:
     assert epochs == [1, 2]
     with safe_open(str(folder / "state.safetensors"), "pt") as opened:
         assert set(json.loads(opened.metadata()["vaezoo.optimizers"])) == {"d", "d.x", "discriminator"}
+        assert any(key.startswith("optimizers.d.x.") for key in opened.keys())  # read back as "d.x", not "d"
 
 
 @pytest.mark.parametrize("name", ["", 7, "bell\a", "x" * 101])
