@@ -21,7 +21,8 @@ from torch import Tensor
 
 from vaezoo.components import LossParts, LRSchedule, Model, checked_parts
 from vaezoo.data import to_float
-from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
+from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError, printable
+from vaezoo.plugins.registry import MAX_NAME
 from vaezoo.trainer import distributed
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.evaluate import evaluate
@@ -153,8 +154,16 @@ def make_optimizer(
 def make_optimizers(
     model: Model, train: dict[str, Any], capturable: bool = False, fused: bool = False
 ) -> dict[str, torch.optim.Optimizer]:
-    """One optimizer per `model.parameter_groups()`, each at `train.group_lr.NAME` or `train.lr`."""
+    """One optimizer per `model.parameter_groups()`, each at `train.group_lr.NAME` or `train.lr` (a
+    name is 1 to 100 printable characters: state.safetensors stores it in its tensors' names)."""
     groups = model.parameter_groups()
+    family = model.recipe.get("model", {}).get("name", type(model).__name__)
+    for name in groups:
+        if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable():
+            raise PluginError(
+                f"model family {family!r} declares an optimizer named {printable(repr(name))[: MAX_NAME + 2]} in "
+                f"parameter_groups: a name is 1 to {MAX_NAME} printable characters"
+            )
     unknown = sorted(set(train["group_lr"]) - set(groups))
     if unknown:
         raise RecipeError(
@@ -271,11 +280,10 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     if resume_from is None:
         torch.manual_seed(settings["seed"])
         return
-    own = {name: [_device_flags(group) for group in opt.param_groups] for name, opt in run.optimizers.items()}
-    counters, saved_rng, history = load_state(resume_from, run.model, run.optimizers, run.scaler)
-    for name, optimizer in run.optimizers.items():  # torch restores the saved run's flags: keep this run's
-        for group, flags in zip(optimizer.param_groups, own[name]):
-            _set_device_flags(optimizer, group, flags)
+    # checked against this run first; the optimizers keep this run's device flags (load_state)
+    counters, saved_rng, history = load_state(
+        resume_from, run.model, run.optimizers, run.scaler, batches=run.batches_per_epoch
+    )
     run.state.load_state_dict(counters)
     try:
         run.data_rng.set_state(saved_rng)
@@ -344,25 +352,6 @@ def early_stop(run: Run) -> str | None:
         f"epoch{'' if patience == 1 else 's'} "
         f"(best {losses[best]:.4f} at epoch {run.history[best].get('epoch', best + 1)}: best.safetensors)"
     )
-
-
-DEVICE_FLAGS = ("capturable", "fused", "foreach")
-
-
-def _device_flags(group: dict[str, Any]) -> dict[str, Any]:
-    return {key: group[key] for key in DEVICE_FLAGS if key in group}
-
-
-def _set_device_flags(optimizer: torch.optim.Optimizer, group: dict[str, Any], flags: dict[str, Any]) -> None:
-    """Give a loaded param group this run's device flags (a state saved on another device, eagerly, or
-    with another skip setting has other ones), with Adam's step counts where those flags want them:
-    on the parameter's device for a capturable or fused Adam, on the CPU otherwise."""
-    group.update(flags)
-    on_device = bool(group.get("capturable") or group.get("fused"))
-    for p in group["params"]:
-        step = optimizer.state.get(p, {}).get("step")
-        if torch.is_tensor(step):
-            optimizer.state[p]["step"] = step.to(p.device if on_device else "cpu", torch.float32)
 
 
 def _old_history(path: Path) -> list[dict[str, Any]]:
