@@ -49,7 +49,7 @@ def check_writable_target(path: str | os.PathLike) -> None:
         )
 
 
-def remove_dead_temp_files(path: Path) -> list[str]:
+def remove_abandoned_temp_files(path: Path) -> list[str]:
     """Remove the temporary files of `path` (`.NAME.PID.XXXXXXXX.tmp`) whose writer process is gone;
     a live writer's stay. Returns the names removed."""
     own = re.compile(rf"\.{re.escape(path.name)}\.([0-9]{{1,10}})\.[a-z0-9_]{{8}}\.tmp")
@@ -74,7 +74,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     check_writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temp_files(path)
+    remove_abandoned_temp_files(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
