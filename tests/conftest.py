@@ -110,13 +110,17 @@ class Command:
 
 
 def run_cli_batch(
-    commands: list[list[str] | Command], tmp_path: Path, env: dict[str, str | None] | None = None, timeout: float = 600
+    commands: list[list[str] | Command],
+    tmp_path: Path,
+    env: dict[str, str | None] | None = None,
+    timeout: float = 600,
+    prelude: str = "",
 ) -> list[subprocess.CompletedProcess]:
     """`vaezoo ARGS` for each of `commands` (lists of ARGS, or `Command`s), one after the other in ONE
     fresh Python process, whose start-up (torch's import above all) costs seconds: for many commands
     whose output and exit code are what is checked, not what a process imported or how it ends.
     Returns one completed process per command, as `run_cli` does (`env`: added, or removed where None,
-    for every command)."""
+    for every command; `prelude`: Python source run first, once, in that process)."""
     folder = Path(tempfile.mkdtemp(prefix="batch-", dir=tmp_path))
     commands = [c if isinstance(c, Command) else Command(*c) for c in commands]
     jobs = [
@@ -129,7 +133,11 @@ def run_cli_batch(
         for index, command in enumerate(commands)
     ]
     return _run_jobs(
-        BATCH, jobs, folder, timeout, {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+        prelude + "\n" + BATCH,
+        jobs,
+        folder,
+        timeout,
+        {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
     )
 
 

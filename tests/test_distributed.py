@@ -3,6 +3,10 @@ the same global batch, on a tiny conv model and a few hundred real CIFAR-10 imag
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import torch
 from conftest import run_cli
 from familyrun import Family, on_two_ranks, ranks_match_one_process
 
+from vaezoo.errors import VaezooError
 from vaezoo.trainer import distributed
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
@@ -122,3 +127,105 @@ def test_vqvae_codebook_learns_from_the_global_batch(tmp_path: Path) -> None:
     stdout = on_two_ranks(tmp_path, CODEBOOK_RUNNER)
     for rank in (0, 1):
         assert f"rank {rank} same_as_whole_batch=True own_half_differs=True" in stdout, stdout
+
+
+# A family that breaks on one rank only: it raises in its first training step there.
+FAULTY_PLUGIN = """
+import os
+import torch
+from torch import nn
+import vaezoo
+
+
+class Faulty(vaezoo.Model):
+    def __init__(self, *, in_shape, num_classes=0):
+        super().__init__()
+        self.shape = tuple(in_shape)
+        self.level = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, y=None, step=None):
+        if step is not None and os.environ.get("RANK") == "1":
+            raise ValueError("the faulty family broke on this rank")
+        loss = (x.flatten(1) - self.level.sigmoid()).pow(2).sum(1)
+        return vaezoo.LossParts(loss, loss, torch.zeros_like(loss))
+
+    def sample(self, n, y=None, temperature=1.0):
+        return self.level.sigmoid().expand(n, *self.shape).clone()
+
+    def reconstruct(self, x, y=None):
+        return self.level.sigmoid().expand_as(x).clone()
+
+
+@vaezoo.hookimpl
+def register_models(register):
+    register("faulty", Faulty)
+"""
+
+
+def test_one_faulty_rank_is_one_line_naming_it(cifar: Path, tmp_path: Path) -> None:
+    """Issue 23, class 9: a plugin raising on rank 1 only is one line naming rank 1 and its error (exit
+    1): not rank 0's "Connection reset by peer", not torchrun's report; no worker is left behind."""
+    root = tmp_path / "plugin"
+    info = root / "faulty_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (root / "faulty_plugin.py").write_text(FAULTY_PLUGIN)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: faulty-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[vaezoo]\nfaulty = faulty_plugin\n")
+    recipe = tmp_path / "faulty.toml"
+    recipe.write_text('name = "faulty"\ndataset = { name = "cifar10" }\nmodel = { name = "faulty" }\n')
+    out = tmp_path / "run"
+    options = ["--epochs", "1", "--limit", "32", "--set", "train.test_limit=16", "--set", "train.batch_size=16"]
+    result = run_cli(
+        "run",
+        str(recipe),
+        "--nproc",
+        "2",
+        *options,
+        "--set",
+        "train.sample_count=4",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(out),
+        env={"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])},
+        timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vaezoo:")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+    assert errors[0].startswith("vaezoo: error: rank 1: model 'faulty'") and "the faulty family broke" in errors[0]
+    assert (
+        "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr and "by peer" not in result.stderr
+    )
+    assert len(result.stderr.splitlines()) < 10, result.stderr
+    workers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert workers == [], workers
+
+
+class _Failure:
+    """torchrun's ProcessFailure, as far as `failure_line` reads it."""
+
+    def __init__(self, exitcode: int, pid: int = 4242) -> None:
+        self.exitcode, self.pid = exitcode, pid
+
+    def signal_name(self) -> str:
+        return signal.Signals(-self.exitcode).name
+
+
+def test_the_launcher_names_a_killed_or_hung_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 23, class 9: what `run --nproc` prints when a worker is killed (rank 0 only saw its peer go
+    away) or hangs (rank 0 gave up after VAEZOO_COLLECTIVE_TIMEOUT), from the ranks' reports."""
+    peer = {"rank": 0, "code": 1, "peer": True, "timeout": False, "line": "vaezoo: error: ... Connection reset by peer"}
+    (tmp_path / "rank-0.json").write_text(json.dumps(peer))
+    code, line = distributed.failure_line({0: _Failure(1), 1: _Failure(-signal.SIGKILL)}, tmp_path)
+    assert (
+        code == 1 and line.startswith("vaezoo: error: rank 1 (pid 4242) was killed by SIGKILL") and "--resume" in line
+    )
+    monkeypatch.setenv("VAEZOO_COLLECTIVE_TIMEOUT", "5")
+    (tmp_path / "rank-0.json").write_text(json.dumps({**peer, "timeout": True, "line": "vaezoo: error: timed out"}))
+    code, line = distributed.failure_line({0: _Failure(1), 1: _Failure(-signal.SIGKILL)}, tmp_path)
+    assert "rank 1 did not answer within VAEZOO_COLLECTIVE_TIMEOUT=5 s" in line
+    monkeypatch.setenv("VAEZOO_COLLECTIVE_TIMEOUT", "soon")
+    with pytest.raises(VaezooError, match="VAEZOO_COLLECTIVE_TIMEOUT='soon'"):
+        distributed.collective_timeout()

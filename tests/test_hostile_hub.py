@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_cli
 from test_sharing import (  # noqa: F401 - fixtures
     MODEL,
@@ -482,6 +483,21 @@ def test_truncated_download_is_not_kept(raw: RawServer, cache: Path, capsys: pyt
     assert local_model_path(url).read_bytes() == body and len(raw.requests) == 2  # then from the cache
 
 
+def test_a_cut_body_without_a_length_is_not_kept(raw: RawServer, cache: Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 23, class 12: a body with neither a Content-Length nor chunking is kept only as a whole
+    safetensors file (its header describes exactly the bytes that follow); a cut one is fetched again."""
+    from safetensors.torch import save
+
+    body = save({"w": torch.arange(1000.0)})
+    raw.routes[MODEL] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body[: len(body) // 2]
+    url = raw.url(MODEL)
+    one_error_here(capsys, ["inspect", url], url, "without a Content-Length and is not a whole safetensors file")
+    assert files_under(cache) == []
+    raw.routes[MODEL] = b"HTTP/1.0 200 OK\r\n\r\n" + body
+    assert local_model_path(url).read_bytes() == body
+    assert local_model_path(url).read_bytes() == body and len(raw.requests) == 2  # then from the cache
+
+
 # --- class 15: downloads killed half-way leave nothing for long -------------------------------------
 
 
@@ -529,4 +545,22 @@ def test_download_killed_half_way_is_cleaned_by_the_next(raw: RawServer, cache: 
     assert len(partials) == 1 and f".pid{child.pid}-" in partials[0].name
     raw.routes[MODEL] = ok(b"whole")
     assert local_model_path(raw.url(MODEL)).read_bytes() == b"whole"
+    assert list(cache.rglob("*.incomplete")) == []
+    # issue 23, class 12: the next try of the killed URL itself works at once (it failed once: the folder
+    # of the partial download went with it)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "vaezoo", "inspect", raw.url("slow.safetensors")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    raw.routes["slow.safetensors"] = ok(b"whole")
+    assert local_model_path(raw.url("slow.safetensors")).read_bytes() == b"whole"
     assert list(cache.rglob("*.incomplete")) == []

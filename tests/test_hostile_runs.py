@@ -239,6 +239,24 @@ def killed_runs(cifar: Path, tiny_cifar: Path, tmp_path_factory: pytest.TempPath
     return cases
 
 
+def test_a_killed_samples_temporary_file_goes_with_the_next_sample(small_model: Path, tmp_path: Path) -> None:
+    """Issue 23, class 12: the temporary file of a `sample` killed just before its rename is removed
+    by the next write of that picture (the 1,000-image grid: 0.7 MB); a live writer's temporary file
+    and other files stay."""
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    grid = folder / "grid.png"
+    live, other = folder / f".grid.png.{os.getpid()}.abcd1234.tmp", folder / ".other.png.12345678.tmp"
+    command = ["sample", str(small_model), "-n", "1000", "--out", str(grid), "--device", "cpu"]
+    (killed,) = run_cli_forked([Command(*command, env={"KILL_NAME": "grid.png"})], tmp_path, KILLER)
+    (left,) = folder.iterdir()
+    assert killed.returncode == -signal.SIGKILL and left.stat().st_size > 500_000, killed.stderr[-2000:]
+    live.write_bytes(b"live"), other.write_bytes(b"other")
+    again = run_cli(*command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(folder.iterdir()) == sorted([grid, live, other])
+
+
 @pytest.mark.parametrize("target", ["model.safetensors", "samples.png"])
 def test_a_resume_removes_the_temporary_files_of_a_killed_run_and_nothing_else(killed_runs: dict, target: str) -> None:
     case = killed_runs[target]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,9 @@ LEARNING_RATES = ["inf", "nan", "-1"]
 SIZES = [
     (["train.sample_count=10001"], "train.sample_count must be at most 10000"),
     (["latent_dim=1000000000000"], "latent_dim must be an integer from 1 to 65536"),
+    (['prior={name="vamp", n_pseudo=1000000000}'], "vamp needs n_pseudo from 1 to 10000"),
+    (['prior={name="mog", n_components=1000000000000}'], "mog needs n_components from 1 to 10000"),
+    (['loss={name="dlogistic-kl", n_mix=1000000000}'], "dlogistic-kl needs n_mix from 1 to 256"),
 ]
 
 
@@ -238,10 +242,19 @@ class Honest(Liar):
     objective, regularizer = "honest", "penalty"
 
 
+class Hog(Liar):
+    """A family whose constructor allocates `megabytes` of weights."""
+
+    def __init__(self, *, in_shape, num_classes=0, megabytes=3200):
+        super().__init__(in_shape=in_shape, num_classes=num_classes)
+        self.ballast = nn.Parameter(torch.zeros(megabytes * 2**18))
+
+
 @vaezoo.hookimpl
 def register_models(register):
     register("liar", Liar)
     register("honest", Honest)
+    register("hog", Hog)
 '''
 
 
@@ -295,6 +308,46 @@ def test_a_family_whose_forward_returns_the_wrong_type_is_one_line(
     )
     line = one_line(result, progress=True)
     assert "model family 'liar' (liar_plugin.Liar) broke its contract: forward returned a torch.float32 tensor" in line
+
+
+# Caps the address space of a test's process at 2 GiB above what it holds once torch is imported.
+MEMORY_LIMIT = """
+import resource, torch, torch._dynamo
+_held = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (_held + 2 * 2**30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+"""
+
+
+def test_what_a_setting_or_an_image_makes_vaezoo_allocate_is_bounded(
+    tiny_cifar: Path, tmp_path: Path, liar_path: dict[str, str]
+) -> None:
+    """Issue 23, class 10: under a memory limit, a family constructor that allocates 3.2 GB is one line
+    naming its setting (exit 2), and an image of 1 x 4,000,000 pixels decodes to its 32 x 32 centre in
+    `run` and `eval --set dataset.path` (it took 12 GB on its way)."""
+    from PIL import Image
+
+    wide = tmp_path / "wide"
+    shutil.copytree(tiny_cifar, wide)
+    for split in ("train", "test"):
+        Image.new("RGB", (4_000_000, 1), (200, 30, 30)).save(wide / split / "airplane" / "wide.png")
+    hog = tmp_path / "hog.toml"
+    hog.write_text('name = "hog"\ndataset = { name = "cifar10" }\nmodel = { name = "hog", megabytes = 3200 }\n')
+    model = tmp_path / "wide-run" / "model.safetensors"
+    hogged, trained, evaluated = run_cli_batch(  # one fresh process
+        [
+            ["run", str(hog), *LIAR_RUN, "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "hog")],
+            ["run", "folder-vae", "--epochs", "1", *TINY_ARGS, "--set", f"dataset.path={wide}"]
+            + ["--device", "cpu", "--data-dir", str(tmp_path / "empty"), "--out", str(model.parent)],
+            ["eval", str(model), "--set", f"dataset.path={wide}", "--json"],
+        ],
+        tmp_path,
+        env=liar_path,
+        prelude=MEMORY_LIMIT,
+    )
+    line = one_line(hogged)
+    assert "cannot build model 'hog': out of memory" in line and "model.megabytes=3200" in line, line
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert evaluated.returncode == 0 and json.loads(evaluated.stdout)["images"] == 21, evaluated.stderr[-2000:]
 
 
 PICTURE_LIES = [("sample", "sample"), ("reconstruct", "eval")]

@@ -367,9 +367,10 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
     if resume is None:
         resolved = resolve_recipe(recipe, sets, options)
         distributed.check_batch_size(resolved["train"]["batch_size"], distributed.World(0, nproc, 0))
+    distributed.collective_timeout()  # a bad VAEZOO_COLLECTIVE_TIMEOUT: one line here, not one per rank
     command = distributed.torchrun_command(nproc, distributed.strip_option(_ARGV or sys.argv[1:], "--nproc"))
     err_console.print(f"starting {nproc} processes: {_safe(' '.join(command[1:]))}")
-    torchrun = subprocess.Popen(command)
+    torchrun = subprocess.Popen(distributed.launch_command(command))
     try:
         return torchrun.wait()
     except (
@@ -709,20 +710,24 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     _ARGV = list(argv if argv is not None else sys.argv[1:])  # for `run --nproc`, which runs them again
     debug = "--debug" in _ARGV or os.environ.get("VAEZOO_DEBUG") == "1"
     previous = handle_stops(stop_now)  # SIGINT, SIGTERM and SIGHUP, unless the parent ignores them
+    failure: BaseException | None = None  # what ended the command, if anything
     try:
         code, line = typer.main.get_command(app)(args=argv, prog_name="vaezoo", standalone_mode=False), None
     except (typer.Abort, KeyboardInterrupt):
         code, line = 130, "vaezoo: interrupted"
     except VaezooError as error:
+        failure = error
         if debug:
             traceback.print_exc()
         code, line = error.exit_code, f"vaezoo: error: {error}"
     except OSError as error:  # a full disk, a read-only folder, a file that vanished: the user's to fix
+        failure = error
         if debug:
             traceback.print_exc()
         where = f" {error.filename}" if error.filename else ""
         code, line = 2, f"vaezoo: error: cannot read or write{where}: {error.strerror or error}"
     except Exception as error:
+        failure = error
         if hasattr(error, "format_message") and hasattr(error, "exit_code"):  # typer/click usage errors
             code, line = error.exit_code, f"vaezoo: error: {error.format_message()} (see `vaezoo --help`)"
         else:  # a bug, not the user's fault: one line unless debugging
@@ -733,6 +738,7 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
                 f"vaezoo: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
             )
     except BaseException as error:  # sys.exit or a bare BaseException in a plugin's code: vaezoo never raises them
+        failure = error
         if debug:
             traceback.print_exc()
         if isinstance(error, SystemExit) and isinstance(error.__context__, BrokenPipeError):
@@ -751,6 +757,10 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     if code == 130:
         forget_interrupt()
         line = line or "vaezoo: interrupted"  # typer turns a KeyboardInterrupt into a silent 130
+    distributed = sys.modules.get("vaezoo.trainer.distributed")  # imported only by commands that use torch
+    worker = distributed is not None and distributed.created_group()  # a torchrun worker: see its exit_worker
+    if line and worker and distributed.report_to_launcher(line, code, failure):
+        line = None  # `run --nproc` prints one line for all ranks
     if line:  # error messages quote files, plugins and options: no terminal controls
         try:
             print(printable(line.splitlines()[0]), file=sys.stderr, flush=True)
@@ -759,7 +769,6 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     for sig, handler in previous.items() if restore_signals else ():
         signal.signal(sig, handler)
     code = code if isinstance(code, int) else 0
-    distributed = sys.modules.get("vaezoo.trainer.distributed")  # imported only by commands that use torch
-    if distributed is not None and distributed.created_group():  # a torchrun worker: see its exit_worker
+    if worker:
         distributed.exit_worker(code)
     sys.exit(code)

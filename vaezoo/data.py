@@ -20,7 +20,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from torch import Tensor
 
 from vaezoo.components import Dataset
 from vaezoo.errors import DataError, VaezooError
-from vaezoo.files.atomic import check_writable_target
+from vaezoo.files.atomic import check_writable_target, write_bytes_atomic
 from vaezoo.files.run_folder import pid_alive
 
 LIMIT_SEED = 1234  # --limit subsets do not depend on --seed
@@ -207,27 +206,13 @@ def load_split(dataset: Dataset, split: str) -> tuple[Tensor, Tensor]:
 
 
 def _write_cache(path: Path, data: bytes) -> None:
-    """Replace the cache file `path` in one step, through a temporary file named with this process's pid,
-    after removing the temporary files that dead writers left in the cache folder. As
-    vaezoo.files.atomic.write_bytes_atomic (whose temporary names carry no pid), a target that is not a
-    regular file is refused."""
+    """Replace the cache file `path` in one step (vaezoo.files.atomic.write_bytes_atomic, whose temporary
+    file carries this process's pid), after removing the temporary files that dead writers left in the
+    cache folder, for any cache file."""
     check_writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_temp_files(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(handle.fileno(), 0o666 & ~mask)  # as any file written (mkstemp's is private)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        check_writable_target(path)  # once more, just before the rename
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, data)
 
 
 def remove_dead_temp_files(folder: Path) -> list[str]:

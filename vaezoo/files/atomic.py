@@ -1,15 +1,20 @@
 """Atomic file writes: a temporary file in the same folder, flushed and fsynced, then renamed, so a
 reader (or a crash) never sees half a file. vaezoo writes only regular files: a target that exists
-as anything else (a symlink, FIFO, device, socket or folder) is refused, never replaced."""
+as anything else (a symlink, FIFO, device, socket or folder) is refused, never replaced.
+
+The temporary file of `NAME` is `.NAME.PID.XXXXXXXX.tmp` (PID: the writer's); each write of `NAME`
+first removes those that writers killed before their rename left (their process is gone)."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
 
 from vaezoo.errors import VaezooError
+from vaezoo.files.run_folder import pid_alive
 
 _KINDS = (
     (stat.S_ISLNK, "a symbolic link"),
@@ -44,12 +49,33 @@ def check_writable_target(path: str | os.PathLike) -> None:
         )
 
 
+def remove_abandoned_temp_files(path: Path) -> list[str]:
+    """Remove the temporary files of `path` (`.NAME.PID.XXXXXXXX.tmp`) whose writer process is gone;
+    a live writer's stay. Returns the names removed."""
+    own = re.compile(rf"\.{re.escape(path.name)}\.([0-9]{{1,10}})\.[a-z0-9_]{{8}}\.tmp")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = own.fullmatch(entry.name)
+        if match and not pid_alive(int(match[1])) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError:
+                pass
+    return removed
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Replace the regular file `path` (or create it) with `data` in one step."""
     path = Path(path)
     check_writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_abandoned_temp_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:

@@ -69,17 +69,15 @@ def _decode(path: str | os.PathLike, size: Sequence[int], mode: str) -> np.ndarr
 
 
 def _resize_center_crop(image, size: Sequence[int]):
-    """Resize the short side to fit, then crop the centre to `size` (H, W)."""
+    """The centre of `image` with the aspect ratio of `size` (H, W), resized to `size` in one step:
+    only the output is allocated, so an image of 1 x 4,000,000 pixels costs no more than a square one."""
     from PIL import Image
 
     height, width = size
     scale = max(height / image.height, width / image.width)
-    resized = image.resize(
-        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BICUBIC
-    )
-    left = (resized.width - width) // 2
-    top = (resized.height - height) // 2
-    return resized.crop((left, top, left + width, top + height))
+    crop_width, crop_height = min(image.width, width / scale), min(image.height, height / scale)
+    left, top = (image.width - crop_width) / 2, (image.height - crop_height) / 2
+    return image.resize((width, height), Image.BICUBIC, box=(left, top, left + crop_width, top + crop_height))
 
 
 def _bad_images_error(failures: list[tuple[Path, str]], total: int) -> DataError:

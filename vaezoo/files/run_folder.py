@@ -11,7 +11,8 @@ still in place removes it; then all race on the exclusive create again and exact
 What a crash can cost is in docs/reliability.md: state.safetensors is the commit (it holds the weights,
 the optimizer, the position and the metrics history); model.safetensors and metrics.jsonl are written
 after it and rebuilt from it on resume. The lock's holder removes the temporary files that a killed
-writer left in the folder (`.NAME.XXXXXXXX.tmp`, see vaezoo.files.atomic)."""
+writer left in the folder (`.NAME.PID.XXXXXXXX.tmp`, `.NAME.XXXXXXXX.tmp` before vaezoo 0.4; see
+vaezoo.files.atomic)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ RESUMABLE_CHANGES = {
     "eval_batch_size",
     "sample_count",
 }
-# vaezoo.files.atomic.write_bytes_atomic's temporary files: tempfile.mkstemp(prefix=".NAME.", suffix=".tmp")
+# vaezoo.files.atomic.write_bytes_atomic's temporary files: mkstemp(prefix=".NAME.PID.", suffix=".tmp")
 TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 LOCK_DRAFT = re.compile(r"^\.vaezoo\.lock\.(\d+)\.\d+$")
 

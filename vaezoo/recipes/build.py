@@ -26,6 +26,29 @@ def instantiate(target: Any, table: Mapping[str, Any], provided: Mapping[str, An
         return target(**kwargs)
     except (TypeError, ValueError) as error:
         raise RecipeError(f"cannot build {what} {table['name']!r}: {error}") from error
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        sizes = [f"{what}.{k}={v}" for k, v in table.items() if isinstance(v, int) and not isinstance(v, bool)]
+        if "latent_dim" in kwargs:
+            sizes.append(f"latent_dim={kwargs['latent_dim']}")
+        raise RecipeError(
+            f"cannot build {what} {table['name']!r}: out of memory{_allocation(error)}; make it smaller"
+            + (f" (its sizes: {', '.join(sizes)})" if sizes else "")
+        ) from None
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation that failed: Python's MemoryError, PyTorch's CPU allocator
+    ("can't allocate memory") or a device out of memory."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def _allocation(error: BaseException) -> str:
+    """' (N bytes asked for)' where PyTorch's message says how much one allocation wanted."""
+    found = re.search(r"allocate ([0-9]+) bytes", str(error))
+    return f" ({int(found[1]):,} bytes asked for at once)" if found else ""
 
 
 def registry_entries(recipe: Mapping[str, Any]) -> dict[str, Entry]:

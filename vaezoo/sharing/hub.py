@@ -516,10 +516,10 @@ def _download(url: str, target: Path, expected: str | None) -> None:
     """Stream `url` into a temporary `.incomplete` file next to `target` (named with this process's
     pid), check size and hash, then rename it; the whole download ends by VAEZOO_DOWNLOAD_TIMEOUT."""
     timeout, limit = _limits()
+    _remove_stale_partials(target.parent.parent)  # first: it removes the folders it empties, this one too
     created = not target.parent.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(target.parent.parent)
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{target.name}.pid{os.getpid()}-", suffix=".incomplete", dir=target.parent
         )
@@ -558,6 +558,8 @@ def _download(url: str, target: Path, expected: str | None) -> None:
                 raise HubError(f"download of {url} stopped after {size} of {announced} bytes: nothing kept, try again")
             handle.flush()
             os.fsync(handle.fileno())
+        if announced is None and not response.chunked and expected is None:
+            _check_whole(tmp, url, size)
         if expected is not None and digest.hexdigest() != expected:
             raise HashMismatch(
                 f"{url}: its sha256 is {digest.hexdigest()}, not {expected} as the URL says: refused, nothing kept"
@@ -575,6 +577,22 @@ def _download(url: str, target: Path, expected: str | None) -> None:
         tmp.unlink(missing_ok=True)
         if created and not target.exists():
             shutil.rmtree(target.parent, ignore_errors=True)
+
+
+def _check_whole(path: Path, url: str, size: int) -> None:
+    """A HubError unless `path` is a whole safetensors file (its header describes exactly the bytes that
+    follow): for a body that came with neither a Content-Length nor chunking, whose end cannot tell a
+    download cut short from a whole one."""
+    from vaezoo.errors import CheckpointError
+    from vaezoo.files.model_header import read_file_header
+
+    try:
+        read_file_header(path)
+    except CheckpointError:
+        raise HubError(
+            f"download of {url} ended after {size} bytes without a Content-Length and is not a whole "
+            "safetensors file (cut short?): nothing kept; try again, or add #sha256= to the URL"
+        ) from None
 
 
 def _failure(url: str, error: BaseException) -> str:

@@ -13,21 +13,34 @@ processes with RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous in their environm
 - writes nothing unless it is rank 0.
 
 Nothing here is home-made communication: every collective is torch.distributed's. Without torchrun's
-variables (or with WORLD_SIZE=1) every function is a no-op and vaezoo runs as a single process."""
+variables (or with WORLD_SIZE=1) every function is a no-op and vaezoo runs as a single process.
+
+`vaezoo run --nproc N` runs torchrun's agent through `launch`, which turns a failed world into one line:
+each worker writes its error line into a folder the agent gives it (`RANK_ERRORS`) instead of
+printing it, and the agent names the rank whose failure was its own (not a peer's that went away) or the
+rank that died without a word (killed by a signal). A collective waits at most
+VAEZOO_COLLECTIVE_TIMEOUT seconds (default 600) for the other ranks."""
 
 from __future__ import annotations
 
 import atexit
+import datetime
+import json
+import logging
+import math
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
 
-from vaezoo.errors import RecipeError, VaezooError
+from vaezoo.errors import RecipeError, VaezooError, printable
 
 
 @dataclass(frozen=True)
@@ -48,6 +61,24 @@ class World:
 
 
 _created_group = False  # whether vaezoo created the process group (and so destroys it)
+RANK_ERRORS = "VAEZOO_RANK_ERRORS"  # set by `launch`: the folder where each worker writes its error line
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a collective waits for the other ranks: VAEZOO_COLLECTIVE_TIMEOUT seconds (default 600),
+    a finite number above 0."""
+    text = os.environ.get("VAEZOO_COLLECTIVE_TIMEOUT") or None
+    try:
+        seconds = float(text) if text is not None else DEFAULT_COLLECTIVE_TIMEOUT_S
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 < seconds <= 10**7):
+        raise VaezooError(
+            f"VAEZOO_COLLECTIVE_TIMEOUT={text!r} is not a number of seconds above 0 "
+            f"(default {DEFAULT_COLLECTIVE_TIMEOUT_S:g})"
+        )
+    return datetime.timedelta(seconds=seconds)
 
 
 def current_world() -> World:
@@ -95,7 +126,7 @@ def setup(device_name: str = "auto") -> tuple[World, torch.device | None]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=collective_timeout())
         _created_group = True
         atexit.register(teardown)
     return current_world(), device
@@ -119,6 +150,116 @@ def exit_worker(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def lost_a_peer(error: BaseException | None) -> bool:
+    """Whether `error` (or an error it came from) is a collective that failed: another rank went away,
+    or did not answer within the collective timeout."""
+    while error is not None:
+        text = str(error)
+        if isinstance(error, dist.DistError) or any(mark in text for mark in ("/gloo/", "NCCL", "by peer")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def report_to_launcher(line: str, code: int, error: BaseException | None) -> bool:
+    """In a worker of `launch`: write this rank's error `line` (with its exit code and whether it is a
+    peer's failure seen from here) for the launcher to choose from, and return True; elsewhere False
+    (the caller prints the line)."""
+    folder = os.environ.get(RANK_ERRORS)
+    if not folder or not os.path.isdir(folder):
+        return False
+    rank = current_world().rank
+    peer = lost_a_peer(error)
+    report = {"rank": rank, "code": code, "line": line, "peer": peer, "timeout": peer and "timed out" in line.lower()}
+    try:
+        Path(folder, f"rank-{rank}.json").write_text(json.dumps(report))
+    except OSError:
+        return False
+    return True
+
+
+def launch(torchrun_args: Sequence[str]) -> int:
+    """Run torchrun's agent with `torchrun_args` in this process and return the exit code; a failed
+    world is one line on stderr naming the rank that caused it (`failure_line`), without torchrun's
+    report and logs."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # its warnings about stopping the others
+    folder = Path(tempfile.mkdtemp(prefix="vaezoo-ranks-"))
+    os.environ[RANK_ERRORS] = str(folder)
+    try:
+        torchrun.run(torchrun.parse_args(list(torchrun_args)))
+        return 0
+    except ChildFailedError as error:
+        code, line = failure_line(error.failures, folder)
+    except (SignalException, KeyboardInterrupt):  # the workers were stopped by the signal and saved their state
+        code, line = (
+            130,
+            next(
+                (r["line"] for r in sorted(_reports(folder).values(), key=lambda r: r["rank"]) if r["code"] == 130),
+                "vaezoo: interrupted",
+            ),
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(printable(line.splitlines()[0] if line else ""), file=sys.stderr, flush=True)  # a worker's text
+    return code
+
+
+def failure_line(failures: Mapping[int, Any], folder: Path) -> tuple[int, str]:
+    """The exit code and the one line for a world whose ranks in `failures` (torchrun's ProcessFailure
+    by global rank) failed, from the reports of `report_to_launcher` in `folder`: a rank's own error
+    first, then a rank killed by a signal, then what a rank saw of its peers."""
+    reports = _reports(folder)
+    own = [r for rank, r in sorted(reports.items()) if not r["peer"] and r["code"] != 130]
+    if own:
+        return int(own[0]["code"]), _with_rank(own[0]["line"], own[0]["rank"])
+    silent = [rank for rank in sorted(failures) if rank not in reports or reports[rank]["code"] == 130]
+    waited = [r["rank"] for r in reports.values() if r.get("timeout")]
+    if waited and silent:
+        seconds = os.environ.get("VAEZOO_COLLECTIVE_TIMEOUT") or f"{DEFAULT_COLLECTIVE_TIMEOUT_S:g}"
+        return 1, (
+            f"vaezoo: error: rank {silent[0]} did not answer within VAEZOO_COLLECTIVE_TIMEOUT={seconds} s (it "
+            f"hung?): rank {min(waited)} gave up waiting and the run stopped (the run folder keeps its last saved "
+            "state: --resume it)"
+        )
+    for rank, failure in sorted(failures.items()):
+        if rank not in reports and failure.exitcode < 0:
+            return 1, (
+                f"vaezoo: error: rank {rank} (pid {failure.pid}) was killed by {failure.signal_name()}; the other "
+                "ranks stopped (the run folder keeps its last saved state: --resume it)"
+            )
+    for rank, failure in sorted(failures.items()):
+        if rank not in reports:
+            return 1, f"vaezoo: error: rank {rank} (pid {failure.pid}) ended with exit code {failure.exitcode}"
+    if reports:
+        first = min(reports.values(), key=lambda r: (r["code"] == 130, r["rank"]))
+        return int(first["code"]), _with_rank(first["line"], first["rank"])
+    return 1, "vaezoo: error: the distributed run failed"
+
+
+def _reports(folder: Path) -> dict[int, dict[str, Any]]:
+    """The reports `report_to_launcher` wrote into `folder`, by rank."""
+    reports = {}
+    for path in folder.glob("rank-*.json"):
+        try:
+            report = json.loads(path.read_text())
+            reports[int(report["rank"])] = report
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return reports
+
+
+def _with_rank(line: str, rank: int) -> str:
+    """`vaezoo: error: rank N: ...` for a worker's `vaezoo: error: ...` line."""
+    head, _, rest = line.partition(": error: ")
+    return f"{head}: error: rank {rank}: {rest}" if rest else f"{line} (rank {rank})"
 
 
 def created_group() -> bool:
@@ -225,6 +366,12 @@ def broadcast_object(value: Any) -> Any:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def launch_command(torchrun: Sequence[str]) -> list[str]:
+    """The command that runs the `torchrun_command` `torchrun` through `launch` (one line for a failure)."""
+    code = "import sys; from vaezoo.trainer.distributed import launch; sys.exit(launch(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *torchrun[3:]]
 
 
 def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vaezoo import Loss
+from vaezoo_defaults.common import check_int
 
 MIN_LOG_SCALE = -7.0
 HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 bins on [-1, 1]
+MAX_MIX = 256  # logistics per channel (PixelCNN++ uses 10)
 
 
 class DiscretizedLogisticKL(Loss):
@@ -26,8 +28,7 @@ class DiscretizedLogisticKL(Loss):
 
     def __init__(self, *, n_mix: int = 5) -> None:
         super().__init__()
-        if n_mix < 1:
-            raise ValueError(f"dlogistic-kl needs n_mix >= 1, got {n_mix}")
+        check_int("dlogistic-kl", "n_mix", n_mix, 1, MAX_MIX)
         self.n_mix = int(n_mix)
         self.params_per_channel = 3 * self.n_mix
 

@@ -12,6 +12,9 @@ from torch import Tensor, nn
 
 from vaezoo import Prior
 from vaezoo.components import gaussian_log_prob
+from vaezoo_defaults.common import check_int
+
+MAX_COMPONENTS = 10_000  # mixture components (mog) or pseudo-inputs (vamp)
 
 
 def mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor, log_weights: Tensor) -> Tensor:
@@ -31,8 +34,7 @@ class MixturePrior(Prior):
 
     def __init__(self, *, latent_dim: int, n_components: int = 10) -> None:
         super().__init__(latent_dim=latent_dim)
-        if n_components < 1:
-            raise ValueError(f"mog needs n_components >= 1, got {n_components}")
+        check_int("mog", "n_components", n_components, 1, MAX_COMPONENTS)
         self.means = nn.Parameter(torch.randn(n_components, latent_dim))
         self.logvars = nn.Parameter(torch.zeros(n_components, latent_dim))
         self.logits = nn.Parameter(torch.zeros(n_components))
@@ -55,8 +57,7 @@ class VampPrior(Prior):
 
     def __init__(self, *, latent_dim: int, in_shape: Sequence[int], n_pseudo: int = 100) -> None:
         super().__init__(latent_dim=latent_dim)
-        if n_pseudo < 1:
-            raise ValueError(f"vamp needs n_pseudo >= 1, got {n_pseudo}")
+        check_int("vamp", "n_pseudo", n_pseudo, 1, MAX_COMPONENTS)
         self.pseudo_logits = nn.Parameter(0.5 * torch.randn(n_pseudo, *in_shape))
         self._encoder_holder: list[nn.Module] = []  # a plain list: not a submodule, not in state_dict
 
