@@ -29,6 +29,7 @@ _LAZY = {
     "LossParts": "vaezoo.components",
     "Dataset": "vaezoo.components",
     "VaezooError": "vaezoo.errors",
+    "PLUGIN_API": "vaezoo.plugins.api_version",  # the plugin API's version: docs/plugins.md, Plugin API versions
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

@@ -13,6 +13,7 @@ import pluggy
 
 from vaezoo.errors import BadRegistration, DuplicateName, PluginError, UnknownName, printable
 from vaezoo.plugins import hookspecs
+from vaezoo.plugins.api_version import check_plugin
 from vaezoo.plugins.kinds import KINDS
 from vaezoo.plugins.registry import PluginInfo, Registry
 
@@ -78,16 +79,22 @@ def _load_plugins(manager: pluggy.PluginManager) -> list[PluginInfo]:
                 )
             continue
         seen[entry_point.name] = info
+        problem = None
         try:
-            manager.register(entry_point.load(), name=entry_point.name)
-            manager.check_pending()
+            module = entry_point.load()
+            info.api_requirement, problem = check_plugin(module, info.distribution)
+            if problem is None:
+                manager.register(module, name=entry_point.name)
+                manager.check_pending()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: still stops vaezoo
             raise
         except BaseException as error:  # a broken plugin (even one calling sys.exit) must not take the others down
             plugin = manager.get_plugin(entry_point.name)
             if plugin is not None:
                 manager.unregister(plugin)
-            _fail(info, _why(error))
+            problem = _why(error)
+        if problem is not None:
+            _fail(info, problem)
         infos.append(info)
     return infos
 
