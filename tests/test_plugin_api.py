@@ -177,6 +177,9 @@ def test_check_model_says_what_became_stricter_for_a_02_family_with_its_own_opti
     message = str(caught.value)
     assert "parameter critic." in message and "Stricter since vaezoo 0.3" in message
     assert "parameter_groups()" in message and "update(name, per_image_loss)" in message
+    from vaezoo_ported import PortedAAE  # ported as docs/plugins.md says
+
+    assert set(check_model(PortedAAE, latent_dim=4, width=8).parameter_groups()) == {"model", "critic"}
 
 
 # ---- families that lie about their training (issue 23, class 8) ----------------------------------------
