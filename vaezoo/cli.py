@@ -156,7 +156,7 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
     lines = []
     for row in rows:
         what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items() if names)
-        met = {None: "none (0.2)", True: "met", False: "NOT MET"}[row["plugin_api_met"]]
+        met = {None: "unknown" if row["error"] else "none (0.2)", True: "met", False: "NOT MET"}[row["plugin_api_met"]]
         lines.append(
             (
                 row["name"],

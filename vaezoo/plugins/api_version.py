@@ -76,8 +76,8 @@ def requirement_problem(requirement: object, api: str = PLUGIN_API) -> str | Non
 
 
 def check_plugin(module: ModuleType | object, distribution: str) -> tuple[str | None, str | None]:
-    """(`module`'s requirement as shown, None when it declares none; why it is not met, None when it is
-    or when there is none), the reason ending with what to do."""
+    """`module`'s requirement as `vaezoo plugins` shows it (None: it declares none), and why this vaezoo
+    does not meet it, ending with what to do (None: met, or none declared)."""
     requirement = declared_requirement(module)
     if requirement is None:
         return None, None
