@@ -245,5 +245,5 @@ def test_an_optimizer_name_that_cannot_be_stored_is_refused_when_declared(small_
 
     model = vaezoo.load(small_model)
     model.parameter_groups = lambda: {name: ParamGroup(list(model.parameters()))}
-    with pytest.raises(PluginError, match="declares an optimizer named .* a name is 1 to 100 printable characters"):
+    with pytest.raises(PluginError, match="named an optimizer .* a name is 1 to 100 letters"):
         make_optimizers(model, TRAIN_DEFAULTS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # name -> module that defines it; imported on first attribute access.
 _LAZY = {
@@ -32,6 +32,7 @@ _LAZY = {
     "Sampler": "vaezoo.components",
     "LRSchedule": "vaezoo.components",
     "VaezooError": "vaezoo.errors",
+    "PLUGIN_API": "vaezoo.plugins.api_version",  # the plugin API's version: docs/plugins.md, Plugin API versions
 }
 
 __all__ = ["__version__", "hookimpl", *_LAZY]

@@ -138,12 +138,14 @@ def list_command(
 
 @app.command("plugins")
 def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
-    """List loaded plugins: name, distribution, version, what each registers."""
+    """List loaded plugins: name, distribution, version, the plugin API each requires, what each registers."""
+    from vaezoo.plugins.api_version import PLUGIN_API, requirement_problem
     from vaezoo.plugins.manager import get_registry
 
     rows = []
     for info in get_registry().plugins:
         registers = {kind: sorted(info.registers.get(kind, [])) for kind in KINDS}
+        required = info.api_requirement
         rows.append(
             {
                 "name": info.name,
@@ -152,6 +154,10 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
                 "version": info.version,
                 "status": "failed" if info.error else "ok",
                 "error": info.error,
+                # the module's VAEZOO_PLUGIN_API (null: none declared, written for vaezoo 0.2) and whether
+                # this vaezoo's PLUGIN_API meets it (null when none is declared)
+                "requires_plugin_api": required,
+                "plugin_api_met": None if required is None else requirement_problem(required) is None,
                 "registers": registers,
                 **registers,
             }
@@ -163,15 +169,18 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
     clash = _clashes(row["name"] for row in rows)
     for row in rows:
         what = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in row["registers"].items() if names)
+        met = {None: "unknown" if row["error"] else "none (0.2)", True: "met", False: "NOT MET"}[row["plugin_api_met"]]
         lines.append(
             (
                 row["qualified_name"] if row["name"] in clash else row["name"],
                 row["distribution"],
                 row["version"],
+                f"{row['requires_plugin_api']} ({met})" if row["requires_plugin_api"] is not None else met,
                 Text(printable(f"failed: {row['error']}"), style="red") if row["error"] else what,
             )
         )
-    console.print(_table(("plugin", "distribution", "version", "registers"), lines))
+    console.print(Text(f"vaezoo {vaezoo.__version__}, plugin API {PLUGIN_API}"))
+    console.print(_table(("plugin", "distribution", "version", "requires API", "registers"), lines))
 
 
 @app.command("show")

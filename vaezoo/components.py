@@ -7,6 +7,7 @@ parts of the classic VAE family `vae`, which other families may reuse."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -204,6 +205,38 @@ def implements(model: nn.Module | type, method: str) -> bool:
     return callable(found) and getattr(found, "__func__", found) is not getattr(Model, method, None)
 
 
+def undeclared(model: Model) -> dict[str, str]:
+    """The declarations of vaezoo 0.3 that a family written for 0.2 lacks, each with what vaezoo does
+    without it: "objective" when no class of the family's own sets `objective` (vaezoo reports it as
+    an ELBO), "optimizers" when it keeps an optimizer of its own (stepped inside forward) and does not
+    declare `parameter_groups`."""
+    found: dict[str, str] = {}
+    own_classes = [cls for cls in type(model).__mro__ if issubclass(cls, Model) and cls is not Model]
+    if not any("objective" in vars(cls) for cls in own_classes):
+        found["objective"] = "it is reported as an ELBO (bits/dim, likelihood), as vaezoo 0.2 did"
+    if not implements(model, "parameter_groups"):
+        hidden = [
+            f"{prefix}.{attribute}" if prefix else attribute
+            for prefix, module in model.named_modules()
+            for attribute, value in vars(module).items()
+            if any(isinstance(v, torch.optim.Optimizer) for v in _values(value))
+        ]
+        if hidden:
+            found["optimizers"] = (
+                f"its own optimizer ({hidden[0]}) is stepped inside forward, as vaezoo 0.2 allowed: its state is "
+                "not saved for --resume, torchrun does not average its gradients, and the 'model' optimizer "
+                "also holds its parameters"
+            )
+    return found
+
+
+def _values(value: Any) -> tuple[Any, ...]:
+    """`value`, or the items of a list, tuple or dict (where a family may keep its optimizers)."""
+    if isinstance(value, Mapping):
+        return tuple(value.values())
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
 def _family(model: nn.Module) -> str:
     recipe = model.recipe if isinstance(model, Model) else _EMPTY
     table = recipe.get("model") if isinstance(recipe, Mapping) else None  # an error message must not fail
@@ -220,6 +253,11 @@ def _what(value: Any) -> str:
     )
 
 
+def broken_contract(model: nn.Module, what: str) -> PluginError:
+    """The one-line error of a family that breaks the `Model` contract: `what` says how."""
+    return PluginError(f"model family {_family(model)} broke its contract: {what}")
+
+
 def checked_parts(model: nn.Module, parts: Any, batch: int) -> LossParts:
     """`parts` if it is what `Model.forward` promises (LossParts of `(batch,)` tensors), else a
     PluginError naming the family: a plugin's broken contract is one line, never a traceback."""
@@ -234,13 +272,8 @@ def checked_parts(model: nn.Module, parts: Any, batch: int) -> LossParts:
         )
         if bad is None:
             return parts
-        raise PluginError(
-            f"model family {_family(model)} broke its contract: forward's {bad} is "
-            f"{_what(getattr(parts, bad))}, expected shape ({batch},)"
-        )
-    raise PluginError(
-        f"model family {_family(model)} broke its contract: forward returned {_what(parts)}, expected vaezoo.LossParts"
-    )
+        raise broken_contract(model, f"forward's {bad} is {_what(getattr(parts, bad))}, expected shape ({batch},)")
+    raise broken_contract(model, f"forward returned {_what(parts)}, expected vaezoo.LossParts")
 
 
 def checked_images(model: nn.Module, method: str, images: Any, n: int) -> Tensor:
@@ -248,9 +281,67 @@ def checked_images(model: nn.Module, method: str, images: Any, n: int) -> Tensor
     tensor), else a PluginError naming the family."""
     if torch.is_tensor(images) and images.dim() == 4 and len(images) == n and images.is_floating_point():
         return images
-    raise PluginError(
-        f"model family {_family(model)} broke its contract: {method} returned {_what(images)}, expected a "
-        f"float tensor ({n}, C, H, W)"
+    raise broken_contract(model, f"{method} returned {_what(images)}, expected a float tensor ({n}, C, H, W)")
+
+
+GROUP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")  # an optimizer's name (train.group_lr.NAME, state keys)
+
+
+def checked_groups(model: nn.Module, groups: Any) -> dict[str, ParamGroup]:
+    """`groups` if they are what `Model.parameter_groups` promises (a dict of at least one optimizer
+    name -> `ParamGroup` of the model's own trainable parameters, each in one group, with Adam betas
+    in [0, 1)), else a PluginError naming the family: a torch error later would be an internal error."""
+
+    def broke(what: str) -> PluginError:
+        return broken_contract(model, f"parameter_groups() {what}")
+
+    if not isinstance(groups, Mapping):
+        raise broke(f"returned {_what(groups)}, expected a dict of optimizer name -> vaezoo.components.ParamGroup")
+    if not groups:
+        raise broke("declared no optimizer, so nothing would train (the default is one, 'model', over every parameter)")
+    own = {id(p) for p in model.parameters()}
+    owner: dict[int, str] = {}
+    for name, group in groups.items():
+        if not (isinstance(name, str) and GROUP_NAME.fullmatch(name)):
+            raise broke(
+                f"named an optimizer {str(name)[:80]!r}: a name is 1 to 100 letters, digits, '_', '.' or '-', "
+                "starting with a letter"
+            )
+        if not isinstance(group, ParamGroup) or not isinstance(group.params, (list, tuple)):
+            got = group.params if isinstance(group, ParamGroup) else group
+            raise broke(f"gave {name!r} {_what(got)}, expected ParamGroup(a list of the model's parameters)")
+        for param in group.params:
+            if not (isinstance(param, Tensor) and param.is_leaf):
+                raise broke(
+                    f"gave {name!r} {_what(param)} that is not a leaf (computed from a parameter): give the "
+                    "nn.Parameter itself"
+                )
+            if id(param) not in own:
+                raise broke(f"gave {name!r} a tensor that is not a parameter of the model (it would never be saved)")
+            if id(param) in owner:
+                raise broke(f"put a parameter in two optimizers, {owner[id(param)]!r} and {name!r}")
+            owner[id(param)] = name
+        if not any(param.requires_grad for param in group.params):
+            raise broke(f"gave {name!r} no trainable parameter, so it would train nothing")
+        betas = group.betas
+        if betas is not None and not (
+            isinstance(betas, (tuple, list))
+            and len(betas) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+        ):
+            raise broke(f"gave {name!r} betas {str(betas)[:80]}: Adam's betas are two numbers in [0, 1)")
+    return dict(groups)
+
+
+def checked_update(model: nn.Module, name: str, per_image_loss: Any, batch: int) -> Tensor:
+    """`per_image_loss` if it is what `update(name, loss)` takes (a float tensor of shape `(batch,)`),
+    else a PluginError naming the family."""
+    if torch.is_tensor(per_image_loss) and per_image_loss.is_floating_point() and per_image_loss.shape == (batch,):
+        return per_image_loss
+    raise broken_contract(
+        model,
+        f"training_step gave update({name!r}, ...) {_what(per_image_loss)}, expected the per-image loss, a float "
+        f"tensor of shape ({batch},)",
     )
 
 

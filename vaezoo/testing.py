@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from vaezoo.components import Dataset, Loss, LossParts, Model, Prior, implements
+from vaezoo.components import Dataset, Loss, LossParts, Model, Prior, checked_groups, implements
+from vaezoo.errors import PluginError
 from vaezoo.recipes.resolve import FRAMEWORK_ARGS, MODEL_ARGS
 
 __all__ = [
@@ -546,14 +547,11 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     from vaezoo.trainer.loop import make_optimizers
 
     named = dict(model.named_parameters())
-    groups = model.parameter_groups()
-    owner: dict[int, str] = {}
-    for group_name, group in groups.items():
-        for param in group.params:
-            assert id(param) not in owner, (
-                f"{name}: a parameter is in two optimizers ({owner.get(id(param))!r} and {group_name!r})"
-            )
-            owner[id(param)] = group_name
+    try:  # a dict of named ParamGroups of the model's own leaf parameters, each in one group
+        groups = checked_groups(model, model.parameter_groups())
+    except PluginError as error:
+        raise AssertionError(f"{name}: {error}") from None
+    owner = {id(param): group_name for group_name, group in groups.items() for param in group.params}
     unused = tuple(model.unused_parameters)
     trainable = {n: p for n, p in named.items() if p.requires_grad and not n.startswith(unused)}
     names = {id(p): n for n, p in trainable.items()}
@@ -563,11 +561,13 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     )
     optimizers = make_optimizers(model, {**TRAIN_DEFAULTS, "lr": 1e-4})
     learned: set[str] = set()
+    stepped: list[str] = []  # the optimizers update() stepped, in order
 
     def update(group_name: str, per_image_loss: Tensor) -> None:
         assert group_name in optimizers, (
             f"{name}: training_step stepped {group_name!r}, not one of its optimizers {sorted(optimizers)}"
         )
+        stepped.append(group_name)
         _assert_shape(f"{name}: the loss given to update({group_name!r})", per_image_loss, (len(x),))
         optimizer = optimizers[group_name]
         optimizer.zero_grad(set_to_none=True)
@@ -585,10 +585,16 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
         assert isinstance(parts, LossParts), (
             f"{name}: training_step must return vaezoo.LossParts, got {type(parts).__name__}"
         )
+        assert stepped, f"{name}: training_step called update() for none of its optimizers in the first step"
     never = sorted(n for n in trainable if n not in learned)
     assert not never, (
-        f"{name}: parameter {never[0]} never gets a gradient in {TRAINING_STEPS} training steps "
-        "(multi-process training rejects that; declare it in unused_parameters if intended)"
+        f"{name}: parameter {never[0]} gets no gradient from the update() calls of {TRAINING_STEPS} training "
+        "steps. Stricter since vaezoo 0.3: every trainable parameter must be trained through update() (0.2 "
+        "asked for a gradient in any one parameter), since vaezoo saves, resumes and averages over ranks only "
+        "what its optimizers step. A parameter that an optimizer of the family's own steps inside forward (a "
+        "discriminator's, say) goes into a group of its own in parameter_groups(), stepped by training_step "
+        "with update(name, per_image_loss); one that nothing trains is named in unused_parameters "
+        "(docs/plugins.md, Porting a 0.2 plugin)"
     )
     _check_state_round_trip(name, model, optimizers)
 
@@ -630,6 +636,11 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
 
 
 LIKELIHOOD_REPEATS = 64
+LIKELIHOOD_SINCE_03 = (
+    "Stricter since vaezoo 0.3, which checks log_likelihood against the ELBO (0.2 checked its shape only): "
+    "return the importance-weighted bound logsumexp_k(log p(x, z_k) - log q(z_k | x)) - log k of the same "
+    "model that forward(x, step=None) gives the ELBO of, or do not define log_likelihood"
+)
 
 
 def _check_likelihood(name: str, model: Model, x: Tensor, y: Tensor | None) -> None:
@@ -645,12 +656,12 @@ def _check_likelihood(name: str, model: Model, x: Tensor, y: Tensor | None) -> N
     assert gap <= 5 * noise + 1e-3 * elbo.abs().mean().item() + 1e-3, (
         f"{name}: log_likelihood(k=1) averages {one.mean().item():.3f} but the ELBO averages "
         f"{elbo.mean().item():.3f} (difference {gap:.3f}, noise {noise:.3f}): with one sample it must be the "
-        "ELBO"
+        f"ELBO. {LIKELIHOOD_SINCE_03}"
     )
     many = torch.stack([model.log_likelihood(x, y, k=16).double() for _ in range(LIKELIHOOD_REPEATS // 8)]).mean(0)
     assert (many >= elbo.mean(0) - 5 * noise - 1e-3 * elbo.abs().mean().item() - 1e-3).all(), (
         f"{name}: log_likelihood(k=16) {many.tolist()} is below the ELBO {elbo.mean(0).tolist()}: an "
-        "importance-weighted bound is never worse than the ELBO"
+        f"importance-weighted bound is never worse than the ELBO. {LIKELIHOOD_SINCE_03}"
     )
 
 

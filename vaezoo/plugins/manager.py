@@ -15,6 +15,7 @@ import pluggy
 
 from vaezoo.errors import BadRegistration, DuplicateName, UnknownName, printable
 from vaezoo.plugins import hookspecs
+from vaezoo.plugins.api_version import check_plugin
 from vaezoo.plugins.kinds import KINDS
 from vaezoo.plugins.registry import PluginInfo, Registry, canonical, split_name
 
@@ -89,16 +90,22 @@ def _load_plugins(manager: pluggy.PluginManager, registry: Registry) -> None:
         if disabled_by(info.name, info.distribution, disabled):
             registry.disabled.append(info)
             continue
+        problem = None
         try:
-            manager.register(entry_point.load(), name=info.qualified_name)
-            manager.check_pending()
+            module = entry_point.load()
+            info.api_requirement, problem = check_plugin(module, info.distribution)
+            if problem is None:
+                manager.register(module, name=info.qualified_name)
+                manager.check_pending()
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: still stops vaezoo
             raise
         except BaseException as error:  # a broken plugin (even one calling sys.exit) must not take the others down
             plugin = manager.get_plugin(info.qualified_name)
             if plugin is not None:
                 manager.unregister(plugin)
-            _fail(info, _why(error))
+            problem = _why(error)
+        if problem is not None:
+            _fail(info, problem)
         registry.plugins.append(info)
 
 

@@ -38,6 +38,9 @@ class PluginInfo:
     version: str
     error: str | None = None
     registers: dict[str, list[str]] = field(default_factory=dict)
+    # its module's VAEZOO_PLUGIN_API as shown (api_version.check_plugin); None: declares none (written for 0.2)
+    api_requirement: str | None = None
+    deprecations: set[tuple[str, str]] = field(default_factory=set)  # (family, declaration) warned about, once each
 
     @property
     def qualified_name(self) -> str:

@@ -4,12 +4,14 @@ the components its constructor names, each built from the registry."""
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vaezoo.components import Model
-from vaezoo.errors import PluginError, RecipeError
+from vaezoo.components import Model, undeclared
+from vaezoo.errors import PluginError, RecipeError, printable
+from vaezoo.plugins.api_version import EXAMPLE
 from vaezoo.plugins.kinds import MODEL_PARTS
 from vaezoo.recipes.resolve import COMPONENTS, component_parameters
 
@@ -147,6 +149,8 @@ def build_model(
     model.recipe, model.registry_entries = recipe, entries
     if keys:
         model.dependencies = {key: dependencies[key].record for key in keys}
+    if entries["model"].plugin.api_requirement is None:  # a plugin written for vaezoo 0.2
+        _warn_undeclared(model, family["name"], entries["model"])
     return model
 
 
@@ -157,6 +161,32 @@ class Dependency:
 
     model: Model
     record: dict[str, Any]
+
+
+# what a family written for vaezoo 0.2 declares to follow plugin API 1 (docs/plugins.md, Porting a 0.2 plugin)
+PORTING = {
+    "objective": "declare objective = 'elbo' if its loss at step=None is the negative ELBO, else objective and "
+    "regularizer names of its own",
+    "optimizers": "declare parameter_groups() with a group per optimizer and a training_step that steps each "
+    "through update(name, per_image_loss)",
+}
+
+
+def _warn_undeclared(model: Model, name: str, entry: Entry) -> None:
+    """One deprecation warning for each declaration the family lacks (once per plugin and process)."""
+    plugin = entry.plugin
+    for declaration, consequence in undeclared(model).items():
+        if (name, declaration) in plugin.deprecations:
+            continue
+        plugin.deprecations.add((name, declaration))
+        print(
+            printable(
+                f"vaezoo: warning: deprecated: model family {name!r} (plugin {plugin.name!r}, {plugin.distribution} "
+                f"{plugin.version}) declares no {declaration}: {consequence}; {PORTING[declaration]}, and "
+                f"VAEZOO_PLUGIN_API = {EXAMPLE!r} in the plugin's module (docs/plugins.md, Porting a 0.2 plugin)"
+            ),
+            file=sys.stderr,
+        )
 
 
 REPORT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")

@@ -19,10 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import LossParts, LRSchedule, Model, checked_parts
+from vaezoo.components import (
+    LossParts,
+    LRSchedule,
+    Model,
+    broken_contract,
+    checked_groups,
+    checked_parts,
+    checked_update,
+)
 from vaezoo.data import to_float
-from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError, printable
-from vaezoo.plugins.registry import MAX_NAME
+from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
 from vaezoo.trainer import distributed
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.evaluate import evaluate
@@ -154,16 +161,9 @@ def make_optimizer(
 def make_optimizers(
     model: Model, train: dict[str, Any], capturable: bool = False, fused: bool = False
 ) -> dict[str, torch.optim.Optimizer]:
-    """One optimizer per `model.parameter_groups()`, each at `train.group_lr.NAME` or `train.lr` (a
-    name is 1 to 100 printable characters: state.safetensors stores it in its tensors' names)."""
-    groups = model.parameter_groups()
-    family = model.recipe.get("model", {}).get("name", type(model).__name__)
-    for name in groups:
-        if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable():
-            raise PluginError(
-                f"model family {family!r} declares an optimizer named {printable(repr(name))[: MAX_NAME + 2]} in "
-                f"parameter_groups: a name is 1 to {MAX_NAME} printable characters"
-            )
+    """One optimizer per `model.parameter_groups()` (checked: `components.checked_groups`), each at
+    `train.group_lr.NAME` or `train.lr`."""
+    groups = checked_groups(model, model.parameter_groups())
     unknown = sorted(set(train["group_lr"]) - set(groups))
     if unknown:
         raise RecipeError(
@@ -218,6 +218,8 @@ class Updater:
         self.run, self.world = run, world
         self.sync_gradients = world.enabled and owns_step(run.model)
         self.global_batch = 0  # images in this step over all ranks: set by the loop
+        self.batch = 0  # images in this step on this rank: set by the loop
+        self.calls = 0  # updates so far (the loop checks that a family's own step makes one)
 
     def __call__(self, name: str, per_image_loss: Tensor) -> None:
         run, settings = self.run, self.run.recipe["train"]
@@ -227,6 +229,8 @@ class Updater:
                 f"model family {run.recipe['model']['name']!r} stepped an optimizer {name!r} it does not "
                 f"declare (its optimizers: {', '.join(run.optimizers)})"
             )
+        per_image_loss = checked_update(run.model, name, per_image_loss, self.batch)
+        self.calls += 1
         params = [p for group in optimizer.param_groups for p in group["params"]]
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(
@@ -438,11 +442,14 @@ def make_step(
     own_step = model.training_step if owns_step(model) else None
     layout, labels = memory_format(model, settings), run.train_labels if model.conditional else None
     blocker = graph_blocker(run, world, own_step is not None)
+    first = True
 
     def step(index: Tensor) -> LossParts:
+        nonlocal first
         x = to_float(run.train_images.index_select(0, index), layout)
         y = None if labels is None else labels.index_select(0, index)
         update.global_batch = min(settings["batch_size"], images - state.batch * settings["batch_size"])
+        update.batch, update.calls = len(x), 0
         with blame(run, "a training step"):
             with run.precision.autocast(run.device, cache=blocker is not None):  # no weight cache in a graph
                 parts = checked_parts(
@@ -450,6 +457,13 @@ def make_step(
                 )
             if own_step is None:
                 update("model", parts.loss)
+        if first and update.calls == 0:  # a training_step that steps nothing would train nothing, silently
+            raise broken_contract(
+                model,
+                f"its training_step called update() for none of its optimizers ({', '.join(run.optimizers)}) in "
+                "the first step, so nothing would train: call update(name, per_image_loss) for each optimizer it steps",
+            )
+        first = False
         run.scaler.update()
         return parts
 

@@ -2,6 +2,8 @@
 
 import vaezoo
 
+VAEZOO_PLUGIN_API = ">=1,<2"  # the plugin API versions it is written for (docs/plugins.md)
+
 
 @vaezoo.hookimpl
 def register_encoders(register):

@@ -5,6 +5,8 @@ from importlib.resources import files
 
 import vaezoo
 
+VAEZOO_PLUGIN_API = ">=1,<2"  # the plugin API versions it is written for (docs/plugins.md)
+
 
 @vaezoo.hookimpl
 def register_recipes(register):
