@@ -510,6 +510,7 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
         **({"skipped_updates": state.skipped} if settings["skip_grad_norm"] > 0 else {}),
         "seconds": training["seconds"],
         "images_per_s": training["images_per_s"],
+        "precision": run.precision.name,  # a resume may change it: each epoch records its own
         "eval_seconds": time.perf_counter() - eval_started,
         **({"compile_seconds": training["compile_seconds"]} if "compile_seconds" in training else {}),
     }
