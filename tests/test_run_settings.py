@@ -13,7 +13,7 @@ import torch
 from conftest import Command, run_cli_batch, run_cli_forked
 from tinydata import TINY_ARGS, tiny_cifar  # noqa: F401  (fixture)
 
-from vaezoo.errors import VaezooError, checked_path
+from vaezoo.errors import VaezooError
 from vaezoo.trainer import devices
 
 SMALL = ["--limit", "32", "--set", "train.test_limit=16", "--device", "cpu", *TINY_ARGS]
@@ -66,6 +66,8 @@ def test_empty_and_blank_paths_are_refused_in_one_line(cifar: Path, small_run: P
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert list(here.iterdir()) == [] and not (tmp_path / "a").exists()
+    from vaezoo.errors import checked_path
+
     with pytest.raises(VaezooError, match="--out is empty"):
         checked_path("", "--out")
     assert checked_path(" a ", "--out") == " a "
