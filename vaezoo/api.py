@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vaezoo.errors import RecipeError, RunFailed, VaezooError
+from vaezoo.errors import RecipeError, RunFailed, VaezooError, checked_path
 from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
 from vaezoo.plugins.registry import split_name
 from vaezoo.recipes.resolve import MAX_GRID_IMAGES, resolve_recipe
@@ -62,7 +62,8 @@ def make_dataset(
     root = checked_data_root(data_dir)
     for key in path_keys:  # relative to the data root; an existing FIFO or symlink loop is one line
         if isinstance(table.get(key), str) and table[key]:
-            table = {**table, key: str(path_key_value(root, table[key], f"dataset.{key}"))}
+            value = checked_path(table[key], f"dataset.{key}")  # only spaces: one line
+            table = {**table, key: str(path_key_value(root, value, f"dataset.{key}"))}
     dataset = instantiate(target, table, {"root": root}, "dataset")
     problem = shape_problem(dataset.shape)
     if problem is not None:
@@ -156,18 +157,22 @@ def fit(
     pictures and recipe.toml into `out` (default runs/<recipe>-<UTC time>/). `resume` continues a run
     folder. Nothing in a folder changes before the run is accepted, and one run at a time writes a
     folder (vaezoo.files.run_folder). Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state."""
+    import torch
+
     from vaezoo.files.run_folder import RunLock, check_resume_changes, holds_run
     from vaezoo.trainer import distributed
     from vaezoo.trainer.devices import resolve_device
 
     world, rank_device = distributed.setup(device)  # under torchrun: join the world (see docs/distributed.md)
     sets = list(sets)
-    resume_dir = Path(resume) if resume is not None else None
+    resume_dir = Path(checked_path(resume, "--resume")) if resume is not None else None
     if resume_dir is not None:
         name = recipe if isinstance(recipe, str) else str(dict(recipe).get("name"))
         previous, saved = _previous_recipe(resume_dir, name)
         resolved = resolve_recipe(previous, sets, options)
         check_resume_changes(saved, resolved, resume_dir)
+        if resolved["train"]["precision"] == "auto":  # auto resolved once, when the run started: it stays
+            resolved["train"]["precision"] = saved["train"]["precision"]
         if not (resume_dir / "state.safetensors").is_file():
             raise VaezooError(
                 f"cannot resume from {resume_dir}: no state.safetensors there (no epoch finished and no stop "
@@ -176,7 +181,11 @@ def fit(
     else:
         resolved = resolve_recipe(recipe, sets, options)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(out) if out is not None else resume_dir or Path("runs") / f"{resolved['name']}-{stamp}"
+    out_dir = (
+        Path(checked_path(out, "--out"))
+        if out is not None
+        else resume_dir or Path("runs") / f"{resolved['name']}-{stamp}"
+    )
     out_dir = distributed.broadcast_object(out_dir)  # rank 0's time stamp
     same_folder = resume_dir is not None and out_dir.resolve() == resume_dir.resolve()
     lock = RunLock(out_dir) if world.is_main else None  # only rank 0 writes files
@@ -190,7 +199,13 @@ def fit(
                 else "choose an empty --out for the continued run"
             )
             raise VaezooError(f"{out_dir} already holds a run: {hint}, or choose another --out")
-        return _fit_on(rank_device or resolve_device(device), resolved, out_dir, data_dir, world, resume_dir, callbacks)
+        threads = torch.get_num_threads()
+        try:
+            return _fit_on(
+                rank_device or resolve_device(device), resolved, out_dir, data_dir, world, resume_dir, callbacks
+            )
+        finally:
+            torch.set_num_threads(threads)  # train.threads is the run's, not the calling program's
     except BaseException:
         if lock is not None:  # refused (or stopped) before anything was written: the folders it made go again
             lock.release()
@@ -231,9 +246,10 @@ def _fit_on(
     from vaezoo.data import hold_out, limit_subset, load_split
     from vaezoo.files.model_file import build_on_meta
     from vaezoo.recipes.build import build_model
-    from vaezoo.trainer.devices import resolve_precision, start_cuda
+    from vaezoo.trainer.devices import resolve_precision, resolve_threads, start_cuda
     from vaezoo.trainer.loop import Run
 
+    torch.set_num_threads(resolve_threads(resolved["train"]["threads"]))  # fit() puts the caller's count back
     start_cuda(torch_device)  # CUDA's start-up overlaps the data loading
     precision = None if torch_device.type == "cuda" else resolve_precision(resolved["train"]["precision"], torch_device)
     with _naming_saved_recipe(resume_dir):
@@ -285,8 +301,9 @@ def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks:
 
     model, settings, out_dir, resolved = run.model, run.recipe["train"], run.out_dir, run.recipe
     if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
-        with blame(run, "a training step (the precision probe)"):
-            run.precision = distributed.broadcast_object(_measured_precision(run, world))
+        with blame(run, "a training step (the precision probe)"):  # on rank 0, for every rank
+            run.precision = distributed.broadcast_object(_measured_precision(run) if world.is_main else None)
+        settings["precision"] = run.precision.name  # the run's from now on: recipe.toml records it, a resume keeps it
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
     if (
         run.state.epoch >= settings["epochs"]
@@ -321,15 +338,17 @@ def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks:
     return FitResult(out_dir, metrics, model, run.stopped_early)
 
 
-def _measured_precision(run: Any, world: Any) -> Any:
+def _measured_precision(run: Any) -> Any:
     """`--precision auto` for this run's model: fp32 or the device's reduced precision, whichever a short
     timed probe of a training step on a real batch finds faster (vaezoo.trainer.devices.auto_precision),
-    each timed as a CUDA graph where the run would capture its step at that precision."""
+    each timed as a CUDA graph where the run would capture its step at that precision. The probe takes
+    the global batch, as a single process would: the choice does not depend on --nproc."""
     import hashlib
     import json
 
     from vaezoo.data import to_float
     from vaezoo.trainer.devices import resolve_precision, time_steps
+    from vaezoo.trainer.distributed import World
     from vaezoo.trainer.graph_step import graph_blocker
     from vaezoo.trainer.loop import memory_format, owns_step
 
@@ -337,7 +356,7 @@ def _measured_precision(run: Any, world: Any) -> Any:
     settings = recipe["train"]
     layout = memory_format(model, settings)
     model.to(memory_format=layout)
-    n = max(1, min(settings["batch_size"] // world.world_size, len(run.train_images)))
+    n = max(1, min(settings["batch_size"], len(run.train_images)))
     x = to_float(run.train_images[:n], layout)
     y = run.train_labels[:n] if model.conditional else None
     shape = {key: value for key, value in recipe.items() if key not in ("name", "summary", "train")}
@@ -347,7 +366,7 @@ def _measured_precision(run: Any, world: Any) -> Any:
     ).hexdigest()[:16]
 
     def captured(precision: Any) -> bool:
-        return graph_blocker(run, world, owns_step(model), precision) is None
+        return graph_blocker(run, World(), owns_step(model), precision) is None
 
     return resolve_precision("auto", device, time_steps(model, x, y, device, captured=captured), key)
 

@@ -10,7 +10,7 @@ import signal
 import sys
 import traceback
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 import vaezoo
-from vaezoo.errors import VaezooError, printable
+from vaezoo.errors import VaezooError, checked_path, printable
 from vaezoo.plugins.kinds import KINDS
 from vaezoo.recipes.resolve import MAX_GRID_IMAGES
 from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now, stop_received
@@ -46,10 +46,17 @@ MAX_IMAGES = 1_000_000_000  # --limit: more than any data set holds means "all o
 MAX_IW_SAMPLES = 10_000
 MAX_TEMPERATURE = 100.0
 MAX_PROCESSES = 1024
+MAX_THREADS = 1024  # as vaezoo.recipes.resolve.MAX_THREADS
 MAX_SET_CHARS = 10_000  # one --set
 MAX_SET_DEPTH = 32  # dotted key parts plus nested [ and { in one --set
 KIND_HELP = "one of " + ", ".join(KINDS)
 MODEL_HELP = "A model.safetensors file, hf://ORG/NAME[@REVISION] or an https:// URL (optionally #sha256=HEX)."
+
+
+def _path(option: str, kind: Callable[[str], object] = Path) -> Callable[[str], object]:
+    """A parser for a path option: an empty or whitespace-only value (which would name the current folder)
+    is one line naming `option` (exit 2), never a run or a write into the current folder."""
+    return lambda value: kind(checked_path(value, option))
 
 
 def _version(value: bool) -> None:
@@ -207,20 +214,41 @@ def run_command(
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, max=MAX_LATENT_DIM, help="Size of the latent space.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="auto, fp32, bf16 or fp16 (auto is measured once per run, then kept).")
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=MAX_THREADS,
+            help="CPU threads (default train.threads = auto: OMP_NUM_THREADS if set, else half the CPUs).",
+        ),
+    ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+        Path | None,
+        typer.Option(
+            parser=_path("--data-dir"),
+            metavar="DIR",
+            help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).",
+        ),
     ] = None,
     limit: Annotated[
         int | None, typer.Option(min=0, max=MAX_IMAGES, help="Train on N images drawn at random with a fixed seed.")
     ] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<recipe>-<UTC time>).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(parser=_path("--out"), metavar="DIR", help="Output folder (default runs/<recipe>-<UTC time>)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=MAX_SEED, help="Random seed (repeatable runs on CPU).")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="KEY=VALUE override, dotted key, TOML value (repeatable).")
     ] = None,
     resume: Annotated[
-        Path | None, typer.Option(help="Continue the run in this folder from its state.safetensors.")
+        Path | None,
+        typer.Option(
+            parser=_path("--resume"), metavar="DIR", help="Continue the run in this folder from its state.safetensors."
+        ),
     ] = None,
     tensorboard: Annotated[
         bool,
@@ -263,6 +291,7 @@ def run_command(
         "train.lr": lr,
         "latent_dim": latent_dim,
         "train.precision": precision,
+        "train.threads": threads,
         "train.limit": limit,
         "train.seed": seed,
         "train.compile": compile_ or None,
@@ -398,7 +427,9 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
 def sample_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of images.")] = 64,
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
+    out: Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")] = Path(
+        "samples.png"
+    ),
     seed: Annotated[
         int, typer.Option(min=0, max=MAX_SEED, help="Random seed: the same seed gives the same picture.")
     ] = 0,
@@ -471,10 +502,17 @@ def fit_sampler_command(
 def reconstruct_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of test images.")] = 16,
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("reconstructions.png"),
+    out: Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")] = Path(
+        "reconstructions.png"
+    ),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test images.")] = 0,
     data_dir: Annotated[
-        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+        Path | None,
+        typer.Option(
+            parser=_path("--data-dir"),
+            metavar="DIR",
+            help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).",
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
@@ -492,10 +530,17 @@ def interpolate_command(
     steps: Annotated[
         int, typer.Option(min=2, max=100, help="Images per row, from one image of the pair to the other.")
     ] = 10,
-    out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("interpolations.png"),
+    out: Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")] = Path(
+        "interpolations.png"
+    ),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test image pairs.")] = 0,
     data_dir: Annotated[
-        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+        Path | None,
+        typer.Option(
+            parser=_path("--data-dir"),
+            metavar="DIR",
+            help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).",
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
 ) -> None:
@@ -510,7 +555,12 @@ def interpolate_command(
 def eval_command(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     data_dir: Annotated[
-        Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
+        Path | None,
+        typer.Option(
+            parser=_path("--data-dir"),
+            metavar="DIR",
+            help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).",
+        ),
     ] = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
     limit: Annotated[
@@ -675,7 +725,12 @@ def push_command(
     revision: Annotated[str | None, typer.Option(help="Branch to push to (created if missing; default main).")] = None,
     dry_run: Annotated[
         str | None,
-        typer.Option("--dry-run", metavar="DIR", help="Write the files that would be uploaded into DIR instead."),
+        typer.Option(
+            "--dry-run",
+            metavar="DIR",
+            parser=_path("--dry-run", str),
+            help="Write the files that would be uploaded into DIR instead.",
+        ),
     ] = None,
 ) -> None:
     """Publish a model to the Hugging Face Hub: model.safetensors, samples.png, recipe.toml and a

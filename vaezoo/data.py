@@ -30,7 +30,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
 from vaezoo.components import Dataset
-from vaezoo.errors import DataError, VaezooError
+from vaezoo.errors import DataError, VaezooError, checked_path
 from vaezoo.files.atomic import check_writable_target, write_bytes_atomic
 from vaezoo.files.run_folder import pid_alive
 
@@ -52,9 +52,16 @@ def _user_cache() -> Path:
     return Path(base) / "vaezoo"
 
 
+def _env_path(name: str) -> str | None:
+    """The path in environment variable `name`, None where it is not set; an empty or whitespace-only
+    value is an error (it would name the current folder)."""
+    value = os.environ.get(name)
+    return None if value is None else checked_path(value, name)
+
+
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """--data-dir, else VAEZOO_DATA_DIR, else a per-user folder."""
-    chosen = data_dir or os.environ.get("VAEZOO_DATA_DIR")
+    chosen = checked_path(data_dir, "--data-dir") if data_dir is not None else _env_path("VAEZOO_DATA_DIR")
     return Path(chosen).expanduser() if chosen else _user_cache() / "data"
 
 
@@ -94,7 +101,7 @@ def checked_data_root(data_dir: str | os.PathLike | None = None) -> Path:
 
 def cache_dir() -> Path:
     """VAEZOO_CACHE_DIR, else a per-user folder."""
-    chosen = os.environ.get("VAEZOO_CACHE_DIR")
+    chosen = _env_path("VAEZOO_CACHE_DIR")
     return Path(chosen).expanduser() if chosen else _user_cache() / "cache"
 
 

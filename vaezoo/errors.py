@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 # C0 and C1 controls, DEL, line and paragraph separators, bidirectional overrides and isolates
@@ -27,6 +28,16 @@ class VaezooError(Exception):
     """A problem with the user's input: message says what, where and what to do next."""
 
     exit_code = 2
+
+
+def checked_path(value: str | os.PathLike, where: str) -> str:
+    """`value` as a string, unless it is empty or only whitespace (which would name the current folder, or a
+    folder named by spaces in it): then a VaezooError naming `where` (an option, setting or variable)."""
+    text = os.fspath(value)
+    if not text.strip():
+        what = "empty" if not text else "only whitespace"
+        raise VaezooError(f"{where} is {what}: give a path ('.' for the current folder)")
+    return text
 
 
 class UnknownName(VaezooError):

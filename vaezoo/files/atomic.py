@@ -94,3 +94,25 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def read_regular_bytes(path: str | os.PathLike, max_bytes: int) -> bytes | None:
+    """The bytes of the regular file `path`, None where nothing is there; a VaezooError where it is a
+    symbolic link (whatever it points at) or anything but a regular file, or holds more than
+    `max_bytes`. The file is opened without following links and checked again once open."""
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISREG(mode):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as error:  # a link that replaced the file meanwhile (ELOOP), a file we may not read
+        raise VaezooError(f"cannot read {path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise VaezooError(f"will not read {path}: it is {kind}, not a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            raise VaezooError(f"will not read {path}: it holds {info.st_size:,} bytes, at most {max_bytes:,} expected")
+        return handle.read(max_bytes + 1)[:max_bytes]

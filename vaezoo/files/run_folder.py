@@ -42,6 +42,7 @@ RESUMABLE_CHANGES = {
     "grad_clip",
     "skip_grad_norm",
     "precision",
+    "threads",
     "compile",
     "cuda_graph",
     "channels_last",

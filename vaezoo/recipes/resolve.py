@@ -35,6 +35,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "limit": 0,
     "test_limit": 0,
     "precision": "auto",
+    "threads": "auto",  # CPU threads of the run: N, or auto (OMP_NUM_THREADS, else half the CPUs: docs/performance.md)
     "compile": False,
     "cuda_graph": True,  # on CUDA, replay the training step from a CUDA graph where the run allows it
     "channels_last": True,
@@ -51,6 +52,7 @@ MAX_VAL_FRACTION = 0.9
 SCHEDULE_ARGS = {"total_steps", "steps_per_epoch"}  # what vaezoo passes a schedule itself
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MAX_THREADS = 1024
 # Arguments the framework passes itself: a recipe cannot set them per component or model family.
 FRAMEWORK_ARGS = {"in_shape", "out_shape", "latent_dim", "root"}
 MODEL_ARGS = {"in_shape", "num_classes", "latent_dim", *MODEL_PARTS}
@@ -242,7 +244,11 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
     if isinstance(resolved["lr_schedule"], str):  # lr_schedule = "cosine"
         resolved["lr_schedule"] = {"name": resolved["lr_schedule"]}
     for key, default in TRAIN_DEFAULTS.items():
-        resolved[key] = _check_type(f"train.{key}", resolved[key], default)
+        if key != "threads":  # a number or "auto"
+            resolved[key] = _check_type(f"train.{key}", resolved[key], default)
+    threads = resolved["threads"]
+    if threads != "auto" and not (_is_int(threads) and 1 <= threads <= MAX_THREADS):
+        raise RecipeError(f'train.threads must be "auto" or a whole number from 1 to {MAX_THREADS}, got {threads!r}')
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if resolved[key] < 1:
             raise RecipeError(f"train.{key} must be at least 1, got {resolved[key]}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -15,8 +17,8 @@ from typing import Any
 import torch
 
 from vaezoo.components import checked_parts
-from vaezoo.errors import VaezooError
-from vaezoo.files.atomic import write_text_atomic
+from vaezoo.errors import VaezooError, printable
+from vaezoo.files.atomic import read_regular_bytes, write_text_atomic
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -60,6 +62,20 @@ def start_cuda(device: torch.device) -> None:
         threading.Thread(target=start, name="vaezoo-cuda-start", daemon=True).start()
 
 
+def resolve_threads(setting: int | str) -> int:
+    """The CPU threads for `train.threads`: N as given; `auto` takes OMP_NUM_THREADS where it is set to
+    a positive number (torchrun sets 1 per worker), else half the CPUs this process may use, at least
+    one: on a shared or busy machine a thread per CPU measured up to 30x slower (docs/performance.md)."""
+    if setting != "auto":
+        return int(setting)
+    with contextlib.suppress(ValueError):
+        omp = int(os.environ.get("OMP_NUM_THREADS", ""))
+        if omp > 0:
+            return omp
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // 2)
+
+
 @dataclass(frozen=True)
 class Precision:
     """How to run forward passes: an autocast dtype (None for fp32) and whether grads need scaling."""
@@ -99,26 +115,54 @@ def _candidate(device: torch.device) -> str:
 
 
 def device_name(device: torch.device) -> str:
-    """What the precision choice depends on: the GPU's name, or the CPU's model and thread count."""
+    """What the precision choice depends on: the GPU's name, or the CPU's model. Not the thread count
+    nor the number of processes: a choice holds for any `--threads` and `--nproc` on the machine."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         with contextlib.suppress(OSError):
             for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
                 if line.startswith("model name"):
-                    return f"{line.partition(':')[2].strip()} x{torch.get_num_threads()}"
+                    return line.partition(":")[2].strip()
     return device.type
 
 
 StepTimer = Callable[[list["Precision"]], list[float]]
 FASTER = 0.9  # a reduced precision is chosen only when its step takes under 90% of fp32's
+CACHE_BYTES = 64 * 1024  # precision.json: a larger one is not vaezoo's and is ignored
+CACHE_ENTRIES = 200  # the most recent choices kept in precision.json
+CHOICES = ("fp32", "bf16", "fp16")
+
+
+def _warn(message: str) -> None:
+    print(printable(f"vaezoo: warning: {message}"), file=sys.stderr)
+
+
+def _cached_choices(cache_file: Path) -> dict[str, str]:
+    """The choices in precision.json (entry -> precision). A cache that is not a regular file (a
+    symbolic link to anywhere, a FIFO...), is larger than CACHE_BYTES, or is not a JSON object of
+    precisions is ignored with a warning: a cache may save a probe, never decide a run."""
+    try:
+        data = read_regular_bytes(cache_file, CACHE_BYTES)
+        cached = json.loads(data) if data is not None else {}
+    except VaezooError as error:
+        _warn(f"the precision cache is ignored: {error}")
+        return {}
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON
+        cached = None
+    if not (isinstance(cached, dict) and all(value in CHOICES for value in cached.values())):
+        _warn(f"the precision cache {cache_file} is ignored: it is not a JSON object of precisions (it is rewritten)")
+        return {}
+    return cached
 
 
 def auto_precision(device: torch.device, timer: StepTimer | None = None, key: str | None = None) -> str:
     """`--precision auto`: fp32 unless the device has a reduced precision worth trying (`_candidate`).
     With a `timer` (seconds per training step of the run's model for each precision given), that
     precision is chosen only if it measures clearly faster than fp32; the choice is cached per device
-    and `key` (the model and batch), so a resumed run trains at the precision it started with."""
+    model and `key` (the model and global batch) in precision.json, to spare the next run the probe. A
+    run resolves auto once and keeps its choice (recipe.toml records it): the cache never changes a
+    run that has started."""
     candidate = _candidate(device)
     if candidate == "fp32" or timer is None:
         return candidate
@@ -126,18 +170,14 @@ def auto_precision(device: torch.device, timer: StepTimer | None = None, key: st
 
     cache_file = cache_dir() / "precision.json"
     entry = f"{device_name(device)} | torch {torch.__version__} | {key}"
-    try:
-        cached = json.loads(cache_file.read_text(encoding="utf-8")) if cache_file.is_file() else {}
-    except (OSError, ValueError, RecursionError):
-        cached = {}
-    if not isinstance(cached, dict):
-        cached = {}
+    cached = _cached_choices(cache_file)
     if cached.get(entry) in ("fp32", candidate):
         return cached[entry]
     fp32_seconds, candidate_seconds = timer([resolve_precision("fp32", device), resolve_precision(candidate, device)])
     choice = candidate if candidate_seconds < FASTER * fp32_seconds else "fp32"
-    with contextlib.suppress(OSError):  # a cache that cannot be written costs a probe next time
-        write_text_atomic(cache_file, json.dumps({**cached, entry: choice}, indent=1))
+    kept = [item for item in cached.items() if item[0] != entry][-(CACHE_ENTRIES - 1) :]
+    with contextlib.suppress(OSError, VaezooError):  # a cache that cannot be written costs a probe next time
+        write_text_atomic(cache_file, json.dumps({**dict(kept), entry: choice}, indent=1))
     return choice
 
 

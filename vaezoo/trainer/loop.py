@@ -588,6 +588,7 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
         "lr": settings["lr"] * (run.lr_factor if run.lr_factor is not None else 1.0),
         "seconds": training["seconds"],
         "images_per_s": training["images_per_s"],
+        "precision": run.precision.name,  # a resume may change it: each epoch records its own
         "eval_seconds": time.perf_counter() - eval_started,
         **({"compile_seconds": training["compile_seconds"]} if "compile_seconds" in training else {}),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -34,6 +35,13 @@ class RichProgress(Callback):
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=self.console,
+        )
+        threads = run.recipe["train"]["threads"]
+        self.console.print(  # what the run's speed depends on
+            f"training on {run.device} in {run.precision.name} with {torch.get_num_threads()} CPU "
+            f"thread(s) (train.threads {threads})",
+            markup=False,
+            highlight=False,
         )
         if run.device.type == "cuda":  # whether the step replays a CUDA graph, or why not
             self.console.print(f"training step: {run.step_mode}", markup=False, highlight=False)
