@@ -3,6 +3,7 @@ import torch; commands that need it import it when they run."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -48,6 +49,14 @@ MAX_SET_CHARS = 10_000  # one --set
 MAX_SET_DEPTH = 32  # dotted key parts plus nested [ and { in one --set
 KIND_HELP = "one of " + ", ".join(KINDS)
 MODEL_HELP = "A model.safetensors file, hf://ORG/NAME[@REVISION] or an https:// URL (optionally #sha256=HEX)."
+
+
+def _finite_option(context: typer.Context, parameter: typer.CallbackParam, value: float | None) -> float | None:
+    """A float option's value, refused in one line when it is NaN or infinite (click's range checks let
+    NaN through: every comparison with it is false)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number", param=parameter)
+    return value
 
 
 def _version(value: bool) -> None:
@@ -168,7 +177,7 @@ def run_command(
         int | None, typer.Option(max=MAX_EPOCHS, help="Total number of epochs (with --resume: train up to this epoch).")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(max=MAX_BATCH, help="Training batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(callback=_finite_option, help="Learning rate.")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, max=MAX_LATENT_DIM, help="Size of the latent space.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str | None, typer.Option(help="auto, fp32, bf16 or fp16.")] = None,
@@ -361,7 +370,10 @@ def sample_command(
     seed: Annotated[
         int, typer.Option(min=0, max=MAX_SEED, help="Random seed: the same seed gives the same picture.")
     ] = 0,
-    temperature: Annotated[float, typer.Option(min=0.0, max=MAX_TEMPERATURE, help="Scale of the prior samples.")] = 1.0,
+    temperature: Annotated[
+        float,
+        typer.Option(min=0.0, max=MAX_TEMPERATURE, callback=_finite_option, help="Scale of the prior samples."),
+    ] = 1.0,
     label: Annotated[
         str | None,
         typer.Option(
@@ -515,39 +527,56 @@ def inspect_command(
             return False
         return True
 
+    from vaezoo.plugins.manager import get_registry
+
     info = describe(model)
     # inspect reads any file without importing a plugin (nor torch): the distributions it names that are
-    # not installed here, which sample and load would ask for
+    # not installed here (sample and load would ask for them), those whose names are not valid (no pip
+    # line), and whether the family is installed (load checks the file's objective against its declaration)
     named = {r.get("distribution") for r in info["components"]}
     info["missing_distributions"] = sorted(name for name in named if valid_distribution(name) and not installed(name))
+    info["invalid_distributions"] = [
+        {"kind": r["kind"], "name": r["name"], "distribution": r["distribution"]}
+        for r in info["components"]
+        if not valid_distribution(r["distribution"])
+    ]
+    family = info["model"]
+    info["family_installed"] = family["name"] in get_registry().entries["models"]
     if as_json:
         _print_json(info)
         return
     recipe = info["recipe"]
-    # everything below comes from the file: shown through _safe and _table, never as markup
-    console.print(f"[bold]{_safe(info['path'])}[/bold]  sha256 {_safe(info['sha256'])}")
-    console.print(_safe(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}"))
-    family = info["model"]
+    # everything below comes from the file: shown through _safe and _table, never as markup; long lines
+    # are never wrapped (a piped sha256 stays on one line)
+    say = functools.partial(console.print, soft_wrap=True)
+    say(f"[bold]{_safe(info['path'])}[/bold]  sha256 {_safe(info['sha256'])}")
+    say(_safe(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}"))
     provider = (
         f" from {family['distribution']} {family.get('version', '')} (plugin {family.get('plugin')!r})"
         if family.get("distribution")
         else " (format 1: vaezoo 0.1)"
     )
     objective = info["objective"]["objective"]
-    console.print(
+    if not info["objective"]["recorded"]:
+        claim = "vaezoo before 0.3 recorded none: read as a VAE's"
+    elif info["family_installed"]:
+        claim = "as the file records it; loading checks it against the family"
+    else:
+        claim = f"the file's claim: family {family['name']!r} is not installed here to check it"
+    say(
         _safe(
             f"model family {family['name']!r}{provider}; objective: "
-            f"{'negative ELBO' if objective == 'elbo' else objective + ' (not a variational bound)'}"
+            f"{'negative ELBO' if objective == 'elbo' else objective + ' (not a variational bound)'} ({claim})"
         )
     )
-    console.print(
+    say(
         _safe(
             f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data "
             f"{info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters"
         )
     )
     if is_conditional({"recipe": recipe, "data": info["data"]}):
-        console.print(
+        say(
             _safe(
                 "class-conditional (sample --label): "
                 f"{', '.join(f'{i} {name}' for i, name in enumerate(info['data'].get('classes', [])))}"
@@ -556,18 +585,25 @@ def inspect_command(
     components = [(r["kind"], r["name"], r["distribution"], r["version"]) for r in info["components"]]
     console.print(_table(("component", "name", "distribution", "version"), components))
     for name in info["missing_distributions"]:
-        console.print(_safe(f"not installed here: {name} (sample and load need it: pip install {name})"))
+        say(_safe(f"not installed here: {name} (sample and load need it: pip install {name})"))
+    for record in info["invalid_distributions"]:
+        say(
+            _safe(
+                f"{record['kind']} {record['name']!r}: its distribution name {record['distribution']!r} is not a "
+                "valid distribution name (no pip line): install that plugin yourself"
+            )
+        )
     training = info["training"]
     if training:
         tested = f", tested on {training['test_images']} images" if isinstance(training.get("test_images"), int) else ""
-        console.print(
+        say(
             _safe(
                 f"trained {training.get('epochs')} epochs, {training.get('steps')} steps "
                 f"({training.get('precision')} on {training.get('device')}){tested}"
             )
         )
     for key, value in info["metrics"].items():
-        console.print(_safe(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"))
+        say(_safe(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"))
 
 
 @app.command("push")

@@ -223,12 +223,24 @@ def checked_parts(model: nn.Module, parts: Any, batch: int) -> LossParts:
             ),
             None,
         )
-        if bad is None:
-            return parts
-        raise PluginError(
-            f"model family {_family(model)} broke its contract: forward's {bad} is "
-            f"{_what(getattr(parts, bad))}, expected shape ({batch},)"
-        )
+        if bad is not None:
+            raise PluginError(
+                f"model family {_family(model)} broke its contract: forward's {bad} is "
+                f"{_what(getattr(parts, bad))}, expected shape ({batch},)"
+            )
+        terms = parts.terms
+        if not isinstance(terms, Mapping):
+            raise PluginError(
+                f"model family {_family(model)} broke its contract: forward's terms is {_what(terms)}, expected a "
+                "dict of names to tensors"
+            )
+        for name, value in terms.items():
+            if not (isinstance(name, str) and torch.is_tensor(value) and tuple(value.shape) == (batch,)):
+                raise PluginError(
+                    f"model family {_family(model)} broke its contract: forward's terms[{repr(name)[:100]}] "
+                    f"is {_what(value)}, expected a tensor of shape ({batch},)"
+                )
+        return parts
     raise PluginError(
         f"model family {_family(model)} broke its contract: forward returned {_what(parts)}, expected vaezoo.LossParts"
     )
