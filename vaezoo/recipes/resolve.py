@@ -70,7 +70,8 @@ def objective_problem(objective: Any, regularizer: Any) -> str | None:
     lower-case name, the regularizer none of RESERVED_REPORT_NAMES, and an ELBO's regularizer the KL."""
     if not (isinstance(objective, str) and REPORT_NAME.fullmatch(objective)):
         return f"objective {repr(objective)[:40]} is not 'elbo' or a short lower-case name"
-    if not (isinstance(regularizer, str) and REPORT_NAME.fullmatch(regularizer) and regularizer not in RESERVED_REPORT_NAMES):
+    named = isinstance(regularizer, str) and REPORT_NAME.fullmatch(regularizer)
+    if not named or regularizer in RESERVED_REPORT_NAMES:
         return (
             f"regularizer {repr(regularizer)[:40]} is not a short lower-case name other than "
             f"{', '.join(sorted(RESERVED_REPORT_NAMES))}"
