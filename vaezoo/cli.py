@@ -112,8 +112,8 @@ def _table(columns: tuple[str, ...], rows: list[tuple[object, ...]], *, header: 
 
 @app.command("list")
 def list_command(
-    kind: Annotated[str | None, typer.Argument(help=f"What to list: {KIND_HELP}.")] = None,
-    pattern: Annotated[str | None, typer.Argument(help="Glob on the name, e.g. '*resnet*'.")] = None,
+    kind: Annotated[str | None, typer.Argument(metavar="KIND", help=f"What to list: {KIND_HELP}.")] = None,
+    pattern: Annotated[str | None, typer.Argument(metavar="PATTERN", help="Glob on the name, e.g. '*resnet*'.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List recipes and components."""
@@ -172,7 +172,9 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
 
 @app.command("run")
 def run_command(
-    recipe: Annotated[str, typer.Argument(help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")],
+    recipe: Annotated[
+        str, typer.Argument(metavar="RECIPE", help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")
+    ],
     epochs: Annotated[
         int | None, typer.Option(max=MAX_EPOCHS, help="Total number of epochs (with --resume: train up to this epoch).")
     ] = None,
@@ -364,7 +366,7 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
 
 @app.command("sample")
 def sample_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of images.")] = 64,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("samples.png"),
     seed: Annotated[
@@ -396,7 +398,7 @@ def sample_command(
 
 @app.command("reconstruct")
 def reconstruct_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of test images.")] = 16,
     out: Annotated[Path, typer.Option(help="PNG file to write.")] = Path("reconstructions.png"),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test images.")] = 0,
@@ -414,7 +416,7 @@ def reconstruct_command(
 
 @app.command("interpolate")
 def interpolate_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=1000, help="Number of image pairs (rows).")] = 8,
     steps: Annotated[
         int, typer.Option(min=2, max=100, help="Images per row, from one image of the pair to the other.")
@@ -435,7 +437,7 @@ def interpolate_command(
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     data_dir: Annotated[
         Path | None, typer.Option(help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).")
     ] = None,
@@ -494,8 +496,8 @@ def eval_command(
     rows = []
     objective = "negative ELBO" if metrics["objective"] == "elbo" else f"{metrics['objective']} objective"
     for key, value in metrics.items():
-        if key == "terms":  # the family's own terms, under the regularizer they usually split
-            rows += [(f"  {term}", term_value) for term, term_value in value.items()]
+        if key == "terms":  # the family's own terms (a term may share the regularizer's name: WAE's mmd)
+            rows += [(f"terms.{term}", term_value) for term, term_value in value.items()]
         elif key == "loss":
             rows.append((f"loss ({objective})", value))
         elif key not in ("bits_per_dim_note", "iw_note", "objective", "regularizer"):
@@ -512,7 +514,7 @@ def eval_command(
 
 @app.command("inspect")
 def inspect_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What a checkpoint holds: recipe, components and their plugins, shapes, metrics, sha256."""
@@ -640,7 +642,7 @@ def push_command(
 
 @app.command("card")
 def card_command(
-    model: Annotated[str, typer.Argument(help="A run folder, " + MODEL_HELP[2:])],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A run folder, " + MODEL_HELP[2:])],
     repo_id: Annotated[
         str | None, typer.Option("--repo", metavar="ORG/NAME", help="Repository name the card's examples load from.")
     ] = None,

@@ -366,8 +366,10 @@ def _count(value: Any, noun: str) -> str:
 def card_for(model: str, repo_id: str | None = None) -> str:
     """The card of a model file, run folder or remote name: what `vaezoo push` would upload as README.md
     (read from the file's header; its tensors are only hashed, a megabyte at a time)."""
-    from vaezoo.sharing.hub import MODEL_FILE, is_remote, parse_hf_name
+    from vaezoo.sharing.hub import MODEL_FILE, check_repo_id, is_remote, parse_hf_name
 
+    if repo_id is not None:
+        check_repo_id(repo_id)
     if is_remote(model):
         if repo_id is None and str(model).startswith("hf://"):
             repo_id = parse_hf_name(str(model))[0]
