@@ -18,8 +18,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tinydata import error_lines
 
-from vaezoo.recipes.resolve import RESERVED_REPORT_NAMES
-
 
 def forge(source: Path, target: Path, change: Callable[[dict], None]) -> Path:
     """A copy of a model file whose decoded `vaezoo.*` metadata went through `change` (which may delete
@@ -115,6 +113,7 @@ def test_a_regularizer_never_takes_one_of_evals_names(small_model: Path, cifar: 
     with one is when it is read."""
     from vaezoo.errors import PluginError
     from vaezoo.recipes.build import _check_declarations
+    from vaezoo.recipes.resolve import RESERVED_REPORT_NAMES
 
     evaluated, *labelled_files = run_cli_batch(
         [
