@@ -16,7 +16,7 @@ import pytest
 from conftest import Command, run_cli_batch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tinydata import error_lines
+from tinydata import error_lines, tiny_cifar  # noqa: F401 - a fixture
 
 
 def forge(source: Path, target: Path, change: Callable[[dict], None]) -> Path:
@@ -215,7 +215,7 @@ def families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_deep_recipes_and_broken_families_at_epoch_end_are_one_line(
-    families: dict[str, str], cifar: Path, tmp_path: Path
+    families: dict[str, str], tiny_cifar: Path, tmp_path: Path
 ) -> None:
     """Class 11 (and issue 26's two `mmd` rows): a resume whose recipe.toml nests 3000 deep, a plugin's
     recipe table as deep, a family declaring a reserved regularizer, one whose terms hold floats, one
@@ -232,7 +232,7 @@ def test_deep_recipes_and_broken_families_at_epoch_end_are_one_line(
     deep = tmp_path / "deep"
     deep.mkdir()
     (deep / "recipe.toml").write_text('name = "cifar-vae"\nx = ' + "[" * 3000 + "]" * 3000 + "\n")
-    data = ["--data-dir", str(cifar)]
+    data = ["--data-dir", str(tiny_cifar)]  # the families draw nothing from the images: a tiny CIFAR will do
     good = tmp_path / "good"
     results = run_cli_batch(
         [
@@ -276,11 +276,11 @@ def test_options_and_names_are_refused_in_one_line(small_model: Path, cifar: Pat
     out = tmp_path / "s.png"
     commands = [
         *(["sample", str(small_model), "--temperature", value, "--out", str(out)] for value in ("nan", "-nan")),
-        *(["run", "cifar-vae", "--lr", value, "--out", str(tmp_path / "r")] for value in ("nan", "inf", "-inf")),
+        *(["run", "cifar-vae", *RUN, "--lr", value, "--out", str(tmp_path / "r")] for value in ("nan", "inf", "-inf")),
         ["card", str(small_model), "--repo", "a/b/c"],
         ["card", str(small_model), "--repo", "a/b\x1b[2J"],
         ["sample", str(small_model), "--device", "", "--out", str(out)],
-        ["run", "cifar-vae", "--device", "", "--out", str(tmp_path / "r")],
+        ["run", "cifar-vae", *RUN[:4], "--device", "", "--out", str(tmp_path / "r")],
         ["run", "cifar-vae", *RUN, "--data-dir", str(missing), "--out", str(tmp_path / "r")],
         ["eval", str(small_model), "--data-dir", str(missing)],
         Command("inspect", str(invalid), env={"COLUMNS": None}),
