@@ -436,6 +436,17 @@ def test_bad_download_settings_are_one_line(
     assert raw.requests == []
 
 
+def test_a_download_deadline_too_far_away_for_its_timer_is_one_line(
+    raw: RawServer, cache: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 23 (11): VAEZOO_DOWNLOAD_TIMEOUT=1e300 is finite, but overflowed the deadline's timer thread
+    (a traceback from the thread, then the download went on without a deadline)."""
+    raw.routes[MODEL] = ok(b"x")
+    env = {"VAEZOO_DOWNLOAD_TIMEOUT": "1e300"}
+    one_error_here(capsys, ["inspect", raw.url(MODEL)], "VAEZOO_DOWNLOAD_TIMEOUT='1e300'", "at most 1,000,000", env=env)
+    assert raw.requests == []
+
+
 def test_download_cache_without_a_home(
     raw: RawServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Any
 from vaezoo.errors import RecipeError, RunFailed, VaezooError, checked_path
 from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
 from vaezoo.plugins.registry import split_name
-from vaezoo.recipes.resolve import MAX_GRID_IMAGES, resolve_recipe
+from vaezoo.recipes.resolve import MAX_GRID_IMAGES, read_recipe_file, resolve_recipe
 from vaezoo.recipes.toml_writer import dumps as toml_dumps
 
 
@@ -125,8 +124,8 @@ def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str,
     if not path.is_file():
         raise VaezooError(f"cannot resume from {resume}: no recipe.toml there (is it a vaezoo run folder?)")
     try:
-        table = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as error:
+        table = read_recipe_file(path, f"cannot resume from {resume}: {path}")
+    except OSError as error:
         raise VaezooError(f"cannot resume from {resume}: {path} is damaged ({error})") from None
     if not isinstance(table.get("name"), str):
         raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: it names no recipe (name = ...)")

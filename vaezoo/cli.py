@@ -3,6 +3,7 @@ import torch; commands that need it import it when they run."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -57,6 +58,14 @@ def _path(option: str, kind: Callable[[str], object] = Path) -> Callable[[str], 
     """A parser for a path option: an empty or whitespace-only value (which would name the current folder)
     is one line naming `option` (exit 2), never a run or a write into the current folder."""
     return lambda value: kind(checked_path(value, option))
+
+
+def _finite_option(context: typer.Context, parameter: typer.CallbackParam, value: float | None) -> float | None:
+    """A float option's value, refused in one line when it is NaN or infinite (click's range checks let
+    NaN through: every comparison with it is false)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number", param=parameter)
+    return value
 
 
 def _version(value: bool) -> None:
@@ -118,8 +127,8 @@ def _clashes(names: Iterable[object]) -> set[object]:
 
 @app.command("list")
 def list_command(
-    kind: Annotated[str | None, typer.Argument(help=f"What to list: {KIND_HELP}.")] = None,
-    pattern: Annotated[str | None, typer.Argument(help="Glob on the name, e.g. '*resnet*'.")] = None,
+    kind: Annotated[str | None, typer.Argument(metavar="KIND", help=f"What to list: {KIND_HELP}.")] = None,
+    pattern: Annotated[str | None, typer.Argument(metavar="PATTERN", help="Glob on the name, e.g. '*resnet*'.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List recipes and components."""
@@ -206,12 +215,14 @@ def show_command(
 
 @app.command("run")
 def run_command(
-    recipe: Annotated[str, typer.Argument(help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")],
+    recipe: Annotated[
+        str, typer.Argument(metavar="RECIPE", help="Recipe name (`vaezoo list recipes`) or a recipe .toml file.")
+    ],
     epochs: Annotated[
         int | None, typer.Option(max=MAX_EPOCHS, help="Total number of epochs (with --resume: train up to this epoch).")
     ] = None,
     batch_size: Annotated[int | None, typer.Option(max=MAX_BATCH, help="Training batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(callback=_finite_option, help="Learning rate.")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, max=MAX_LATENT_DIM, help="Size of the latent space.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[
@@ -425,7 +436,7 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
 
 @app.command("sample")
 def sample_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of images.")] = 64,
     out: Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")] = Path(
         "samples.png"
@@ -433,7 +444,10 @@ def sample_command(
     seed: Annotated[
         int, typer.Option(min=0, max=MAX_SEED, help="Random seed: the same seed gives the same picture.")
     ] = 0,
-    temperature: Annotated[float, typer.Option(min=0.0, max=MAX_TEMPERATURE, help="Scale of the prior samples.")] = 1.0,
+    temperature: Annotated[
+        float,
+        typer.Option(min=0.0, max=MAX_TEMPERATURE, callback=_finite_option, help="Scale of the prior samples."),
+    ] = 1.0,
     label: Annotated[
         str | None,
         typer.Option(
@@ -500,7 +514,7 @@ def fit_sampler_command(
 
 @app.command("reconstruct")
 def reconstruct_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of test images.")] = 16,
     out: Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")] = Path(
         "reconstructions.png"
@@ -525,7 +539,7 @@ def reconstruct_command(
 
 @app.command("interpolate")
 def interpolate_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=1000, help="Number of image pairs (rows).")] = 8,
     steps: Annotated[
         int, typer.Option(min=2, max=100, help="Images per row, from one image of the pair to the other.")
@@ -553,7 +567,7 @@ def interpolate_command(
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -617,8 +631,8 @@ def eval_command(
     rows = []
     objective = "negative ELBO" if metrics["objective"] == "elbo" else f"{metrics['objective']} objective"
     for key, value in metrics.items():
-        if key == "terms":  # the family's own terms, under the regularizer they usually split
-            rows += [(f"  {term}", term_value) for term, term_value in value.items()]
+        if key == "terms":  # the family's own terms (a term may share the regularizer's name: WAE's mmd)
+            rows += [(f"terms.{term}", term_value) for term, term_value in value.items()]
         elif key == "loss":
             rows.append((f"loss ({objective})", value))
         elif key not in ("bits_per_dim_note", "iw_note", "objective", "regularizer"):
@@ -635,7 +649,7 @@ def eval_command(
 
 @app.command("inspect")
 def inspect_command(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What a checkpoint holds: recipe, components and their plugins, shapes, metrics, sha256."""
@@ -650,39 +664,56 @@ def inspect_command(
             return False
         return True
 
+    from vaezoo.plugins.manager import get_registry
+
     info = describe(model)
     # inspect reads any file without importing a plugin (nor torch): the distributions it names that are
-    # not installed here, which sample and load would ask for
+    # not installed here (sample and load would ask for them), those whose names are not valid (no pip
+    # line), and whether the family is installed (load checks the file's objective against its declaration)
     named = {r.get("distribution") for r in info["components"]}
     info["missing_distributions"] = sorted(name for name in named if valid_distribution(name) and not installed(name))
+    info["invalid_distributions"] = [
+        {"kind": r["kind"], "name": r["name"], "distribution": r["distribution"]}
+        for r in info["components"]
+        if not valid_distribution(r["distribution"])
+    ]
+    family = info["model"]
+    info["family_installed"] = family["name"] in get_registry().entries["models"]
     if as_json:
         _print_json(info)
         return
     recipe = info["recipe"]
-    # everything below comes from the file: shown through _safe and _table, never as markup
-    console.print(f"[bold]{_safe(info['path'])}[/bold]  sha256 {_safe(info['sha256'])}")
-    console.print(_safe(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}"))
-    family = info["model"]
+    # everything below comes from the file: shown through _safe and _table, never as markup; long lines
+    # are never wrapped (a piped sha256 stays on one line)
+    say = functools.partial(console.print, soft_wrap=True)
+    say(f"[bold]{_safe(info['path'])}[/bold]  sha256 {_safe(info['sha256'])}")
+    say(_safe(f"recipe {recipe.get('name')!r}: {recipe.get('summary', '')}"))
     provider = (
         f" from {family['distribution']} {family.get('version', '')} (plugin {family.get('plugin')!r})"
         if family.get("distribution")
         else " (format 1: vaezoo 0.1)"
     )
     objective = info["objective"]["objective"]
-    console.print(
+    if not info["objective"]["recorded"]:
+        claim = "vaezoo before 0.3 recorded none: read as a VAE's"
+    elif info["family_installed"]:
+        claim = "as the file records it; loading checks it against the family"
+    else:
+        claim = f"the file's claim: family {family['name']!r} is not installed here to check it"
+    say(
         _safe(
             f"model family {family['name']!r}{provider}; objective: "
-            f"{'negative ELBO' if objective == 'elbo' else objective + ' (not a variational bound)'}"
+            f"{'negative ELBO' if objective == 'elbo' else objective + ' (not a variational bound)'} ({claim})"
         )
     )
-    console.print(
+    say(
         _safe(
             f"vaezoo {info['vaezoo_version']}, format {info['format_version']}, data "
             f"{info['data']['shape']}, {info['tensors']} tensors, {info['parameters']:,} parameters"
         )
     )
     if is_conditional({"recipe": recipe, "data": info["data"]}):
-        console.print(
+        say(
             _safe(
                 "class-conditional (sample --label): "
                 f"{', '.join(f'{i} {name}' for i, name in enumerate(info['data'].get('classes', [])))}"
@@ -699,18 +730,25 @@ def inspect_command(
             )
         )
     for name in info["missing_distributions"]:
-        console.print(_safe(f"not installed here: {name} (sample and load need it: pip install {name})"))
+        say(_safe(f"not installed here: {name} (sample and load need it: pip install {name})"))
+    for record in info["invalid_distributions"]:
+        say(
+            _safe(
+                f"{record['kind']} {record['name']!r}: its distribution name {record['distribution']!r} is not a "
+                "valid distribution name (no pip line): install that plugin yourself"
+            )
+        )
     training = info["training"]
     if training:
         tested = f", tested on {training['test_images']} images" if isinstance(training.get("test_images"), int) else ""
-        console.print(
+        say(
             _safe(
                 f"trained {training.get('epochs')} epochs, {training.get('steps')} steps "
                 f"({training.get('precision')} on {training.get('device')}){tested}"
             )
         )
     for key, value in info["metrics"].items():
-        console.print(_safe(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"))
+        say(_safe(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"))
 
 
 @app.command("push")
@@ -752,7 +790,7 @@ def push_command(
 
 @app.command("card")
 def card_command(
-    model: Annotated[str, typer.Argument(help="A run folder, " + MODEL_HELP[2:])],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A run folder, " + MODEL_HELP[2:])],
     repo_id: Annotated[
         str | None, typer.Option("--repo", metavar="ORG/NAME", help="Repository name the card's examples load from.")
     ] = None,

@@ -270,9 +270,16 @@ def checked_parts(model: nn.Module, parts: Any, batch: int) -> LossParts:
             ),
             None,
         )
-        if bad is None:
-            return parts
-        raise broken_contract(model, f"forward's {bad} is {_what(getattr(parts, bad))}, expected shape ({batch},)")
+        if bad is not None:
+            raise broken_contract(model, f"forward's {bad} is {_what(getattr(parts, bad))}, expected shape ({batch},)")
+        terms = parts.terms
+        if not isinstance(terms, Mapping):
+            raise broken_contract(model, f"forward's terms is {_what(terms)}, expected a dict of names to tensors")
+        for name, value in terms.items():
+            if not (isinstance(name, str) and torch.is_tensor(value) and tuple(value.shape) == (batch,)):
+                shown = repr(name)[:100]
+                raise broken_contract(model, f"forward's terms[{shown}] is {_what(value)}, expected shape ({batch},)")
+        return parts
     raise broken_contract(model, f"forward returned {_what(parts)}, expected vaezoo.LossParts")
 
 

@@ -92,10 +92,17 @@ def path_key_value(root: Path, value: str, what: str) -> Path:
 
 
 def checked_data_root(data_dir: str | os.PathLike | None = None) -> Path:
-    """`data_root(data_dir)`, refused in one line (naming where it came from) if it exists and is not a folder."""
+    """`data_root(data_dir)`, refused in one line (naming where it came from) if it exists and is not a
+    folder, or if it was given (--data-dir, VAEZOO_DATA_DIR) and does not exist: vaezoo only reads a
+    folder it is pointed at, and never creates one there (only the per-user folder receives downloads)."""
     root = data_root(data_dir)
     what = "--data-dir" if data_dir else "VAEZOO_DATA_DIR" if os.environ.get("VAEZOO_DATA_DIR") else "the data folder"
     check_data_folder(root, what)
+    if what != "the data folder" and not os.path.lexists(root):
+        raise DataError(
+            f"{what} {root} does not exist: point it at the data folder (vaezoo only reads it; without "
+            "--data-dir and VAEZOO_DATA_DIR a dataset downloads into the user folder)"
+        )
     return root
 
 

@@ -17,7 +17,15 @@ import vaezoo
 from vaezoo.components import Model
 from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
 from vaezoo.files.atomic import write_bytes_atomic
-from vaezoo.files.model_header import FORMAT_VERSION, read_metadata, shown, valid_distribution, valid_version
+from vaezoo.files.model_header import (
+    FORMAT_VERSION,
+    family_of,
+    objective_of,
+    read_metadata,
+    shown,
+    valid_distribution,
+    valid_version,
+)
 from vaezoo.recipes.build import Dependency, build_model
 from vaezoo.recipes.resolve import COMPONENTS, validate
 from vaezoo.sharing.hub import local_model_path
@@ -184,9 +192,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     with _building(path):
         model = rebuild(metadata, path)
     load_weights(model, tensors, path)
+    check_objective(model, metadata, path)
     from vaezoo.trainer.devices import resolve_device
 
     return model.to(resolve_device(str(device))).eval()
+
+
+def check_objective(model: Model, metadata: Mapping[str, Any], path: Path) -> None:
+    """The objective and regularizer a file records are those its family declares (the family's
+    declaration is what eval reports; a file that says otherwise is damaged or mislabelled)."""
+    recorded = objective_of(metadata)
+    declared = (model.objective, model.regularizer)
+    if "objective" in metadata and recorded != declared:
+        raise CheckpointError(
+            f"{path} is damaged: metadata vaezoo.objective says objective {shown(recorded[0])} and regularizer "
+            f"{shown(recorded[1])}, but model family {shown(family_of(metadata))} installed here declares "
+            f"{declared[0]!r} and {declared[1]!r}"
+        )
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vaezoo.errors import CheckpointError
+from vaezoo.recipes.resolve import objective_problem
 from vaezoo.sharing.hub import local_model_path
 
 FORMAT_VERSION = 2
@@ -386,7 +387,7 @@ def metadata_problem(metadata: Mapping[str, Any], depth: int = 0) -> str | None:
         or _data_problem(metadata.get("data"))
         or _component_problem(metadata.get("components"))
         or _training_problem(metadata.get("training", {}))
-        or _objective_problem(metadata.get("objective", {}))
+        or _objective_problem(metadata)
         or _dependencies_problem(metadata.get("dependencies", {}), depth)
     )
 
@@ -419,30 +420,46 @@ def _dependencies_problem(dependencies: Any, depth: int) -> str | None:
     return None
 
 
-_OBJECTIVE_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-
-
-def _objective_problem(objective: Any) -> str | None:
+def _objective_problem(metadata: Mapping[str, Any]) -> str | None:
     """`vaezoo.objective`: what the family minimises (`objective`, "elbo" for a VAE) and the name of
-    its regularizer (`kl` for a VAE); absent in files before vaezoo 0.3 (then elbo and kl)."""
-    if not isinstance(objective, dict):
-        return "vaezoo.objective is not an object"
-    for key in ("objective", "regularizer"):
-        if key in objective and not (isinstance(objective[key], str) and _OBJECTIVE_NAME.fullmatch(objective[key])):
-            return f"vaezoo.objective.{key} is not a short lower-case name"
+    its regularizer (`kl` for a VAE), as `vaezoo.recipes.resolve.objective_problem` allows a family to
+    declare them. Files before vaezoo 0.3 have none (then elbo and kl); files of 0.3 and later always do."""
+    if "objective" not in metadata:
+        version = re.match(r"(\d+)\.(\d+)", str(metadata.get("version", "")))
+        if version and (int(version[1]), int(version[2])) >= (0, 3):
+            return "vaezoo.objective is missing (files of vaezoo 0.3 and later record it)"
+        return None
+    objective = metadata["objective"]
+    if not (isinstance(objective, dict) and set(objective) == {"objective", "regularizer"}):
+        return "vaezoo.objective is not an object of objective and regularizer"
+    problem = objective_problem(objective["objective"], objective["regularizer"])
+    if problem:
+        return f"vaezoo.objective: {problem}"
+    metrics = metadata.get("training", {}).get("metrics", {})
+    if "test_loss" in metrics and f"test_{objective['regularizer']}" not in metrics:  # the loop writes both
+        return (
+            f"vaezoo.objective names the regularizer {objective['regularizer']!r}, but vaezoo.training.metrics "
+            f"has no test_{objective['regularizer']} (the label and the metrics disagree)"
+        )
     return None
 
 
 def objective_of(metadata: Mapping[str, Any]) -> tuple[str, str]:
-    """(objective, regularizer) of a checked file's model: ("elbo", "kl") for a VAE and older files."""
+    """(objective, regularizer) as a checked file records them: ("elbo", "kl") for files before
+    vaezoo 0.3. The file's label: `vaezoo.files.model_file.load` checks it against the family."""
     objective = metadata.get("objective", {})
     return objective.get("objective", "elbo"), objective.get("regularizer", "kl")
+
+
+def family_of(metadata: Mapping[str, Any]) -> str:
+    """The model family a checked file's recipe names (`vae` when it names none: vaezoo 0.1)."""
+    return metadata["recipe"].get("model", {}).get("name", "vae")
 
 
 def is_conditional(metadata: Mapping[str, Any]) -> bool:
     """Whether the model takes labels: `vaezoo.data.conditional` (when absent, only the `cvae` family)."""
     data = metadata.get("data", {})
-    return bool(data.get("conditional", metadata["recipe"].get("model", {}).get("name") == "cvae"))
+    return bool(data.get("conditional", family_of(metadata) == "cvae"))
 
 
 def parameter_count(header: Mapping[str, Any]) -> int:
@@ -474,7 +491,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         "format_version": metadata["format_version"],
         "model": next(
             (r for r in metadata["components"] if r.get("kind") == "model"),
-            {"kind": "model", "name": metadata["recipe"].get("model", {}).get("name", "vae")},
+            {"kind": "model", "name": family_of(metadata)},
         ),
         "components": metadata["components"],
         "data": metadata["data"],
@@ -482,7 +499,11 @@ def describe(path: str | Path) -> dict[str, Any]:
         "parameters": parameter_count(header),
         "shapes": {k: v.get("shape") for k, v in sorted(tensors.items())},
         "training": training,
-        "objective": dict(zip(("objective", "regularizer"), objective_of(metadata))),
+        # recorded: False for files before vaezoo 0.3, which record none (read as elbo and kl)
+        "objective": {
+            **dict(zip(("objective", "regularizer"), objective_of(metadata))),
+            "recorded": "objective" in metadata,
+        },
         "metrics": training.get("metrics", {}),
         "dependencies": {
             key: {

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import Model, implements
+from vaezoo.components import Model, checked_images, implements
 from vaezoo.data import to_float
 from vaezoo.errors import VaezooError
 from vaezoo.files.atomic import write_bytes_atomic
@@ -63,7 +63,8 @@ def reconstructions(
     columns = max(1, min(columns, len(x)))
     rows = math.ceil(len(x) / columns)
     blank = torch.ones(rows * columns - len(x), *x.shape[1:], device=x.device)
-    tiles = torch.cat([x, blank, model.reconstruct(x, y).float(), blank])
+    reconstructed = checked_images(model, "reconstruct", model.reconstruct(x, y), len(x))
+    tiles = torch.cat([x, blank, reconstructed.float(), blank])
     return tiles.cpu(), columns
 
 
@@ -81,7 +82,8 @@ def interpolations(
     t = torch.linspace(0, 1, steps, device=x.device).view(1, steps, *([1] * (latents.dim() - 1)))
     z = start.unsqueeze(1) + t * (end - start).unsqueeze(1)  # (pairs, steps, *latent)
     row_labels = None if y is None else y[0::2].repeat_interleave(steps)
-    return model.decode(z.flatten(0, 1), row_labels).float().cpu(), steps
+    decoded = checked_images(model, "decode", model.decode(z.flatten(0, 1), row_labels), len(start) * steps)
+    return decoded.float().cpu(), steps
 
 
 def sample_labels(model: Model, n: int, label: int | None = None) -> Tensor | None:
@@ -99,10 +101,10 @@ def sample_grid(model: Model, n: int) -> tuple[Tensor, int | None]:
     """samples.png of a run: `n` prior samples (8 a row), or for a conditional model one row per
     class, n / classes samples each."""
     if not model.conditional:
-        return model.sample(n), None
+        return checked_images(model, "sample", model.sample(n), n), None
     per_class = max(1, n // len(model.classes))
     y = torch.arange(len(model.classes), device=next(model.parameters()).device).repeat_interleave(per_class)
-    return model.sample(len(y), y), per_class
+    return checked_images(model, "sample", model.sample(len(y), y), len(y)), per_class
 
 
 def save_reconstructions(

@@ -13,7 +13,7 @@ from vaezoo.components import Model, undeclared
 from vaezoo.errors import PluginError, RecipeError, printable
 from vaezoo.plugins.api_version import EXAMPLE
 from vaezoo.plugins.kinds import MODEL_PARTS
-from vaezoo.recipes.resolve import COMPONENTS, component_parameters
+from vaezoo.recipes.resolve import COMPONENTS, component_parameters, objective_problem
 
 if TYPE_CHECKING:
     from vaezoo.plugins.registry import Entry
@@ -189,30 +189,12 @@ def _warn_undeclared(model: Model, name: str, entry: Entry) -> None:
         )
 
 
-REPORT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-RESERVED = {"loss", "recon", "terms", "bits_per_dim", "step", "epoch"}  # metric names a regularizer must not take
-
-
 def _check_declarations(model: Model, name: str, loss: Any, recipe: Mapping[str, Any]) -> None:
-    """What a family declares about its objective is usable, and nothing in the recipe is ignored:
-    a loss with a KL schedule (beta, warm-up) needs a family that applies it."""
-    if not (isinstance(model.objective, str) and REPORT_NAME.fullmatch(model.objective)):
-        raise PluginError(
-            f"model family {name!r} declares objective {model.objective!r}: expected 'elbo' or a short lower-case name"
-        )
-    if (
-        not (isinstance(model.regularizer, str) and REPORT_NAME.fullmatch(model.regularizer))
-        or model.regularizer in RESERVED
-    ):
-        raise PluginError(
-            f"model family {name!r} declares regularizer {model.regularizer!r}: expected a short lower-case "
-            f"name other than {', '.join(sorted(RESERVED))}"
-        )
-    if model.objective == "elbo" and model.regularizer != "kl":
-        raise PluginError(
-            f"model family {name!r}: an ELBO family's regularizer is the KL, not {model.regularizer!r} "
-            "(declare its own objective)"
-        )
+    """What a family declares about its objective is usable (`objective_problem`), and nothing in the
+    recipe is ignored: a loss with a KL schedule (beta, warm-up) needs a family that applies it."""
+    problem = objective_problem(model.objective, model.regularizer)
+    if problem:
+        raise PluginError(f"model family {name!r}: {problem}")
     if (
         loss is not None
         and not model.applies_kl_weight

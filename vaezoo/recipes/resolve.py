@@ -62,6 +62,78 @@ MAX_LATENT_DIM = 65536  # as a layer's width (plugins/vaezoo_defaults/common.py)
 # Images in one picture (samples.png, sample -n, reconstruct -n, interpolate): 10,000 CIFAR-sized tiles make a
 # 3,400 x 3,400 PNG.
 MAX_GRID_IMAGES = 10_000
+# What a family may call its objective and regularizer (`Model.objective`, `Model.regularizer`, recorded
+# in model files as vaezoo.objective). `eval` reports the regularizer under its name beside its own fields,
+# and metrics.jsonl as `test_<regularizer>`: a regularizer never takes one of those names.
+REPORT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+RESERVED_REPORT_NAMES = frozenset(
+    {
+        *("loss", "recon", "terms", "bits_per_dim", "step", "epoch", "objective", "regularizer"),
+        *("model", "split", "images", "iw_samples", "iw_nll", "iw_bits_per_dim", "iw_note", "bits_per_dim_note"),
+        *("recon_mse", "psnr_db"),
+    }
+)
+MAX_RECIPE_DEPTH = 32  # tables and lists inside one another in a recipe (as the CLI's MAX_SET_DEPTH)
+
+
+def objective_problem(objective: Any, regularizer: Any) -> str | None:
+    """What is wrong with a family's declared (objective, regularizer), or None: each a short
+    lower-case name, the regularizer none of RESERVED_REPORT_NAMES, and an ELBO's regularizer the KL."""
+    if not (isinstance(objective, str) and REPORT_NAME.fullmatch(objective)):
+        return f"objective {repr(objective)[:40]} is not 'elbo' or a short lower-case name"
+    named = isinstance(regularizer, str) and REPORT_NAME.fullmatch(regularizer)
+    if not named or regularizer in RESERVED_REPORT_NAMES:
+        return (
+            f"regularizer {repr(regularizer)[:40]} is not a short lower-case name other than "
+            f"{', '.join(sorted(RESERVED_REPORT_NAMES))}"
+        )
+    if objective == "elbo" and regularizer != "kl":
+        return (
+            f"objective 'elbo' has the regularizer 'kl', not {regularizer!r} (a family that is not an ELBO names "
+            "its own objective)"
+        )
+    return None
+
+
+def nesting_depth(value: Any, stop: int = MAX_RECIPE_DEPTH) -> int:
+    """How deeply tables and lists nest in `value` (a scalar: 0), counted without recursion and only
+    up to `stop` + 1 (deeper is "too deep")."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > stop:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_depth(table: Any, where: str) -> None:
+    """A RecipeError naming `where` for a recipe nested more than MAX_RECIPE_DEPTH levels deep."""
+    if nesting_depth(table) > MAX_RECIPE_DEPTH:
+        raise _too_deep(where)
+
+
+def _too_deep(where: str) -> RecipeError:
+    return RecipeError(f"{where} is nested too deeply (more than {MAX_RECIPE_DEPTH} levels of tables and lists)")
+
+
+def read_recipe_file(path: Path, where: str) -> dict[str, Any]:
+    """The table of a recipe file (UTF-8 TOML), or a RecipeError naming `where`."""
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{where} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise _too_deep(where) from None
+    check_depth(table, where)
+    return table
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:
@@ -117,16 +189,12 @@ def find_recipe(name_or_path: str | Path) -> tuple[str, dict[str, Any], str | No
     if path.suffix == ".toml":
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist")
-        try:
-            table = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise RecipeError(f"recipe file {path} is not valid TOML: {error}") from None
-        except RecursionError:
-            raise RecipeError(f"recipe file {path} is nested too deeply to be a recipe") from None
+        table = read_recipe_file(path, f"recipe file {path}")
         return check_name(table.get("name", path.stem), f"recipe file {path}"), table, None
     from vaezoo.plugins.manager import get_registry
 
     entry = get_registry().get("recipes", str(name_or_path))
+    check_depth(entry.load(), f"recipe {entry.name!r} of plugin {entry.plugin.name!r} ({entry.plugin.distribution})")
     return entry.name, copy.deepcopy(entry.load()), entry.plugin.distribution
 
 
@@ -141,6 +209,7 @@ def resolve_recipe(
     are dropped, so an option that was not given changes nothing)."""
     source = None
     if isinstance(recipe, Mapping):
+        check_depth(recipe, f"recipe {str(recipe.get('name', 'custom'))[:100]!r}")
         name, table = str(recipe.get("name", "custom")), copy.deepcopy(dict(recipe))
     else:
         name, table, source = find_recipe(recipe)

@@ -16,6 +16,7 @@ from typing import Any
 
 from vaezoo.files.model_header import (
     ModelHeader,
+    family_of,
     file_sha256,
     is_conditional,
     objective_of,
@@ -130,7 +131,7 @@ def install_lines(components: Sequence[Mapping[str, Any]]) -> list[str]:
 def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, Any]:
     """The card's metadata for the Hub."""
     recipe = metadata["recipe"]
-    family = recipe.get("model", {}).get("name", "vae")
+    family = family_of(metadata)
     dataset_name = recipe.get("dataset", {}).get("name", "")
     hub_id, display = HUB_DATASETS.get(dataset_name, (dataset_name, dataset_name))
     conditional = is_conditional(metadata)
@@ -165,6 +166,20 @@ def front_matter(metadata: Mapping[str, Any], repo_id: str | None) -> dict[str, 
             }
         ]
     return matter
+
+
+def _unchecked_objective(family: str) -> list[str]:
+    """A note for a card written where the model's family is not installed: its objective is then the
+    file's claim (loading the file checks it against the family's own declaration)."""
+    from vaezoo.plugins.manager import get_registry
+
+    if family in get_registry().entries["models"]:
+        return []
+    return [
+        f"(What this card says about the objective is what the model file records: the **{family}** family was "
+        "not installed where the card was written, so it was not checked. Loading the file checks it.)",
+        "",
+    ]
 
 
 def _component_rows(metadata: Mapping[str, Any]) -> list[str]:
@@ -209,7 +224,7 @@ def model_card(
     files = files or {"model.safetensors"}
     recipe = metadata["recipe"]
     training = metadata.get("training", {})
-    family = recipe.get("model", {}).get("name", "vae")
+    family = family_of(metadata)
     objective = objective_of(metadata)[0]
     name = f"hf://{repo_id}" if repo_id else "model.safetensors"
     shape = metadata.get("data", {}).get("shape", [])
@@ -234,6 +249,7 @@ def model_card(
         + f"from the recipe **`{recipe.get('name', '?')}`**: "
         f"{' '.join(recipe.get('summary', '').split()).rstrip('.')}.",
         "",
+        *(_unchecked_objective(family) if "objective" in metadata else []),
         f"It models {HUB_DATASETS.get(dataset_name, ('', dataset_name))[1]} images of shape "
         f"{'×'.join(map(str, shape))} (values in [0, 1])"
         + (f" with a latent space of size {recipe['latent_dim']}" if "latent_dim" in recipe else "")
@@ -350,8 +366,10 @@ def _count(value: Any, noun: str) -> str:
 def card_for(model: str, repo_id: str | None = None) -> str:
     """The card of a model file, run folder or remote name: what `vaezoo push` would upload as README.md
     (read from the file's header; its tensors are only hashed, a megabyte at a time)."""
-    from vaezoo.sharing.hub import MODEL_FILE, is_remote, parse_hf_name
+    from vaezoo.sharing.hub import MODEL_FILE, check_repo_id, is_remote, parse_hf_name
 
+    if repo_id is not None:
+        check_repo_id(repo_id)
     if is_remote(model):
         if repo_id is None and str(model).startswith("hf://"):
             repo_id = parse_hf_name(str(model))[0]

@@ -44,6 +44,7 @@ _HOST_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 _URL_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")  # spaces and control characters (CR, LF) in a URL
 _PARTIAL = re.compile(r"\..+\.pid([0-9]{1,10})-\w+\.incomplete")  # a download in progress, by its pid
 DEFAULT_TIMEOUT_S = 600.0  # the whole download
+MAX_TIMEOUT_S = 1_000_000.0  # about 11 days: a longer deadline overflows the timer thread that keeps it
 STALL_S = 60.0  # at most this long without data
 DEFAULT_LIMIT_MB = 2048.0
 CHUNK = 1 << 20
@@ -343,17 +344,18 @@ def _limits() -> tuple[float, int]:
     """(deadline of a whole download in seconds, size limit in bytes): VAEZOO_DOWNLOAD_TIMEOUT,
     VAEZOO_DOWNLOAD_LIMIT_MB, each a finite number above 0 (unset or empty: the default)."""
     values = []
-    for key, default in (
-        ("VAEZOO_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S),
-        ("VAEZOO_DOWNLOAD_LIMIT_MB", DEFAULT_LIMIT_MB),
+    for key, default, most in (
+        ("VAEZOO_DOWNLOAD_TIMEOUT", DEFAULT_TIMEOUT_S, MAX_TIMEOUT_S),
+        ("VAEZOO_DOWNLOAD_LIMIT_MB", DEFAULT_LIMIT_MB, math.inf),
     ):
         text = os.environ.get(key) or None
         try:
             value = float(text) if text is not None else default
         except ValueError:
             value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise HubError(f"{key}={text!r} is not a number above 0 (default {default:g})")
+        if not (math.isfinite(value) and 0 < value <= most):
+            bound = f" and at most {most:,.0f}" if math.isfinite(most) else ""
+            raise HubError(f"{key}={text!r} is not a number above 0{bound} (default {default:g})")
         values.append(value)
     return values[0], int(values[1] * 1024 * 1024)
 

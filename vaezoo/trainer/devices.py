@@ -23,7 +23,9 @@ from vaezoo.files.atomic import read_regular_bytes, write_text_atomic
 
 def resolve_device(name: str = "auto") -> torch.device:
     """The torch device for a `--device` value; auto picks cuda, then mps, then cpu."""
-    name = (name or "auto").strip().lower()
+    name = name.strip().lower()
+    if not name:
+        raise VaezooError("--device is empty: use auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
