@@ -206,29 +206,53 @@ def sample_quality(
     feature_extractor: type | None = None,
     advance: Advance | None = None,
 ) -> dict[str, Any]:
-    """FID and KID of `samples` model samples (drawn as `vaezoo sample -n samples --seed seed` draws them)
-    against uint8 `images`, through torch-fidelity: with its Inception-v3 and `weights` (the private file
-    `private_weights` wrote), or with `feature_extractor` (a torch-fidelity FeatureExtractorBase
-    subclass, e.g. a small network in tests). `advance(what, done, total)` hears the progress of each stage."""
+    """FID and KID (`compare_images`) of `samples` model samples, drawn as `vaezoo sample -n samples
+    --seed seed` draws them, against uint8 `images`; `fid_samples` says how many."""
     from vaezoo.files.sampling import sample_images
 
-    fidelity = import_fidelity()
-    if samples < 2 or len(images) < 2:
-        raise FidError(f"FID and KID need at least 2 samples and 2 images; got {samples} and {len(images)}")
-    reference = as_rgb_uint8(images)
+    import_fidelity()
+    if samples < 2:
+        raise FidError(f"FID and KID need at least 2 samples; got --fid-samples {samples}")
     if advance is not None:
         advance("sampling", 0, samples)
-    drawn = as_rgb_uint8(sample_images(model, samples, seed=seed))
+    drawn = sample_images(model, samples, seed=seed)
     if advance is not None:
         advance("sampling", samples, samples)
     device = next(model.parameters()).device
-    settings = dict(
-        input1=_Images(drawn, "features of the samples", advance),
-        input2=_Images(reference, "features of the test images", advance),
+    quality = compare_images(
+        drawn, images, seed=seed, weights=weights, feature_extractor=feature_extractor, device=device, advance=advance
+    )
+    return {**quality, "fid_samples": samples}
+
+
+def compare_images(
+    first: Tensor,
+    second: Tensor,
+    *,
+    seed: int = 0,
+    weights: Path | None = None,
+    feature_extractor: type | None = None,
+    device: torch.device | None = None,
+    advance: Advance | None = None,
+) -> dict[str, float]:
+    """`fid`, `kid_mean` and `kid_std` between two sets of `(N, C, H, W)` images (uint8, or float in
+    [0, 1]) through torch-fidelity: with its Inception-v3 and `weights` (the private file
+    `private_weights` wrote), or with `feature_extractor` (a torch-fidelity FeatureExtractorBase
+    subclass, e.g. a small network in tests), on `device`. KID averages KID_SUBSETS subsets of up to
+    KID_SUBSET_SIZE images of each set, drawn with `seed`. `advance(what, done, total)` hears the
+    progress of the feature extraction."""
+    fidelity = import_fidelity()
+    if len(first) < 2 or len(second) < 2:
+        raise FidError(f"FID and KID need at least 2 images in each set; got {len(first)} and {len(second)}")
+    device = device or torch.device("cpu")
+    first, second = as_rgb_uint8(first), as_rgb_uint8(second)
+    settings: dict[str, Any] = dict(
+        input1=_Images(first, "features of the samples", advance),
+        input2=_Images(second, "features of the real images", advance),
         fid=True,
         kid=True,
         kid_subsets=KID_SUBSETS,
-        kid_subset_size=min(KID_SUBSET_SIZE, len(drawn), len(reference)),
+        kid_subset_size=min(KID_SUBSET_SIZE, len(first), len(second)),
         rng_seed=seed,
         batch_size=FEATURE_BATCH,
         cuda=device.type == "cuda",
@@ -242,12 +266,11 @@ def sample_quality(
     elif weights is not None:
         settings.update(feature_extractor=INCEPTION, feature_extractor_weights_path=str(weights))
     else:
-        raise ValueError("sample_quality needs the checked Inception `weights` file or a `feature_extractor`")
+        raise ValueError("compare_images needs the checked Inception `weights` file or a `feature_extractor`")
     with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
         result = fidelity.calculate_metrics(**settings)
     return {
         "fid": result["frechet_inception_distance"],
         "kid_mean": result["kernel_inception_distance_mean"],
         "kid_std": result["kernel_inception_distance_std"],
-        "fid_samples": samples,
     }
