@@ -122,6 +122,26 @@ def test_fid_is_zero_for_the_same_images_and_large_for_noise(test_images: torch.
     assert far["fid"] == pytest.approx(frechet_distance(features(noise), features(test_images)), rel=1e-3)
 
 
+FAMILIES = ["cifar-wae", "cifar-rae", "cifar-aae", "cifar-vae-gan", "cifar-cvae", "cifar-vqvae"]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_every_family_and_grayscale_data_get_a_fid(cifar: Path) -> None:
+    """The families without a likelihood (and the conditional one, drawing its classes in turn) and a
+    grayscale dataset, untrained: FID and KID through `sample`, which every family has."""
+    from vaezoo.api import build, make_dataset
+    from vaezoo.data import limit_subset, load_split
+    from vaezoo.recipes.resolve import resolve_recipe
+    from vaezoo.trainer.sample_quality import sample_quality
+
+    recipes = FAMILIES + (["fashion-vae"] if FASHION.is_dir() else [])
+    for recipe in recipes:
+        model = build(recipe).eval()
+        images = limit_subset(*load_split(make_dataset(resolve_recipe(recipe), cifar), "test"), 16)[0]
+        result = sample_quality(model, images, samples=8, feature_extractor=SmallFeatures)
+        assert result["fid"] > 0 and result["kid_std"] >= 0 and result["fid_samples"] == 8, recipe
+
+
 def test_grayscale_is_repeated_and_other_channel_counts_are_refused() -> None:
     gray = torch.rand(4, 1, 28, 28)
     rgb = as_rgb_uint8(gray)
