@@ -220,3 +220,35 @@ def test_eval_fid_weights_in_a_fresh_process(small_model: Path, cifar: Path, tmp
     assert plain.returncode == 0
     quiet = json.loads(plain.stdout)
     assert all(quiet[key] is None for key in ("fid", "kid_mean", "kid_std", "fid_samples"))
+
+
+def test_a_downloaded_file_that_is_not_the_weights_is_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The download itself (a local server stands in for GitHub): a file whose sha256 is not the
+    published one is not kept, and the error is one line naming the URL and where to put the file."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from vaezoo.trainer import sample_quality
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / WEIGHTS_FILE).write_bytes(b"x" * 1000)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{WEIGHTS_FILE}"
+    monkeypatch.setattr(sample_quality, "weights_url", lambda: url)
+    monkeypatch.setenv("VAEZOO_CACHE_DIR", str(tmp_path / "cache"))
+    for key in ("VAEZOO_FID_WEIGHTS", "HF_HUB_OFFLINE", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    try:
+        with pytest.raises(VaezooError) as refused:
+            sample_quality.inception_weights()
+    finally:
+        server.shutdown()
+    message = str(refused.value)
+    assert "sha256 does not start with 6726825d" in message and url in message and "\n" not in message
+    assert f"put it at {tmp_path / 'cache' / 'fid' / WEIGHTS_FILE} " in message
+    assert not (tmp_path / "cache" / "fid" / WEIGHTS_FILE).exists()
