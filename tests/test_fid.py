@@ -252,3 +252,13 @@ def test_a_downloaded_file_that_is_not_the_weights_is_deleted(tmp_path: Path, mo
     assert "sha256 does not start with 6726825d" in message and url in message and "\n" not in message
     assert f"put it at {tmp_path / 'cache' / 'fid' / WEIGHTS_FILE} " in message
     assert not (tmp_path / "cache" / "fid" / WEIGHTS_FILE).exists()
+
+
+def test_without_torch_fidelity_fid_is_one_line_naming_the_extra(
+    small_model: Path, cifar: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # as if it were not installed
+    with pytest.raises(VaezooError, match=r"needs the torch-fidelity package: pip install 'vaezoo\[fid\]'"):
+        evaluate_file(small_model, data_dir=cifar, limit=8, device="cpu", fid=True)

@@ -500,7 +500,7 @@ def eval_command(
         typer.Option(
             "--fid",
             help="Also FID and KID of model samples against the split (Inception-v3, through torch-fidelity: "
-            "pip install 'vaezoo[fid]'; its weights are fetched on first use, or VAEZOO_FID_WEIGHTS=PATH).",
+            "pip install 'vaezoo\\[fid]'; its weights are fetched on first use, or VAEZOO_FID_WEIGHTS=PATH).",
         ),
     ] = False,
     fid_samples: Annotated[
