@@ -76,31 +76,33 @@ def inception_weights() -> Path:
     url = weights_url()
     try:
         folder = downloads_dir("fid")
-        target = folder / WEIGHTS_FILE
-        if not os.path.lexists(target):
-            download_file(url, target)
-            _check_official(target, "downloaded")
-        target = inside_cache(target, folder, url, "vaezoo's FID cache")
     except HubError as error:
-        where = target if "target" in locals() else f"<vaezoo cache>/fid/{WEIGHTS_FILE}"
+        raise FidError(f"{error} (or download {url} and set {WEIGHTS_ENV}=PATH)") from None
+    target = folder / WEIGHTS_FILE
+    put_it = f"download {url} and put it at {target} (or set {WEIGHTS_ENV}=PATH)"
+    if not os.path.lexists(target):
+        try:
+            download_file(url, target)
+        except HubError as error:
+            raise FidError(f"cannot get the Inception weights that --fid needs ({error}): {put_it}") from None
+        if not _is_published(target):
+            target.unlink(missing_ok=True)
+            raise FidError(
+                f"the file downloaded from {url} is not {WEIGHTS_FILE} (its sha256 does not start with "
+                f"{WEIGHTS_SHA256_PREFIX}): nothing kept; {put_it}"
+            )
+    target = inside_cache(target, folder, url, "vaezoo's FID cache")  # a link out of the cache is refused
+    if not _is_published(target):
         raise FidError(
-            f"cannot get the Inception weights that --fid needs ({error}): download {url} and put it at {where} "
-            f"(or set {WEIGHTS_ENV}=PATH)"
-        ) from None
-    _check_official(target, "in vaezoo's cache")
+            f"{target} is not {WEIGHTS_FILE}: its sha256 does not start with {WEIGHTS_SHA256_PREFIX}; delete it "
+            f"(vaezoo downloads it again) or put the published file there"
+        )
     return target
 
 
-def _check_official(path: Path, where: str) -> None:
-    """A FidError (the file deleted when vaezoo downloaded it) unless `path` is the published file."""
-    if file_sha256(path).startswith(WEIGHTS_SHA256_PREFIX):
-        return
-    if where == "downloaded":
-        path.unlink(missing_ok=True)
-    raise HubError(
-        f"{path} ({where}) is not {WEIGHTS_FILE}: its sha256 does not start with {WEIGHTS_SHA256_PREFIX}"
-        + ("; delete it" if where != "downloaded" else "")
-    )
+def _is_published(path: Path) -> bool:
+    """Whether `path` is the published weights file (its sha256 starts as its name says)."""
+    return file_sha256(path).startswith(WEIGHTS_SHA256_PREFIX)
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:
