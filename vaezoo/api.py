@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -350,7 +350,7 @@ def evaluate_file(
     fid: bool = False,
     fid_samples: int = 0,
     feature_extractor: type | None = None,
-    progress: Any = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a saved model on a split of its recipe's dataset (see `evaluate.evaluation_report`;
     `iw_samples` > 0 adds the importance-weighted NLL; `paths`: the dataset's folder keys). `fid` adds
