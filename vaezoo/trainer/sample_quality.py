@@ -12,7 +12,6 @@ and torch-fidelity (whose loader unpickles) reads that one. See docs/evaluation.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
@@ -124,7 +123,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     except Exception as error:  # anything but tensors is refused by the weights-only unpickler
         reason = (
             "it holds Python objects other than tensors, which vaezoo never unpickles"
-            if isinstance(error, pickle.UnpicklingError)
+            if type(error).__name__ == "UnpicklingError"  # what the weights-only unpickler raises
             else first_line(error)[:200]
         )
         raise FidError(f"{path} is not a weights file vaezoo reads (a state dict of tensors): {reason}") from None
