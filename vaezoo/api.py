@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -421,19 +421,55 @@ def evaluate_file(
     iw_samples: int = 0,
     seed: int = 0,
     paths: Mapping[str, str] | None = None,
+    fid: bool = False,
+    fid_samples: int = 0,
+    feature_extractor: type | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Metrics of a saved model on a split of its recipe's dataset (see `evaluate.evaluation_report`;
-    `iw_samples` > 0 adds the importance-weighted NLL; `paths`: the dataset's folder keys)."""
+    `iw_samples` > 0 adds the importance-weighted NLL; `paths`: the dataset's folder keys). `fid` adds
+    FID and KID of `fid_samples` samples (0: 10,000 or the split's size if smaller; drawn with `seed`)
+    against the split's images (`vaezoo.trainer.sample_quality`): with Inception-v3, whose weights are
+    found or fetched first, or with `feature_extractor` (a torch-fidelity FeatureExtractorBase subclass).
+    `progress(what, done, total)` hears the progress of the FID stages."""
     from vaezoo.files.model_file import load
+    from vaezoo.trainer import sample_quality as quality
     from vaezoo.trainer.evaluate import evaluation_report
 
     if iw_samples < 0:
         raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")
-    model = load(model_path, device=device)
-    images, labels = load_split_images(model, split, data_dir, limit, paths)
-    metrics = evaluation_report(
-        model, images, labels, iw_samples=iw_samples, batch_size=model.recipe["train"]["eval_batch_size"], seed=seed
-    )
+    if fid_samples < 0:
+        raise VaezooError(f"--fid-samples must be 0 or more, got {fid_samples}")
+    with ExitStack() as stack:
+        model = load(model_path, device=device)
+        weights = None
+        if fid:  # everything FID needs is checked before the (long) evaluation
+            quality.import_fidelity()
+            quality.check_channels(model.in_shape[0])
+            if feature_extractor is None:
+                weights = stack.enter_context(quality.private_weights(quality.inception_weights()))
+        images, labels = load_split_images(model, split, data_dir, limit, paths)
+        metrics = evaluation_report(
+            model,
+            images,
+            labels,
+            iw_samples=iw_samples,
+            batch_size=model.recipe["train"]["eval_batch_size"],
+            seed=seed,
+        )
+        metrics.update(dict.fromkeys(quality.FID_KEYS))
+        if fid:
+            metrics.update(
+                quality.sample_quality(
+                    model,
+                    images,
+                    samples=fid_samples or min(quality.DEFAULT_SAMPLES, len(images)),
+                    seed=seed,
+                    weights=weights,
+                    feature_extractor=feature_extractor,
+                    advance=progress,
+                )
+            )
     return {"model": str(model_path), "split": split, "images": len(images), **metrics}
 
 

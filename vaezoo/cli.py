@@ -11,9 +11,10 @@ import signal
 import sys
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -45,6 +46,7 @@ MAX_EPOCHS = 1_000_000
 MAX_BATCH = 1_000_000
 MAX_IMAGES = 1_000_000_000  # --limit: more than any data set holds means "all of them"
 MAX_IW_SAMPLES = 10_000
+MAX_FID_SAMPLES = 100_000  # published FIDs use 10,000 or 50,000; the samples are held in memory
 MAX_TEMPERATURE = 100.0
 MAX_PROCESSES = 1024
 MAX_THREADS = 1024  # as vaezoo.recipes.resolve.MAX_THREADS
@@ -565,6 +567,42 @@ def interpolate_command(
     err_console.print(f"wrote {n} interpolations of {steps} steps to {_safe(out)}")
 
 
+FID_KEYS = ("fid", "kid_mean", "kid_std", "fid_samples")  # as vaezoo.trainer.sample_quality.FID_KEYS (no torch here)
+
+
+@contextmanager
+def _fid_progress(shown: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr for the stages of --fid (sampling, then features of each image set)."""
+    if not shown:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tasks: dict[str, Any] = {}
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+
+    def advance(what: str, done: int, total: int) -> None:
+        if not tasks:  # started with the first stage: an error before it prints only its line
+            bar.start()
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        if done == total or done % 16 == 0:
+            bar.update(tasks[what], completed=done)
+
+    try:
+        yield advance
+    finally:
+        if tasks:
+            bar.stop()
+
+
 @app.command("eval")
 def eval_command(
     model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
@@ -591,6 +629,23 @@ def eval_command(
     ] = 0,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the posterior samples.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    fid: Annotated[
+        bool,
+        typer.Option(
+            "--fid",
+            help="Also FID and KID of model samples against the split (Inception-v3, through torch-fidelity: "
+            "pip install 'vaezoo\\[fid]'; its weights are fetched on first use, or VAEZOO_FID_WEIGHTS=PATH).",
+        ),
+    ] = False,
+    fid_samples: Annotated[
+        int,
+        typer.Option(
+            "--fid-samples",
+            min=0,
+            max=MAX_FID_SAMPLES,
+            help="Model samples for --fid, drawn with --seed (0: 10000, or the split's size if smaller).",
+        ),
+    ] = 0,
     sets: Annotated[
         list[str] | None,
         typer.Option(
@@ -615,16 +670,20 @@ def eval_command(
                 f"bad --set {item!r}: eval takes only the dataset's folder keys, e.g. --set dataset.path=PATH"
             )
         paths[key[1]] = value
-    metrics = evaluate_file(
-        model,
-        data_dir=data_dir,
-        split=split,
-        limit=limit or 0,
-        device=device,
-        iw_samples=iw_samples,
-        seed=seed,
-        paths=paths,
-    )
+    with _fid_progress(fid) as progress:
+        metrics = evaluate_file(
+            model,
+            data_dir=data_dir,
+            split=split,
+            limit=limit or 0,
+            device=device,
+            iw_samples=iw_samples,
+            seed=seed,
+            paths=paths,
+            fid=fid,
+            fid_samples=fid_samples,
+            progress=progress,
+        )
     if as_json:
         _print_json(metrics)
         return
@@ -635,7 +694,7 @@ def eval_command(
             rows += [(f"terms.{term}", term_value) for term, term_value in value.items()]
         elif key == "loss":
             rows.append((f"loss ({objective})", value))
-        elif key not in ("bits_per_dim_note", "iw_note", "objective", "regularizer"):
+        elif key not in ("bits_per_dim_note", "iw_note", "objective", "regularizer") and (fid or key not in FID_KEYS):
             rows.append((key, value))
     shown = [
         (key, f"{value:.4f}" if isinstance(value, float) else "n/a (see note)" if value is None else str(value))

@@ -281,12 +281,13 @@ def first_line(error: BaseException) -> str:
 # --- https:// ------------------------------------------------------------------------------------
 
 
-def downloads_dir() -> Path:
-    """Where `https://` models are cached: `<vaezoo cache>/models` (VAEZOO_CACHE_DIR overrides the cache)."""
+def downloads_dir(kind: str = "models") -> Path:
+    """Where downloads of `kind` are cached: `<vaezoo cache>/models` for `https://` models,
+    `<vaezoo cache>/fid` for FID's Inception weights (VAEZOO_CACHE_DIR overrides the cache)."""
     from vaezoo.data import cache_dir
 
     try:
-        folder = cache_dir() / "models"
+        folder = cache_dir() / kind
     except RuntimeError:  # Path.home() without HOME nor a passwd entry
         folder = None
     home = os.environ.get("HOME")
@@ -474,9 +475,18 @@ def url_download(url: str) -> Path:
         if expected is None or file_sha256(cached) == expected:
             return cached
         target.unlink()  # damaged since it was checked: fetch it again
+    download_file(base, target, expected)
+    return target
+
+
+def download_file(url: str, target: Path, expected: str | None = None) -> Path:
+    """Download `url` (https://, or http:// from this machine) into `target` as `url_download` does:
+    bounded in time and size, nothing left behind when it fails, the sha256 checked when `expected`
+    gives it; HF_HUB_OFFLINE=1 forbids it."""
+    _check_url(url, url)
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        raise HubError(f"{base} is not in vaezoo's download cache and HF_HUB_OFFLINE=1 forbids downloading it")
-    _download(base, target, expected)
+        raise HubError(f"{url} is not in vaezoo's download cache and HF_HUB_OFFLINE=1 forbids downloading it")
+    _download(url, target, expected)
     return target
 
 
