@@ -52,6 +52,10 @@ def test_vqvae_code_api(stages: tuple[Path, Path], cifar: Path):
     assert indices.shape == (8, *model.grid) and indices.dtype == torch.int64
     assert model.codebook_vectors.shape == (32, 8)
     assert int(indices.max()) < 32
+    from vaezoo.testing import check_model
+    from vaezoo_defaults.vqvae.two_stage import VQPixelCNN
+
+    check_model(VQPixelCNN, in_shape=(3, 32, 32), stage1=model, channels=8, layers=2)  # a model file passed in
     with torch.no_grad():
         parts = model(x)  # the negative ELBO's recon is the likelihood given the chosen codes
         assert torch.allclose(model.code_nll(x, indices), parts.recon, rtol=1e-5)

@@ -137,8 +137,8 @@ def list_command(
     from vaezoo.plugins.manager import list_components
 
     if kind is not None and kind not in KINDS:
-        if pattern is None and any(ch in kind for ch in "*?["):
-            kind, pattern = None, kind  # `vaezoo list '*vae*'`
+        if pattern is None and any(ch in kind for ch in "*?[:"):
+            kind, pattern = None, kind  # `vaezoo list '*vae*'`, `vaezoo list vaezoo:conv`
         else:
             raise VaezooError(f"unknown kind {kind!r}: use {KIND_HELP}")
     items = list_components(kind, pattern)
@@ -715,6 +715,7 @@ def inspect_command(
     from importlib.metadata import PackageNotFoundError, distribution
 
     from vaezoo.files.model_header import describe, is_conditional, valid_distribution
+    from vaezoo.sharing.hub import local_model_path
 
     def installed(name: str) -> bool:
         try:
@@ -725,7 +726,7 @@ def inspect_command(
 
     from vaezoo.plugins.manager import get_registry
 
-    info = describe(model)
+    info = describe(local_model_path(model))
     # inspect reads any file without importing a plugin (nor torch): the distributions it names that are
     # not installed here (sample and load would ask for them), those whose names are not valid (no pip
     # line), and whether the family is installed (load checks the file's objective against its declaration)

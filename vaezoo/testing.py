@@ -352,7 +352,8 @@ def check_model(
 
         factory = get_registry().get("models", factory).load()
     name = _name(factory)
-    params = check_signature(factory, MODEL_ARGS)
+    built_on = set(getattr(factory, "model_files", ()))  # loaded models, passed in as keys (no default)
+    params = check_signature(factory, MODEL_ARGS | built_on)
     framework: dict[str, Any] = {"in_shape": tuple(in_shape), "num_classes": num_classes, **(components or {})}
     if latent_dim is not None:
         framework["latent_dim"] = latent_dim

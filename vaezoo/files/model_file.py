@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from safetensors.torch import save as save_tensors
 
 import vaezoo
 from vaezoo.components import Model
-from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError
+from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError, printable
 from vaezoo.files.atomic import write_bytes_atomic
 from vaezoo.files.model_header import (
     FORMAT_VERSION,
@@ -199,15 +200,19 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
 
 
 def check_objective(model: Model, metadata: Mapping[str, Any], path: Path) -> None:
-    """The objective and regularizer a file records are those its family declares (the family's
-    declaration is what eval reports; a file that says otherwise is damaged or mislabelled)."""
+    """The objective and regularizer a file records should be those its family declares; where they
+    differ the installed family's declaration wins (it is what eval reports), with one warning line: a
+    file written before its plugin declared an objective (a 0.2 plugin, ported since) or relabelled."""
     recorded = objective_of(metadata)
     declared = (model.objective, model.regularizer)
     if "objective" in metadata and recorded != declared:
-        raise CheckpointError(
-            f"{path} is damaged: metadata vaezoo.objective says objective {shown(recorded[0])} and regularizer "
-            f"{shown(recorded[1])}, but model family {shown(family_of(metadata))} installed here declares "
-            f"{declared[0]!r} and {declared[1]!r}"
+        print(
+            printable(
+                f"vaezoo: warning: {path} records objective {shown(recorded[0])} and regularizer "
+                f"{shown(recorded[1])}, but model family {shown(family_of(metadata))} installed here declares "
+                f"{declared[0]!r} and {declared[1]!r}: the family's declaration is used"
+            ),
+            file=sys.stderr,
         )
 
 

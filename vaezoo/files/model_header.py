@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 from vaezoo.errors import CheckpointError
 from vaezoo.recipes.resolve import objective_problem
-from vaezoo.sharing.hub import local_model_path
 
 FORMAT_VERSION = 2
 READS_FORMATS = (1, 2)  # format 1: vaezoo 0.1, whose recipes have no model table (family `vae`)
@@ -199,7 +198,8 @@ class ModelHeader(NamedTuple):
 
 
 def _model_path(path: str | Path) -> Path:
-    path = local_model_path(path)
+    """A local model file (`hf://` names and URLs are resolved by the caller: vaezoo.sharing.hub.local_model_path)."""
+    path = Path(path)
     if not path.is_file():
         if path.is_dir():
             raise CheckpointError(f"model file {path} is a folder: pass {path / 'model.safetensors'}")

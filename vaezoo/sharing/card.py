@@ -366,14 +366,14 @@ def _count(value: Any, noun: str) -> str:
 def card_for(model: str, repo_id: str | None = None) -> str:
     """The card of a model file, run folder or remote name: what `vaezoo push` would upload as README.md
     (read from the file's header; its tensors are only hashed, a megabyte at a time)."""
-    from vaezoo.sharing.hub import MODEL_FILE, check_repo_id, is_remote, parse_hf_name
+    from vaezoo.sharing.hub import MODEL_FILE, check_repo_id, is_remote, local_model_path, parse_hf_name
 
     if repo_id is not None:
         check_repo_id(repo_id)
     if is_remote(model):
         if repo_id is None and str(model).startswith("hf://"):
             repo_id = parse_hf_name(str(model))[0]
-        info = read_model_header(model)
+        info = read_model_header(local_model_path(model))
         return model_card(info.metadata, info, repo_id=repo_id, files={MODEL_FILE})
     path = Path(model)
     path = path / MODEL_FILE if path.is_dir() else path
