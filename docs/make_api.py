@@ -29,12 +29,14 @@ INTRO = """\
 <!-- Written by docs/make_api.py from the docstrings: do not edit by hand. Run `python docs/make_api.py`
 after changing a public name or its docstring; tests/test_api_reference.py checks that this page is current. -->
 
-Every public name of vaezoo: the `vaezoo` package (`vaezoo.__all__`), the errors of `vaezoo.errors`, the
-conformance checks of `vaezoo.testing` and the hooks a plugin implements, each with its signature and its
-docstring. Other modules are internal. The command line is in [cli.md](cli.md); how to write a plugin, with
-examples, in [plugins.md](plugins.md). Images are `(B, C, H, W)` floats in [0, 1] unless a name says otherwise.
+Every public name of vaezoo: the `vaezoo` package (`vaezoo.__all__`), what model families use of
+`vaezoo.components`, the errors of `vaezoo.errors`, the conformance checks of `vaezoo.testing` and the hooks a
+plugin implements, each with its signature and its docstring. Other modules are internal. The command line is
+in [cli.md](cli.md); how to write a plugin, with examples, in [plugins.md](plugins.md). Images are
+`(B, C, H, W)` floats in [0, 1] unless a name says otherwise.
 
 - [The `vaezoo` package](#the-vaezoo-package)
+- [For model families: `vaezoo.components`](#for-model-families-vaezoocomponents)
 - [Errors: `vaezoo.errors`](#errors-vaezooerrors)
 - [Conformance checks: `vaezoo.testing`](#conformance-checks-vaezootesting)
 - [Hooks](#hooks)
@@ -50,11 +52,14 @@ VALUES = {
     ),
     "hookimpl": (
         "@vaezoo.hookimpl",
-        'The marker of a plugin\'s hook implementations, `pluggy.HookimplMarker("vaezoo")`: decorate each hook '
-        "function of the module that the plugin's entry point names with it (the hooks are listed under "
+        'The marker of a plugin\'s hook implementations, `pluggy.HookimplMarker("vaezoo")`: decorate each hook\n'
+        "function of the module that the plugin's entry point names with it (the hooks are listed under\n"
         "[Hooks](#hooks)).",
     ),
 }
+
+# what a model family uses of vaezoo.components besides the classes of vaezoo.__all__ (docs/plugins.md)
+FAMILY_HELPERS = ("ParamGroup", "implements")
 
 ADDRESS = re.compile(r" at 0x[0-9A-Fa-f]+")
 
@@ -202,7 +207,7 @@ def sections() -> list[Section]:
     """What the page documents, in the order it shows it."""
     import vaezoo
     import vaezoo.testing
-    from vaezoo import errors
+    from vaezoo import components, errors
     from vaezoo.plugins import hookspecs
 
     package = Section(
@@ -225,12 +230,19 @@ def sections() -> list[Section]:
     hooks = {name: obj for name, obj in vars(hookspecs).items() if hasattr(obj, "vaezoo_spec")}
     return [
         package,
+        Section(
+            "For model families: `vaezoo.components`",
+            "What a family's `parameter_groups` and `training_step` use besides `vaezoo.Model` (docs/plugins.md,\n"
+            "Writing a model family). The `update` that `training_step` receives is a `vaezoo.components.Update`:\n"
+            "`update(optimizer name, per-image loss (B,))` steps one optimizer.",
+            {f"vaezoo.components.{name}": getattr(components, name) for name in FAMILY_HELPERS},
+        ),
         Section("Errors: `vaezoo.errors`", own_doc(errors), error_classes),
         Section("Conformance checks: `vaezoo.testing`", own_doc(vaezoo.testing), checks),
         Section(
             "Hooks",
             own_doc(hookspecs)
-            + "\n\nA plugin implements them as functions of these names decorated with `@vaezoo.hookimpl` in the "
+            + "\n\nA plugin implements them as functions of these names decorated with `@vaezoo.hookimpl` in the\n"
             "module its entry point names (docs/plugins.md, with an example of each).",
             hooks,
         ),
@@ -250,8 +262,9 @@ def describe(shown: str, obj: object) -> str:
     return own_doc(import_module(module)) if module else ""
 
 
-def render_class(shown: str, cls: type, here: ModuleType | None, out: list[str]) -> None:
-    bases = ", ".join(class_name(base, here) for base in cls.__bases__ if base is not object)
+def render_class(shown: str, cls: type, out: list[str]) -> None:
+    """Append the documentation of class `cls`, shown as `shown`, to `out`."""
+    bases = ", ".join(class_name(base, inspect.getmodule(cls)) for base in cls.__bases__ if base is not object)
     short = shown.rpartition(".")[2]
     header = [f"class {short}({bases}):" if bases else f"class {short}:"]
     if "__init__" in vars(cls):  # its constructor (an inherited one, torch's say, is not shown)
@@ -288,12 +301,11 @@ def render() -> str:
         out += [f"## {section.title}", "", section.intro, ""]
         for shown, obj in section.names.items():
             out += [f"### `{shown}`", ""]
-            here = inspect.getmodule(obj) if inspect.isclass(obj) else None
             public = next((name for name, value in package.items() if value is obj), shown)
             if public != shown:  # vaezoo.errors.VaezooError is vaezoo.VaezooError
                 out += [f"The same class as [`{public}`](#{public.replace('.', '').lower()}).", ""]
             elif inspect.isclass(obj):
-                render_class(shown, obj, here, out)
+                render_class(shown, obj, out)
             elif inspect.isfunction(obj):
                 out += ["```python", signature(obj, shown), "```", "", describe(shown, obj), ""]
             else:
