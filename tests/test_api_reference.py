@@ -37,12 +37,12 @@ make_api = _load_generator()
 
 
 def test_api_md_is_what_the_code_says():
-    written = PAGE.read_bytes().decode("utf-8") if PAGE.is_file() else ""
+    written = PAGE.read_bytes().decode("utf-8") if PAGE.is_file() else ""  # byte for byte: no newline translation
     generated = make_api.render()
     diff = "".join(
         list(difflib.unified_diff(written.splitlines(True), generated.splitlines(True), "docs/api.md", "the code"))[:40]
     )
-    assert generated.encode("utf-8") == PAGE.read_bytes(), (
+    assert generated.encode("utf-8") == written.encode("utf-8"), (
         f"docs/api.md is out of date: run `python docs/make_api.py` and commit it\n{diff}"
     )
 
@@ -74,16 +74,20 @@ def test_the_page_shows_every_public_name_hook_error_and_model_declaration():
 
 
 def test_the_page_is_the_same_on_any_machine(tmp_path):
-    """Another hash seed and working folder give the same text; no path or memory address gets in."""
+    """Another hash seed and working folder give the same text; no path or memory address gets in, and no
+    optional extra is imported."""
     code = (
         "import importlib.util as u, sys; s = u.spec_from_file_location('m', sys.argv[1]); "
-        "m = sys.modules['m'] = u.module_from_spec(s); s.loader.exec_module(m); sys.stdout.write(m.render())"
+        "m = sys.modules['m'] = u.module_from_spec(s); s.loader.exec_module(m); sys.stdout.write(m.render()); "
+        "print('\\0', *sorted({'matplotlib', 'tensorboard', 'huggingface_hub', 'torch_fidelity'} & set(sys.modules)))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     command = [sys.executable, "-c", code, str(ROOT / "docs" / "make_api.py")]
     other = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, check=True)
     page = PAGE.read_text(encoding="utf-8")
-    assert other.stdout.decode("utf-8") == make_api.render() == page
+    text, _, extras = other.stdout.decode("utf-8").partition("\0")
+    assert text == make_api.render() == page
+    assert not extras.strip(), f"writing the page imported the optional extras {extras.strip()}"
     assert str(ROOT) not in page and str(Path.home()) not in page and " at 0x" not in page
 
 
