@@ -8,7 +8,7 @@ from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vaezoo.errors import RecipeError, RunFailed, VaezooError, checked_path
 from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
@@ -16,9 +16,14 @@ from vaezoo.plugins.registry import split_name
 from vaezoo.recipes.resolve import MAX_GRID_IMAGES, read_recipe_file, resolve_recipe
 from vaezoo.recipes.toml_writer import dumps as toml_dumps
 
+if TYPE_CHECKING:
+    from vaezoo.components import Model
+
 
 @dataclass
 class FitResult:
+    """What `fit` returns."""
+
     out_dir: Path
     metrics: dict[str, Any]
     model: Any
@@ -70,7 +75,9 @@ def make_dataset(
     return dataset
 
 
-def build(recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None):
+def build(
+    recipe: str | Path | Mapping[str, Any], sets: Iterable[str] = (), options: Mapping[str, Any] | None = None
+) -> Model:
     """An untrained model (a `vaezoo.Model`) for a recipe name, recipe file or table (overrides as in
     `resolve_recipe`)."""
     from vaezoo.recipes.build import build_model
@@ -155,7 +162,9 @@ def fit(
     """Train a recipe and write model.safetensors, state.safetensors, metrics.jsonl, samples.png, the
     pictures and recipe.toml into `out` (default runs/<recipe>-<UTC time>/). `resume` continues a run
     folder. Nothing in a folder changes before the run is accepted, and one run at a time writes a
-    folder (vaezoo.files.run_folder). Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state."""
+    folder (vaezoo.files.run_folder). Ctrl-C / SIGTERM raise `vaezoo.errors.Interrupted` after saving the state.
+    Returns a FitResult: `out_dir`, `metrics` (the last epoch's line of metrics.jsonl), `model` (the trained
+    `vaezoo.Model`) and `stopped_early` (why `train.early_stop_patience` ended the run early, or None)."""
     import torch
 
     from vaezoo.files.run_folder import RunLock, check_resume_changes, holds_run

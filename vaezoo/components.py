@@ -30,6 +30,7 @@ class Encoder(nn.Module):
     """Built with `in_shape=(C, H, W)`, `latent_dim` and recipe keys; `forward(x) -> (mu, logvar)`."""
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        """The posterior's mean and log-variance for images `x`, each `(B, latent_dim)`."""
         raise NotImplementedError
 
 
@@ -37,6 +38,7 @@ class Decoder(nn.Module):
     """Built with `out_shape=(C * k, H, W)`, `latent_dim` (and `in_shape`); `forward(z) -> (B, *out_shape)`."""
 
     def forward(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
+        """The decoder output `(B, *out_shape)` for latents `z` `(B, latent_dim)`: what the loss reads."""
         raise NotImplementedError
 
 
@@ -58,9 +60,11 @@ class Prior(nn.Module):
         encoder as a submodule: it would be saved twice."""
 
     def sample(self, n: int) -> Tensor:  # pragma: no cover - interface
+        """`n` latents `(n, latent_dim)` drawn from p(z)."""
         raise NotImplementedError
 
     def log_prob(self, z: Tensor) -> Tensor:  # pragma: no cover - interface
+        """log p(z) per latent, `(B,)`, for `z` `(B, latent_dim)`."""
         raise NotImplementedError
 
     def kl(self, mu: Tensor, logvar: Tensor, z: Tensor) -> Tensor:
@@ -111,6 +115,8 @@ class Model(nn.Module):
     needs more (a GAN's discriminator) names its optimizers in `parameter_groups` and overrides
     `training_step`, which calls `update(name, per_image_loss)` once per optimizer it steps."""
 
+    # declarations: what the family is and what it needs (a family sets those that differ from these defaults)
+
     discrete: bool = False  # True when recon is -log p(x) over the 256 values of each pixel (bits/dim meaningful)
     conditional: bool = False  # True when the model takes class labels y (then y is never None)
     # "elbo": loss at step None is the negative ELBO; any other name is the family's own objective (never reported
@@ -134,6 +140,7 @@ class Model(nn.Module):
     model_files: tuple[str, ...] = ()
 
     # set by vaezoo after construction, not by the family (a model built by hand keeps these defaults)
+
     in_shape: tuple[int, int, int]  # (C, H, W) of its images
     classes: tuple[str, ...] = ()  # the dataset's class names
     recipe: Mapping[str, Any] = _EMPTY  # the resolved recipe it was built from (build_model)
@@ -382,6 +389,8 @@ class Loss(nn.Module):
     def forward(
         self, x: Tensor, out: Tensor, mu: Tensor, logvar: Tensor, z: Tensor, prior: Prior, step: int | None = None
     ) -> LossParts:
+        """The LossParts of images `x` and decoder outputs `out`: `recon` is `nll`, `kl` the prior's KL of
+        the posterior `(mu, logvar)` at its sample `z`, and `loss` is recon + kl_weight(step) * kl."""
         recon = self.nll(x.float(), out.float())
         kl = prior.kl(mu.float(), logvar.float(), z.float())
         weight = self.kl_weight(step)
@@ -438,6 +447,7 @@ class Dataset:
         self.root = Path(root)
 
     def load(self, split: str) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        """The images and labels of `split` (one of `splits`): uint8 `(N, C, H, W)` and int64 `(N,)`."""
         raise NotImplementedError
 
     def cache_key(self) -> str:

@@ -78,7 +78,9 @@ def state_tensors(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.
 
 
 def save(model: Model, path: str | Path, recipe: Mapping[str, Any], training: Mapping[str, Any] | None = None) -> None:
-    """Write `model` and everything needed to rebuild it to `path`, atomically."""
+    """Write `model` and everything needed to rebuild it to `path`, atomically: its weights, `recipe`
+    (the resolved recipe it was built from, `model.recipe`), the components it was built with, and
+    `training` (what the file records about its training, `vaezoo.training`). docs/checkpoints.md"""
     metadata = {
         "format": "pt",
         "vaezoo.format_version": json.dumps(FORMAT_VERSION),
@@ -172,8 +174,9 @@ def recipe_with_provenance(metadata: Mapping[str, Any], entries: Mapping[str, En
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
-    """Rebuild the model saved in `path` (a path, `hf://ORG/NAME[@REV]` or URL) on `device`.
-    `model.recipe` (set by `build_model`) and `model.metadata` tell what it is."""
+    """Rebuild the model saved in `path` (a path, `hf://ORG/NAME[@REV]` or URL) on `device`, in eval mode.
+    `model.recipe` (the resolved recipe it was trained with) and `model.metadata` (the file's `vaezoo.*`
+    metadata) tell what it is."""
     path = local_model_path(path)
     metadata, data = read_metadata(path)
     check_plugins(metadata, path)  # before anything is built: a missing distribution is named first

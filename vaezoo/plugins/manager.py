@@ -143,7 +143,10 @@ def _register(
 
 
 def get_registry() -> Registry:
-    """The process-wide registry, built on first use."""
+    """The process-wide registry of recipes and components, built from the installed plugins on first use:
+    `get(kind, name)` the entry a short or qualified (`DISTRIBUTION:NAME`) name names (`kind` as in `vaezoo
+    list`: "models", "encoders", ...), `find(kind, name)`
+    every entry of a name, `list(kind, pattern)` the entries of a kind; an entry's `load()` gives its object."""
     global _registry
     if _registry is None:
         _registry = build_registry()
