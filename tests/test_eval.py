@@ -173,3 +173,53 @@ def test_reconstruction_error_averages_over_every_batch() -> None:
     got = reconstruction_error(Black(), images, batch_size=3)
     assert got["recon_mse"] == pytest.approx(per_image.mean().item(), rel=1e-6)
     assert got["psnr_db"] == pytest.approx((-10 * per_image.log10()).mean().item(), rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def bf16_run(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny cifar-vae run folder trained in bf16 on the CPU (1 epoch, 64 images, 32 test images)."""
+    from tinydata import TINY_SETS
+
+    out = tmp_path_factory.mktemp("bf16") / "run"
+    options = {"train.limit": 64, "train.test_limit": 32, "train.epochs": 1, "train.precision": "bf16"}
+    vaezoo.fit("cifar-vae", sets=TINY_SETS, options=options, out=out, data_dir=cifar, device="cpu")
+    return out
+
+
+def test_eval_loss_is_the_runs_test_loss_in_the_precision_it_trained_in(
+    bf16_run: Path, cifar: Path, tmp_path: Path
+) -> None:
+    """eval evaluates in the precision (and memory layout) the run evaluated in: the same number as
+    test_loss on the same images; --precision fp32 gives the float32 number, fp16 on a CPU is one line."""
+    test_loss = json.loads((bf16_run / "metrics.jsonl").read_text().splitlines()[-1])["test_loss"]
+    model = str(bf16_run / "model.safetensors")
+    data = ["--data-dir", str(cifar), "--device", "cpu", "--limit", "32"]
+    default, fp32, fp16 = run_cli_batch(
+        [
+            ["eval", model, *data, "--json"],
+            ["eval", model, *data, "--json", "--precision", "fp32"],
+            ["eval", model, *data, "--precision", "fp16"],
+        ],
+        tmp_path,
+    )
+    assert default.returncode == 0 and fp32.returncode == 0, default.stderr + fp32.stderr
+    as_trained, in_fp32 = json.loads(default.stdout), json.loads(fp32.stdout)
+    assert as_trained["precision"] == "bf16" and as_trained["loss"] == test_loss
+    assert in_fp32["precision"] == "fp32" and in_fp32["loss"] == pytest.approx(test_loss, rel=1e-3)
+    assert fp16.returncode == 2 and fp16.stderr.strip().startswith("vaezoo: error: fp16 needs a CUDA device")
+
+
+def test_eval_reports_the_progress_of_each_stage(trained: Path, cifar: Path) -> None:
+    """evaluate_file tells its progress per stage (the bar of `vaezoo eval` on stderr), up to the end."""
+    heard: dict[str, list[tuple[int, int]]] = {}
+    evaluate_file(
+        trained,
+        data_dir=cifar,
+        limit=40,
+        device="cpu",
+        iw_samples=2,
+        progress=lambda what, done, total: heard.setdefault(what, []).append((done, total)),
+    )
+    assert list(heard) == ["loss", "importance-weighted NLL", "reconstructions"]
+    for reports in heard.values():
+        assert reports[0] == (0, 40) and reports[-1] == (40, 40)

@@ -102,7 +102,8 @@ def test_fid_of_model_samples_matches_an_independent_frechet_distance(
     assert result["fid"] == pytest.approx(expected, rel=1e-3)
     assert result["fid"] > 0.01 and result["fid_samples"] == SAMPLES and result["images"] == IMAGES
     assert result["kid_std"] >= 0 and np.isfinite(result["kid_mean"])
-    assert seen == {"sampling": SAMPLES, "features of the samples": SAMPLES, "features of the real images": IMAGES}
+    fid_stages = {"sampling": SAMPLES, "features of the samples": SAMPLES, "features of the real images": IMAGES}
+    assert seen == {"loss": IMAGES, "reconstructions": IMAGES, **fid_stages}  # each stage of eval, then FID's
     again = evaluate_file(
         small_model, data_dir=cifar, limit=IMAGES, device="cpu", seed=SEED + 1, fid=True, fid_samples=SAMPLES,
         feature_extractor=SmallFeatures,

@@ -23,7 +23,7 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import Command, run_cli, run_cli_batch
 from tinydata import call_main, error_lines
 
 import vaezoo
@@ -404,6 +404,22 @@ def test_unreachable_hub_without_cache(tmp_path: Path) -> None:
     server.stop()  # a port where nothing listens
     env = hub_env(tmp_path, None, HF_ENDPOINT=url)
     one_error(run_cli("inspect", "hf://my-org/cifar-tiny", env=env, timeout=200), "cannot reach", url)
+
+
+def test_push_to_an_unreachable_hub_is_one_line_about_the_connection_and_the_token(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """No socket error alone: the line names the Hub that cannot be reached, what to check, and the
+    token when none is set."""
+    server = FakeHub()
+    url = server.url
+    server.stop()  # a port on 127.0.0.1 where nothing listens
+    env = hub_env(tmp_path, None, HF_ENDPOINT=url)
+    push = ["push", str(run_dir), "my-org/cifar-tiny"]
+    without, with_token = run_cli_batch([push, Command(*push, env={"HF_TOKEN": TOKEN})], tmp_path, env=env)
+    line = one_error(without, f"the Hub at {url} cannot be reached", "HF_ENDPOINT", "needs a token", "HF_TOKEN")
+    assert "[Errno" not in line
+    assert "token" not in one_error(with_token, f"the Hub at {url} cannot be reached", "HF_ENDPOINT")
 
 
 @pytest.mark.parametrize("name", ["hf://", "hf://only", "hf://a/b/c", "hf://a/b@", "hf:/a/b", "hf://a/../b"])

@@ -434,16 +434,21 @@ def evaluate_file(
     fid_samples: int = 0,
     feature_extractor: type | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of a saved model on a split of its recipe's dataset (see `evaluate.evaluation_report`;
     `iw_samples` > 0 adds the importance-weighted NLL; `paths`: the dataset's folder keys). `fid` adds
     FID and KID of `fid_samples` samples (0: 10,000 or the split's size if smaller; drawn with `seed`)
     against the split's images (`vaezoo.trainer.sample_quality`): with Inception-v3, whose weights are
     found or fetched first, or with `feature_extractor` (a torch-fidelity FeatureExtractorBase subclass).
-    `progress(what, done, total)` hears the progress of the FID stages."""
+    `progress(what, done, total)` hears the progress of each stage (the loss, the importance-weighted NLL,
+    the reconstructions, FID's). `precision` (fp32, bf16, fp16) is the autocast of the loss and the NLL;
+    None: the precision the model trained in (`vaezoo.training.precision`) where the device can run it,
+    else fp32, so that `loss` is the run's `test_loss` on the same images."""
     from vaezoo.files.model_file import load
     from vaezoo.trainer import sample_quality as quality
-    from vaezoo.trainer.evaluate import evaluation_report
+    from vaezoo.trainer.evaluate import evaluation_precision, evaluation_report
+    from vaezoo.trainer.loop import memory_format
 
     if iw_samples < 0:
         raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")
@@ -451,6 +456,8 @@ def evaluate_file(
         raise VaezooError(f"--fid-samples must be 0 or more, got {fid_samples}")
     with ExitStack() as stack:
         model = load(model_path, device=device)
+        model.to(memory_format=memory_format(model, model.recipe["train"]))  # the layout the run evaluated in
+        autocast = evaluation_precision(model, precision)
         weights = None
         if fid:  # everything FID needs is checked before the (long) evaluation
             quality.import_fidelity()
@@ -465,6 +472,8 @@ def evaluate_file(
             iw_samples=iw_samples,
             batch_size=model.recipe["train"]["eval_batch_size"],
             seed=seed,
+            precision=autocast,
+            progress=progress,
         )
         metrics.update(dict.fromkeys(quality.FID_KEYS))
         if fid:

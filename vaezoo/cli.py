@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -571,14 +572,13 @@ FID_KEYS = ("fid", "kid_mean", "kid_std", "fid_samples")  # as vaezoo.trainer.sa
 
 
 @contextmanager
-def _fid_progress(shown: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr for the stages of --fid (sampling, then features of each image set)."""
-    if not shown:
-        yield None
-        return
+def _eval_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on stderr for each stage of eval (the loss, the NLL, the reconstructions, then
+    --fid's sampling and features of each image set), gone when eval ends."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, Any] = {}
+    shown_at: dict[str, float] = {}
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -593,7 +593,9 @@ def _fid_progress(shown: bool) -> Iterator[Callable[[str, int, int], None] | Non
             bar.start()
         if what not in tasks:
             tasks[what] = bar.add_task(what, total=total)
-        if done == total or done % 16 == 0:
+        now = time.monotonic()
+        if done == total or now - shown_at.get(what, 0.0) > 0.1:  # FID tells every image
+            shown_at[what] = now
             bar.update(tasks[what], completed=done)
 
     try:
@@ -654,6 +656,14 @@ def eval_command(
             help="A folder the dataset reads (e.g. dataset.path=... for image-folder): a model file never chooses it.",
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            metavar="P",
+            help="fp32, bf16 or fp16: the autocast of the loss and NLL (default: the precision the model "
+            "trained in where this device can run it, as the run's test_loss; fp32 gives the float32 number).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Test-split metrics of a saved model: its objective per image (the negative ELBO in nats for a
@@ -670,7 +680,7 @@ def eval_command(
                 f"bad --set {item!r}: eval takes only the dataset's folder keys, e.g. --set dataset.path=PATH"
             )
         paths[key[1]] = value
-    with _fid_progress(fid) as progress:
+    with _eval_progress() as progress:
         metrics = evaluate_file(
             model,
             data_dir=data_dir,
@@ -683,6 +693,7 @@ def eval_command(
             fid=fid,
             fid_samples=fid_samples,
             progress=progress,
+            precision=precision,
         )
     if as_json:
         _print_json(metrics)

@@ -70,7 +70,7 @@ RESERVED_REPORT_NAMES = frozenset(
     {
         *("loss", "recon", "terms", "bits_per_dim", "step", "epoch", "objective", "regularizer"),
         *("model", "split", "images", "iw_samples", "iw_nll", "iw_bits_per_dim", "iw_note", "bits_per_dim_note"),
-        *("recon_mse", "psnr_db"),
+        *("recon_mse", "psnr_db", "precision", "fid", "kid_mean", "kid_std", "fid_samples"),
     }
 )
 MAX_RECIPE_DEPTH = 32  # tables and lists inside one another in a recipe (as the CLI's MAX_SET_DEPTH)

@@ -6,6 +6,7 @@ docs/sharing.md."""
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def push(
                 revision=revision,
             )
     except Exception as error:
-        raise push_error(error, name) from None
+        raise push_error(error, name, api.endpoint, has_token=(token or hub.get_token()) is not None) from None
     return f"{api.endpoint}/{repo_id}" + (f"/tree/{revision}" if revision else "")
 
 
@@ -119,20 +120,36 @@ def _commit_message(files: dict[str, bytes]) -> str:
     return f"Upload {', '.join(files)} with vaezoo {vaezoo.__version__}"
 
 
-def push_error(error: Exception, name: str) -> HubError:
-    """One line for an upload that failed."""
+LOGIN = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
+
+
+def push_error(error: Exception, name: str, endpoint: str, has_token: bool = True) -> HubError:
+    """One line for an upload that failed (`endpoint`: the Hub's URL; `has_token`: whether one was set)."""
     from huggingface_hub import errors
 
     status = getattr(getattr(error, "response", None), "status_code", None)
     if status in (401, 403) or isinstance(error, errors.LocalTokenNotFoundError):
-        return HubError(
-            f"not authorised to push to {name}: log in with `hf auth login` or set HF_TOKEN to a token with "
-            "write access"
-        )
+        return HubError(f"not authorised to push to {name}: {LOGIN}")
     if isinstance(error, errors.HfHubHTTPError):
         return HubError(f"push to {name} failed: the Hub answered HTTP {status}: {first_line(error)}")
     if isinstance(error, errors.OfflineModeIsEnabled):
         return HubError(f"cannot push to {name}: HF_HUB_OFFLINE=1 forbids it")
-    if isinstance(error, (OSError, ValueError)) or type(error).__module__.startswith(("httpx", "httpcore")):
+    if _cannot_connect(error):  # no network, a wrong HF_ENDPOINT, a Hub that does not answer
+        reason = re.sub(r"^\[Errno -?\d+\] ", "", first_line(error))
+        token = "" if has_token else f"; pushing also needs a token: {LOGIN}"
+        return HubError(
+            f"cannot push to {name}: the Hub at {endpoint} cannot be reached ({reason}): check the network "
+            f"connection and HF_ENDPOINT{token}"
+        )
+    if isinstance(error, ValueError) or type(error).__module__.startswith(("httpx", "httpcore")):
         return HubError(f"push to {name} failed: {first_line(error)}")
     raise error
+
+
+def _cannot_connect(error: Exception) -> bool:
+    """Whether the request never got an answer: a connection refused or timed out, a host name not found
+    (requests' errors are OSErrors; httpx's, in the clients that use it, are named so)."""
+    network = type(error).__module__.startswith(("httpx", "httpcore")) and any(
+        word in type(error).__name__ for word in ("Connect", "Timeout", "Network")
+    )
+    return isinstance(error, OSError) or network

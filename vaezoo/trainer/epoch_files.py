@@ -29,7 +29,7 @@ from vaezoo.files.pictures import (
     sample_grid,
     save_loss_plot,
 )
-from vaezoo.files.png import save_grid
+from vaezoo.files.png import grid, save_png
 from vaezoo.files.train_state import save_state
 from vaezoo.trainer.loop import Callback, Run
 
@@ -181,9 +181,9 @@ def _write_outputs(run: Run, metrics: dict[str, Any]) -> list[Write]:
             tiles["interpolations.png"] = interpolations(model, *pairs)
     finally:
         model.train(was_training)
-    tiles = {name: (images.cpu(), columns) for name, (images, columns) in tiles.items()}
+    run.pictures = {name.removesuffix(".png"): grid(t.cpu(), c) for name, (t, c) in tiles.items()}
     return [
-        *(lambda name=name, t=t, c=c: save_grid(t, out / name, nrow=c) for name, (t, c) in tiles.items()),
+        *(lambda name=name, p=p: save_png(p, out / f"{name}.png") for name, p in run.pictures.items()),
         lambda: save_loss_plot(history, out / "loss.png"),
     ]
 

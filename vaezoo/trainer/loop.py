@@ -86,6 +86,8 @@ class Run:
     schedule: LRSchedule | None = None  # train.lr_schedule, built by prepare()
     lr_factor: float | None = None  # the schedule's factor at the last step (None: not applied yet)
     stopped_early: str | None = None  # why train.early_stop_patience ended the run before its epochs
+    pictures: dict[str, Tensor] = field(default_factory=dict)  # the last epoch's grids (HWC uint8) by name, set
+    # by the run files before the other callbacks hear of the epoch's end (samples, reconstructions, interpolations)
 
     @property
     def epoch(self) -> int:

@@ -13,9 +13,10 @@ PICTURES = ("samples", "reconstructions", "interpolations")
 
 
 class TensorBoardLogger(Callback):
-    """Scalars (running train loss per step, every numeric metric per epoch) and the PNG grids the run
-    wrote (samples, reconstructions, interpolations) per epoch. Constructing it checks that tensorboard
-    is installed, so a missing package fails before training starts."""
+    """Scalars (running train loss per step, every numeric metric per epoch) and the epoch's picture
+    grids (samples, reconstructions, interpolations: those of the PNGs the run writes) per epoch.
+    Constructing it checks that tensorboard is installed, so a missing package fails before training
+    starts."""
 
     def __init__(self, subdir: str = "tensorboard") -> None:
         try:
@@ -36,18 +37,13 @@ class TensorBoardLogger(Callback):
         self.writer.add_scalar("train/images_per_s", images_per_s, run.step)
 
     def on_epoch_end(self, run: Run, metrics: dict[str, Any]) -> None:
-        import numpy as np
-        from PIL import Image
-
         epoch = metrics["epoch"]
         for key, value in metrics.items():
             if key not in ("epoch", "step") and isinstance(value, Real):
                 self.writer.add_scalar(f"epoch/{key}", value, epoch)
-        for name in PICTURES:
-            path = run.out_dir / f"{name}.png"
-            if path.is_file():
-                with Image.open(path) as picture:
-                    self.writer.add_image(name, np.asarray(picture.convert("RGB")), epoch, dataformats="HWC")
+        for name, picture in run.pictures.items():  # this epoch's, made by the run files
+            if name in PICTURES:
+                self.writer.add_image(name, picture.numpy(), epoch, dataformats="HWC")
         self.writer.flush()
 
     def on_end(self, run: Run) -> None:
