@@ -26,6 +26,7 @@ from vaezoo.trainer import loop
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.distributed import World
 from vaezoo.trainer.graph_step import GraphStep, graph_blocker
+from vaezoo_defaults.schedules.schedules import Constant, Cosine
 
 REAL = {"limit": 200, "test_limit": 100}  # 200 images in batches of 16: 12 full batches and one of 8
 
@@ -157,6 +158,7 @@ def _blocker(**change) -> str | None:
         device=torch.device(change.pop("device", "cuda")),
         model=SimpleNamespace(cuda_graph=change.pop("cuda_graph", True)),
         precision=change.pop("precision", Precision("bf16", torch.bfloat16)),
+        schedule=change.pop("schedule", None),
     )
     return graph_blocker(run, change.pop("world", World()), change.pop("own_step", False))
 
@@ -172,6 +174,9 @@ def test_what_keeps_a_run_eager_is_named() -> None:
     assert "train.compile" in _blocker(train={"compile": True})
     assert _blocker(train={"skip_grad_norm": 100.0}) is None  # adam skips on the device
     assert "train.skip_grad_norm with sgd" in _blocker(train={"skip_grad_norm": 100.0, "optimizer": "sgd"})
+    steps = {"total_steps": 100, "steps_per_epoch": 10}
+    assert _blocker(schedule=Cosine(**steps)) == "train.lr_schedule changes the learning rate during the run"
+    assert _blocker(schedule=Constant(**steps)) is None
 
 
 def test_cuda_launch_blocking_keeps_the_step_eager(monkeypatch: pytest.MonkeyPatch) -> None:

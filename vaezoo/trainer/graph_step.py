@@ -59,7 +59,8 @@ def graph_blocker(run: Run, world: World, own_step: bool, precision: Precision |
         return "train.compile is on (torch.compile runs the step)"
     if os.environ.get("CUDA_LAUNCH_BLOCKING", "0") not in ("", "0"):
         return "CUDA_LAUNCH_BLOCKING is set (every launch waits for the GPU, which a capture cannot hold)"
-    if run.schedule is not None and not run.schedule.constant:
+    schedule = getattr(run, "schedule", None)  # built by prepare()
+    if schedule is not None and not schedule.constant:
         return "train.lr_schedule changes the learning rate during the run"
     if settings["skip_grad_norm"] > 0 and settings["optimizer"] == "sgd":
         return "train.skip_grad_norm with sgd reads the gradient norm on the host (adam skips on the device)"
