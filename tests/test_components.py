@@ -198,3 +198,16 @@ def test_build_model_records_its_recipe_and_the_registry_entries_it_used():
     records = component_records(recipe, model.registry_entries)
     assert [r["kind"] for r in records] == ["model", "dataset", "encoder", "decoder", "prior", "loss"]
     assert records == component_records(recipe, {})  # a model built by hand: the registry names them alike
+
+
+def test_images_without_values_are_a_broken_contract():
+    """A family's `sample` returning a meta or sparse tensor of the right shape is one line naming it
+    (the red team's: an internal error at the epoch-end pictures before)."""
+    from vaezoo.components import checked_images
+    from vaezoo.errors import PluginError
+
+    model = torch.nn.Linear(1, 1)
+    assert checked_images(model, "sample", torch.zeros(2, 3, 4, 4), 2).shape == (2, 3, 4, 4)
+    for images in (torch.zeros(2, 3, 4, 4, device="meta"), torch.zeros(2, 3, 4, 4).to_sparse()):
+        with pytest.raises(PluginError, match="expected a dense float tensor"):
+            checked_images(model, "sample", images, 2)

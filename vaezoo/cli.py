@@ -825,7 +825,12 @@ def inspect_command(
 @app.command("push")
 def push_command(
     source: Annotated[
-        str, typer.Argument(metavar="RUN_DIR_OR_MODEL", help="A run folder or a model.safetensors file.")
+        str,
+        typer.Argument(
+            metavar="RUN_DIR_OR_MODEL",
+            help="A run folder or a model.safetensors file.",
+            parser=_path("RUN_DIR_OR_MODEL", str),
+        ),
     ],
     repo_id: Annotated[
         str, typer.Argument(metavar="ORG/NAME", help="Hugging Face Hub model repository (created if missing).")

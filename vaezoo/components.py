@@ -293,9 +293,18 @@ def checked_parts(model: nn.Module, parts: Any, batch: int) -> LossParts:
 def checked_images(model: nn.Module, method: str, images: Any, n: int) -> Tensor:
     """`images` if they are what `sample`/`reconstruct`/`decode` promise (a float `(n, C, H, W)`
     tensor), else a PluginError naming the family."""
-    if torch.is_tensor(images) and images.dim() == 4 and len(images) == n and images.is_floating_point():
+    if (
+        torch.is_tensor(images)
+        and images.dim() == 4
+        and len(images) == n
+        and images.is_floating_point()
+        and images.layout == torch.strided  # not sparse
+        and images.device.type != "meta"  # holds values
+    ):
         return images
-    raise broken_contract(model, f"{method} returned {_what(images)}, expected a float tensor ({n}, C, H, W)")
+    raise broken_contract(
+        model, f"{method} returned {_what(images)}, expected a dense float tensor ({n}, C, H, W) with values"
+    )
 
 
 GROUP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,99}")  # an optimizer's name (train.group_lr.NAME, state keys)

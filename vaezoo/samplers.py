@@ -144,6 +144,19 @@ def load_fitted_sampler(model: Model, model_path: Path, name: str) -> tuple[Samp
             f"{path} was fitted to another model file than {model_path} (sha256 differs): fit it again with "
             f"`vaezoo fit-sampler {model_path} {name}`"
         )
+    device = next(model.parameters()).device
+    blank = torch.zeros(1, *model.in_shape, device=device)
+    with torch.no_grad():
+        code_shape = list(
+            model.encode(blank, torch.zeros(1, dtype=torch.long, device=device) if model.conditional else None).shape[
+                1:
+            ]
+        )
+    if record["code_shape"] != code_shape:
+        raise CheckpointError(
+            f"{path} holds codes of shape {record['code_shape']}, but the model's codes are {code_shape}: fit it "
+            f"again with `vaezoo fit-sampler {model_path} {name}`"
+        )
     dim = math.prod(record["code_shape"])
     try:
         sampler, _, _ = _build(name, dim, record["keys"], model.recipe.get("name", "model"))
@@ -164,9 +177,11 @@ def fitted_codes(
     """`codes(count, temperature)` for `sample_images`: draws of the sampler `name` fitted to the model
     file `model_name` (a path, `hf://` name or URL; `model` is it loaded), fitted now on first use
     (reading the training split from `data_dir`) and kept beside the file."""
+    from vaezoo.plugins.manager import get_registry
     from vaezoo.sharing.hub import local_model_path
 
     require_codes(model)
+    get_registry().get("samplers", name)  # an unknown name is one line, before anything is said or read
     path = local_model_path(model_name)
     if not sampler_path(path, name).exists():
         notice(f"fitting the {name} sampler to the training codes of {path} (once: it is kept beside the model)")

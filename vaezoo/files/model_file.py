@@ -27,7 +27,7 @@ from vaezoo.files.model_header import (
     valid_distribution,
     valid_version,
 )
-from vaezoo.recipes.build import Dependency, build_model
+from vaezoo.recipes.build import Dependency, build_model, model_file_keys
 from vaezoo.recipes.resolve import COMPONENTS, validate
 from vaezoo.sharing.hub import local_model_path
 
@@ -244,12 +244,21 @@ def rebuild(metadata: Mapping[str, Any], path: Path | str) -> Model:
     """The untrained model that checked metadata describe, from the distributions they record, with the
     models it is built on (`vaezoo.dependencies`) rebuilt from the metadata recorded for them: their
     weights are in the file."""
+    entries = check_plugins(metadata, path)
+    table = recipe_with_provenance(metadata, entries)
+    recipe = validate(str(table.get("name", "checkpoint")), table, need_dataset=False)
+    family = entries.get("model")
+    keys = model_file_keys(family.load(), family.name) if family is not None else ()
+    records = metadata.get("dependencies", {})
+    foreign = sorted(set(records) - set(keys))
+    if foreign:  # never build what the family does not take: the file would decide what vaezoo allocates
+        raise CheckpointError(
+            f"{path} is damaged: it records a model file under {shown(foreign[0])}, which its family does not take"
+        )
     dependencies = {
         key: Dependency(rebuild(record["metadata"], f"{path} (the model file it is built on, {key})"), record)
-        for key, record in metadata.get("dependencies", {}).items()
+        for key, record in records.items()
     }
-    table = recipe_with_provenance(metadata, check_plugins(metadata, path))
-    recipe = validate(str(table.get("name", "checkpoint")), table, need_dataset=False)
     data = metadata["data"]
     model = build_model(recipe, data["shape"], data.get("classes", []), dependencies)
     model.metadata = metadata

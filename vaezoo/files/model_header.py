@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vaezoo.errors import CheckpointError
+from vaezoo.plugins.registry import valid_distribution as valid_distribution  # re-exported for the file readers
 from vaezoo.recipes.resolve import objective_problem
 
 FORMAT_VERSION = 2
@@ -55,7 +56,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u206
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _FREE_TEXT = ((None, "recipe"), "summary")  # the one field that may hold newlines and tabs
 # a distribution name as PEP 508 spells it, and a version as PEP 440 does (loosely): safe in a pip line
-_DISTRIBUTION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")
 _VERSION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.+!_-]{0,62}[A-Za-z0-9])?")
 
 
@@ -79,11 +79,6 @@ def shown(value: Any, limit: int = MAX_TEXT) -> str:
 def _clip(text: str, limit: int = MAX_TEXT) -> str:
     """Text already checked for control characters, at most `limit` characters of it."""
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def valid_distribution(name: Any) -> bool:
-    """Whether `name` is a distribution name that may go into a `pip install` line."""
-    return isinstance(name, str) and bool(_DISTRIBUTION.fullmatch(name)) and name.lower() != "unknown"
 
 
 def valid_version(version: Any) -> bool:
@@ -397,6 +392,23 @@ MAX_SOURCE = 2048  # characters of a dependency's source (a path, hf:// name or 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+MAX_DEPENDENCIES = 16  # model files one file may record, at every depth together
+
+
+def _dependency_count(dependencies: Any) -> int:
+    """How many model files a `vaezoo.dependencies` object records, nested ones included (iteratively;
+    stops counting past MAX_DEPENDENCIES)."""
+    count, stack = 0, [dependencies]
+    while stack and count <= MAX_DEPENDENCIES:
+        level = stack.pop()
+        for record in level.values() if isinstance(level, dict) else ():
+            count += 1
+            metadata = record.get("metadata") if isinstance(record, dict) else None
+            if isinstance(metadata, dict) and isinstance(metadata.get("dependencies"), dict):
+                stack.append(metadata["dependencies"])
+    return count
+
+
 def _dependencies_problem(dependencies: Any, depth: int) -> str | None:
     """`vaezoo.dependencies`: for each model file the family was built on (`Model.model_files`), what
     the recipe named (`source`), its `sha256` and its own vaezoo.* `metadata` (checked the same way)."""
@@ -404,6 +416,8 @@ def _dependencies_problem(dependencies: Any, depth: int) -> str | None:
         return "vaezoo.dependencies is not an object of at most 8 model files"
     if dependencies and depth >= MAX_DEPENDENCY_DEPTH:
         return f"vaezoo.dependencies nests more than {MAX_DEPENDENCY_DEPTH} model files deep"
+    if depth == 0 and _dependency_count(dependencies) > MAX_DEPENDENCIES:
+        return f"vaezoo.dependencies records more than {MAX_DEPENDENCIES} model files in all"
     for key, record in dependencies.items():
         where = f"vaezoo.dependencies.{_clip(key)}"
         if not key.isidentifier():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,9 +204,9 @@ def _check_state_fields(
             path, f"vaezoo.history holds epochs {shown(epochs)}, but vaezoo.counters.epoch is {counters['epoch']}"
         )
     for row in history:
-        bad = next((key for key, value in _numbers(row) if not _finite_number(value)), None)
+        bad = _history_problem(row)
         if bad is not None:
-            raise _damaged(path, f"vaezoo.history of epoch {row['epoch']} has a non-finite {shown(bad)}")
+            raise _damaged(path, f"vaezoo.history of epoch {row['epoch']} has {bad}")
     if scaler_state is not None and not (
         isinstance(scaler_state, dict)
         and all(_finite_number(scaler_state.get(key)) and scaler_state[key] > 0 for key in SCALER_NUMBERS)
@@ -215,13 +215,22 @@ def _check_state_fields(
         raise _damaged(path, "vaezoo.scaler is not a gradient scaler's state")
 
 
-def _numbers(row: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
-    """The numbers of a metrics row (nested tables too), by dotted key."""
+TEXT_METRICS = {"precision"}  # the metrics of a history row that are short text, not numbers
+
+
+def _history_problem(row: Mapping[str, Any]) -> str | None:
+    """What is wrong with a metrics row of the history (every value a finite number, a table of them
+    such as test_terms, or one of TEXT_METRICS), or None."""
     for key, value in row.items():
-        if isinstance(value, Mapping):
-            yield from _numbers(value, f"{prefix}{key}.")
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            yield f"{prefix}{key}", value
+        if key in TEXT_METRICS:
+            ok = isinstance(value, str) and len(value) <= 16 and value.isprintable()
+        elif isinstance(value, Mapping):
+            ok = len(value) <= 1000 and all(isinstance(k, str) and _finite_number(v) for k, v in value.items())
+        else:
+            ok = _finite_number(value)
+        if not ok:
+            return f"a {shown(key)} that is not a finite number"
+    return None
 
 
 def _check_rng_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -15,6 +15,14 @@ from vaezoo.errors import AmbiguousName, BadRegistration, DuplicateName, PluginE
 from vaezoo.plugins.kinds import KINDS
 
 MAX_NAME = 100  # characters in a registered name
+_DISTRIBUTION = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")  # a PEP 508 distribution name
+
+
+def valid_distribution(name: Any) -> bool:
+    """Whether `name` is a distribution name that may go into a `pip install` line."""
+    return isinstance(name, str) and bool(_DISTRIBUTION.fullmatch(name)) and name.lower() != "unknown"
+
+
 ZOO = "vaezoo"  # the distribution of the default plugins: a recipe without a model table means its `vae`
 
 
@@ -187,9 +195,10 @@ class Registry:
         what = KINDS[kind]
         distribution, short = split_name(name)
         if distribution is not None and not any(info.is_from(distribution) for info in self.plugins):
+            install = f"`pip install {distribution}`; " if valid_distribution(distribution) else ""
             return UnknownName(
                 f"unknown {what} {name!r}: no plugin of distribution {distribution!r} is installed "
-                f"(`pip install {distribution}`; `vaezoo plugins` lists those that are)"
+                f"({install}`vaezoo plugins` lists those that are)"
             )
         close = difflib.get_close_matches(short, list(self.entries[kind]), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""

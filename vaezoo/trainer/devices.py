@@ -72,6 +72,10 @@ def resolve_threads(setting: int | str) -> int:
         return int(setting)
     with contextlib.suppress(ValueError):
         omp = int(os.environ.get("OMP_NUM_THREADS", ""))
+        from vaezoo.recipes.resolve import MAX_THREADS  # as train.threads allows
+
+        if omp > MAX_THREADS:  # torch.set_num_threads(10**8) crashes the process
+            raise VaezooError(f"OMP_NUM_THREADS={omp} is more than {MAX_THREADS} threads: set it lower, or --threads N")
         if omp > 0:
             return omp
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
