@@ -136,6 +136,8 @@ import torch
 from torch import nn
 import vaezoo
 
+VAEZOO_PLUGIN_API = ">=1,<2"
+
 
 class Faulty(vaezoo.Model):
     def __init__(self, *, in_shape, num_classes=0):
@@ -198,7 +200,7 @@ def test_one_faulty_rank_is_one_line_naming_it(cifar: Path, tmp_path: Path) -> N
     assert (
         "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr and "by peer" not in result.stderr
     )
-    assert len(result.stderr.splitlines()) < 10, result.stderr
+    assert len(result.stderr.splitlines()) < 16, result.stderr  # the start-up lines and bar, no torchrun report
     workers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
     assert workers == [], workers
 
