@@ -5,14 +5,19 @@ imports nothing), so that they exit 130 with one line at any moment, as Ctrl-C d
 import signal
 import sys
 
-from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now, stop_received
+from vaezoo.trainer.signals import forget_interrupt, handle_stops, record_stop, stop_now, stop_received
 
-handle_stops(stop_now)  # first thing: `signal` and `sys` are loaded already, vaezoo.trainer.signals is tiny
+# first thing (`signal` and `sys` are loaded already, vaezoo.trainer.signals is tiny): a stop is recorded,
+# and acted on inside run()'s guard, so that no instant of this module's import can be interrupted
+handle_stops(record_stop)
 
 
 def run() -> None:
     """The console script: the CLI's main() with the stop signals handled from the first instant."""
     try:
+        handle_stops(stop_now)  # from here a stop interrupts (a signal already recorded stays ignored)
+        if stop_received():
+            raise KeyboardInterrupt
         from vaezoo.cli import main
     except BaseException:
         if not stop_received():  # a broken install: Python's own report

@@ -14,12 +14,18 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 _received: list[int] = []
 
 
-def stop_now(signum: int, frame: object) -> None:
-    """Stop now, once: the signals that follow in a burst are ignored while vaezoo prints its one line
-    and exits 130."""
+def record_stop(signum: int, frame: object) -> None:
+    """Note a stop signal without interrupting (the instants before the console script's guard, which
+    then acts on it: `stop_received`); the signals that follow in a burst are ignored."""
     _received.append(signum)
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def stop_now(signum: int, frame: object) -> None:
+    """Stop now, once: the signals that follow in a burst are ignored while vaezoo prints its one line
+    and exits 130."""
+    record_stop(signum, frame)
     raise KeyboardInterrupt
 
 
