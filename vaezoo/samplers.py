@@ -91,7 +91,7 @@ def fit_sampler(
     codes = training_codes(model, images, labels, model.recipe["train"]["eval_batch_size"])
     if not bool(torch.isfinite(codes).all()):
         raise VaezooError(f"{path}: the model's codes of the training images are not finite")
-    shape = list(model.encode(*_one(model, images, labels)).shape[1:])
+    shape = code_shape(model)
     sampler, resolved, entry = _build(name, codes.shape[1], keys, model.recipe.get("name", "model"))
     try:
         sampler.fit(codes)
@@ -118,13 +118,13 @@ def fit_sampler(
     return {"path": out, **record}
 
 
-def _one(model: Model, images: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """The first training image (and label), as `encode` takes it: its code's shape is what `decode` takes."""
-    from vaezoo.data import to_float
-
+@torch.no_grad()
+def code_shape(model: Model) -> list[int]:
+    """The shape of one of the model's codes (what `encode` gives per image, and `decode` takes)."""
     device = next(model.parameters()).device
-    y = labels[:1].to(device) if model.conditional and labels is not None else None
-    return to_float(images[:1]).to(device), y
+    blank = torch.zeros(1, *model.in_shape, device=device)
+    label = torch.zeros(1, dtype=torch.long, device=device) if model.conditional else None
+    return list(model.encode(blank, label).shape[1:])
 
 
 def load_fitted_sampler(model: Model, model_path: Path, name: str) -> tuple[Sampler, list[int]]:
@@ -144,17 +144,10 @@ def load_fitted_sampler(model: Model, model_path: Path, name: str) -> tuple[Samp
             f"{path} was fitted to another model file than {model_path} (sha256 differs): fit it again with "
             f"`vaezoo fit-sampler {model_path} {name}`"
         )
-    device = next(model.parameters()).device
-    blank = torch.zeros(1, *model.in_shape, device=device)
-    with torch.no_grad():
-        code_shape = list(
-            model.encode(blank, torch.zeros(1, dtype=torch.long, device=device) if model.conditional else None).shape[
-                1:
-            ]
-        )
-    if record["code_shape"] != code_shape:
+    shape = code_shape(model)
+    if record["code_shape"] != shape:
         raise CheckpointError(
-            f"{path} holds codes of shape {record['code_shape']}, but the model's codes are {code_shape}: fit it "
+            f"{path} holds codes of shape {record['code_shape']}, but the model's codes are {shape}: fit it "
             f"again with `vaezoo fit-sampler {model_path} {name}`"
         )
     dim = math.prod(record["code_shape"])
