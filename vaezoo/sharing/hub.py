@@ -31,6 +31,7 @@ from pathlib import Path
 from types import ModuleType
 
 from vaezoo.errors import VaezooError
+from vaezoo.files.model_header import file_sha256
 
 MODEL_FILE = "model.safetensors"
 HUB_INSTALL = "pip install 'vaezoo[hub]'"
@@ -440,14 +441,6 @@ class _TimedHTTPS(urllib.request.HTTPSHandler):
 
     def https_open(self, req):
         return self.do_open(_timed(http.client.HTTPSConnection, self.deadline), req, context=self.context)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def url_download(url: str) -> Path:

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from vaezoo.components import Model
 from vaezoo.errors import VaezooError
-from vaezoo.sharing.hub import HubError, download_file, downloads_dir, file_sha256, first_line, inside_cache
+from vaezoo.files.model_header import file_sha256
+from vaezoo.sharing.hub import HubError, download_file, downloads_dir, first_line, inside_cache
 
 FID_INSTALL = "pip install 'vaezoo[fid]'"
 INCEPTION = "inception-v3-compat"
