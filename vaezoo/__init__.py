@@ -31,6 +31,8 @@ _LAZY = {
     "Dataset": "vaezoo.components",
     "Sampler": "vaezoo.components",
     "LRSchedule": "vaezoo.components",
+    "Logger": "vaezoo.components",
+    "RunInfo": "vaezoo.components",
     "VaezooError": "vaezoo.errors",
     "PLUGIN_API": "vaezoo.plugins.api_version",  # the plugin API's version: docs/plugins.md, Plugin API versions
 }

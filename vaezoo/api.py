@@ -170,6 +170,7 @@ def fit(
     from vaezoo.files.run_folder import RunLock, check_resume_changes, holds_run
     from vaezoo.trainer import distributed
     from vaezoo.trainer.devices import resolve_device
+    from vaezoo.trainer.loggers import build_loggers
 
     world, rank_device = distributed.setup(device)  # under torchrun: join the world (see docs/distributed.md)
     sets = list(sets)
@@ -188,6 +189,8 @@ def fit(
             )
     else:
         resolved = resolve_recipe(recipe, sets, options)
+    tracking = build_loggers(resolved)  # a logger whose package is missing: one line, before anything is read
+    callbacks = [tracking, *callbacks] if tracking is not None else callbacks  # its start-up first: not in a bar
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out_dir = (
         Path(checked_path(out, "--out"))
@@ -212,6 +215,10 @@ def fit(
             return _fit_on(
                 rank_device or resolve_device(device), resolved, out_dir, data_dir, world, resume_dir, callbacks
             )
+        except BaseException as error:
+            if tracking is not None:  # the loggers hear how the run ended
+                tracking.ended_by(error)
+            raise
         finally:
             torch.set_num_threads(threads)  # train.threads is the run's, not the calling program's
     except BaseException:

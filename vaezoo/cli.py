@@ -264,15 +264,19 @@ def run_command(
             parser=_path("--resume"), metavar="DIR", help="Continue the run in this folder from its state.safetensors."
         ),
     ] = None,
-    tensorboard: Annotated[
-        bool,
+    logger: Annotated[
+        list[str] | None,
         typer.Option(
-            "--tensorboard",
+            "--logger",
+            metavar="NAME",
             help=(
-                "Also log scalars and image grids to OUT/tensorboard (needs the tensorboard extra: pip install "
-                "'vaezoo\\[tensorboard]')."
+                "Track the run with this experiment logger (repeatable; replaces train.loggers): tensorboard, "
+                "mlflow (pip install 'vaezoo\\[mlflow]'), or a plugin's (vaezoo list loggers)."
             ),
         ),
+    ] = None,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="Deprecated: the same as --logger tensorboard.")
     ] = False,
     compile_: Annotated[
         bool,
@@ -293,12 +297,7 @@ def run_command(
     from vaezoo.api import fit
     from vaezoo.trainer.progress import RichProgress
 
-    extra = []
-    if tensorboard:
-        from vaezoo.trainer.tensorboard_log import TensorBoardLogger
-
-        extra.append(TensorBoardLogger())  # fails here, before training, if tensorboard is missing
-
+    loggers = [*(logger or []), *(["tensorboard"] if tensorboard and "tensorboard" not in (logger or []) else [])]
     options = {
         "train.epochs": epochs,
         "train.batch_size": batch_size,
@@ -309,6 +308,7 @@ def run_command(
         "train.limit": limit,
         "train.seed": seed,
         "train.compile": compile_ or None,
+        "train.loggers": loggers or None,
     }
     if nproc is not None:
         raise typer.Exit(_run_torchrun(nproc, recipe, set_ or [], options, resume))
@@ -325,7 +325,7 @@ def run_command(
             data_dir=data_dir,
             device=device,
             resume=resume,
-            callbacks=[progress, *extra],
+            callbacks=[progress],
         )
     except Interrupted as stopped:
         raise Interrupted(f"{stopped}; resume with: {_resume_command(stopped, data_dir, device)}") from None

@@ -511,3 +511,47 @@ class LRSchedule:
     def constant(self) -> bool:
         """Whether the factor is 1 at every step (then a CUDA graph may capture the step)."""
         return self.warmup_steps == 0 and type(self).decay is LRSchedule.decay
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a `Logger` is told when a run starts: the run folder, the resolved recipe (as recipe.toml
+    has it), where the run starts (`epoch` epochs finished: 0, or more on `--resume`, then `history`
+    holds their lines of metrics.jsonl), the device and the precision it trains in."""
+
+    out_dir: Path
+    recipe: Mapping[str, Any]
+    epoch: int = 0
+    history: Sequence[Mapping[str, Any]] = ()
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+class Logger:
+    """An experiment tracker (`train.loggers = ["NAME", ...]`, `vaezoo run --logger NAME`): built with
+    the keys of its table in `train.loggers` before the run loads anything (check there that its
+    package is installed: an ImportError becomes one line, exit 2), then told of the run on rank 0
+    only. Override what you need. A method that raises drops the logger with one warning line (it is
+    not called again) and the run goes on."""
+
+    def start(self, run: RunInfo) -> str | None:
+        """The run starts, or resumes (`run.epoch` > 0). Returns a line that vaezoo prints on stderr
+        (where to look at the run), or None."""
+        return None
+
+    def log_progress(self, step: int, loss: float, images_per_s: float) -> None:
+        """Every 20 optimizer steps: the epoch's running mean training loss (nats per image) and speed;
+        `step` counts the run's optimizer steps."""
+
+    def log_metrics(self, metrics: Mapping[str, Any], epoch: int) -> None:
+        """Epoch `epoch` ended: its line of metrics.jsonl (numbers, `precision` a name, `test_terms` a
+        table of numbers)."""
+
+    def log_images(self, images: Mapping[str, Any], epoch: int) -> None:
+        """The pictures of epoch `epoch` as the run folder has them (`samples`, `reconstructions`,
+        `interpolations`): name -> `(H, W, 3)` uint8 numpy array."""
+
+    def finish(self, status: str) -> None:
+        """The run ended: `"finished"` (its last epoch, or stopped early; model.safetensors is written),
+        `"interrupted"` (Ctrl-C or SIGTERM: its state is saved, and a resume starts a logger again) or
+        `"failed"`."""

@@ -48,6 +48,7 @@ RESUMABLE_CHANGES = {
     "channels_last",
     "eval_batch_size",
     "sample_count",
+    "loggers",
 }
 # vaezoo.files.atomic.write_bytes_atomic's temporary files: mkstemp(prefix=".NAME.PID.", suffix=".tmp")
 TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")

@@ -67,6 +67,12 @@ def register_schedules(register: Register) -> None:
 
 
 @hookspec
+def register_loggers(register: Register) -> None:
+    """Register experiment loggers: `vaezoo.Logger` subclasses built with the keys of their table in
+    `train.loggers` (`vaezoo run --logger NAME`), told of a run's start, epochs, pictures and end."""
+
+
+@hookspec
 def register_recipes(register: Register) -> None:
     """Register recipes: `register("name", {...recipe table...})`, the same tables as registry.toml."""
 

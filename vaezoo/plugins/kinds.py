@@ -12,6 +12,7 @@ KINDS = {
     "datasets": "dataset",
     "samplers": "sampler",
     "schedules": "schedule",
+    "loggers": "logger",
 }
 COMPONENT_KINDS = ("datasets", "encoders", "decoders", "priors", "losses")  # a recipe's component tables
 MODEL_PARTS = ("encoder", "decoder", "prior", "loss")  # the components a model family may take

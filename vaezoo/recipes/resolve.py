@@ -47,6 +47,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_schedule": {"name": "constant"},
     "val_fraction": 0.0,  # > 0: hold out this fraction of the training split (drawn by train.seed) for val_loss
     "early_stop_patience": 0,  # > 0: stop when val_loss has not improved for this many epochs
+    # experiment trackers (`loggers` plugins): names or tables with their keys, e.g. ["mlflow", "tensorboard"]
+    "loggers": [],
 }
 MAX_VAL_FRACTION = 0.9
 SCHEDULE_ARGS = {"total_steps", "steps_per_epoch"}  # what vaezoo passes a schedule itself
@@ -257,7 +259,7 @@ def validate(
     for key in MODEL_PARTS:
         if key in table:
             resolved[key] = resolve_component(name, key, COMPONENTS[key], table[key], source=source)
-    resolved["train"] = _resolve_train(name, table.get("train", {}))
+    resolved["train"] = _resolve_train(name, table.get("train", {}), loading=not need_dataset)
     return resolved
 
 
@@ -301,7 +303,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _resolve_train(name: str, train: Any) -> dict[str, Any]:
+def _resolve_train(name: str, train: Any, loading: bool = False) -> dict[str, Any]:
     if not isinstance(train, dict):
         raise RecipeError(f"recipe {name!r}: train must be a table")
     unknown = set(train) - set(TRAIN_DEFAULTS)
@@ -312,6 +314,8 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
     resolved = {**TRAIN_DEFAULTS, **train}
     if isinstance(resolved["lr_schedule"], str):  # lr_schedule = "cosine"
         resolved["lr_schedule"] = {"name": resolved["lr_schedule"]}
+    if isinstance(resolved["loggers"], str):  # loggers = "mlflow"
+        resolved["loggers"] = [resolved["loggers"]]
     for key, default in TRAIN_DEFAULTS.items():
         if key != "threads":  # a number or "auto"
             resolved[key] = _check_type(f"train.{key}", resolved[key], default)
@@ -351,6 +355,25 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
     resolved["lr_schedule"] = resolve_component(
         name, "train.lr_schedule", "schedules", resolved["lr_schedule"], SCHEDULE_ARGS
     )
+    resolved["loggers"] = _resolve_loggers(name, resolved["loggers"], loading)
+    return resolved
+
+
+def _resolve_loggers(recipe: str, loggers: list[Any], loading: bool) -> list[Any]:
+    """train.loggers as tables with their loggers' defaults, each logger once. A model file being loaded
+    (`loading`) keeps the tables of loggers that are not installed as they are: loading builds none."""
+    from vaezoo.plugins.manager import get_registry
+
+    resolved: list[Any] = []
+    for item in loggers:
+        name = item.get("name") if isinstance(item, dict) else item
+        if loading and isinstance(name, str) and not get_registry().find("loggers", name):
+            resolved.append(item)
+            continue
+        table = resolve_component(recipe, "train.loggers", "loggers", item, set())
+        if any(isinstance(other, dict) and other.get("name") == table["name"] for other in resolved):
+            raise RecipeError(f"recipe {recipe!r}: train.loggers names the logger {table['name']!r} twice")
+        resolved.append(table)
     return resolved
 
 

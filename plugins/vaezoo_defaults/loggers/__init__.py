@@ -1,0 +1,1 @@
+"""Experiment loggers: TensorBoard event files in the run folder, and MLflow runs."""
