@@ -6,7 +6,6 @@ in a SQLite store next to the run folder (`runs/mlflow.db`, artifacts in `runs/m
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -67,16 +66,16 @@ class MLflowLogger(vaezoo.Logger):
     resumed run continues its MLflow run (recorded in OUT/mlflow.json) and logs the epochs it lacks."""
 
     def __init__(self, *, experiment: str = "", log_model: bool = True) -> None:
-        needed = ["mlflow"]
-        if os.environ.get("MLFLOW_TRACKING_URI", "sqlite").split(":")[0].split("+")[0] in DATABASES:
-            needed += ["sqlalchemy", "alembic"]  # MLflow's database store
-        missing = [name for name in needed if importlib.util.find_spec(name) is None]
-        if missing:
-            raise vaezoo.VaezooError(
-                f"logger 'mlflow' needs the {' and '.join(missing)} package(s): pip install 'vaezoo[mlflow]'"
-            )
-        from mlflow.tracking import MlflowClient
+        try:
+            from mlflow.tracking import MlflowClient
 
+            if os.environ.get("MLFLOW_TRACKING_URI", "sqlite").split(":")[0].split("+")[0] in DATABASES:
+                import alembic  # noqa: F401  MLflow's database store: imported by MLflow only when the run starts
+                import sqlalchemy  # noqa: F401
+        except ImportError as error:
+            raise vaezoo.VaezooError(
+                f"logger 'mlflow' needs the {error.name or 'mlflow'} package: pip install 'vaezoo[mlflow]'"
+            ) from None
         self._client_class = MlflowClient
         self.experiment, self.log_model = experiment, log_model
         self.client: Any = None
