@@ -417,8 +417,11 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
     from vaezoo.trainer import distributed
 
     if resume is None:
+        from vaezoo.trainer.loggers import build_loggers
+
         resolved = resolve_recipe(recipe, sets, options)
         distributed.check_batch_size(resolved["train"]["batch_size"], distributed.World(0, nproc, 0))
+        build_loggers(resolved)  # a missing package: one line here, not one per rank
     distributed.collective_timeout()  # a bad VAEZOO_COLLECTIVE_TIMEOUT: one line here, not one per rank
     command = distributed.torchrun_command(nproc, distributed.strip_option(_ARGV or sys.argv[1:], "--nproc"))
     err_console.print(f"starting {nproc} processes: {_safe(' '.join(command[1:]))}")
