@@ -107,6 +107,9 @@ def runs(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
             *("run", "cifar-vae", *SMALL, "--epochs", "2", "--out", str(tmp / "tracked")),
             *("--logger", "vaezoo-tracker:recorder", "--logger", "flaky", "--tensorboard"),
         ],
+        # the first update makes the weights non-finite: the run fails on its own (exit 1)
+        "failed": ["run", "cifar-vae", *SMALL, "--epochs", "1", "--lr", "1e30", "--logger", "recorder"]
+        + ["--out", str(tmp / "failed")],
     }
     if HAS_MLFLOW:
         commands["mlflow"] = ["run", "cifar-vae", *SMALL, "--epochs", "1", "--logger", "mlflow", "--out", str(ml)]
@@ -167,6 +170,13 @@ def test_a_third_party_logger_a_raising_one_and_the_tensorboard_alias(runs: dict
     recipe = (out / "recipe.toml").read_text()
     assert 'loggers = [{ name = "recorder", tag = "t" }, { name = "flaky" }, { name = "tensorboard" }]' in recipe
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # --tensorboard: the logger of that name
+
+
+def test_a_run_that_fails_tells_its_loggers(runs: dict) -> None:
+    result = runs["failed"]
+    assert result.returncode == 1 and "training diverged" in result.stderr
+    calls = [json.loads(line) for line in (runs["tmp"] / "failed" / "recorder.jsonl").read_text().splitlines()]
+    assert calls[0][1] == "start" and calls[-1] == ["t", "finish", "failed"]
 
 
 def test_an_unknown_logger_or_a_missing_package_is_one_line_before_anything_is_written(runs: dict) -> None:
