@@ -233,3 +233,37 @@ def test_a_model_file_names_loggers_that_are_not_installed_and_still_loads() -> 
     assert loaded["train"]["loggers"] == table["train"]["loggers"]
     with pytest.raises(UnknownName, match="wandb"):
         validate("cifar-vae", table)
+
+
+def test_an_interrupted_run_tells_each_logger_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Ctrl-C: the loop tells the loggers "interrupted", then the Interrupted error reaches fit(), which tells
+    those that did not hear of the end yet (none here); a logger that raised hears nothing more."""
+    from types import SimpleNamespace
+
+    from vaezoo.errors import Interrupted
+    from vaezoo.trainer.loggers import Loggers
+
+    heard: list[tuple] = []
+
+    class Heard(vaezoo.Logger):
+        def start(self, run):
+            heard.append(("start", run.epoch))
+
+        def finish(self, status):
+            heard.append(("finish", status))
+
+    class Broken(vaezoo.Logger):
+        def start(self, run):
+            raise OSError("disk full")
+
+        def finish(self, status):
+            heard.append(("broken finish", status))
+
+    fp32 = SimpleNamespace(name="fp32")
+    run = SimpleNamespace(out_dir=tmp_path, recipe={"name": "r"}, epoch=2, history=[], device="cpu", precision=fp32)
+    loggers = Loggers({"heard": Heard(), "broken": Broken()})
+    loggers.on_start(run)
+    loggers.on_interrupt(run, None)
+    loggers.ended_by(Interrupted("stopped", out_dir=tmp_path, recipe="r", epochs=3))
+    assert heard == [("start", 2), ("finish", "interrupted")]
+    assert "logger 'broken' failed in start (OSError: disk full); it is dropped" in capsys.readouterr().err
