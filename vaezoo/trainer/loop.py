@@ -1,6 +1,6 @@
 """The training loop: one readable loop over shuffled batches of a uint8 tensor on the device. The model
 owns its objective (`model(x, y, step).loss`); everything around the loop (progress, the files of each
-epoch, TensorBoard) is a callback, and Ctrl-C / SIGTERM stop it cleanly between two steps."""
+epoch, the experiment loggers) is a callback, and Ctrl-C / SIGTERM stop it cleanly between two steps."""
 
 from __future__ import annotations
 
