@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 import vaezoo
-from vaezoo.errors import VaezooError, checked_path, printable
+from vaezoo.errors import VaezooError, checked_path, first_line, printable
 from vaezoo.plugins.kinds import KINDS
 from vaezoo.recipes.resolve import MAX_GRID_IMAGES
 from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now, stop_received
@@ -328,7 +328,7 @@ def run_command(
             callbacks=[progress, *extra],
         )
     except Interrupted as stopped:
-        raise Interrupted(f"{stopped}; resume with: {_resume_command(stopped, data_dir, device)}") from None
+        raise Interrupted(f"{stopped}; resume with: {_resume_command(stopped, data_dir, device)}") from stopped
     finally:
         progress.close()
     if not distributed.is_main():
@@ -941,7 +941,7 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
         line = None  # `run --nproc` prints one line for all ranks
     if line:  # error messages quote files, plugins and options: no terminal controls
         try:
-            print(printable(line.splitlines()[0]), file=sys.stderr, flush=True)
+            print(printable(first_line(line, limit=None)), file=sys.stderr, flush=True)
         except OSError:  # the terminal is gone (SIGHUP): the exit code still says what happened
             pass
     for sig, handler in previous.items() if restore_signals else ():

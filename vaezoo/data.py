@@ -75,7 +75,7 @@ def check_data_folder(path: Path, what: str, *, files: bool = False) -> None:
         return
     except OSError as error:
         reason = "is a symbolic link loop" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
-        raise DataError(f"{what} {path} {reason}: point it at a {'file or ' if files else ''}folder of data") from None
+        raise DataError(f"{what} {path} {reason}: point it at a {'file or ' if files else ''}folder of data") from error
     if not (stat.S_ISDIR(mode) or (files and stat.S_ISREG(mode))):
         kind = next((name for test, name in _KINDS if test(mode)), "not a folder")
         wanted = "file or folder" if files else "folder"

@@ -56,7 +56,7 @@ def check_signature(factory: Callable[..., Any], framework: set[str] = FRAMEWORK
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError) as error:
-        raise AssertionError(f"{name}: no inspectable signature ({error})") from None
+        raise AssertionError(f"{name}: no inspectable signature ({error})") from error
     for param in params.values():
         assert param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL), (
             f"{name}: takes {param} - recipe keys must be named keyword arguments so unknown keys are detected"
@@ -551,7 +551,7 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     try:  # a dict of named ParamGroups of the model's own leaf parameters, each in one group
         groups = checked_groups(model, model.parameter_groups())
     except PluginError as error:
-        raise AssertionError(f"{name}: {error}") from None
+        raise AssertionError(f"{name}: {error}") from error
     owner = {id(param): group_name for group_name, group in groups.items() for param in group.params}
     unused = tuple(model.unused_parameters)
     trainable = {n: p for n, p in named.items() if p.requires_grad and not n.startswith(unused)}

@@ -107,7 +107,7 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as error:  # a link that replaced the file meanwhile (ELOOP), a file we may not read
-        raise VaezooError(f"cannot read {path}: {error.strerror}") from None
+        raise VaezooError(f"cannot read {path}: {error.strerror}") from error
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
         raise VaezooError(f"will not read {path}: it is {kind}, not a regular file")

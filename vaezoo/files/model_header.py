@@ -133,8 +133,8 @@ def _parse_header(raw: bytes, data_size: int, path: Path) -> dict[str, Any]:
     """The checked header of a file whose JSON header is `raw`, followed by `data_size` bytes."""
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):  # also numbers of thousands of digits and deep nesting
-        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON that vaezoo reads)") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # also huge numbers, deep nesting
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON that vaezoo reads)") from error
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
     metadata = header.get("__metadata__", {})
@@ -215,10 +215,10 @@ def decode_metadata(header: Mapping[str, Any], path: Path) -> dict[str, Any]:
         if key.startswith("vaezoo."):
             try:
                 metadata[key[len("vaezoo.") :]] = json.loads(value)
-            except (TypeError, ValueError, RecursionError):  # also numbers of thousands of digits
+            except (TypeError, ValueError, RecursionError) as error:  # also numbers of thousands of digits
                 raise CheckpointError(
                     f"{path}: metadata {shown(key)} is not valid JSON (the file is damaged)"
-                ) from None
+                ) from error
     version = metadata["format_version"]
     if not (_is_int(version, 0, 10**6) and version in READS_FORMATS):
         raise CheckpointError(

@@ -197,7 +197,7 @@ class RunLock:
                     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
                     else error.strerror
                 )
-                raise VaezooError(f"cannot write into the run folder {folder}: {reason}") from None
+                raise VaezooError(f"cannot write into the run folder {folder}: {reason}") from error
             finally:
                 mine.unlink(missing_ok=True)
             self.held = True
@@ -219,7 +219,7 @@ class RunLock:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise VaezooError(f"cannot create the run folder {folder}: {error.strerror or error}") from None
+            raise VaezooError(f"cannot create the run folder {folder}: {error.strerror or error}") from error
         self.created += [path for path in missing if path not in self.created]
 
     def _take_over_if_stale(self) -> None:
@@ -234,7 +234,7 @@ class RunLock:
             raise VaezooError(
                 f"cannot read the lock file {self.path} of the run folder {self.path.parent}: "
                 f"{error.strerror}; if no vaezoo run uses the folder, delete it"
-            ) from None
+            ) from error
         with handle:
             owner = _parse_owner(handle.read(4096))
             if owner is not None and identity_alive(owner):

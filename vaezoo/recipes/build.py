@@ -37,7 +37,7 @@ def instantiate(target: Any, table: Mapping[str, Any], provided: Mapping[str, An
         raise RecipeError(
             f"cannot build {what} {table['name']!r}: out of memory{_allocation(error)}; make it smaller"
             + (f" (its sizes: {', '.join(sizes)})" if sizes else "")
-        ) from None
+        ) from error
 
 
 def out_of_memory(error: BaseException) -> bool:

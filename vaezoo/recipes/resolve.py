@@ -129,9 +129,9 @@ def read_recipe_file(path: Path, where: str) -> dict[str, Any]:
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise RecipeError(f"{where} is not valid TOML: {error}") from None
-    except RecursionError:
-        raise _too_deep(where) from None
+        raise RecipeError(f"{where} is not valid TOML: {error}") from error
+    except RecursionError as error:
+        raise _too_deep(where) from error
     check_depth(table, where)
     return table
 
@@ -144,15 +144,15 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         raise RecipeError(f"bad --set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except RecursionError:
-        raise RecipeError(f"bad --set {key}: its value is nested too deeply") from None
-    except tomllib.TOMLDecodeError:
+    except RecursionError as error:
+        raise RecipeError(f"bad --set {key}: its value is nested too deeply") from error
+    except tomllib.TOMLDecodeError as error:
         if text and all(c.isalnum() or c in "-_./:" for c in text):
             value = text
         else:
             raise RecipeError(
                 f"bad --set {item!r}: {text!r} is not a TOML value (strings need quotes, lists brackets: [64, 128])"
-            ) from None
+            ) from error
     return path, value
 
 

@@ -21,10 +21,10 @@ class TensorBoardLogger(Callback):
     def __init__(self, subdir: str = "tensorboard") -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
+        except ImportError as error:
             raise VaezooError(
                 "--tensorboard needs the tensorboard package: pip install 'vaezoo[tensorboard]'"
-            ) from None
+            ) from error
         self._writer_class = SummaryWriter
         self.subdir = subdir
         self.writer: Any = None
