@@ -13,7 +13,7 @@ from vaezoo.components import Model, undeclared
 from vaezoo.errors import PluginError, RecipeError, printable
 from vaezoo.plugins.api_version import EXAMPLE
 from vaezoo.plugins.kinds import MODEL_PARTS
-from vaezoo.recipes.resolve import COMPONENTS, component_parameters, objective_problem
+from vaezoo.recipes.resolve import COMPONENTS, component_parameters, is_int, objective_problem
 
 if TYPE_CHECKING:
     from vaezoo.plugins.registry import Entry
@@ -31,7 +31,7 @@ def instantiate(target: Any, table: Mapping[str, Any], provided: Mapping[str, An
     except (MemoryError, RuntimeError) as error:
         if not out_of_memory(error):
             raise
-        sizes = [f"{what}.{k}={v}" for k, v in table.items() if isinstance(v, int) and not isinstance(v, bool)]
+        sizes = [f"{what}.{k}={v}" for k, v in table.items() if is_int(v)]
         if "latent_dim" in kwargs:
             sizes.append(f"latent_dim={kwargs['latent_dim']}")
         raise RecipeError(

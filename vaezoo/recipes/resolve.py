@@ -247,7 +247,7 @@ def validate(
     resolved: dict[str, Any] = {"name": name, "summary": str(table.get("summary", ""))}
     if "latent_dim" in table:
         latent_dim = table["latent_dim"]
-        if not _is_int(latent_dim) or not 1 <= latent_dim <= MAX_LATENT_DIM:
+        if not is_int(latent_dim, 1, MAX_LATENT_DIM):
             raise RecipeError(
                 f"recipe {name!r}: latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {latent_dim!r}"
             )
@@ -297,8 +297,10 @@ def _resolve_model(recipe: str, table: dict[str, Any], source: str | None) -> di
     return resolved
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def is_int(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    """Whether `value` is a whole number (an int, not a bool) from `low` to `high`: what a TOML or JSON
+    value must be to count as one."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _resolve_train(name: str, train: Any) -> dict[str, Any]:
@@ -316,7 +318,7 @@ def _resolve_train(name: str, train: Any) -> dict[str, Any]:
         if key != "threads":  # a number or "auto"
             resolved[key] = _check_type(f"train.{key}", resolved[key], default)
     threads = resolved["threads"]
-    if threads != "auto" and not (_is_int(threads) and 1 <= threads <= MAX_THREADS):
+    if threads != "auto" and not is_int(threads, 1, MAX_THREADS):
         raise RecipeError(f'train.threads must be "auto" or a whole number from 1 to {MAX_THREADS}, got {threads!r}')
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if resolved[key] < 1:
@@ -362,10 +364,10 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(default, int):
-        if _is_int(value):
+        if is_int(value):
             return value
     elif isinstance(default, float):
-        if _is_int(value) or isinstance(value, float):
+        if is_int(value) or isinstance(value, float):
             return float(value)
     elif isinstance(default, (list, tuple)):
         if isinstance(value, (list, tuple)):
