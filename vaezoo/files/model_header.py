@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vaezoo.errors import CheckpointError
+from vaezoo.plugins.kinds import recipe_family
 from vaezoo.plugins.registry import valid_distribution as valid_distribution  # re-exported for the file readers
 from vaezoo.recipes.resolve import is_int, objective_problem
 
@@ -463,7 +464,7 @@ def objective_of(metadata: Mapping[str, Any]) -> tuple[str, str]:
 
 def family_of(metadata: Mapping[str, Any]) -> str:
     """The model family a checked file's recipe names (`vae` when it names none: vaezoo 0.1)."""
-    return metadata["recipe"].get("model", {}).get("name", "vae")
+    return recipe_family(metadata["recipe"]) or "vae"
 
 
 def is_conditional(metadata: Mapping[str, Any]) -> bool:
