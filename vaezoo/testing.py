@@ -679,7 +679,7 @@ def component(
     recipe builds it: the recipe keys `kw` checked and defaulted, `in_shape` and `latent_dim` passed,
     and for a decoder `out_shape` from `loss.params_per_channel`. For `check_model(components=...)`."""
     from vaezoo.plugins.manager import get_registry
-    from vaezoo.recipes.build import instantiate
+    from vaezoo.recipes.build import decoder_out_shape, instantiate
     from vaezoo.recipes.resolve import COMPONENTS, resolve_component
 
     assert kind in COMPONENTS, f"unknown component kind {kind!r}: use one of {', '.join(COMPONENTS)}"
@@ -688,5 +688,5 @@ def component(
     if latent_dim is not None:
         shapes["latent_dim"] = latent_dim
     if kind == "decoder":
-        shapes["out_shape"] = (in_shape[0] * getattr(loss, "params_per_channel", 1), *in_shape[1:])
+        shapes["out_shape"] = decoder_out_shape(in_shape, loss)
     return instantiate(get_registry().get(COMPONENTS[kind], name).load(), table, shapes, kind)
