@@ -305,10 +305,6 @@ def wrap(model: torch.nn.Module, device: torch.device, world: World) -> torch.nn
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
-
-
 def average_gradients(params: list[torch.Tensor]) -> None:
     """Average the gradients of `params` over ranks, in one all-reduce, as DDP does for the one-loss
     step (a family's own training_step updates outside DDP). Parameters without a gradient (unused
