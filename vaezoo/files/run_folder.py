@@ -21,6 +21,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,26 +138,34 @@ def _parse_owner(data: bytes) -> dict[str, Any] | None:
     return {key: value[key] for key in ("pid", "start", "boot") if key in value}
 
 
-def remove_temp_files(folder: Path) -> list[str]:
-    """Remove the temporary files of atomic writes (`.NAME.XXXXXXXX.tmp`) and the lock drafts of dead
-    processes that a killed writer left in `folder`; only call this while holding the folder's lock.
-    Returns the names removed."""
+def remove_files(folder: Path, doomed: Callable[[os.DirEntry], bool]) -> list[str]:
+    """Remove the regular files of `folder` (never a link or a folder) for which `doomed(entry)` holds; one
+    gone meanwhile, or not ours to remove, stays unmentioned. Returns the names removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        lock_draft = LOCK_DRAFT.match(entry.name)  # RunLock.acquire's, left by a writer killed in that instant
-        if (TEMP_FILE.match(entry.name) or (lock_draft and not pid_alive(int(lock_draft[1])))) and entry.is_file(
-            follow_symlinks=False
-        ):
-            try:
+        try:
+            if entry.is_file(follow_symlinks=False) and doomed(entry):
                 os.unlink(entry.path)
                 removed.append(entry.name)
-            except FileNotFoundError:
-                pass
+        except OSError:
+            continue
     return removed
+
+
+def remove_temp_files(folder: Path) -> list[str]:
+    """Remove the temporary files of atomic writes (`.NAME.XXXXXXXX.tmp`) and the lock drafts of dead
+    processes that a killed writer left in `folder`; only call this while holding the folder's lock.
+    Returns the names removed."""
+
+    def left_behind(entry: os.DirEntry) -> bool:
+        lock_draft = LOCK_DRAFT.match(entry.name)  # RunLock.acquire's, left by a writer killed in that instant
+        return bool(TEMP_FILE.match(entry.name) or (lock_draft and not pid_alive(int(lock_draft[1]))))
+
+    return remove_files(folder, left_behind)
 
 
 class RunLock:
