@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vaezoo.errors import error_line
+
 BENCH = Path(__file__).resolve().parent
 BATCH = 128  # cifar-vae's batch size, of every loop here
 
@@ -163,10 +165,6 @@ def part_prep(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _first_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}"
-
-
 def part_plain(args: argparse.Namespace) -> dict[str, Any]:
     """The four plain loops of vaezoo's cifar-vae network, interleaved, after one warm-up call each."""
     sys.path.insert(0, str(BENCH))
@@ -188,7 +186,7 @@ def part_plain(args: argparse.Namespace) -> dict[str, Any]:
         try:
             measure(kind, precision, images[: 4 * BATCH])
         except Exception as error:  # the row reports it, the other loops go on
-            results[f"{kind} {precision}"]["error"] = _first_line(error)
+            results[f"{kind} {precision}"]["error"] = error_line(error)
     for _ in range(args.repeats):
         for kind, precision in PLAIN:
             entry = results[f"{kind} {precision}"]
@@ -197,7 +195,7 @@ def part_plain(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 entry["values"].append(measure(kind, precision, images))
             except Exception as error:  # the row reports it
-                entry["error"] = _first_line(error)
+                entry["error"] = error_line(error)
     return {"images": len(images), "epochs": args.epochs, "loops": results}
 
 
@@ -333,7 +331,7 @@ class Bench:
             result["cuda_graph"] = train.get("cuda_graph")  # None: this vaezoo has no such setting
             result["precision"] = _model_precision(out / "model.safetensors") or train.get("precision")
         except (OSError, ValueError, KeyError, IndexError) as error:
-            result["error"] = f"its run folder is incomplete: {_first_line(error)}"
+            result["error"] = f"its run folder is incomplete: {error_line(error)}"
         steps = [line for line in outcome.stdout.splitlines() if line.strip().startswith("training step:")]
         if steps:
             result["step"] = steps[-1].strip().removeprefix("training step:").strip()

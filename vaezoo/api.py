@@ -133,7 +133,7 @@ def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str,
     try:
         table = read_recipe_file(path, f"cannot resume from {resume}: {path}")
     except OSError as error:
-        raise VaezooError(f"cannot resume from {resume}: {path} is damaged ({error})") from None
+        raise VaezooError(f"cannot resume from {resume}: {path} is damaged ({error})") from error
     if not isinstance(table.get("name"), str):
         raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: it names no recipe (name = ...)")
     if split_name(name)[1] not in (table.get("name"), str(path)):  # `vaezoo run DIST:RECIPE --resume DIR` too
@@ -144,7 +144,7 @@ def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str,
     try:
         saved = resolve_recipe(table)
     except (VaezooError, TypeError, ValueError, AttributeError, KeyError) as error:  # a hand-edited or damaged file
-        raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: {error}") from None
+        raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: {error}") from error
     return table, saved
 
 
@@ -242,7 +242,7 @@ def _naming_saved_recipe(resume_dir: Path | None) -> Iterator[None]:
             raise
         raise RecipeError(
             f"cannot resume from {resume_dir}: {resume_dir / 'recipe.toml'} is damaged or edited: {error}"
-        ) from None
+        ) from error
 
 
 def _fit_on(

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 import vaezoo
-from vaezoo.errors import VaezooError, checked_path, printable
+from vaezoo.errors import VaezooError, checked_path, first_line, printable
 from vaezoo.plugins.kinds import KINDS
 from vaezoo.recipes.resolve import MAX_GRID_IMAGES
 from vaezoo.trainer.signals import forget_interrupt, handle_stops, stop_now, stop_received
@@ -61,6 +61,18 @@ def _path(option: str, kind: Callable[[str], object] = Path) -> Callable[[str], 
     """A parser for a path option: an empty or whitespace-only value (which would name the current folder)
     is one line naming `option` (exit 2), never a run or a write into the current folder."""
     return lambda value: kind(checked_path(value, option))
+
+
+# options that several commands take, alike
+ModelArgument = Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        parser=_path("--data-dir"), metavar="DIR", help="Data folder (default: VAEZOO_DATA_DIR, else a user folder)."
+    ),
+]
+PngOutOption = Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")]
 
 
 def _finite_option(context: typer.Context, parameter: typer.CallbackParam, value: float | None) -> float | None:
@@ -227,7 +239,7 @@ def run_command(
     batch_size: Annotated[int | None, typer.Option(max=MAX_BATCH, help="Training batch size.")] = None,
     lr: Annotated[float | None, typer.Option(callback=_finite_option, help="Learning rate.")] = None,
     latent_dim: Annotated[int | None, typer.Option(min=1, max=MAX_LATENT_DIM, help="Size of the latent space.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[
         str | None, typer.Option(help="auto, fp32, bf16 or fp16 (auto is measured once per run, then kept).")
     ] = None,
@@ -239,14 +251,7 @@ def run_command(
             help="CPU threads (default train.threads = auto: OMP_NUM_THREADS if set, else half the CPUs).",
         ),
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            parser=_path("--data-dir"),
-            metavar="DIR",
-            help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).",
-        ),
-    ] = None,
+    data_dir: DataDirOption = None,
     limit: Annotated[
         int | None, typer.Option(min=0, max=MAX_IMAGES, help="Train on N images drawn at random with a fixed seed.")
     ] = None,
@@ -328,7 +333,7 @@ def run_command(
             callbacks=[progress],
         )
     except Interrupted as stopped:
-        raise Interrupted(f"{stopped}; resume with: {_resume_command(stopped, data_dir, device)}") from None
+        raise Interrupted(f"{stopped}; resume with: {_resume_command(stopped, data_dir, device)}") from stopped
     finally:
         progress.close()
     if not distributed.is_main():
@@ -442,11 +447,9 @@ def _run_torchrun(nproc: int, recipe: str, sets: list[str], options: dict, resum
 
 @app.command("sample")
 def sample_command(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
+    model: ModelArgument,
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of images.")] = 64,
-    out: Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")] = Path(
-        "samples.png"
-    ),
+    out: PngOutOption = Path("samples.png"),
     seed: Annotated[
         int, typer.Option(min=0, max=MAX_SEED, help="Random seed: the same seed gives the same picture.")
     ] = 0,
@@ -460,7 +463,7 @@ def sample_command(
             help="Class to draw (a name or an index), for conditional models; without it they draw the classes in turn."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+    device: DeviceOption = "cpu",
     sampler: Annotated[
         str,
         typer.Option(
@@ -504,7 +507,7 @@ def fit_sampler_command(
     limit: Annotated[
         int, typer.Option(min=0, max=MAX_IMAGES, help="Fit on N training images drawn with a fixed seed (0: all).")
     ] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+    device: DeviceOption = "cpu",
 ) -> None:
     """Fit a sampler to the training split's codes of a model; it is written beside the model file."""
     from vaezoo.samplers import fit_sampler
@@ -520,21 +523,12 @@ def fit_sampler_command(
 
 @app.command("reconstruct")
 def reconstruct_command(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
+    model: ModelArgument,
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=MAX_GRID_IMAGES, help="Number of test images.")] = 16,
-    out: Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")] = Path(
-        "reconstructions.png"
-    ),
+    out: PngOutOption = Path("reconstructions.png"),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test images.")] = 0,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            parser=_path("--data-dir"),
-            metavar="DIR",
-            help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).",
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+    data_dir: DataDirOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Test images (top rows) above their reconstructions (bottom rows), as a grid image."""
     from vaezoo.api import reconstruct_file
@@ -545,24 +539,15 @@ def reconstruct_command(
 
 @app.command("interpolate")
 def interpolate_command(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
+    model: ModelArgument,
     n: Annotated[int, typer.Option("-n", "--num", min=1, max=1000, help="Number of image pairs (rows).")] = 8,
     steps: Annotated[
         int, typer.Option(min=2, max=100, help="Images per row, from one image of the pair to the other.")
     ] = 10,
-    out: Annotated[Path, typer.Option(parser=_path("--out"), metavar="FILE", help="PNG file to write.")] = Path(
-        "interpolations.png"
-    ),
+    out: PngOutOption = Path("interpolations.png"),
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Random seed choosing the test image pairs.")] = 0,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            parser=_path("--data-dir"),
-            metavar="DIR",
-            help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).",
-        ),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "cpu",
+    data_dir: DataDirOption = None,
+    device: DeviceOption = "cpu",
 ) -> None:
     """Decoded straight lines in latent space between pairs of test images (rows = pairs)."""
     from vaezoo.api import interpolate_file
@@ -610,15 +595,8 @@ def _eval_progress() -> Iterator[Callable[[str, int, int], None]]:
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(
-            parser=_path("--data-dir"),
-            metavar="DIR",
-            help="Data folder (default: VAEZOO_DATA_DIR, else a user folder).",
-        ),
-    ] = None,
+    model: ModelArgument,
+    data_dir: DataDirOption = None,
     split: Annotated[str, typer.Option(help="Which split to evaluate.")] = "test",
     limit: Annotated[
         int | None, typer.Option(min=0, max=MAX_IMAGES, help="Evaluate on N images drawn with a fixed seed (0: all).")
@@ -633,7 +611,7 @@ def eval_command(
         ),
     ] = 0,
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the posterior samples.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     fid: Annotated[
         bool,
         typer.Option(
@@ -722,7 +700,7 @@ def eval_command(
 
 @app.command("inspect")
 def inspect_command(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP)],
+    model: ModelArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """What a checkpoint holds: recipe, components and their plugins, shapes, metrics, sha256."""
@@ -944,7 +922,7 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
         line = None  # `run --nproc` prints one line for all ranks
     if line:  # error messages quote files, plugins and options: no terminal controls
         try:
-            print(printable(line.splitlines()[0]), file=sys.stderr, flush=True)
+            print(printable(first_line(line, limit=None)), file=sys.stderr, flush=True)
         except OSError:  # the terminal is gone (SIGHUP): the exit code still says what happened
             pass
     for sig, handler in previous.items() if restore_signals else ():

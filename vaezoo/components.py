@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from vaezoo.errors import PluginError
+from vaezoo.plugins.kinds import recipe_family
 
 if TYPE_CHECKING:
     from vaezoo.plugins.registry import Entry
@@ -244,10 +245,15 @@ def _values(value: Any) -> tuple[Any, ...]:
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
+def family_name(model: nn.Module) -> str:
+    """The model family's name: the `model.name` of the recipe it was built from, else its class's name
+    (a model built by hand)."""
+    return recipe_family(getattr(model, "recipe", None)) or type(model).__name__
+
+
 def _family(model: nn.Module) -> str:
-    recipe = model.recipe if isinstance(model, Model) else _EMPTY
-    table = recipe.get("model") if isinstance(recipe, Mapping) else None  # an error message must not fail
-    name = table.get("name") if isinstance(table, Mapping) else None
+    """The family's name and its class, for error messages (they must not fail)."""
+    name = recipe_family(model.recipe if isinstance(model, Model) else None)
     where = f"{type(model).__module__}.{type(model).__qualname__}"
     return f"{name!r} ({where})" if name else where
 

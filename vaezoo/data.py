@@ -32,7 +32,7 @@ from torch import Tensor
 from vaezoo.components import Dataset
 from vaezoo.errors import DataError, VaezooError, checked_path
 from vaezoo.files.atomic import check_writable_target, write_bytes_atomic
-from vaezoo.files.run_folder import pid_alive
+from vaezoo.files.run_folder import pid_alive, remove_files
 
 LIMIT_SEED = 1234  # --limit subsets do not depend on --seed
 # A cache file's temporary file, `.NAME.PID.XXXXXXXX.tmp` (`.NAME.XXXXXXXX.tmp` before vaezoo 0.3).
@@ -75,7 +75,7 @@ def check_data_folder(path: Path, what: str, *, files: bool = False) -> None:
         return
     except OSError as error:
         reason = "is a symbolic link loop" if error.errno == errno.ELOOP else f"cannot be read ({error.strerror})"
-        raise DataError(f"{what} {path} {reason}: point it at a {'file or ' if files else ''}folder of data") from None
+        raise DataError(f"{what} {path} {reason}: point it at a {'file or ' if files else ''}folder of data") from error
     if not (stat.S_ISDIR(mode) or (files and stat.S_ISREG(mode))):
         kind = next((name for test, name in _KINDS if test(mode)), "not a folder")
         wanted = "file or folder" if files else "folder"
@@ -233,27 +233,16 @@ def remove_dead_temp_files(folder: Path) -> list[str]:
     """Remove the cache's temporary files whose writer is gone: those named with a pid that no process
     has, and those without one (older vaezoo) untouched for OLD_TEMP_AGE seconds. Runs sharing the
     cache never lose a file they are writing. Returns the names removed."""
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
+
+    def dead(entry: os.DirEntry) -> bool:
         match = CACHE_TEMP.match(entry.name)
-        try:
-            if not match or not entry.is_file(follow_symlinks=False):
-                continue
-            dead = (
-                not pid_alive(int(match[1]))
-                if match[1]
-                else time.time() - entry.stat(follow_symlinks=False).st_mtime > OLD_TEMP_AGE
-            )
-            if dead:
-                os.unlink(entry.path)
-                removed.append(entry.name)
-        except OSError:  # gone meanwhile, or not ours to remove
-            continue
-    return removed
+        if not match:
+            return False
+        if match[1]:
+            return not pid_alive(int(match[1]))
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > OLD_TEMP_AGE
+
+    return remove_files(folder, dead)
 
 
 def limit_subset(images: Tensor, labels: Tensor, limit: int) -> tuple[Tensor, Tensor]:

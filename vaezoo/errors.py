@@ -1,5 +1,6 @@
 """Errors a user can cause. The CLI prints their message as one line and exits with `exit_code`.
-`printable` makes text from files and plugins safe to print on a terminal."""
+`printable` makes text from files and plugins safe to print on a terminal; `first_line` and
+`error_line` quote another error in one line."""
 
 from __future__ import annotations
 
@@ -22,6 +23,30 @@ def printable(text: object, *, lines: bool = False) -> str:
     file or a plugin cannot move the cursor, clear the screen or retitle the terminal. `lines` keeps
     newlines and tabs (for multi-line output such as a model card). Rich markup is not escaped here."""
     return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(_visible, str(text))
+
+
+def first_line(message: object, limit: int | None = 300) -> str:
+    """The first line of `message` (an exception or a text) that is not blank, stripped and cut to `limit`
+    characters (it may quote a file's values; None: the whole line). An exception whose message is empty
+    (or whose `__str__` fails) gives its type's name: the line still says something. An error quoted this
+    way stays the `__cause__` of the one that quotes it (`raise ... from error`), which `--debug` shows."""
+    line = _first(message, limit)
+    return line or (type(message).__name__ if isinstance(message, BaseException) else "")
+
+
+def error_line(error: BaseException, limit: int | None = 300) -> str:
+    """`Type: first line of the message` (as `first_line`), or the type's name alone for an empty message."""
+    line = _first(error, limit)
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _first(message: object, limit: int | None) -> str:
+    try:
+        text = str(message)
+    except Exception:  # a plugin's exception whose __str__ raises
+        return ""
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return line if limit is None or len(line) <= limit else line[:limit] + "..."
 
 
 class VaezooError(Exception):
@@ -80,6 +105,11 @@ class RunFailed(VaezooError):
     """A run that failed on its own (e.g. the loss diverged)."""
 
     exit_code = 1
+
+
+class PluginFailed(RunFailed):
+    """A plugin's code raised while vaezoo ran it: a bug in the plugin, not in the user's input or files
+    (exit 1, as a run that failed on its own). The plugin's exception is the `__cause__`."""
 
 
 class Interrupted(VaezooError):

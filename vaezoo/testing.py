@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from vaezoo.components import Dataset, Loss, LossParts, Model, Prior, checked_groups, implements
+from vaezoo.components import Dataset, Loss, LossParts, Model, Prior, checked_groups, family_name, implements
 from vaezoo.errors import PluginError
 from vaezoo.recipes.resolve import FRAMEWORK_ARGS, MODEL_ARGS
 
@@ -56,7 +56,7 @@ def check_signature(factory: Callable[..., Any], framework: set[str] = FRAMEWORK
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError) as error:
-        raise AssertionError(f"{name}: no inspectable signature ({error})") from None
+        raise AssertionError(f"{name}: no inspectable signature ({error})") from error
     for param in params.values():
         assert param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL), (
             f"{name}: takes {param} - recipe keys must be named keyword arguments so unknown keys are detected"
@@ -541,17 +541,20 @@ TRAINING_STEPS = 2  # a family may step its optimizers in turns: each parameter 
 
 def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> None:
     """Training as vaezoo runs it: the optimizers of `parameter_groups` (each trainable parameter in
-    exactly one), `training_step` for TRAINING_STEPS steps; every parameter gets a finite, non-zero
-    gradient in some update (unless `unused_parameters` names it); the optimizers' state round-trips
-    through state.safetensors."""
+    exactly one), `training_step` for TRAINING_STEPS steps, each `update` the trainer's own (its
+    `Updater`, with the default train settings); every parameter gets a finite, non-zero gradient in
+    some update (unless `unused_parameters` names it); the optimizers' state round-trips through
+    state.safetensors."""
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
-    from vaezoo.trainer.loop import make_optimizers
+    from vaezoo.trainer.devices import Precision
+    from vaezoo.trainer.distributed import World
+    from vaezoo.trainer.loop import Run, Updater, make_optimizers
 
     named = dict(model.named_parameters())
     try:  # a dict of named ParamGroups of the model's own leaf parameters, each in one group
         groups = checked_groups(model, model.parameter_groups())
     except PluginError as error:
-        raise AssertionError(f"{name}: {error}") from None
+        raise AssertionError(f"{name}: {error}") from error
     owner = {id(param): group_name for group_name, group in groups.items() for param in group.params}
     unused = tuple(model.unused_parameters)
     trainable = {n: p for n, p in named.items() if p.requires_grad and not n.startswith(unused)}
@@ -560,33 +563,34 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     assert not left_out, (
         f"{name}: parameter {left_out[0]} is in no optimizer of parameter_groups() (or declare it in unused_parameters)"
     )
-    optimizers = make_optimizers(model, {**TRAIN_DEFAULTS, "lr": 1e-4})
+    settings = {**TRAIN_DEFAULTS, "lr": 1e-4}
+    recipe = {"model": {"name": family_name(model)}, "train": settings}
+    fp32 = Precision("fp32", None)
+    run = Run(model, recipe, train_images=x, test_images=x, out_dir=Path(), device=x.device, precision=fp32)
+    run.optimizers = make_optimizers(model, settings)
+    run.scaler = torch.amp.GradScaler(x.device.type, enabled=False)
+    updater = Updater(run, World())
+    updater.batch = updater.global_batch = len(x)
     learned: set[str] = set()
-    stepped: list[str] = []  # the optimizers update() stepped, in order
 
     def update(group_name: str, per_image_loss: Tensor) -> None:
-        assert group_name in optimizers, (
-            f"{name}: training_step stepped {group_name!r}, not one of its optimizers {sorted(optimizers)}"
-        )
-        stepped.append(group_name)
-        _assert_shape(f"{name}: the loss given to update({group_name!r})", per_image_loss, (len(x),))
-        optimizer = optimizers[group_name]
-        optimizer.zero_grad(set_to_none=True)
-        per_image_loss.mean().backward()
-        for group in optimizer.param_groups:
+        try:
+            updater(group_name, per_image_loss)
+        except PluginError as error:  # an optimizer it does not declare, a loss that is not per image
+            raise AssertionError(f"{name}: {error}") from error
+        for group in run.optimizers[group_name].param_groups:
             for param in group["params"]:
                 if param.grad is not None:
                     assert torch.isfinite(param.grad).all(), f"{name}: non-finite gradient in optimizer {group_name!r}"
                     if param.grad.abs().sum() > 0 and id(param) in names:
                         learned.add(names[id(param)])
-        optimizer.step()
 
     for step in range(TRAINING_STEPS):
         parts = model.training_step(x, y, step, update)
         assert isinstance(parts, LossParts), (
             f"{name}: training_step must return vaezoo.LossParts, got {type(parts).__name__}"
         )
-        assert stepped, f"{name}: training_step called update() for none of its optimizers in the first step"
+        assert updater.calls, f"{name}: training_step called update() for none of its optimizers in the first step"
     never = sorted(n for n in trainable if n not in learned)
     assert not never, (
         f"{name}: parameter {never[0]} gets no gradient from the update() calls of {TRAINING_STEPS} training "
@@ -597,7 +601,7 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
         "with update(name, per_image_loss); one that nothing trains is named in unused_parameters "
         "(docs/plugins.md, Porting a 0.2 plugin)"
     )
-    _check_state_round_trip(name, model, optimizers)
+    _check_state_round_trip(name, model, run.optimizers)
 
 
 def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch.optim.Optimizer]) -> None:
@@ -679,7 +683,7 @@ def component(
     recipe builds it: the recipe keys `kw` checked and defaulted, `in_shape` and `latent_dim` passed,
     and for a decoder `out_shape` from `loss.params_per_channel`. For `check_model(components=...)`."""
     from vaezoo.plugins.manager import get_registry
-    from vaezoo.recipes.build import instantiate
+    from vaezoo.recipes.build import decoder_out_shape, instantiate
     from vaezoo.recipes.resolve import COMPONENTS, resolve_component
 
     assert kind in COMPONENTS, f"unknown component kind {kind!r}: use one of {', '.join(COMPONENTS)}"
@@ -688,5 +692,5 @@ def component(
     if latent_dim is not None:
         shapes["latent_dim"] = latent_dim
     if kind == "decoder":
-        shapes["out_shape"] = (in_shape[0] * getattr(loss, "params_per_channel", 1), *in_shape[1:])
+        shapes["out_shape"] = decoder_out_shape(in_shape, loss)
     return instantiate(get_registry().get(COMPONENTS[kind], name).load(), table, shapes, kind)

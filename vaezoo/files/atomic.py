@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from vaezoo.errors import VaezooError
-from vaezoo.files.run_folder import pid_alive
+from vaezoo.files.run_folder import pid_alive, remove_files
 
 _KINDS = (
     (stat.S_ISLNK, "a symbolic link"),
@@ -53,20 +53,12 @@ def remove_abandoned_temp_files(path: Path) -> list[str]:
     """Remove the temporary files of `path` (`.NAME.PID.XXXXXXXX.tmp`) whose writer process is gone;
     a live writer's stay. Returns the names removed."""
     own = re.compile(rf"\.{re.escape(path.name)}\.([0-9]{{1,10}})\.[a-z0-9_]{{8}}\.tmp")
-    removed = []
-    try:
-        entries = list(os.scandir(path.parent))
-    except OSError:
-        return removed
-    for entry in entries:
+
+    def abandoned(entry: os.DirEntry) -> bool:
         match = own.fullmatch(entry.name)
-        if match and not pid_alive(int(match[1])) and entry.is_file(follow_symlinks=False):
-            try:
-                os.unlink(entry.path)
-                removed.append(entry.name)
-            except OSError:
-                pass
-    return removed
+        return bool(match and not pid_alive(int(match[1])))
+
+    return remove_files(path.parent, abandoned)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -107,7 +99,7 @@ def read_regular_bytes(path: str | os.PathLike, max_bytes: int) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as error:  # a link that replaced the file meanwhile (ELOOP), a file we may not read
-        raise VaezooError(f"cannot read {path}: {error.strerror}") from None
+        raise VaezooError(f"cannot read {path}: {error.strerror}") from error
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
         raise VaezooError(f"will not read {path}: it is {kind}, not a regular file")

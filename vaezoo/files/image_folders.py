@@ -112,7 +112,7 @@ def image_files(folder: str | os.PathLike) -> list[str]:
                 e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file()
             )
     except OSError as error:
-        raise DataError(f"cannot list the image folder {folder}: {error.strerror or error}") from None
+        raise DataError(f"cannot list the image folder {folder}: {error.strerror or error}") from error
 
 
 def class_folder_files(
@@ -122,9 +122,9 @@ def class_folder_files(
     is not given). `strict=False` skips what is missing or unreadable (for cache keys) instead of raising."""
     try:
         names = list(classes) if classes is not None else sorted(e.name for e in os.scandir(folder) if e.is_dir())
-    except OSError:
+    except OSError as error:
         if strict:
-            raise DataError(f"missing image folder {folder}: expected {folder}/<class>/<image files>") from None
+            raise DataError(f"missing image folder {folder}: expected {folder}/<class>/<image files>") from error
         return [], []
     paths: list[str] = []
     labels: list[int] = []

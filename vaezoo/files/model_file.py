@@ -16,7 +16,7 @@ from safetensors.torch import save as save_tensors
 
 import vaezoo
 from vaezoo.components import Model
-from vaezoo.errors import CheckpointError, MissingPlugin, VaezooError, printable
+from vaezoo.errors import CheckpointError, MissingPlugin, PluginFailed, VaezooError, error_line, first_line, printable
 from vaezoo.files.atomic import write_bytes_atomic
 from vaezoo.files.model_header import (
     FORMAT_VERSION,
@@ -183,7 +183,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     try:
         tensors = load_tensors(data)
     except Exception as error:
-        raise CheckpointError(f"{path} is truncated or corrupt: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} is truncated or corrupt: {first_line(error)}") from error
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(
@@ -221,23 +221,26 @@ def check_objective(model: Model, metadata: Mapping[str, Any], path: Path) -> No
 
 @contextlib.contextmanager
 def _building(path: Path) -> Iterator[None]:
-    """A recipe from a file that does not validate or build is one CheckpointError naming the file."""
+    """A recipe from a file that does not validate or build is one CheckpointError naming the file; an
+    error raised inside a plugin's code is PluginFailed naming that code, never the file's fault."""
     try:
         yield
     except VaezooError as error:
         raise CheckpointError(
-            f"{path}: its recipe does not build with the installed plugins: {_first_line(error)}"
-        ) from None
-    except (KeyError, TypeError, AttributeError, ValueError, RecursionError, OverflowError) as error:
-        raise CheckpointError(
-            f"{path} is damaged: its recipe does not build ({type(error).__name__}: {_first_line(error)})"
-        ) from None
+            f"{path}: its recipe does not build with the installed plugins: {first_line(error)}"
+        ) from error
+    except Exception as error:
+        from vaezoo.plugins.manager import plugin_code
 
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    """The first line of an error's message, at most `limit` characters (it may quote a file's values)."""
-    text = str(error).splitlines()[0] if str(error) else ""
-    return text if len(text) <= limit else text[:limit] + "..."
+        where = None if isinstance(error, RecursionError) else plugin_code(error)  # a file's nesting: the file's
+        if where is not None:
+            raise PluginFailed(
+                f"{path}: building its model raised {error_line(error)} in {where}: a bug in the plugin, not in "
+                "the file (run with --debug for the traceback)"
+            ) from error
+        if not isinstance(error, (KeyError, TypeError, AttributeError, ValueError, RecursionError, OverflowError)):
+            raise
+        raise CheckpointError(f"{path} is damaged: its recipe does not build ({error_line(error)})") from error
 
 
 def rebuild(metadata: Mapping[str, Any], path: Path | str) -> Model:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from vaezoo.errors import CheckpointError
+from vaezoo.plugins.kinds import recipe_family
 from vaezoo.plugins.registry import valid_distribution as valid_distribution  # re-exported for the file readers
-from vaezoo.recipes.resolve import objective_problem
+from vaezoo.recipes.resolve import is_int, objective_problem
 
 FORMAT_VERSION = 2
 READS_FORMATS = (1, 2)  # format 1: vaezoo 0.1, whose recipes have no model table (family `vae`)
@@ -115,12 +116,12 @@ def _tensor_problem(info: Any) -> str | None:
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if not (isinstance(dtype, str) and dtype in DTYPE_BYTES):
         return f"has dtype {shown(dtype)}, not one of {', '.join(DTYPE_BYTES)}"
-    if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(_is_int(d, 0, MAX_DIM) for d in shape)):
+    if not (isinstance(shape, list) and len(shape) <= MAX_RANK and all(is_int(d, 0, MAX_DIM) for d in shape)):
         return f"has shape {shown(shape)}, not a list of at most {MAX_RANK} sizes from 0 to 2^40"
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
-        and all(_is_int(o, 0, 2**62) for o in offsets)
+        and all(is_int(o, 0, 2**62) for o in offsets)
         and offsets[0] <= offsets[1]
     ):
         return f"has data_offsets {shown(offsets)}, not [begin, end] with 0 <= begin <= end"
@@ -133,8 +134,8 @@ def _parse_header(raw: bytes, data_size: int, path: Path) -> dict[str, Any]:
     """The checked header of a file whose JSON header is `raw`, followed by `data_size` bytes."""
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):  # also numbers of thousands of digits and deep nesting
-        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON that vaezoo reads)") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # also huge numbers, deep nesting
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON that vaezoo reads)") from error
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
     metadata = header.get("__metadata__", {})
@@ -215,12 +216,12 @@ def decode_metadata(header: Mapping[str, Any], path: Path) -> dict[str, Any]:
         if key.startswith("vaezoo."):
             try:
                 metadata[key[len("vaezoo.") :]] = json.loads(value)
-            except (TypeError, ValueError, RecursionError):  # also numbers of thousands of digits
+            except (TypeError, ValueError, RecursionError) as error:  # also numbers of thousands of digits
                 raise CheckpointError(
                     f"{path}: metadata {shown(key)} is not valid JSON (the file is damaged)"
-                ) from None
+                ) from error
     version = metadata["format_version"]
-    if not (_is_int(version, 0, 10**6) and version in READS_FORMATS):
+    if not (is_int(version, 0, 10**6) and version in READS_FORMATS):
         raise CheckpointError(
             f"{path} uses checkpoint format {shown(version)}, this vaezoo reads "
             f"{', '.join(map(str, READS_FORMATS))}: upgrade vaezoo"
@@ -245,10 +246,6 @@ def read_metadata(path: str | Path) -> tuple[dict[str, Any], bytes]:
     path = read_model_header(path).path
     data = path.read_bytes()
     return decode_metadata(read_header(data, path), path), data
-
-
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _control_text(value: Any) -> str | None:
@@ -314,8 +311,8 @@ def fits_model_file(shape: Any) -> bool:
     return (
         isinstance(shape, (list, tuple))
         and len(shape) == 3
-        and _is_int(shape[0], 1, MAX_CHANNELS)
-        and all(_is_int(side, 1, MAX_SIDE) for side in shape[1:])
+        and is_int(shape[0], 1, MAX_CHANNELS)
+        and all(is_int(side, 1, MAX_SIDE) for side in shape[1:])
         and math.prod(shape) <= MAX_VALUES
     )
 
@@ -355,7 +352,7 @@ def _training_problem(training: Any) -> str | None:
     if not (isinstance(training, dict) and isinstance(training.get("metrics", {}), dict)):
         return "vaezoo.training is not an object with a metrics object"
     for key in ("epochs", "steps", "train_images", "test_images"):
-        if training.get(key) is not None and not _is_int(training[key], 0, 2**63):
+        if training.get(key) is not None and not is_int(training[key], 0, 2**63):
             return f"vaezoo.training.{key} is not a whole number"
     for key in ("precision", "device"):
         if not isinstance(training.get(key, ""), str):
@@ -467,7 +464,7 @@ def objective_of(metadata: Mapping[str, Any]) -> tuple[str, str]:
 
 def family_of(metadata: Mapping[str, Any]) -> str:
     """The model family a checked file's recipe names (`vae` when it names none: vaezoo 0.1)."""
-    return metadata["recipe"].get("model", {}).get("name", "vae")
+    return recipe_family(metadata["recipe"]) or "vae"
 
 
 def is_conditional(metadata: Mapping[str, Any]) -> bool:

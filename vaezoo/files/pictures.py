@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import Model, checked_images, implements
+from vaezoo.components import Model, checked_images, family_name, implements
 from vaezoo.data import to_float
 from vaezoo.errors import VaezooError
 from vaezoo.files.atomic import write_bytes_atomic
 from vaezoo.files.png import save_grid
-from vaezoo.trainer.evaluate import family_name, labels_for
+from vaezoo.trainer.evaluate import labels_for
 
 RECON_COUNT = 16  # test images in the reconstructions.png of a run
 RECON_COLUMNS = 8

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,26 +139,34 @@ def _parse_owner(data: bytes) -> dict[str, Any] | None:
     return {key: value[key] for key in ("pid", "start", "boot") if key in value}
 
 
-def remove_temp_files(folder: Path) -> list[str]:
-    """Remove the temporary files of atomic writes (`.NAME.XXXXXXXX.tmp`) and the lock drafts of dead
-    processes that a killed writer left in `folder`; only call this while holding the folder's lock.
-    Returns the names removed."""
+def remove_files(folder: Path, doomed: Callable[[os.DirEntry], bool]) -> list[str]:
+    """Remove the regular files of `folder` (never a link or a folder) for which `doomed(entry)` holds; one
+    gone meanwhile, or not ours to remove, stays unmentioned. Returns the names removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        lock_draft = LOCK_DRAFT.match(entry.name)  # RunLock.acquire's, left by a writer killed in that instant
-        if (TEMP_FILE.match(entry.name) or (lock_draft and not pid_alive(int(lock_draft[1])))) and entry.is_file(
-            follow_symlinks=False
-        ):
-            try:
+        try:
+            if entry.is_file(follow_symlinks=False) and doomed(entry):
                 os.unlink(entry.path)
                 removed.append(entry.name)
-            except FileNotFoundError:
-                pass
+        except OSError:
+            continue
     return removed
+
+
+def remove_temp_files(folder: Path) -> list[str]:
+    """Remove the temporary files of atomic writes (`.NAME.XXXXXXXX.tmp`) and the lock drafts of dead
+    processes that a killed writer left in `folder`; only call this while holding the folder's lock.
+    Returns the names removed."""
+
+    def left_behind(entry: os.DirEntry) -> bool:
+        lock_draft = LOCK_DRAFT.match(entry.name)  # RunLock.acquire's, left by a writer killed in that instant
+        return bool(TEMP_FILE.match(entry.name) or (lock_draft and not pid_alive(int(lock_draft[1]))))
+
+    return remove_files(folder, left_behind)
 
 
 class RunLock:
@@ -198,7 +207,7 @@ class RunLock:
                     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
                     else error.strerror
                 )
-                raise VaezooError(f"cannot write into the run folder {folder}: {reason}") from None
+                raise VaezooError(f"cannot write into the run folder {folder}: {reason}") from error
             finally:
                 mine.unlink(missing_ok=True)
             self.held = True
@@ -220,7 +229,7 @@ class RunLock:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise VaezooError(f"cannot create the run folder {folder}: {error.strerror or error}") from None
+            raise VaezooError(f"cannot create the run folder {folder}: {error.strerror or error}") from error
         self.created += [path for path in missing if path not in self.created]
 
     def _take_over_if_stale(self) -> None:
@@ -235,7 +244,7 @@ class RunLock:
             raise VaezooError(
                 f"cannot read the lock file {self.path} of the run folder {self.path.parent}: "
                 f"{error.strerror}; if no vaezoo run uses the folder, delete it"
-            ) from None
+            ) from error
         with handle:
             owner = _parse_owner(handle.read(4096))
             if owner is not None and identity_alive(owner):

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from vaezoo.errors import CheckpointError
+from vaezoo.errors import CheckpointError, first_line
 from vaezoo.files.atomic import write_bytes_atomic
 from vaezoo.files.model_file import load_weights, state_tensors
 from vaezoo.files.model_header import read_header, shown
@@ -414,8 +414,8 @@ def _check_identity(path: Path, raw: Mapping[str, str], model: torch.nn.Module) 
         return
     try:
         saved = json.loads(raw["vaezoo.run"])
-    except (ValueError, RecursionError):
-        raise _damaged(path, "metadata vaezoo.run is not valid JSON") from None
+    except (ValueError, RecursionError) as error:
+        raise _damaged(path, "metadata vaezoo.run is not valid JSON") from error
     if not (isinstance(saved, dict) and all(isinstance(saved.get(key), str) for key in ("recipe", "model"))):
         raise _damaged(path, "metadata vaezoo.run does not name a recipe and a model family")
     own = _identity(model)
@@ -465,14 +465,14 @@ def load_state(
         scaler_state = json.loads(raw.get("vaezoo.scaler", "null"))
         history = json.loads(raw.get("vaezoo.history", "[]"))
     except KeyError as error:
-        raise CheckpointError(f"{path} is not a vaezoo run state of this model ({error.args[0]} missing)") from None
-    except (ValueError, RecursionError):
-        raise _damaged(path, "its metadata is not valid JSON") from None
+        raise CheckpointError(f"{path} is not a vaezoo run state of this model ({error.args[0]} missing)") from error
+    except (ValueError, RecursionError) as error:
+        raise _damaged(path, "its metadata is not valid JSON") from error
     _check_state_fields(path, counters, optimizers_plain, rng_plain, history, scaler_state, batches)
     try:
         tensors = load_tensors(data)
     except Exception as error:
-        raise CheckpointError(f"{path} is truncated or corrupt: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} is truncated or corrupt: {first_line(error)}") from error
     _check_rng_tensors(path, tensors)
     model_tensors, optimizer_tensors = _sorted_tensors(path, tensors, named)
     _check_model_tensors(path, model, model_tensors)
@@ -505,5 +505,5 @@ def load_state(
         version, py_gauss = rng_plain["python"]
         random.setstate((int(version), tuple(tensors["rng.python"].tolist()), py_gauss))
     except (ValueError, TypeError, RuntimeError, OverflowError) as error:
-        raise _damaged(path, f"a generator state does not restore ({str(error).splitlines()[0]})") from None
+        raise _damaged(path, f"a generator state does not restore ({first_line(error)})") from error
     return counters, tensors["rng.data"], history

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 from functools import partial
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
 
-from vaezoo.errors import BadRegistration, DuplicateName, UnknownName, printable
+from vaezoo.errors import BadRegistration, DuplicateName, UnknownName, error_line, printable
 from vaezoo.plugins import hookspecs
 from vaezoo.plugins.api_version import check_plugin
 from vaezoo.plugins.kinds import KINDS
@@ -50,16 +51,6 @@ def _info(entry_point: EntryPoint, dists: dict[object, tuple[str, str]]) -> Plug
         dists[key] = (metadata["Name"], metadata["Version"])
     name, version = dists[key]
     return PluginInfo(name=entry_point.name, distribution=name or "unknown", version=version or "unknown")
-
-
-def _why(error: BaseException) -> str:
-    """`Type: first line of the message`, whatever the exception's `__str__` does."""
-    try:
-        message = str(error)
-    except Exception:
-        message = "(a message that cannot be shown)"
-    first = (message.splitlines() or [""])[0][:300]
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _fail(info: PluginInfo, error: str, registry: Registry | None = None) -> None:
@@ -103,7 +94,7 @@ def _load_plugins(manager: pluggy.PluginManager, registry: Registry) -> None:
             plugin = manager.get_plugin(info.qualified_name)
             if plugin is not None:
                 manager.unregister(plugin)
-            problem = _why(error)
+            problem = error_line(error)
         if problem is not None:
             _fail(info, problem)
         registry.plugins.append(info)
@@ -130,7 +121,7 @@ def build_registry() -> Registry:
             except (BadRegistration, DuplicateName) as error:
                 _fail(info, f"{hookspecs.HOOKS[kind]} {str(error).removeprefix(f'plugin {info.name!r} ')}", registry)
             except BaseException as error:  # SystemExit and other BaseExceptions too: isolate the plugin
-                _fail(info, f"{hookspecs.HOOKS[kind]} raised {_why(error)}", registry)
+                _fail(info, f"{hookspecs.HOOKS[kind]} raised {error_line(error)}", registry)
     return registry
 
 
@@ -157,6 +148,28 @@ def reset_registry() -> None:
     """Forget the registry so the next `get_registry()` reloads plugins (tests, env changes)."""
     global _registry
     _registry = None
+
+
+def plugin_code(error: BaseException) -> str | None:
+    """Where in a plugin's code `error` was raised, as "FUNCTION (FILE:LINE) of plugin distribution D": the
+    innermost frame of its traceback that runs a module of a package that registered components; None
+    when no frame does (vaezoo's own code raised it, or a library that vaezoo called)."""
+    packages: dict[str, str] = {}  # top-level package -> the distribution that registered a component from it
+    for names in get_registry().entries.values():
+        for entries in names.values():
+            for entry in entries:
+                target = entry.target
+                module = target.partition(":")[0] if isinstance(target, str) else getattr(target, "__module__", None)
+                if isinstance(module, str) and entry.kind != "recipes":
+                    packages.setdefault(module.partition(".")[0], entry.plugin.distribution)
+    packages.pop("vaezoo", None)  # the core is never a plugin
+    for frame, line in reversed(list(traceback.walk_tb(error.__traceback__))):
+        module = frame.f_globals.get("__name__")
+        distribution = packages.get(module.partition(".")[0]) if isinstance(module, str) else None
+        if distribution is not None:
+            where = f"{os.path.basename(frame.f_code.co_filename)}:{line}"
+            return f"{frame.f_code.co_qualname} ({where}) of plugin distribution {distribution}"
+    return None
 
 
 def list_components(kind: str | None = None, pattern: str | None = None) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
-from vaezoo.errors import AmbiguousName, BadRegistration, DuplicateName, PluginError, UnknownName
+from vaezoo.errors import AmbiguousName, BadRegistration, DuplicateName, PluginError, UnknownName, error_line
 from vaezoo.plugins.kinds import KINDS
 
 MAX_NAME = 100  # characters in a registered name
@@ -87,9 +87,8 @@ class Entry:
                 raise PluginError(
                     f"plugin {self.plugin.name!r} ({self.plugin.distribution}) registers {KINDS[self.kind]} "
                     f"{self.name!r} as "
-                    f"{self.target!r}, which does not import: {type(error).__name__}: "
-                    f"{str(error).splitlines()[0] if str(error) else ''}"
-                ) from None
+                    f"{self.target!r}, which does not import: {error_line(error)}"
+                ) from error
         return self.target
 
     @property

@@ -13,7 +13,7 @@ from vaezoo.components import Model, undeclared
 from vaezoo.errors import PluginError, RecipeError, printable
 from vaezoo.plugins.api_version import EXAMPLE
 from vaezoo.plugins.kinds import MODEL_PARTS
-from vaezoo.recipes.resolve import COMPONENTS, component_parameters, objective_problem
+from vaezoo.recipes.resolve import COMPONENTS, component_parameters, is_int, objective_problem
 
 if TYPE_CHECKING:
     from vaezoo.plugins.registry import Entry
@@ -31,13 +31,13 @@ def instantiate(target: Any, table: Mapping[str, Any], provided: Mapping[str, An
     except (MemoryError, RuntimeError) as error:
         if not out_of_memory(error):
             raise
-        sizes = [f"{what}.{k}={v}" for k, v in table.items() if isinstance(v, int) and not isinstance(v, bool)]
+        sizes = [f"{what}.{k}={v}" for k, v in table.items() if is_int(v)]
         if "latent_dim" in kwargs:
             sizes.append(f"latent_dim={kwargs['latent_dim']}")
         raise RecipeError(
             f"cannot build {what} {table['name']!r}: out of memory{_allocation(error)}; make it smaller"
             + (f" (its sizes: {', '.join(sizes)})" if sizes else "")
-        ) from None
+        ) from error
 
 
 def out_of_memory(error: BaseException) -> bool:
@@ -70,7 +70,7 @@ def build_components(
     recipe: Mapping[str, Any], in_shape: tuple[int, ...], entries: Mapping[str, Entry]
 ) -> dict[str, Any]:
     """The recipe's encoder, decoder, prior and loss (those it has) from their registry `entries`: the
-    loss first, because the decoder's `out_shape` is `(C * loss.params_per_channel, H, W)`."""
+    loss first, because the decoder's `out_shape` depends on it (`decoder_out_shape`)."""
     shapes: dict[str, Any] = {"in_shape": in_shape}
     if "latent_dim" in recipe:
         shapes["latent_dim"] = recipe["latent_dim"]
@@ -79,10 +79,15 @@ def build_components(
         if key not in recipe:
             continue
         if key == "decoder":
-            k = getattr(parts.get("loss"), "params_per_channel", 1)
-            shapes = {**shapes, "out_shape": (in_shape[0] * k, *in_shape[1:])}
+            shapes = {**shapes, "out_shape": decoder_out_shape(in_shape, parts.get("loss"))}
         parts[key] = instantiate(entries[key].load(), recipe[key], shapes, key)
     return parts
+
+
+def decoder_out_shape(in_shape: Sequence[int], loss: Any) -> tuple[int, ...]:
+    """The `out_shape` a decoder is built with: `(C * loss.params_per_channel, H, W)` for images of
+    `in_shape` `(C, H, W)` (one parameter per channel without a loss)."""
+    return (in_shape[0] * getattr(loss, "params_per_channel", 1), *in_shape[1:])
 
 
 MAX_MODEL_FILES = 8  # model files one family may be built on

@@ -131,9 +131,9 @@ def read_recipe_file(path: Path, where: str) -> dict[str, Any]:
     try:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise RecipeError(f"{where} is not valid TOML: {error}") from None
-    except RecursionError:
-        raise _too_deep(where) from None
+        raise RecipeError(f"{where} is not valid TOML: {error}") from error
+    except RecursionError as error:
+        raise _too_deep(where) from error
     check_depth(table, where)
     return table
 
@@ -146,15 +146,15 @@ def parse_set(item: str) -> tuple[list[str], Any]:
         raise RecipeError(f"bad --set {item!r}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=3")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except RecursionError:
-        raise RecipeError(f"bad --set {key}: its value is nested too deeply") from None
-    except tomllib.TOMLDecodeError:
+    except RecursionError as error:
+        raise RecipeError(f"bad --set {key}: its value is nested too deeply") from error
+    except tomllib.TOMLDecodeError as error:
         if text and all(c.isalnum() or c in "-_./:" for c in text):
             value = text
         else:
             raise RecipeError(
                 f"bad --set {item!r}: {text!r} is not a TOML value (strings need quotes, lists brackets: [64, 128])"
-            ) from None
+            ) from error
     return path, value
 
 
@@ -249,7 +249,7 @@ def validate(
     resolved: dict[str, Any] = {"name": name, "summary": str(table.get("summary", ""))}
     if "latent_dim" in table:
         latent_dim = table["latent_dim"]
-        if not _is_int(latent_dim) or not 1 <= latent_dim <= MAX_LATENT_DIM:
+        if not is_int(latent_dim, 1, MAX_LATENT_DIM):
             raise RecipeError(
                 f"recipe {name!r}: latent_dim must be an integer from 1 to {MAX_LATENT_DIM}, got {latent_dim!r}"
             )
@@ -299,8 +299,10 @@ def _resolve_model(recipe: str, table: dict[str, Any], source: str | None) -> di
     return resolved
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def is_int(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    """Whether `value` is a whole number (an int, not a bool) from `low` to `high`: what a TOML or JSON
+    value must be to count as one."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _resolve_train(name: str, train: Any, loading: bool = False) -> dict[str, Any]:
@@ -320,7 +322,7 @@ def _resolve_train(name: str, train: Any, loading: bool = False) -> dict[str, An
         if key != "threads":  # a number or "auto"
             resolved[key] = _check_type(f"train.{key}", resolved[key], default)
     threads = resolved["threads"]
-    if threads != "auto" and not (_is_int(threads) and 1 <= threads <= MAX_THREADS):
+    if threads != "auto" and not is_int(threads, 1, MAX_THREADS):
         raise RecipeError(f'train.threads must be "auto" or a whole number from 1 to {MAX_THREADS}, got {threads!r}')
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if resolved[key] < 1:
@@ -385,10 +387,10 @@ def _check_type(where: str, value: Any, default: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif isinstance(default, int):
-        if _is_int(value):
+        if is_int(value):
             return value
     elif isinstance(default, float):
-        if _is_int(value) or isinstance(value, float):
+        if is_int(value) or isinstance(value, float):
             return float(value)
     elif isinstance(default, (list, tuple)):
         if isinstance(value, (list, tuple)):

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-from vaezoo.errors import VaezooError
+from vaezoo.errors import VaezooError, first_line
 from vaezoo.files.model_header import file_sha256
 
 MODEL_FILE = "model.safetensors"
@@ -126,8 +126,8 @@ def import_hub() -> ModuleType:
     """`huggingface_hub`, or a MissingExtra saying what to install."""
     try:
         import huggingface_hub
-    except ImportError:
-        raise MissingExtra(f"Hugging Face Hub support needs the huggingface_hub package: {HUB_INSTALL}") from None
+    except ImportError as error:
+        raise MissingExtra(f"Hugging Face Hub support needs the huggingface_hub package: {HUB_INSTALL}") from error
     return huggingface_hub
 
 
@@ -151,7 +151,7 @@ def hf_download(repo_id: str, revision: str | None = None, filename: str = MODEL
     except HubError:
         raise
     except Exception as error:  # huggingface_hub's errors become one line each
-        raise hub_error(error, name, filename) from None
+        raise hub_error(error, name, filename) from error
     return inside_cache(path, Path(hub.constants.HF_HUB_CACHE), name, "the Hugging Face cache")
 
 
@@ -274,11 +274,6 @@ def hub_error(error: Exception, name: str, filename: str = MODEL_FILE) -> HubErr
     raise error  # not a download problem: a bug, shown as such
 
 
-def first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 # --- https:// ------------------------------------------------------------------------------------
 
 
@@ -332,7 +327,7 @@ def _check_url(url: str, shown: str) -> urllib.parse.SplitResult:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
     except ValueError as error:
-        raise HubError(f"bad URL {shown!r}: {error}") from None
+        raise HubError(f"bad URL {shown!r}: {error}") from error
     if not (parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(parts.hostname))):
         raise HubError(
             f"refusing to download {shown}: vaezoo downloads models over https:// only (http:// only from localhost)"
@@ -532,7 +527,7 @@ def _download(url: str, target: Path, expected: str | None) -> None:
         raise HubError(
             f"cannot write vaezoo's download cache {target.parent} to download {url}: "
             f"{error.strerror or error}; set VAEZOO_CACHE_DIR to a writable folder"
-        ) from None
+        ) from error
     tmp = Path(tmp_name)
     digest, size = hashlib.sha256(), 0
     deadline = _Deadline(timeout)
@@ -572,11 +567,11 @@ def _download(url: str, target: Path, expected: str | None) -> None:
         os.replace(tmp, target)
     except urllib.error.HTTPError as error:
         what = {401: "unauthorised", 403: "forbidden", 404: "not found"}.get(error.code, "")
-        raise HubError(f"cannot download {url}: HTTP {error.code}" + (f" ({what})" if what else "")) from None
+        raise HubError(f"cannot download {url}: HTTP {error.code}" + (f" ({what})" if what else "")) from error
     except (OSError, http.client.HTTPException, ValueError) as error:
         if deadline.expired:
-            raise timed_out from None
-        raise HubError(_failure(url, error)) from None
+            raise timed_out from error
+        raise HubError(_failure(url, error)) from error
     finally:
         deadline.timer.cancel()
         tmp.unlink(missing_ok=True)
@@ -593,11 +588,11 @@ def _check_whole(path: Path, url: str, size: int) -> None:
 
     try:
         read_file_header(path)
-    except CheckpointError:
+    except CheckpointError as error:
         raise HubError(
             f"download of {url} ended after {size} bytes without a Content-Length and is not a whole "
             "safetensors file (cut short?): nothing kept; try again, or add #sha256= to the URL"
-        ) from None
+        ) from error
 
 
 def _failure(url: str, error: BaseException) -> str:

@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 import vaezoo
+from vaezoo.errors import first_line
 from vaezoo.files.atomic import write_bytes_atomic
 from vaezoo.files.model_header import read_metadata
 from vaezoo.recipes.toml_writer import dumps as toml_dumps
@@ -20,7 +21,6 @@ from vaezoo.sharing.hub import (
     HubError,
     check_repo_id,
     check_revision,
-    first_line,
     import_hub,
     quiet_hub_logs,
 )
@@ -112,7 +112,7 @@ def push(
                 revision=revision,
             )
     except Exception as error:
-        raise push_error(error, name, api.endpoint, has_token=(token or hub.get_token()) is not None) from None
+        raise push_error(error, name, api.endpoint, has_token=(token or hub.get_token()) is not None) from error
     return f"{api.endpoint}/{repo_id}" + (f"/tree/{revision}" if revision else "")
 
 

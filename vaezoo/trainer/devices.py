@@ -34,8 +34,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise VaezooError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    except RuntimeError as error:
+        raise VaezooError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise VaezooError(f"device {name!r} asked for but CUDA is not available here: use --device cpu or auto")

@@ -40,7 +40,7 @@ from typing import Any, NoReturn
 import torch
 import torch.distributed as dist
 
-from vaezoo.errors import RecipeError, VaezooError, printable
+from vaezoo.errors import RecipeError, VaezooError, first_line, printable
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,8 @@ def current_world() -> World:
         return World(
             int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
         )
-    except ValueError:
-        raise VaezooError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from None
+    except ValueError as error:
+        raise VaezooError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (they are set by torchrun)") from error
 
 
 def is_main() -> bool:
@@ -208,7 +208,7 @@ def launch(torchrun_args: Sequence[str]) -> int:
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(printable(line.splitlines()[0] if line else ""), file=sys.stderr, flush=True)  # a worker's text
+    print(printable(first_line(line, limit=None)), file=sys.stderr, flush=True)  # a worker's text
     return code
 
 
@@ -303,10 +303,6 @@ def wrap(model: torch.nn.Module, device: torch.device, world: World) -> torch.nn
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
 
 
 def average_gradients(params: list[torch.Tensor]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from vaezoo.components import Model, checked_images, checked_parts, implements
+from vaezoo.components import Model, checked_images, checked_parts, family_name, implements
 from vaezoo.data import batches
 from vaezoo.errors import VaezooError
 from vaezoo.trainer.devices import CHOICES, Precision, resolve_precision
@@ -196,10 +196,6 @@ def reconstruction_error(
         _tell(progress, "reconstructions", done, len(images))
     n = max(1, len(images))
     return {"recon_mse": squared / n, "psnr_db": psnr / n}
-
-
-def family_name(model: Model) -> str:
-    return str(model.recipe.get("model", {}).get("name", type(model).__name__))
 
 
 def evaluation_report(

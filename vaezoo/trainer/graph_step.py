@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from vaezoo.components import LossParts
-from vaezoo.errors import RunFailed, printable
+from vaezoo.errors import RunFailed, error_line, printable
 
 if TYPE_CHECKING:
     from vaezoo.trainer.devices import Precision
@@ -125,7 +125,7 @@ def _why(error: BaseException) -> str:
     cause = _first_cause(error)
     frames = [f for f in traceback.extract_tb(cause.__traceback__) if f"{os.sep}torch{os.sep}" not in f.filename]
     where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
-    return f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:200]}{where}"
+    return f"{error_line(cause, 200)}{where}"
 
 
 def capture_step(step: Callable[[], T], device: torch.device, before_capture: Callable[[], None]) -> tuple[Any, T]:
@@ -150,7 +150,7 @@ def capture_step(step: Callable[[], T], device: torch.device, before_capture: Ca
             try:
                 step()
             except (RuntimeError, RunFailed) as error:
-                raise CaptureFailed(f"the step waits for the host ({_why(error)})") from None
+                raise CaptureFailed(f"the step waits for the host ({_why(error)})") from error
     finally:
         torch.cuda.set_sync_debug_mode(debug_mode)
         current.wait_stream(side)
@@ -163,7 +163,7 @@ def capture_step(step: Callable[[], T], device: torch.device, before_capture: Ca
         raise RunFailed(
             f"capturing the training step as a CUDA graph failed ({_why(error)}); CUDA's state after a failed "
             "capture cannot be trusted, so the run stops here: run it again with --set train.cuda_graph=false"
-        ) from None
+        ) from error
     return graph, out
 
 

@@ -30,7 +30,7 @@ def build_loggers(recipe: Mapping[str, Any]) -> Loggers | None:
         except ImportError as error:
             raise VaezooError(
                 f"logger {table['name']!r} ({entry.plugin.distribution}) cannot start: {error}; install what it needs"
-            ) from None
+            ) from error
         if not isinstance(logger, Logger):
             raise PluginError(f"logger {table['name']!r} ({entry.plugin.distribution}) does not build a vaezoo.Logger")
         built[table["name"]] = logger

@@ -29,7 +29,7 @@ from vaezoo.components import (
     checked_update,
 )
 from vaezoo.data import to_float
-from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError
+from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError, error_line
 from vaezoo.trainer import distributed
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.evaluate import evaluate
@@ -293,8 +293,8 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
     run.state.load_state_dict(counters)
     try:
         run.data_rng.set_state(saved_rng)
-    except RuntimeError:
-        raise VaezooError(f"{resume_from} is damaged: its data-order generator state does not restore") from None
+    except RuntimeError as error:
+        raise VaezooError(f"{resume_from} is damaged: its data-order generator state does not restore") from error
     for name, optimizer in run.optimizers.items():  # --lr on resume takes effect (and is what recipe.toml records)
         for group in optimizer.param_groups:
             group["lr"], group["weight_decay"] = (
@@ -612,8 +612,7 @@ def blame(run: Run, what: str) -> Iterator[None]:
         source = f"plugin {entry.plugin.name!r} from {entry.plugin.distribution}" if entry else "built by hand"
         parts = ", ".join(f"{key} {run.recipe[key]['name']!r}" for key in MODEL_PARTS if key in run.recipe)
         raise RunFailed(
-            f"model {family!r} ({source}{'; ' + parts if parts else ''}) failed in {what}: "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            f"model {family!r} ({source}{'; ' + parts if parts else ''}) failed in {what}: {error_line(error)}"
         ) from error
 
 

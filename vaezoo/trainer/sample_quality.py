@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 
 from vaezoo.components import Model
-from vaezoo.errors import VaezooError
+from vaezoo.errors import VaezooError, first_line
 from vaezoo.files.model_header import file_sha256
-from vaezoo.sharing.hub import HubError, download_file, downloads_dir, first_line, inside_cache
+from vaezoo.sharing.hub import HubError, download_file, downloads_dir, inside_cache
 
 FID_INSTALL = "pip install 'vaezoo[fid]'"
 INCEPTION = "inception-v3-compat"
@@ -52,8 +52,8 @@ def import_fidelity() -> ModuleType:
     """torch_fidelity, or a FidError saying what to install."""
     try:
         import torch_fidelity
-    except ImportError:
-        raise FidError(f"--fid needs the torch-fidelity package: {FID_INSTALL}") from None
+    except ImportError as error:
+        raise FidError(f"--fid needs the torch-fidelity package: {FID_INSTALL}") from error
     return torch_fidelity
 
 
@@ -77,14 +77,14 @@ def inception_weights() -> Path:
     try:
         folder = downloads_dir("fid")
     except HubError as error:
-        raise FidError(f"{error} (or download {url} and set {WEIGHTS_ENV}=PATH)") from None
+        raise FidError(f"{error} (or download {url} and set {WEIGHTS_ENV}=PATH)") from error
     target = folder / WEIGHTS_FILE
     put_it = f"download {url} and put it at {target} (or set {WEIGHTS_ENV}=PATH)"
     if not os.path.lexists(target):
         try:
             download_file(url, target)
         except HubError as error:
-            raise FidError(f"cannot get the Inception weights that --fid needs ({error}): {put_it}") from None
+            raise FidError(f"cannot get the Inception weights that --fid needs ({error}): {put_it}") from error
         if not _is_published(target):
             target.unlink(missing_ok=True)
             raise FidError(
@@ -111,7 +111,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         size = path.stat().st_size
     except OSError as error:
-        raise FidError(f"cannot read the Inception weights {path}: {error.strerror or error}") from None
+        raise FidError(f"cannot read the Inception weights {path}: {error.strerror or error}") from error
     if size > MAX_WEIGHTS_BYTES:
         raise FidError(
             f"{path} is {size / 2**20:.0f} MiB: not the Inception weights {WEIGHTS_FILE} (about 91 MiB; at most "
@@ -125,9 +125,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         reason = (
             "it holds Python objects other than tensors, which vaezoo never unpickles"
             if type(error).__name__ == "UnpicklingError"  # what the weights-only unpickler raises
-            else first_line(error)[:200]
+            else first_line(error, 200)
         )
-        raise FidError(f"{path} is not a weights file vaezoo reads (a state dict of tensors): {reason}") from None
+        raise FidError(f"{path} is not a weights file vaezoo reads (a state dict of tensors): {reason}") from error
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise FidError(f"{path} is not a state dict of named tensors, as the Inception weights {WEIGHTS_FILE} are")
     return state
@@ -152,7 +152,7 @@ def private_weights(path: Path) -> Iterator[Path]:
                 detail = detail[:200].rsplit(",", 1)[0] + ", ..."
             raise FidError(
                 f"{path} does not hold the Inception-v3 weights torch-fidelity expects ({WEIGHTS_FILE}): {detail}"
-            ) from None
+            ) from error
         yield private
 
 

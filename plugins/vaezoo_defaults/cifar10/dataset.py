@@ -69,12 +69,12 @@ class CIFAR10(Dataset):
 
         try:  # torchvision checks each batch file's md5 before unpickling it: only the official files are read
             data = TorchvisionCIFAR10(str(base), train=split == "train", download=False)
-        except RuntimeError:
+        except RuntimeError as error:
             raise DataError(
                 f"{base / 'cifar-10-batches-py'} is incomplete or not the official CIFAR-10 release (a file "
                 "is missing or its checksum differs): "
                 f"replace it with the extracted cifar-10-python.tar.gz, or use class folders"
-            ) from None
+            ) from error
         images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
         return images, torch.tensor(data.targets, dtype=torch.int64)
 

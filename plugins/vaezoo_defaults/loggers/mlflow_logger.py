@@ -75,7 +75,7 @@ class MLflowLogger(vaezoo.Logger):
         except ImportError as error:
             raise vaezoo.VaezooError(
                 f"logger 'mlflow' needs the {error.name or 'mlflow'} package: pip install 'vaezoo[mlflow]'"
-            ) from None
+            ) from error
         self._client_class = MlflowClient
         self.experiment, self.log_model = experiment, log_model
         self.client: Any = None

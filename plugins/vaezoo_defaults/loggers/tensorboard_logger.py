@@ -20,10 +20,10 @@ class TensorBoardLogger(vaezoo.Logger):
     def __init__(self) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
+        except ImportError as error:
             raise vaezoo.VaezooError(
                 "logger 'tensorboard' needs the tensorboard package: pip install 'vaezoo[tensorboard]'"
-            ) from None
+            ) from error
         self._writer_class = SummaryWriter
         self.writer: Any = None
 
