@@ -129,7 +129,7 @@ def test_training_forward_has_no_host_reads(keys):
 def test_cuda_graph_waits_for_the_families_own_warm_up():
     """hvae's KL warm-up is its own `kl_weight(step)`: its training loss changes until the warm-up ends and
     is the same afterwards, and vaezoo's graph step (kl_settled) captures only from then on."""
-    from vaezoo.trainer.loop import kl_settled
+    from vaezoo.trainer.graph_step import kl_settled
 
     x = torch.rand(3, 3, 32, 32)
 

@@ -225,7 +225,7 @@ def test_resume_never_writes_into_another_runs_folder(cifar: Path, straight: Pat
 
 def test_resume_with_a_new_learning_rate_trains_at_it(cifar: Path, tmp_path: Path) -> None:
     from vaezoo.files.train_state import load_state
-    from vaezoo.trainer.loop import make_optimizer
+    from vaezoo.trainer.step import make_optimizer
 
     out = tmp_path / "run"
     fit_like_cli(cifar, **{"train.epochs": 1, "out": out})

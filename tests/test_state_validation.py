@@ -252,7 +252,7 @@ def test_optimizer_names_with_dots_round_trip(resumes: dict) -> None:
 def test_an_optimizer_name_that_cannot_be_stored_is_refused_when_declared(small_model: Path, name: object) -> None:
     from vaezoo.components import ParamGroup
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
-    from vaezoo.trainer.loop import make_optimizers
+    from vaezoo.trainer.step import make_optimizers
 
     model = vaezoo.load(small_model)
     model.parameter_groups = lambda: {name: ParamGroup(list(model.parameters()))}

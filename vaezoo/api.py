@@ -255,7 +255,7 @@ def _fit_on(
     from vaezoo.files.model_file import build_on_meta
     from vaezoo.recipes.build import build_model
     from vaezoo.trainer.devices import resolve_precision, resolve_threads, start_cuda
-    from vaezoo.trainer.loop import Run
+    from vaezoo.trainer.run import Run
 
     torch.set_num_threads(resolve_threads(resolved["train"]["threads"]))  # fit() puts the caller's count back
     start_cuda(torch_device)  # CUDA's start-up overlaps the data loading
@@ -305,12 +305,14 @@ def _fit_on(
 def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks: Sequence[Any]) -> FitResult:
     from vaezoo.trainer import distributed
     from vaezoo.trainer.epoch_files import RunFiles
-    from vaezoo.trainer.loop import blame, prepare, train
+    from vaezoo.trainer.loop import prepare, train
+    from vaezoo.trainer.run import blame
+    from vaezoo.trainer.step import measured_precision
 
     model, settings, out_dir, resolved = run.model, run.recipe["train"], run.out_dir, run.recipe
     if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
         with blame(run, "a training step (the precision probe)"):  # on rank 0, for every rank
-            run.precision = distributed.broadcast_object(_measured_precision(run) if world.is_main else None)
+            run.precision = distributed.broadcast_object(measured_precision(run) if world.is_main else None)
         settings["precision"] = run.precision.name  # the run's from now on: recipe.toml records it, a resume keeps it
     prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
     if (
@@ -344,39 +346,6 @@ def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks:
             files.close()
         raise
     return FitResult(out_dir, metrics, model, run.stopped_early)
-
-
-def _measured_precision(run: Any) -> Any:
-    """`--precision auto` for this run's model: fp32 or the device's reduced precision, whichever a short
-    timed probe of a training step on a real batch finds faster (vaezoo.trainer.devices.auto_precision),
-    each timed as a CUDA graph where the run would capture its step at that precision. The probe takes
-    the global batch, as a single process would: the choice does not depend on --nproc."""
-    import hashlib
-    import json
-
-    from vaezoo.data import to_float
-    from vaezoo.trainer.devices import resolve_precision, time_steps
-    from vaezoo.trainer.distributed import World
-    from vaezoo.trainer.graph_step import graph_blocker
-    from vaezoo.trainer.loop import memory_format, owns_step
-
-    model, recipe, device = run.model, run.recipe, run.device
-    settings = recipe["train"]
-    layout = memory_format(model, settings)
-    model.to(memory_format=layout)
-    n = max(1, min(settings["batch_size"], len(run.train_images)))
-    x = to_float(run.train_images[:n], layout)
-    y = run.train_labels[:n] if model.conditional else None
-    shape = {key: value for key, value in recipe.items() if key not in ("name", "summary", "train")}
-    graph = [settings["cuda_graph"], settings["compile"]] if device.type == "cuda" else []
-    key = hashlib.sha256(
-        json.dumps([shape, settings["batch_size"], settings["channels_last"], *graph], sort_keys=True).encode()
-    ).hexdigest()[:16]
-
-    def captured(precision: Any) -> bool:
-        return graph_blocker(run, World(), owns_step(model), precision) is None
-
-    return resolve_precision("auto", device, time_steps(model, x, y, device, captured=captured), key)
 
 
 def load_split_images(
@@ -448,7 +417,7 @@ def evaluate_file(
     from vaezoo.files.model_file import load
     from vaezoo.trainer import sample_quality as quality
     from vaezoo.trainer.evaluate import evaluation_precision, evaluation_report
-    from vaezoo.trainer.loop import memory_format
+    from vaezoo.trainer.step import memory_format
 
     if iw_samples < 0:
         raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")

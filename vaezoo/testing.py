@@ -545,7 +545,7 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     gradient in some update (unless `unused_parameters` names it); the optimizers' state round-trips
     through state.safetensors."""
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
-    from vaezoo.trainer.loop import make_optimizers
+    from vaezoo.trainer.step import make_optimizers
 
     named = dict(model.named_parameters())
     try:  # a dict of named ParamGroups of the model's own leaf parameters, each in one group
@@ -608,7 +608,7 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
 
     from vaezoo.files.train_state import load_state, save_state
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
-    from vaezoo.trainer.loop import make_optimizers
+    from vaezoo.trainer.step import make_optimizers
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "state.safetensors"
