@@ -63,6 +63,12 @@ def start_cuda(device: torch.device) -> None:
         threading.Thread(target=start, name="vaezoo-cuda-start", daemon=True).start()
 
 
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """CUDA's current device is `device` inside (its streams and graphs on `cuda:N` too); nothing changes
+    for another device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def resolve_threads(setting: int | str) -> int:
     """The CPU threads for `train.threads`: N as given; `auto` takes OMP_NUM_THREADS where it is set to
     a positive number (torchrun sets 1 per worker), else half the CPUs this process may use, at least
