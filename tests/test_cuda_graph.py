@@ -20,13 +20,14 @@ from tinydata import fit_tiny
 
 from vaezoo import LossParts, Model
 from vaezoo.errors import RecipeError
-from vaezoo.recipes.resolve import resolve_recipe
+from vaezoo.recipes.resolve import TRAIN_DEFAULTS, resolve_recipe
 from vaezoo.testing import check_graph_safe
 from vaezoo.trainer import graph_step, loop
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.distributed import World
 from vaezoo.trainer.graph_step import GraphStep, graph_blocker
 from vaezoo.trainer.run import Run
+from vaezoo.trainer.settings import TrainSettings
 from vaezoo_defaults.schedules.schedules import Constant, Cosine
 
 REAL = {"limit": 200, "test_limit": 100}  # 200 images in batches of 16: 12 full batches and one of 8
@@ -155,7 +156,8 @@ def _blocker(**change) -> str | None:
         **change.pop("train", {}),
     }
     run = SimpleNamespace(
-        recipe={"train": settings, "model": {"name": "fam"}},
+        recipe={"model": {"name": "fam"}},
+        settings=TrainSettings(**{**TRAIN_DEFAULTS, **settings}),
         device=torch.device(change.pop("device", "cuda")),
         model=SimpleNamespace(cuda_graph=change.pop("cuda_graph", True)),
         precision=change.pop("precision", Precision("bf16", torch.bfloat16)),

@@ -142,7 +142,7 @@ def test_cuda_graph_waits_for_the_families_own_warm_up():
     assert HierarchicalVAE.cuda_graph and warming.cuda_graph
     assert not torch.equal(loss(warming, 0), loss(warming, 9)) and torch.equal(loss(warming, 9), loss(warming, 10**6))
     state = SimpleNamespace(step=0)
-    run = SimpleNamespace(model=warming, recipe={"train": {"epochs": 3}}, batches_per_epoch=20, state=state)
+    run = SimpleNamespace(model=warming, settings=SimpleNamespace(epochs=3), batches_per_epoch=20, state=state)
     settled = kl_settled(run)
     for step in range(12):
         state.step = step

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -262,27 +262,28 @@ def make_run(
     from vaezoo.trainer.devices import on_device, resolve_precision, resolve_threads, start_cuda
     from vaezoo.trainer.loop import prepare
     from vaezoo.trainer.run import Run, blame
+    from vaezoo.trainer.settings import TrainSettings
     from vaezoo.trainer.step import measured_precision
 
-    settings = recipe["train"]
-    torch.set_num_threads(resolve_threads(settings["threads"]))
+    settings = TrainSettings.of(recipe)
+    torch.set_num_threads(resolve_threads(settings.threads))
     start_cuda(device)  # CUDA's start-up overlaps the data loading
-    auto = settings["precision"] == "auto"  # measured below, on the built model
-    precision = resolve_precision("fp32" if auto else settings["precision"], device)
+    auto = settings.precision == "auto"  # measured below, on the built model
+    precision = resolve_precision("fp32" if auto else settings.precision, device)
     with _naming_saved_recipe(resume_dir):
         dataset = make_dataset(recipe, data_dir)
         built_on = read_model_files(recipe, resume_dir / "model.safetensors" if resume_dir else None)
         # a shape the family cannot take: one line before any data is read
         build_on_meta(lambda: build_model(recipe, dataset.shape, dataset.classes, built_on))
-    train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
+    train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings.limit)
     validation = {}
-    if settings["val_fraction"] > 0:  # held out of the (limited) training split, by train.seed
+    if settings.val_fraction > 0:  # held out of the (limited) training split, by train.seed
         (train_images, train_labels), (val_images, val_labels) = hold_out(
-            train_images, train_labels, settings["val_fraction"], settings["seed"]
+            train_images, train_labels, settings.val_fraction, settings.seed
         )
         validation = {"val_images": val_images.to(device), "val_labels": val_labels.to(device)}
-    test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
-    torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
+    test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings.test_limit)
+    torch.manual_seed(settings.seed)  # the initial weights depend on --seed only (resume loads them)
     with _naming_saved_recipe(resume_dir):
         model = build_model(recipe, dataset.shape, dataset.classes, built_on).to(device)
     labels = (
@@ -307,7 +308,8 @@ def make_run(
             with blame(run, "a training step (the precision probe)"):  # on rank 0, for every rank
                 run.precision = distributed.broadcast_object(measured_precision(run) if world.is_main else None)
             # the run's from now on: recipe.toml records it, a resume keeps it
-            settings["precision"] = run.precision.name
+            recipe["train"]["precision"] = run.precision.name
+            run.settings = replace(run.settings, precision=run.precision.name)
         prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
     return run
 
@@ -328,7 +330,7 @@ def _fit_on(
     from vaezoo.trainer.loop import train
 
     run = make_run(resolved, torch_device, out_dir=out_dir, data_dir=data_dir, resume_dir=resume_dir)
-    if run.state.epoch >= resolved["train"]["epochs"]:  # a crash after the last state's commit: outputs left to write
+    if run.state.epoch >= run.settings.epochs:  # a crash after the last state's commit: outputs left to write
         same_folder = resume_dir is not None and resume_dir.resolve() == out_dir.resolve()
         if world.is_main and same_folder and RunFiles().catch_up(run):
             return FitResult(out_dir, run.history[-1], run.model)
@@ -433,7 +435,8 @@ def evaluate_file(
         raise VaezooError(f"--fid-samples must be 0 or more, got {fid_samples}")
     with ExitStack() as stack:
         model = load(model_path, device=device)
-        model.to(memory_format=memory_format(model, model.recipe["train"]))  # the layout the run evaluated in
+        layout = memory_format(model, model.recipe["train"]["channels_last"])
+        model.to(memory_format=layout)  # the layout the run evaluated in
         autocast = evaluation_precision(model, precision)
         weights = None
         if fid:  # everything FID needs is checked before the (long) evaluation

@@ -545,6 +545,7 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     gradient in some update (unless `unused_parameters` names it); the optimizers' state round-trips
     through state.safetensors."""
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
+    from vaezoo.trainer.settings import TrainSettings
     from vaezoo.trainer.step import make_optimizers
 
     named = dict(model.named_parameters())
@@ -560,7 +561,7 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     assert not left_out, (
         f"{name}: parameter {left_out[0]} is in no optimizer of parameter_groups() (or declare it in unused_parameters)"
     )
-    optimizers = make_optimizers(model, {**TRAIN_DEFAULTS, "lr": 1e-4})
+    optimizers = make_optimizers(model, TrainSettings(**{**TRAIN_DEFAULTS, "lr": 1e-4}))
     learned: set[str] = set()
     stepped: list[str] = []  # the optimizers update() stepped, in order
 
@@ -608,6 +609,7 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
 
     from vaezoo.files.train_state import load_state, save_state
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
+    from vaezoo.trainer.settings import TrainSettings
     from vaezoo.trainer.step import make_optimizers
 
     with tempfile.TemporaryDirectory() as folder:
@@ -620,7 +622,7 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
             torch.Generator().get_state(),
         )
         twin = copy.deepcopy(model)
-        fresh = make_optimizers(twin, {**TRAIN_DEFAULTS, "lr": 1e-4})
+        fresh = make_optimizers(twin, TrainSettings(**{**TRAIN_DEFAULTS, "lr": 1e-4}))
         rng = torch.get_rng_state()
         load_state(path, twin, fresh)
         torch.set_rng_state(rng)

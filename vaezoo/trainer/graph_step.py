@@ -44,10 +44,10 @@ T = TypeVar("T")
 def graph_blocker(run: Run, world: World, own_step: bool, precision: Precision | None = None) -> str | None:
     """Why this run's step cannot be captured as a CUDA graph (at `precision`, the run's by default), or
     None when it can."""
-    settings, family = run.recipe["train"], run.recipe["model"]["name"]
+    settings, family = run.settings, run.recipe["model"]["name"]
     if run.device.type != "cuda":
         return f"the device is {run.device.type}, not CUDA"
-    if not settings["cuda_graph"]:
+    if not settings.cuda_graph:
         return "train.cuda_graph is false"
     if not run.model.cuda_graph:
         return f"model family {family!r} does not declare cuda_graph = True"
@@ -57,14 +57,14 @@ def graph_blocker(run: Run, world: World, own_step: bool, precision: Precision |
         return "training runs under torchrun (DistributedDataParallel)"
     if (precision or run.precision).scale_grads:
         return "fp16 steps through the gradient scaler"
-    if settings["compile"]:
+    if settings.compile:
         return "train.compile is on (torch.compile runs the step)"
     if os.environ.get("CUDA_LAUNCH_BLOCKING", "0") not in ("", "0"):
         return "CUDA_LAUNCH_BLOCKING is set (every launch waits for the GPU, which a capture cannot hold)"
     schedule = getattr(run, "schedule", None)  # built by prepare()
     if schedule is not None and not schedule.constant:
         return "train.lr_schedule changes the learning rate during the run"
-    if settings["skip_grad_norm"] > 0 and settings["optimizer"] == "sgd":
+    if settings.skip_grad_norm > 0 and settings.optimizer == "sgd":
         return "train.skip_grad_norm with sgd reads the gradient norm on the host (adam skips on the device)"
     return None
 
@@ -73,7 +73,7 @@ def optimizer_flags(run: Run, world: World, own_step: bool) -> tuple[bool, bool]
     """(capturable, fused) for the run's Adam: capturable when its step will be a CUDA graph, and fused
     too when train.skip_grad_norm is on (the skip is then decided on the device: DeviceSkips)."""
     capturable = run.device.type == "cuda" and graph_blocker(run, world, own_step) is None
-    return capturable, capturable and run.recipe["train"]["skip_grad_norm"] > 0
+    return capturable, capturable and run.settings.skip_grad_norm > 0
 
 
 def kl_settled(run: Run) -> Callable[[], bool]:
@@ -86,7 +86,7 @@ def kl_settled(run: Run) -> Callable[[], bool]:
     if run.model.applies_kl_weight:
         schedules.append(getattr(loss, "kl_weight", None))
     schedules = [schedule for schedule in schedules if callable(schedule)]
-    last = run.recipe["train"]["epochs"] * run.batches_per_epoch
+    last = run.settings.epochs * run.batches_per_epoch
     final = [schedule(last) for schedule in schedules]
     settled = False
 

@@ -65,18 +65,27 @@ class StopRequest:
 
 def prepare(run: Run, resume_from: Path | None = None) -> None:
     """Optimizer, gradient scaler (a no-op unless fp16), data-order generator and RNGs of a run: new,
-    or restored from a state.safetensors (with its metrics history; the recipe's learning rate and
-    weight decay take effect)."""
-    from vaezoo.files.train_state import load_state
-
-    settings = run.recipe["train"]
+    or restored from a state.safetensors (`_resume`). Under torchrun each rank draws its own noise from
+    here (the data order stays common to all ranks)."""
+    settings = run.settings
     run.schedule = make_schedule(run)
     run.optimizers = run_optimizers(run)
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision.scale_grads)
-    run.data_rng = torch.Generator().manual_seed(settings["seed"])
+    run.data_rng = torch.Generator().manual_seed(settings.seed)
     if resume_from is None:
-        torch.manual_seed(settings["seed"])
-        return
+        torch.manual_seed(settings.seed)
+    else:
+        _resume(run, resume_from)
+    world = distributed.current_world()
+    if world.enabled:
+        torch.manual_seed(settings.seed + (world.rank << 32) + run.state.step)
+
+
+def _resume(run: Run, resume_from: Path) -> None:
+    """The state of a state.safetensors, with its metrics history; the recipe's learning rate and weight
+    decay take effect."""
+    from vaezoo.files.train_state import load_state
+
     counters, saved_rng, history = load_state(
         resume_from, run.model, run.optimizers, run.scaler, batches=run.batches_per_epoch
     )
@@ -87,10 +96,7 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
         raise VaezooError(f"{resume_from} is damaged: its data-order generator state does not restore") from None
     for name, optimizer in run.optimizers.items():  # --lr on resume takes effect (and is what recipe.toml records)
         for group in optimizer.param_groups:
-            group["lr"], group["weight_decay"] = (
-                settings["group_lr"].get(name, settings["lr"]),
-                settings["weight_decay"],
-            )
+            group["lr"], group["weight_decay"] = run.settings.lr_of(name), run.settings.weight_decay
     run.history = history or [
         row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch
     ]
@@ -101,9 +107,9 @@ def make_schedule(run: Run) -> LRSchedule:
     from vaezoo.plugins.manager import get_registry
     from vaezoo.recipes.build import instantiate
 
-    table = run.recipe["train"]["lr_schedule"]
+    table = run.settings.lr_schedule
     steps = {
-        "total_steps": run.recipe["train"]["epochs"] * run.batches_per_epoch,
+        "total_steps": run.settings.epochs * run.batches_per_epoch,
         "steps_per_epoch": run.batches_per_epoch,
     }
     schedule = instantiate(get_registry().get("schedules", table["name"]).load(), table, steps, "train.lr_schedule")
@@ -115,28 +121,24 @@ def make_schedule(run: Run) -> LRSchedule:
 def apply_schedule(run: Run) -> None:
     """Set every optimizer's learning rate to its base (train.lr, train.group_lr.NAME) times the
     schedule's factor at this step (only when the factor changes)."""
-    settings = run.recipe["train"]
+    schedule = run.settings.lr_schedule["name"]
     try:
         factor = float(run.schedule.factor(run.state.step, run.history))
     except Exception as error:  # a plugin's schedule
-        raise PluginError(
-            f"schedule {settings['lr_schedule']['name']!r} failed: {type(error).__name__}: {error}"
-        ) from error
+        raise PluginError(f"schedule {schedule!r} failed: {type(error).__name__}: {error}") from error
     if not (math.isfinite(factor) and factor >= 0):
-        raise PluginError(
-            f"schedule {settings['lr_schedule']['name']!r} gave the factor {factor} at step {run.state.step}"
-        )
+        raise PluginError(f"schedule {schedule!r} gave the factor {factor} at step {run.state.step}")
     if factor == run.lr_factor:
         return
     run.lr_factor = factor
     for name, optimizer in run.optimizers.items():
         for group in optimizer.param_groups:
-            group["lr"] = settings["group_lr"].get(name, settings["lr"]) * factor
+            group["lr"] = run.settings.lr_of(name) * factor
 
 
 def early_stop(run: Run) -> str | None:
     """Why the run stops here (train.early_stop_patience epochs without a lower val_loss), or None."""
-    patience = run.recipe["train"]["early_stop_patience"]
+    patience = run.settings.early_stop_patience
     losses = [row.get("val_loss", math.inf) for row in run.history]
     if not patience or not losses:
         return None
@@ -172,7 +174,7 @@ class Meter:
 
     def __init__(self, run: Run, world: distributed.World) -> None:
         self.run, self.world = run, world
-        self.images = distributed.images_per_epoch(len(run.train_images), run.recipe["train"]["batch_size"], world)
+        self.images = distributed.images_per_epoch(len(run.train_images), run.settings.batch_size, world)
 
     def start_epoch(self) -> None:
         state = self.run.state
@@ -193,14 +195,14 @@ class Meter:
 
     def _rate(self, seen: int) -> float:
         """Images per second since the slow step (over the whole epoch when no step came after it)."""
-        timed = seen - self.timed_from * self.run.recipe["train"]["batch_size"]
+        timed = seen - self.timed_from * self.run.settings.batch_size
         since = self.rate_from if timed > 0 else self.started
-        timed = timed if timed > 0 else seen - self.first_batch * self.run.recipe["train"]["batch_size"]
+        timed = timed if timed > 0 else seen - self.first_batch * self.run.settings.batch_size
         return timed / max(time.perf_counter() - since, 1e-9)
 
     def progress(self) -> tuple[float, float]:
         """Mean loss per image so far in the epoch (rank 0's shard) and images per second."""
-        seen = min(self.run.state.batch * self.run.recipe["train"]["batch_size"], self.images)
+        seen = min(self.run.state.batch * self.run.settings.batch_size, self.images)
         mean = _check_finite(self.run, self.loss_sum.item() * self.world.world_size / seen)
         return mean, self._rate(seen)
 
@@ -227,13 +229,11 @@ class Meter:
 def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train `run.model` up to the recipe's epochs (prepared here unless `prepare` was called);
     returns the last epoch's metrics."""
-    settings, state = run.recipe["train"], run.state
+    settings, state = run.settings, run.state
     world = distributed.current_world()  # rank and world size under torchrun; a single process otherwise
-    per_rank_batch = distributed.check_batch_size(settings["batch_size"], world)
+    per_rank_batch = distributed.check_batch_size(settings.batch_size, world)
     if not run.optimizers:
         prepare(run)
-    if world.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
-        torch.manual_seed(settings["seed"] + (world.rank << 32) + state.step)
     step, meter = Step(run, world), Meter(run, world)
     callbacks = callbacks if world.is_main else ()  # only rank 0 prints and writes
     metrics: dict[str, Any] = run.history[-1] if run.history else {}
@@ -242,13 +242,10 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
         callback.on_start(run)
     run.stopped_early = early_stop(run)  # a resumed run that had stopped early stays stopped
     with StopRequest() as stop:
-        while state.epoch < settings["epochs"] and run.stopped_early is None:
+        while state.epoch < settings.epochs and run.stopped_early is None:
             epoch_rng = run.data_rng.get_state()
-            order = distributed.shard_order(
-                torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], world
-            )
             meter.start_epoch()
-            for index in order.to(run.device).split(per_rank_batch)[state.batch :]:
+            for index in _epoch_order(run, world).split(per_rank_batch)[state.batch :]:
                 if _stop_requested(stop, world, state.step, run.device):
                     meter.pause()
                     _interrupt(run, step, callbacks, epoch_rng, stop.signal)
@@ -264,24 +261,30 @@ def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
             run.stopped_early = early_stop(run)
-        if not world.enabled and stop.signal is not None and state.epoch < settings["epochs"]:
+        if not world.enabled and stop.signal is not None and state.epoch < settings.epochs:
             _interrupt(run, step, callbacks, run.data_rng.get_state(), stop.signal)
     for callback in callbacks:
         callback.on_end(run)
     return metrics
 
 
+def _epoch_order(run: Run, world: distributed.World) -> Tensor:
+    """This rank's share of a new shuffle of the training images (drawn from `run.data_rng`), on the device."""
+    order = torch.randperm(len(run.train_images), generator=run.data_rng)
+    return distributed.shard_order(order, run.settings.batch_size, world).to(run.device)
+
+
 def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> dict[str, Any]:
     """Evaluate on the test split, close the epoch in `run.state` and return its metrics
     (`training`: the Meter's train_loss, seconds, images_per_s and compile_seconds)."""
-    settings, state = run.recipe["train"], run.state
+    settings, state = run.settings, run.state
     eval_started = time.perf_counter()
     test_shard, label_shard = distributed.shard_split(run.test_images, world), None
     if run.test_labels is not None:
         label_shard = distributed.shard_split(run.test_labels, world)
     with blame(run, "evaluation"):
         test = evaluate(
-            run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision
+            run.model, test_shard, label_shard, batch_size=settings.eval_batch_size, precision=run.precision
         )
     terms = test.pop("terms")
     test = distributed.reduce_means(
@@ -294,7 +297,7 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
         val_shard = distributed.shard_split(run.val_images, world)
         with blame(run, "evaluation"):
             val = evaluate(
-                run.model, val_shard, val_labels, batch_size=settings["eval_batch_size"], precision=run.precision
+                run.model, val_shard, val_labels, batch_size=settings.eval_batch_size, precision=run.precision
             )
         validation["val_loss"] = distributed.reduce_means({"loss": val["loss"]}, len(val_shard), run.device)["loss"]
         _check_finite(run, validation["val_loss"], "the validation loss")
@@ -311,8 +314,8 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
         f"test_{run.model.regularizer}": test["kl"],  # test_kl for an ELBO family
         **({"test_bits_per_dim": test["bits_per_dim"]} if "bits_per_dim" in test else {}),
         **({"test_terms": {k: test[f"terms.{k}"] for k in terms}} if terms else {}),
-        **({"skipped_updates": state.skipped} if settings["skip_grad_norm"] > 0 else {}),
-        "lr": settings["lr"] * (run.lr_factor if run.lr_factor is not None else 1.0),
+        **({"skipped_updates": state.skipped} if settings.skip_grad_norm > 0 else {}),
+        "lr": settings.lr * (run.lr_factor if run.lr_factor is not None else 1.0),
         "seconds": training["seconds"],
         "images_per_s": training["images_per_s"],
         "precision": run.precision.name,  # a resume may change it: each epoch records its own
@@ -372,5 +375,5 @@ def _interrupt(run: Run, step: Step, callbacks: Sequence[Callback], epoch_rng: T
         f"{run.out_dir / 'state.safetensors'}",
         out_dir=run.out_dir,
         recipe=run.recipe["name"],
-        epochs=run.recipe["train"]["epochs"],
+        epochs=run.settings.epochs,
     )

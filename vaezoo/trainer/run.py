@@ -16,6 +16,7 @@ from torch import Tensor
 from vaezoo.components import LRSchedule, Model
 from vaezoo.errors import RunFailed
 from vaezoo.trainer.devices import Precision
+from vaezoo.trainer.settings import TrainSettings
 
 
 @dataclass
@@ -41,7 +42,8 @@ class TrainState:
 
 @dataclass
 class Run:
-    """Everything one training run works with; callbacks receive it."""
+    """Everything one training run works with; callbacks receive it. `settings`: the recipe's train table,
+    typed (made from `recipe` when the run is)."""
 
     model: Model
     recipe: dict[str, Any]
@@ -65,6 +67,10 @@ class Run:
     stopped_early: str | None = None  # why train.early_stop_patience ended the run before its epochs
     pictures: dict[str, Tensor] = field(default_factory=dict)  # the last epoch's grids (HWC uint8) by name, set
     # by the run files before the other callbacks hear of the epoch's end (samples, reconstructions, interpolations)
+    settings: TrainSettings = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.settings = TrainSettings.of(self.recipe)
 
     @property
     def epoch(self) -> int:
@@ -76,7 +82,7 @@ class Run:
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train_images) / self.recipe["train"]["batch_size"])
+        return math.ceil(len(self.train_images) / self.settings.batch_size)
 
 
 @contextlib.contextmanager
