@@ -17,12 +17,10 @@ from pathlib import Path
 
 import torch
 
-from vaezoo.api import make_dataset
-from vaezoo.data import limit_subset, load_split
-from vaezoo.recipes.build import build_model
+from vaezoo.api import make_run
 from vaezoo.recipes.resolve import resolve_recipe
-from vaezoo.trainer.devices import resolve_device, resolve_precision
-from vaezoo.trainer.loop import Run, train
+from vaezoo.trainer.devices import resolve_device
+from vaezoo.trainer.loop import train
 
 # recipe -> --set items that size it for a CPU (the recipes' own text in docs/recipes.md)
 FAMILIES = {
@@ -35,32 +33,17 @@ FAMILIES = {
 }
 
 
-def images_per_s(name: str, sets: list[str], images, labels, test_images, precision: str, device) -> float:
-    recipe = resolve_recipe(name, [*sets, "train.epochs=1", "train.sample_count=8", f'train.precision="{precision}"'])
-    dataset = make_dataset(recipe)
-    torch.manual_seed(0)
-    model = build_model(recipe, dataset.shape, dataset.classes).to(device)
-    labels = (
-        {
-            "train_labels": labels.to(device),
-            "test_labels": torch.zeros(len(test_images), dtype=torch.int64, device=device),
-        }
-        if model.conditional
-        else {}
+def images_per_s(name: str, sets: list[str], images: int, precision: str, device, data_dir) -> tuple[float, str]:
+    """Images per second of one epoch of the recipe over `images` training images, and the precision it ran."""
+    recipe = resolve_recipe(
+        name,
+        [*sets, "train.epochs=1", "train.sample_count=8", f'train.precision="{precision}"'],
+        {"train.limit": images, "train.test_limit": 64},
     )
     with tempfile.TemporaryDirectory() as out:
-        run = Run(
-            model,
-            recipe,
-            images.to(device),
-            test_images.to(device),
-            Path(out),
-            device,
-            resolve_precision(recipe["train"]["precision"], device),
-            **labels,
-        )
+        run = make_run(recipe, device, out_dir=Path(out), data_dir=data_dir)
         train(run)
-    return run.history[-1]["images_per_s"]
+    return run.history[-1]["images_per_s"], run.precision.name
 
 
 def main() -> None:
@@ -74,22 +57,22 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    dataset = make_dataset(resolve_recipe("cifar-vae"), args.data_dir)
-    images, labels = limit_subset(*load_split(dataset, "train"), args.images)
-    test_images, _ = limit_subset(*load_split(dataset, "test"), 64)
     names = args.only or list(FAMILIES)
     speeds: dict[str, list[float]] = {name: [] for name in names}
+    precisions: set[str] = set()
     for name in names:  # warm-up: kernels picked, memory allocated
-        images_per_s(name, FAMILIES[name], images[:256], labels[:256], test_images, args.precision, device)
+        images_per_s(name, FAMILIES[name], 256, args.precision, device, args.data_dir)
     for _ in range(args.repeats):  # interleaved, so that a busy moment hits every family alike
         for name in names:
-            speeds[name].append(images_per_s(name, FAMILIES[name], images, labels, test_images, args.precision, device))
+            speed, precision = images_per_s(name, FAMILIES[name], args.images, args.precision, device, args.data_dir)
+            speeds[name].append(speed)
+            precisions.add(precision)
     median = {name: statistics.median(values) for name, values in speeds.items()}
     result = {
         "device": str(device),
-        "precision": resolve_precision(args.precision, device).name,
-        "threads": torch.get_num_threads(),
-        "images": len(images),
+        "precision": ", ".join(sorted(precisions)),  # as the runs resolved it (auto: measured per family)
+        "threads": torch.get_num_threads(),  # the runs' train.threads
+        "images": args.images,
         "images_per_s": median,
         "all": speeds,
     }
@@ -100,7 +83,7 @@ def main() -> None:
         print()
         return
     print(
-        f"{device}, {result['precision']}, {result['threads']} threads, {len(images)} images, median of {args.repeats}"
+        f"{device}, {result['precision']}, {result['threads']} threads, {args.images} images, median of {args.repeats}"
     )
     for name, value in median.items():
         ratio = f"  ({value / median['cifar-vae']:.2f}x cifar-vae)" if "cifar-vae" in median else ""

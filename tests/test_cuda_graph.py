@@ -20,12 +20,14 @@ from tinydata import fit_tiny
 
 from vaezoo import LossParts, Model
 from vaezoo.errors import RecipeError
-from vaezoo.recipes.resolve import resolve_recipe
+from vaezoo.recipes.resolve import TRAIN_DEFAULTS, resolve_recipe
 from vaezoo.testing import check_graph_safe
-from vaezoo.trainer import loop
+from vaezoo.trainer import graph_step, loop
 from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.distributed import World
 from vaezoo.trainer.graph_step import GraphStep, graph_blocker
+from vaezoo.trainer.run import Run
+from vaezoo.trainer.settings import TrainSettings
 from vaezoo_defaults.schedules.schedules import Constant, Cosine
 
 REAL = {"limit": 200, "test_limit": 100}  # 200 images in batches of 16: 12 full batches and one of 8
@@ -45,8 +47,8 @@ def emulate_graphs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """From here on every run takes the graph step (as if on CUDA), which runs its static steps without a
     graph; returns the list of steps at which it recorded."""
     Recording.recorded_at = []
-    monkeypatch.setattr(loop, "graph_blocker", lambda run, world, own_step: None)
-    monkeypatch.setattr(loop, "GraphStep", functools.partial(Recording, capture=False))
+    monkeypatch.setattr(graph_step, "graph_blocker", lambda run, world, own_step, precision=None: None)
+    monkeypatch.setattr(graph_step, "GraphStep", functools.partial(Recording, capture=False))
     return Recording.recorded_at
 
 
@@ -110,7 +112,7 @@ def test_skipped_updates_decided_on_the_device_are_the_host_s(
     read; the same updates are skipped as by the eager loop's host check, and the run trains alike."""
     skip = ["train.skip_grad_norm=100"]  # gradient norms here run from about 30 to 190
     host = fit_tiny(cifar, tmp_path / "host", 2, sets=skip, **REAL)
-    monkeypatch.setattr(loop, "optimizer_flags", lambda run: (True, True))  # what prepare chooses on CUDA
+    monkeypatch.setattr(graph_step, "optimizer_flags", lambda *_: (True, True))  # what prepare chooses on CUDA
     emulate_graphs(monkeypatch)
     device = fit_tiny(cifar, tmp_path / "device", 2, sets=skip, **REAL)
     assert 0 < host.metrics["skipped_updates"] < host.metrics["step"]
@@ -127,7 +129,7 @@ def test_a_resume_keeps_its_own_optimizer_flags(cifar: Path, tmp_path: Path, mon
     prepared: list[dict] = []
     prepare = loop.prepare
 
-    def recording(run: loop.Run, resume_from: Path | None = None) -> None:
+    def recording(run: Run, resume_from: Path | None = None) -> None:
         prepare(run, resume_from)
         (group,) = run.optimizers["model"].param_groups
         steps = {state["step"].device.type for state in run.optimizers["model"].state.values()}
@@ -136,7 +138,7 @@ def test_a_resume_keeps_its_own_optimizer_flags(cifar: Path, tmp_path: Path, mon
     monkeypatch.setattr(loop, "prepare", recording)
     fit_tiny(cifar, tmp_path / "run", 1, sets=skip, **REAL)
     with monkeypatch.context() as on_cuda:
-        on_cuda.setattr(loop, "optimizer_flags", lambda run: (True, True))
+        on_cuda.setattr(graph_step, "optimizer_flags", lambda *_: (True, True))
         emulate_graphs(on_cuda)
         device = fit_tiny(cifar, tmp_path / "run", 2, sets=skip, resume=tmp_path / "run", **REAL)
     plain = fit_tiny(cifar, tmp_path / "run", 3, sets=skip, resume=tmp_path / "run", **REAL)
@@ -154,7 +156,8 @@ def _blocker(**change) -> str | None:
         **change.pop("train", {}),
     }
     run = SimpleNamespace(
-        recipe={"train": settings, "model": {"name": "fam"}},
+        recipe={"model": {"name": "fam"}},
+        settings=TrainSettings(**{**TRAIN_DEFAULTS, **settings}),
         device=torch.device(change.pop("device", "cuda")),
         model=SimpleNamespace(cuda_graph=change.pop("cuda_graph", True)),
         precision=change.pop("precision", Precision("bf16", torch.bfloat16)),
@@ -253,11 +256,9 @@ def test_on_cuda_the_precision_probe_times_captured_steps_and_changes_nothing(
 ) -> None:
     import json
 
-    from vaezoo.trainer import devices
-
     timed: list[bool] = []
-    real = devices._replay
-    monkeypatch.setattr(devices, "_replay", lambda *args: timed.append(True) or real(*args))
+    real = graph_step.replay_of
+    monkeypatch.setattr(graph_step, "replay_of", lambda *args: timed.append(True) or real(*args))
     monkeypatch.setenv("VAEZOO_CACHE_DIR", str(tmp_path / "cache"))
     auto = _fit_cuda(cifar, tmp_path / "auto", 1, graph=True, precision="auto")
     assert timed == [True, True]  # fp32 and bf16 each timed as a graph (fp16 would stay eager)

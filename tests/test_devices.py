@@ -103,20 +103,19 @@ def _small_vae():
 
 
 @pytest.mark.parametrize(("refused", "timed_as_graphs"), [(set(), {"fp32", "bf16"}), ({"bf16"}, set())])
-def test_the_probe_times_graphs_only_where_every_precision_is_captured(monkeypatch, refused, timed_as_graphs):
+def test_the_probe_times_graphs_only_where_every_precision_is_captured(refused, timed_as_graphs):
     """Captured precisions are timed by replays; where one is refused, all are timed eagerly, alike."""
     model, x = _small_vae(), torch.rand(4, 3, 32, 32)
     replayed: list[str] = []
 
-    def fake_replay(model, step, precision, device, graphs):  # what capture_step gives on CUDA
+    def fake_replay(precision, step):  # what graph_step.replay_of gives on CUDA
         if precision.name in refused:
             return None
-        return lambda: replayed.append(precision.name) or step(precision, cache=False)
+        return lambda: replayed.append(precision.name) or step()
 
-    monkeypatch.setattr(devices, "_replay", fake_replay)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     precisions = [devices.resolve_precision(name, torch.device("cpu")) for name in ("fp32", "bf16")]
-    seconds = devices.time_steps(model, x, None, torch.device("cpu"), rounds=2, captured=lambda p: True)(precisions)
+    seconds = devices.time_steps(model, x, None, torch.device("cpu"), rounds=2, replay=fake_replay)(precisions)
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
     assert set(replayed) == timed_as_graphs
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -80,10 +80,11 @@ def test_a_state_file_that_fails_with_an_empty_message_is_one_line(
     raised IndexError on the empty message), whose cause is that exception."""
     import vaezoo
     import vaezoo.files.train_state as train_state
-    from vaezoo.trainer.loop import make_optimizers
+    from vaezoo.trainer.settings import TrainSettings
+    from vaezoo.trainer.step import make_optimizers
 
     model = vaezoo.load(small_run / "model.safetensors")
-    optimizers = make_optimizers(model, model.recipe["train"])
+    optimizers = make_optimizers(model, TrainSettings.of(model.recipe))
 
     def no_message(data: bytes) -> dict[str, torch.Tensor]:
         raise RuntimeError()

@@ -240,7 +240,8 @@ def test_train_runs_on_its_own_with_callbacks_and_a_resumable_state(cifar: Path,
     from vaezoo.api import make_dataset
     from vaezoo.data import limit_subset, load_split
     from vaezoo.trainer.devices import resolve_precision
-    from vaezoo.trainer.loop import Callback, Run, TrainState, train
+    from vaezoo.trainer.loop import Callback, train
+    from vaezoo.trainer.run import Run, TrainState
 
     recipe = vaezoo.resolve_recipe("cifar-vae", TINY_SETS, {"train.epochs": 2})
     dataset = make_dataset(recipe, cifar)

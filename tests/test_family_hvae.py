@@ -129,7 +129,7 @@ def test_training_forward_has_no_host_reads(keys):
 def test_cuda_graph_waits_for_the_families_own_warm_up():
     """hvae's KL warm-up is its own `kl_weight(step)`: its training loss changes until the warm-up ends and
     is the same afterwards, and vaezoo's graph step (kl_settled) captures only from then on."""
-    from vaezoo.trainer.loop import kl_settled
+    from vaezoo.trainer.graph_step import kl_settled
 
     x = torch.rand(3, 3, 32, 32)
 
@@ -142,7 +142,7 @@ def test_cuda_graph_waits_for_the_families_own_warm_up():
     assert HierarchicalVAE.cuda_graph and warming.cuda_graph
     assert not torch.equal(loss(warming, 0), loss(warming, 9)) and torch.equal(loss(warming, 9), loss(warming, 10**6))
     state = SimpleNamespace(step=0)
-    run = SimpleNamespace(model=warming, recipe={"train": {"epochs": 3}}, batches_per_epoch=20, state=state)
+    run = SimpleNamespace(model=warming, settings=SimpleNamespace(epochs=3), batches_per_epoch=20, state=state)
     settled = kl_settled(run)
     for step in range(12):
         state.step = step

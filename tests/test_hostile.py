@@ -225,14 +225,15 @@ def test_resume_never_writes_into_another_runs_folder(cifar: Path, straight: Pat
 
 def test_resume_with_a_new_learning_rate_trains_at_it(cifar: Path, tmp_path: Path) -> None:
     from vaezoo.files.train_state import load_state
-    from vaezoo.trainer.loop import make_optimizer
+    from vaezoo.trainer.settings import TrainSettings
+    from vaezoo.trainer.step import make_optimizer
 
     out = tmp_path / "run"
     fit_like_cli(cifar, **{"train.epochs": 1, "out": out})
     fit_like_cli(cifar, **{"train.lr": 0.0123, "resume": out})
     model = vaezoo.load(out / "model.safetensors")
     assert model.recipe["train"]["lr"] == 0.0123
-    optimizer = make_optimizer(model, model.recipe["train"])
+    optimizer = make_optimizer(model, TrainSettings.of(model.recipe))
     load_state(out / "state.safetensors", model, optimizer)
     assert {group["lr"] for group in optimizer.param_groups} == {0.0123}  # what the optimizer stepped with
 

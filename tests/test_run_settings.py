@@ -214,3 +214,38 @@ def test_auto_threads_is_half_the_cpus_without_omp_num_threads(monkeypatch) -> N
     monkeypatch.setenv("OMP_NUM_THREADS", "99999999")  # torch.set_num_threads would crash the process
     with pytest.raises(VaezooError, match="OMP_NUM_THREADS=99999999 is more than 1024 threads"):
         devices.resolve_threads("auto")
+
+
+def test_the_trainer_reads_one_typed_frozen_settings_object() -> None:
+    """The recipe's train table as one TrainSettings (an attribute per key of the table, validated once, when
+    the recipe is resolved); a Run carries it, and nothing changes it behind the run's back."""
+    import dataclasses
+
+    from vaezoo.recipes.resolve import TRAIN_DEFAULTS, resolve_recipe
+    from vaezoo.trainer.settings import TrainSettings
+
+    assert [field.name for field in dataclasses.fields(TrainSettings)] == list(TRAIN_DEFAULTS)
+    settings = TrainSettings.of(resolve_recipe("cifar-vae", ["train.group_lr={model=0.5}"], {"train.lr": 0.01}))
+    assert settings.lr == 0.01 and settings.lr_of("model") == 0.5 and settings.lr_of("other") == 0.01
+    assert settings.lr_schedule == {"name": "constant", "warmup_steps": 0} and settings.precision == "auto"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.lr = 1.0  # type: ignore[misc]
+
+
+def test_make_run_makes_a_run_ready_to_train_and_writes_nothing(tiny_cifar: Path, tmp_path: Path, monkeypatch) -> None:
+    """vaezoo.api.make_run: the one way to make a run (fit, the CLI through fit, bench/families.py): data,
+    model, precision (auto measured once and recorded in the recipe and the settings), optimizers."""
+    from tinydata import TINY_SETS
+
+    from vaezoo.api import make_run
+    from vaezoo.recipes.resolve import resolve_recipe
+    from vaezoo.trainer.loop import train
+
+    monkeypatch.setenv("VAEZOO_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = resolve_recipe("cifar-vae", TINY_SETS, {"train.epochs": 1, "train.limit": 32, "train.test_limit": 16})
+    run = make_run(recipe, torch.device("cpu"), out_dir=tmp_path / "out", data_dir=tiny_cifar)
+    assert run.precision.name == recipe["train"]["precision"] == run.settings.precision != "auto"
+    assert len(run.train_images) == 32 and len(run.test_images) == 16 and set(run.optimizers) == {"model"}
+    assert run.state.step == 0 and not (tmp_path / "out").exists()
+    metrics = train(run)
+    assert metrics["step"] == 2 and metrics["precision"] == run.precision.name

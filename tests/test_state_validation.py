@@ -252,9 +252,10 @@ def test_optimizer_names_with_dots_round_trip(resumes: dict) -> None:
 def test_an_optimizer_name_that_cannot_be_stored_is_refused_when_declared(small_model: Path, name: object) -> None:
     from vaezoo.components import ParamGroup
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
-    from vaezoo.trainer.loop import make_optimizers
+    from vaezoo.trainer.settings import TrainSettings
+    from vaezoo.trainer.step import make_optimizers
 
     model = vaezoo.load(small_model)
     model.parameter_groups = lambda: {name: ParamGroup(list(model.parameters()))}
     with pytest.raises(PluginError, match="named an optimizer .* a name is 1 to 100 letters"):
-        make_optimizers(model, TRAIN_DEFAULTS)
+        make_optimizers(model, TrainSettings(**TRAIN_DEFAULTS))

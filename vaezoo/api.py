@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext, suppress
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +18,7 @@ from vaezoo.recipes.toml_writer import dumps as toml_dumps
 
 if TYPE_CHECKING:
     from vaezoo.components import Model
+    from vaezoo.trainer.run import Run
 
 
 @dataclass
@@ -245,6 +246,81 @@ def _naming_saved_recipe(resume_dir: Path | None) -> Iterator[None]:
         ) from error
 
 
+def make_run(
+    recipe: dict[str, Any],
+    device: Any,
+    *,
+    out_dir: str | Path,
+    data_dir: str | os.PathLike | None = None,
+    resume_dir: Path | None = None,
+) -> Run:
+    """A run of a resolved recipe (`resolve_recipe`) on a torch `device`, ready for
+    `vaezoo.trainer.loop.train`: its threads (train.threads), the data (train.limit, train.val_fraction,
+    train.test_limit), the model with its initial weights by train.seed, the precision (`auto` measured once
+    on this model and batch, on rank 0 for every rank, and recorded in the recipe's train.precision), the
+    optimizers, and the state of `resume_dir`'s state.safetensors. Writes nothing; `out_dir` is where the
+    run's files will go."""
+    import torch
+
+    from vaezoo.data import hold_out, limit_subset, load_split
+    from vaezoo.files.model_file import build_on_meta
+    from vaezoo.recipes.build import build_model
+    from vaezoo.trainer import distributed
+    from vaezoo.trainer.devices import on_device, resolve_precision, resolve_threads, start_cuda
+    from vaezoo.trainer.loop import prepare
+    from vaezoo.trainer.run import Run, blame
+    from vaezoo.trainer.settings import TrainSettings
+    from vaezoo.trainer.step import measured_precision
+
+    settings = TrainSettings.of(recipe)
+    torch.set_num_threads(resolve_threads(settings.threads))
+    start_cuda(device)  # CUDA's start-up overlaps the data loading
+    auto = settings.precision == "auto"  # measured below, on the built model
+    precision = resolve_precision("fp32" if auto else settings.precision, device)
+    with _naming_saved_recipe(resume_dir):
+        dataset = make_dataset(recipe, data_dir)
+        built_on = read_model_files(recipe, resume_dir / "model.safetensors" if resume_dir else None)
+        # a shape the family cannot take: one line before any data is read
+        build_on_meta(lambda: build_model(recipe, dataset.shape, dataset.classes, built_on))
+    train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings.limit)
+    validation = {}
+    if settings.val_fraction > 0:  # held out of the (limited) training split, by train.seed
+        (train_images, train_labels), (val_images, val_labels) = hold_out(
+            train_images, train_labels, settings.val_fraction, settings.seed
+        )
+        validation = {"val_images": val_images.to(device), "val_labels": val_labels.to(device)}
+    test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings.test_limit)
+    torch.manual_seed(settings.seed)  # the initial weights depend on --seed only (resume loads them)
+    with _naming_saved_recipe(resume_dir):
+        model = build_model(recipe, dataset.shape, dataset.classes, built_on).to(device)
+    labels = (
+        {"train_labels": train_labels.to(device), "test_labels": test_labels.to(device)} if model.conditional else {}
+    )
+    if validation and not model.conditional:
+        validation.pop("val_labels")
+    run = Run(
+        model,
+        recipe,
+        train_images.to(device),
+        test_images.to(device),
+        Path(out_dir),
+        device,
+        precision,
+        **labels,
+        **validation,
+    )
+    with on_device(device):  # once CUDA has started in the background
+        if auto:  # measured on this model and batch (cached): never slower than fp32
+            world = distributed.current_world()
+            with blame(run, "a training step (the precision probe)"):  # on rank 0, for every rank
+                run.precision = distributed.broadcast_object(measured_precision(run) if world.is_main else None)
+            # the run's from now on: recipe.toml records it, a resume keeps it
+            recipe["train"]["precision"] = run.precision.name
+            run.settings = replace(run.settings, precision=run.precision.name)
+        prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
+    return run
+
+
 def _fit_on(
     torch_device: Any,
     resolved: dict[str, Any],
@@ -254,82 +330,17 @@ def _fit_on(
     resume_dir: Path | None,
     callbacks: Sequence[Any],
 ) -> FitResult:
-    """fit() once the run folder is ours: build and prepare the run (a refused resume stops here, before
-    anything is written), then write recipe.toml and train."""
-    import torch
-
-    from vaezoo.data import hold_out, limit_subset, load_split
-    from vaezoo.files.model_file import build_on_meta
-    from vaezoo.recipes.build import build_model
-    from vaezoo.trainer.devices import resolve_precision, resolve_threads, start_cuda
-    from vaezoo.trainer.loop import Run
-
-    torch.set_num_threads(resolve_threads(resolved["train"]["threads"]))  # fit() puts the caller's count back
-    start_cuda(torch_device)  # CUDA's start-up overlaps the data loading
-    precision = None if torch_device.type == "cuda" else resolve_precision(resolved["train"]["precision"], torch_device)
-    with _naming_saved_recipe(resume_dir):
-        dataset = make_dataset(resolved, data_dir)
-        built_on = read_model_files(resolved, resume_dir / "model.safetensors" if resume_dir else None)
-        # a shape the family cannot take: one line before any data is read
-        build_on_meta(lambda: build_model(resolved, dataset.shape, dataset.classes, built_on))
-    settings = resolved["train"]
-    train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
-    validation = {}
-    if settings["val_fraction"] > 0:  # held out of the (limited) training split, by train.seed
-        (train_images, train_labels), (val_images, val_labels) = hold_out(
-            train_images, train_labels, settings["val_fraction"], settings["seed"]
-        )
-        validation = {"val_images": val_images.to(torch_device), "val_labels": val_labels.to(torch_device)}
-    test_images, test_labels = limit_subset(*load_split(dataset, "test"), settings["test_limit"])
-    precision = precision or resolve_precision(settings["precision"], torch_device)
-    torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
-    with _naming_saved_recipe(resume_dir):
-        model = build_model(resolved, dataset.shape, dataset.classes, built_on).to(torch_device)
-    labels = (
-        {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)}
-        if model.conditional
-        else {}
-    )
-    if validation and not model.conditional:
-        validation.pop("val_labels")
-    run = Run(
-        model,
-        resolved,
-        train_images.to(torch_device),
-        test_images.to(torch_device),
-        out_dir,
-        torch_device,
-        precision,
-        **labels,
-        **validation,
-    )
-    # CUDA's current device is the run's from here (its streams and graphs on `cuda:N` too), once CUDA
-    # has started in the background
-    with torch.cuda.device(torch_device) if torch_device.type == "cuda" else nullcontext():
-        return _prepare_and_train(run, world, resume_dir, callbacks)
-
-
-def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks: Sequence[Any]) -> FitResult:
-    from vaezoo.trainer import distributed
+    """fit() once the run folder is ours: make the run (a refused resume stops here, before anything is
+    written), then write recipe.toml and train."""
+    from vaezoo.trainer.devices import on_device
     from vaezoo.trainer.epoch_files import RunFiles
-    from vaezoo.trainer.loop import blame, prepare, train
+    from vaezoo.trainer.loop import train
 
-    model, settings, out_dir, resolved = run.model, run.recipe["train"], run.out_dir, run.recipe
-    if settings["precision"] == "auto":  # measured on this model and batch (cached): never slower than fp32
-        with blame(run, "a training step (the precision probe)"):  # on rank 0, for every rank
-            run.precision = distributed.broadcast_object(_measured_precision(run) if world.is_main else None)
-        settings["precision"] = run.precision.name  # the run's from now on: recipe.toml records it, a resume keeps it
-    prepare(run, resume_dir / "state.safetensors" if resume_dir is not None else None)
-    if (
-        run.state.epoch >= settings["epochs"]
-    ):  # a crash after the last state's commit: only its outputs are left to write
-        if (
-            world.is_main
-            and resume_dir is not None
-            and resume_dir.resolve() == out_dir.resolve()
-            and RunFiles().catch_up(run)
-        ):
-            return FitResult(out_dir, run.history[-1], model)
+    run = make_run(resolved, torch_device, out_dir=out_dir, data_dir=data_dir, resume_dir=resume_dir)
+    if run.state.epoch >= run.settings.epochs:  # a crash after the last state's commit: outputs left to write
+        same_folder = resume_dir is not None and resume_dir.resolve() == out_dir.resolve()
+        if world.is_main and same_folder and RunFiles().catch_up(run):
+            return FitResult(out_dir, run.history[-1], run.model)
         raise VaezooError(
             f"{resume_dir} is already trained to epoch {run.state.epoch}: pass --epochs N with N > "
             f"{run.state.epoch} to train further"
@@ -340,7 +351,8 @@ def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks:
         write_text_atomic(recipe_file, toml_dumps(resolved))
     files = RunFiles()
     try:
-        metrics = train(run, [files, *callbacks])
+        with on_device(torch_device):  # CUDA's current device is the run's (its streams and graphs on cuda:N too)
+            metrics = train(run, [files, *callbacks])
     except RunFailed:  # diverged: the folder keeps the recipe of its last good state (a resume reads it)
         files.close()
         if previous is not None:
@@ -350,40 +362,7 @@ def _prepare_and_train(run: Any, world: Any, resume_dir: Path | None, callbacks:
         with suppress(Exception):  # the files of the last epoch are written before the lock goes
             files.close()
         raise
-    return FitResult(out_dir, metrics, model, run.stopped_early)
-
-
-def _measured_precision(run: Any) -> Any:
-    """`--precision auto` for this run's model: fp32 or the device's reduced precision, whichever a short
-    timed probe of a training step on a real batch finds faster (vaezoo.trainer.devices.auto_precision),
-    each timed as a CUDA graph where the run would capture its step at that precision. The probe takes
-    the global batch, as a single process would: the choice does not depend on --nproc."""
-    import hashlib
-    import json
-
-    from vaezoo.data import to_float
-    from vaezoo.trainer.devices import resolve_precision, time_steps
-    from vaezoo.trainer.distributed import World
-    from vaezoo.trainer.graph_step import graph_blocker
-    from vaezoo.trainer.loop import memory_format, owns_step
-
-    model, recipe, device = run.model, run.recipe, run.device
-    settings = recipe["train"]
-    layout = memory_format(model, settings)
-    model.to(memory_format=layout)
-    n = max(1, min(settings["batch_size"], len(run.train_images)))
-    x = to_float(run.train_images[:n], layout)
-    y = run.train_labels[:n] if model.conditional else None
-    shape = {key: value for key, value in recipe.items() if key not in ("name", "summary", "train")}
-    graph = [settings["cuda_graph"], settings["compile"]] if device.type == "cuda" else []
-    key = hashlib.sha256(
-        json.dumps([shape, settings["batch_size"], settings["channels_last"], *graph], sort_keys=True).encode()
-    ).hexdigest()[:16]
-
-    def captured(precision: Any) -> bool:
-        return graph_blocker(run, World(), owns_step(model), precision) is None
-
-    return resolve_precision("auto", device, time_steps(model, x, y, device, captured=captured), key)
+    return FitResult(out_dir, metrics, run.model, run.stopped_early)
 
 
 def load_split_images(
@@ -455,7 +434,7 @@ def evaluate_file(
     from vaezoo.files.model_file import load
     from vaezoo.trainer import sample_quality as quality
     from vaezoo.trainer.evaluate import evaluation_precision, evaluation_report
-    from vaezoo.trainer.loop import memory_format
+    from vaezoo.trainer.step import memory_format
 
     if iw_samples < 0:
         raise VaezooError(f"--iw-samples must be 0 or more, got {iw_samples}")
@@ -463,7 +442,8 @@ def evaluate_file(
         raise VaezooError(f"--fid-samples must be 0 or more, got {fid_samples}")
     with ExitStack() as stack:
         model = load(model_path, device=device)
-        model.to(memory_format=memory_format(model, model.recipe["train"]))  # the layout the run evaluated in
+        layout = memory_format(model, model.recipe["train"]["channels_last"])
+        model.to(memory_format=layout)  # the layout the run evaluated in
         autocast = evaluation_precision(model, precision)
         weights = None
         if fid:  # everything FID needs is checked before the (long) evaluation

@@ -548,7 +548,8 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
     from vaezoo.trainer.devices import Precision
     from vaezoo.trainer.distributed import World
-    from vaezoo.trainer.loop import Run, Updater, make_optimizers
+    from vaezoo.trainer.run import Run
+    from vaezoo.trainer.step import Updater, make_optimizers
 
     named = dict(model.named_parameters())
     try:  # a dict of named ParamGroups of the model's own leaf parameters, each in one group
@@ -567,7 +568,7 @@ def _check_training(name: str, model: Model, x: Tensor, y: Tensor | None) -> Non
     recipe = {"model": {"name": family_name(model)}, "train": settings}
     fp32 = Precision("fp32", None)
     run = Run(model, recipe, train_images=x, test_images=x, out_dir=Path(), device=x.device, precision=fp32)
-    run.optimizers = make_optimizers(model, settings)
+    run.optimizers = make_optimizers(model, run.settings)
     run.scaler = torch.amp.GradScaler(x.device.type, enabled=False)
     updater = Updater(run, World())
     updater.batch = updater.global_batch = len(x)
@@ -612,7 +613,8 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
 
     from vaezoo.files.train_state import load_state, save_state
     from vaezoo.recipes.resolve import TRAIN_DEFAULTS
-    from vaezoo.trainer.loop import make_optimizers
+    from vaezoo.trainer.settings import TrainSettings
+    from vaezoo.trainer.step import make_optimizers
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "state.safetensors"
@@ -624,7 +626,7 @@ def _check_state_round_trip(name: str, model: Model, optimizers: dict[str, torch
             torch.Generator().get_state(),
         )
         twin = copy.deepcopy(model)
-        fresh = make_optimizers(twin, {**TRAIN_DEFAULTS, "lr": 1e-4})
+        fresh = make_optimizers(twin, TrainSettings(**{**TRAIN_DEFAULTS, "lr": 1e-4}))
         rng = torch.get_rng_state()
         load_state(path, twin, fresh)
         torch.set_rng_state(rng)

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -62,6 +61,12 @@ def start_cuda(device: torch.device) -> None:
 
     if device.type == "cuda":
         threading.Thread(target=start, name="vaezoo-cuda-start", daemon=True).start()
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """CUDA's current device is `device` inside (its streams and graphs on `cuda:N` too); nothing changes
+    for another device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def resolve_threads(setting: int | str) -> int:
@@ -134,6 +139,9 @@ def device_name(device: torch.device) -> str:
 
 
 StepTimer = Callable[[list["Precision"]], list[float]]
+# replay(precision, step): `step` captured as a CUDA graph where the run's step at `precision` would be one,
+# returned as its replay; None where it would not be, or the capture is refused
+Replay = Callable[["Precision", Callable[[], None]], Callable[[], None] | None]
 FASTER = 0.9  # a reduced precision is chosen only when its step takes under 90% of fp32's
 CACHE_BYTES = 64 * 1024  # precision.json: a larger one is not vaezoo's and is ignored
 CACHE_ENTRIES = 200  # the most recent choices kept in precision.json
@@ -193,12 +201,12 @@ def time_steps(
     y: torch.Tensor | None,
     device: torch.device,
     rounds: int = 5,
-    captured: Callable[[Precision], bool] = lambda precision: False,
+    replay: Replay | None = None,
 ) -> StepTimer:
     """A StepTimer for `model` on the batch `x` (forward and backward, the optimizer left out): the
     precisions take turns, after one warm-up step each, and each gets its fastest step (the least
-    disturbed by other work on a shared machine). A precision for which `captured` says the run's step
-    would be a CUDA graph is timed as one (replays of a captured forward and backward): a graph removes
+    disturbed by other work on a shared machine). A precision that `replay` captures (where the run's step
+    would be a CUDA graph) is timed as one (replays of a captured forward and backward): a graph removes
     the launch overhead that an eager probe would charge to it (where one precision's step is refused,
     all are timed eagerly). The model's weights, buffers, gradients and the random generators are as
     before."""
@@ -211,9 +219,8 @@ def time_steps(
     def timer(precisions: list[Precision]) -> list[float]:
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         times: list[list[float]] = [[] for _ in precisions]
-        graphs: list[Any] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            replays = [_replay(model, step, p, device, graphs) if captured(p) else None for p in precisions]
+            replays = [replay(p, lambda p=p: step(p, cache=False)) if replay else None for p in precisions]
             if None in replays:  # where one precision cannot be captured, all are timed eagerly, alike
                 replays = [None] * len(precisions)
             steps = [replay or (lambda p=p: step(p)) for replay, p in zip(replays, precisions)]
@@ -230,26 +237,6 @@ def time_steps(
         return [min(t) for t in times]
 
     return timer
-
-
-def _replay(
-    model: torch.nn.Module,
-    step: Callable[..., None],
-    precision: Precision,
-    device: torch.device,
-    graphs: list[Any],
-) -> Callable[[], None] | None:
-    """`step` under `precision` captured as a CUDA graph as the trainer captures it, returned as its
-    replay; None where the step is refused (the run then trains eagerly too)."""
-    from vaezoo.trainer.graph_step import CaptureFailed, capture_step
-
-    try:
-        graph, _ = capture_step(lambda: step(precision, cache=False), device, lambda: model.zero_grad(set_to_none=True))
-    except CaptureFailed:
-        model.zero_grad(set_to_none=True)
-        return None
-    graphs.append(graph)  # alive until the timing ends
-    return graph.replay
 
 
 def resolve_precision(

@@ -173,7 +173,7 @@ def _write_outputs(run: Run, metrics: dict[str, Any]) -> list[Write]:
     try:
         with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []), torch.no_grad():
             torch.manual_seed(SAMPLE_SEED)
-            tiles = {"samples.png": sample_grid(model, run.recipe["train"]["sample_count"])}
+            tiles = {"samples.png": sample_grid(model, run.settings.sample_count)}
         shown = pick(run.test_images, RECON_COUNT, 0, run.test_labels)
         tiles["reconstructions.png"] = reconstructions(model, *shown)
         if can_interpolate(model):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -33,19 +34,20 @@ from vaezoo.errors import RunFailed, error_line, printable
 if TYPE_CHECKING:
     from vaezoo.trainer.devices import Precision
     from vaezoo.trainer.distributed import World
-    from vaezoo.trainer.loop import Run
+    from vaezoo.trainer.run import Run
 
 WARMUP_STEPS = 3
+CAPTURABLE_RUN_EAGERLY = "This instance was constructed with capturable=True"  # torch's warning, by design here
 T = TypeVar("T")
 
 
 def graph_blocker(run: Run, world: World, own_step: bool, precision: Precision | None = None) -> str | None:
     """Why this run's step cannot be captured as a CUDA graph (at `precision`, the run's by default), or
     None when it can."""
-    settings, family = run.recipe["train"], run.recipe["model"]["name"]
+    settings, family = run.settings, run.recipe["model"]["name"]
     if run.device.type != "cuda":
         return f"the device is {run.device.type}, not CUDA"
-    if not settings["cuda_graph"]:
+    if not settings.cuda_graph:
         return "train.cuda_graph is false"
     if not run.model.cuda_graph:
         return f"model family {family!r} does not declare cuda_graph = True"
@@ -55,24 +57,86 @@ def graph_blocker(run: Run, world: World, own_step: bool, precision: Precision |
         return "training runs under torchrun (DistributedDataParallel)"
     if (precision or run.precision).scale_grads:
         return "fp16 steps through the gradient scaler"
-    if settings["compile"]:
+    if settings.compile:
         return "train.compile is on (torch.compile runs the step)"
     if os.environ.get("CUDA_LAUNCH_BLOCKING", "0") not in ("", "0"):
         return "CUDA_LAUNCH_BLOCKING is set (every launch waits for the GPU, which a capture cannot hold)"
     schedule = getattr(run, "schedule", None)  # built by prepare()
     if schedule is not None and not schedule.constant:
         return "train.lr_schedule changes the learning rate during the run"
-    if settings["skip_grad_norm"] > 0 and settings["optimizer"] == "sgd":
+    if settings.skip_grad_norm > 0 and settings.optimizer == "sgd":
         return "train.skip_grad_norm with sgd reads the gradient norm on the host (adam skips on the device)"
     return None
+
+
+def optimizer_flags(run: Run, world: World, own_step: bool) -> tuple[bool, bool]:
+    """(capturable, fused) for the run's Adam: capturable when its step will be a CUDA graph, and fused
+    too when train.skip_grad_norm is on (the skip is then decided on the device: DeviceSkips)."""
+    capturable = run.device.type == "cuda" and graph_blocker(run, world, own_step) is None
+    return capturable, capturable and run.settings.skip_grad_norm > 0
+
+
+def kl_settled(run: Run) -> Callable[[], bool]:
+    """Whether the KL weights of the step have reached the values they keep to the end of the run (the
+    loss component's `kl_weight(step)` where the family applies it, and the family's own `kl_weight(step)`
+    if it has one): until then a step depends on the step count and is not captured. Assumes a schedule,
+    once at its final weight, stays there (a warm-up does)."""
+    loss = getattr(run.model, "loss", None)
+    schedules = [getattr(run.model, "kl_weight", None)]
+    if run.model.applies_kl_weight:
+        schedules.append(getattr(loss, "kl_weight", None))
+    schedules = [schedule for schedule in schedules if callable(schedule)]
+    last = run.settings.epochs * run.batches_per_epoch
+    final = [schedule(last) for schedule in schedules]
+    settled = False
+
+    def check() -> bool:
+        nonlocal settled
+        settled = settled or [schedule(run.state.step) for schedule in schedules] == final
+        return settled
+
+    return check
+
+
+class DeviceSkips:
+    """Updates skipped at train.skip_grad_norm, decided on the device (no host read in a step: a CUDA graph
+    holds it) and counted there until `take()` reads them (an epoch's end, a stop)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.count = torch.zeros((), device=device)
+
+    def decide(self, optimizer: torch.optim.Optimizer, keep: Tensor) -> None:
+        """Skip `optimizer`'s next update unless `keep` (a bool tensor; a non-finite norm is skipped too)."""
+        skipped = (~keep).float()
+        # Adam's fused kernel reads found_inf as it does from torch's GradScaler: where it is 1 the
+        # parameters, moments and step count stay as they were
+        optimizer.found_inf = skipped
+        self.count += skipped
+
+    def take(self) -> int:
+        """The updates skipped since the last take."""
+        skipped = int(self.count.item())
+        self.count.zero_()
+        return skipped
+
+
+def step_optimizer(scaler: Any, optimizer: torch.optim.Optimizer) -> None:
+    """`scaler.step(optimizer)`; a capturable Adam's KL warm-up, warm-up and last batches run eagerly, which
+    torch warns of, by design here."""
+    if not optimizer.defaults.get("capturable"):
+        scaler.step(optimizer)
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=CAPTURABLE_RUN_EAGERLY)
+        scaler.step(optimizer)
 
 
 class _Snapshot:
     """Weights, buffers, optimizer state and random generators, to put back in place after the warm-up
     (optimizer state that did not exist yet is zeroed: Adam's moments and step count start at zero)."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
+    def __init__(self, run: Run, skips: DeviceSkips | None) -> None:
+        self.run, self.skips = run, skips
         self.model = {k: v.detach().clone() for k, v in run.model.state_dict(keep_vars=True).items()}
         self.optimizers = {
             name: {
@@ -85,7 +149,7 @@ class _Snapshot:
         }
         self.cpu_rng = torch.get_rng_state()
         self.skipped = run.state.skipped
-        self.skips_on_device = None if run.skips_on_device is None else run.skips_on_device.clone()
+        self.skip_count = None if skips is None else skips.count.clone()
         self.cuda_rng = torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None
 
     @torch.no_grad()
@@ -103,8 +167,8 @@ class _Snapshot:
                             value.copy_(before[key]) if key in before else value.zero_()
         torch.set_rng_state(self.cpu_rng)
         run.state.skipped = self.skipped
-        if self.skips_on_device is not None:
-            run.skips_on_device.copy_(self.skips_on_device)
+        if self.skips is not None:
+            self.skips.count.copy_(self.skip_count)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, run.device)
 
@@ -167,12 +231,25 @@ def capture_step(step: Callable[[], T], device: torch.device, before_capture: Ca
     return graph, out
 
 
+def replay_of(
+    step: Callable[[], Any], device: torch.device, before_capture: Callable[[], None]
+) -> Callable[[], None] | None:
+    """`step` captured as a CUDA graph as the trainer captures it (`capture_step`), returned as its replay
+    (which holds the graph); None where the step is refused (the run then trains eagerly too)."""
+    try:
+        graph, _ = capture_step(step, device, before_capture)
+    except CaptureFailed:
+        before_capture()
+        return None
+    return graph.replay
+
+
 class GraphStep:
     """`step(index)`: the eager step `eager(index)` for the batch of images at `index`, replayed from a CUDA
     graph for batches of `batch_size` once `settled()` says the step no longer changes with the step count.
-    The call that warms up and captures a graph sets `just_recorded` (the loop times it apart, like a compile).
-    `capture=False` runs the same static-buffer steps without a graph (tests check it against eager steps
-    on the CPU)."""
+    The call that warms up and captures a graph sets `just_recorded` (the loop times it apart, like a compile);
+    `skips` (the step's DeviceSkips) is put back after the warm-up with the rest. `capture=False` runs the
+    same static-buffer steps without a graph (tests check it against eager steps on the CPU)."""
 
     def __init__(
         self,
@@ -180,10 +257,12 @@ class GraphStep:
         eager: Callable[[Tensor], LossParts],
         batch_size: int,
         settled: Callable[[], bool],
+        skips: DeviceSkips | None = None,
         *,
         capture: bool = True,
     ) -> None:
         self.run, self.eager, self.batch_size, self.settled, self.capture = run, eager, batch_size, settled, capture
+        self.skips = skips
         self.index: Tensor | None = None
         self.parts: LossParts | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -207,7 +286,7 @@ class GraphStep:
 
     def _record(self, index: Tensor) -> None:
         """Warm up, capture one step into the graph, and put everything back as it was."""
-        snapshot = _Snapshot(self.run)
+        snapshot = _Snapshot(self.run, self.skips)
         self.index = index.clone()
 
         def zero_grads() -> None:

@@ -12,8 +12,9 @@ from typing import Any
 from torch import Tensor
 
 from vaezoo.components import Logger, RunInfo
-from vaezoo.errors import Interrupted, PluginError, VaezooError, printable
-from vaezoo.trainer.loop import Callback, Run
+from vaezoo.errors import Interrupted, PluginError, VaezooError, error_line, printable
+from vaezoo.trainer.loop import Callback
+from vaezoo.trainer.run import Run
 
 
 def build_loggers(recipe: Mapping[str, Any]) -> Loggers | None:
@@ -51,8 +52,10 @@ class Loggers(Callback):
                 line = getattr(logger, method)(*args)
             except Exception as error:  # a tracker's failure never stops the run
                 del self.active[name]
-                why = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
-                warning = f"vaezoo: warning: logger {name!r} failed in {method} ({why}); it is dropped, the run goes on"
+                warning = (
+                    f"vaezoo: warning: logger {name!r} failed in {method} ({error_line(error)}); it is dropped, "
+                    "the run goes on"
+                )
                 print(printable(warning), file=sys.stderr)
                 continue
             if method == "start" and isinstance(line, str) and line:

@@ -4,102 +4,27 @@ epoch, the experiment loggers) is a callback, and Ctrl-C / SIGTERM stop it clean
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import signal
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vaezoo.components import (
-    LossParts,
-    LRSchedule,
-    Model,
-    broken_contract,
-    checked_groups,
-    checked_parts,
-    checked_update,
-)
-from vaezoo.data import to_float
-from vaezoo.errors import Interrupted, PluginError, RecipeError, RunFailed, VaezooError, error_line
+from vaezoo.components import LossParts, LRSchedule
+from vaezoo.errors import Interrupted, PluginError, RunFailed, VaezooError
 from vaezoo.trainer import distributed
-from vaezoo.trainer.devices import Precision
 from vaezoo.trainer.evaluate import evaluate
-from vaezoo.trainer.graph_step import GraphStep, graph_blocker
+from vaezoo.trainer.run import Run, blame
 from vaezoo.trainer.signals import handle_stops
+from vaezoo.trainer.step import Step, run_optimizers
 
 LOG_EVERY = 20  # steps between reads of the loss (each read waits for the device)
-CAPTURABLE_RUN_EAGERLY = "This instance was constructed with capturable=True"  # torch's warning, by design here
-
-
-@dataclass
-class TrainState:
-    """Where a run is: epochs completed, batches done in the current epoch (with their loss sum and
-    seconds), optimizer steps taken, updates skipped. Saved in state.safetensors for `--resume`."""
-
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    loss_sum: float = 0.0
-    seconds: float = 0.0
-    skipped: int = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        for key, value in saved.items():
-            if hasattr(self, key):
-                setattr(self, key, type(getattr(self, key))(value))
-
-
-@dataclass
-class Run:
-    """Everything one training run works with; callbacks receive it."""
-
-    model: Model
-    recipe: dict[str, Any]
-    train_images: Tensor
-    test_images: Tensor
-    out_dir: Path
-    device: torch.device
-    precision: Precision
-    train_labels: Tensor | None = None
-    test_labels: Tensor | None = None
-    state: TrainState = field(default_factory=TrainState)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)  # by name (Model.parameter_groups)
-    scaler: Any = None
-    data_rng: torch.Generator | None = None
-    step_mode: str = "eager"  # "CUDA graph", or "eager" and why (graph_step.graph_blocker), set by train()
-    skips_on_device: Tensor | None = None  # updates skipped since last counted, when the device decides skips
-    val_images: Tensor | None = None  # held out of the training split by train.val_fraction
-    val_labels: Tensor | None = None
-    schedule: LRSchedule | None = None  # train.lr_schedule, built by prepare()
-    lr_factor: float | None = None  # the schedule's factor at the last step (None: not applied yet)
-    stopped_early: str | None = None  # why train.early_stop_patience ended the run before its epochs
-    pictures: dict[str, Tensor] = field(default_factory=dict)  # the last epoch's grids (HWC uint8) by name, set
-    # by the run files before the other callbacks hear of the epoch's end (samples, reconstructions, interpolations)
-
-    @property
-    def epoch(self) -> int:
-        return self.state.epoch
-
-    @property
-    def step(self) -> int:
-        return self.state.step
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train_images) / self.recipe["train"]["batch_size"])
 
 
 class Callback:
@@ -138,155 +63,29 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def make_optimizer(
-    params: Any,
-    train: dict[str, Any],
-    lr: float | None = None,
-    betas: tuple[float, float] | None = None,
-    capturable: bool = False,
-    fused: bool = False,
-) -> torch.optim.Optimizer:
-    """The recipe's optimizer over `params` (a module's parameters, or a list) that require grads
-    (`capturable`: Adam's step count on the device, for a CUDA graph; `fused`: Adam's fused kernel, which
-    can also skip an update on the device)."""
-    params = [p for p in (params.parameters() if isinstance(params, torch.nn.Module) else params) if p.requires_grad]
-    lr = train["lr"] if lr is None else lr
-    if train["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=train["weight_decay"])
-    cls = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
-    # fused Adam must be capturable too to be captured in a graph (torch refuses the capture otherwise)
-    device_step = {"fused": True, "capturable": True} if fused else {"capturable": True} if capturable else {}
-    extra = ({"betas": betas} if betas else {}) | device_step
-    return cls(params, lr=lr, weight_decay=train["weight_decay"], **extra)
-
-
-def make_optimizers(
-    model: Model, train: dict[str, Any], capturable: bool = False, fused: bool = False
-) -> dict[str, torch.optim.Optimizer]:
-    """One optimizer per `model.parameter_groups()` (checked: `components.checked_groups`), each at
-    `train.group_lr.NAME` or `train.lr`."""
-    groups = checked_groups(model, model.parameter_groups())
-    unknown = sorted(set(train["group_lr"]) - set(groups))
-    if unknown:
-        raise RecipeError(
-            f"train.group_lr.{unknown[0]}: model {model.recipe['model']['name']!r} has no optimizer "
-            f"{unknown[0]!r} (its optimizers: {', '.join(groups)})"
-        )
-    return {
-        name: make_optimizer(group.params, train, train["group_lr"].get(name), group.betas, capturable, fused)
-        for name, group in groups.items()
-    }
-
-
-def owns_step(model: Model) -> bool:
-    """Whether the family has its own training_step (several optimizers, a step that alternates)."""
-    return type(model).training_step is not Model.training_step
-
-
-def memory_format(model: torch.nn.Module, settings: dict[str, Any]) -> torch.memory_format:
-    """channels-last for models with convolutions when train.channels_last is on (measured faster on
-    CPU: docs/performance.md), the default layout otherwise."""
-    convolutional = any(isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) for m in model.modules())
-    return torch.channels_last if settings["channels_last"] and convolutional else torch.contiguous_format
-
-
-def training_net(
-    model: Model, device: torch.device, world: distributed.World, settings: dict[str, Any]
-) -> torch.nn.Module:
-    """What the one-loss step calls: the model in its memory format, in DistributedDataParallel under
-    torchrun, compiled with train.compile (the first call compiles; the loop reports that time as
-    compile_seconds). A family with its own training_step gets its model as it is (its updates
-    average their gradients over ranks themselves)."""
-    model.to(memory_format=memory_format(model, settings))
-    if owns_step(model):
-        if settings["compile"]:
-            raise RecipeError(
-                f"train.compile: model {model.recipe['model']['name']!r} has its own training_step, which "
-                "vaezoo does not compile (remove train.compile)"
-            )
-        return model
-    net = distributed.wrap(model, device, world)
-    return torch.compile(net) if settings["compile"] else net
-
-
-class Updater:
-    """`update(name, per_image_loss)`: one step of the named optimizer, as the recipe says: the
-    batch-mean loss (scaled so that the ranks of torchrun together take the global batch's mean),
-    backward (through the gradient scaler under fp16), gradients averaged over ranks for a family's
-    own training_step (DDP does it for the one-loss step), clipping at train.grad_clip, skipping at
-    train.skip_grad_norm, the optimizer's step."""
-
-    def __init__(self, run: Run, world: distributed.World) -> None:
-        self.run, self.world = run, world
-        self.sync_gradients = world.enabled and owns_step(run.model)
-        self.global_batch = 0  # images in this step over all ranks: set by the loop
-        self.batch = 0  # images in this step on this rank: set by the loop
-        self.calls = 0  # updates so far (the loop checks that a family's own step makes one)
-
-    def __call__(self, name: str, per_image_loss: Tensor) -> None:
-        run, settings = self.run, self.run.recipe["train"]
-        optimizer = run.optimizers.get(name)
-        if optimizer is None:
-            raise PluginError(
-                f"model family {run.recipe['model']['name']!r} stepped an optimizer {name!r} it does not "
-                f"declare (its optimizers: {', '.join(run.optimizers)})"
-            )
-        per_image_loss = checked_update(run.model, name, per_image_loss, self.batch)
-        self.calls += 1
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            run.device.type, enabled=False
-        ):  # backward outside autocast, also when a training_step calls
-            run.scaler.scale(distributed.batch_loss(per_image_loss, self.global_batch, self.world)).backward()
-        if self.sync_gradients:
-            distributed.average_gradients(params)
-        clip, skip = settings["grad_clip"], settings["skip_grad_norm"]
-        if clip > 0 or skip > 0:
-            run.scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-            if skip > 0 and run.skips_on_device is not None:  # decided on the device: no host sync (CUDA graph)
-                skipped = (~(norm < skip)).float()  # a non-finite norm is skipped too
-                # Adam's fused kernel reads found_inf as it does from torch's GradScaler: where it is 1 the
-                # parameters, moments and step count stay as they were
-                optimizer.found_inf = skipped
-                run.skips_on_device += skipped
-            elif skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
-                run.state.skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-        if not optimizer.defaults.get("capturable"):
-            run.scaler.step(optimizer)
-            return
-        with warnings.catch_warnings():  # a capturable Adam's KL warm-up, warm-up and last batches run eagerly
-            warnings.filterwarnings("ignore", message=CAPTURABLE_RUN_EAGERLY)
-            run.scaler.step(optimizer)
-
-
-def optimizer_flags(run: Run) -> tuple[bool, bool]:
-    """(capturable, fused) for the run's Adam: capturable when its step will be a CUDA graph, and fused
-    too when train.skip_grad_norm is on (the skip is then decided on the device: Updater)."""
-    world = distributed.current_world()
-    capturable = run.device.type == "cuda" and graph_blocker(run, world, owns_step(run.model)) is None
-    return capturable, capturable and run.recipe["train"]["skip_grad_norm"] > 0
-
-
 def prepare(run: Run, resume_from: Path | None = None) -> None:
     """Optimizer, gradient scaler (a no-op unless fp16), data-order generator and RNGs of a run: new,
-    or restored from a state.safetensors (with its metrics history; the recipe's learning rate and
-    weight decay take effect)."""
+    or restored from a state.safetensors (`_resume`). Under torchrun each rank draws its own noise from
+    here (the data order stays common to all ranks)."""
+    settings = run.settings
+    run.schedule = make_schedule(run)
+    run.optimizers = run_optimizers(run)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision.scale_grads)
+    run.data_rng = torch.Generator().manual_seed(settings.seed)
+    if resume_from is None:
+        torch.manual_seed(settings.seed)
+    else:
+        _resume(run, resume_from)
+    world = distributed.current_world()
+    if world.enabled:
+        torch.manual_seed(settings.seed + (world.rank << 32) + run.state.step)
+
+
+def _resume(run: Run, resume_from: Path) -> None:
+    """The state of a state.safetensors, with its metrics history; the recipe's learning rate and weight
+    decay take effect."""
     from vaezoo.files.train_state import load_state
 
-    settings = run.recipe["train"]
-    run.schedule = make_schedule(run)
-    capturable, fused = optimizer_flags(run)
-    run.optimizers = make_optimizers(run.model, settings, capturable, fused)
-    run.skips_on_device = torch.zeros((), device=run.device) if fused else None
-    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision.scale_grads)
-    run.data_rng = torch.Generator().manual_seed(settings["seed"])
-    if resume_from is None:
-        torch.manual_seed(settings["seed"])
-        return
-    # checked against this run first; the optimizers keep this run's device flags (load_state)
     counters, saved_rng, history = load_state(
         resume_from, run.model, run.optimizers, run.scaler, batches=run.batches_per_epoch
     )
@@ -297,10 +96,7 @@ def prepare(run: Run, resume_from: Path | None = None) -> None:
         raise VaezooError(f"{resume_from} is damaged: its data-order generator state does not restore") from error
     for name, optimizer in run.optimizers.items():  # --lr on resume takes effect (and is what recipe.toml records)
         for group in optimizer.param_groups:
-            group["lr"], group["weight_decay"] = (
-                settings["group_lr"].get(name, settings["lr"]),
-                settings["weight_decay"],
-            )
+            group["lr"], group["weight_decay"] = run.settings.lr_of(name), run.settings.weight_decay
     run.history = history or [
         row for row in _old_history(resume_from.with_name("metrics.jsonl")) if row.get("epoch", 0) <= run.state.epoch
     ]
@@ -311,9 +107,9 @@ def make_schedule(run: Run) -> LRSchedule:
     from vaezoo.plugins.manager import get_registry
     from vaezoo.recipes.build import instantiate
 
-    table = run.recipe["train"]["lr_schedule"]
+    table = run.settings.lr_schedule
     steps = {
-        "total_steps": run.recipe["train"]["epochs"] * run.batches_per_epoch,
+        "total_steps": run.settings.epochs * run.batches_per_epoch,
         "steps_per_epoch": run.batches_per_epoch,
     }
     schedule = instantiate(get_registry().get("schedules", table["name"]).load(), table, steps, "train.lr_schedule")
@@ -325,28 +121,24 @@ def make_schedule(run: Run) -> LRSchedule:
 def apply_schedule(run: Run) -> None:
     """Set every optimizer's learning rate to its base (train.lr, train.group_lr.NAME) times the
     schedule's factor at this step (only when the factor changes)."""
-    settings = run.recipe["train"]
+    schedule = run.settings.lr_schedule["name"]
     try:
         factor = float(run.schedule.factor(run.state.step, run.history))
     except Exception as error:  # a plugin's schedule
-        raise PluginError(
-            f"schedule {settings['lr_schedule']['name']!r} failed: {type(error).__name__}: {error}"
-        ) from error
+        raise PluginError(f"schedule {schedule!r} failed: {type(error).__name__}: {error}") from error
     if not (math.isfinite(factor) and factor >= 0):
-        raise PluginError(
-            f"schedule {settings['lr_schedule']['name']!r} gave the factor {factor} at step {run.state.step}"
-        )
+        raise PluginError(f"schedule {schedule!r} gave the factor {factor} at step {run.state.step}")
     if factor == run.lr_factor:
         return
     run.lr_factor = factor
     for name, optimizer in run.optimizers.items():
         for group in optimizer.param_groups:
-            group["lr"] = settings["group_lr"].get(name, settings["lr"]) * factor
+            group["lr"] = run.settings.lr_of(name) * factor
 
 
 def early_stop(run: Run) -> str | None:
     """Why the run stops here (train.early_stop_patience epochs without a lower val_loss), or None."""
-    patience = run.recipe["train"]["early_stop_patience"]
+    patience = run.settings.early_stop_patience
     losses = [row.get("val_loss", math.inf) for row in run.history]
     if not patience or not losses:
         return None
@@ -380,9 +172,9 @@ class Meter:
     model or the capture of a CUDA graph (those steps, and the ones before them in the epoch, are timed
     apart as compile_seconds)."""
 
-    def __init__(self, run: Run, world: distributed.World, images: int, compiling: bool) -> None:
-        self.run, self.world, self.images, self.compiling = run, world, images, compiling
-        self.compile_seconds: float | None = None
+    def __init__(self, run: Run, world: distributed.World) -> None:
+        self.run, self.world = run, world
+        self.images = distributed.images_per_epoch(len(run.train_images), run.settings.batch_size, world)
 
     def start_epoch(self) -> None:
         state = self.run.state
@@ -394,23 +186,23 @@ class Meter:
         self.slow_in_epoch = False
 
     def add(self, parts: LossParts, slow: bool = False) -> None:
-        """Count a step (its batch is done); `slow`: it captured a CUDA graph."""
+        """Count a step (its batch is done); `slow`: it compiled or captured a CUDA graph."""
         self.loss_sum += parts.loss.detach().sum()
-        if slow or (self.compile_seconds is None and self.compiling):
+        if slow:
             self.loss_sum.item()  # wait for the step
             self.rate_from, self.timed_from = time.perf_counter(), self.run.state.batch
             self.compile_seconds, self.slow_in_epoch = self.rate_from - self.started, True
 
     def _rate(self, seen: int) -> float:
         """Images per second since the slow step (over the whole epoch when no step came after it)."""
-        timed = seen - self.timed_from * self.run.recipe["train"]["batch_size"]
+        timed = seen - self.timed_from * self.run.settings.batch_size
         since = self.rate_from if timed > 0 else self.started
-        timed = timed if timed > 0 else seen - self.first_batch * self.run.recipe["train"]["batch_size"]
+        timed = timed if timed > 0 else seen - self.first_batch * self.run.settings.batch_size
         return timed / max(time.perf_counter() - since, 1e-9)
 
     def progress(self) -> tuple[float, float]:
         """Mean loss per image so far in the epoch (rank 0's shard) and images per second."""
-        seen = min(self.run.state.batch * self.run.recipe["train"]["batch_size"], self.images)
+        seen = min(self.run.state.batch * self.run.settings.batch_size, self.images)
         mean = _check_finite(self.run, self.loss_sum.item() * self.world.world_size / seen)
         return mean, self._rate(seen)
 
@@ -434,129 +226,65 @@ class Meter:
         return {"train_loss": train_loss, **timing}
 
 
-def make_step(
-    run: Run, net: torch.nn.Module, update: Updater, images: int, world: distributed.World
-) -> Callable[[Tensor], LossParts]:
-    """`step(index)`: one training step at `run.state.step` on the training images at `index`, under the
-    run's precision, through the family's own training_step, or the one-loss step through `net` (DDP,
-    compile) otherwise; replayed from a CUDA graph where the run allows it (`run.step_mode` says)."""
-    model, state, settings = run.model, run.state, run.recipe["train"]
-    own_step = model.training_step if owns_step(model) else None
-    layout, labels = memory_format(model, settings), run.train_labels if model.conditional else None
-    blocker = graph_blocker(run, world, own_step is not None)
-    first = True
-
-    def step(index: Tensor) -> LossParts:
-        nonlocal first
-        x = to_float(run.train_images.index_select(0, index), layout)
-        y = None if labels is None else labels.index_select(0, index)
-        update.global_batch = min(settings["batch_size"], images - state.batch * settings["batch_size"])
-        update.batch, update.calls = len(x), 0
-        with blame(run, "a training step"):
-            with run.precision.autocast(run.device, cache=blocker is not None):  # no weight cache in a graph
-                parts = checked_parts(
-                    model, net(x, y, state.step) if own_step is None else own_step(x, y, state.step, update), len(x)
-                )
-            if own_step is None:
-                update("model", parts.loss)
-        if first and update.calls == 0:  # a training_step that steps nothing would train nothing, silently
-            raise broken_contract(
-                model,
-                f"its training_step called update() for none of its optimizers ({', '.join(run.optimizers)}) in "
-                "the first step, so nothing would train: call update(name, per_image_loss) for each optimizer it steps",
-            )
-        first = False
-        run.scaler.update()
-        return parts
-
-    run.step_mode = "CUDA graph" if blocker is None else f"eager ({blocker})"
-    if blocker is not None:
-        return step
-    return GraphStep(run, step, distributed.check_batch_size(settings["batch_size"], world), kl_settled(run))
-
-
-def kl_settled(run: Run) -> Callable[[], bool]:
-    """Whether the KL weights of the step have reached the values they keep to the end of the run (the
-    loss component's `kl_weight(step)` where the family applies it, and the family's own `kl_weight(step)`
-    if it has one): until then a step depends on the step count and is not captured. Assumes a schedule,
-    once at its final weight, stays there (a warm-up does)."""
-    loss = getattr(run.model, "loss", None)
-    schedules = [getattr(run.model, "kl_weight", None)]
-    if run.model.applies_kl_weight:
-        schedules.append(getattr(loss, "kl_weight", None))
-    schedules = [schedule for schedule in schedules if callable(schedule)]
-    last = run.recipe["train"]["epochs"] * run.batches_per_epoch
-    final = [schedule(last) for schedule in schedules]
-    settled = False
-
-    def check() -> bool:
-        nonlocal settled
-        settled = settled or [schedule(run.state.step) for schedule in schedules] == final
-        return settled
-
-    return check
-
-
 def train(run: Run, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train `run.model` up to the recipe's epochs (prepared here unless `prepare` was called);
     returns the last epoch's metrics."""
-    model, settings, state = run.model, run.recipe["train"], run.state
+    settings, state = run.settings, run.state
     world = distributed.current_world()  # rank and world size under torchrun; a single process otherwise
-    per_rank_batch = distributed.check_batch_size(settings["batch_size"], world)
+    per_rank_batch = distributed.check_batch_size(settings.batch_size, world)
     if not run.optimizers:
         prepare(run)
-    if world.enabled:  # each rank draws its own noise (the data order stays common to all ranks)
-        torch.manual_seed(settings["seed"] + (world.rank << 32) + state.step)
-    images = distributed.images_per_epoch(len(run.train_images), settings["batch_size"], world)
-    step = make_step(run, training_net(model, run.device, world, settings), Updater(run, world), images, world)
-    meter = Meter(run, world, images, settings["compile"])
+    step, meter = Step(run, world), Meter(run, world)
     callbacks = callbacks if world.is_main else ()  # only rank 0 prints and writes
     metrics: dict[str, Any] = run.history[-1] if run.history else {}
-    model.train()
+    run.model.train()
     for callback in callbacks:
         callback.on_start(run)
     run.stopped_early = early_stop(run)  # a resumed run that had stopped early stays stopped
     with StopRequest() as stop:
-        while state.epoch < settings["epochs"] and run.stopped_early is None:
+        while state.epoch < settings.epochs and run.stopped_early is None:
             epoch_rng = run.data_rng.get_state()
-            order = distributed.shard_order(
-                torch.randperm(len(run.train_images), generator=run.data_rng), settings["batch_size"], world
-            )
             meter.start_epoch()
-            for index in order.to(run.device).split(per_rank_batch)[state.batch :]:
+            for index in _epoch_order(run, world).split(per_rank_batch)[state.batch :]:
                 if _stop_requested(stop, world, state.step, run.device):
                     meter.pause()
-                    _interrupt(run, callbacks, epoch_rng, stop.signal)
+                    _interrupt(run, step, callbacks, epoch_rng, stop.signal)
                 apply_schedule(run)
                 parts = step(index)
                 state.step, state.batch = state.step + 1, state.batch + 1
-                meter.add(parts, slow=getattr(step, "just_recorded", False))  # a GraphStep that captured
+                meter.add(parts, slow=step.slow)
                 if state.step % LOG_EVERY == 0:
                     for callback in callbacks:
                         callback.on_step(run, state.batch, *meter.progress())
-            _count_skips(run)
+            step.settle()
             metrics = _end_epoch(run, world, meter.end_epoch())
             for callback in callbacks:
                 callback.on_epoch_end(run, metrics)
             run.stopped_early = early_stop(run)
-        if not world.enabled and stop.signal is not None and state.epoch < settings["epochs"]:
-            _interrupt(run, callbacks, run.data_rng.get_state(), stop.signal)
+        if not world.enabled and stop.signal is not None and state.epoch < settings.epochs:
+            _interrupt(run, step, callbacks, run.data_rng.get_state(), stop.signal)
     for callback in callbacks:
         callback.on_end(run)
     return metrics
 
 
+def _epoch_order(run: Run, world: distributed.World) -> Tensor:
+    """This rank's share of a new shuffle of the training images (drawn from `run.data_rng`), on the device."""
+    order = torch.randperm(len(run.train_images), generator=run.data_rng)
+    return distributed.shard_order(order, run.settings.batch_size, world).to(run.device)
+
+
 def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> dict[str, Any]:
     """Evaluate on the test split, close the epoch in `run.state` and return its metrics
     (`training`: the Meter's train_loss, seconds, images_per_s and compile_seconds)."""
-    settings, state = run.recipe["train"], run.state
+    settings, state = run.settings, run.state
     eval_started = time.perf_counter()
     test_shard, label_shard = distributed.shard_split(run.test_images, world), None
     if run.test_labels is not None:
         label_shard = distributed.shard_split(run.test_labels, world)
     with blame(run, "evaluation"):
         test = evaluate(
-            run.model, test_shard, label_shard, batch_size=settings["eval_batch_size"], precision=run.precision
+            run.model, test_shard, label_shard, batch_size=settings.eval_batch_size, precision=run.precision
         )
     terms = test.pop("terms")
     test = distributed.reduce_means(
@@ -569,7 +297,7 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
         val_shard = distributed.shard_split(run.val_images, world)
         with blame(run, "evaluation"):
             val = evaluate(
-                run.model, val_shard, val_labels, batch_size=settings["eval_batch_size"], precision=run.precision
+                run.model, val_shard, val_labels, batch_size=settings.eval_batch_size, precision=run.precision
             )
         validation["val_loss"] = distributed.reduce_means({"loss": val["loss"]}, len(val_shard), run.device)["loss"]
         _check_finite(run, validation["val_loss"], "the validation loss")
@@ -586,8 +314,8 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
         f"test_{run.model.regularizer}": test["kl"],  # test_kl for an ELBO family
         **({"test_bits_per_dim": test["bits_per_dim"]} if "bits_per_dim" in test else {}),
         **({"test_terms": {k: test[f"terms.{k}"] for k in terms}} if terms else {}),
-        **({"skipped_updates": state.skipped} if settings["skip_grad_norm"] > 0 else {}),
-        "lr": settings["lr"] * (run.lr_factor if run.lr_factor is not None else 1.0),
+        **({"skipped_updates": state.skipped} if settings.skip_grad_norm > 0 else {}),
+        "lr": settings.lr * (run.lr_factor if run.lr_factor is not None else 1.0),
         "seconds": training["seconds"],
         "images_per_s": training["images_per_s"],
         "precision": run.precision.name,  # a resume may change it: each epoch records its own
@@ -596,24 +324,6 @@ def _end_epoch(run: Run, world: distributed.World, training: dict[str, Any]) -> 
     }
     run.history.append(metrics)
     return metrics
-
-
-@contextlib.contextmanager
-def blame(run: Run, what: str) -> Iterator[None]:
-    """An error raised inside the model (a plugin's shapes gone wrong) as one line naming the family
-    and the plugin distribution that provides it."""
-    try:
-        yield
-    except (RuntimeError, ValueError, TypeError, IndexError) as error:
-        from vaezoo.plugins.kinds import MODEL_PARTS
-
-        family = run.recipe["model"]["name"]
-        entry = run.model.registry_entries.get("model")  # recorded by build_model; none for a model built by hand
-        source = f"plugin {entry.plugin.name!r} from {entry.plugin.distribution}" if entry else "built by hand"
-        parts = ", ".join(f"{key} {run.recipe[key]['name']!r}" for key in MODEL_PARTS if key in run.recipe)
-        raise RunFailed(
-            f"model {family!r} ({source}{'; ' + parts if parts else ''}) failed in {what}: {error_line(error)}"
-        ) from error
 
 
 def _diverged(run: Run, what: str) -> RunFailed:
@@ -653,16 +363,9 @@ def _stop_requested(stop: StopRequest, world: distributed.World, step: int, devi
     return step % LOG_EVERY == 0 and distributed.any_rank(stop.signal is not None, device)
 
 
-def _count_skips(run: Run) -> None:
-    """Add the updates skipped on the device to `run.state.skipped` (one read, at an epoch's end or a stop)."""
-    if run.skips_on_device is not None:
-        run.state.skipped += int(run.skips_on_device.item())
-        run.skips_on_device.zero_()
-
-
-def _interrupt(run: Run, callbacks: Sequence[Callback], epoch_rng: Tensor, signum: int | None) -> None:
+def _interrupt(run: Run, step: Step, callbacks: Sequence[Callback], epoch_rng: Tensor, signum: int | None) -> None:
     """Save the state mid-epoch (never non-finite weights) and stop with Interrupted."""
-    _count_skips(run)
+    step.settle()
     _check_weights(run)
     for callback in callbacks:
         callback.on_interrupt(run, epoch_rng)
@@ -672,5 +375,5 @@ def _interrupt(run: Run, callbacks: Sequence[Callback], epoch_rng: Tensor, signu
         f"{run.out_dir / 'state.safetensors'}",
         out_dir=run.out_dir,
         recipe=run.recipe["name"],
-        epochs=run.recipe["train"]["epochs"],
+        epochs=run.settings.epochs,
     )

@@ -22,7 +22,7 @@ class RichProgress(Callback):
         self.resumed_at = 0  # the batch a resume picked the epoch up at (0: the epoch started here)
 
     def _new_bar(self, run: Run) -> None:
-        epochs = run.recipe["train"]["epochs"]
+        epochs = run.settings.epochs
         self.task = self.progress.add_task(  # "-" until the first reading of the loss
             f"epoch {run.epoch + 1}/{epochs}", total=run.batches_per_epoch, loss="-", rate="-"
         )
@@ -41,18 +41,18 @@ class RichProgress(Callback):
             TimeRemainingColumn(),
             console=self.console,
         )
-        threads = run.recipe["train"]["threads"]
+        threads = run.settings.threads
         self._print(  # where the run writes, and what its speed depends on
             f"training on {run.device} in {run.precision.name} with {torch.get_num_threads()} CPU "
             f"thread(s) (train.threads {threads}) into {run.out_dir}"
         )
         self._print(f"training step: {run.step_mode}")  # whether the step replays a CUDA graph, or why not
         self.resumed_at = run.state.batch
-        if run.step > 0 and run.epoch < run.recipe["train"]["epochs"]:
+        if run.step > 0 and run.epoch < run.settings.epochs:
             where = f"batch {run.state.batch} of {run.batches_per_epoch}" if run.state.batch else "its start"
             self._print(f"resuming at epoch {run.epoch + 1}, {where} (step {run.step})")
         self.progress.start()
-        if run.epoch < run.recipe["train"]["epochs"]:
+        if run.epoch < run.settings.epochs:
             self._new_bar(run)
 
     def on_step(self, run: Run, batch: int, loss: float, images_per_s: float) -> None:
@@ -69,7 +69,7 @@ class RichProgress(Callback):
         self.progress.console.print(
             f"epoch {metrics['epoch']}: train loss {loss}  test loss {metrics['test_loss']:.2f}{extra}  ({timing})"
         )
-        if run.epoch < run.recipe["train"]["epochs"]:
+        if run.epoch < run.settings.epochs:
             self._new_bar(run)
 
     def on_end(self, run: Run) -> None:
