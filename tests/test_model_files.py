@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli, run_cli_batch
-from test_hostile import Raw, _set, one_line, rewrite
+from test_interruptions import Raw, _set, one_line, rewrite
 
 import vaezoo
 from vaezoo.errors import CheckpointError, VaezooError

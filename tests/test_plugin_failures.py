@@ -251,7 +251,7 @@ def test_a_plugins_markup_and_controls_are_shown_as_text(hostile_path: dict[str,
 def hostile_copy(small_model: Path, target: Path, text: str) -> Path:
     """The model file with `text` in the recipe's name and summary, each component's name and plugin,
     the training device and a metrics key (strings in string fields, so the schema's types hold)."""
-    from test_hostile import rewrite
+    from test_interruptions import rewrite
 
     def change(metadata: dict) -> None:
         metadata["vaezoo.recipe"]["name"] = "cifar " + text

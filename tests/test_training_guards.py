@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Command, run_cli, run_cli_batch
-from test_hostile import TWO_EPOCHS, _set, one_line, rewrite
+from test_interruptions import TWO_EPOCHS, _set, one_line, rewrite
 from tinydata import TINY_ARGS, error_lines, tiny_cifar  # noqa: F401 (a fixture)
 
 ONE_STEP = [
