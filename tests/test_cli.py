@@ -6,10 +6,11 @@ from __future__ import annotations
 import io
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
-from conftest import run_cli
-from tinydata import TINY_ARGS, call_main, error_lines, tiny_cifar  # noqa: F401  (fixture)
+from conftest import run_cli, run_cli_batch
+from tinydata import TINY_ARGS, TWO_EPOCHS, call_main, error_lines, one_line, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
 from vaezoo.recipes.resolve import resolve_recipe
@@ -189,3 +190,67 @@ def test_debug_shows_the_traceback(capsys, monkeypatch):
     monkeypatch.delenv("VAEZOO_DEBUG", raising=False)  # --debug sets it: restored after the test
     assert call_main("--debug", "run", "no-such-recipe") == 2
     assert "Traceback" in capsys.readouterr().err
+
+
+BAD_VALUES = [
+    (["--set", "encoder.hidden=[0,64,128]"], "hidden widths from 1"),
+    (["--set", "train.weight_decay=-1"], "weight_decay must not be negative"),
+    (["--seed", "123456789012345678901"], "seed"),
+    (["--set", "train.skip_grad_norm=-2"], "skip_grad_norm must not be negative"),
+    (["--set", "model.iw_samples=0"], "iw_samples >= 1"),
+    (["--set", "model.name=no-such-family"], "unknown model 'no-such-family'"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_value_runs(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple]:
+    """(run folder, `vaezoo run` result) for each of BAD_VALUES, the runs in one fresh process."""
+    root = tmp_path_factory.mktemp("bad-values")
+    base = ["run", "cifar-vae", "--epochs", "1", "--limit", "16", "--device", "cpu", "--data-dir", str(cifar)]
+    outs = [root / str(index) / "run" for index in range(len(BAD_VALUES))]
+    commands = [[*base, "--out", str(out), *args] for out, (args, _) in zip(outs, BAD_VALUES)]
+    return list(zip(outs, run_cli_batch(commands, root)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(BAD_VALUES)), ids=[expected for _, expected in BAD_VALUES])
+def test_bad_values_are_one_line_exit_2(bad_value_runs: list, index: int) -> None:
+    args, expected = BAD_VALUES[index]
+    out, result = bad_value_runs[index]
+    assert result.args[-len(args) :] == args
+    assert expected in one_line(result)
+    assert not (out / "recipe.toml").exists()
+
+
+@pytest.mark.slow
+def test_out_that_cannot_be_a_run_folder(cifar: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    into = [
+        ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", out]
+        for out in (str(afile), "/proc/vaezoo-run")
+    ]
+    into_file, into_proc = run_cli_batch(into, tmp_path)  # one fresh process
+    assert "is a file" in one_line(into_file)
+    assert afile.read_text() == "not a folder"
+    assert "cannot" in one_line(into_proc)
+
+
+@pytest.mark.slow
+def test_eval_and_sample_bounds(small_model: Path, tmp_path: Path) -> None:
+    negative, huge = run_cli_batch(
+        [
+            ["eval", str(small_model), "--limit", "-5"],
+            ["sample", str(small_model), "-n", "100000", "--out", str(tmp_path / "s.png")],
+        ],
+        tmp_path,
+    )
+    one_line(negative)
+    assert "10000" in one_line(huge)
+
+
+def test_eval_json_never_prints_nan(capsys) -> None:
+    from vaezoo.cli import _print_json
+
+    _print_json({"loss": float("nan"), "terms": {"x": float("inf")}, "ok": 1.5})
+    assert json.loads(capsys.readouterr().out) == {"loss": None, "terms": {"x": None}, "ok": 1.5}

@@ -16,7 +16,7 @@ import pytest
 from conftest import Command, run_cli_batch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tinydata import error_lines, tiny_cifar  # noqa: F401 - a fixture
+from tinydata import error_lines, one_line, tiny_cifar  # noqa: F401 - a fixture
 
 
 def forge(source: Path, target: Path, change: Callable[[dict], None]) -> Path:
@@ -47,12 +47,6 @@ def ghost_family(metadata: dict) -> None:
         if record["kind"] == "model":
             record.update(name="ghost", plugin="ghost", distribution="ghost-family")
     metadata["vaezoo.objective"] = {"objective": "ghostly", "regularizer": "kl"}
-
-
-def one_line(result) -> str:
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    return lines[0]
 
 
 def test_a_files_objective_label_is_checked_against_its_family(small_model: Path, tmp_path: Path) -> None:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli_batch
-from test_interruptions import one_line
-from tinydata import error_lines, tiny_cifar  # noqa: F401 (a fixture)
+from tinydata import error_lines, one_line, tiny_cifar  # noqa: F401 (a fixture)
 
 import vaezoo
 from vaezoo.plugins.api_version import PLUGIN_API, requirement_problem

@@ -1,4 +1,4 @@
-"""Hostile plugins, hostile text and hostile options (docs/reliability.md, issue 16): a broken plugin is
+"""Hostile plugins, hostile text and hostile options (docs/reliability.md): a broken plugin is
 isolated (one warning naming it and its distribution, the rest work, `vaezoo plugins` says it failed);
 text from files and plugins reaches the terminal as text (no terminal controls, no rich markup);
 absurd option values are one line naming the option; SIGTERM and SIGHUP exit 130 from the first line
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli, run_cli_batch
-from tinydata import TINY_ARGS, error_lines
+from tinydata import TINY_ARGS, TWO_EPOCHS, error_lines, one_line
 
 from vaezoo.errors import printable
 from vaezoo.plugins.registry import registration_problem
@@ -251,7 +251,7 @@ def test_a_plugins_markup_and_controls_are_shown_as_text(hostile_path: dict[str,
 def hostile_copy(small_model: Path, target: Path, text: str) -> Path:
     """The model file with `text` in the recipe's name and summary, each component's name and plugin,
     the training device and a metrics key (strings in string fields, so the schema's types hold)."""
-    from test_interruptions import rewrite
+    from tinydata import rewrite
 
     def change(metadata: dict) -> None:
         metadata["vaezoo.recipe"]["name"] = "cifar " + text
@@ -484,3 +484,78 @@ def test_a_sighup_that_the_parent_ignores_stays_ignored(cifar: Path, tmp_path: P
     process.send_signal(signal.SIGHUP)
     code, err = process.wait(timeout=300), process.stderr.read()
     assert code == 0 and (out / "model.safetensors").exists(), err[-2000:]
+
+
+# ---- a plugin that exits, registers a missing module or a decoder of the wrong shape -------------
+
+
+EVIL_PLUGIN = {
+    "evil_plugin.py": "import sys\nsys.exit(3)\n",
+    "ghost_plugin.py": (
+        "import vaezoo\n\n@vaezoo.hookimpl\ndef register_encoders(register):\n    register('ghost', "
+        "'nowhere_at_all:Thing', summary='missing')\n"
+        "\n@vaezoo.hookimpl\ndef register_decoders(register):\n    register('wrong', "
+        "'ghost_plugin:WrongDecoder', summary='wrong shapes')\n\n"
+        "import torch\n\nclass WrongDecoder(torch.nn.Module):\n    def __init__(self, *, out_shape, "
+        "latent_dim):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(latent_dim, 7)\n\n    def forward(self, z):\n        return self.fc(z)\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def evil_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A folder on PYTHONPATH with two plugins found through entry points: one calls sys.exit on
+    import, one registers a missing module and a decoder of the wrong shape."""
+    root = tmp_path_factory.mktemp("evil")
+    for name, code in EVIL_PLUGIN.items():
+        (root / name).write_text(code)
+    info = root / "evil_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evil-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[vaezoo]\nevil = evil_plugin\nghost = ghost_plugin\n")
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_a_plugin_that_exits_on_import_is_isolated(evil_path: dict[str, str]) -> None:
+    result = run_cli("list", "recipes", "--json", env=evil_path)
+    assert result.returncode == 0 and "cifar-vae" in result.stdout, result.stderr
+    assert "plugin 'evil' (evil-plugins) failed to load: SystemExit: 3" in result.stderr
+
+
+def test_a_component_registered_as_a_missing_module_is_one_line(
+    cifar: Path, tmp_path: Path, evil_path: dict[str, str]
+) -> None:
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        *TWO_EPOCHS,
+        "--set",
+        "encoder.name=ghost",
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(tmp_path / "r"),
+        env=evil_path,
+    )
+    assert (
+        "plugin 'ghost' (evil-plugins) registers encoder 'ghost' as 'nowhere_at_all:Thing', which does not import"
+        in one_line(result)
+    )
+
+
+def test_a_plugin_with_wrong_shapes_is_named(cifar: Path, tmp_path: Path, evil_path: dict[str, str]) -> None:
+    result = run_cli(
+        "run",
+        "cifar-vae",
+        *TWO_EPOCHS,
+        "--set",
+        'decoder={name="wrong"}',
+        "--data-dir",
+        str(cifar),
+        "--out",
+        str(tmp_path / "r"),
+        env=evil_path,
+    )
+    line = one_line(result, code=1, progress=True)
+    assert "decoder 'wrong'" in line and "failed in a training step" in line

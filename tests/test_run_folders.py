@@ -9,7 +9,6 @@ import json
 import multiprocessing
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Command, run_cli, run_cli_batch, run_cli_forked
-from tinydata import TINY_ARGS, TINY_SETS, error_lines, tiny_cifar  # noqa: F401  (fixture)
+from tinydata import TINY_ARGS, TINY_SETS, error_lines, one_line, rewrite, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
 from vaezoo.errors import VaezooError
@@ -26,14 +25,6 @@ from vaezoo.files.run_folder import LOCK_NAME, RunLock, boot_id, process_identit
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
 
 QUICK = ["--epochs", "1", "--limit", "48", "--set", "train.test_limit=16", "--device", "cpu", "--seed", "1", *TINY_ARGS]
-
-
-def one_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
-    """The one `vaezoo:` line of a failed command (warnings about other plugins do not count)."""
-    lines = [line for line in error_lines(result.stderr) if not line.startswith("vaezoo: warning:")]
-    assert result.returncode == code and len(lines) == 1, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
-    return lines[0]
 
 
 def dead_pid() -> int:
@@ -479,20 +470,6 @@ def test_an_image_folder_path_that_is_not_a_file_or_folder_is_one_line_naming_it
         f"vaezoo: error: dataset.path {tmp_path / 'fifo'} is a FIFO, not a file or folder: point it at a file or "
         "folder of data"
     )
-
-
-def rewrite(source: Path, target: Path, change) -> Path:
-    """A copy of a model file whose decoded `vaezoo.*` metadata went through `change(metadata)`."""
-    data = source.read_bytes()
-    (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + size])
-    metadata = {k: json.loads(v) for k, v in header["__metadata__"].items() if k.startswith("vaezoo.")}
-    change(metadata)
-    header["__metadata__"].update({k: json.dumps(v) for k, v in metadata.items()})
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
-    return target
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Command, run_cli, run_cli_batch
-from test_interruptions import TWO_EPOCHS, _set, one_line, rewrite
-from tinydata import TINY_ARGS, error_lines, tiny_cifar  # noqa: F401 (a fixture)
+from tinydata import TINY_ARGS, TWO_EPOCHS, error_lines, one_line, rewrite, set_key, tiny_cifar  # noqa: F401 (a fixture)
 
 ONE_STEP = [
     "--limit",
@@ -376,7 +375,7 @@ def lying_pictures(
     commands = []
     for lie, command in PICTURE_LIES:
         model = root / "run" / "model.safetensors"
-        lying = rewrite(model, root / f"{lie}.safetensors", _set(["vaezoo.recipe", "model", "lie"], lie))
+        lying = rewrite(model, root / f"{lie}.safetensors", set_key(["vaezoo.recipe", "model", "lie"], lie))
         args = (
             ["-n", "2", "--out", str(root / "s.png")]
             if command == "sample"

@@ -3,7 +3,10 @@ PNGs written once per session), tiny model widths, and calling the CLI's `main` 
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +100,62 @@ def call_main(*args: str, env: dict[str, str] | None = None) -> int:
 def error_lines(stderr: str) -> list[str]:
     """The non-empty lines of stderr."""
     return [line for line in stderr.splitlines() if line.strip()]
+
+
+def one_line(result: subprocess.CompletedProcess, code: int = 2, progress: bool = False) -> str:
+    """The one error line a failed command printed (`progress`: a run whose progress bar had started,
+    and whose bar is not counted); warnings about other plugins do not count."""
+    lines = [
+        line
+        for line in error_lines(result.stderr)
+        if not line.startswith("vaezoo: warning:") and (not progress or line.startswith("vaezoo:"))
+    ]
+    assert result.returncode == code and len(lines) == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    return lines[0]
+
+
+# `vaezoo run cifar-vae` options for a two-epoch tiny run on 96 CIFAR-10 images.
+TWO_EPOCHS = [
+    "--epochs",
+    "2",
+    "--limit",
+    "96",
+    "--set",
+    "train.test_limit=32",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    *TINY_ARGS,
+]
+
+
+class Raw(str):
+    """A metadata value written as it is, not JSON-encoded (for JSON no encoder would write)."""
+
+
+def rewrite(source: Path, target: Path, change) -> Path:
+    """A copy of a model file whose decoded `vaezoo.*` metadata went through `change(metadata)`."""
+    data = source.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    metadata = {k: json.loads(v) for k, v in header["__metadata__"].items() if k.startswith("vaezoo.")}
+    change(metadata)
+    header["__metadata__"].update({k: v if isinstance(v, Raw) else json.dumps(v) for k, v in metadata.items()})
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
+    return target
+
+
+def set_key(path: list[str], value):
+    """A `change` for `rewrite`: the metadata value at `path` becomes `value`."""
+
+    def change(metadata):
+        node = metadata
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change
