@@ -1,4 +1,4 @@
-"""A hostile tester against the network side (issue 16): push and symlinks, a hostile Hub endpoint,
+"""The Hub and downloads against a hostile tester: push and symlinks, a hostile Hub endpoint,
 redirects, cache links, trickling and malformed servers, truncated downloads, malformed URLs and
 settings, and downloads killed half-way.
 
@@ -439,7 +439,7 @@ def test_bad_download_settings_are_one_line(
 def test_a_download_deadline_too_far_away_for_its_timer_is_one_line(
     raw: RawServer, cache: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """Issue 23 (11): VAEZOO_DOWNLOAD_TIMEOUT=1e300 is finite, but overflowed the deadline's timer thread
+    """VAEZOO_DOWNLOAD_TIMEOUT=1e300 is finite, but overflowed the deadline's timer thread
     (a traceback from the thread, then the download went on without a deadline)."""
     raw.routes[MODEL] = ok(b"x")
     env = {"VAEZOO_DOWNLOAD_TIMEOUT": "1e300"}
@@ -495,7 +495,7 @@ def test_truncated_download_is_not_kept(raw: RawServer, cache: Path, capsys: pyt
 
 
 def test_a_cut_body_without_a_length_is_not_kept(raw: RawServer, cache: Path, capsys: pytest.CaptureFixture) -> None:
-    """Issue 23, class 12: a body with neither a Content-Length nor chunking is kept only as a whole
+    """A body with neither a Content-Length nor chunking is kept only as a whole
     safetensors file (its header describes exactly the bytes that follow); a cut one is fetched again."""
     from safetensors.torch import save
 
@@ -557,7 +557,7 @@ def test_download_killed_half_way_is_cleaned_by_the_next(raw: RawServer, cache: 
     raw.routes[MODEL] = ok(b"whole")
     assert local_model_path(raw.url(MODEL)).read_bytes() == b"whole"
     assert list(cache.rglob("*.incomplete")) == []
-    # issue 23, class 12: the next try of the killed URL itself works at once (it failed once: the folder
+    # the next try of the killed URL itself works at once (it failed once: the folder
     # of the partial download went with it)
     child = subprocess.Popen(
         [sys.executable, "-m", "vaezoo", "inspect", raw.url("slow.safetensors")],

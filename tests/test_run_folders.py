@@ -1,4 +1,4 @@
-"""Run folders and data folders against a hostile tester (issue 16): locks whose pid was recycled or
+"""Run folders and data folders against a hostile tester: locks whose pid was recycled or
 that several runs take over at once, temporary files a SIGKILL leaves behind, refused runs that leave
 no folder, a damaged recipe.toml on resume, data folders that are not folders, and eval on data unlike
 those a model was trained on. Each case is one line and an exit code (docs/reliability.md)."""
@@ -231,7 +231,7 @@ def killed_runs(cifar: Path, tiny_cifar: Path, tmp_path_factory: pytest.TempPath
 
 
 def test_a_killed_samples_temporary_file_goes_with_the_next_sample(small_model: Path, tmp_path: Path) -> None:
-    """Issue 23, class 12: the temporary file of a `sample` killed just before its rename is removed
+    """The temporary file of a `sample` killed just before its rename is removed
     by the next write of that picture (the 1,000-image grid: 0.7 MB); a live writer's temporary file
     and other files stay."""
     folder = tmp_path / "pictures"
@@ -453,7 +453,7 @@ def test_a_data_dir_that_is_not_a_folder_is_one_line_naming_it(not_folder_runs: 
 
 
 def test_an_image_folder_path_that_is_not_a_file_or_folder_is_one_line_naming_it(tmp_path: Path) -> None:
-    """A path key may name a file or a folder (issue 24), never a FIFO; a relative one is in the data root."""
+    """A path key may name a file or a folder, never a FIFO; a relative one is in the data root."""
     os.mkfifo(tmp_path / "fifo")
     refused = run_cli(
         "run",
