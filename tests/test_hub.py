@@ -32,12 +32,32 @@ from test_sharing import (  # noqa: F401 - fixtures
     certificate,
     hub_env,
     one_error,
-    one_error_here,
     run_dir,
 )
 
 from vaezoo.sharing.hub import HubError, local_model_path, parse_hf_name
 from vaezoo.sharing.publish import push_files
+
+
+def one_error_here(
+    capsys: pytest.CaptureFixture, args: list[str], *words: str, env: dict[str, str] | None = None
+) -> str:
+    """As `one_error`, for `vaezoo ARGS` run by the CLI's `main` in this process: for the download
+    cases that patch this process (its clock, its environment, `pwd`) or talk to a server of this test,
+    many of them parametrized; `test_a_malformed_answer_in_a_fresh_process` and the others that run
+    `run_cli` check that a fresh process says the same."""
+    from vaezoo.cli import main
+    from vaezoo.plugins.manager import reset_registry
+
+    capsys.readouterr()
+    reset_registry()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        with pytest.raises(SystemExit) as exit:
+            main(list(args))
+    return one_error(subprocess.CompletedProcess(args, exit.value.code, "", capsys.readouterr().err), *words)
+
 
 SECRET = b"\x10\x27\x00\x00\x00\x00\x00\x00top secret, never shown"  # a header length of 10000 if read as safetensors
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Command, run_cli, run_cli_batch, run_cli_forked
+from conftest import Command, run_cli, run_cli_batch
 from safetensors.torch import load_file
 from tinydata import TINY_SETS, TWO_EPOCHS, error_lines, one_line
 
@@ -99,7 +99,7 @@ def killed_and_continued(cifar: Path, tmp_path_factory: pytest.TempPathFactory) 
         for out, (kill_at, when) in zip(outs, KILL_POINTS)
     ]
     killed, commands = {}, []
-    for point, out, died in zip(KILL_POINTS, outs, run_cli_forked(runs, root, prelude=KILLER)):
+    for point, out, died in zip(KILL_POINTS, outs, run_cli_batch(runs, root, prelude=KILLER, fork=True)):
         killed[point] = out, died
         resume = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--resume", str(out)]
         new = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out)]

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Command, run_cli, run_cli_batch, run_cli_forked
+from conftest import Command, run_cli, run_cli_batch
 from tinydata import TINY_ARGS, TINY_SETS, error_lines, one_line, rewrite, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
@@ -216,7 +216,9 @@ def killed_runs(cifar: Path, tiny_cifar: Path, tmp_path_factory: pytest.TempPath
     kill = Command(*run, env={"VAEZOO_CACHE_DIR": str(cache), "KILL_DIR": str(cache)})  # the first cache file
     cases["cache"] = {"out": cache, "kill": kill, "finish": Command(*run, env={"VAEZOO_CACHE_DIR": str(cache)})}
 
-    for case, killed in zip(cases.values(), run_cli_forked([c["kill"] for c in cases.values()], root, KILLER)):
+    for case, killed in zip(
+        cases.values(), run_cli_batch([c["kill"] for c in cases.values()], root, prelude=KILLER, fork=True)
+    ):
         case["killed"], case["left"] = killed, sorted(p.name for p in case["out"].iterdir())
     for target in ("model.safetensors", "samples.png"):
         for name, data in MINE.items():
@@ -239,7 +241,7 @@ def test_a_killed_samples_temporary_file_goes_with_the_next_sample(small_model: 
     grid = folder / "grid.png"
     live, other = folder / f".grid.png.{os.getpid()}.abcd1234.tmp", folder / ".other.png.12345678.tmp"
     command = ["sample", str(small_model), "-n", "1000", "--out", str(grid), "--device", "cpu"]
-    (killed,) = run_cli_forked([Command(*command, env={"KILL_NAME": "grid.png"})], tmp_path, KILLER)
+    (killed,) = run_cli_batch([Command(*command, env={"KILL_NAME": "grid.png"})], tmp_path, prelude=KILLER, fork=True)
     (left,) = folder.iterdir()
     assert killed.returncode == -signal.SIGKILL and left.stat().st_size > 500_000, killed.stderr[-2000:]
     live.write_bytes(b"live"), other.write_bytes(b"other")

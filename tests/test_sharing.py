@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Command, run_cli, run_cli_batch
-from tinydata import call_main, error_lines
+from tinydata import error_lines
 
 import vaezoo
 
@@ -313,15 +313,6 @@ def one_error(done: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
-def one_error_here(
-    capsys: pytest.CaptureFixture, args: list[str], *words: str, env: dict[str, str] | None = None
-) -> str:
-    """As `one_error`, for `vaezoo ARGS` run in this process (for paths that need no fresh import)."""
-    capsys.readouterr()
-    code = call_main(*args, env=env)
-    return one_error(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), *words)
-
-
 def leftovers(folder: Path) -> list[Path]:
     """Files in a cache folder that a failed download must not leave: partial downloads, blobs, model
     files (huggingface_hub's empty `.no_exist` markers of missing files excepted)."""
@@ -422,9 +413,19 @@ def test_push_to_an_unreachable_hub_is_one_line_about_the_connection_and_the_tok
     assert "token" not in one_error(with_token, f"the Hub at {url} cannot be reached", "HF_ENDPOINT")
 
 
-@pytest.mark.parametrize("name", ["hf://", "hf://only", "hf://a/b/c", "hf://a/b@", "hf:/a/b", "hf://a/../b"])
-def test_bad_hub_names(name: str, capsys: pytest.CaptureFixture) -> None:
-    one_error_here(capsys, ["sample", name], "hf://")
+BAD_HUB_NAMES = ["hf://", "hf://only", "hf://a/b/c", "hf://a/b@", "hf:/a/b", "hf://a/../b"]
+
+
+@pytest.fixture(scope="module")
+def bad_hub_names(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """`vaezoo sample NAME` for each of BAD_HUB_NAMES, in one fresh process."""
+    root = tmp_path_factory.mktemp("bad-hub-names")
+    return dict(zip(BAD_HUB_NAMES, run_cli_batch([["sample", name] for name in BAD_HUB_NAMES], root)))
+
+
+@pytest.mark.parametrize("name", BAD_HUB_NAMES)
+def test_bad_hub_names(name: str, bad_hub_names: dict) -> None:
+    one_error(bad_hub_names[name], "hf://")
 
 
 BLOCK_HUB = "import sys; sys.modules['huggingface_hub'] = None; from vaezoo.cli import main; main(sys.argv[1:])"
@@ -517,31 +518,37 @@ def test_https_url_with_sha256(
 
 
 def test_https_wrong_hash_is_refused_and_nothing_is_kept(
-    https_server: FileServer, certificate: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    https_server: FileServer, certificate: tuple[Path, Path], tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
     env = {"SSL_CERT_FILE": str(certificate[0]), "VAEZOO_CACHE_DIR": str(cache)}
     url = https_server.url(f"models/{MODEL}")
-    one_error(run_cli("sample", f"{url}#sha256={'0' * 64}", env=env), "sha256", "refused")
+    refused = {
+        ("sha256", "refused"): Command("sample", f"{url}#sha256={'0' * 64}"),
+        ("#sha256=",): Command("sample", f"{url}#sha256=abc"),
+        ("download limit",): Command("sample", url, env={"VAEZOO_DOWNLOAD_LIMIT_MB": "0.001"}),
+        ("HTTP 404",): Command("sample", https_server.url("models/missing.safetensors")),
+        ("HF_HUB_OFFLINE=1",): Command("sample", url, env={"HF_HUB_OFFLINE": "1"}),
+    }
+    for words, done in zip(refused, run_cli_batch(list(refused.values()), tmp_path, env=env)):
+        one_error(done, *words)
     assert not [p for p in cache.rglob("*") if p.is_file()]
-    one_error_here(capsys, ["sample", f"{url}#sha256=abc"], "#sha256=", env=env)
-    one_error_here(capsys, ["sample", url], "download limit", env={**env, "VAEZOO_DOWNLOAD_LIMIT_MB": "0.001"})
-    one_error_here(capsys, ["sample", https_server.url("models/missing.safetensors")], "HTTP 404", env=env)
-    one_error_here(capsys, ["sample", url], "HF_HUB_OFFLINE=1", env={**env, "HF_HUB_OFFLINE": "1"})
-    one_error(
-        run_cli("sample", url, env={"VAEZOO_CACHE_DIR": str(cache)}), "CERTIFICATE_VERIFY_FAILED"
-    )  # TLS is verified
+    # TLS is verified (in a fresh process: no certificate of the test's)
+    one_error(run_cli("sample", url, env={"VAEZOO_CACHE_DIR": str(cache)}), "CERTIFICATE_VERIFY_FAILED")
     assert not [p for p in cache.rglob("*") if p.is_file()]
 
 
-def test_plain_http_only_from_localhost(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    one_error_here(capsys, ["inspect", "http://example.com/model.safetensors"], "https://")
+def test_plain_http_only_from_localhost(run_dir: Path, tmp_path: Path) -> None:
     server = FileServer({MODEL: (run_dir / MODEL).read_bytes()})
     try:
-        assert call_main("inspect", server.url(MODEL), "--json", env={"VAEZOO_CACHE_DIR": str(tmp_path / "cache")}) == 0
-        assert (
-            json.loads(capsys.readouterr().out)["sha256"] == hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
+        remote, local = run_cli_batch(
+            [["inspect", "http://example.com/model.safetensors"], ["inspect", server.url(MODEL), "--json"]],
+            tmp_path,
+            env={"VAEZOO_CACHE_DIR": str(tmp_path / "cache")},
         )
+        one_error(remote, "https://")
+        assert local.returncode == 0, local.stderr
+        assert json.loads(local.stdout)["sha256"] == hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
     finally:
         server.shutdown()
         server.server_close()

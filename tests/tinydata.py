@@ -1,10 +1,10 @@
 """Helpers for the checkpoint, resume, data and CLI tests: a tiny CIFAR-10 in class folders (random
-PNGs written once per session), tiny model widths, and calling the CLI's `main` in this process."""
+PNGs written once per session), tiny model widths, a tiny run in this process, reading a failed
+command's one error line, and forging a model file's metadata. (Running the CLI: conftest.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
 from pathlib import Path
@@ -71,30 +71,6 @@ def fit_tiny(
         resume=resume,
         callbacks=callbacks,
     )
-
-
-def call_main(*args: str, env: dict[str, str] | None = None) -> int:
-    """Run `vaezoo ARGS` through `vaezoo.cli.main` in this process and return its exit code; read
-    the output with pytest's `capsys.readouterr()`."""
-    from vaezoo.cli import main
-    from vaezoo.plugins.manager import reset_registry
-
-    old = {key: os.environ.get(key) for key in (env or {})}
-    os.environ.update(env or {})
-    reset_registry()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 0
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_registry()
-    return code
 
 
 def error_lines(stderr: str) -> list[str]:
