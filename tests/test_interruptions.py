@@ -210,23 +210,6 @@ def test_resume_with_a_new_learning_rate_trains_at_it(cifar: Path, tmp_path: Pat
     assert {group["lr"] for group in optimizer.param_groups} == {0.0123}  # what the optimizer stepped with
 
 
-def test_one_writer_at_a_time(cifar: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (out / ".vaezoo.lock").write_text(f"{holder.pid}\n")  # a live process holds the folder
-        busy = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out))
-        assert f"in use by another vaezoo run (pid {holder.pid})" in one_line(busy)
-        assert {p.name for p in out.iterdir()} == {".vaezoo.lock"}
-    finally:
-        holder.kill()
-        holder.wait()
-    stale = run_cli("run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar), "--out", str(out))  # its owner is gone
-    assert stale.returncode == 0, stale.stderr[-2000:]
-    assert epochs_in(out) == [1, 2] and not (out / ".vaezoo.lock").exists()
-
-
 def test_two_runs_started_together_into_one_folder_do_not_mix(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [

@@ -560,6 +560,7 @@ HOSTILE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 def test_a_damaged_or_hostile_model_file_is_one_clear_error_before_anything_is_built(
     small_model: Path, tmp_path: Path, case: str
@@ -570,6 +571,7 @@ def test_a_damaged_or_hostile_model_file_is_one_clear_error_before_anything_is_b
     assert str(bad) in str(refused.value) and "\n" not in str(refused.value)
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_them_in_one_line_exit_2(small_model: Path, tmp_path: Path) -> None:
     commands = []
     for case in ("huge latent_dim", "deep nesting"):
@@ -583,6 +585,7 @@ def test_the_cli_refuses_them_in_one_line_exit_2(small_model: Path, tmp_path: Pa
     assert not (tmp_path / "s.png").exists()
 
 
+@pytest.mark.slow
 def test_a_file_with_a_huge_latent_size_is_refused_without_taking_its_memory(small_model: Path, tmp_path: Path) -> None:
     """A 1.8 MB model file claiming latent_dim = 60000 took gigabytes before a shape check."""
     bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE["huge latent_dim"])
@@ -597,6 +600,7 @@ def test_a_file_with_a_huge_latent_size_is_refused_without_taking_its_memory(sma
     assert int(peak) < int(normal.stdout.strip()) + 100_000  # KiB: within 100 MB of loading the real model
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_refused(small_model: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
@@ -611,6 +615,7 @@ def test_non_finite_weights_are_refused(small_model: Path, tmp_path: Path) -> No
     assert "decoder.fc.bias holds NaN" in one_line(result)
 
 
+@pytest.mark.slow
 def test_a_model_file_never_chooses_the_folder_vaezoo_reads(small_model: Path, cifar: Path, tmp_path: Path) -> None:
     """Metadata naming an image-folder dataset at / must not make eval walk the filesystem: the data
     come from --data-dir."""

@@ -517,45 +517,36 @@ def evil_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_a_plugin_that_exits_on_import_is_isolated(evil_path: dict[str, str]) -> None:
-    result = run_cli("list", "recipes", "--json", env=evil_path)
+@pytest.fixture(scope="module")
+def evil_runs(cifar: Path, evil_path: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """With the evil plugins installed, in one fresh process: `list recipes`, and runs with the missing
+    encoder and with the decoder of the wrong shape."""
+    root = tmp_path_factory.mktemp("evil-runs")
+    run = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar)]
+    commands = {
+        "list": ["list", "recipes", "--json"],
+        "ghost": [*run, "--set", "encoder.name=ghost", "--out", str(root / "ghost")],
+        "wrong": [*run, "--set", 'decoder={name="wrong"}', "--out", str(root / "wrong")],
+    }
+    return dict(zip(commands, run_cli_batch(list(commands.values()), root, env=evil_path)))
+
+
+@pytest.mark.slow
+def test_a_plugin_that_exits_on_import_is_isolated(evil_runs: dict) -> None:
+    result = evil_runs["list"]
     assert result.returncode == 0 and "cifar-vae" in result.stdout, result.stderr
     assert "plugin 'evil' (evil-plugins) failed to load: SystemExit: 3" in result.stderr
 
 
-def test_a_component_registered_as_a_missing_module_is_one_line(
-    cifar: Path, tmp_path: Path, evil_path: dict[str, str]
-) -> None:
-    result = run_cli(
-        "run",
-        "cifar-vae",
-        *TWO_EPOCHS,
-        "--set",
-        "encoder.name=ghost",
-        "--data-dir",
-        str(cifar),
-        "--out",
-        str(tmp_path / "r"),
-        env=evil_path,
-    )
+@pytest.mark.slow
+def test_a_component_registered_as_a_missing_module_is_one_line(evil_runs: dict) -> None:
     assert (
         "plugin 'ghost' (evil-plugins) registers encoder 'ghost' as 'nowhere_at_all:Thing', which does not import"
-        in one_line(result)
+        in one_line(evil_runs["ghost"])
     )
 
 
-def test_a_plugin_with_wrong_shapes_is_named(cifar: Path, tmp_path: Path, evil_path: dict[str, str]) -> None:
-    result = run_cli(
-        "run",
-        "cifar-vae",
-        *TWO_EPOCHS,
-        "--set",
-        'decoder={name="wrong"}',
-        "--data-dir",
-        str(cifar),
-        "--out",
-        str(tmp_path / "r"),
-        env=evil_path,
-    )
-    line = one_line(result, code=1, progress=True)
+@pytest.mark.slow
+def test_a_plugin_with_wrong_shapes_is_named(evil_runs: dict) -> None:
+    line = one_line(evil_runs["wrong"], code=1, progress=True)
     assert "decoder 'wrong'" in line and "failed in a training step" in line
