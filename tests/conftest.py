@@ -59,10 +59,12 @@ def _shared_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+    *args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """`vaezoo ARGS` in a fresh Python process; returns the completed process (never raises on exit code)."""
-    full_env = {**os.environ, **(env or {})}
+    """`vaezoo ARGS` in a fresh Python process (`python -m vaezoo`, `env` added, or removed where None);
+    returns the completed process (never raises on exit code). For the many commands whose output and
+    exit code are what is checked, `run_cli_batch` runs them in one process."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "vaezoo", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
     )

@@ -488,14 +488,7 @@ def test_download_cache_without_a_home(
     monkeypatch.setattr(pwd, "getpwuid", no_entry)  # a user without a passwd entry: Path.home() fails
     one_error_here(capsys, ["inspect", url], "HOME", "VAEZOO_CACHE_DIR")
     assert raw.requests == []
-    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "VAEZOO_CACHE_DIR")}
-    done = subprocess.run(
-        [sys.executable, "-m", "vaezoo", "inspect", url],
-        capture_output=True,
-        text=True,
-        env={**env, "HOME": "/dev/null"},
-        timeout=120,
-    )
+    done = run_cli("inspect", url, env={"HOME": "/dev/null", "VAEZOO_CACHE_DIR": None}, timeout=120)
     one_error(done, "/dev/null/.cache", url)
 
 

@@ -330,9 +330,15 @@ def leftovers(folder: Path) -> list[Path]:
 
 def test_sample_by_hub_name_then_offline_from_the_cache(hub: FakeHub, run_dir: Path, tmp_path: Path) -> None:
     env = hub_env(tmp_path, hub)
-    local = run_cli("sample", str(run_dir / MODEL), "-n", "16", "--out", str(tmp_path / "local.png"))
+    local, online = run_cli_batch(
+        [
+            ["sample", str(run_dir / MODEL), "-n", "16", "--out", str(tmp_path / "local.png")],
+            ["sample", "hf://my-org/cifar-tiny", "-n", "16", "--out", str(tmp_path / "online.png")],
+        ],
+        tmp_path,
+        env=env,
+    )
     assert local.returncode == 0, local.stderr
-    online = run_cli("sample", "hf://my-org/cifar-tiny", "-n", "16", "--out", str(tmp_path / "online.png"), env=env)
     assert online.returncode == 0, online.stderr
     assert any(r.startswith("HEAD /my-org/cifar-tiny/resolve/main/model.safetensors") for r in hub.requests)
     assert any(r.startswith("GET /my-org/cifar-tiny/resolve/main/model.safetensors") for r in hub.requests)
@@ -365,21 +371,23 @@ def test_python_api_and_other_commands_take_hub_names(hub: FakeHub, run_dir: Pat
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "(3, 3, 32, 32) cifar-vae"
-    info = run_cli("inspect", "hf://my-org/cifar-tiny", "--json", env=env)
+    commands = [["inspect", "hf://my-org/cifar-tiny", "--json"], ["card", "hf://my-org/cifar-tiny"]]
+    info, card = run_cli_batch(commands, tmp_path, env=env)
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["sha256"] == hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
-    card = run_cli("card", "hf://my-org/cifar-tiny", env=env)
     assert card.returncode == 0 and 'vaezoo.load("hf://my-org/cifar-tiny")' in card.stdout
 
 
 def test_hub_errors_are_one_line(hub: FakeHub, tmp_path: Path) -> None:
     env = hub_env(tmp_path, hub)
-    one_error(
-        run_cli("inspect", "hf://my-org/no-such-model", env=env), "no such repository"
-    )  # 401 RepoNotFound, as the Hub answers
-    one_error(run_cli("inspect", "hf://my-org/not-a-model", env=env), "has no model.safetensors")  # 404 EntryNotFound
-    one_error(run_cli("inspect", "hf://my-org/cifar-tiny@v9", env=env), "no such revision")  # 404 RevisionNotFound
-    one_error(run_cli("inspect", "hf://my-org/private-tiny", env=env), "private", "HF_TOKEN")  # 401 without a token
+    refused = {
+        ("no such repository",): "hf://my-org/no-such-model",  # 401 RepoNotFound, as the Hub answers
+        ("has no model.safetensors",): "hf://my-org/not-a-model",  # 404 EntryNotFound
+        ("no such revision",): "hf://my-org/cifar-tiny@v9",  # 404 RevisionNotFound
+        ("private", "HF_TOKEN"): "hf://my-org/private-tiny",  # 401 without a token
+    }
+    for words, done in zip(refused, run_cli_batch([["inspect", name] for name in refused.values()], tmp_path, env=env)):
+        one_error(done, *words)
     one_error(
         run_cli("inspect", "hf://my-org/private-tiny", env={**env, "HF_TOKEN": "wrong"}), "not authorised (HTTP 401)"
     )
@@ -618,17 +626,19 @@ def test_push_uploads_through_the_hub_api_and_loads_back(
         **published,
         "README.md": published["README.md"].replace(b"cifar-tiny", b"pushed"),
     }
-    sample = run_cli("sample", "hf://my-org/pushed", "-n", "4", "--out", str(tmp_path / "s.png"), env=env)
+    commands = [
+        ["sample", "hf://my-org/pushed", "-n", "4", "--out", str(tmp_path / "s.png")],
+        ["push", str(run_dir / MODEL), "my-org/pushed", "--revision", "v1"],
+        ["inspect", "hf://my-org/pushed@v1", "--json"],
+    ]
+    sample, branch, info = run_cli_batch(commands, tmp_path, env=env)  # with the token
     assert sample.returncode == 0, sample.stderr
     one_error(
         run_cli("sample", "hf://my-org/pushed", env={**env, "HF_TOKEN": "", "HF_HOME": str(tmp_path / "other")}),
         "no such repository",
     )
-
-    branch = run_cli("push", str(run_dir / MODEL), "my-org/pushed", "--revision", "v1", env=env)
     assert branch.returncode == 0, branch.stderr
     assert "v1" in hub.repos["my-org/pushed"]["refs"]
-    info = run_cli("inspect", "hf://my-org/pushed@v1", "--json", env=env)
     assert info.returncode == 0 and json.loads(info.stdout)["sha256"] == hashlib.sha256(published[MODEL]).hexdigest()
 
 
