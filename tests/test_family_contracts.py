@@ -50,7 +50,7 @@ def ghost_family(metadata: dict) -> None:
 
 
 def test_a_files_objective_label_is_checked_against_its_family(small_model: Path, tmp_path: Path) -> None:
-    """Class 6: a label that disagrees with the installed family is flagged when the file loads, and the
+    """A label that disagrees with the installed family is flagged when the file loads, and the
     family's declaration is used; one
     that cannot be right (elbo with another regularizer, a reserved name, a 0.3 file without one,
     a label the metrics contradict) is refused by the schema, inspect and card too; inspect says the
@@ -106,7 +106,7 @@ def test_a_files_objective_label_is_checked_against_its_family(small_model: Path
 
 
 def test_a_regularizer_never_takes_one_of_evals_names(small_model: Path, cifar: Path, tmp_path: Path) -> None:
-    """Class 7: every field `eval --json` reports is reserved (a regularizer called `objective`
+    """Every field `eval --json` reports is reserved (a regularizer called `objective`
     overwrote eval's own), and a family declaring one is refused when it is built, as a file labelled
     with one is when it is read."""
     from vaezoo.errors import PluginError

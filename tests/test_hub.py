@@ -150,7 +150,7 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.exists() else []
 
 
-# --- class 4: push uploads only regular files of the run folder ---------------------------------------
+# --- push uploads only regular files of the run folder ------------------------------------------------
 
 
 @pytest.fixture
@@ -206,7 +206,7 @@ def test_push_of_a_regular_run_folder_still_uploads_everything(run_copy: Path) -
     assert sorted(push_files(run_copy)) == ["README.md", MODEL, "recipe.toml"]
 
 
-# --- class 5: a hostile Hub endpoint and revisions ----------------------------------------------------
+# --- a hostile Hub endpoint and revisions -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -282,7 +282,7 @@ def test_hf_cache_link_leaving_the_cache_is_not_read(tmp_path: Path) -> None:
         assert "10000" not in line and "secret" not in line.split(" for ")[1]
 
 
-# --- class 6: redirects never leave https -------------------------------------------------------------
+# --- redirects never leave https ----------------------------------------------------------------------
 
 
 class RedirectingTLS(FileServer):
@@ -350,7 +350,7 @@ def test_http_loopback_redirects_stay_on_loopback(raw: RawServer, cache: Path) -
     assert local_model_path(raw.url("here")).read_bytes() == b"local mirror"
 
 
-# --- class 7: links in vaezoo's download cache ---------------------------------------------------------
+# --- links in vaezoo's download cache ------------------------------------------------------------------
 
 
 def test_download_cache_link_leaving_the_cache_is_not_read(
@@ -374,7 +374,7 @@ def test_download_cache_link_leaving_the_cache_is_not_read(
     one_error_here(capsys, ["inspect", url], url, "leading outside")
 
 
-# --- class 8: a whole download has a deadline ---------------------------------------------------------
+# --- a whole download has a deadline ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("answer", ["body", "headers"])
@@ -393,7 +393,7 @@ def test_trickling_server_meets_the_deadline(
     assert [p for p in files_under(cache) if p.is_file()] == []
 
 
-# --- class 9: malformed answers, URLs and settings: one line, exit 2 ------------------------------------
+# --- malformed answers, URLs and settings: one line, exit 2 ---------------------------------------------
 
 
 MALFORMED = {
@@ -492,7 +492,7 @@ def test_download_cache_without_a_home(
     one_error(done, "/dev/null/.cache", url)
 
 
-# --- class 12: a truncated download is never kept -------------------------------------------------------
+# --- a truncated download is never kept -----------------------------------------------------------------
 
 
 def test_truncated_download_is_not_kept(raw: RawServer, cache: Path, capsys: pytest.CaptureFixture) -> None:
@@ -522,7 +522,7 @@ def test_a_cut_body_without_a_length_is_not_kept(raw: RawServer, cache: Path, ca
     assert local_model_path(url).read_bytes() == body and len(raw.requests) == 2  # then from the cache
 
 
-# --- class 15: downloads killed half-way leave nothing for long -------------------------------------
+# --- downloads killed half-way leave nothing for long -----------------------------------------------
 
 
 def dead_pid() -> int:

@@ -67,7 +67,7 @@ def first_tensor(header: dict) -> dict:
     return header[next(k for k in sorted(header) if k != "__metadata__")]
 
 
-# ---- class 2: only regular files are written ------------------------------------------------------
+# ---- only regular files are written ---------------------------------------------------------------
 
 
 def test_sample_refuses_a_fifo_and_leaves_it(small_model: Path, tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_every_writer_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
     assert (tmp_path / "fine.bin").read_bytes() == b"ok2"
 
 
-# ---- class 7: no raw bytes of a file in a message ------------------------------------------------
+# ---- no raw bytes of a file in a message ---------------------------------------------------------
 
 
 def test_a_header_length_is_never_printed(tmp_path: Path) -> None:
@@ -170,7 +170,7 @@ def test_a_header_length_is_never_printed(tmp_path: Path) -> None:
     assert "header length out of range" in line and "150000000" not in line
 
 
-# ---- class 8: bounded memory and time ------------------------------------------------------------
+# ---- bounded memory and time ---------------------------------------------------------------------
 
 
 HEADERS = {
@@ -361,7 +361,7 @@ def test_a_file_cannot_make_eval_decode_images_at_3072_pixels(small_model: Path,
     assert "size from 1 to 1024" in one_line(result) and seconds < 60
 
 
-# ---- class 9: wrong types, deep JSON, rich markup ------------------------------------------------
+# ---- wrong types, deep JSON, rich markup ---------------------------------------------------------
 
 
 METADATA = {
@@ -455,7 +455,7 @@ def test_inspect_shows_rich_markup_in_metadata_as_plain_text(small_model: Path, 
     assert "[/bold]" in shown.stdout and "[link=" in shown.stdout
 
 
-# ---- class 11: a file never chooses a pip command ------------------------------------------------
+# ---- a file never chooses a pip command ----------------------------------------------------------
 
 
 EVIL_DISTRIBUTIONS = [

@@ -100,7 +100,7 @@ def assert_no_controls(result: subprocess.CompletedProcess) -> None:
     ), result.stderr[-2000:]
 
 
-# ---- class 10: one broken plugin never takes the others down ---------------------------------------
+# ---- one broken plugin never takes the others down -------------------------------------------------
 
 
 @pytest.mark.parametrize("command", [["list"], ["list", "--json"], ["plugins"], ["plugins", "--json"]])
@@ -227,7 +227,7 @@ def test_registration_problem(kind: str, name: object, target: object, summary: 
     assert problem is None if expected is None else expected in problem, problem
 
 
-# ---- class 11: text from plugins and files reaches the terminal as text -----------------------------
+# ---- text from plugins and files reaches the terminal as text ---------------------------------------
 
 
 def test_printable_shows_controls_as_escapes() -> None:
@@ -307,7 +307,7 @@ def test_an_error_line_quoting_user_text_has_no_controls(tmp_path: Path) -> None
     assert "\\x1b]0;pwned\\x07" in result.stderr or "\\x1b" in result.stderr
 
 
-# ---- class 9: absurd option values are one line naming the option -----------------------------------
+# ---- absurd option values are one line naming the option --------------------------------------------
 
 DEEP = "[" * 60_000 + "]" * 60_000  # Linux takes at most 128 KiB in one argument
 
@@ -356,7 +356,7 @@ def test_a_quoted_bracket_in_a_set_value_is_not_nesting(tmp_path: Path) -> None:
     _check_sets(["summary=" + '"' + "[" * 100 + '"', "encoder.hidden=[[1]]", r"summary='\['"])
 
 
-# ---- class 14: SIGTERM and SIGHUP from the first line of vaezoo's code ------------------------------
+# ---- SIGTERM and SIGHUP from the first line of vaezoo's code ----------------------------------------
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "vaezoo"
 SIGNAL_BITS = {sig: 1 << (sig - 1) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None}

@@ -49,7 +49,7 @@ def plant_lock(folder: Path, record: object) -> Path:
     return folder / LOCK_NAME
 
 
-# ---- class 13: locks ------------------------------------------------------------------------------
+# ---- locks ----------------------------------------------------------------------------------------
 
 
 def test_the_lock_records_pid_start_time_and_boot_and_goes_when_the_run_ends(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_takers_racing_for_a_stale_lock_have_exactly_one_winner(
         assert sorted(p.name for p in Path(folder).iterdir()) == [LOCK_NAME]
 
 
-# ---- class 15: temporary files of killed writers --------------------------------------------------
+# ---- temporary files of killed writers ------------------------------------------------------------
 
 # Kills its own process with SIGKILL just before the os.replace whose target is named KILL_NAME (or,
 # with KILL_DIR, the first one into that folder): the temporary file is then whole and left behind.
@@ -287,7 +287,7 @@ def test_the_data_cache_removes_temporary_files_of_dead_writers_only(killed_runs
     ]  # the two splits, written whole
 
 
-# ---- class 16: a refused run leaves no folder -----------------------------------------------------
+# ---- a refused run leaves no folder ---------------------------------------------------------------
 
 
 REFUSED = {
@@ -351,7 +351,7 @@ def test_a_refused_run_keeps_a_folder_that_another_file_appeared_in(cifar: Path,
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["note.txt"]
 
 
-# ---- class 17: a damaged recipe.toml on resume names the file -------------------------------------
+# ---- a damaged recipe.toml on resume names the file -----------------------------------------------
 
 
 DAMAGED_RECIPES = {
@@ -396,7 +396,7 @@ def test_a_damaged_recipe_toml_on_resume_is_one_line_naming_it(damaged_resumes: 
     assert contents(out) == before
 
 
-# ---- classes 8 / 9: data folders that are not folders, eval on other data -------------------------
+# ---- data folders that are not folders, eval on other data ----------------------------------------
 
 
 NOT_FOLDERS = ["FIFO", "file", "symlink to itself", "symlink loop of two", "below a file"]
