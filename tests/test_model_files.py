@@ -70,43 +70,61 @@ def first_tensor(header: dict) -> dict:
 # ---- only regular files are written ---------------------------------------------------------------
 
 
-def test_sample_refuses_a_fifo_and_leaves_it(small_model: Path, tmp_path: Path) -> None:
-    fifo = tmp_path / "out.png"
+@pytest.fixture(scope="module")
+def refused_writes(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`sample --out` a FIFO, `sample --out` a symlink to a file outside, `sample --out /dev/null` (as
+    root) and `push --dry-run` into a folder holding a FIFO, in one fresh process: {case: (path, result)}."""
+    root = tmp_path_factory.mktemp("refused-writes")
+    (root / "fifo").mkdir()
+    fifo = root / "fifo" / "out.png"
     os.mkfifo(fifo)
-    line = one_line(run_cli("sample", str(small_model), "-n", "4", "--out", str(fifo), "--device", "cpu", timeout=120))
-    assert str(fifo) in line and "FIFO" in line and "only regular files" in line
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left behind
-
-
-def test_sample_refuses_a_symlink_and_the_file_it_points_at_is_unchanged(small_model: Path, tmp_path: Path) -> None:
-    outside = tmp_path / "elsewhere" / "precious.txt"
+    outside = root / "elsewhere" / "precious.txt"
     outside.parent.mkdir()
     outside.write_text("keep me")
-    link = tmp_path / "run" / "samples.png"
+    link = root / "run" / "samples.png"
     link.parent.mkdir()
     link.symlink_to(outside)
-    line = one_line(run_cli("sample", str(small_model), "-n", "4", "--out", str(link), "--device", "cpu", timeout=120))
+    folder = root / "upload"
+    folder.mkdir()
+    os.mkfifo(folder / "README.md")
+    sample = ["sample", str(small_model), "-n", "4", "--device", "cpu", "--out"]
+    cases = {
+        "fifo": (fifo, [*sample, str(fifo)]),
+        "symlink": (link, [*sample, str(link)]),
+        "push": (folder / "README.md", ["push", str(small_model), "my-org/model", "--dry-run", str(folder)]),
+        **({"dev null": (Path("/dev/null"), [*sample, "/dev/null"])} if os.geteuid() == 0 else {}),
+    }
+    results = run_cli_batch([command for _, command in cases.values()], root)
+    return {case: (path, result) for (case, (path, _)), result in zip(cases.items(), results)}
+
+
+def test_sample_refuses_a_fifo_and_leaves_it(refused_writes: dict) -> None:
+    fifo, result = refused_writes["fifo"]
+    line = one_line(result)
+    assert str(fifo) in line and "FIFO" in line and "only regular files" in line
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [p.name for p in fifo.parent.iterdir()] == ["out.png"]  # no temporary file left behind
+
+
+def test_sample_refuses_a_symlink_and_the_file_it_points_at_is_unchanged(refused_writes: dict) -> None:
+    link, result = refused_writes["symlink"]
+    line = one_line(result)
     assert str(link) in line and "symbolic link" in line
-    assert link.is_symlink() and outside.read_text() == "keep me"
+    assert link.is_symlink() and link.resolve().read_text() == "keep me"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="replacing /dev/null needs root")
-def test_sample_as_root_never_replaces_dev_null(small_model: Path) -> None:
-    line = one_line(
-        run_cli("sample", str(small_model), "-n", "4", "--out", "/dev/null", "--device", "cpu", timeout=120)
-    )
+def test_sample_as_root_never_replaces_dev_null(refused_writes: dict) -> None:
+    line = one_line(refused_writes["dev null"][1])
     assert "/dev/null" in line and "character device" in line
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
 
-def test_push_dry_run_refuses_a_fifo_in_its_folder(small_model: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "upload"
-    folder.mkdir()
-    os.mkfifo(folder / "README.md")
-    line = one_line(run_cli("push", str(small_model), "my-org/model", "--dry-run", str(folder)))
-    assert str(folder / "README.md") in line and "FIFO" in line
-    assert stat.S_ISFIFO(os.lstat(folder / "README.md").st_mode)
+def test_push_dry_run_refuses_a_fifo_in_its_folder(refused_writes: dict) -> None:
+    fifo, result = refused_writes["push"]
+    line = one_line(result)
+    assert str(fifo) in line and "FIFO" in line
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_every_writer_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
@@ -156,18 +174,16 @@ def test_a_header_length_is_never_printed(tmp_path: Path) -> None:
     link = tmp_path / "model.safetensors"
     link.symlink_to(secret)
     leaked = str(int.from_bytes(secret.read_bytes()[:8], "little"))
-    for command in (
-        ["inspect", str(link)],
-        ["card", str(link)],
-        ["sample", str(link), "--out", str(tmp_path / "s.png")],
-    ):
-        line = one_line(run_cli(*command))
-        assert "header length out of range" in line and leaked not in line, line
     big = tmp_path / "big.safetensors"  # a length that fits in the file but is over the 100 MB bound
     big.write_bytes(struct.pack("<Q", 150_000_000) + b"{" * 64)
     os.truncate(big, 150_000_100)
-    line = one_line(run_cli("inspect", str(big)))
-    assert "header length out of range" in line and "150000000" not in line
+    commands = [["inspect", str(link)], ["card", str(link)], ["sample", str(link), "--out", str(tmp_path / "s.png")]]
+    *secret_lines, big_line = (
+        one_line(result) for result in run_cli_batch([*commands, ["inspect", str(big)]], tmp_path)
+    )
+    for line in secret_lines:
+        assert "header length out of range" in line and leaked not in line, line
+    assert "header length out of range" in big_line and "150000000" not in big_line
 
 
 # ---- bounded memory and time ---------------------------------------------------------------------
