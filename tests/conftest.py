@@ -59,10 +59,12 @@ def _shared_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+    *args: str, env: dict[str, str | None] | None = None, cwd: Path | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    """`vaezoo ARGS` in a fresh Python process; returns the completed process (never raises on exit code)."""
-    full_env = {**os.environ, **(env or {})}
+    """`vaezoo ARGS` in a fresh Python process (`python -m vaezoo`, `env` added, or removed where None);
+    returns the completed process (never raises on exit code). For the many commands whose output and
+    exit code are what is checked, `run_cli_batch` runs them in one process."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "vaezoo", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout
     )
@@ -115,12 +117,17 @@ def run_cli_batch(
     env: dict[str, str | None] | None = None,
     timeout: float = 600,
     prelude: str = "",
+    fork: bool = False,
 ) -> list[subprocess.CompletedProcess]:
     """`vaezoo ARGS` for each of `commands` (lists of ARGS, or `Command`s), one after the other in ONE
     fresh Python process, whose start-up (torch's import above all) costs seconds: for many commands
-    whose output and exit code are what is checked, not what a process imported or how it ends.
-    Returns one completed process per command, as `run_cli` does (`env`: added, or removed where None,
-    for every command; `prelude`: Python source run first, once, in that process)."""
+    whose output and exit code are what is checked. Returns one completed process per command, as
+    `run_cli` does (`env`: added, or removed where None, for every command).
+
+    `fork=False`: each command runs in that process (`prelude`: Python source run once, first).
+    `fork=True`: each command runs in a child forked from it, for commands that must end as processes
+    end (killed by a signal, say: a negative return code) or change the process for good; `prelude`
+    runs first in each child (a test's patch: one that kills the process at a file commit, say)."""
     folder = Path(tempfile.mkdtemp(prefix="batch-", dir=tmp_path))
     commands = [c if isinstance(c, Command) else Command(*c) for c in commands]
     jobs = [
@@ -128,17 +135,14 @@ def run_cli_batch(
             "args": command.args,
             "env": command.env,
             "cwd": str(command.cwd) if command.cwd else None,
+            "prelude": prelude if fork else "",
             **{part: str(folder / f"{index}.{part}") for part in ("stdout", "stderr", "code")},
         }
         for index, command in enumerate(commands)
     ]
-    return _run_jobs(
-        prelude + "\n" + BATCH,
-        jobs,
-        folder,
-        timeout,
-        {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
-    )
+    script = FORKED if fork else prelude + "\n" + BATCH
+    environment = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    return _run_jobs(script, jobs, folder, timeout, environment)
 
 
 def _run_jobs(
@@ -168,9 +172,9 @@ def _run_jobs(
 
 # Runs `vaezoo ARGS` for each job of a JSON list in a child forked from this process, which imported
 # vaezoo, torch and the torch._dynamo that the optimizers import (seconds) once for all of them. The child
-# adds the job's environment variables, runs its `prelude` (a test's patch: one that kills the process at
-# a file commit, say) and `vaezoo ARGS`, its file descriptors 1 and 2 going to files of its own; its exit
-# status is written as subprocess gives it (-N: ended by signal N).
+# adds the job's environment variables, goes to its folder, runs its `prelude` and `vaezoo ARGS`, its file
+# descriptors 1 and 2 going to files of its own; its exit status is written as subprocess gives it (-N:
+# ended by signal N).
 FORKED = """
 import json, os, sys
 import torch, torch._dynamo
@@ -186,6 +190,8 @@ for job in json.load(open(sys.argv[1])):
                 os.dup2(out.fileno(), 1), os.dup2(err.fileno(), 2)
             for key, value in job["env"].items():
                 os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if job["cwd"]:
+                os.chdir(job["cwd"])
             exec(job["prelude"], {"__name__": "__prelude__"})
             main(job["args"])
         except SystemExit as exit:
@@ -201,23 +207,3 @@ for job in json.load(open(sys.argv[1])):
     with open(job["code"], "w") as out:
         out.write(str(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)))
 """
-
-
-def run_cli_forked(
-    commands: list[Command], tmp_path: Path, prelude: str = "", timeout: float = 600
-) -> list[subprocess.CompletedProcess]:
-    """`vaezoo ARGS` for each of `commands` in a process of its own, each forked from one fresh Python
-    process that imported vaezoo and torch once (for runs that must end as processes end: killed, say),
-    after `prelude` (Python source run first in each). Returns one completed process per command, as
-    `run_cli` does (a negative return code: killed by that signal)."""
-    folder = Path(tempfile.mkdtemp(prefix="forked-", dir=tmp_path))
-    jobs = [
-        {
-            "args": command.args,
-            "env": command.env,
-            "prelude": prelude,
-            **{part: str(folder / f"{index}.{part}") for part in ("stdout", "stderr", "code")},
-        }
-        for index, command in enumerate(commands)
-    ]
-    return _run_jobs(FORKED, jobs, folder, timeout)

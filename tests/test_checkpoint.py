@@ -12,10 +12,10 @@ import sys
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_cli_batch
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
-from tinydata import call_main, error_lines, fit_tiny, tiny_cifar  # noqa: F401  (fixture)
+from tinydata import error_lines, fit_tiny, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
 from vaezoo.errors import CheckpointError
@@ -112,13 +112,14 @@ def test_load_rebuilds_the_same_model(trained):
     assert info["parameters"] == sum(t.numel() for t in model.state_dict().values())
 
 
-def test_sample_is_byte_identical_for_one_seed(trained, tmp_path, capsys):
+def test_sample_is_byte_identical_for_one_seed(trained, tmp_path):
     model = str(trained.out_dir / "model.safetensors")
-    assert (
-        call_main("sample", model, "-n", "9", "--seed", "3", "--out", str(tmp_path / "a.png")) == 0
-    )  # (test_cli runs it in a fresh process)
-    assert call_main("sample", model, "-n", "9", "--seed", "3", "--out", str(tmp_path / "b.png")) == 0
-    assert call_main("sample", model, "-n", "9", "--seed", "4", "--out", str(tmp_path / "c.png")) == 0
+    commands = [
+        ["sample", model, "-n", "9", "--seed", seed, "--out", str(tmp_path / name)]
+        for seed, name in (("3", "a.png"), ("3", "b.png"), ("4", "c.png"))
+    ]
+    for result in run_cli_batch(commands, tmp_path):
+        assert result.returncode == 0, result.stderr[-2000:]
     a, b, c = ((tmp_path / name).read_bytes() for name in ("a.png", "b.png", "c.png"))
     assert a[:8] == b"\x89PNG\r\n\x1a\n" and a == b and a != c
     from PIL import Image
@@ -242,24 +243,35 @@ def make_bad_file(kind, good, path):
     return path
 
 
+@pytest.fixture(scope="module")
+def bad_files(trained, tmp_path_factory) -> dict:
+    """{kind: (the bad file, [`sample`, `inspect` and `inspect --json` of it])} for each of BAD_FILES,
+    each file in a folder of its own, the commands in one fresh process."""
+    root = tmp_path_factory.mktemp("bad-files")
+    files, commands = {}, []
+    for kind in BAD_FILES:
+        (root / kind).mkdir()
+        path = files[kind] = make_bad_file(
+            kind, trained.out_dir / "model.safetensors", root / kind / "model.safetensors"
+        )
+        commands += [["sample", str(path), "--out", str(root / kind / "s.png")], ["inspect", str(path)]]
+        commands += [["inspect", str(path), "--json"]]
+    results = iter(run_cli_batch(commands, root))
+    return {kind: (path, [next(results) for _ in range(3)]) for kind, path in files.items()}
+
+
 @pytest.mark.parametrize("kind", BAD_FILES)
-def test_bad_files_are_one_clear_error(trained, tmp_path, capsys, kind):
-    path = make_bad_file(kind, trained.out_dir / "model.safetensors", tmp_path / "model.safetensors")
+def test_bad_files_are_one_clear_error(bad_files, kind):
+    path, results = bad_files[kind]
     with pytest.raises(CheckpointError) as error:
         vaezoo.load(path)
     assert str(path) in str(error.value) and "\n" not in str(error.value)
-    capsys.readouterr()
-    for command in (
-        ["sample", str(path), "--out", str(tmp_path / "s.png")],
-        ["inspect", str(path)],
-        ["inspect", str(path), "--json"],
-    ):
-        assert call_main(*command) == 2, command
-        out, err = capsys.readouterr()
-        lines = error_lines(err)
-        assert len(lines) == 1 and lines[0].startswith("vaezoo: error:") and "Traceback" not in err, (command, err)
-        assert out == ""
-    assert not (tmp_path / "UNPICKLED").exists() and not (tmp_path / "s.png").exists()
+    for result in results:
+        lines = error_lines(result.stderr)
+        assert result.returncode == 2, (result.args, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("vaezoo: error:") and "Traceback" not in result.stderr
+        assert result.stdout == ""
+    assert not (path.parent / "UNPICKLED").exists() and not (path.parent / "s.png").exists()
 
 
 def test_bad_file_in_a_fresh_process(trained, tmp_path):
@@ -270,7 +282,7 @@ def test_bad_file_in_a_fresh_process(trained, tmp_path):
     assert not (tmp_path / "UNPICKLED").exists() and not (tmp_path / "samples.png").exists()
 
 
-def test_component_of_a_plugin_that_is_not_installed(trained, tmp_path, capsys):
+def test_component_of_a_plugin_that_is_not_installed(trained, tmp_path):
     components = describe(trained.out_dir / "model.safetensors")["components"]
     for record in components:
         if record["kind"] == "encoder":
@@ -281,37 +293,45 @@ def test_component_of_a_plugin_that_is_not_installed(trained, tmp_path, capsys):
         CheckpointError, match="needs encoder 'fancy' from plugin distribution 'vaezoo-fancy'.*pip install vaezoo-fancy"
     ):
         vaezoo.load(path)
-    capsys.readouterr()
-    assert call_main("sample", str(path), "--out", str(tmp_path / "s.png")) == 2
-    lines = error_lines(capsys.readouterr().err)
-    assert len(lines) == 1 and "pip install vaezoo-fancy" in lines[0]
+    sampled, inspected, said, normal = run_cli_batch(
+        [
+            ["sample", str(path), "--out", str(tmp_path / "s.png")],
+            ["inspect", str(path), "--json"],
+            ["inspect", str(path)],
+            ["inspect", str(trained.out_dir / "model.safetensors"), "--json"],
+        ],
+        tmp_path,
+    )
+    lines = error_lines(sampled.stderr)
+    assert sampled.returncode == 2 and len(lines) == 1 and "pip install vaezoo-fancy" in lines[0]
     # inspect still tells what the file needs, without the plugin
-    assert call_main("inspect", str(path), "--json") == 0
-    info = json.loads(capsys.readouterr().out)
+    assert inspected.returncode == 0, inspected.stderr
+    info = json.loads(inspected.stdout)
     assert {"kind": "encoder", "name": "fancy", "distribution": "vaezoo-fancy", "version": "2.1"}.items() <= next(
         c for c in info["components"] if c["kind"] == "encoder"
     ).items()
     assert info["missing_distributions"] == ["vaezoo-fancy"]
-    assert call_main("inspect", str(path)) == 0  # and says so on a line of its own
-    said = " ".join(capsys.readouterr().out.split())  # as one line: the terminal wraps it
+    assert said.returncode == 0  # and says so on a line of its own
+    said = " ".join(said.stdout.split())  # as one line: the terminal wraps it
     assert "not installed here: vaezoo-fancy (sample and load need it: pip install vaezoo-fancy)" in said
-    assert call_main("inspect", str(trained.out_dir / "model.safetensors"), "--json") == 0
-    assert json.loads(capsys.readouterr().out)["missing_distributions"] == []
+    assert normal.returncode == 0 and json.loads(normal.stdout)["missing_distributions"] == []
 
 
-def test_disabled_plugin_is_named_with_its_distribution(trained, tmp_path, capsys):
+def test_disabled_plugin_is_named_with_its_distribution(trained, tmp_path):
     model = str(trained.out_dir / "model.safetensors")
-    assert call_main("sample", model, "--out", str(tmp_path / "s.png"), env={"VAEZOO_DISABLE_PLUGINS": "normal"}) == 2
-    lines = error_lines(capsys.readouterr().err)
+    disabled = {"VAEZOO_DISABLE_PLUGINS": "normal"}
+    (result,) = run_cli_batch([["sample", model, "--out", str(tmp_path / "s.png")]], tmp_path, env=disabled)
+    lines = error_lines(result.stderr)
     assert (
-        len(lines) == 1
+        result.returncode == 2
+        and len(lines) == 1
         and "prior 'normal'" in lines[0]
         and "'vaezoo'" in lines[0]
         and "VAEZOO_DISABLE_PLUGINS" in lines[0]
     )
 
 
-def test_tensors_that_do_not_match_the_recipe(trained, tmp_path, capsys):
+def test_tensors_that_do_not_match_the_recipe(trained, tmp_path):
     recipe = dict(trained.model.recipe, encoder={"name": "conv", "hidden": [4, 8, 16]})
     path = tmp_path / "model.safetensors"
     _with_metadata(trained.out_dir / "model.safetensors", path, vaezoo__recipe=json.dumps(recipe))
@@ -324,13 +344,12 @@ def test_tensors_that_do_not_match_the_recipe(trained, tmp_path, capsys):
         save_file(tensors, missing, metadata=handle.metadata())
     with pytest.raises(CheckpointError, match="missing encoder.mu.bias"):
         vaezoo.load(missing)
-    capsys.readouterr()
-    assert call_main("sample", str(path), "--out", str(tmp_path / "s.png")) == 2
-    lines = error_lines(capsys.readouterr().err)
-    assert len(lines) == 1 and "shape" in lines[0]
+    (result,) = run_cli_batch([["sample", str(path), "--out", str(tmp_path / "s.png")]], tmp_path)
+    lines = error_lines(result.stderr)
+    assert result.returncode == 2 and len(lines) == 1 and "shape" in lines[0]
 
 
-def test_missing_file_and_folder(trained, tmp_path, capsys):
+def test_missing_file_and_folder(trained, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         vaezoo.load(tmp_path / "nope.safetensors")
     with pytest.raises(CheckpointError, match="is a folder: pass"):

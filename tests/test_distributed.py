@@ -165,7 +165,7 @@ def register_models(register):
 
 
 def test_one_faulty_rank_is_one_line_naming_it(cifar: Path, tmp_path: Path) -> None:
-    """Issue 23, class 9: a plugin raising on rank 1 only is one line naming rank 1 and its error (exit
+    """A plugin raising on rank 1 only is one line naming rank 1 and its error (exit
     1): not rank 0's "Connection reset by peer", not torchrun's report; no worker is left behind."""
     root = tmp_path / "plugin"
     info = root / "faulty_plugin-0.1.dist-info"
@@ -216,7 +216,7 @@ class _Failure:
 
 
 def test_the_launcher_names_a_killed_or_hung_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 23, class 9: what `run --nproc` prints when a worker is killed (rank 0 only saw its peer go
+    """What `run --nproc` prints when a worker is killed (rank 0 only saw its peer go
     away) or hangs (rank 0 gave up after VAEZOO_COLLECTIVE_TIMEOUT), from the ranks' reports."""
     peer = {"rank": 0, "code": 1, "peer": True, "timeout": False, "line": "vaezoo: error: ... Connection reset by peer"}
     (tmp_path / "rank-0.json").write_text(json.dumps(peer))

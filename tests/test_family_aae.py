@@ -127,11 +127,11 @@ FAMILY = Family("cifar-aae", [*TINY_SETS, "model.disc_hidden=[8]", "train.test_l
 straight = FAMILY.straight_fixture()
 
 
-def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
+def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path) -> None:
     last = metrics(straight)[-1]
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_adversarial"])
     assert "test_kl" not in last and "test_bits_per_dim" not in last and set(last["test_terms"]) == {"discriminator"}
-    text = FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys)
+    text = FAMILY.sample_and_eval(straight, cifar, tmp_path)
     assert "adversarial" in text and "discriminator" in text
 
 

@@ -133,10 +133,10 @@ FAMILY = Family("cifar-iaf-vae", SETS)
 straight = FAMILY.straight_fixture()
 
 
-def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
+def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path) -> None:
     last = metrics(straight)[-1]
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_kl"])
-    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys, "--iw-samples", "8"))
+    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, "--iw-samples", "8"))
     assert math.isfinite(report["loss"]) and "nll" in json.dumps(report), report
 
 

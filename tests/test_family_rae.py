@@ -146,14 +146,14 @@ FAMILY = Family("cifar-rae", [*TINY_SETS, "train.test_limit=32"])
 straight = FAMILY.straight_fixture()
 
 
-def test_run_sample_eval_on_cifar(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
+def test_run_sample_eval_on_cifar(cifar: Path, straight: Path, tmp_path: Path) -> None:
     last = metrics(straight)[-1]
     assert "test_regularization" in last and "test_kl" not in last and "test_bits_per_dim" not in last
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_regularization"])
     assert math.isfinite(last["test_terms"]["mixture_nll"])
     saved = load_file(straight / "model.safetensors")
     assert saved["mixture.ready"].item() == 1  # the fitted mixture travels with the weights
-    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys))
+    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path))
     assert report["objective"] == "rae" and report["regularizer"] == "regularization" and math.isfinite(report["loss"])
 
 

@@ -186,13 +186,13 @@ FAMILY = Family("cifar-beta-tcvae", [*TINY_SETS, "train.test_limit=32", "model.d
 straight = FAMILY.straight_fixture()
 
 
-def test_run_sample_and_eval_report_the_decomposition(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
+def test_run_sample_and_eval_report_the_decomposition(cifar: Path, straight: Path, tmp_path: Path) -> None:
     last = metrics(straight)[-1]
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_kl"])
     assert set(last["test_terms"]) == {"mi", "tc", "dwkl"} and all(
         math.isfinite(v) for v in last["test_terms"].values()
     )
-    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys, "--iw-samples", "4"))
+    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, "--iw-samples", "4"))
     text = json.dumps(report)
     assert '"tc"' in text and '"mi"' in text and '"dwkl"' in text, report
 

@@ -132,12 +132,12 @@ GAN_TERMS = {"feature_recon", "gan_discriminator", "gan_generator"}
 straight = FAMILY.straight_fixture()
 
 
-def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
+def test_run_sample_and_eval(cifar: Path, straight: Path, tmp_path: Path) -> None:
     last = metrics(straight)[-1]
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_kl"])
     assert set(last["test_terms"]) == GAN_TERMS
     assert all(math.isfinite(v) for v in last["test_terms"].values()) and "test_bits_per_dim" not in last
-    text = FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys)
+    text = FAMILY.sample_and_eval(straight, cifar, tmp_path)
     assert "gan_discriminator" in text and "vae-gan" in text and 'bits_per_dim": 0' not in text
 
 

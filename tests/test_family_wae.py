@@ -148,12 +148,12 @@ FAMILY = Family("cifar-wae", [*TINY_SETS, "train.test_limit=32"])
 straight = FAMILY.straight_fixture()
 
 
-def test_run_sample_eval_on_cifar(cifar: Path, straight: Path, tmp_path: Path, capsys) -> None:
+def test_run_sample_eval_on_cifar(cifar: Path, straight: Path, tmp_path: Path) -> None:
     last = metrics(straight)[-1]
     assert {"test_mmd", "test_recon", "test_loss"} <= set(last)
     assert "test_kl" not in last and "test_bits_per_dim" not in last
     assert last["test_loss"] == pytest.approx(last["test_recon"] + last["test_mmd"])
-    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path, capsys))
+    report = json.loads(FAMILY.sample_and_eval(straight, cifar, tmp_path))
     assert report["objective"] == "wae-mmd" and report["regularizer"] == "mmd" and math.isfinite(report["loss"])
 
 

@@ -1,4 +1,4 @@
-"""Qualified names and provenance (issue 24, design doc 1b): a third-party distribution installed for
+"""Qualified names and provenance (design doc 1b): a third-party distribution installed for
 real (a dist-info folder with entry points on PYTHONPATH) whose names clash with the zoo's (a plugin
 named `wae`, a family `iaf-vae`) never makes unrelated commands fail; its recipe uses its own family, the
 zoo's recipes the zoo's; an ambiguous short name is one line listing the qualified names; recipes accept

@@ -147,7 +147,7 @@ def _same_pixels(png: bytes, path: Path) -> bool:
 
 
 def test_a_grid_shows_any_channel_count_and_stretches_1d_strips() -> None:
-    """Issue 24: 1 channel is gray and 3 are RGB; any other count is one gray picture per channel side by
+    """1 channel is gray and 3 are RGB; any other count is one gray picture per channel side by
     side (a white column between two); a tile less than 8 pixels high (a 1-D signal) is stretched."""
     import torch
 

@@ -1,5 +1,5 @@
-"""The plugin API's version and its migration path (issue 24, item 3), and families that lie about
-their training (issue 23, class 8): a plugin's VAEZOO_PLUGIN_API requirement that this vaezoo does not
+"""The plugin API's version and its migration path, and families that lie about
+their training: a plugin's VAEZOO_PLUGIN_API requirement that this vaezoo does not
 meet is one line and the other plugins work; a plugin written for vaezoo 0.2 trains with one
 deprecation warning per declaration it lacks; a family whose parameter_groups, update() losses or
 training_step break the contract is one line naming it (exit 2), never an internal error or a run
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli_batch
-from test_hostile import one_line
-from tinydata import error_lines, tiny_cifar  # noqa: F401 (a fixture)
+from tinydata import error_lines, one_line, tiny_cifar  # noqa: F401 (a fixture)
 
 import vaezoo
 from vaezoo.plugins.api_version import PLUGIN_API, requirement_problem
@@ -182,7 +181,7 @@ def test_check_model_says_what_became_stricter_for_a_02_family_with_its_own_opti
     assert set(check_model(PortedAAE, latent_dim=4, width=8).parameter_groups()) == {"model", "critic"}
 
 
-# ---- families that lie about their training (issue 23, class 8) ----------------------------------------
+# ---- families that lie about their training ----------------------------------------------------
 
 LYING_PLUGIN = """
 import torch

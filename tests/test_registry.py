@@ -101,7 +101,9 @@ def test_the_core_imports_no_plugin():
 
 def test_third_party_plugin_is_found_like_the_defaults(tmp_path):
     env = fake_site(tmp_path, GOOD)
-    rows = {row["name"]: row for row in _json(run_cli("plugins", "--json", env=env))}
+    commands = [["plugins", "--json"], ["list", "encoders", "fake*", "--json"], ["list", "recipes", "--json"]]
+    plugins, encoders, listed = run_cli_batch(commands, tmp_path, env=env)
+    rows = {row["name"]: row for row in _json(plugins)}
     assert (
         rows["fake"]["distribution"] == "fake-plugin"
         and rows["fake"]["version"] == "0.1"
@@ -109,7 +111,7 @@ def test_third_party_plugin_is_found_like_the_defaults(tmp_path):
     )
     assert rows["fake"]["registers"]["encoders"] == ["fake-enc"]
     assert rows["conv"]["distribution"] == "vaezoo"
-    items = _json(run_cli("list", "encoders", "fake*", "--json", env=env))
+    items = _json(encoders)
     assert items == [
         {
             "name": "fake-enc",
@@ -121,22 +123,21 @@ def test_third_party_plugin_is_found_like_the_defaults(tmp_path):
             "version": "0.1",
         }
     ]
-    recipes = {item["name"]: item for item in _json(run_cli("list", "recipes", "--json", env=env))}
+    recipes = {item["name"]: item for item in _json(listed)}
     assert recipes["fake-recipe"]["plugin"] == "fake" and recipes["cifar-vae"]["plugin"] == "zoo"
 
 
 def test_plugin_that_fails_to_import_is_reported_and_the_rest_work(tmp_path):
     env = fake_site(tmp_path, "import vaezoo\nraise ImportError('needs the frobnicator package')\n")
-    process = run_cli("plugins", "--json", env=env)
+    commands = [["plugins", "--json"], ["list", "recipes", "--json"], ["plugins"]]
+    process, listed, plain = run_cli_batch(commands, tmp_path, env=env)
     rows = {row["name"]: row for row in _json(process)}
     assert rows["fake"]["status"] == "failed" and "frobnicator" in rows["fake"]["error"]
     assert rows["conv"]["status"] == "ok"
     line = _one_line(process.stderr)
     assert line.startswith("vaezoo: warning:") and "'fake'" in line and "frobnicator" in line
-    listed = run_cli("list", "recipes", "--json", env=env)
     assert "cifar-vae" in {item["name"] for item in _json(listed)}
     assert "warning" in _one_line(listed.stderr)
-    plain = run_cli("plugins", env=env)
     assert plain.returncode == 0 and "failed" in plain.stdout
 
 
@@ -144,7 +145,12 @@ def test_two_distributions_registering_one_name_both_list_by_qualified_name(tmp_
     env = fake_site(
         tmp_path, GOOD.replace('"fake-enc", "fake_plugin_mod:Nothing"', '"conv", "fake_plugin_mod:Nothing"')
     )
-    listed, plain = run_cli_batch([["list", "encoders", "--json"], ["list", "encoders"]], tmp_path, env=env)
+    commands = [
+        ["list", "encoders", "--json"],
+        ["list", "encoders"],
+        Command("list", "encoders", "--json", env={"VAEZOO_DISABLE_PLUGINS": "fake"}),
+    ]
+    listed, plain, one_off = run_cli_batch(commands, tmp_path, env=env)
     conv = [item for item in _json(listed) if item["name"] == "conv"]
     assert [(item["qualified_name"], item["plugin"]) for item in conv] == [
         ("fake-plugin:conv", "fake"),
@@ -152,7 +158,7 @@ def test_two_distributions_registering_one_name_both_list_by_qualified_name(tmp_
     ]
     assert plain.returncode == 0 and "fake-plugin:conv" in plain.stdout and "vaezoo:conv" in plain.stdout
     # switching one of them off leaves the other, listed by its short name again
-    items = _json(run_cli("list", "encoders", "--json", env={**env, "VAEZOO_DISABLE_PLUGINS": "fake"}))
+    items = _json(one_off)
     assert [item["plugin"] for item in items if item["name"] == "conv"] == ["conv"]
 
 
@@ -175,9 +181,10 @@ def test_two_distributions_with_one_plugin_name_both_load_and_one_can_be_switche
 
 def test_disable_plugins_hides_third_party_and_default_plugins(tmp_path):
     env = {**fake_site(tmp_path, GOOD), "VAEZOO_DISABLE_PLUGINS": "fake, conv"}
-    names = {row["name"] for row in _json(run_cli("plugins", "--json", env=env))}
+    plugins, listed = run_cli_batch([["plugins", "--json"], ["list", "encoders", "--json"]], tmp_path, env=env)
+    names = {row["name"] for row in _json(plugins)}
     assert "fake" not in names and "conv" not in names and "normal" in names
-    encoders = {item["name"] for item in _json(run_cli("list", "encoders", "--json", env=env))}
+    encoders = {item["name"] for item in _json(listed)}
     assert "conv" not in encoders and "fake-enc" not in encoders
 
 
@@ -202,13 +209,14 @@ def test_list_json_objects_and_globs():
         vaezoo.list_components("widgets")
 
 
-def test_list_cli_json_and_pattern_without_kind():
-    items = _json(run_cli("list", "*vae*", "--json"))
+def test_list_cli_json_and_pattern_without_kind(tmp_path):
+    commands = [["list", "*vae*", "--json"], ["list", "encoders", "--json"], ["list", "widgets"]]
+    matched, listed, process = run_cli_batch(commands, tmp_path)
+    items = _json(matched)
     assert items and all("vae" in item["name"] for item in items)
     assert "cifar-vae" in {item["name"] for item in items}
-    encoders = _json(run_cli("list", "encoders", "--json"))
+    encoders = _json(listed)
     assert {item["kind"] for item in encoders} == {"encoder"}
-    process = run_cli("list", "widgets")
     assert process.returncode == 2 and "unknown kind 'widgets'" in _one_line(process.stderr)
 
 

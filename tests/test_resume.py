@@ -13,8 +13,9 @@ import time
 
 import pytest
 import torch
+from conftest import run_cli, run_cli_batch
 from safetensors.torch import load_file
-from tinydata import TINY_ARGS, call_main, error_lines, fit_tiny, tiny_cifar  # noqa: F401  (fixture)
+from tinydata import TINY_ARGS, error_lines, fit_tiny, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo.trainer.loop
 from vaezoo.errors import Interrupted, RunFailed
@@ -85,29 +86,27 @@ def test_resume_after_an_interrupt_in_the_middle_of_an_epoch(tiny_cifar, straigh
     assert metrics(out)[1]["train_loss"] == pytest.approx(metrics(straight)[1]["train_loss"], rel=1e-12)
 
 
-def test_sigterm_saves_the_state_and_exits_130(tiny_cifar, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(vaezoo.trainer.loop, "LOG_EVERY", 1)
-    from vaezoo.trainer.progress import RichProgress
+# The CLI's progress callback sends SIGTERM to its own process after the second batch of epoch 1.
+SIGTERM_AT_BATCH_2 = """
+import os, signal
+import vaezoo.trainer.loop
+from vaezoo.trainer.progress import RichProgress
 
-    monkeypatch.setattr(
-        RichProgress, "on_step", interrupt_at(1, 2, signal.SIGTERM).on_step
-    )  # the CLI's progress callback
+def on_step(self, run, done, loss, images_per_s):
+    if run.epoch == 0 and done == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+vaezoo.trainer.loop.LOG_EVERY = 1
+RichProgress.on_step = on_step
+"""
+
+
+def test_sigterm_saves_the_state_and_exits_130(tiny_cifar, tmp_path):
     out = tmp_path / "run"
-    code = call_main(
-        "run",
-        "cifar-vae",
-        "--data-dir",
-        str(tiny_cifar),
-        "--epochs",
-        "2",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        *TINY_ARGS,
-    )
-    err = capsys.readouterr().err
-    assert code == 130
+    run = ["run", "cifar-vae", "--data-dir", str(tiny_cifar), "--epochs", "2", "--device", "cpu", "--out", str(out)]
+    (stopped,) = run_cli_batch([[*run, *TINY_ARGS]], tmp_path, prelude=SIGTERM_AT_BATCH_2, fork=True)
+    err = stopped.stderr
+    assert stopped.returncode == 130, err[-2000:]
     assert f"stopped by SIGTERM in epoch 1 after 2 batches; state saved in {out / 'state.safetensors'}" in err
     assert f"resume with: vaezoo run cifar-vae --resume {out} --epochs 2 --data-dir {tiny_cifar} --device cpu" in err
     assert "Traceback" not in err
@@ -152,7 +151,7 @@ def test_ctrl_c_in_a_fresh_process_then_the_printed_command_finishes_the_run(tin
     state = load_file(out / "state.safetensors")
     assert {"rng.torch", "rng.data"} <= set(state) and any(k.startswith("optimizer.") for k in state)
     argv = shlex.split(command)
-    finished = subprocess.run([sys.executable, "-m", "vaezoo", *argv[1:]], capture_output=True, text=True, timeout=300)
+    finished = run_cli(*argv[1:], timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert [m["epoch"] for m in metrics(out)] == [1, 2]
     # and it is the run that was never interrupted
@@ -160,24 +159,23 @@ def test_ctrl_c_in_a_fresh_process_then_the_printed_command_finishes_the_run(tin
     assert_same_weights(tmp_path / "straight", out)
 
 
-def test_resume_of_a_finished_run_asks_for_more_epochs(tiny_cifar, straight, tmp_path, capsys):
-    code = call_main(
-        "run",
-        "cifar-vae",
-        "--resume",
-        str(straight),
-        "--epochs",
-        "2",
-        "--data-dir",
-        str(tiny_cifar),
-        "--out",
-        str(tmp_path / "copy"),
-    )
-    lines = error_lines(capsys.readouterr().err)
-    assert code == 2 and "already trained to epoch 2" in lines[-1]
+def test_resume_of_a_finished_run_asks_for_more_epochs(tiny_cifar, straight, tmp_path):
+    resume = ["--resume", str(straight), "--epochs", "2", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "c")]
+    refused = run_cli("run", "cifar-vae", *resume)
+    lines = error_lines(refused.stderr)
+    assert refused.returncode == 2 and "already trained to epoch 2" in lines[-1]
 
 
-def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_model(tiny_cifar, tmp_path, monkeypatch, capsys):
+# The reconstruction term of the bce-kl loss is NaN from the first step on.
+NAN_LOSS = """
+from vaezoo_defaults.bce.loss import BCEKL
+
+real_nll = BCEKL.nll
+BCEKL.nll = lambda self, x, out: real_nll(self, x, out) * float("nan")
+"""
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_model(tiny_cifar, tmp_path, monkeypatch):
     from vaezoo_defaults.bce.loss import BCEKL
 
     real_nll = BCEKL.nll
@@ -203,10 +201,12 @@ def test_a_loss_that_becomes_nan_stops_the_run_and_keeps_the_last_good_model(tin
     assert [m["epoch"] for m in metrics(out)] == [1]
     assert vaezoo.load(out / "model.safetensors").metadata["training"]["epochs"] == 1
     # through the command line (NaN from the first step): exit code 1 and the message as the last line
-    state["epochs_done"] = 1
-    code = call_main(
-        "run", "cifar-vae", "--data-dir", str(tiny_cifar), "--epochs", "3", "--out", str(tmp_path / "cli"), *TINY_ARGS
+    run = ["run", "cifar-vae", "--data-dir", str(tiny_cifar), "--epochs", "3", "--out", str(tmp_path / "cli")]
+    (failed,) = run_cli_batch([[*run, *TINY_ARGS]], tmp_path, prelude=NAN_LOSS, fork=True)
+    lines = error_lines(failed.stderr)
+    assert (
+        failed.returncode == 1
+        and lines[-1].startswith("vaezoo: error: training diverged")
+        and "no epoch finished" in lines[-1]
     )
-    lines = error_lines(capsys.readouterr().err)
-    assert code == 1 and lines[-1].startswith("vaezoo: error: training diverged") and "no epoch finished" in lines[-1]
     assert not (tmp_path / "cli" / "model.safetensors").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Command, run_cli_batch, run_cli_forked
+from conftest import Command, run_cli_batch
 from tinydata import TINY_ARGS, tiny_cifar  # noqa: F401  (fixture)
 
 from vaezoo.errors import VaezooError
@@ -94,7 +94,7 @@ def test_a_resume_keeps_the_precision_auto_chose_and_each_epoch_records_its_own(
     run = tmp_path / "run"
     cache = {"VAEZOO_CACHE_DIR": str(tmp_path / "cache"), "VAEZOO_DATA_DIR": str(tiny_cifar)}
     common = ["run", "cifar-vae", *SMALL]
-    first, resumed, explicit = run_cli_forked(
+    first, resumed, explicit = run_cli_batch(
         [
             Command(*common, "--epochs", "1", "--out", str(run), env={**cache, "FAKE_BF16": "1"}),
             Command(*common, "--resume", str(run), "--epochs", "2", env={**cache, "FAKE_BF16": "0"}),
@@ -104,6 +104,7 @@ def test_a_resume_keeps_the_precision_auto_chose_and_each_epoch_records_its_own(
         ],
         tmp_path,
         prelude=FAKE_CPU,
+        fork=True,
     )
     assert first.returncode == 0 and resumed.returncode == 0 and explicit.returncode == 0, explicit.stderr
     assert "in bf16" in first.stderr and "in bf16" in resumed.stderr and "in fp32" in explicit.stderr

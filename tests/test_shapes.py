@@ -1,4 +1,4 @@
-"""Any data shape a dataset declares (issue 24): a real dataset plugin (a distribution with entry points on
+"""Any data shape a dataset declares: a real dataset plugin (a distribution with entry points on
 PYTHONPATH) reading `.npz` files made from real CIFAR-10 images, with 2 channels at 28x28, 4 channels at
 64x64 and a 1-D signal (2, 1, 32), trains one tiny epoch through the CLI, then samples, evaluates and
 resumes, all in one process; its `path` key names a file relative to the data root (never the current

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Command, run_cli, run_cli_batch
-from tinydata import call_main, error_lines
+from tinydata import error_lines
 
 import vaezoo
 
@@ -313,15 +313,6 @@ def one_error(done: subprocess.CompletedProcess, *words: str) -> str:
     return lines[0]
 
 
-def one_error_here(
-    capsys: pytest.CaptureFixture, args: list[str], *words: str, env: dict[str, str] | None = None
-) -> str:
-    """As `one_error`, for `vaezoo ARGS` run in this process (for paths that need no fresh import)."""
-    capsys.readouterr()
-    code = call_main(*args, env=env)
-    return one_error(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), *words)
-
-
 def leftovers(folder: Path) -> list[Path]:
     """Files in a cache folder that a failed download must not leave: partial downloads, blobs, model
     files (huggingface_hub's empty `.no_exist` markers of missing files excepted)."""
@@ -339,9 +330,15 @@ def leftovers(folder: Path) -> list[Path]:
 
 def test_sample_by_hub_name_then_offline_from_the_cache(hub: FakeHub, run_dir: Path, tmp_path: Path) -> None:
     env = hub_env(tmp_path, hub)
-    local = run_cli("sample", str(run_dir / MODEL), "-n", "16", "--out", str(tmp_path / "local.png"))
+    local, online = run_cli_batch(
+        [
+            ["sample", str(run_dir / MODEL), "-n", "16", "--out", str(tmp_path / "local.png")],
+            ["sample", "hf://my-org/cifar-tiny", "-n", "16", "--out", str(tmp_path / "online.png")],
+        ],
+        tmp_path,
+        env=env,
+    )
     assert local.returncode == 0, local.stderr
-    online = run_cli("sample", "hf://my-org/cifar-tiny", "-n", "16", "--out", str(tmp_path / "online.png"), env=env)
     assert online.returncode == 0, online.stderr
     assert any(r.startswith("HEAD /my-org/cifar-tiny/resolve/main/model.safetensors") for r in hub.requests)
     assert any(r.startswith("GET /my-org/cifar-tiny/resolve/main/model.safetensors") for r in hub.requests)
@@ -374,21 +371,23 @@ def test_python_api_and_other_commands_take_hub_names(hub: FakeHub, run_dir: Pat
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == "(3, 3, 32, 32) cifar-vae"
-    info = run_cli("inspect", "hf://my-org/cifar-tiny", "--json", env=env)
+    commands = [["inspect", "hf://my-org/cifar-tiny", "--json"], ["card", "hf://my-org/cifar-tiny"]]
+    info, card = run_cli_batch(commands, tmp_path, env=env)
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["sha256"] == hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
-    card = run_cli("card", "hf://my-org/cifar-tiny", env=env)
     assert card.returncode == 0 and 'vaezoo.load("hf://my-org/cifar-tiny")' in card.stdout
 
 
 def test_hub_errors_are_one_line(hub: FakeHub, tmp_path: Path) -> None:
     env = hub_env(tmp_path, hub)
-    one_error(
-        run_cli("inspect", "hf://my-org/no-such-model", env=env), "no such repository"
-    )  # 401 RepoNotFound, as the Hub answers
-    one_error(run_cli("inspect", "hf://my-org/not-a-model", env=env), "has no model.safetensors")  # 404 EntryNotFound
-    one_error(run_cli("inspect", "hf://my-org/cifar-tiny@v9", env=env), "no such revision")  # 404 RevisionNotFound
-    one_error(run_cli("inspect", "hf://my-org/private-tiny", env=env), "private", "HF_TOKEN")  # 401 without a token
+    refused = {
+        ("no such repository",): "hf://my-org/no-such-model",  # 401 RepoNotFound, as the Hub answers
+        ("has no model.safetensors",): "hf://my-org/not-a-model",  # 404 EntryNotFound
+        ("no such revision",): "hf://my-org/cifar-tiny@v9",  # 404 RevisionNotFound
+        ("private", "HF_TOKEN"): "hf://my-org/private-tiny",  # 401 without a token
+    }
+    for words, done in zip(refused, run_cli_batch([["inspect", name] for name in refused.values()], tmp_path, env=env)):
+        one_error(done, *words)
     one_error(
         run_cli("inspect", "hf://my-org/private-tiny", env={**env, "HF_TOKEN": "wrong"}), "not authorised (HTTP 401)"
     )
@@ -422,9 +421,19 @@ def test_push_to_an_unreachable_hub_is_one_line_about_the_connection_and_the_tok
     assert "token" not in one_error(with_token, f"the Hub at {url} cannot be reached", "HF_ENDPOINT")
 
 
-@pytest.mark.parametrize("name", ["hf://", "hf://only", "hf://a/b/c", "hf://a/b@", "hf:/a/b", "hf://a/../b"])
-def test_bad_hub_names(name: str, capsys: pytest.CaptureFixture) -> None:
-    one_error_here(capsys, ["sample", name], "hf://")
+BAD_HUB_NAMES = ["hf://", "hf://only", "hf://a/b/c", "hf://a/b@", "hf:/a/b", "hf://a/../b"]
+
+
+@pytest.fixture(scope="module")
+def bad_hub_names(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """`vaezoo sample NAME` for each of BAD_HUB_NAMES, in one fresh process."""
+    root = tmp_path_factory.mktemp("bad-hub-names")
+    return dict(zip(BAD_HUB_NAMES, run_cli_batch([["sample", name] for name in BAD_HUB_NAMES], root)))
+
+
+@pytest.mark.parametrize("name", BAD_HUB_NAMES)
+def test_bad_hub_names(name: str, bad_hub_names: dict) -> None:
+    one_error(bad_hub_names[name], "hf://")
 
 
 BLOCK_HUB = "import sys; sys.modules['huggingface_hub'] = None; from vaezoo.cli import main; main(sys.argv[1:])"
@@ -517,31 +526,37 @@ def test_https_url_with_sha256(
 
 
 def test_https_wrong_hash_is_refused_and_nothing_is_kept(
-    https_server: FileServer, certificate: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    https_server: FileServer, certificate: tuple[Path, Path], tmp_path: Path
 ) -> None:
     cache = tmp_path / "cache"
     env = {"SSL_CERT_FILE": str(certificate[0]), "VAEZOO_CACHE_DIR": str(cache)}
     url = https_server.url(f"models/{MODEL}")
-    one_error(run_cli("sample", f"{url}#sha256={'0' * 64}", env=env), "sha256", "refused")
+    refused = {
+        ("sha256", "refused"): Command("sample", f"{url}#sha256={'0' * 64}"),
+        ("#sha256=",): Command("sample", f"{url}#sha256=abc"),
+        ("download limit",): Command("sample", url, env={"VAEZOO_DOWNLOAD_LIMIT_MB": "0.001"}),
+        ("HTTP 404",): Command("sample", https_server.url("models/missing.safetensors")),
+        ("HF_HUB_OFFLINE=1",): Command("sample", url, env={"HF_HUB_OFFLINE": "1"}),
+    }
+    for words, done in zip(refused, run_cli_batch(list(refused.values()), tmp_path, env=env)):
+        one_error(done, *words)
     assert not [p for p in cache.rglob("*") if p.is_file()]
-    one_error_here(capsys, ["sample", f"{url}#sha256=abc"], "#sha256=", env=env)
-    one_error_here(capsys, ["sample", url], "download limit", env={**env, "VAEZOO_DOWNLOAD_LIMIT_MB": "0.001"})
-    one_error_here(capsys, ["sample", https_server.url("models/missing.safetensors")], "HTTP 404", env=env)
-    one_error_here(capsys, ["sample", url], "HF_HUB_OFFLINE=1", env={**env, "HF_HUB_OFFLINE": "1"})
-    one_error(
-        run_cli("sample", url, env={"VAEZOO_CACHE_DIR": str(cache)}), "CERTIFICATE_VERIFY_FAILED"
-    )  # TLS is verified
+    # TLS is verified (in a fresh process: no certificate of the test's)
+    one_error(run_cli("sample", url, env={"VAEZOO_CACHE_DIR": str(cache)}), "CERTIFICATE_VERIFY_FAILED")
     assert not [p for p in cache.rglob("*") if p.is_file()]
 
 
-def test_plain_http_only_from_localhost(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    one_error_here(capsys, ["inspect", "http://example.com/model.safetensors"], "https://")
+def test_plain_http_only_from_localhost(run_dir: Path, tmp_path: Path) -> None:
     server = FileServer({MODEL: (run_dir / MODEL).read_bytes()})
     try:
-        assert call_main("inspect", server.url(MODEL), "--json", env={"VAEZOO_CACHE_DIR": str(tmp_path / "cache")}) == 0
-        assert (
-            json.loads(capsys.readouterr().out)["sha256"] == hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
+        remote, local = run_cli_batch(
+            [["inspect", "http://example.com/model.safetensors"], ["inspect", server.url(MODEL), "--json"]],
+            tmp_path,
+            env={"VAEZOO_CACHE_DIR": str(tmp_path / "cache")},
         )
+        one_error(remote, "https://")
+        assert local.returncode == 0, local.stderr
+        assert json.loads(local.stdout)["sha256"] == hashlib.sha256((run_dir / MODEL).read_bytes()).hexdigest()
     finally:
         server.shutdown()
         server.server_close()
@@ -611,17 +626,19 @@ def test_push_uploads_through_the_hub_api_and_loads_back(
         **published,
         "README.md": published["README.md"].replace(b"cifar-tiny", b"pushed"),
     }
-    sample = run_cli("sample", "hf://my-org/pushed", "-n", "4", "--out", str(tmp_path / "s.png"), env=env)
+    commands = [
+        ["sample", "hf://my-org/pushed", "-n", "4", "--out", str(tmp_path / "s.png")],
+        ["push", str(run_dir / MODEL), "my-org/pushed", "--revision", "v1"],
+        ["inspect", "hf://my-org/pushed@v1", "--json"],
+    ]
+    sample, branch, info = run_cli_batch(commands, tmp_path, env=env)  # with the token
     assert sample.returncode == 0, sample.stderr
     one_error(
         run_cli("sample", "hf://my-org/pushed", env={**env, "HF_TOKEN": "", "HF_HOME": str(tmp_path / "other")}),
         "no such repository",
     )
-
-    branch = run_cli("push", str(run_dir / MODEL), "my-org/pushed", "--revision", "v1", env=env)
     assert branch.returncode == 0, branch.stderr
     assert "v1" in hub.repos["my-org/pushed"]["refs"]
-    info = run_cli("inspect", "hf://my-org/pushed@v1", "--json", env=env)
     assert info.returncode == 0 and json.loads(info.stdout)["sha256"] == hashlib.sha256(published[MODEL]).hexdigest()
 
 

@@ -81,6 +81,11 @@ def counters_edit(key: str, value: object) -> Callable[[Tensors, Metadata], None
     return edit
 
 
+def metadata_edit(key: str, value: str) -> Callable[[Tensors, Metadata], None]:
+    """Replace the metadata entry `key` by the text `value`."""
+    return lambda tensors, metadata: metadata.update({key: value})
+
+
 def list_in_history(tensors: Tensors, metadata: Metadata) -> None:
     history = json.loads(metadata["vaezoo.history"])
     history[0]["test_loss"] = [1.0]  # the red team's: accepted, then an internal error at the epoch's end
@@ -162,6 +167,22 @@ CASES: dict[str, tuple[str, Callable[[Tensors, Metadata], None] | None, str]] = 
     ),
     "a NaN moment": ("vae", tensor_edit(nan_at("optimizer.1.exp_avg")), "tensor optimizer.1.exp_avg holds NaN"),
     "a NaN weight": ("vae", tensor_edit(nan_at(first_weight)), "holds NaN or infinite values"),
+    "negative seconds": ("vae", counters_edit("seconds", -5.0), "damaged"),
+    "an epoch of the wrong type": ("vae", counters_edit("epoch", "one"), "damaged"),
+    "counters not an object": ("vae", metadata_edit("vaezoo.counters", "[1, 2]"), "damaged"),
+    "optimizer garbage": (
+        "vae",
+        metadata_edit("vaezoo.optimizer", json.dumps({"param_groups": "x", "plain": {}})),
+        "damaged",
+    ),
+    "rng garbage": ("vae", metadata_edit("vaezoo.rng", json.dumps({"numpy": [1], "python": []})), "damaged"),
+    "history garbage": ("vae", metadata_edit("vaezoo.history", json.dumps([{"epoch": "x"}])), "damaged"),
+    "counters not JSON": ("vae", metadata_edit("vaezoo.counters", "{{{"), "damaged"),
+    "an rng state of the wrong shape": (
+        "vae",
+        tensor_edit(lambda t: t.update({"rng.torch": torch.zeros(3, dtype=torch.uint8)})),
+        "rng.torch",
+    ),
     "discriminator moments dropped": (
         "vae-gan",
         tensor_edit(drop_discriminator(rename=False)),

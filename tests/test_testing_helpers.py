@@ -143,7 +143,7 @@ class ClosedFormIgnoresMean(LearnedMeanPrior):
 
 
 def test_prior_whose_parameters_get_no_gradient_is_caught():
-    """Issue 24: a learnable prior must learn through kl and log_prob."""
+    """A learnable prior must learn through kl and log_prob."""
     check_prior(LearnedMeanPrior, 3)
     with pytest.raises(AssertionError, match=r"DetachedMeanPrior.kl: no gradient reaches the parameter 'mean'"):
         check_prior(DetachedMeanPrior, 3)
@@ -152,7 +152,7 @@ def test_prior_whose_parameters_get_no_gradient_is_caught():
 
 
 def test_the_zoo_vae_family_is_checked_with_third_party_parts_by_name():
-    """Issue 24: check_model takes a registered family's name; vaezoo.EncoderDecoderFamily is public."""
+    """check_model takes a registered family's name; vaezoo.EncoderDecoderFamily is public."""
     from vaezoo.testing import check_model, component
 
     loss = component("loss", "bce-kl")
@@ -189,7 +189,7 @@ class FileDataset(vaezoo.Dataset):
 
 
 def test_dataset_shape_and_path_keys_are_checked_as_vaezoo_builds_them(tmp_path, monkeypatch):
-    """Issue 24: (C, L) is refused with the fix; a path key names a file relative to the data root."""
+    """(C, L) is refused with the fix; a path key names a file relative to the data root."""
     with pytest.raises(AssertionError, match=r"declare a 1-D signal .* as \(C, 1, L\), here \(2, 1, 16\)"):
         check_dataset(FlatSignal, tmp_path)
     (tmp_path / "data").mkdir()

@@ -1,9 +1,12 @@
 """Helpers for the checkpoint, resume, data and CLI tests: a tiny CIFAR-10 in class folders (random
-PNGs written once per session), tiny model widths, and calling the CLI's `main` in this process."""
+PNGs written once per session), tiny model widths, a tiny run in this process, reading a failed
+command's one error line, and forging a model file's metadata. (Running the CLI: conftest.py.)"""
 
 from __future__ import annotations
 
-import os
+import json
+import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -70,30 +73,65 @@ def fit_tiny(
     )
 
 
-def call_main(*args: str, env: dict[str, str] | None = None) -> int:
-    """Run `vaezoo ARGS` through `vaezoo.cli.main` in this process and return its exit code; read
-    the output with pytest's `capsys.readouterr()`."""
-    from vaezoo.cli import main
-    from vaezoo.plugins.manager import reset_registry
-
-    old = {key: os.environ.get(key) for key in (env or {})}
-    os.environ.update(env or {})
-    reset_registry()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 0
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        reset_registry()
-    return code
-
-
 def error_lines(stderr: str) -> list[str]:
     """The non-empty lines of stderr."""
     return [line for line in stderr.splitlines() if line.strip()]
+
+
+def one_line(result: subprocess.CompletedProcess, code: int = 2, progress: bool = False) -> str:
+    """The one error line a failed command printed (`progress`: a run whose progress bar had started,
+    and whose bar is not counted); warnings about other plugins do not count."""
+    lines = [
+        line
+        for line in error_lines(result.stderr)
+        if not line.startswith("vaezoo: warning:") and (not progress or line.startswith("vaezoo:"))
+    ]
+    assert result.returncode == code and len(lines) == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    return lines[0]
+
+
+# `vaezoo run cifar-vae` options for a two-epoch tiny run on 96 CIFAR-10 images.
+TWO_EPOCHS = [
+    "--epochs",
+    "2",
+    "--limit",
+    "96",
+    "--set",
+    "train.test_limit=32",
+    "--device",
+    "cpu",
+    "--seed",
+    "1",
+    *TINY_ARGS,
+]
+
+
+class Raw(str):
+    """A metadata value written as it is, not JSON-encoded (for JSON no encoder would write)."""
+
+
+def rewrite(source: Path, target: Path, change) -> Path:
+    """A copy of a model file whose decoded `vaezoo.*` metadata went through `change(metadata)`."""
+    data = source.read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + size])
+    metadata = {k: json.loads(v) for k, v in header["__metadata__"].items() if k.startswith("vaezoo.")}
+    change(metadata)
+    header["__metadata__"].update({k: v if isinstance(v, Raw) else json.dumps(v) for k, v in metadata.items()})
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
+    return target
+
+
+def set_key(path: list[str], value):
+    """A `change` for `rewrite`: the metadata value at `path` becomes `value`."""
+
+    def change(metadata):
+        node = metadata
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+
+    return change

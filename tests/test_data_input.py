@@ -1,4 +1,4 @@
-"""Hostile and unlucky data (issue 11): the decoded-image cache follows the folder's contents and is
+"""Data input against a hostile or unlucky user: the decoded-image cache follows the folder's contents and is
 checked before use; a bad image file is one line naming it, exit 2, never an internal error."""
 
 from __future__ import annotations

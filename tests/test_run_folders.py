@@ -1,4 +1,4 @@
-"""Run folders and data folders against a hostile tester (issue 16): locks whose pid was recycled or
+"""Run folders and data folders against a hostile tester: locks whose pid was recycled or
 that several runs take over at once, temporary files a SIGKILL leaves behind, refused runs that leave
 no folder, a damaged recipe.toml on resume, data folders that are not folders, and eval on data unlike
 those a model was trained on. Each case is one line and an exit code (docs/reliability.md)."""
@@ -9,15 +9,14 @@ import json
 import multiprocessing
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Command, run_cli, run_cli_batch, run_cli_forked
-from tinydata import TINY_ARGS, TINY_SETS, error_lines, tiny_cifar  # noqa: F401  (fixture)
+from conftest import Command, run_cli, run_cli_batch
+from tinydata import TINY_ARGS, TINY_SETS, error_lines, one_line, rewrite, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo
 from vaezoo.errors import VaezooError
@@ -26,14 +25,6 @@ from vaezoo.files.run_folder import LOCK_NAME, RunLock, boot_id, process_identit
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
 
 QUICK = ["--epochs", "1", "--limit", "48", "--set", "train.test_limit=16", "--device", "cpu", "--seed", "1", *TINY_ARGS]
-
-
-def one_line(result: subprocess.CompletedProcess, code: int = 2) -> str:
-    """The one `vaezoo:` line of a failed command (warnings about other plugins do not count)."""
-    lines = [line for line in error_lines(result.stderr) if not line.startswith("vaezoo: warning:")]
-    assert result.returncode == code and len(lines) == 1, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
-    return lines[0]
 
 
 def dead_pid() -> int:
@@ -58,7 +49,7 @@ def plant_lock(folder: Path, record: object) -> Path:
     return folder / LOCK_NAME
 
 
-# ---- class 13: locks ------------------------------------------------------------------------------
+# ---- locks ----------------------------------------------------------------------------------------
 
 
 def test_the_lock_records_pid_start_time_and_boot_and_goes_when_the_run_ends(tmp_path: Path) -> None:
@@ -169,7 +160,7 @@ def test_takers_racing_for_a_stale_lock_have_exactly_one_winner(
         assert sorted(p.name for p in Path(folder).iterdir()) == [LOCK_NAME]
 
 
-# ---- class 15: temporary files of killed writers --------------------------------------------------
+# ---- temporary files of killed writers ------------------------------------------------------------
 
 # Kills its own process with SIGKILL just before the os.replace whose target is named KILL_NAME (or,
 # with KILL_DIR, the first one into that folder): the temporary file is then whole and left behind.
@@ -225,7 +216,9 @@ def killed_runs(cifar: Path, tiny_cifar: Path, tmp_path_factory: pytest.TempPath
     kill = Command(*run, env={"VAEZOO_CACHE_DIR": str(cache), "KILL_DIR": str(cache)})  # the first cache file
     cases["cache"] = {"out": cache, "kill": kill, "finish": Command(*run, env={"VAEZOO_CACHE_DIR": str(cache)})}
 
-    for case, killed in zip(cases.values(), run_cli_forked([c["kill"] for c in cases.values()], root, KILLER)):
+    for case, killed in zip(
+        cases.values(), run_cli_batch([c["kill"] for c in cases.values()], root, prelude=KILLER, fork=True)
+    ):
         case["killed"], case["left"] = killed, sorted(p.name for p in case["out"].iterdir())
     for target in ("model.safetensors", "samples.png"):
         for name, data in MINE.items():
@@ -240,7 +233,7 @@ def killed_runs(cifar: Path, tiny_cifar: Path, tmp_path_factory: pytest.TempPath
 
 
 def test_a_killed_samples_temporary_file_goes_with_the_next_sample(small_model: Path, tmp_path: Path) -> None:
-    """Issue 23, class 12: the temporary file of a `sample` killed just before its rename is removed
+    """The temporary file of a `sample` killed just before its rename is removed
     by the next write of that picture (the 1,000-image grid: 0.7 MB); a live writer's temporary file
     and other files stay."""
     folder = tmp_path / "pictures"
@@ -248,7 +241,7 @@ def test_a_killed_samples_temporary_file_goes_with_the_next_sample(small_model: 
     grid = folder / "grid.png"
     live, other = folder / f".grid.png.{os.getpid()}.abcd1234.tmp", folder / ".other.png.12345678.tmp"
     command = ["sample", str(small_model), "-n", "1000", "--out", str(grid), "--device", "cpu"]
-    (killed,) = run_cli_forked([Command(*command, env={"KILL_NAME": "grid.png"})], tmp_path, KILLER)
+    (killed,) = run_cli_batch([Command(*command, env={"KILL_NAME": "grid.png"})], tmp_path, prelude=KILLER, fork=True)
     (left,) = folder.iterdir()
     assert killed.returncode == -signal.SIGKILL and left.stat().st_size > 500_000, killed.stderr[-2000:]
     live.write_bytes(b"live"), other.write_bytes(b"other")
@@ -294,7 +287,7 @@ def test_the_data_cache_removes_temporary_files_of_dead_writers_only(killed_runs
     ]  # the two splits, written whole
 
 
-# ---- class 16: a refused run leaves no folder -----------------------------------------------------
+# ---- a refused run leaves no folder ---------------------------------------------------------------
 
 
 REFUSED = {
@@ -358,7 +351,7 @@ def test_a_refused_run_keeps_a_folder_that_another_file_appeared_in(cifar: Path,
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["note.txt"]
 
 
-# ---- class 17: a damaged recipe.toml on resume names the file -------------------------------------
+# ---- a damaged recipe.toml on resume names the file -----------------------------------------------
 
 
 DAMAGED_RECIPES = {
@@ -403,7 +396,7 @@ def test_a_damaged_recipe_toml_on_resume_is_one_line_naming_it(damaged_resumes: 
     assert contents(out) == before
 
 
-# ---- classes 8 / 9: data folders that are not folders, eval on other data -------------------------
+# ---- data folders that are not folders, eval on other data ----------------------------------------
 
 
 NOT_FOLDERS = ["FIFO", "file", "symlink to itself", "symlink loop of two", "below a file"]
@@ -462,7 +455,7 @@ def test_a_data_dir_that_is_not_a_folder_is_one_line_naming_it(not_folder_runs: 
 
 
 def test_an_image_folder_path_that_is_not_a_file_or_folder_is_one_line_naming_it(tmp_path: Path) -> None:
-    """A path key may name a file or a folder (issue 24), never a FIFO; a relative one is in the data root."""
+    """A path key may name a file or a folder, never a FIFO; a relative one is in the data root."""
     os.mkfifo(tmp_path / "fifo")
     refused = run_cli(
         "run",
@@ -479,20 +472,6 @@ def test_an_image_folder_path_that_is_not_a_file_or_folder_is_one_line_naming_it
         f"vaezoo: error: dataset.path {tmp_path / 'fifo'} is a FIFO, not a file or folder: point it at a file or "
         "folder of data"
     )
-
-
-def rewrite(source: Path, target: Path, change) -> Path:
-    """A copy of a model file whose decoded `vaezoo.*` metadata went through `change(metadata)`."""
-    data = source.read_bytes()
-    (size,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + size])
-    metadata = {k: json.loads(v) for k, v in header["__metadata__"].items() if k.startswith("vaezoo.")}
-    change(metadata)
-    header["__metadata__"].update({k: json.dumps(v) for k, v in metadata.items()})
-    encoded = json.dumps(header).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size :])
-    return target
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""Issue 23, round three: a file's labels are checked against its family (6), a regularizer never
-takes one of eval's own names (7), recipes nested too deeply and families that break their contract in
-the epoch-end pictures are one line (11), float options refuse NaN and infinities (13), and the minor
-ones (14): inspect names an invalid distribution, `card --repo` is an ORG/NAME, `--device ''` is
-refused, a missing `--data-dir` is never created. Model files are forged from a copy of conftest's
-small model; CLI cases run in one process per test (run_cli_batch)."""
+"""A family's contract and a file's labels: a file's labels are checked against its family, a
+regularizer never takes one of eval's own names, recipes nested too deeply and families that break their
+contract in the epoch-end pictures are one line, float options refuse NaN and infinities, and the minor
+ones: inspect names an invalid distribution, `card --repo` is an ORG/NAME, `--device ''` is refused, a
+missing `--data-dir` is never created. Model files are forged from a copy of conftest's small model;
+CLI cases run in one process per test (run_cli_batch)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from conftest import Command, run_cli_batch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tinydata import error_lines, tiny_cifar  # noqa: F401 - a fixture
+from tinydata import error_lines, one_line, tiny_cifar  # noqa: F401 - a fixture
 
 
 def forge(source: Path, target: Path, change: Callable[[dict], None]) -> Path:
@@ -49,14 +49,8 @@ def ghost_family(metadata: dict) -> None:
     metadata["vaezoo.objective"] = {"objective": "ghostly", "regularizer": "kl"}
 
 
-def one_line(result) -> str:
-    lines = error_lines(result.stderr)
-    assert len(lines) == 1 and result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    return lines[0]
-
-
 def test_a_files_objective_label_is_checked_against_its_family(small_model: Path, tmp_path: Path) -> None:
-    """Class 6: a label that disagrees with the installed family is flagged when the file loads, and the
+    """A label that disagrees with the installed family is flagged when the file loads, and the
     family's declaration is used; one
     that cannot be right (elbo with another regularizer, a reserved name, a 0.3 file without one,
     a label the metrics contradict) is refused by the schema, inspect and card too; inspect says the
@@ -112,7 +106,7 @@ def test_a_files_objective_label_is_checked_against_its_family(small_model: Path
 
 
 def test_a_regularizer_never_takes_one_of_evals_names(small_model: Path, cifar: Path, tmp_path: Path) -> None:
-    """Class 7: every field `eval --json` reports is reserved (a regularizer called `objective`
+    """Every field `eval --json` reports is reserved (a regularizer called `objective`
     overwrote eval's own), and a family declaring one is refused when it is built, as a file labelled
     with one is when it is read."""
     from vaezoo.errors import PluginError
@@ -221,7 +215,7 @@ def families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def test_deep_recipes_and_broken_families_at_epoch_end_are_one_line(
     families: dict[str, str], tiny_cifar: Path, tmp_path: Path
 ) -> None:
-    """Class 11 (and issue 26's two `mmd` rows): a resume whose recipe.toml nests 3000 deep, a plugin's
+    """A resume whose recipe.toml nests 3000 deep, a plugin's
     recipe table as deep, a family declaring a reserved regularizer, one whose terms hold floats, one
     whose sample is rank 3 or not float in the epoch-end pictures: one line each, no internal error.
     A family whose term shares the regularizer's name shows both in eval's table, told apart."""
@@ -271,7 +265,7 @@ LIES = {
 
 
 def test_options_and_names_are_refused_in_one_line(small_model: Path, cifar: Path, tmp_path: Path) -> None:
-    """Classes 13 and 14 (and issue 26's usage lines and piped sha256): float options refuse NaN and
+    """Float options refuse NaN and
     infinities; `card --repo` takes an ORG/NAME only; `--device ''` is refused, not `auto`; a missing
     `--data-dir` is one line and is not created; inspect names a component whose distribution name is
     not valid; usage lines say MODEL; a piped inspect keeps the sha256 on its line."""

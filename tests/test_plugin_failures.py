@@ -1,4 +1,4 @@
-"""Hostile plugins, hostile text and hostile options (docs/reliability.md, issue 16): a broken plugin is
+"""Hostile plugins, hostile text and hostile options (docs/reliability.md): a broken plugin is
 isolated (one warning naming it and its distribution, the rest work, `vaezoo plugins` says it failed);
 text from files and plugins reaches the terminal as text (no terminal controls, no rich markup);
 absurd option values are one line naming the option; SIGTERM and SIGHUP exit 130 from the first line
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli, run_cli_batch
-from tinydata import TINY_ARGS, error_lines
+from tinydata import TINY_ARGS, TWO_EPOCHS, error_lines, one_line
 
 from vaezoo.errors import printable
 from vaezoo.plugins.registry import registration_problem
@@ -100,7 +100,7 @@ def assert_no_controls(result: subprocess.CompletedProcess) -> None:
     ), result.stderr[-2000:]
 
 
-# ---- class 10: one broken plugin never takes the others down ---------------------------------------
+# ---- one broken plugin never takes the others down -------------------------------------------------
 
 
 @pytest.mark.parametrize("command", [["list"], ["list", "--json"], ["plugins"], ["plugins", "--json"]])
@@ -227,7 +227,7 @@ def test_registration_problem(kind: str, name: object, target: object, summary: 
     assert problem is None if expected is None else expected in problem, problem
 
 
-# ---- class 11: text from plugins and files reaches the terminal as text -----------------------------
+# ---- text from plugins and files reaches the terminal as text ---------------------------------------
 
 
 def test_printable_shows_controls_as_escapes() -> None:
@@ -251,7 +251,7 @@ def test_a_plugins_markup_and_controls_are_shown_as_text(hostile_path: dict[str,
 def hostile_copy(small_model: Path, target: Path, text: str) -> Path:
     """The model file with `text` in the recipe's name and summary, each component's name and plugin,
     the training device and a metrics key (strings in string fields, so the schema's types hold)."""
-    from test_hostile import rewrite
+    from tinydata import rewrite
 
     def change(metadata: dict) -> None:
         metadata["vaezoo.recipe"]["name"] = "cifar " + text
@@ -307,7 +307,7 @@ def test_an_error_line_quoting_user_text_has_no_controls(tmp_path: Path) -> None
     assert "\\x1b]0;pwned\\x07" in result.stderr or "\\x1b" in result.stderr
 
 
-# ---- class 9: absurd option values are one line naming the option -----------------------------------
+# ---- absurd option values are one line naming the option --------------------------------------------
 
 DEEP = "[" * 60_000 + "]" * 60_000  # Linux takes at most 128 KiB in one argument
 
@@ -356,7 +356,7 @@ def test_a_quoted_bracket_in_a_set_value_is_not_nesting(tmp_path: Path) -> None:
     _check_sets(["summary=" + '"' + "[" * 100 + '"', "encoder.hidden=[[1]]", r"summary='\['"])
 
 
-# ---- class 14: SIGTERM and SIGHUP from the first line of vaezoo's code ------------------------------
+# ---- SIGTERM and SIGHUP from the first line of vaezoo's code ----------------------------------------
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "vaezoo"
 SIGNAL_BITS = {sig: 1 << (sig - 1) for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None}
@@ -484,3 +484,69 @@ def test_a_sighup_that_the_parent_ignores_stays_ignored(cifar: Path, tmp_path: P
     process.send_signal(signal.SIGHUP)
     code, err = process.wait(timeout=300), process.stderr.read()
     assert code == 0 and (out / "model.safetensors").exists(), err[-2000:]
+
+
+# ---- a plugin that exits, registers a missing module or a decoder of the wrong shape -------------
+
+
+EVIL_PLUGIN = {
+    "evil_plugin.py": "import sys\nsys.exit(3)\n",
+    "ghost_plugin.py": (
+        "import vaezoo\n\n@vaezoo.hookimpl\ndef register_encoders(register):\n    register('ghost', "
+        "'nowhere_at_all:Thing', summary='missing')\n"
+        "\n@vaezoo.hookimpl\ndef register_decoders(register):\n    register('wrong', "
+        "'ghost_plugin:WrongDecoder', summary='wrong shapes')\n\n"
+        "import torch\n\nclass WrongDecoder(torch.nn.Module):\n    def __init__(self, *, out_shape, "
+        "latent_dim):\n        super().__init__()\n"
+        "        self.fc = torch.nn.Linear(latent_dim, 7)\n\n    def forward(self, z):\n        return self.fc(z)\n"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def evil_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A folder on PYTHONPATH with two plugins found through entry points: one calls sys.exit on
+    import, one registers a missing module and a decoder of the wrong shape."""
+    root = tmp_path_factory.mktemp("evil")
+    for name, code in EVIL_PLUGIN.items():
+        (root / name).write_text(code)
+    info = root / "evil_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evil-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[vaezoo]\nevil = evil_plugin\nghost = ghost_plugin\n")
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def evil_runs(cifar: Path, evil_path: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """With the evil plugins installed, in one fresh process: `list recipes`, and runs with the missing
+    encoder and with the decoder of the wrong shape."""
+    root = tmp_path_factory.mktemp("evil-runs")
+    run = ["run", "cifar-vae", *TWO_EPOCHS, "--data-dir", str(cifar)]
+    commands = {
+        "list": ["list", "recipes", "--json"],
+        "ghost": [*run, "--set", "encoder.name=ghost", "--out", str(root / "ghost")],
+        "wrong": [*run, "--set", 'decoder={name="wrong"}', "--out", str(root / "wrong")],
+    }
+    return dict(zip(commands, run_cli_batch(list(commands.values()), root, env=evil_path)))
+
+
+@pytest.mark.slow
+def test_a_plugin_that_exits_on_import_is_isolated(evil_runs: dict) -> None:
+    result = evil_runs["list"]
+    assert result.returncode == 0 and "cifar-vae" in result.stdout, result.stderr
+    assert "plugin 'evil' (evil-plugins) failed to load: SystemExit: 3" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_component_registered_as_a_missing_module_is_one_line(evil_runs: dict) -> None:
+    assert (
+        "plugin 'ghost' (evil-plugins) registers encoder 'ghost' as 'nowhere_at_all:Thing', which does not import"
+        in one_line(evil_runs["ghost"])
+    )
+
+
+@pytest.mark.slow
+def test_a_plugin_with_wrong_shapes_is_named(evil_runs: dict) -> None:
+    line = one_line(evil_runs["wrong"], code=1, progress=True)
+    assert "decoder 'wrong'" in line and "failed in a training step" in line

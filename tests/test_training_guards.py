@@ -1,6 +1,6 @@
-"""Issue 16, classes 1, 3 and the recipe's bounds: a run that diverges at its last step never overwrites
-the last good model, a recipe file never chooses where a run is written, and sizes a recipe sets are
-bounded before anything is allocated."""
+"""Training guards: a run that diverges at its last step never overwrites the last good model, a recipe
+file never chooses where a run is written, sizes a recipe, a setting or an image sets are bounded before
+anything is allocated, and families whose forward, pictures or objective lie are one line."""
 
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Command, run_cli, run_cli_batch
-from test_hostile import TWO_EPOCHS, _set, one_line, rewrite
-from tinydata import TINY_ARGS, error_lines, tiny_cifar  # noqa: F401 (a fixture)
+from tinydata import TINY_ARGS, TWO_EPOCHS, error_lines, one_line, rewrite, set_key, tiny_cifar  # noqa: F401 (a fixture)
 
 ONE_STEP = [
     "--limit",
@@ -322,7 +321,7 @@ resource.setrlimit(resource.RLIMIT_AS, (_held + 2 * 2**30, resource.getrlimit(re
 def test_what_a_setting_or_an_image_makes_vaezoo_allocate_is_bounded(
     tiny_cifar: Path, tmp_path: Path, liar_path: dict[str, str]
 ) -> None:
-    """Issue 23, class 10: under a memory limit, a family constructor that allocates 3.2 GB is one line
+    """Under a memory limit, a family constructor that allocates 3.2 GB is one line
     naming its setting (exit 2), and an image of 1 x 4,000,000 pixels decodes to its 32 x 32 centre in
     `run` and `eval --set dataset.path` (it took 12 GB on its way)."""
     from PIL import Image
@@ -376,7 +375,7 @@ def lying_pictures(
     commands = []
     for lie, command in PICTURE_LIES:
         model = root / "run" / "model.safetensors"
-        lying = rewrite(model, root / f"{lie}.safetensors", _set(["vaezoo.recipe", "model", "lie"], lie))
+        lying = rewrite(model, root / f"{lie}.safetensors", set_key(["vaezoo.recipe", "model", "lie"], lie))
         args = (
             ["-n", "2", "--out", str(root / "s.png")]
             if command == "sample"
@@ -406,7 +405,7 @@ def test_a_recipe_file_nested_too_deeply_is_one_line(cifar: Path, tmp_path: Path
 def test_a_family_that_is_not_an_elbo_is_never_called_one(
     cifar: Path, tmp_path: Path, liar_path: dict[str, str]
 ) -> None:
-    """Issue 17: metrics, eval, inspect and the card name the family's own objective and regularizer."""
+    """Metrics, eval, inspect and the card name the family's own objective and regularizer."""
     out = tmp_path / "run"
     result = run_cli(
         "run",
@@ -463,7 +462,7 @@ def test_a_family_that_is_not_an_elbo_is_never_called_one(
 
 
 def test_eval_is_told_the_folder_of_a_path_key_explicitly(tiny_cifar: Path, tmp_path: Path) -> None:
-    """Issue 17: a model trained with --set dataset.path=... is evaluated with the same --set (the file
+    """A model trained with --set dataset.path=... is evaluated with the same --set (the file
     never chooses the folder); other dataset keys cannot be changed that way."""
     out = tmp_path / "run"
     tiny = [

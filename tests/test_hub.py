@@ -1,4 +1,4 @@
-"""A hostile tester against the network side (issue 16): push and symlinks, a hostile Hub endpoint,
+"""The Hub and downloads against a hostile tester: push and symlinks, a hostile Hub endpoint,
 redirects, cache links, trickling and malformed servers, truncated downloads, malformed URLs and
 settings, and downloads killed half-way.
 
@@ -32,12 +32,32 @@ from test_sharing import (  # noqa: F401 - fixtures
     certificate,
     hub_env,
     one_error,
-    one_error_here,
     run_dir,
 )
 
 from vaezoo.sharing.hub import HubError, local_model_path, parse_hf_name
 from vaezoo.sharing.publish import push_files
+
+
+def one_error_here(
+    capsys: pytest.CaptureFixture, args: list[str], *words: str, env: dict[str, str] | None = None
+) -> str:
+    """As `one_error`, for `vaezoo ARGS` run by the CLI's `main` in this process: for the download
+    cases that patch this process (its clock, its environment, `pwd`) or talk to a server of this test,
+    many of them parametrized; `test_a_malformed_answer_in_a_fresh_process` and the others that run
+    `run_cli` check that a fresh process says the same."""
+    from vaezoo.cli import main
+    from vaezoo.plugins.manager import reset_registry
+
+    capsys.readouterr()
+    reset_registry()
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (env or {}).items():
+            patch.setenv(key, value)
+        with pytest.raises(SystemExit) as exit:
+            main(list(args))
+    return one_error(subprocess.CompletedProcess(args, exit.value.code, "", capsys.readouterr().err), *words)
+
 
 SECRET = b"\x10\x27\x00\x00\x00\x00\x00\x00top secret, never shown"  # a header length of 10000 if read as safetensors
 
@@ -130,7 +150,7 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.exists() else []
 
 
-# --- class 4: push uploads only regular files of the run folder ---------------------------------------
+# --- push uploads only regular files of the run folder ------------------------------------------------
 
 
 @pytest.fixture
@@ -186,7 +206,7 @@ def test_push_of_a_regular_run_folder_still_uploads_everything(run_copy: Path) -
     assert sorted(push_files(run_copy)) == ["README.md", MODEL, "recipe.toml"]
 
 
-# --- class 5: a hostile Hub endpoint and revisions ----------------------------------------------------
+# --- a hostile Hub endpoint and revisions -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -262,7 +282,7 @@ def test_hf_cache_link_leaving_the_cache_is_not_read(tmp_path: Path) -> None:
         assert "10000" not in line and "secret" not in line.split(" for ")[1]
 
 
-# --- class 6: redirects never leave https -------------------------------------------------------------
+# --- redirects never leave https ----------------------------------------------------------------------
 
 
 class RedirectingTLS(FileServer):
@@ -330,7 +350,7 @@ def test_http_loopback_redirects_stay_on_loopback(raw: RawServer, cache: Path) -
     assert local_model_path(raw.url("here")).read_bytes() == b"local mirror"
 
 
-# --- class 7: links in vaezoo's download cache ---------------------------------------------------------
+# --- links in vaezoo's download cache ------------------------------------------------------------------
 
 
 def test_download_cache_link_leaving_the_cache_is_not_read(
@@ -354,7 +374,7 @@ def test_download_cache_link_leaving_the_cache_is_not_read(
     one_error_here(capsys, ["inspect", url], url, "leading outside")
 
 
-# --- class 8: a whole download has a deadline ---------------------------------------------------------
+# --- a whole download has a deadline ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("answer", ["body", "headers"])
@@ -373,7 +393,7 @@ def test_trickling_server_meets_the_deadline(
     assert [p for p in files_under(cache) if p.is_file()] == []
 
 
-# --- class 9: malformed answers, URLs and settings: one line, exit 2 ------------------------------------
+# --- malformed answers, URLs and settings: one line, exit 2 ---------------------------------------------
 
 
 MALFORMED = {
@@ -439,7 +459,7 @@ def test_bad_download_settings_are_one_line(
 def test_a_download_deadline_too_far_away_for_its_timer_is_one_line(
     raw: RawServer, cache: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """Issue 23 (11): VAEZOO_DOWNLOAD_TIMEOUT=1e300 is finite, but overflowed the deadline's timer thread
+    """VAEZOO_DOWNLOAD_TIMEOUT=1e300 is finite, but overflowed the deadline's timer thread
     (a traceback from the thread, then the download went on without a deadline)."""
     raw.routes[MODEL] = ok(b"x")
     env = {"VAEZOO_DOWNLOAD_TIMEOUT": "1e300"}
@@ -468,18 +488,11 @@ def test_download_cache_without_a_home(
     monkeypatch.setattr(pwd, "getpwuid", no_entry)  # a user without a passwd entry: Path.home() fails
     one_error_here(capsys, ["inspect", url], "HOME", "VAEZOO_CACHE_DIR")
     assert raw.requests == []
-    env = {k: v for k, v in os.environ.items() if k not in ("HOME", "VAEZOO_CACHE_DIR")}
-    done = subprocess.run(
-        [sys.executable, "-m", "vaezoo", "inspect", url],
-        capture_output=True,
-        text=True,
-        env={**env, "HOME": "/dev/null"},
-        timeout=120,
-    )
+    done = run_cli("inspect", url, env={"HOME": "/dev/null", "VAEZOO_CACHE_DIR": None}, timeout=120)
     one_error(done, "/dev/null/.cache", url)
 
 
-# --- class 12: a truncated download is never kept -------------------------------------------------------
+# --- a truncated download is never kept -----------------------------------------------------------------
 
 
 def test_truncated_download_is_not_kept(raw: RawServer, cache: Path, capsys: pytest.CaptureFixture) -> None:
@@ -495,7 +508,7 @@ def test_truncated_download_is_not_kept(raw: RawServer, cache: Path, capsys: pyt
 
 
 def test_a_cut_body_without_a_length_is_not_kept(raw: RawServer, cache: Path, capsys: pytest.CaptureFixture) -> None:
-    """Issue 23, class 12: a body with neither a Content-Length nor chunking is kept only as a whole
+    """A body with neither a Content-Length nor chunking is kept only as a whole
     safetensors file (its header describes exactly the bytes that follow); a cut one is fetched again."""
     from safetensors.torch import save
 
@@ -509,7 +522,7 @@ def test_a_cut_body_without_a_length_is_not_kept(raw: RawServer, cache: Path, ca
     assert local_model_path(url).read_bytes() == body and len(raw.requests) == 2  # then from the cache
 
 
-# --- class 15: downloads killed half-way leave nothing for long -------------------------------------
+# --- downloads killed half-way leave nothing for long -----------------------------------------------
 
 
 def dead_pid() -> int:
@@ -557,7 +570,7 @@ def test_download_killed_half_way_is_cleaned_by_the_next(raw: RawServer, cache: 
     raw.routes[MODEL] = ok(b"whole")
     assert local_model_path(raw.url(MODEL)).read_bytes() == b"whole"
     assert list(cache.rglob("*.incomplete")) == []
-    # issue 23, class 12: the next try of the killed URL itself works at once (it failed once: the folder
+    # the next try of the killed URL itself works at once (it failed once: the folder
     # of the partial download went with it)
     child = subprocess.Popen(
         [sys.executable, "-m", "vaezoo", "inspect", raw.url("slow.safetensors")],

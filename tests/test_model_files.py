@@ -1,7 +1,8 @@
-"""Hostile files, issue 16 (docs/reliability.md): vaezoo writes only regular files (never through a
-symlink, into a FIFO or over a device), and a model file's header and metadata cannot leak bytes,
-take gigabytes or minutes, crash `inspect` / `card` / `push`, choose a pip command, or put control
-characters on the terminal. Each case is one line on stderr and exit 2."""
+"""Model files against a hostile tester (docs/reliability.md): a model file's header and metadata cannot
+steer vaezoo (paths, sizes, types), leak bytes, take gigabytes or minutes, crash `inspect` / `card` /
+`push`, choose a pip command, or put control characters on the terminal; damaged or non-finite weights
+are refused before anything is built; and vaezoo writes only regular files (never through a symlink,
+into a FIFO or over a device). Each case is one line on stderr and exit 2."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli, run_cli_batch
-from test_hostile import Raw, _set, one_line, rewrite
+from safetensors.torch import load_file
+from tinydata import Raw, one_line, rewrite, set_key
 
 import vaezoo
 from vaezoo.errors import CheckpointError, VaezooError
@@ -65,46 +67,64 @@ def first_tensor(header: dict) -> dict:
     return header[next(k for k in sorted(header) if k != "__metadata__")]
 
 
-# ---- class 2: only regular files are written ------------------------------------------------------
+# ---- only regular files are written ---------------------------------------------------------------
 
 
-def test_sample_refuses_a_fifo_and_leaves_it(small_model: Path, tmp_path: Path) -> None:
-    fifo = tmp_path / "out.png"
+@pytest.fixture(scope="module")
+def refused_writes(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`sample --out` a FIFO, `sample --out` a symlink to a file outside, `sample --out /dev/null` (as
+    root) and `push --dry-run` into a folder holding a FIFO, in one fresh process: {case: (path, result)}."""
+    root = tmp_path_factory.mktemp("refused-writes")
+    (root / "fifo").mkdir()
+    fifo = root / "fifo" / "out.png"
     os.mkfifo(fifo)
-    line = one_line(run_cli("sample", str(small_model), "-n", "4", "--out", str(fifo), "--device", "cpu", timeout=120))
-    assert str(fifo) in line and "FIFO" in line and "only regular files" in line
-    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary file left behind
-
-
-def test_sample_refuses_a_symlink_and_the_file_it_points_at_is_unchanged(small_model: Path, tmp_path: Path) -> None:
-    outside = tmp_path / "elsewhere" / "precious.txt"
+    outside = root / "elsewhere" / "precious.txt"
     outside.parent.mkdir()
     outside.write_text("keep me")
-    link = tmp_path / "run" / "samples.png"
+    link = root / "run" / "samples.png"
     link.parent.mkdir()
     link.symlink_to(outside)
-    line = one_line(run_cli("sample", str(small_model), "-n", "4", "--out", str(link), "--device", "cpu", timeout=120))
+    folder = root / "upload"
+    folder.mkdir()
+    os.mkfifo(folder / "README.md")
+    sample = ["sample", str(small_model), "-n", "4", "--device", "cpu", "--out"]
+    cases = {
+        "fifo": (fifo, [*sample, str(fifo)]),
+        "symlink": (link, [*sample, str(link)]),
+        "push": (folder / "README.md", ["push", str(small_model), "my-org/model", "--dry-run", str(folder)]),
+        **({"dev null": (Path("/dev/null"), [*sample, "/dev/null"])} if os.geteuid() == 0 else {}),
+    }
+    results = run_cli_batch([command for _, command in cases.values()], root)
+    return {case: (path, result) for (case, (path, _)), result in zip(cases.items(), results)}
+
+
+def test_sample_refuses_a_fifo_and_leaves_it(refused_writes: dict) -> None:
+    fifo, result = refused_writes["fifo"]
+    line = one_line(result)
+    assert str(fifo) in line and "FIFO" in line and "only regular files" in line
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [p.name for p in fifo.parent.iterdir()] == ["out.png"]  # no temporary file left behind
+
+
+def test_sample_refuses_a_symlink_and_the_file_it_points_at_is_unchanged(refused_writes: dict) -> None:
+    link, result = refused_writes["symlink"]
+    line = one_line(result)
     assert str(link) in line and "symbolic link" in line
-    assert link.is_symlink() and outside.read_text() == "keep me"
+    assert link.is_symlink() and link.resolve().read_text() == "keep me"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="replacing /dev/null needs root")
-def test_sample_as_root_never_replaces_dev_null(small_model: Path) -> None:
-    line = one_line(
-        run_cli("sample", str(small_model), "-n", "4", "--out", "/dev/null", "--device", "cpu", timeout=120)
-    )
+def test_sample_as_root_never_replaces_dev_null(refused_writes: dict) -> None:
+    line = one_line(refused_writes["dev null"][1])
     assert "/dev/null" in line and "character device" in line
     assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
 
 
-def test_push_dry_run_refuses_a_fifo_in_its_folder(small_model: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "upload"
-    folder.mkdir()
-    os.mkfifo(folder / "README.md")
-    line = one_line(run_cli("push", str(small_model), "my-org/model", "--dry-run", str(folder)))
-    assert str(folder / "README.md") in line and "FIFO" in line
-    assert stat.S_ISFIFO(os.lstat(folder / "README.md").st_mode)
+def test_push_dry_run_refuses_a_fifo_in_its_folder(refused_writes: dict) -> None:
+    fifo, result = refused_writes["push"]
+    line = one_line(result)
+    assert str(fifo) in line and "FIFO" in line
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
 def test_every_writer_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
@@ -144,7 +164,7 @@ def test_every_writer_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
     assert (tmp_path / "fine.bin").read_bytes() == b"ok2"
 
 
-# ---- class 7: no raw bytes of a file in a message ------------------------------------------------
+# ---- no raw bytes of a file in a message ---------------------------------------------------------
 
 
 def test_a_header_length_is_never_printed(tmp_path: Path) -> None:
@@ -154,21 +174,19 @@ def test_a_header_length_is_never_printed(tmp_path: Path) -> None:
     link = tmp_path / "model.safetensors"
     link.symlink_to(secret)
     leaked = str(int.from_bytes(secret.read_bytes()[:8], "little"))
-    for command in (
-        ["inspect", str(link)],
-        ["card", str(link)],
-        ["sample", str(link), "--out", str(tmp_path / "s.png")],
-    ):
-        line = one_line(run_cli(*command))
-        assert "header length out of range" in line and leaked not in line, line
     big = tmp_path / "big.safetensors"  # a length that fits in the file but is over the 100 MB bound
     big.write_bytes(struct.pack("<Q", 150_000_000) + b"{" * 64)
     os.truncate(big, 150_000_100)
-    line = one_line(run_cli("inspect", str(big)))
-    assert "header length out of range" in line and "150000000" not in line
+    commands = [["inspect", str(link)], ["card", str(link)], ["sample", str(link), "--out", str(tmp_path / "s.png")]]
+    *secret_lines, big_line = (
+        one_line(result) for result in run_cli_batch([*commands, ["inspect", str(big)]], tmp_path)
+    )
+    for line in secret_lines:
+        assert "header length out of range" in line and leaked not in line, line
+    assert "header length out of range" in big_line and "150000000" not in big_line
 
 
-# ---- class 8: bounded memory and time ------------------------------------------------------------
+# ---- bounded memory and time ---------------------------------------------------------------------
 
 
 HEADERS = {
@@ -239,7 +257,7 @@ def test_image_shapes_a_file_may_claim_are_bounded(small_model: Path, tmp_path: 
     shapes = ([3, 4096, 4096], [3, 2048, 8], [64, 1024, 1024], [4, 1024, 1024])
     commands = []
     for index, shape in enumerate(shapes):
-        bad = rewrite(small_model, tmp_path / f"bad{index}.safetensors", _set(["vaezoo.data", "shape"], shape))
+        bad = rewrite(small_model, tmp_path / f"bad{index}.safetensors", set_key(["vaezoo.data", "shape"], shape))
         commands += [["inspect", str(bad)], ["sample", str(bad), "-n", "1", "--out", str(tmp_path / "s.png")]]
     for command, result in zip(commands, run_cli_batch(commands, tmp_path)):  # one fresh process
         assert "vaezoo.data.shape" in one_line(result), command
@@ -272,11 +290,11 @@ def small_vqvae(cifar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 VQVAE_CHANGES = {
-    "res_blocks=400000": (_set(["vaezoo.recipe", "model", "res_blocks"], 400_000), "res_blocks from 0 to 64"),
-    "levels=1e12": (_set(["vaezoo.recipe", "model", "levels"], 1e12), "levels"),
-    "levels=10**12": (_set(["vaezoo.recipe", "model", "levels"], 10**12), "levels"),
-    "prior_layers=10**6": (_set(["vaezoo.recipe", "model", "prior_layers"], 10**6), "prior_layers from 1 to 64"),
-    "1024 x 1024 images": (_set(["vaezoo.data", "shape"], [3, 1024, 1024]), "32 x 32"),
+    "res_blocks=400000": (set_key(["vaezoo.recipe", "model", "res_blocks"], 400_000), "res_blocks from 0 to 64"),
+    "levels=1e12": (set_key(["vaezoo.recipe", "model", "levels"], 1e12), "levels"),
+    "levels=10**12": (set_key(["vaezoo.recipe", "model", "levels"], 10**12), "levels"),
+    "prior_layers=10**6": (set_key(["vaezoo.recipe", "model", "prior_layers"], 10**6), "prior_layers from 1 to 64"),
+    "1024 x 1024 images": (set_key(["vaezoo.data", "shape"], [3, 1024, 1024]), "32 x 32"),
 }
 
 
@@ -297,14 +315,14 @@ def test_a_resnet_file_with_400000_blocks_is_refused_before_building(small_model
     bad = rewrite(
         small_model,
         tmp_path / "bad.safetensors",
-        _set(["vaezoo.recipe", "encoder"], {"name": "resnet", "hidden": [4, 8, 8], "blocks": 400_000}),
+        set_key(["vaezoo.recipe", "encoder"], {"name": "resnet", "hidden": [4, 8, 8], "blocks": 400_000}),
     )
     result, peak, seconds = run_measured(
         tmp_path, "sample", str(bad), "-n", "1", "--out", str(tmp_path / "s.png"), "--device", "cpu"
     )
     assert "blocks from 0 to 64" in one_line(result) and seconds < 60
     long = rewrite(
-        small_model, tmp_path / "long.safetensors", _set(["vaezoo.recipe", "encoder", "hidden"], [4] * 400_000)
+        small_model, tmp_path / "long.safetensors", set_key(["vaezoo.recipe", "encoder", "hidden"], [4] * 400_000)
     )
     assert "hidden: a list of at most 64" in one_line(
         run_cli("sample", str(long), "-n", "1", "--out", str(tmp_path / "s.png"))
@@ -350,7 +368,7 @@ def test_a_file_cannot_make_eval_decode_images_at_3072_pixels(small_model: Path,
     bad = rewrite(
         small_model,
         tmp_path / "bad.safetensors",
-        _set(
+        set_key(
             ["vaezoo.recipe", "dataset"],
             {"name": "image-folder", "size": 3072, "grayscale": False, "test_fraction": 0.5},
         ),
@@ -359,36 +377,36 @@ def test_a_file_cannot_make_eval_decode_images_at_3072_pixels(small_model: Path,
     assert "size from 1 to 1024" in one_line(result) and seconds < 60
 
 
-# ---- class 9: wrong types, deep JSON, rich markup ------------------------------------------------
+# ---- wrong types, deep JSON, rich markup ---------------------------------------------------------
 
 
 METADATA = {
-    "training a list": (_set(["vaezoo.training"], [1, 2]), "vaezoo.training"),
-    "metrics a string": (_set(["vaezoo.training", "metrics"], "great"), "vaezoo.training"),
-    "epochs a string": (_set(["vaezoo.training", "epochs"], "many"), "vaezoo.training.epochs"),
-    "components of strings": (_set(["vaezoo.components"], ["vae", "conv"]), "vaezoo.components[0]"),
+    "training a list": (set_key(["vaezoo.training"], [1, 2]), "vaezoo.training"),
+    "metrics a string": (set_key(["vaezoo.training", "metrics"], "great"), "vaezoo.training"),
+    "epochs a string": (set_key(["vaezoo.training", "epochs"], "many"), "vaezoo.training.epochs"),
+    "components of strings": (set_key(["vaezoo.components"], ["vae", "conv"]), "vaezoo.components[0]"),
     "component without a distribution": (
         lambda m: m["vaezoo.components"][1].pop("distribution"),
         "vaezoo.components[1]",
     ),
     "component version a number": (lambda m: m["vaezoo.components"][2].update(version=2.0), "vaezoo.components[2]"),
-    "model table a list": (_set(["vaezoo.recipe", "model"], ["vae"]), "vaezoo.recipe.model"),
-    "summary a number": (_set(["vaezoo.recipe", "summary"], 5), "vaezoo.recipe.summary"),
-    "version a list": (_set(["vaezoo.version"], [0, 2]), "vaezoo.version"),
-    "format true": (_set(["vaezoo.format_version"], True), "format"),
-    "5000-digit latent_dim": (_set(["vaezoo.recipe"], Raw('{"latent_dim": ' + "9" * 5000 + "}")), "vaezoo.recipe"),
-    "deep training": (_set(["vaezoo.training"], Raw("[" * 100_000 + "]" * 100_000)), "vaezoo.training"),
+    "model table a list": (set_key(["vaezoo.recipe", "model"], ["vae"]), "vaezoo.recipe.model"),
+    "summary a number": (set_key(["vaezoo.recipe", "summary"], 5), "vaezoo.recipe.summary"),
+    "version a list": (set_key(["vaezoo.version"], [0, 2]), "vaezoo.version"),
+    "format true": (set_key(["vaezoo.format_version"], True), "format"),
+    "5000-digit latent_dim": (set_key(["vaezoo.recipe"], Raw('{"latent_dim": ' + "9" * 5000 + "}")), "vaezoo.recipe"),
+    "deep training": (set_key(["vaezoo.training"], Raw("[" * 100_000 + "]" * 100_000)), "vaezoo.training"),
     "escape in the summary": (
-        _set(["vaezoo.recipe", "summary"], "nice\x1b]0;pwned\x07\x1b[2J"),
+        set_key(["vaezoo.recipe", "summary"], "nice\x1b]0;pwned\x07\x1b[2J"),
         "vaezoo.recipe.summary holds a control character",
     ),
     "carriage return in a class": (
         lambda m: m["vaezoo.data"]["classes"].__setitem__(3, "cat\rdog"),
         "vaezoo.data.classes[3] holds a control character",
     ),
-    "escape in a metric's name": (_set(["vaezoo.training", "metrics", "x\x1b[31m"], 1.0), "a control character"),
+    "escape in a metric's name": (set_key(["vaezoo.training", "metrics", "x\x1b[31m"], 1.0), "a control character"),
     "C1 control in a key": (
-        _set(["vaezoo.recipe", "train", "\x9bx"], 1),
+        set_key(["vaezoo.recipe", "train", "\x9bx"], 1),
         "vaezoo.recipe.train.<a key> holds a control character",
     ),
 }
@@ -433,7 +451,7 @@ MARKUP = "[/bold] [link=https://evil.example]click[/link] [red]"
 
 
 def test_the_card_shows_rich_markup_in_metadata_as_plain_text(small_model: Path, tmp_path: Path) -> None:
-    bad = rewrite(small_model, tmp_path / "bad.safetensors", _set(["vaezoo.recipe", "summary"], MARKUP))
+    bad = rewrite(small_model, tmp_path / "bad.safetensors", set_key(["vaezoo.recipe", "summary"], MARKUP))
     card = run_cli("card", str(bad))
     assert card.returncode == 0, card.stderr[-2000:]
     assert MARKUP in card.stdout
@@ -453,7 +471,7 @@ def test_inspect_shows_rich_markup_in_metadata_as_plain_text(small_model: Path, 
     assert "[/bold]" in shown.stdout and "[link=" in shown.stdout
 
 
-# ---- class 11: a file never chooses a pip command ------------------------------------------------
+# ---- a file never chooses a pip command ----------------------------------------------------------
 
 
 EVIL_DISTRIBUTIONS = [
@@ -531,3 +549,106 @@ def test_a_valid_distribution_with_a_hostile_version_is_not_pinned(small_model: 
     bad = rewrite(small_model, tmp_path / "bad.safetensors", change)
     line = one_line(run_cli("sample", str(bad), "--out", str(tmp_path / "s.png")))
     assert line.endswith("`pip install vaezoo-fancy`") and "evil" not in line
+
+
+# ---- damaged and hostile metadata ----------------------------------------------------------------
+
+
+HOSTILE = {
+    "huge latent_dim": set_key(["vaezoo.recipe", "latent_dim"], 60000),
+    "astronomic latent_dim": set_key(["vaezoo.recipe", "latent_dim"], 10**15),
+    "huge hidden": set_key(["vaezoo.recipe", "encoder", "hidden"], [4, 8, 10**6]),
+    "huge image": set_key(["vaezoo.data", "shape"], [3, 100000, 100000]),
+    "2-D data shape": set_key(["vaezoo.data", "shape"], [32, 32]),
+    "data shape of strings": set_key(["vaezoo.data", "shape"], ["3", "32", "32"]),
+    "components of the wrong type": set_key(["vaezoo.components"], {"kind": "encoder"}),
+    "a component without a name": set_key(["vaezoo.components"], [{"kind": "encoder"}]),
+    "recipe without a dataset": lambda m: m["vaezoo.recipe"].pop("dataset"),
+    "recipe of the wrong type": set_key(["vaezoo.recipe"], [1, 2, 3]),
+    "metrics of the wrong type": set_key(["vaezoo.training", "metrics", "test_loss"], [1, 2]),
+    "training of the wrong type": set_key(["vaezoo.training"], "yesterday"),
+    "classes of the wrong type": set_key(["vaezoo.data", "classes"], "cat"),
+    "conditional not a boolean": set_key(["vaezoo.data", "conditional"], "yes"),
+    "nested metrics": set_key(["vaezoo.training", "metrics", "deep"], json.loads("[" * 200 + "]" * 200)),
+    "deep nesting": set_key(["vaezoo.training"], Raw("[" * 100_000 + "]" * 100_000)),
+    "format 99": set_key(["vaezoo.format_version"], 99),
+    "unknown model family": set_key(["vaezoo.recipe", "model"], {"name": "no-such-family"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_damaged_or_hostile_model_file_is_one_clear_error_before_anything_is_built(
+    small_model: Path, tmp_path: Path, case: str
+) -> None:
+    bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE[case])
+    with pytest.raises(CheckpointError) as refused:
+        vaezoo.load(bad)
+    assert str(bad) in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_them_in_one_line_exit_2(small_model: Path, tmp_path: Path) -> None:
+    commands = []
+    for case in ("huge latent_dim", "deep nesting"):
+        bad = rewrite(small_model, tmp_path / f"{case}.safetensors", HOSTILE[case])
+        commands += [
+            ["sample", str(bad), "--out", str(tmp_path / "s.png")],
+            ["eval", str(bad), "--limit", "8", "--json"],
+        ]
+    for command, result in zip(commands, run_cli_batch(commands, tmp_path)):  # one fresh process
+        assert command[1] in one_line(result), command
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.slow
+def test_a_file_with_a_huge_latent_size_is_refused_without_taking_its_memory(small_model: Path, tmp_path: Path) -> None:
+    """A 1.8 MB model file claiming latent_dim = 60000 took gigabytes before a shape check."""
+    bad = rewrite(small_model, tmp_path / "bad.safetensors", HOSTILE["huge latent_dim"])
+    peak = "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    probe = f"import resource, vaezoo\ntry:\n    vaezoo.load({str(bad)!r})\nexcept vaezoo.VaezooError as e:\n"
+    probe += f"    print(e)\n{peak}"
+    good = f"import resource, vaezoo\nvaezoo.load({str(small_model)!r})\n{peak}"
+    refused = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    normal = subprocess.run([sys.executable, "-c", good], capture_output=True, text=True, timeout=120)
+    message, peak = refused.stdout.strip().splitlines()
+    assert "decoder.fc.weight" in message or "shape" in message
+    assert int(peak) < int(normal.stdout.strip()) + 100_000  # KiB: within 100 MB of loading the real model
+
+
+@pytest.mark.slow
+def test_non_finite_weights_are_refused(small_model: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from vaezoo.files.model_header import read_header
+
+    data = small_model.read_bytes()
+    metadata = read_header(data, small_model)["__metadata__"]
+    tensors = load_file(small_model)
+    tensors["decoder.fc.bias"][3] = float("nan")
+    save_file(tensors, tmp_path / "nan.safetensors", metadata=metadata)
+    result = run_cli("sample", str(tmp_path / "nan.safetensors"), "--out", str(tmp_path / "s.png"))
+    assert "decoder.fc.bias holds NaN" in one_line(result)
+
+
+@pytest.mark.slow
+def test_a_model_file_never_chooses_the_folder_vaezoo_reads(small_model: Path, cifar: Path, tmp_path: Path) -> None:
+    """Metadata naming an image-folder dataset at / must not make eval walk the filesystem: the data
+    come from --data-dir."""
+    from PIL import Image
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 32), (30 * i, 255 - 30 * i, 128)).save(folder / f"{i}.png")
+    bad = rewrite(
+        small_model,
+        tmp_path / "bad.safetensors",
+        set_key(
+            ["vaezoo.recipe", "dataset"],
+            {"name": "image-folder", "path": "/", "size": 32, "grayscale": False, "test_fraction": 0.5},
+        ),
+    )
+    result = run_cli("eval", str(bad), "--data-dir", str(folder), "--json", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["images"] == 4  # half of the 8 pictures under --data-dir, nothing from /
