@@ -48,7 +48,7 @@ in [cli.md](cli.md); how to write a plugin, with examples, in [plugins.md](plugi
 VALUES = {
     "__version__": (
         "vaezoo.__version__: str",
-        'The version of vaezoo, a string such as "0.4.0" (what `vaezoo --version` prints).',
+        'The version of vaezoo, a string such as "0.5.0" (what `vaezoo --version` prints).',
     ),
     "hookimpl": (
         "@vaezoo.hookimpl",

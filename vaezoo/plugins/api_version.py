@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from types import ModuleType
 
-PLUGIN_API = "1.1"  # 1.0: vaezoo 0.3; 1.1: vaezoo 0.4 (samplers, schedules, loggers, model_files)
+PLUGIN_API = "1.2"  # 1.0: vaezoo 0.3; 1.1: vaezoo 0.4 (samplers, schedules, model_files); 1.2: vaezoo 0.5 (loggers)
 ATTRIBUTE = "VAEZOO_PLUGIN_API"  # the entry-point module's requirement
 EXAMPLE = ">=1,<2"
 MAX_REQUIREMENT = 100  # characters: a requirement is short text, shown in `vaezoo plugins`
