@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from tinydata import call_main
 
 import vaezoo
-from vaezoo.files.pictures import can_interpolate
 from vaezoo.testing import component
+from vaezoo.trainer.pictures import can_interpolate
 
 RUN_FILES = {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"}
 

@@ -503,7 +503,7 @@ def reconstruct_file(
 ) -> None:
     """A PNG of `n` images of a split (drawn with `seed`) above their reconstructions by a saved model."""
     from vaezoo.files.model_file import load
-    from vaezoo.files.pictures import save_reconstructions
+    from vaezoo.trainer.pictures import save_reconstructions
 
     model = load(model_path, device=device)
     images, labels = load_split_images(model, split, data_dir)
@@ -523,7 +523,7 @@ def interpolate_file(
 ) -> None:
     """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""
     from vaezoo.files.model_file import load
-    from vaezoo.files.pictures import require_interpolation, save_interpolations
+    from vaezoo.trainer.pictures import require_interpolation, save_interpolations
 
     if steps < 2:
         raise VaezooError(f"--steps must be 2 or more, got {steps}")

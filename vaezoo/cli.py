@@ -472,8 +472,8 @@ def sample_command(
     """Decode N samples of the model into a grid image."""
     from vaezoo.files.model_file import load
     from vaezoo.files.png import save_grid
-    from vaezoo.files.sampling import parse_label, sample_images
     from vaezoo.samplers import PRIOR, fitted_codes
+    from vaezoo.trainer.sampling import parse_label, sample_images
 
     loaded = load(model, device=device)
     index = parse_label(loaded, label)

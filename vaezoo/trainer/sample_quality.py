@@ -210,7 +210,7 @@ def sample_quality(
 ) -> dict[str, Any]:
     """FID and KID (`compare_images`) of `samples` model samples, drawn as `vaezoo sample -n samples
     --seed seed` draws them, against uint8 `images`; `fid_samples` says how many."""
-    from vaezoo.files.sampling import sample_images
+    from vaezoo.trainer.sampling import sample_images
 
     import_fidelity()
     if samples < 2:
