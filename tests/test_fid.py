@@ -21,7 +21,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 
 from vaezoo.api import evaluate_file, load_split_images  # noqa: E402
 from vaezoo.errors import VaezooError  # noqa: E402
-from vaezoo.files.model_file import load  # noqa: E402
+from vaezoo.loading import load  # noqa: E402
 from vaezoo.trainer.sample_quality import WEIGHTS_FILE, as_rgb_uint8, compare_images  # noqa: E402
 from vaezoo.trainer.sampling import sample_images  # noqa: E402
 
