@@ -446,6 +446,7 @@ def evaluate_file(
     None: the precision the model trained in (`vaezoo.training.precision`) where the device can run it,
     else fp32, so that `loss` is the run's `test_loss` on the same images."""
     from vaezoo.loading import load
+    from vaezoo.sharing import fid_weights
     from vaezoo.trainer import sample_quality as quality
     from vaezoo.trainer.evaluate import evaluation_precision, evaluation_report
     from vaezoo.trainer.loop import memory_format
@@ -463,7 +464,7 @@ def evaluate_file(
             quality.import_fidelity()
             quality.check_channels(model.in_shape[0])
             if feature_extractor is None:
-                weights = stack.enter_context(quality.private_weights(quality.inception_weights()))
+                weights = stack.enter_context(fid_weights.private_weights(fid_weights.inception_weights()))
         images, labels = load_split_images(model, split, data_dir, limit, paths)
         metrics = evaluation_report(
             model,
