@@ -253,11 +253,11 @@ def test_on_cuda_the_precision_probe_times_captured_steps_and_changes_nothing(
 ) -> None:
     import json
 
-    from vaezoo.trainer import devices
+    from vaezoo.trainer import graph_step
 
     timed: list[bool] = []
-    real = devices._replay
-    monkeypatch.setattr(devices, "_replay", lambda *args: timed.append(True) or real(*args))
+    real = graph_step._replay
+    monkeypatch.setattr(graph_step, "_replay", lambda *args: timed.append(True) or real(*args))
     monkeypatch.setenv("VAEZOO_CACHE_DIR", str(tmp_path / "cache"))
     auto = _fit_cuda(cifar, tmp_path / "auto", 1, graph=True, precision="auto")
     assert timed == [True, True]  # fp32 and bf16 each timed as a graph (fp16 would stay eager)

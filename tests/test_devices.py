@@ -9,7 +9,7 @@ import torch
 from tinydata import tiny_cifar  # noqa: F401  (fixture)
 
 from vaezoo.errors import VaezooError
-from vaezoo.trainer import devices
+from vaezoo.trainer import devices, graph_step
 
 
 def test_auto_on_cpu_follows_native_bf16(monkeypatch):
@@ -113,10 +113,10 @@ def test_the_probe_times_graphs_only_where_every_precision_is_captured(monkeypat
             return None
         return lambda: replayed.append(precision.name) or step(precision, cache=False)
 
-    monkeypatch.setattr(devices, "_replay", fake_replay)
+    monkeypatch.setattr(graph_step, "_replay", fake_replay)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     precisions = [devices.resolve_precision(name, torch.device("cpu")) for name in ("fp32", "bf16")]
-    seconds = devices.time_steps(model, x, None, torch.device("cpu"), rounds=2, captured=lambda p: True)(precisions)
+    seconds = graph_step.time_steps(model, x, None, torch.device("cpu"), rounds=2, captured=lambda p: True)(precisions)
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
     assert set(replayed) == timed_as_graphs
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -355,9 +355,9 @@ def _measured_precision(run: Any) -> Any:
     import json
 
     from vaezoo.data import to_float
-    from vaezoo.trainer.devices import resolve_precision, time_steps
+    from vaezoo.trainer.devices import resolve_precision
     from vaezoo.trainer.distributed import World
-    from vaezoo.trainer.graph_step import graph_blocker
+    from vaezoo.trainer.graph_step import graph_blocker, time_steps
     from vaezoo.trainer.loop import memory_format, owns_step
 
     model, recipe, device = run.model, run.recipe, run.device

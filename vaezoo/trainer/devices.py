@@ -7,16 +7,13 @@ import json
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from vaezoo.components import checked_parts
 from vaezoo.errors import VaezooError, printable
 from vaezoo.files.atomic import read_regular_bytes, write_text_atomic
 
@@ -185,71 +182,6 @@ def auto_precision(device: torch.device, timer: StepTimer | None = None, key: st
     with contextlib.suppress(OSError, VaezooError):  # a cache that cannot be written costs a probe next time
         write_text_atomic(cache_file, json.dumps({**dict(kept), entry: choice}, indent=1))
     return choice
-
-
-def time_steps(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    device: torch.device,
-    rounds: int = 5,
-    captured: Callable[[Precision], bool] = lambda precision: False,
-) -> StepTimer:
-    """A StepTimer for `model` on the batch `x` (forward and backward, the optimizer left out): the
-    precisions take turns, after one warm-up step each, and each gets its fastest step (the least
-    disturbed by other work on a shared machine). A precision for which `captured` says the run's step
-    would be a CUDA graph is timed as one (replays of a captured forward and backward): a graph removes
-    the launch overhead that an eager probe would charge to it (where one precision's step is refused,
-    all are timed eagerly). The model's weights, buffers, gradients and the random generators are as
-    before."""
-
-    def step(precision: Precision, cache: bool = True) -> None:
-        with precision.autocast(device, cache=cache):
-            loss = checked_parts(model, model(x, y, 0), len(x)).loss.float().sum()
-        loss.backward()
-
-    def timer(precisions: list[Precision]) -> list[float]:
-        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        times: list[list[float]] = [[] for _ in precisions]
-        graphs: list[Any] = []
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            replays = [_replay(model, step, p, device, graphs) if captured(p) else None for p in precisions]
-            if None in replays:  # where one precision cannot be captured, all are timed eagerly, alike
-                replays = [None] * len(precisions)
-            steps = [replay or (lambda p=p: step(p)) for replay, p in zip(replays, precisions)]
-            for round_ in range(rounds + 1):
-                for index, run_step in enumerate(steps):
-                    started = time.perf_counter()
-                    run_step()
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    if round_:  # the first round warms up
-                        times[index].append(time.perf_counter() - started)
-        model.zero_grad(set_to_none=True)
-        model.load_state_dict(saved)
-        return [min(t) for t in times]
-
-    return timer
-
-
-def _replay(
-    model: torch.nn.Module,
-    step: Callable[..., None],
-    precision: Precision,
-    device: torch.device,
-    graphs: list[Any],
-) -> Callable[[], None] | None:
-    """`step` under `precision` captured as a CUDA graph as the trainer captures it, returned as its
-    replay; None where the step is refused (the run then trains eagerly too)."""
-    from vaezoo.trainer.graph_step import CaptureFailed, capture_step
-
-    try:
-        graph, _ = capture_step(lambda: step(precision, cache=False), device, lambda: model.zero_grad(set_to_none=True))
-    except CaptureFailed:
-        model.zero_grad(set_to_none=True)
-        return None
-    graphs.append(graph)  # alive until the timing ends
-    return graph.replay
 
 
 def resolve_precision(

@@ -13,27 +13,27 @@ the device whether to skip an update; autocast runs without its weight cache.
 
 Before the capture, a few warm-up steps run on a side stream (lazy optimizer state, library workspaces); the
 weights, buffers, optimizer state and random generators are then put back as they were, so that a captured
-run takes the same steps as an eager one."""
+run takes the same steps as an eager one. `time_steps` times a model's step at several precisions, each
+captured as the run would capture it, for `--precision auto` (vaezoo.trainer.devices)."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from vaezoo.components import LossParts
+from vaezoo.components import LossParts, checked_parts
 from vaezoo.errors import RunFailed, printable
-
-if TYPE_CHECKING:
-    from vaezoo.trainer.devices import Precision
-    from vaezoo.trainer.distributed import World
-    from vaezoo.trainer.loop import Run
+from vaezoo.trainer.devices import Precision, StepTimer
+from vaezoo.trainer.distributed import World
+from vaezoo.trainer.run import Run
 
 WARMUP_STEPS = 3
 T = TypeVar("T")
@@ -225,3 +225,66 @@ class GraphStep:
             self.run.step_mode = f"eager ({self.failed})"
             print(printable(f"vaezoo: warning: {self.failed}; training eagerly"), file=sys.stderr)
         snapshot.restore()  # not after another error: the run stops and saves nothing of this epoch
+
+
+def time_steps(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    device: torch.device,
+    rounds: int = 5,
+    captured: Callable[[Precision], bool] = lambda precision: False,
+) -> StepTimer:
+    """A StepTimer for `model` on the batch `x` (forward and backward, the optimizer left out): the
+    precisions take turns, after one warm-up step each, and each gets its fastest step (the least
+    disturbed by other work on a shared machine). A precision for which `captured` says the run's step
+    would be a CUDA graph is timed as one (replays of a captured forward and backward): a graph removes
+    the launch overhead that an eager probe would charge to it (where one precision's step is refused,
+    all are timed eagerly). The model's weights, buffers, gradients and the random generators are as
+    before."""
+
+    def step(precision: Precision, cache: bool = True) -> None:
+        with precision.autocast(device, cache=cache):
+            loss = checked_parts(model, model(x, y, 0), len(x)).loss.float().sum()
+        loss.backward()
+
+    def timer(precisions: list[Precision]) -> list[float]:
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        times: list[list[float]] = [[] for _ in precisions]
+        graphs: list[Any] = []
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            replays = [_replay(model, step, p, device, graphs) if captured(p) else None for p in precisions]
+            if None in replays:  # where one precision cannot be captured, all are timed eagerly, alike
+                replays = [None] * len(precisions)
+            steps = [replay or (lambda p=p: step(p)) for replay, p in zip(replays, precisions)]
+            for round_ in range(rounds + 1):
+                for index, run_step in enumerate(steps):
+                    started = time.perf_counter()
+                    run_step()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if round_:  # the first round warms up
+                        times[index].append(time.perf_counter() - started)
+        model.zero_grad(set_to_none=True)
+        model.load_state_dict(saved)
+        return [min(t) for t in times]
+
+    return timer
+
+
+def _replay(
+    model: torch.nn.Module,
+    step: Callable[..., None],
+    precision: Precision,
+    device: torch.device,
+    graphs: list[Any],
+) -> Callable[[], None] | None:
+    """`step` under `precision` captured as a CUDA graph as the trainer captures it, returned as its
+    replay; None where the step is refused (the run then trains eagerly too)."""
+    try:
+        graph, _ = capture_step(lambda: step(precision, cache=False), device, lambda: model.zero_grad(set_to_none=True))
+    except CaptureFailed:
+        model.zero_grad(set_to_none=True)
+        return None
+    graphs.append(graph)  # alive until the timing ends
+    return graph.replay
