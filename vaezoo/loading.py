@@ -25,6 +25,24 @@ from vaezoo.sharing.hub import local_model_path
 from vaezoo.trainer.devices import resolve_device
 
 
+def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
+    """Rebuild the model saved in `path` (a path, `hf://ORG/NAME[@REV]` or URL) on `device`, in eval mode.
+    `model.recipe` (the resolved recipe it was trained with) and `model.metadata` (the file's `vaezoo.*`
+    metadata) tell what it is."""
+    path = local_model_path(path)
+    metadata, data = read_metadata(path)
+    check_plugins(metadata, path)  # before anything is built: a missing distribution is named first
+    tensors = read_tensors(data, path)
+    with _building(path):
+        on_meta = build_on_meta(lambda: rebuild(metadata, path))
+    check_sizes(on_meta, tensors, path)  # before any memory is taken
+    with _building(path):
+        model = rebuild(metadata, path)
+    load_weights(model, tensors, path)
+    check_objective(model, metadata, path)
+    return model.to(resolve_device(str(device))).eval()
+
+
 def check_plugins(
     metadata: Mapping[str, Any],
     path: Path | str,
@@ -85,24 +103,6 @@ def recipe_with_provenance(metadata: Mapping[str, Any], entries: Mapping[str, En
         elif valid_distribution(distribution):
             table[key] = {**part, "name": f"{distribution}:{record['name']}"}
     return table
-
-
-def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
-    """Rebuild the model saved in `path` (a path, `hf://ORG/NAME[@REV]` or URL) on `device`, in eval mode.
-    `model.recipe` (the resolved recipe it was trained with) and `model.metadata` (the file's `vaezoo.*`
-    metadata) tell what it is."""
-    path = local_model_path(path)
-    metadata, data = read_metadata(path)
-    check_plugins(metadata, path)  # before anything is built: a missing distribution is named first
-    tensors = read_tensors(data, path)
-    with _building(path):
-        on_meta = build_on_meta(lambda: rebuild(metadata, path))
-    check_sizes(on_meta, tensors, path)  # before any memory is taken
-    with _building(path):
-        model = rebuild(metadata, path)
-    load_weights(model, tensors, path)
-    check_objective(model, metadata, path)
-    return model.to(resolve_device(str(device))).eval()
 
 
 def check_objective(model: Model, metadata: Mapping[str, Any], path: Path) -> None:
