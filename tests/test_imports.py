@@ -1,7 +1,7 @@
-"""The core's modules stand on floors (docs/design, "Architecture"; README, Architecture): each imports only
-from its own floor or those below, and no two import each other in a circle. Every import counts: at module
-level, inside functions (which hide a circle from Python until run time) and under `if TYPE_CHECKING:` (a
-type-only import still ties two modules together)."""
+"""The core's modules stand on floors (README, Architecture): each imports only from its own floor or those
+below, and no two import each other in a circle. Every import counts: at module level, inside functions
+(which hide a circle from Python until run time) and under `if TYPE_CHECKING:` (a type-only import still
+ties two modules together)."""
 
 from __future__ import annotations
 
