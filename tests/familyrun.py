@@ -20,8 +20,8 @@ from conftest import run_cli, run_cli_batch
 from safetensors.torch import load_file
 
 import vaezoo
-from vaezoo.files.pictures import can_interpolate
 from vaezoo.testing import component
+from vaezoo.trainer.pictures import can_interpolate
 
 RUN_FILES = {"model.safetensors", "state.safetensors", "metrics.jsonl", "samples.png", "recipe.toml"}
 

@@ -21,9 +21,10 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, Featu
 
 from vaezoo.api import evaluate_file, load_split_images  # noqa: E402
 from vaezoo.errors import VaezooError  # noqa: E402
-from vaezoo.files.model_file import load  # noqa: E402
-from vaezoo.files.sampling import sample_images  # noqa: E402
-from vaezoo.trainer.sample_quality import WEIGHTS_FILE, as_rgb_uint8, compare_images  # noqa: E402
+from vaezoo.loading import load  # noqa: E402
+from vaezoo.sharing.fid_weights import WEIGHTS_FILE  # noqa: E402
+from vaezoo.trainer.sample_quality import as_rgb_uint8, compare_images  # noqa: E402
+from vaezoo.trainer.sampling import sample_images  # noqa: E402
 
 SAMPLES, IMAGES, SEED = 160, 200, 3
 
@@ -230,7 +231,7 @@ def test_a_downloaded_file_that_is_not_the_weights_is_deleted(tmp_path: Path, mo
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from vaezoo.trainer import sample_quality
+    from vaezoo.sharing import fid_weights
 
     served = tmp_path / "served"
     served.mkdir()
@@ -240,13 +241,13 @@ def test_a_downloaded_file_that_is_not_the_weights_is_deleted(tmp_path: Path, mo
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/{WEIGHTS_FILE}"
-    monkeypatch.setattr(sample_quality, "weights_url", lambda: url)
+    monkeypatch.setattr(fid_weights, "weights_url", lambda: url)
     monkeypatch.setenv("VAEZOO_CACHE_DIR", str(tmp_path / "cache"))
     for key in ("VAEZOO_FID_WEIGHTS", "HF_HUB_OFFLINE", "http_proxy", "HTTP_PROXY"):
         monkeypatch.delenv(key, raising=False)
     try:
         with pytest.raises(VaezooError) as refused:
-            sample_quality.inception_weights()
+            fid_weights.inception_weights()
     finally:
         server.shutdown()
     message = str(refused.value)

@@ -132,8 +132,8 @@ def test_every_writer_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None
     import torch
 
     from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
-    from vaezoo.files.pictures import save_loss_plot
     from vaezoo.files.png import save_grid
+    from vaezoo.trainer.pictures import save_loss_plot
 
     outside = tmp_path / "outside.txt"
     outside.write_text("keep me")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vaezoo.api import interpolate_file, reconstruct_file
 from vaezoo.errors import VaezooError
-from vaezoo.files.pictures import save_loss_plot
+from vaezoo.trainer.pictures import save_loss_plot
 
 TINY = ["--set", "encoder.hidden=[8,16,32]", "--set", "decoder.hidden=[32,16,8]", "--set", "latent_dim=8"]
 HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
@@ -111,7 +111,7 @@ def test_loss_plot_is_updated_and_skipped_without_matplotlib(
     assert save_loss_plot(history, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes() != one_epoch
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
-    monkeypatch.setattr("vaezoo.files.pictures._notified", set())
+    monkeypatch.setattr("vaezoo.trainer.pictures._notified", set())
     assert not save_loss_plot(history, tmp_path / "none.png") and not save_loss_plot(history, tmp_path / "none.png")
     err = capsys.readouterr().err
     assert not (tmp_path / "none.png").exists()

@@ -351,6 +351,6 @@ def test_recipes_build_train_and_reload(tmp_path, net, prior, loss):
     model(torch.rand(2, 1, 8, 8), step=0).loss.sum().backward()
     assert model.sample(2).shape == (2, 1, 8, 8)
     checkpoint.save(model, tmp_path / "model.safetensors", recipe)  # vamp must not share tensors with the encoder
-    again = checkpoint.load(tmp_path / "model.safetensors")
+    again = vaezoo.load(tmp_path / "model.safetensors")
     z = torch.randn(4, 3)
     torch.testing.assert_close(again.prior.log_prob(z), model.prior.log_prob(z))

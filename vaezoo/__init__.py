@@ -15,7 +15,7 @@ __version__ = "0.5.0"
 _LAZY = {
     "build": "vaezoo.api",
     "fit": "vaezoo.api",
-    "load": "vaezoo.files.model_file",
+    "load": "vaezoo.loading",
     "save": "vaezoo.files.model_file",
     "push": "vaezoo.sharing.publish",
     "resolve_recipe": "vaezoo.recipes.resolve",

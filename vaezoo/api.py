@@ -92,8 +92,8 @@ def read_model_files(recipe: Mapping[str, Any], saved: Path | None = None) -> di
     """The model files a recipe's family is built on (`Model.model_files`), each read once: key -> the
     loaded model and the record its model file keeps. `saved`: a resumed run's model.safetensors,
     whose records serve (the state holds the weights) when they name the same source."""
-    from vaezoo.files.model_file import load, rebuild
     from vaezoo.files.model_header import file_sha256, read_model_header
+    from vaezoo.loading import load, rebuild
     from vaezoo.plugins.manager import get_registry
     from vaezoo.recipes.build import Dependency, model_file_keys
     from vaezoo.sharing.hub import local_model_path
@@ -263,7 +263,7 @@ def make_run(
     import torch
 
     from vaezoo.data import hold_out, limit_subset, load_split
-    from vaezoo.files.model_file import build_on_meta
+    from vaezoo.loading import build_on_meta
     from vaezoo.recipes.build import build_model
     from vaezoo.trainer import distributed
     from vaezoo.trainer.devices import on_device, resolve_precision, resolve_threads, start_cuda
@@ -375,7 +375,7 @@ def load_split_images(
     """Uint8 images and int64 labels of a split of a loaded model's dataset (`limit` > 0: that many,
     drawn with a fixed seed; `paths`: the dataset's folder keys, see `make_dataset`)."""
     from vaezoo.data import limit_subset, load_split
-    from vaezoo.files.model_file import check_plugins
+    from vaezoo.loading import check_plugins
 
     if model.metadata:  # the dataset plugin is needed now (loading did not need it)
         check_plugins(model.metadata, "the model", kinds=("dataset",))
@@ -431,7 +431,8 @@ def evaluate_file(
     the reconstructions, FID's). `precision` (fp32, bf16, fp16) is the autocast of the loss and the NLL;
     None: the precision the model trained in (`vaezoo.training.precision`) where the device can run it,
     else fp32, so that `loss` is the run's `test_loss` on the same images."""
-    from vaezoo.files.model_file import load
+    from vaezoo.loading import load
+    from vaezoo.sharing import fid_weights
     from vaezoo.trainer import sample_quality as quality
     from vaezoo.trainer.evaluate import evaluation_precision, evaluation_report
     from vaezoo.trainer.step import memory_format
@@ -450,7 +451,7 @@ def evaluate_file(
             quality.import_fidelity()
             quality.check_channels(model.in_shape[0])
             if feature_extractor is None:
-                weights = stack.enter_context(quality.private_weights(quality.inception_weights()))
+                weights = stack.enter_context(fid_weights.private_weights(fid_weights.inception_weights()))
         images, labels = load_split_images(model, split, data_dir, limit, paths)
         metrics = evaluation_report(
             model,
@@ -489,8 +490,8 @@ def reconstruct_file(
     device: str = "cpu",
 ) -> None:
     """A PNG of `n` images of a split (drawn with `seed`) above their reconstructions by a saved model."""
-    from vaezoo.files.model_file import load
-    from vaezoo.files.pictures import save_reconstructions
+    from vaezoo.loading import load
+    from vaezoo.trainer.pictures import save_reconstructions
 
     model = load(model_path, device=device)
     images, labels = load_split_images(model, split, data_dir)
@@ -509,8 +510,8 @@ def interpolate_file(
     device: str = "cpu",
 ) -> None:
     """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""
-    from vaezoo.files.model_file import load
-    from vaezoo.files.pictures import require_interpolation, save_interpolations
+    from vaezoo.loading import load
+    from vaezoo.trainer.pictures import require_interpolation, save_interpolations
 
     if steps < 2:
         raise VaezooError(f"--steps must be 2 or more, got {steps}")

@@ -476,10 +476,10 @@ def sample_command(
     ] = None,
 ) -> None:
     """Decode N samples of the model into a grid image."""
-    from vaezoo.files.model_file import load
     from vaezoo.files.png import save_grid
-    from vaezoo.files.sampling import parse_label, sample_images
+    from vaezoo.loading import load
     from vaezoo.samplers import PRIOR, fitted_codes
+    from vaezoo.trainer.sampling import parse_label, sample_images
 
     loaded = load(model, device=device)
     index = parse_label(loaded, label)

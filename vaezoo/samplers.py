@@ -71,7 +71,7 @@ def fit_sampler(
     """Fit sampler `name` (`sets`: its `KEY=VALUE` keys) to the training split's codes of a saved
     model and write it beside the model file; returns what was written."""
     from vaezoo.api import load_split_images
-    from vaezoo.files.model_file import load
+    from vaezoo.loading import load
     from vaezoo.sharing.hub import local_model_path
 
     if name == PRIOR:

@@ -1,2 +1,2 @@
-"""Files: atomic writes, model files (written, loaded, their header read without torch), the training
-state, run folders, pictures and image folders."""
+"""Storage only: atomic writes, the model file's header and tensors, the training state, run folders,
+PNG bytes and image folders. Knows no device, no Hub, no trainer and no dataset."""

@@ -1,5 +1,5 @@
 """Reading a model file's header and `vaezoo.*` metadata without torch (for `inspect`, `card` and
-`push`, and as the first step of `vaezoo.files.model_file.load`). The format: docs/checkpoints.md.
+`push`, and as the first step of `vaezoo.loading.load`). The format: docs/checkpoints.md.
 
 Everything here treats a file as hostile: the header is read alone (at most MAX_HEADER bytes, the
 tensors are never read for `inspect` or `card`), each tensor entry and each metadata field is checked
@@ -457,7 +457,7 @@ def _objective_problem(metadata: Mapping[str, Any]) -> str | None:
 
 def objective_of(metadata: Mapping[str, Any]) -> tuple[str, str]:
     """(objective, regularizer) as a checked file records them: ("elbo", "kl") for files before
-    vaezoo 0.3. The file's label: `vaezoo.files.model_file.load` checks it against the family."""
+    vaezoo 0.3. The file's label: `vaezoo.loading.load` checks it against the family."""
     objective = metadata.get("objective", {})
     return objective.get("objective", "elbo"), objective.get("regularizer", "kl")
 

@@ -19,7 +19,10 @@ from torch import Tensor
 
 from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
 from vaezoo.files.model_file import save as save_model
-from vaezoo.files.pictures import (
+from vaezoo.files.png import grid, save_png
+from vaezoo.files.train_state import save_state
+from vaezoo.trainer.loop import Callback, Run
+from vaezoo.trainer.pictures import (
     INTERP_PAIRS,
     RECON_COUNT,
     can_interpolate,
@@ -29,9 +32,6 @@ from vaezoo.files.pictures import (
     sample_grid,
     save_loss_plot,
 )
-from vaezoo.files.png import grid, save_png
-from vaezoo.files.train_state import save_state
-from vaezoo.trainer.loop import Callback, Run
 
 SAMPLE_SEED = 0  # samples.png of every epoch decodes the same noise
 Write = Callable[[], Any]

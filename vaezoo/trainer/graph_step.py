@@ -13,7 +13,8 @@ the device whether to skip an update; autocast runs without its weight cache.
 
 Before the capture, a few warm-up steps run on a side stream (lazy optimizer state, library workspaces); the
 weights, buffers, optimizer state and random generators are then put back as they were, so that a captured
-run takes the same steps as an eager one."""
+run takes the same steps as an eager one. `time_steps` times a model's step at several precisions, each
+captured as the run would capture it, for `--precision auto` (vaezoo.trainer.devices)."""
 
 from __future__ import annotations
 
@@ -23,18 +24,16 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
 from vaezoo.components import LossParts
 from vaezoo.errors import RunFailed, error_line, printable
-
-if TYPE_CHECKING:
-    from vaezoo.trainer.devices import Precision
-    from vaezoo.trainer.distributed import World
-    from vaezoo.trainer.run import Run
+from vaezoo.trainer.devices import Precision
+from vaezoo.trainer.distributed import World
+from vaezoo.trainer.run import Run
 
 WARMUP_STEPS = 3
 CAPTURABLE_RUN_EAGERLY = "This instance was constructed with capturable=True"  # torch's warning, by design here

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from vaezoo.components import Model, checked_images
 from vaezoo.errors import VaezooError
-from vaezoo.files.pictures import sample_labels
+from vaezoo.trainer.pictures import sample_labels
 
 SAMPLE_BATCH = 1000  # images decoded at once (bounds memory for large -n)
 
