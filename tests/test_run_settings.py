@@ -14,7 +14,7 @@ from conftest import Command, run_cli_batch
 from tinydata import TINY_ARGS, tiny_cifar  # noqa: F401  (fixture)
 
 from vaezoo.errors import VaezooError
-from vaezoo.trainer import devices, graph_step
+from vaezoo.trainer import devices
 
 SMALL = ["--limit", "32", "--set", "train.test_limit=16", "--device", "cpu", *TINY_ARGS]
 
@@ -167,7 +167,7 @@ def test_auto_chooses_alike_for_any_thread_count_and_process_count(tiny_cifar: P
 
         return probe
 
-    monkeypatch.setattr(graph_step, "time_steps", timer)
+    monkeypatch.setattr(devices, "time_steps", timer)
     threads = torch.get_num_threads()
     try:
         for count in ("1", "2"):

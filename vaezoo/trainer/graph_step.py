@@ -13,8 +13,8 @@ the device whether to skip an update; autocast runs without its weight cache.
 
 Before the capture, a few warm-up steps run on a side stream (lazy optimizer state, library workspaces); the
 weights, buffers, optimizer state and random generators are then put back as they were, so that a captured
-run takes the same steps as an eager one. `time_steps` times a model's step at several precisions, each
-captured as the run would capture it, for `--precision auto` (vaezoo.trainer.devices)."""
+run takes the same steps as an eager one. `replay_of` captures a step as the run would, so that
+`vaezoo.trainer.devices.time_steps` times it as a graph for `--precision auto`."""
 
 from __future__ import annotations
 
