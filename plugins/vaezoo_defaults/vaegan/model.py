@@ -15,7 +15,7 @@ optimizer ("encoder", "decoder", "discriminator"); L_llike never trains the disc
 Goodfellow et al.'s non-saturating form -log Dis(x~) - log Dis(x_p) (`gan_loss = "minimax"` keeps
 log(1 - Dis(.))).
 
-Two training aids, both off in the family's defaults (the `cifar-vae-gan` recipe turns them on):
+Two training aids, both off in the family's defaults and in the `cifar-vae-gan` recipe:
 
 - the loss's KL schedule (`applies_kl_weight`): the encoder is trained on kl_weight(step) * L_prior +
   L_llike, so a `beta-kl` loss with `warmup_steps` ramps the KL in (evaluation always reports the
