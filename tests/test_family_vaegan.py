@@ -14,16 +14,18 @@ import torch
 from familyrun import Family, grads, metrics, record_updates, tiny_components
 from tinydata import TINY_SETS
 
-from vaezoo.testing import check_model
-from vaezoo_defaults.vaegan.model import VAEGAN, feature_nll
+from vaezoo.api import build
+from vaezoo.testing import check_model, component
+from vaezoo_defaults.vaegan.model import VAEGAN, feature_nll, gate_decision
 
 LATENT = 4
 DISC = [4, 8]
 
 
-def small_model(**keys) -> VAEGAN:
+def small_model(loss: str = "bce-kl", loss_keys: dict | None = None, **keys) -> VAEGAN:
     torch.manual_seed(0)
-    return VAEGAN(in_shape=(3, 32, 32), latent_dim=LATENT, **{"disc_hidden": DISC, **keys}, **tiny_components(LATENT))
+    components = {**tiny_components(LATENT), "loss": component("loss", loss, **(loss_keys or {}))}
+    return VAEGAN(in_shape=(3, 32, 32), latent_dim=LATENT, **{"disc_hidden": DISC, **keys}, **components)
 
 
 def images(n: int = 5) -> torch.Tensor:
@@ -75,13 +77,18 @@ def test_evaluation_parts_recomputed_by_hand():
     assert torch.allclose(parts.terms["gan_generator"], -torch.log(p_rec) - torch.log(p_prior), rtol=1e-4)
 
 
-@pytest.mark.parametrize("gan_loss", ["non-saturating", "minimax"])
-def test_each_player_learns_its_own_loss_of_algorithm_1(gan_loss):
+@pytest.mark.parametrize(
+    ("gan_loss", "loss", "kl_weight"),
+    [("non-saturating", "bce-kl", 1.0), ("minimax", "bce-kl", 1.0), ("non-saturating", "beta-kl", 0.5)],
+)
+def test_each_player_learns_its_own_loss_of_algorithm_1(gan_loss, loss, kl_weight):
     """One training step, its updates recorded and not applied: the discriminator's gradient is that
-    of -L_GAN (no L_llike), the encoder's that of L_prior + L_llike, the decoder's that of
-    gamma * L_llike minus its part of L_GAN; written here from the paper's equations."""
+    of -L_GAN (no L_llike), the encoder's that of L_prior + L_llike (L_prior weighted by the loss's
+    kl_weight: beta-kl with beta 0.5), the decoder's that of gamma * L_llike minus its part of L_GAN;
+    written here from the paper's equations."""
     gamma = 0.3
-    model = small_model(gamma=gamma, gan_loss=gan_loss).train()
+    loss_keys = {"beta": kl_weight} if loss == "beta-kl" else {}
+    model = small_model(loss, loss_keys, gamma=gamma, gan_loss=gan_loss).train()
     x = images()
     groups, seen = record_updates(model, x, seed=3)
     assert list(seen) == ["discriminator", "encoder", "decoder"]
@@ -105,7 +112,7 @@ def test_each_player_learns_its_own_loss_of_algorithm_1(gan_loss):
         generator = -torch.log(prob(x_rec)) - torch.log(prob(x_prior))
     expected = {
         "discriminator": grads((-l_gan).mean(), groups["discriminator"]),
-        "encoder": grads((l_prior + l_llike).mean(), groups["encoder"]),
+        "encoder": grads((kl_weight * l_prior + l_llike).mean(), groups["encoder"]),
         "decoder": grads((gamma * l_llike + generator).mean(), groups["decoder"]),
     }
     for name, wanted in expected.items():
@@ -114,8 +121,51 @@ def test_each_player_learns_its_own_loss_of_algorithm_1(gan_loss):
             assert torch.allclose(got, want, rtol=1e-3, atol=1e-6), name
 
 
+def test_gate_decision():
+    """Larsen et al.'s equilibrium gate at equilibrium 0.68, margin 0.35: a discriminator whose
+    cross-entropy on reals or fakes is below 0.33 is winning (not updated), one above 1.03 losing (the
+    decoder gets no GAN term); when both would be gated, both train."""
+    for real, fake, expected in (
+        (0.7, 0.6, (True, True)),
+        (0.2, 0.7, (False, True)),
+        (0.7, 0.1, (False, True)),
+        (1.2, 0.7, (True, False)),
+        (0.7, 2.0, (True, False)),
+        (0.1, 2.0, (True, True)),
+    ):
+        assert gate_decision(real, fake, 0.68, 0.35) == expected, (real, fake)
+
+
+def test_gate_skips_the_winning_discriminator_and_the_losing_discriminators_gan_term():
+    """With the gate, a training step's updates follow the decision on the batch's cross-entropies
+    (about log 2 for a fresh discriminator): equilibrium 10 makes the discriminator the winner (no
+    discriminator update), equilibrium 0 the loser (with gamma 0 the decoder's loss is then zero)."""
+    x = images()
+    _, seen = record_updates(small_model(gate=True, equilibrium=10.0, margin=0.1), x, seed=3)
+    assert list(seen) == ["encoder", "decoder"]
+    for gate, wanted_zero in ((True, True), (False, False)):
+        model = small_model(gate=gate, equilibrium=0.0, margin=0.1, gamma=0.0)
+        _, seen = record_updates(model, x, seed=3)
+        assert list(seen) == ["discriminator", "encoder", "decoder"]
+        assert all(g.abs().sum() == 0 for g in seen["decoder"]) == wanted_zero
+        assert model.last_gate == (True, not gate)
+
+
+def test_recipe_takes_a_kl_warm_up_and_the_gate():
+    """cifar-vae-gan with a beta-kl warm-up and the equilibrium gate builds (vae-gan applies the loss's
+    KL schedule; it was refused as a schedule the family would ignore) and has both in effect."""
+    warm_up = 'loss={name="beta-kl",beta=1.0,warmup_steps=80}'
+    model = build("cifar-vae-gan", ["model.disc_hidden=[4,8]", "model.gate=true", warm_up])
+    assert model.gate and (model.equilibrium, model.margin) == (0.68, 0.35)
+    assert model.loss.kl_weight(0) == 0.0 and 0 < model.loss.kl_weight(40) < 1 and model.loss.kl_weight(80) == 1.0
+    assert model.loss.kl_weight(None) == 1.0
+
+
 def test_rejects_bad_keys():
     for keys, message in (
+        ({"gate": 1}, "gate"),
+        ({"equilibrium": -0.5}, "equilibrium"),
+        ({"margin": math.inf}, "margin"),
         ({"gamma": -1.0}, "gamma"),
         ({"gan_loss": "wasserstein"}, "gan_loss"),
         ({"disc_hidden": [4, 8, 8, 8, 8, 8]}, "divisible"),

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import vaezoo
 from vaezoo.errors import VaezooError
-from vaezoo.samplers import require_codes
+from vaezoo.samplers import require_codes, training_codes
 from vaezoo_defaults.samplers.gmm import GaussianMixtureSampler
 
 
@@ -69,6 +69,19 @@ def test_a_family_without_codes_cannot_use_a_fitted_sampler(cifar: Path):
     model = vaezoo.build("cifar-hvae", ["dataset.download=false"])
     with pytest.raises(VaezooError, match="no encode/decode"):
         require_codes(model)
+
+
+def test_training_codes_are_the_codes_of_the_images_in_0_1(small_model: Path, cifar: Path):
+    """The sampler is fitted to the codes `encode` gives the training images as the model saw them,
+    floats in [0, 1] (they were divided by 255 twice: every code was that of a black image, and gmm
+    samples decoded to black)."""
+    model = vaezoo.load(small_model).eval()
+    images = torch.randint(0, 256, (6, *model.in_shape), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = model.encode(images.float() / 255, None).flatten(1).double()
+        codes = training_codes(model, images, None, 4)
+    assert torch.allclose(codes, expected, atol=1e-5)
+    assert codes.std(0).mean() > 1e-3  # six different images, six different codes
 
 
 def test_fit_sampler_and_sample_with_it_end_to_end(small_model: Path, cifar: Path, tmp_path: Path):

@@ -48,12 +48,12 @@ def _build(name: str, dim: int, keys: Mapping[str, Any], recipe: str) -> tuple[S
 @torch.no_grad()
 def training_codes(model: Model, images: Tensor, labels: Tensor | None, batch_size: int) -> Tensor:
     """`(N, D)` float64 codes (`model.encode`, flattened) of uint8 `images`, on the CPU."""
-    from vaezoo.data import batches, to_float
+    from vaezoo.data import batches
 
     device = next(model.parameters()).device
     codes = []
-    for x, y in batches(images, batch_size, labels if model.conditional else None):
-        z = model.encode(to_float(x).to(device), None if y is None else y.to(device))
+    for x, y in batches(images, batch_size, labels if model.conditional else None):  # x: float in [0, 1]
+        z = model.encode(x.to(device), None if y is None else y.to(device))
         codes.append(z.reshape(len(x), -1).double().cpu())
     return torch.cat(codes)
 

@@ -15,6 +15,18 @@ optimizer ("encoder", "decoder", "discriminator"); L_llike never trains the disc
 Goodfellow et al.'s non-saturating form -log Dis(x~) - log Dis(x_p) (`gan_loss = "minimax"` keeps
 log(1 - Dis(.))).
 
+Two training aids, both off in the family's defaults and in the `cifar-vae-gan` recipe:
+
+- the loss's KL schedule (`applies_kl_weight`): the encoder is trained on kl_weight(step) * L_prior +
+  L_llike, so a `beta-kl` loss with `warmup_steps` ramps the KL in (evaluation always reports the
+  true L_prior);
+- `gate = true`, the equilibrium gate of Larsen et al.'s code: with the discriminator's mean binary
+  cross-entropies on real images and on fakes (x~ and x_p together) measured before its update, the
+  discriminator is not updated when either is below `equilibrium - margin` (it is winning), and the
+  decoder's GAN term is dropped (the decoder trains on gamma * L_llike alone) when either is above
+  `equilibrium + margin` (it is losing); when both would be gated, neither is. The means are over the
+  global batch, so every rank of a distributed run takes the same decision.
+
 Algorithm 1 takes the three gradients from one forward pass; here each player's loss is computed just
 before its own update (discriminator, then encoder, then decoder), since an optimizer step changes the
 weights a shared graph would need. The discriminator is a smaller version of the paper's (stride-2
@@ -39,6 +51,7 @@ from torch import Tensor, nn
 from vaezoo import EncoderDecoderFamily, Loss, LossParts, Prior
 from vaezoo.components import ParamGroup
 from vaezoo_defaults.common import check_widths, downsampling_factor
+from vaezoo_defaults.rae.mixture import sum_over_ranks
 
 GAN_LOSSES = ("non-saturating", "minimax")
 LOG_2PI = math.log(2 * math.pi)
@@ -70,6 +83,16 @@ class Discriminator(nn.Module):
         return features, self.head(features).squeeze(1)
 
 
+def gate_decision(real_bce: float, fake_bce: float, equilibrium: float, margin: float) -> tuple[bool, bool]:
+    """The equilibrium gate: (update the discriminator, train the decoder on the GAN term), from the
+    discriminator's mean binary cross-entropy on real images and on fakes."""
+    train_discriminator = min(real_bce, fake_bce) >= equilibrium - margin
+    train_generator = max(real_bce, fake_bce) <= equilibrium + margin
+    if not (train_discriminator or train_generator):
+        return True, True
+    return train_discriminator, train_generator
+
+
 def feature_nll(real: Tensor, fake: Tensor) -> Tensor:
     """-log N(real; fake, I) per image (eq. 6): the Gaussian observation model in Dis_l's feature space."""
     return 0.5 * ((real - fake).pow(2) + LOG_2PI).flatten(1).sum(1)
@@ -82,6 +105,7 @@ class VAEGAN(EncoderDecoderFamily):
 
     objective = "vae-gan"
     regularizer = "kl"  # LossParts.kl is L_prior = KL(q(z|x) || p(z))
+    applies_kl_weight = True  # the encoder's L_prior is weighted by loss.kl_weight(step) (beta-kl's warm-up)
 
     def __init__(
         self,
@@ -95,6 +119,9 @@ class VAEGAN(EncoderDecoderFamily):
         disc_hidden: Sequence[int] = (32, 64, 128),
         gamma: float = 1.0,
         gan_loss: str = "non-saturating",
+        gate: bool = False,
+        equilibrium: float = 0.68,
+        margin: float = 0.35,
     ) -> None:
         super().__init__()
         if not (
@@ -103,10 +130,17 @@ class VAEGAN(EncoderDecoderFamily):
             raise ValueError(f"vae-gan needs gamma: a finite number >= 0, got {gamma!r}")
         if gan_loss not in GAN_LOSSES:
             raise ValueError(f"vae-gan gan_loss must be one of {', '.join(GAN_LOSSES)}, got {gan_loss!r}")
+        if not isinstance(gate, bool):
+            raise ValueError(f"vae-gan gate must be true or false, got {gate!r}")
+        for key, value in (("equilibrium", equilibrium), ("margin", margin)):
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+                raise ValueError(f"vae-gan needs {key}: a finite number >= 0, got {value!r}")
         self.encoder, self.decoder, self.prior, self.loss = encoder, decoder, prior, loss
         self.discriminator = Discriminator(in_shape, disc_hidden)
         self.in_shape, self.latent_dim = tuple(in_shape), latent_dim
         self.gamma, self.gan_loss = float(gamma), gan_loss
+        self.gate, self.equilibrium, self.margin = gate, float(equilibrium), float(margin)
+        self.last_gate = (True, True)  # the last training step's decision (discriminator, decoder's GAN term)
         prior.bind(encoder)
 
     def parameter_groups(self) -> dict[str, ParamGroup]:
@@ -126,10 +160,25 @@ class VAEGAN(EncoderDecoderFamily):
         """Dec(z) as images in [0, 1] (what the discriminator sees)."""
         return self.loss.image(self.decoder(z))
 
+    def discriminator_bce(self, x: Tensor, x_rec: Tensor, x_prior: Tensor) -> Tensor:
+        """The discriminator's binary cross-entropies (3, B): -log Dis(x), -log(1 - Dis(x~)), -log(1 - Dis(x_p))."""
+        logits = self.discriminator(torch.cat([x, x_rec, x_prior]))[1].float().view(3, -1)
+        return torch.stack([F.softplus(-logits[0]), F.softplus(logits[1]), F.softplus(logits[2])])
+
     def discriminator_loss(self, x: Tensor, x_rec: Tensor, x_prior: Tensor) -> Tensor:
         """-L_GAN per image: -log Dis(x) - log(1 - Dis(x~)) - log(1 - Dis(x_p))."""
-        logits = self.discriminator(torch.cat([x, x_rec, x_prior]))[1].float().view(3, -1)
-        return F.softplus(-logits[0]) + F.softplus(logits[1]) + F.softplus(logits[2])
+        return self.discriminator_bce(x, x_rec, x_prior).sum(0)
+
+    def gate_players(self, bce: Tensor) -> tuple[bool, bool]:
+        """(update the discriminator, give the decoder its GAN term) for a batch's discriminator
+        cross-entropies `bce` (3, B): the equilibrium gate's decision on the global batch, or (True, True)
+        without the gate."""
+        if not self.gate:
+            return True, True
+        sums = bce.detach().double().sum(1)
+        (total,) = sum_over_ranks([torch.stack([sums[0], sums[1] + sums[2], sums.new_tensor(bce.shape[1])])])
+        real, fake, count = total.tolist()
+        return gate_decision(real / count, fake / (2 * count), self.equilibrium, self.margin)
 
     def generator_loss(self, fake_logits: Tensor) -> Tensor:
         """The decoder's part of -L_GAN per image, summed over its fakes (x~ and x_p): `fake_logits` (2, B)."""
@@ -145,8 +194,11 @@ class VAEGAN(EncoderDecoderFamily):
         z_prior = self.prior.sample(len(x)).to(z.dtype)
         with torch.no_grad():
             x_rec, x_prior = self.images(z), self.images(z_prior)
-        d_loss = self.discriminator_loss(x, x_rec, x_prior)
-        update("discriminator", d_loss)
+        bce = self.discriminator_bce(x, x_rec, x_prior)
+        d_loss = bce.sum(0)
+        train_discriminator, train_generator = self.last_gate = self.gate_players(bce)
+        if train_discriminator:
+            update("discriminator", d_loss)
 
         with torch.no_grad():
             real_features = self.discriminator.features(x)
@@ -154,13 +206,13 @@ class VAEGAN(EncoderDecoderFamily):
         recon = self.loss.nll(x.float(), out.float()).detach()
         llike = feature_nll(real_features.float(), self.discriminator.features(self.loss.image(out)).float())
         kl = self.prior.kl(mu.float(), logvar.float(), z.float())
-        update("encoder", kl + llike)
+        update("encoder", self.loss.kl_weight(step) * kl + llike)
 
         fakes = torch.cat([self.images(z.detach()), self.images(z_prior)])
         features, logits = self.discriminator(fakes)
         g_loss = self.generator_loss(logits.float().view(2, -1))
         llike_dec = feature_nll(real_features.float(), features[: len(x)].float())
-        update("decoder", self.gamma * llike_dec + g_loss)
+        update("decoder", self.gamma * llike_dec + (g_loss if train_generator else 0.0))
         kl = kl.detach()
         return LossParts(
             recon + kl,
