@@ -467,6 +467,7 @@ def test_download_cache_without_a_home(
 
     monkeypatch.setattr(pwd, "getpwuid", no_entry)  # a user without a passwd entry: Path.home() fails
     one_error_here(capsys, ["inspect", url], "HOME", "VAEZOO_CACHE_DIR")
+    one_error_here(capsys, ["inspect", url], "HOME", "VAEZOO_CACHE_DIR", env={"VAEZOO_CACHE_DIR": "~/cache"})
     assert raw.requests == []
     env = {k: v for k, v in os.environ.items() if k not in ("HOME", "VAEZOO_CACHE_DIR")}
     done = subprocess.run(

@@ -32,7 +32,7 @@ class FitResult:
 
 def make_dataset(
     recipe: Mapping[str, Any],
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     *,
     from_file: bool = False,
     paths: Mapping[str, str] | None = None,
@@ -154,7 +154,7 @@ def fit(
     sets: Iterable[str] = (),
     options: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     device: str = "auto",
     resume: str | Path | None = None,
     callbacks: Sequence[Any] = (),
@@ -382,7 +382,7 @@ def _measured_precision(run: Any) -> Any:
 def load_split_images(
     model: Any,
     split: str = "test",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     limit: int = 0,
     paths: Mapping[str, str] | None = None,
 ):
@@ -423,7 +423,7 @@ def check_same_data(model: Any, dataset: Any) -> None:
 def evaluate_file(
     model_path: str | Path,
     *,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     split: str = "test",
     limit: int = 0,
     device: str = "auto",
@@ -498,7 +498,7 @@ def reconstruct_file(
     n: int = 16,
     seed: int = 0,
     split: str = "test",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
 ) -> None:
     """A PNG of `n` images of a split (drawn with `seed`) above their reconstructions by a saved model."""
@@ -518,7 +518,7 @@ def interpolate_file(
     steps: int = 10,
     seed: int = 0,
     split: str = "test",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
 ) -> None:
     """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""

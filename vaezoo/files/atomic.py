@@ -32,7 +32,7 @@ def _umask() -> int:
     return mask
 
 
-def check_writable_target(path: str | os.PathLike) -> None:
+def check_writable_target(path: str | os.PathLike[str]) -> None:
     """A VaezooError if `path` exists and is not a regular file (symbolic links included, whatever
     they point at): vaezoo would replace it."""
     try:
@@ -53,7 +53,7 @@ def remove_abandoned_temp_files(path: Path) -> list[str]:
     """Remove the temporary files of `path` (`.NAME.PID.XXXXXXXX.tmp`) whose writer process is gone;
     a live writer's stay. Returns the names removed."""
     own = re.compile(rf"\.{re.escape(path.name)}\.([0-9]{{1,10}})\.[a-z0-9_]{{8}}\.tmp")
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
@@ -69,7 +69,7 @@ def remove_abandoned_temp_files(path: Path) -> list[str]:
     return removed
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace the regular file `path` (or create it) with `data` in one step."""
     path = Path(path)
     check_writable_target(path)
@@ -92,11 +92,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
 
 
-def read_regular_bytes(path: str | os.PathLike, max_bytes: int) -> bytes | None:
+def read_regular_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes | None:
     """The bytes of the regular file `path`, None where nothing is there; a VaezooError where it is a
     symbolic link (whatever it points at) or anything but a regular file, or holds more than
     `max_bytes`. The file is opened without following links and checked again once open."""

@@ -141,7 +141,7 @@ def remove_temp_files(folder: Path) -> list[str]:
     """Remove the temporary files of atomic writes (`.NAME.XXXXXXXX.tmp`) and the lock drafts of dead
     processes that a killed writer left in `folder`; only call this while holding the folder's lock.
     Returns the names removed."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -17,7 +17,16 @@ class RichProgress(Callback):
 
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
-        self.progress: Progress | None = None
+        self.progress = Progress(  # shown from on_start
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} img/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
         self.task: Any = None
         self.resumed_at = 0  # the batch a resume picked the epoch up at (0: the epoch started here)
 
@@ -31,16 +40,6 @@ class RichProgress(Callback):
         self.console.print(line, markup=False, highlight=False)
 
     def on_start(self, run: Run) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("{task.fields[rate]} img/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
         threads = run.recipe["train"]["threads"]
         self._print(  # where the run writes, and what its speed depends on
             f"training on {run.device} in {run.precision.name} with {torch.get_num_threads()} CPU "
@@ -73,8 +72,7 @@ class RichProgress(Callback):
             self._new_bar(run)
 
     def on_end(self, run: Run) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+        self.progress.stop()  # a bar never started stops as it is
 
     def close(self) -> None:
-        self.on_end(None)  # type: ignore[arg-type]
+        self.progress.stop()
