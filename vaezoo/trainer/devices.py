@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ def time_steps(
             replays = [_replay(model, step, p, device, graphs) if captured(p) else None for p in precisions]
             if None in replays:  # where one precision cannot be captured, all are timed eagerly, alike
                 replays = [None] * len(precisions)
-            steps = [replay or (lambda p=p: step(p)) for replay, p in zip(replays, precisions)]
+            steps = [replay or partial(step, p) for replay, p in zip(replays, precisions)]
             for round_ in range(rounds + 1):
                 for index, run_step in enumerate(steps):
                     started = time.perf_counter()

@@ -103,7 +103,7 @@ class _Snapshot:
                             value.copy_(before[key]) if key in before else value.zero_()
         torch.set_rng_state(self.cpu_rng)
         run.state.skipped = self.skipped
-        if self.skips_on_device is not None:
+        if self.skips_on_device is not None and run.skips_on_device is not None:  # both or neither
             run.skips_on_device.copy_(self.skips_on_device)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, run.device)
@@ -115,8 +115,9 @@ class CaptureFailed(Exception):
 
 def _first_cause(error: BaseException) -> BaseException:
     """The error that started a chain (a capture that fails raises from inside the failure of its body)."""
-    while (error.__cause__ or error.__context__) is not None:
-        error = error.__cause__ or error.__context__
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        error, cause = cause, cause.__cause__ or cause.__context__
     return error
 
 
@@ -199,8 +200,9 @@ class GraphStep:
             if self.failed is not None:
                 return self.eager(index)
             self.just_recorded = True
+        assert self.index is not None  # _record made it
         self.index.copy_(index)
-        if self.graph is None:
+        if self.graph is None or self.parts is None:  # set together
             return self.eager(self.index)
         self.graph.replay()
         return self.parts
@@ -208,7 +210,7 @@ class GraphStep:
     def _record(self, index: Tensor) -> None:
         """Warm up, capture one step into the graph, and put everything back as it was."""
         snapshot = _Snapshot(self.run)
-        self.index = index.clone()
+        static = self.index = index.clone()
 
         def zero_grads() -> None:
             for optimizer in self.run.optimizers.values():
@@ -216,10 +218,10 @@ class GraphStep:
 
         try:
             if self.capture:
-                self.graph, self.parts = capture_step(lambda: self.eager(self.index), self.run.device, zero_grads)
+                self.graph, self.parts = capture_step(lambda: self.eager(static), self.run.device, zero_grads)
             else:
                 for _ in range(WARMUP_STEPS):
-                    self.eager(self.index)
+                    self.eager(static)
         except CaptureFailed as failed:
             self.graph, self.parts, self.failed = None, None, str(failed)
             self.run.step_mode = f"eager ({self.failed})"

@@ -78,7 +78,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)  # by name (Model.parameter_groups)
     scaler: Any = None
-    data_rng: torch.Generator | None = None
+    data_rng: torch.Generator = field(default_factory=torch.Generator)  # the data order's; seeded by prepare()
     step_mode: str = "eager"  # "CUDA graph", or "eager" and why (graph_step.graph_blocker), set by train()
     skips_on_device: Tensor | None = None  # updates skipped since last counted, when the device decides skips
     val_images: Tensor | None = None  # held out of the training split by train.val_fraction
@@ -156,7 +156,7 @@ def make_optimizer(
     cls = torch.optim.AdamW if train["optimizer"] == "adamw" else torch.optim.Adam
     # fused Adam must be capturable too to be captured in a graph (torch refuses the capture otherwise)
     device_step = {"fused": True, "capturable": True} if fused else {"capturable": True} if capturable else {}
-    extra = ({"betas": betas} if betas else {}) | device_step
+    extra: dict[str, Any] = ({"betas": betas} if betas else {}) | device_step
     return cls(params, lr=lr, weight_decay=train["weight_decay"], **extra)
 
 
@@ -206,7 +206,8 @@ def training_net(
             )
         return model
     net = distributed.wrap(model, device, world)
-    return torch.compile(net) if settings["compile"] else net
+    # torch.compile of a Module gives an OptimizedModule (a Module); torch types its result as a function
+    return torch.compile(net) if settings["compile"] else net  # type: ignore[return-value]
 
 
 class Updater:
@@ -249,7 +250,7 @@ class Updater:
                 skipped = (~(norm < skip)).float()  # a non-finite norm is skipped too
                 # Adam's fused kernel reads found_inf as it does from torch's GradScaler: where it is 1 the
                 # parameters, moments and step count stay as they were
-                optimizer.found_inf = skipped
+                optimizer.found_inf = skipped  # type: ignore[attr-defined]  # torch's Optimizer type lacks it
                 run.skips_on_device += skipped
             elif skip > 0 and not bool(norm < skip):  # one host sync per step, only when skipping is on
                 run.state.skipped += 1
@@ -326,6 +327,7 @@ def apply_schedule(run: Run) -> None:
     """Set every optimizer's learning rate to its base (train.lr, train.group_lr.NAME) times the
     schedule's factor at this step (only when the factor changes)."""
     settings = run.recipe["train"]
+    assert run.schedule is not None, "prepare() builds the schedule"
     try:
         factor = float(run.schedule.factor(run.state.step, run.history))
     except Exception as error:  # a plugin's schedule
@@ -429,7 +431,7 @@ class Meter:
             "seconds": self.run.state.seconds + time.perf_counter() - self.started,
             "images_per_s": self._rate(self.images),
         }
-        if self.slow_in_epoch:
+        if self.slow_in_epoch and self.compile_seconds is not None:  # set together
             timing["compile_seconds"] = self.compile_seconds
         return {"train_loss": train_loss, **timing}
 
@@ -481,10 +483,10 @@ def kl_settled(run: Run) -> Callable[[], bool]:
     if it has one): until then a step depends on the step count and is not captured. Assumes a schedule,
     once at its final weight, stays there (a warm-up does)."""
     loss = getattr(run.model, "loss", None)
-    schedules = [getattr(run.model, "kl_weight", None)]
+    candidates = [getattr(run.model, "kl_weight", None)]
     if run.model.applies_kl_weight:
-        schedules.append(getattr(loss, "kl_weight", None))
-    schedules = [schedule for schedule in schedules if callable(schedule)]
+        candidates.append(getattr(loss, "kl_weight", None))
+    schedules: list[Callable[[int], float]] = [schedule for schedule in candidates if callable(schedule)]
     last = run.recipe["train"]["epochs"] * run.batches_per_epoch
     final = [schedule(last) for schedule in schedules]
     settled = False
