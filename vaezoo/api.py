@@ -17,7 +17,9 @@ from vaezoo.recipes.resolve import MAX_GRID_IMAGES, read_recipe_file, resolve_re
 from vaezoo.recipes.toml_writer import dumps as toml_dumps
 
 if TYPE_CHECKING:
-    from vaezoo.components import Model
+    from torch import Tensor
+
+    from vaezoo.components import Dataset, Model
 
 
 @dataclass
@@ -36,7 +38,7 @@ def make_dataset(
     *,
     from_file: bool = False,
     paths: Mapping[str, str] | None = None,
-):
+) -> Dataset:
     """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. The
     dataset's path keys (`Dataset.path_keys`) name files or folders; a relative one is taken relative
     to that data root, never the current folder. For a recipe read from a model file (`from_file`), the
@@ -68,7 +70,7 @@ def make_dataset(
         if isinstance(table.get(key), str) and table[key]:
             value = checked_path(table[key], f"dataset.{key}")  # only spaces: one line
             table = {**table, key: str(path_key_value(root, value, f"dataset.{key}"))}
-    dataset = instantiate(target, table, {"root": root}, "dataset")
+    dataset: Dataset = instantiate(target, table, {"root": root}, "dataset")
     problem = shape_problem(dataset.shape)
     if problem is not None:
         raise PluginError(f"dataset {name!r} declares shape {problem}")
@@ -109,7 +111,7 @@ def read_model_files(recipe: Mapping[str, Any], saved: Path | None = None) -> di
                 "(a model.safetensors, hf://ORG/NAME or https://...#sha256=HEX)"
             )
         record = records.get(key)
-        if record is not None and record["source"] == source:
+        if record is not None and saved is not None and record["source"] == source:  # records come from saved
             read[key] = Dependency(rebuild(record["metadata"], saved), record)
             continue
         path = local_model_path(source)
@@ -175,7 +177,7 @@ def fit(
     sets = list(sets)
     resume_dir = Path(checked_path(resume, "--resume")) if resume is not None else None
     if resume_dir is not None:
-        name = recipe if isinstance(recipe, str) else str(dict(recipe).get("name"))
+        name = str(recipe) if isinstance(recipe, (str, Path)) else str(dict(recipe).get("name"))
         previous, saved = _previous_recipe(resume_dir, name)
         resolved = resolve_recipe(previous, sets, options)
         check_resume_changes(saved, resolved, resume_dir)
@@ -267,7 +269,7 @@ def _fit_on(
         build_on_meta(lambda: build_model(resolved, dataset.shape, dataset.classes, built_on))
     settings = resolved["train"]
     train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings["limit"])
-    validation = {}
+    validation: dict[str, Any] = {}  # keywords of Run
     if settings["val_fraction"] > 0:  # held out of the (limited) training split, by train.seed
         (train_images, train_labels), (val_images, val_labels) = hold_out(
             train_images, train_labels, settings["val_fraction"], settings["seed"]
@@ -278,7 +280,7 @@ def _fit_on(
     torch.manual_seed(settings["seed"])  # the initial weights depend on --seed only (resume loads them)
     with _naming_saved_recipe(resume_dir):
         model = build_model(resolved, dataset.shape, dataset.classes, built_on).to(torch_device)
-    labels = (
+    labels: dict[str, Any] = (  # keywords of Run
         {"train_labels": train_labels.to(torch_device), "test_labels": test_labels.to(torch_device)}
         if model.conditional
         else {}
@@ -385,7 +387,7 @@ def load_split_images(
     data_dir: str | os.PathLike[str] | None = None,
     limit: int = 0,
     paths: Mapping[str, str] | None = None,
-):
+) -> tuple[Tensor, Tensor]:
     """Uint8 images and int64 labels of a split of a loaded model's dataset (`limit` > 0: that many,
     drawn with a fixed seed; `paths`: the dataset's folder keys, see `make_dataset`)."""
     from vaezoo.data import limit_subset, load_split
