@@ -27,6 +27,7 @@ class RichProgress(Callback):
             TimeRemainingColumn(),
             console=self.console,
         )
+        self.started = False
         self.task: Any = None
         self.resumed_at = 0  # the batch a resume picked the epoch up at (0: the epoch started here)
 
@@ -40,6 +41,7 @@ class RichProgress(Callback):
         self.console.print(line, markup=False, highlight=False)
 
     def on_start(self, run: Run) -> None:
+        self.started = True
         threads = run.recipe["train"]["threads"]
         self._print(  # where the run writes, and what its speed depends on
             f"training on {run.device} in {run.precision.name} with {torch.get_num_threads()} CPU "
@@ -72,7 +74,8 @@ class RichProgress(Callback):
             self._new_bar(run)
 
     def on_end(self, run: Run) -> None:
-        self.progress.stop()  # a bar never started stops as it is
+        self.close()
 
     def close(self) -> None:
-        self.progress.stop()
+        if self.started:  # Progress.stop prints a newline, even for a bar never shown
+            self.progress.stop()

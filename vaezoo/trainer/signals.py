@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from types import FrameType
-from typing import Any
+from types import FrameType  # loaded at start-up already (typing is not: this module imports first)
 
 # Ctrl-C, `kill`, and a closed terminal (SIGHUP: there is none on Windows)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -16,7 +15,7 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SI
 _received: list[int] = []
 
 # what signal.signal takes and gives back (None: a handler that was not installed from Python)
-Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
 def record_stop(signum: int, frame: object) -> None:
