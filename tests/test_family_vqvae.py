@@ -10,6 +10,7 @@ import json
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,11 +203,14 @@ class _Syncs(torch.nn.Module):
             self.calls += 1
         elif self.how == "random":
             out = out * random.random()
+        elif self.how == "numpy":
+            out = out * float(np.random.rand())
         return vaezoo.LossParts(out.sum(1), out.sum(1), out.sum(1))
 
 
-@pytest.mark.parametrize("how", ["item", "if", "mask", "nonzero", "counter", "random"])
+@pytest.mark.parametrize("how", ["item", "if", "mask", "nonzero", "counter", "random", "numpy"])
 def test_the_graph_check_catches_each_kind_of_host_read(how):
+    np.random.rand()  # NumPy's generator mid-block: a draw moves its position, not its key
     assert graph_unsafe_reads(_Syncs(how), torch.randn(3, 4))
     assert graph_unsafe_reads(_Syncs("none"), torch.randn(3, 4)) == []
 

@@ -487,6 +487,7 @@ def test_download_cache_without_a_home(
 
     monkeypatch.setattr(pwd, "getpwuid", no_entry)  # a user without a passwd entry: Path.home() fails
     one_error_here(capsys, ["inspect", url], "HOME", "VAEZOO_CACHE_DIR")
+    one_error_here(capsys, ["inspect", url], "HOME", "VAEZOO_CACHE_DIR", env={"VAEZOO_CACHE_DIR": "~/cache"})
     assert raw.requests == []
     done = run_cli("inspect", url, env={"HOME": "/dev/null", "VAEZOO_CACHE_DIR": None}, timeout=120)
     one_error(done, "/dev/null/.cache", url)

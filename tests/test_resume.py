@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from tinydata import TINY_ARGS, error_lines, fit_tiny, tiny_cifar  # noqa: F401  (fixture)
 
 import vaezoo.trainer.loop
-from vaezoo.errors import Interrupted, RunFailed
+from vaezoo.api import show_recipe
+from vaezoo.errors import Interrupted, RecipeError, RunFailed
 
 pytestmark = pytest.mark.slow  # `pytest -m "not slow"` skips it in the inner loop; .ci/run runs everything
 
@@ -164,6 +165,16 @@ def test_resume_of_a_finished_run_asks_for_more_epochs(tiny_cifar, straight, tmp
     refused = run_cli("run", "cifar-vae", *resume)
     lines = error_lines(refused.stderr)
     assert refused.returncode == 2 and "already trained to epoch 2" in lines[-1]
+
+
+def test_fit_resumes_a_recipe_file_given_as_a_path_as_one_given_as_a_string(tmp_path):
+    run, recipe = tmp_path / "run", tmp_path / "mine.toml"
+    run.mkdir()
+    (run / "recipe.toml").write_text(show_recipe("cifar-vae"))
+    recipe.write_text(show_recipe("cifar-vae"))
+    for given in (str(recipe), recipe):  # a Path was read as a table: TypeError, not iterable
+        with pytest.raises(RecipeError, match="is a run of recipe 'cifar-vae', not"):
+            vaezoo.fit(given, resume=run, device="cpu")
 
 
 # The reconstruction term of the bce-kl loss is NaN from the first step on.

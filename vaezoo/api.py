@@ -17,7 +17,9 @@ from vaezoo.recipes.resolve import MAX_GRID_IMAGES, read_recipe_file, resolve_re
 from vaezoo.recipes.toml_writer import dumps as toml_dumps
 
 if TYPE_CHECKING:
-    from vaezoo.components import Model
+    from torch import Tensor
+
+    from vaezoo.components import Dataset, Model
     from vaezoo.trainer.run import Run
 
 
@@ -33,11 +35,11 @@ class FitResult:
 
 def make_dataset(
     recipe: Mapping[str, Any],
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     *,
     from_file: bool = False,
     paths: Mapping[str, str] | None = None,
-):
+) -> Dataset:
     """The recipe's dataset object, rooted at --data-dir / VAEZOO_DATA_DIR / the user folder. The
     dataset's path keys (`Dataset.path_keys`) name files or folders; a relative one is taken relative
     to that data root, never the current folder. For a recipe read from a model file (`from_file`), the
@@ -69,7 +71,7 @@ def make_dataset(
         if isinstance(table.get(key), str) and table[key]:
             value = checked_path(table[key], f"dataset.{key}")  # only spaces: one line
             table = {**table, key: str(path_key_value(root, value, f"dataset.{key}"))}
-    dataset = instantiate(target, table, {"root": root}, "dataset")
+    dataset: Dataset = instantiate(target, table, {"root": root}, "dataset")
     problem = shape_problem(dataset.shape)
     if problem is not None:
         raise PluginError(f"dataset {name!r} declares shape {problem}")
@@ -110,7 +112,7 @@ def read_model_files(recipe: Mapping[str, Any], saved: Path | None = None) -> di
                 "(a model.safetensors, hf://ORG/NAME or https://...#sha256=HEX)"
             )
         record = records.get(key)
-        if record is not None and record["source"] == source:
+        if record is not None and saved is not None and record["source"] == source:  # records come from saved
             read[key] = Dependency(rebuild(record["metadata"], saved), record)
             continue
         path = local_model_path(source)
@@ -155,7 +157,7 @@ def fit(
     sets: Iterable[str] = (),
     options: Mapping[str, Any] | None = None,
     out: str | Path | None = None,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     device: str = "auto",
     resume: str | Path | None = None,
     callbacks: Sequence[Any] = (),
@@ -177,7 +179,7 @@ def fit(
     sets = list(sets)
     resume_dir = Path(checked_path(resume, "--resume")) if resume is not None else None
     if resume_dir is not None:
-        name = recipe if isinstance(recipe, str) else str(dict(recipe).get("name"))
+        name = str(recipe) if isinstance(recipe, (str, Path)) else str(dict(recipe).get("name"))
         previous, saved = _previous_recipe(resume_dir, name)
         resolved = resolve_recipe(previous, sets, options)
         check_resume_changes(saved, resolved, resume_dir)
@@ -251,7 +253,7 @@ def make_run(
     device: Any,
     *,
     out_dir: str | Path,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     resume_dir: Path | None = None,
 ) -> Run:
     """A run of a resolved recipe (`resolve_recipe`) on a torch `device`, ready for
@@ -283,7 +285,7 @@ def make_run(
         # a shape the family cannot take: one line before any data is read
         build_on_meta(lambda: build_model(recipe, dataset.shape, dataset.classes, built_on))
     train_images, train_labels = limit_subset(*load_split(dataset, "train"), settings.limit)
-    validation = {}
+    validation: dict[str, Any] = {}  # keywords of Run
     if settings.val_fraction > 0:  # held out of the (limited) training split, by train.seed
         (train_images, train_labels), (val_images, val_labels) = hold_out(
             train_images, train_labels, settings.val_fraction, settings.seed
@@ -293,7 +295,7 @@ def make_run(
     torch.manual_seed(settings.seed)  # the initial weights depend on --seed only (resume loads them)
     with _naming_saved_recipe(resume_dir):
         model = build_model(recipe, dataset.shape, dataset.classes, built_on).to(device)
-    labels = (
+    labels: dict[str, Any] = (  # keywords of Run
         {"train_labels": train_labels.to(device), "test_labels": test_labels.to(device)} if model.conditional else {}
     )
     if validation and not model.conditional:
@@ -368,10 +370,10 @@ def _fit_on(
 def load_split_images(
     model: Any,
     split: str = "test",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     limit: int = 0,
     paths: Mapping[str, str] | None = None,
-):
+) -> tuple[Tensor, Tensor]:
     """Uint8 images and int64 labels of a split of a loaded model's dataset (`limit` > 0: that many,
     drawn with a fixed seed; `paths`: the dataset's folder keys, see `make_dataset`)."""
     from vaezoo.data import limit_subset, load_split
@@ -409,7 +411,7 @@ def check_same_data(model: Any, dataset: Any) -> None:
 def evaluate_file(
     model_path: str | Path,
     *,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     split: str = "test",
     limit: int = 0,
     device: str = "auto",
@@ -486,7 +488,7 @@ def reconstruct_file(
     n: int = 16,
     seed: int = 0,
     split: str = "test",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
 ) -> None:
     """A PNG of `n` images of a split (drawn with `seed`) above their reconstructions by a saved model."""
@@ -506,7 +508,7 @@ def interpolate_file(
     steps: int = 10,
     seed: int = 0,
     split: str = "test",
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     device: str = "cpu",
 ) -> None:
     """A PNG of latent-space straight lines (rows) between `pairs` image pairs drawn with `seed`."""

@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -123,7 +123,7 @@ def _safe(value: object) -> str:
     return escape(printable(value))
 
 
-def _table(columns: tuple[str, ...], rows: list[tuple[object, ...]], *, header: bool = True) -> Table:
+def _table(columns: tuple[str, ...], rows: Sequence[Sequence[object]], *, header: bool = True) -> Table:
     """A borderless rich table with a bold header; cells are shown as they are (controls escaped,
     never read as markup), except `Text` cells, which keep their style."""
     table = Table(box=None, header_style="bold", show_header=header)
@@ -173,7 +173,7 @@ def plugins_command(as_json: Annotated[bool, typer.Option("--json", help="Machin
     from vaezoo.plugins.api_version import PLUGIN_API, requirement_problem
     from vaezoo.plugins.manager import get_registry
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for info in get_registry().plugins:
         registers = {kind: sorted(info.registers.get(kind, [])) for kind in KINDS}
         required = info.api_requirement
@@ -655,12 +655,12 @@ def eval_command(
 
     paths = {}
     for item in sets or []:
-        key, value = parse_set(item)
-        if len(key) != 2 or key[0] != "dataset":
+        dotted, value = parse_set(item)
+        if len(dotted) != 2 or dotted[0] != "dataset":
             raise VaezooError(
                 f"bad --set {item!r}: eval takes only the dataset's folder keys, e.g. --set dataset.path=PATH"
             )
-        paths[key[1]] = value
+        paths[dotted[1]] = value
     with _eval_progress() as progress:
         metrics = evaluate_file(
             model,
@@ -917,8 +917,8 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
         forget_interrupt()
         line = line or "vaezoo: interrupted"  # typer turns a KeyboardInterrupt into a silent 130
     distributed = sys.modules.get("vaezoo.trainer.distributed")  # imported only by commands that use torch
-    worker = distributed is not None and distributed.created_group()  # a torchrun worker: see its exit_worker
-    if line and worker and distributed.report_to_launcher(line, code, failure):
+    worker = distributed if distributed is not None and distributed.created_group() else None  # a torchrun worker
+    if line and worker is not None and worker.report_to_launcher(line, code, failure):
         line = None  # `run --nproc` prints one line for all ranks
     if line:  # error messages quote files, plugins and options: no terminal controls
         try:
@@ -928,6 +928,6 @@ def main(argv: list[str] | None = None, *, restore_signals: bool = True) -> None
     for sig, handler in previous.items() if restore_signals else ():
         signal.signal(sig, handler)
     code = code if isinstance(code, int) else 0
-    if worker:
-        distributed.exit_worker(code)
+    if worker is not None:  # see its exit_worker
+        worker.exit_worker(code)
     sys.exit(code)

@@ -142,7 +142,7 @@ class Model(nn.Module):
 
     # set by vaezoo after construction, not by the family (a model built by hand keeps these defaults)
 
-    in_shape: tuple[int, int, int]  # (C, H, W) of its images
+    in_shape: tuple[int, ...]  # (C, H, W) of its images (families set it with `tuple(in_shape)`)
     classes: tuple[str, ...] = ()  # the dataset's class names
     recipe: Mapping[str, Any] = _EMPTY  # the resolved recipe it was built from (build_model)
     # the registry entries build_model used, by recipe key: "model" (the family), and each of "encoder",
@@ -180,7 +180,7 @@ class Model(nn.Module):
         computed after the updates it depends on) and return the step's LossParts for the progress
         bar and the epoch's train loss. The default is the one-loss step (vaezoo then runs
         `forward` through DistributedDataParallel and torch.compile when those are on)."""
-        parts = self(x, y, step)
+        parts: LossParts = self(x, y, step)
         update("model", parts.loss)
         return parts
 
@@ -440,7 +440,8 @@ class EncoderDecoderFamily(Model):
     @torch.no_grad()
     def encode(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The encoder's first output: the posterior means of `x` (a deterministic encoder's codes)."""
-        return self.encoder(x)[0]
+        codes: Tensor = self.encoder(x)[0]
+        return codes
 
     @torch.no_grad()
     def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:

@@ -21,7 +21,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -59,7 +59,7 @@ def _env_path(name: str) -> str | None:
     return None if value is None else checked_path(value, name)
 
 
-def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+def data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """--data-dir, else VAEZOO_DATA_DIR, else a per-user folder."""
     chosen = checked_path(data_dir, "--data-dir") if data_dir is not None else _env_path("VAEZOO_DATA_DIR")
     return Path(chosen).expanduser() if chosen else _user_cache() / "data"
@@ -91,7 +91,7 @@ def path_key_value(root: Path, value: str, what: str) -> Path:
     return path
 
 
-def checked_data_root(data_dir: str | os.PathLike | None = None) -> Path:
+def checked_data_root(data_dir: str | os.PathLike[str] | None = None) -> Path:
     """`data_root(data_dir)`, refused in one line (naming where it came from) if it exists and is not a
     folder, or if it was given (--data-dir, VAEZOO_DATA_DIR) and does not exist: vaezoo only reads a
     folder it is pointed at, and never creates one there (only the per-user folder receives downloads)."""
@@ -126,7 +126,7 @@ def _stat_rows(paths: list[str]) -> str:
     return "".join(rows)
 
 
-def contents_key(paths: Iterable[str | os.PathLike]) -> str:
+def contents_key(paths: Iterable[str | os.PathLike[str]]) -> str:
     """`contents=<sha256>` of the files' paths, sizes, modification and change times, in order; from
     os.stat alone (nothing is read). A dataset's `cache_key` adds it for the files it reads, so that an
     added, removed, replaced or damaged file means a new decode."""
@@ -136,11 +136,12 @@ def contents_key(paths: Iterable[str | os.PathLike]) -> str:
 def _dataset_key(dataset: Dataset, split: str) -> str:
     """`dataset.cache_key(split=split)` where the method takes a split (only that split's files are
     stat'ed), else `dataset.cache_key()`."""
+    cache_key: Callable[..., str] = dataset.cache_key  # Dataset's own takes no split; a subclass's may
     try:
-        takes_split = "split" in inspect.signature(dataset.cache_key).parameters
+        takes_split = "split" in inspect.signature(cache_key).parameters
     except (TypeError, ValueError):
         takes_split = False
-    return f"{dataset.cache_key(split=split) if takes_split else dataset.cache_key()}|{split}"
+    return f"{cache_key(split=split) if takes_split else cache_key()}|{split}"
 
 
 def _read_cache(path: Path, digest: str, dataset: Dataset) -> tuple[Tensor, Tensor] | None:
@@ -234,7 +235,7 @@ def remove_dead_temp_files(folder: Path) -> list[str]:
     has, and those without one (older vaezoo) untouched for OLD_TEMP_AGE seconds. Runs sharing the
     cache never lose a file they are writing. Returns the names removed."""
 
-    def dead(entry: os.DirEntry) -> bool:
+    def dead(entry: os.DirEntry[str]) -> bool:
         match = CACHE_TEMP.match(entry.name)
         if not match:
             return False

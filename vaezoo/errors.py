@@ -12,7 +12,7 @@ _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u206
 _CONTROLS_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
-def _visible(match: re.Match) -> str:
+def _visible(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
@@ -55,7 +55,7 @@ class VaezooError(Exception):
     exit_code = 2
 
 
-def checked_path(value: str | os.PathLike, where: str) -> str:
+def checked_path(value: str | os.PathLike[str], where: str) -> str:
     """`value` as a string, unless it is empty or only whitespace (which would name the current folder, or a
     folder named by spaces in it): then a VaezooError naming `where` (an option, setting or variable)."""
     text = os.fspath(value)

@@ -63,7 +63,7 @@ def fit_sampler(
     name: str,
     *,
     sets: Iterable[str] = (),
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     limit: int = 0,
     device: str = "cpu",
     paths: Mapping[str, str] | None = None,
@@ -164,7 +164,7 @@ def fitted_codes(
     model: Model,
     name: str,
     *,
-    data_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     notice: Any = print,
 ) -> Any:
     """`codes(count, temperature)` for `sample_images`: draws of the sampler `name` fitted to the model
@@ -178,8 +178,7 @@ def fitted_codes(
     path = local_model_path(model_name)
     if not sampler_path(path, name).exists():
         notice(f"fitting the {name} sampler to the training codes of {path} (once: it is kept beside the model)")
-        device = str(next(model.parameters()).device)
-        fit_sampler(path, name, data_dir=data_dir, device=device)
+        fit_sampler(path, name, data_dir=data_dir, device=str(next(model.parameters()).device))
     sampler, shape = load_fitted_sampler(model, path, name)
     device = next(model.parameters()).device
     return lambda count, temperature: sampled_codes(sampler, count, shape, temperature, device)

@@ -350,7 +350,8 @@ def check_model(
     if isinstance(factory, str):
         from vaezoo.plugins.manager import get_registry
 
-        factory = get_registry().get("models", factory).load()
+        loaded: Callable[..., Model] = get_registry().get("models", factory).load()
+        factory = loaded
     name = _name(factory)
     built_on = set(getattr(factory, "model_files", ()))  # loaded models, passed in as keys (no default)
     params = check_signature(factory, MODEL_ARGS | built_on)
@@ -428,7 +429,7 @@ HOST_READS = frozenset(
 )  # fmt: skip
 
 
-def _from_host(name: str, args: tuple, kwargs: dict) -> bool:
+def _from_host(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """A tensor made from host data for the model's device: `t.new_tensor(data)`, or `torch.tensor(data,
     device=...)` / `torch.as_tensor(data, device=...)` (without a device it stays on the CPU, a scalar a
     graph holds; from a tensor it is no host data)."""
@@ -458,7 +459,9 @@ class HostReads(TorchFunctionMode):
         super().__init__()
         self.reads: list[str] = []
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", repr(func))
         if (
@@ -489,12 +492,20 @@ def _python_values(model: nn.Module) -> dict[tuple[str, str], Any]:
     }
 
 
+def _numpy_random_position() -> tuple[bytes, int]:
+    """Where NumPy's global generator stands: its MT19937 key and the position in it (a draw moves the
+    position; the key changes only once every 624 words)."""
+    state = np.random.get_state(legacy=False)["state"]
+    return state["key"].tobytes(), int(state["pos"])
+
+
 def graph_unsafe_reads(model: Model, x: Tensor, y: Tensor | None = None, step: int = 1) -> list[str]:
     """What keeps `model`'s default training step (forward at `step`, backward of the mean loss) out of a
     CUDA graph, found on the CPU: host reads and value-dependent shapes (`HostReads`), Python values of its
     modules that the step changed (counters), and draws from Python's or NumPy's random generators."""
-    values, py_random, np_random = _python_values(model), random.getstate(), np.random.get_state()[1].copy()
-    with HostReads() as watch:
+    values, py_random, np_random = _python_values(model), random.getstate(), _numpy_random_position()
+    watch = HostReads()
+    with watch:
         model(x, y, step).loss.mean().backward()
     changed = sorted(
         f"{name}.{key}" for (name, key), v in _python_values(model).items() if values.get((name, key)) != v
@@ -503,7 +514,7 @@ def graph_unsafe_reads(model: Model, x: Tensor, y: Tensor | None = None, step: i
         watch.reads
         + [f"changed the Python value {name}" for name in changed]
         + ["drew from Python's random"] * (random.getstate() != py_random)
-        + ["drew from NumPy's random"] * (not np.array_equal(np.random.get_state()[1], np_random))
+        + ["drew from NumPy's random"] * (_numpy_random_position() != np_random)
     )
 
 

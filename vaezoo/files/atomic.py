@@ -54,7 +54,7 @@ def remove_abandoned_temp_files(path: Path) -> list[str]:
     a live writer's stay. Returns the names removed."""
     own = re.compile(rf"\.{re.escape(path.name)}\.([0-9]{{1,10}})\.[a-z0-9_]{{8}}\.tmp")
 
-    def abandoned(entry: os.DirEntry) -> bool:
+    def abandoned(entry: os.DirEntry[str]) -> bool:
         match = own.fullmatch(entry.name)
         return bool(match and not pid_alive(int(match[1])))
 

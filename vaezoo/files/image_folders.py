@@ -26,7 +26,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 
 
-def _reason(path: str | os.PathLike, error: BaseException) -> str:
+def _reason(path: str | os.PathLike[str], error: BaseException) -> str:
     """Why `path` could not be decoded, in a few words (one line)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -46,20 +46,20 @@ def _reason(path: str | os.PathLike, error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _decode(path: str | os.PathLike, size: Sequence[int], mode: str) -> np.ndarray | str:
+def _decode(path: str | os.PathLike[str], size: Sequence[int], mode: str) -> np.ndarray | str:
     """The image as an (H, W, C) uint8 array, or why it cannot be decoded."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            width, height = image.size
+        with Image.open(path) as opened:
+            width, height = opened.size
             if width < 1 or height < 1 or width * height > MAX_IMAGE_PIXELS:
                 return (
                     f"a decompression bomb? {width}x{height} pixels; vaezoo decodes 1 to {MAX_IMAGE_PIXELS} "
                     "pixels (vaezoo.files.image_folders.MAX_IMAGE_PIXELS)"
                 )
-            image.load()
-            image = image.convert(mode)
+            opened.load()
+            image = opened.convert(mode)
     except Exception as error:  # any failure while PIL parses this file is this file's fault
         return _reason(path, error)
     if image.size != (size[1], size[0]):
@@ -77,7 +77,8 @@ def _resize_center_crop(image, size: Sequence[int]):
     scale = max(height / image.height, width / image.width)
     crop_width, crop_height = min(image.width, width / scale), min(image.height, height / scale)
     left, top = (image.width - crop_width) / 2, (image.height - crop_height) / 2
-    return image.resize((width, height), Image.BICUBIC, box=(left, top, left + crop_width, top + crop_height))
+    box = (left, top, left + crop_width, top + crop_height)
+    return image.resize((width, height), Image.Resampling.BICUBIC, box=box)
 
 
 def _bad_images_error(failures: list[tuple[Path, str]], total: int) -> DataError:
@@ -87,7 +88,7 @@ def _bad_images_error(failures: list[tuple[Path, str]], total: int) -> DataError
     return DataError(f"cannot decode {len(failures)} of {total} images: {shown}{more}; delete or replace {them}")
 
 
-def read_images(paths: Sequence[str | os.PathLike], size: Sequence[int], mode: str = "RGB") -> Tensor:
+def read_images(paths: Sequence[str | os.PathLike[str]], size: Sequence[int], mode: str = "RGB") -> Tensor:
     """Decode `paths` into a uint8 `(N, C, H, W)` tensor, resizing and centre-cropping to `size`;
     a DataError naming the files that cannot be decoded, if any."""
     from PIL import Image
@@ -104,7 +105,7 @@ def read_images(paths: Sequence[str | os.PathLike], size: Sequence[int], mode: s
     return torch.from_numpy(np.stack(results)).permute(0, 3, 1, 2).contiguous()
 
 
-def image_files(folder: str | os.PathLike) -> list[str]:
+def image_files(folder: str | os.PathLike[str]) -> list[str]:
     """Paths (as strings) of the image files directly in `folder`, sorted; a DataError if it cannot be listed."""
     try:
         with os.scandir(folder) as entries:

@@ -139,10 +139,10 @@ def _parse_owner(data: bytes) -> dict[str, Any] | None:
     return {key: value[key] for key in ("pid", "start", "boot") if key in value}
 
 
-def remove_files(folder: Path, doomed: Callable[[os.DirEntry], bool]) -> list[str]:
+def remove_files(folder: Path, doomed: Callable[[os.DirEntry[str]], bool]) -> list[str]:
     """Remove the regular files of `folder` (never a link or a folder) for which `doomed(entry)` holds; one
     gone meanwhile, or not ours to remove, stays unmentioned. Returns the names removed."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -71,7 +71,7 @@ def read_sampler_record(path: Path) -> dict[str, Any]:
     except (ValueError, RecursionError):
         record = None
     problem = "is missing" if record is None else _record_problem(record)
-    if problem:
+    if record is None or problem:
         raise CheckpointError(f"{path} is not a vaezoo sampler file or is damaged: its vaezoo.sampler record {problem}")
     return record
 

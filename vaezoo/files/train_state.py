@@ -378,7 +378,8 @@ def _sorted_tensors(
     `optimizers.NAME.INDEX.KEY` (`optimizer.INDEX.KEY` for a family's one "model" optimizer): split
     from the right, so that a name with dots reads back as itself."""
     several = _several(named)
-    model, optimizers = {}, {name: {} for name in named}
+    model: dict[str, torch.Tensor] = {}
+    optimizers: dict[str, dict[tuple[int, str], torch.Tensor]] = {name: {} for name in named}
     for key, tensor in tensors.items():
         if key.startswith("model."):
             model[key[len("model.") :]] = tensor

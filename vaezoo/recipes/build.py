@@ -123,7 +123,8 @@ def build_model(
     entries = registry_entries(recipe)
     target = entries["model"].load()  # the family's plugin imports before any component is built
     keys = model_file_keys(target, family["name"])
-    missing = [key for key in keys if key not in (dependencies or {})]
+    dependencies = dependencies or {}
+    missing = [key for key in keys if key not in dependencies]
     if missing:
         raise RecipeError(
             f"model {family['name']!r} is built on the model file named by model.{missing[0]}, which was not read "

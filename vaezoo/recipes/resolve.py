@@ -103,6 +103,7 @@ def nesting_depth(value: Any, stop: int = MAX_RECIPE_DEPTH) -> int:
     deepest, stack = 0, [(value, 0)]
     while stack:
         item, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(item, Mapping):
             children = item.values()
         elif isinstance(item, (list, tuple)):

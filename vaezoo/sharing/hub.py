@@ -63,12 +63,12 @@ class HashMismatch(HubError):
     """A download whose sha256 is not the one the URL asked for."""
 
 
-def is_remote(name: str | os.PathLike) -> bool:
+def is_remote(name: str | os.PathLike[str]) -> bool:
     """Whether `name` is a hub name or URL rather than a path."""
     return not isinstance(name, os.PathLike) and str(name).startswith(("hf:", "https://", "http://"))
 
 
-def local_model_path(name: str | os.PathLike) -> Path:
+def local_model_path(name: str | os.PathLike[str]) -> Path:
     """A local model file for `name`: a path as is, `hf://ORG/NAME[@REV]` downloaded (or found in the
     cache) through huggingface_hub, `https://...[#sha256=HEX]` downloaded into vaezoo's cache."""
     if not is_remote(name):
@@ -284,13 +284,13 @@ def downloads_dir(kind: str = "models") -> Path:
 
     try:
         folder = cache_dir() / kind
-    except RuntimeError:  # Path.home() without HOME nor a passwd entry
+    except RuntimeError:  # Path.home() (or VAEZOO_CACHE_DIR=~/...) without HOME nor a passwd entry
         folder = None
     home = os.environ.get("HOME")
     homeless = (
         home is not None and not os.path.isabs(home) and not os.environ.get("XDG_CACHE_HOME")
     )  # HOME="" means "/"
-    if not os.environ.get("VAEZOO_CACHE_DIR") and (folder is None or not folder.is_absolute() or homeless):
+    if folder is None or (not os.environ.get("VAEZOO_CACHE_DIR") and (not folder.is_absolute() or homeless)):
         raise HubError(
             "vaezoo's download cache has no home: HOME is unset or empty (or XDG_CACHE_HOME is relative); "
             "set VAEZOO_CACHE_DIR to a writable folder"

@@ -26,7 +26,7 @@ from vaezoo.sharing.hub import (
 )
 
 
-def push_files(source: str | os.PathLike, repo_id: str | None = None) -> dict[str, bytes]:
+def push_files(source: str | os.PathLike[str], repo_id: str | None = None) -> dict[str, bytes]:
     """What `push` uploads for a run folder or model file: the model, its samples.png and recipe.toml
     when they are next to it (recipe.toml rebuilt from the file's metadata otherwise), and README.md.
     Each must be a regular file: a symlink, folder, pipe or device by those names is refused (one
@@ -75,12 +75,12 @@ def _read_regular(path: Path) -> bytes | None:
 
 
 def push(
-    source: str | os.PathLike,
+    source: str | os.PathLike[str],
     repo_id: str,
     *,
     private: bool = False,
     revision: str | None = None,
-    dry_run: str | os.PathLike | None = None,
+    dry_run: str | os.PathLike[str] | None = None,
     token: str | None = None,
     commit_message: str | None = None,
 ) -> str:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -220,10 +220,10 @@ def time_steps(
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         times: list[list[float]] = [[] for _ in precisions]
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            replays = [replay(p, lambda p=p: step(p, cache=False)) if replay else None for p in precisions]
+            replays = [replay(p, partial(step, p, cache=False)) if replay else None for p in precisions]
             if None in replays:  # where one precision cannot be captured, all are timed eagerly, alike
                 replays = [None] * len(precisions)
-            steps = [replay or (lambda p=p: step(p)) for replay, p in zip(replays, precisions)]
+            steps = [replay or partial(step, p) for replay, p in zip(replays, precisions)]
             for round_ in range(rounds + 1):
                 for index, run_step in enumerate(steps):
                     started = time.perf_counter()

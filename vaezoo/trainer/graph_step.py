@@ -81,10 +81,10 @@ def kl_settled(run: Run) -> Callable[[], bool]:
     if it has one): until then a step depends on the step count and is not captured. Assumes a schedule,
     once at its final weight, stays there (a warm-up does)."""
     loss = getattr(run.model, "loss", None)
-    schedules = [getattr(run.model, "kl_weight", None)]
+    candidates = [getattr(run.model, "kl_weight", None)]
     if run.model.applies_kl_weight:
-        schedules.append(getattr(loss, "kl_weight", None))
-    schedules = [schedule for schedule in schedules if callable(schedule)]
+        candidates.append(getattr(loss, "kl_weight", None))
+    schedules: list[Callable[[int], float]] = [schedule for schedule in candidates if callable(schedule)]
     last = run.settings.epochs * run.batches_per_epoch
     final = [schedule(last) for schedule in schedules]
     settled = False
@@ -109,7 +109,7 @@ class DeviceSkips:
         skipped = (~keep).float()
         # Adam's fused kernel reads found_inf as it does from torch's GradScaler: where it is 1 the
         # parameters, moments and step count stay as they were
-        optimizer.found_inf = skipped
+        optimizer.found_inf = skipped  # type: ignore[attr-defined]  # torch's Optimizer type lacks it
         self.count += skipped
 
     def take(self) -> int:
@@ -166,7 +166,7 @@ class _Snapshot:
                             value.copy_(before[key]) if key in before else value.zero_()
         torch.set_rng_state(self.cpu_rng)
         run.state.skipped = self.skipped
-        if self.skips is not None:
+        if self.skips is not None and self.skip_count is not None:
             self.skips.count.copy_(self.skip_count)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, run.device)
@@ -178,8 +178,9 @@ class CaptureFailed(Exception):
 
 def _first_cause(error: BaseException) -> BaseException:
     """The error that started a chain (a capture that fails raises from inside the failure of its body)."""
-    while (error.__cause__ or error.__context__) is not None:
-        error = error.__cause__ or error.__context__
+    cause = error.__cause__ or error.__context__
+    while cause is not None:
+        error, cause = cause, cause.__cause__ or cause.__context__
     return error
 
 
@@ -272,21 +273,23 @@ class GraphStep:
         self.just_recorded = False
         if len(index) != self.batch_size or self.failed is not None or not self.settled():
             return self.eager(index)
-        if self.index is None:
-            self._record(index)
+        buffer = self.index
+        if buffer is None:
+            buffer = self._record(index)
             if self.failed is not None:
                 return self.eager(index)
             self.just_recorded = True
-        self.index.copy_(index)
-        if self.graph is None:
-            return self.eager(self.index)
+        buffer.copy_(index)
+        if self.graph is None or self.parts is None:
+            return self.eager(buffer)
         self.graph.replay()
         return self.parts
 
-    def _record(self, index: Tensor) -> None:
-        """Warm up, capture one step into the graph, and put everything back as it was."""
+    def _record(self, index: Tensor) -> Tensor:
+        """Warm up, capture one step into the graph, and put everything back as it was. Returns the
+        index buffer the graph reads (`self.index`)."""
         snapshot = _Snapshot(self.run, self.skips)
-        self.index = index.clone()
+        self.index = captured = index.clone()
 
         def zero_grads() -> None:
             for optimizer in self.run.optimizers.values():
@@ -294,12 +297,13 @@ class GraphStep:
 
         try:
             if self.capture:
-                self.graph, self.parts = capture_step(lambda: self.eager(self.index), self.run.device, zero_grads)
+                self.graph, self.parts = capture_step(lambda: self.eager(captured), self.run.device, zero_grads)
             else:
                 for _ in range(WARMUP_STEPS):
-                    self.eager(self.index)
+                    self.eager(captured)
         except CaptureFailed as failed:
             self.graph, self.parts, self.failed = None, None, str(failed)
             self.run.step_mode = f"eager ({self.failed})"
             print(printable(f"vaezoo: warning: {self.failed}; training eagerly"), file=sys.stderr)
         snapshot.restore()  # not after another error: the run stops and saves nothing of this epoch
+        return captured

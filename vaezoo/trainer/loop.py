@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from vaezoo.components import LossParts, LRSchedule
-from vaezoo.errors import Interrupted, PluginError, RunFailed, VaezooError
+from vaezoo.errors import Interrupted, PluginError, RunFailed, VaezooError, error_line
 from vaezoo.trainer import distributed
 from vaezoo.trainer.evaluate import evaluate
 from vaezoo.trainer.run import Run, blame
@@ -122,10 +122,12 @@ def apply_schedule(run: Run) -> None:
     """Set every optimizer's learning rate to its base (train.lr, train.group_lr.NAME) times the
     schedule's factor at this step (only when the factor changes)."""
     schedule = run.settings.lr_schedule["name"]
+    if run.schedule is None:  # prepare() builds it
+        return
     try:
         factor = float(run.schedule.factor(run.state.step, run.history))
     except Exception as error:  # a plugin's schedule
-        raise PluginError(f"schedule {schedule!r} failed: {type(error).__name__}: {error}") from error
+        raise PluginError(f"schedule {schedule!r} failed: {error_line(error)}") from error
     if not (math.isfinite(factor) and factor >= 0):
         raise PluginError(f"schedule {schedule!r} gave the factor {factor} at step {run.state.step}")
     if factor == run.lr_factor:

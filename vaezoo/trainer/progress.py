@@ -21,9 +21,16 @@ class RichProgress(Callback):
         self.task: Any = None
         self.resumed_at = 0  # the batch a resume picked the epoch up at (0: the epoch started here)
 
+    @property
+    def _bar(self) -> Progress:
+        """The progress display, made by on_start."""
+        if self.progress is None:
+            raise RuntimeError("RichProgress is used before on_start")
+        return self.progress
+
     def _new_bar(self, run: Run) -> None:
         epochs = run.settings.epochs
-        self.task = self.progress.add_task(  # "-" until the first reading of the loss
+        self.task = self._bar.add_task(  # "-" until the first reading of the loss
             f"epoch {run.epoch + 1}/{epochs}", total=run.batches_per_epoch, loss="-", rate="-"
         )
 
@@ -56,17 +63,17 @@ class RichProgress(Callback):
             self._new_bar(run)
 
     def on_step(self, run: Run, batch: int, loss: float, images_per_s: float) -> None:
-        self.progress.update(self.task, completed=batch, loss=f"{loss:.2f}", rate=f"{images_per_s:.0f}")
+        self._bar.update(self.task, completed=batch, loss=f"{loss:.2f}", rate=f"{images_per_s:.0f}")
 
     def on_epoch_end(self, run: Run, metrics: dict[str, Any]) -> None:
         rate, loss = f"{metrics['images_per_s']:.0f}", f"{metrics['train_loss']:.2f}"
-        self.progress.update(self.task, completed=run.batches_per_epoch, loss=loss, rate=rate)
+        self._bar.update(self.task, completed=run.batches_per_epoch, loss=loss, rate=rate)
         extra = f"  bits/dim {metrics['test_bits_per_dim']:.3f}" if "test_bits_per_dim" in metrics else ""
         timing = f"{rate} img/s, {metrics['seconds']:.1f} s"
         if self.resumed_at:  # the speed is that of the resumed part, the seconds are the whole epoch's
             timing = f"{rate} img/s after the resume at batch {self.resumed_at}, {metrics['seconds']:.1f} s in all"
             self.resumed_at = 0
-        self.progress.console.print(
+        self._bar.console.print(
             f"epoch {metrics['epoch']}: train loss {loss}  test loss {metrics['test_loss']:.2f}{extra}  ({timing})"
         )
         if run.epoch < run.settings.epochs:

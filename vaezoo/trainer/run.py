@@ -58,7 +58,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)  # by name (Model.parameter_groups)
     scaler: Any = None
-    data_rng: torch.Generator | None = None
+    data_rng: torch.Generator = field(default_factory=torch.Generator)  # the data order's; prepare() seeds it
     step_mode: str = "eager"  # "CUDA graph", or "eager" and why: set by the run's step (vaezoo.trainer.step)
     val_images: Tensor | None = None  # held out of the training split by train.val_fraction
     val_labels: Tensor | None = None

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from types import FrameType  # loaded at start-up already (typing is not: this module imports first)
 
 # Ctrl-C, `kill`, and a closed terminal (SIGHUP: there is none on Windows)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 _received: list[int] = []
+
+# what signal.signal takes and gives back (None: a handler that was not installed from Python)
+Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
 def record_stop(signum: int, frame: object) -> None:
@@ -36,11 +40,11 @@ def stop_received() -> bool:
     return bool(_received)
 
 
-def handle_stops(handler: Callable | int = stop_now) -> dict[int, object]:
+def handle_stops(handler: Handler = stop_now) -> dict[int, Handler]:
     """Install `handler` for each stop signal and return the handlers it replaced. A signal that
     vaezoo's parent set to be ignored stays ignored: `nohup vaezoo run ...` keeps running when its
     terminal closes, and a background world of a script is not stopped by Ctrl-C."""
-    previous = {}
+    previous: dict[int, Handler] = {}
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) is not signal.SIG_IGN:
             previous[sig] = signal.signal(sig, handler)

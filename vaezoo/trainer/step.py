@@ -48,7 +48,7 @@ def make_optimizer(
     cls = torch.optim.AdamW if settings.optimizer == "adamw" else torch.optim.Adam
     # fused Adam must be capturable too to be captured in a graph (torch refuses the capture otherwise)
     device_step = {"fused": True, "capturable": True} if fused else {"capturable": True} if capturable else {}
-    extra = ({"betas": betas} if betas else {}) | device_step
+    extra: dict[str, Any] = ({"betas": betas} if betas else {}) | device_step
     return cls(params, lr=lr, weight_decay=settings.weight_decay, **extra)
 
 
@@ -104,7 +104,7 @@ def training_net(
             )
         return model
     net = distributed.wrap(model, device, world)
-    return torch.compile(net) if settings.compile else net
+    return torch.compile(net) if settings.compile else net  # type: ignore[return-value]  # compile keeps a Module
 
 
 class Updater:
@@ -223,7 +223,7 @@ def measured_precision(run: Run) -> Precision:
     model.to(memory_format=layout)
     n = max(1, min(settings.batch_size, len(run.train_images)))
     x = to_float(run.train_images[:n], layout)
-    y = run.train_labels[:n] if model.conditional else None
+    y = run.train_labels[:n] if model.conditional and run.train_labels is not None else None
     shape = {key: value for key, value in recipe.items() if key not in ("name", "summary", "train")}
     graph = [settings.cuda_graph, settings.compile] if device.type == "cuda" else []
     key = hashlib.sha256(

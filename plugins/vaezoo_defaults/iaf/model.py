@@ -45,6 +45,8 @@ S_BIAS = 1.0  # initial bias of s_t: sigma_t starts at sigmoid(1) ~ 0.73 (the pa
 class MaskedLinear(nn.Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask (out_features, in_features)."""
 
+    mask: Tensor  # a buffer
+
     def __init__(self, mask: Tensor) -> None:
         super().__init__(mask.shape[1], mask.shape[0])
         self.register_buffer("mask", mask.float(), persistent=False)

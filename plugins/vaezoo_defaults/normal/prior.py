@@ -13,6 +13,8 @@ from vaezoo import Prior
 class NormalPrior(Prior):
     """Standard normal N(0, I) with closed-form KL."""
 
+    _device_anchor: Tensor  # a buffer: where the prior's samples go
+
     def __init__(self, *, latent_dim: int) -> None:
         super().__init__(latent_dim=latent_dim)
         self.register_buffer("_device_anchor", torch.zeros(()), persistent=False)

@@ -45,6 +45,11 @@ class OnlineGaussianMixture(nn.Module):
     places the components around the first batch's codes). Before any update every component is
     N(0, I) with weight 1/K."""
 
+    s0: Tensor  # buffers (registered in __init__)
+    s1: Tensor
+    s2: Tensor
+    ready: Tensor
+
     def __init__(self, *, components: int, dim: int, decay: float = 0.99) -> None:
         super().__init__()
         if not 0.0 <= decay < 1.0:

@@ -35,6 +35,11 @@ class EMACodebook(nn.Module):
     `unused` (training steps since each code was last assigned). Codes start out dead, so the first
     training step sets those the first batch does not use to encoder outputs of that batch."""
 
+    embedding: Tensor  # buffers (registered in __init__)
+    cluster_size: Tensor
+    embed_sum: Tensor
+    unused: Tensor
+
     def __init__(
         self, *, codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5, restart_after: int = 10
     ) -> None:
