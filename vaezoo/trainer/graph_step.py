@@ -24,7 +24,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -273,21 +273,21 @@ class GraphStep:
         self.just_recorded = False
         if len(index) != self.batch_size or self.failed is not None or not self.settled():
             return self.eager(index)
-        buffer = self.index
-        if buffer is None:
-            buffer = self._record(index)
+        if self.index is None:
+            self._record(index)
             if self.failed is not None:
                 return self.eager(index)
             self.just_recorded = True
+        buffer = cast(Tensor, self.index)  # the index buffer _record made, which the graph reads
         buffer.copy_(index)
         if self.graph is None or self.parts is None:
             return self.eager(buffer)
         self.graph.replay()
         return self.parts
 
-    def _record(self, index: Tensor) -> Tensor:
-        """Warm up, capture one step into the graph, and put everything back as it was. Returns the
-        index buffer the graph reads (`self.index`)."""
+    def _record(self, index: Tensor) -> None:
+        """Warm up, capture one step into the graph (reading the index buffer `self.index`), and put
+        everything back as it was."""
         snapshot = _Snapshot(self.run, self.skips)
         self.index = captured = index.clone()
 
@@ -306,4 +306,3 @@ class GraphStep:
             self.run.step_mode = f"eager ({self.failed})"
             print(printable(f"vaezoo: warning: {self.failed}; training eagerly"), file=sys.stderr)
         snapshot.restore()  # not after another error: the run stops and saves nothing of this epoch
-        return captured
