@@ -121,6 +121,41 @@ def test_each_player_learns_its_own_loss_of_algorithm_1(gan_loss, loss, kl_weigh
             assert torch.allclose(got, want, rtol=1e-3, atol=1e-6), name
 
 
+def test_pixel_weight_adds_the_pixel_likelihood_to_the_encoder_and_the_decoder():
+    """pixel_weight w: the encoder learns L_prior + L_llike + w * recon, the decoder gamma * L_llike -
+    L_GAN + w * recon (recon: the loss's pixel binary cross-entropy of x~); the discriminator is as
+    without it."""
+    w, gamma = 2.0, 0.3
+    model = small_model(gamma=gamma, pixel_weight=w).train()
+    x = images()
+    groups, seen = record_updates(model, x, seed=3)
+
+    torch.manual_seed(3)
+    dis = model.discriminator
+    mu, logvar = model.encoder(x)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    z_prior = torch.randn(len(x), LATENT)
+    logits, x_prior = model.decoder(z), torch.sigmoid(model.decoder(z_prior))
+    x_rec = torch.sigmoid(logits)
+
+    def prob(v):
+        return torch.sigmoid(dis.head(dis.features(v))).squeeze(1)
+
+    recon = torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+    l_prior = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    l_llike = 0.5 * (dis.features(x).detach() - dis.features(x_rec)).pow(2).sum(1)
+    generator = -torch.log(prob(x_rec)) - torch.log(prob(x_prior))
+    expected = {
+        "encoder": grads((l_prior + l_llike + w * recon).mean(), groups["encoder"]),
+        "decoder": grads((gamma * l_llike + generator + w * recon).mean(), groups["decoder"]),
+    }
+    for name, wanted in expected.items():
+        for got, want in zip(seen[name], wanted):
+            assert torch.allclose(got, want, rtol=1e-3, atol=1e-5), name
+    without = record_updates(small_model(gamma=gamma).train(), x, seed=3)[1]
+    assert any(not torch.allclose(a, b) for a, b in zip(without["decoder"], seen["decoder"]))
+
+
 def test_gate_decision():
     """Larsen et al.'s equilibrium gate at equilibrium 0.68, margin 0.35: a discriminator whose
     cross-entropy on reals or fakes is below 0.33 is winning (not updated), one above 1.03 losing (the
@@ -166,6 +201,7 @@ def test_rejects_bad_keys():
         ({"gate": 1}, "gate"),
         ({"equilibrium": -0.5}, "equilibrium"),
         ({"margin": math.inf}, "margin"),
+        ({"pixel_weight": -1.0}, "pixel_weight"),
         ({"gamma": -1.0}, "gamma"),
         ({"gan_loss": "wasserstein"}, "gan_loss"),
         ({"disc_hidden": [4, 8, 8, 8, 8, 8]}, "divisible"),

@@ -27,6 +27,14 @@ Two training aids, both off in the family's defaults and in the `cifar-vae-gan` 
   `equilibrium + margin` (it is losing); when both would be gated, neither is. The means are over the
   global batch, so every rank of a distributed run takes the same decision.
 
+One anchor, on in the `cifar-vae-gan` recipe (`pixel_weight = 1`), off in the family's defaults:
+
+- `pixel_weight = w > 0` adds w times the pixel likelihood -log p(x | x~) of the recipe's `loss` (binary
+  cross-entropy with `bce-kl`) to the encoder's and the decoder's losses, the hybrid most VAE-GAN
+  implementations train. Without it the decoder learns x~ only through Dis_l, which at the start of
+  training barely tells images apart: on the short CPU run the decoder ignored z (every reconstruction
+  and every sample the same texture, docs/results.md).
+
 Algorithm 1 takes the three gradients from one forward pass; here each player's loss is computed just
 before its own update (discriminator, then encoder, then decoder), since an optimizer step changes the
 weights a shared graph would need. The discriminator is a smaller version of the paper's (stride-2
@@ -122,6 +130,7 @@ class VAEGAN(EncoderDecoderFamily):
         gate: bool = False,
         equilibrium: float = 0.68,
         margin: float = 0.35,
+        pixel_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not (
@@ -132,7 +141,7 @@ class VAEGAN(EncoderDecoderFamily):
             raise ValueError(f"vae-gan gan_loss must be one of {', '.join(GAN_LOSSES)}, got {gan_loss!r}")
         if not isinstance(gate, bool):
             raise ValueError(f"vae-gan gate must be true or false, got {gate!r}")
-        for key, value in (("equilibrium", equilibrium), ("margin", margin)):
+        for key, value in (("equilibrium", equilibrium), ("margin", margin), ("pixel_weight", pixel_weight)):
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
                 raise ValueError(f"vae-gan needs {key}: a finite number >= 0, got {value!r}")
         self.encoder, self.decoder, self.prior, self.loss = encoder, decoder, prior, loss
@@ -140,6 +149,7 @@ class VAEGAN(EncoderDecoderFamily):
         self.in_shape, self.latent_dim = tuple(in_shape), latent_dim
         self.gamma, self.gan_loss = float(gamma), gan_loss
         self.gate, self.equilibrium, self.margin = gate, float(equilibrium), float(margin)
+        self.pixel_weight = float(pixel_weight)
         self.last_gate = (True, True)  # the last training step's decision (discriminator, decoder's GAN term)
         prior.bind(encoder)
 
@@ -189,7 +199,8 @@ class VAEGAN(EncoderDecoderFamily):
     def training_step(self, x: Tensor, y: Tensor | None, step: int, update) -> LossParts:
         """Algorithm 1, one player at a time: the discriminator on -L_GAN, the encoder on L_prior +
         L_llike, the decoder on gamma * L_llike - L_GAN (one posterior and one prior sample per image,
-        shared by the three losses). Returns the pixel recon + kl of the batch, as evaluation does."""
+        shared by the three losses), encoder and decoder each also on pixel_weight * recon where it is
+        > 0. Returns the pixel recon + kl of the batch, as evaluation does."""
         mu, logvar, z = self.posterior(x)
         z_prior = self.prior.sample(len(x)).to(z.dtype)
         with torch.no_grad():
@@ -203,17 +214,20 @@ class VAEGAN(EncoderDecoderFamily):
         with torch.no_grad():
             real_features = self.discriminator.features(x)
         out = self.decoder(z)
-        recon = self.loss.nll(x.float(), out.float()).detach()
+        recon = self.loss.nll(x.float(), out.float())
         llike = feature_nll(real_features.float(), self.discriminator.features(self.loss.image(out)).float())
         kl = self.prior.kl(mu.float(), logvar.float(), z.float())
-        update("encoder", self.loss.kl_weight(step) * kl + llike)
+        pixels = self.pixel_weight * recon if self.pixel_weight > 0 else 0.0
+        update("encoder", self.loss.kl_weight(step) * kl + llike + pixels)
 
-        fakes = torch.cat([self.images(z.detach()), self.images(z_prior)])
+        out_dec = self.decoder(z.detach())
+        fakes = torch.cat([self.loss.image(out_dec), self.images(z_prior)])
         features, logits = self.discriminator(fakes)
         g_loss = self.generator_loss(logits.float().view(2, -1))
         llike_dec = feature_nll(real_features.float(), features[: len(x)].float())
-        update("decoder", self.gamma * llike_dec + (g_loss if train_generator else 0.0))
-        kl = kl.detach()
+        pixels_dec = self.pixel_weight * self.loss.nll(x.float(), out_dec.float()) if self.pixel_weight > 0 else 0.0
+        update("decoder", self.gamma * llike_dec + pixels_dec + (g_loss if train_generator else 0.0))
+        recon, kl = recon.detach(), kl.detach()
         return LossParts(
             recon + kl,
             recon,
