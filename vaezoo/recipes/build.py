@@ -208,6 +208,6 @@ def _check_declarations(model: Model, name: str, loss: Any, recipe: Mapping[str,
     ):
         raise RecipeError(
             f"model {name!r} does not apply the KL schedule of loss {recipe['loss']['name']!r} (its beta or "
-            "warm-up would be ignored): use a loss without one, or a family that applies it (vae, cvae, vae-gan; a family "
-            "applies it by using loss.kl_weight(step) and declaring applies_kl_weight = True)"
+            "warm-up would be ignored): use a loss without one, or a family that applies it (vae, cvae, vae-gan; "
+            "a family applies it by using loss.kl_weight(step) and declaring applies_kl_weight = True)"
         )
