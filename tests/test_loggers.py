@@ -267,3 +267,25 @@ def test_an_interrupted_run_tells_each_logger_once(tmp_path: Path, capsys: pytes
     loggers.ended_by(Interrupted("stopped", out_dir=tmp_path, recipe="r", epochs=3))
     assert heard == [("start", 2), ("finish", "interrupted")]
     assert "logger 'broken' failed in start (OSError: disk full); it is dropped" in capsys.readouterr().err
+
+
+def test_a_resume_whose_recipe_names_a_logger_not_installed_says_so_and_blames_no_file(
+    small_run: Path, tmp_path: Path
+) -> None:
+    """The run's recipe.toml names a logger whose plugin is missing here: the resume is refused in one
+    line that says what is not installed (not that the file is damaged), and the folder is unchanged."""
+    import shutil
+
+    import vaezoo
+    from vaezoo.errors import RecipeError
+
+    run = shutil.copytree(small_run, tmp_path / "run")
+    recipe = run / "recipe.toml"
+    text = recipe.read_text()
+    assert "loggers = []" in text
+    recipe.write_text(text.replace("loggers = []", 'loggers = [{ name = "gone-dist:gone" }]'))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(RecipeError, match="names what is not installed here") as refused:
+        vaezoo.fit("cifar-vae", resume=run, options={"train.epochs": 2}, device="cpu")
+    assert "damaged" not in str(refused.value) and "\n" not in str(refused.value)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

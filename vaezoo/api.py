@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vaezoo.errors import RecipeError, RunFailed, VaezooError, checked_path
+from vaezoo.errors import RecipeError, RunFailed, UnknownName, VaezooError, checked_path
 from vaezoo.files.atomic import write_bytes_atomic, write_text_atomic
 from vaezoo.plugins.registry import split_name
 from vaezoo.recipes.resolve import MAX_GRID_IMAGES, read_recipe_file, resolve_recipe
@@ -146,6 +146,11 @@ def _previous_recipe(resume: Path, name: str) -> tuple[dict[str, Any], dict[str,
         )
     try:
         saved = resolve_recipe(table)
+    except UnknownName as error:  # a name of a plugin that is not installed here: the file is not at fault
+        raise RecipeError(
+            f"cannot resume from {resume}: {path} names what is not installed here ({error}); install the plugin "
+            "the run was trained with"
+        ) from error
     except (VaezooError, TypeError, ValueError, AttributeError, KeyError) as error:  # a hand-edited or damaged file
         raise RecipeError(f"cannot resume from {resume}: {path} is damaged or edited: {error}") from error
     return table, saved
