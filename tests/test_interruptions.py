@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import Command, run_cli, run_cli_batch
 from safetensors.torch import load_file
-from tinydata import TINY_SETS, TWO_EPOCHS, error_lines, one_line
+from tinydata import TINY_SETS, TWO_EPOCHS, error_lines, one_line, training_process
 
 import vaezoo
 from vaezoo.errors import VaezooError
@@ -328,26 +328,7 @@ def test_output_to_a_closed_pipe_blames_no_plugin(small_model: Path) -> None:
 
 def test_a_burst_of_ctrl_c_is_one_line(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vaezoo",
-            "run",
-            "cifar-vae",
-            *TWO_EPOCHS,
-            "--epochs",
-            "50",
-            "--data-dir",
-            str(cifar),
-            "--out",
-            str(out),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    while not (out / "metrics.jsonl").exists() and process.poll() is None:  # wait until it trains
-        time.sleep(0.1)
+    process = training_process(cifar, out)
     for _ in range(30):
         process.send_signal(signal.SIGINT)
         time.sleep(0.005)

@@ -9,14 +9,11 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import Command, run_cli, run_cli_batch
-from tinydata import TINY_ARGS, TWO_EPOCHS, error_lines, one_line, rewrite, set_key, tiny_cifar  # noqa: F401 (a fixture)
+from tinydata import TINY_ARGS, TWO_EPOCHS, error_lines, one_line, rewrite, set_key, tiny_cifar, training_process  # noqa: F401 (a fixture)
 
 ONE_STEP = [
     "--limit",
@@ -171,26 +168,7 @@ def test_sizes_a_recipe_sets_are_bounded(refused_settings: dict, sets: list[str]
 
 def test_a_closed_terminal_sighup_saves_the_state_like_sigterm(cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vaezoo",
-            "run",
-            "cifar-vae",
-            *TWO_EPOCHS,
-            "--epochs",
-            "50",
-            "--data-dir",
-            str(cifar),
-            "--out",
-            str(out),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    while not (out / "metrics.jsonl").exists() and process.poll() is None:  # wait until it trains
-        time.sleep(0.1)
+    process = training_process(cifar, out)
     process.send_signal(signal.SIGHUP)
     code, err = process.wait(timeout=120), process.stderr.read()
     lines = [line for line in error_lines(err) if line.startswith("vaezoo:")]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +137,17 @@ def set_key(path: list[str], value):
         node[path[-1]] = value
 
     return change
+
+
+def training_process(cifar: Path, out: Path) -> subprocess.Popen:
+    """`vaezoo run cifar-vae` (tiny, 50 epochs) in a fresh process, its stderr piped, returned once it
+    has finished its first epoch (or exited): a run to send signals to."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vaezoo", "run", "cifar-vae", *TWO_EPOCHS, "--epochs", "50"]
+        + ["--data-dir", str(cifar), "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not (out / "metrics.jsonl").exists() and process.poll() is None:  # wait until it trains
+        time.sleep(0.1)
+    return process
