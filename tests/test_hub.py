@@ -552,20 +552,26 @@ def test_download_killed_half_way_is_cleaned_by_the_next(raw: RawServer, cache: 
     head = response[: len(response) - len(body)]
     raw.routes["slow.safetensors"] = lambda sock: (sock.sendall(head + body[:100]), trickle(body[100:], 0.2)(sock))
     env = {**os.environ, "VAEZOO_CACHE_DIR": str(cache)}
-    child = subprocess.Popen(
-        [sys.executable, "-m", "vaezoo", "inspect", raw.url("slow.safetensors")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # in the middle of the body
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
+
+    def killed_download(after: float) -> subprocess.Popen:
+        """`vaezoo inspect` of the slow URL, SIGKILLed `after` seconds into its partial download."""
+        child = subprocess.Popen(
+            [sys.executable, "-m", "vaezoo", "inspect", raw.url("slow.safetensors")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(after)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+        return child
+
+    child = killed_download(0.3)  # in the middle of the body
     partials = list(cache.rglob("*.incomplete"))
     assert len(partials) == 1 and f".pid{child.pid}-" in partials[0].name
     raw.routes[MODEL] = ok(b"whole")
@@ -573,19 +579,7 @@ def test_download_killed_half_way_is_cleaned_by_the_next(raw: RawServer, cache: 
     assert list(cache.rglob("*.incomplete")) == []
     # the next try of the killed URL itself works at once (it failed once: the folder
     # of the partial download went with it)
-    child = subprocess.Popen(
-        [sys.executable, "-m", "vaezoo", "inspect", raw.url("slow.safetensors")],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not list(cache.rglob("*.incomplete")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait(timeout=30)
+    killed_download(0.0)
     raw.routes["slow.safetensors"] = ok(b"whole")
     assert local_model_path(raw.url("slow.safetensors")).read_bytes() == b"whole"
     assert list(cache.rglob("*.incomplete")) == []
